@@ -1,0 +1,260 @@
+// CPU kernels of LowprecRoundToFloatFormat and LowprecQuantizeDfp.
+//
+// Attribute validation happens once, in the constructors; the element loops
+// are in rounding_loops_impl.h (one copy per instruction set) and are sharded
+// over TensorFlow's intra-op thread pool.  Stochastic rounding draws the bits
+// of element i from (seed, i) only, so the result does not depend on the
+// sharding or the thread count.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "number_formats.h"
+#include "philox.h"
+#include "rounding_loops.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+
+namespace tf_lowprec {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+
+namespace {
+
+// Elements per work unit handed to the thread pool (a multiple of 4 keeps
+// Philox blocks whole, which only matters for speed).
+constexpr int64_t kUnit = 4096;
+
+Rounding ParseRounding(const std::string& s) {
+  if (s == "stochastic") return Rounding::kStochastic;
+  if (s == "toward_zero") return Rounding::kTowardZero;
+  return Rounding::kNearestEven;  // the attr's allowed values are checked by TF
+}
+
+// Reads the attrs shared by both ops.
+void GetCommonAttrs(OpKernelConstruction* ctx, Rounding* rounding, int32_t* random_bits,
+                    const RoundingLoops** loops) {
+  std::string rounding_name, isa;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("rounding", &rounding_name));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("random_bits", random_bits));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
+  *rounding = ParseRounding(rounding_name);
+  OP_REQUIRES(ctx, *random_bits >= 1 && *random_bits <= 32,
+              InvalidArgument("random_bits must be in 1..32, got ", *random_bits));
+  *loops = SelectRoundingLoops(isa.c_str());
+  OP_REQUIRES(ctx, *loops != nullptr,
+              InvalidArgument("isa='", isa, "' is not supported by this CPU; use 'auto' or "
+                              "'portable'"));
+}
+
+void GetRandomStream(OpKernelContext* ctx, int32_t random_bits, RandomStream* stream) {
+  const Tensor& seed = ctx->input(1);
+  OP_REQUIRES(ctx, seed.dims() == 1 && seed.dim_size(0) == 2,
+              InvalidArgument("seed must be an int64 tensor of shape [2], got shape ",
+                              seed.shape().DebugString()));
+  auto s = seed.flat<int64_t>();
+  stream->philox = PhiloxFromSeed(static_cast<uint64_t>(s(0)), static_cast<uint64_t>(s(1)));
+  stream->mask = random_bits >= 32 ? 0xFFFFFFFFu : ~(0xFFFFFFFFu >> random_bits);
+}
+
+// Runs fn(begin, end) over [0, n) on the intra-op thread pool.
+template <typename Fn>
+void ParallelOverElements(OpKernelContext* ctx, int64_t n, int64_t cycles_per_element,
+                          const Fn& fn) {
+  const int64_t units = (n + kUnit - 1) / kUnit;
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(units, kUnit * cycles_per_element, [&](int64_t first, int64_t last) {
+    fn(first * kUnit, std::min(n, last * kUnit));
+  });
+}
+
+class RoundToFloatFormatOp : public OpKernel {
+ public:
+  explicit RoundToFloatFormatOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    FloatFormatSpec spec;
+    std::string nan_encoding, overflow;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("exponent_bits", &spec.exponent_bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("mantissa_bits", &spec.mantissa_bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("exponent_bias", &spec.exponent_bias));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("subnormals", &spec.subnormals));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("nan_encoding", &nan_encoding));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("overflow", &overflow));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("flush_input_denormals", &spec.flush_input_denormals));
+    spec.nan_encoding = nan_encoding == "all_ones"        ? NanEncoding::kAllOnes
+                        : nan_encoding == "negative_zero" ? NanEncoding::kNegativeZero
+                        : nan_encoding == "none"          ? NanEncoding::kNone
+                                                          : NanEncoding::kIeee;
+    spec.overflow = overflow == "saturate" ? Overflow::kSaturate
+                    : overflow == "nan"    ? Overflow::kNan
+                                           : Overflow::kInfinity;
+    const std::string error = DeriveFloatGrid(spec, &grid_);
+    OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
+    GetCommonAttrs(ctx, &rounding_, &random_bits_, &loops_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    RandomStream random;
+    GetRandomStream(ctx, random_bits_, &random);
+    if (!ctx->status().ok()) return;
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    const int64_t n = x.NumElements();
+    if (n == 0) return;
+    const float* in = x.flat<float>().data();
+    float* out = y->flat<float>().data();
+    const int64_t cost = rounding_ == Rounding::kStochastic ? 12 : 3;
+    ParallelOverElements(ctx, n, cost, [&](int64_t begin, int64_t end) {
+      loops_->round_float(in + begin, out + begin, end - begin, begin, grid_, rounding_, random);
+    });
+  }
+
+ private:
+  FloatGrid grid_;
+  Rounding rounding_;
+  int32_t random_bits_;
+  const RoundingLoops* loops_;
+};
+
+class QuantizeDfpOp : public OpKernel {
+ public:
+  explicit QuantizeDfpOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &spec_.bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("extra_shift", &spec_.extra_shift));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("block_size", &block_size_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("axis", &axis_));
+    const std::string error = ValidateDfpSpec(spec_);
+    OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
+    OP_REQUIRES(ctx, block_size_ >= 0,
+                InvalidArgument("block_size must be 0 (one exponent per tensor) or positive, "
+                                "got ", block_size_));
+    GetCommonAttrs(ctx, &rounding_, &random_bits_, &loops_);
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    RandomStream random;
+    GetRandomStream(ctx, random_bits_, &random);
+    if (!ctx->status().ok()) return;
+    const int rank = x.dims();
+    // View x as [outer, length, inner] with `length` the blocked axis.
+    int64_t outer = 1, length = x.NumElements(), inner = 1, block = length;
+    TensorShape exponent_shape;
+    if (block_size_ == 0) {
+      for (int i = 0; i < rank; ++i) exponent_shape.AddDim(1);
+      block = std::max<int64_t>(length, 1);
+    } else {
+      OP_REQUIRES(ctx, rank >= 1,
+                  InvalidArgument("block_size > 0 needs x of rank >= 1 (blocks run along "
+                                  "axis); use block_size 0 for scalars"));
+      OP_REQUIRES(ctx, axis_ >= -rank && axis_ < rank,
+                  InvalidArgument("axis must be in [", -rank, ", ", rank, "), got ", axis_));
+      const int axis = axis_ < 0 ? axis_ + rank : axis_;
+      outer = 1;
+      inner = 1;
+      for (int i = 0; i < axis; ++i) outer *= x.dim_size(i);
+      for (int i = axis + 1; i < rank; ++i) inner *= x.dim_size(i);
+      length = x.dim_size(axis);
+      block = block_size_;
+      for (int i = 0; i < rank; ++i) {
+        exponent_shape.AddDim(i == axis ? (length + block - 1) / block : x.dim_size(i));
+      }
+    }
+    Tensor* y = nullptr;
+    Tensor* exponents = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, exponent_shape, &exponents));
+    const int64_t n = x.NumElements();
+    int32_t* exps = exponents->flat<int32_t>().data();
+    if (n == 0) {
+      std::fill(exps, exps + exponents->NumElements(), kDfpNoScale);
+      return;
+    }
+    const float* in = x.flat<float>().data();
+    float* out = y->flat<float>().data();
+    const int64_t cost = rounding_ == Rounding::kStochastic ? 12 : 3;
+
+    if (block_size_ == 0) {
+      // One exponent: per-shard maxima, then their maximum.
+      const int64_t units = (n + kUnit - 1) / kUnit;
+      std::vector<uint32_t> partial(units, 0);
+      ParallelOverElements(ctx, n, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; b += kUnit) {
+          partial[b / kUnit] = loops_->max_abs_bits_all(in + b, std::min(kUnit, end - b));
+        }
+      });
+      const uint32_t max_bits = *std::max_element(partial.begin(), partial.end());
+      exps[0] = DfpSharedExponent(max_bits, spec_);
+      for (int64_t i = 1; i < exponents->NumElements(); ++i) exps[i] = exps[0];
+      ParallelOverElements(ctx, n, cost, [&](int64_t begin, int64_t end) {
+        loops_->round_dfp(in + begin, out + begin, end - begin, begin, exps, 0, rounding_,
+                          random);
+      });
+      return;
+    }
+
+    const int64_t blocks = (length + block - 1) / block;
+    // Phase 1: shared exponent of every (outer, block, inner) block.
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    pool->ParallelFor(outer * blocks, block * inner * 2, [&](int64_t first, int64_t last) {
+      std::vector<uint32_t> max_bits(inner);
+      for (int64_t ob = first; ob < last; ++ob) {
+        const int64_t o = ob / blocks, b = ob % blocks;
+        const int64_t rows = std::min(block, length - b * block);
+        std::fill(max_bits.begin(), max_bits.end(), 0u);
+        loops_->max_abs_bits(in + (o * length + b * block) * inner, rows, inner, inner,
+                             max_bits.data());
+        for (int64_t j = 0; j < inner; ++j) {
+          exps[ob * inner + j] = DfpSharedExponent(max_bits[j], spec_);
+        }
+      }
+    });
+    // Phase 2: round.  With inner == 1 each block is one contiguous run with
+    // one exponent; otherwise each row of `inner` elements takes a row of
+    // exponents.
+    if (inner == 1) {
+      pool->ParallelFor(outer * blocks, block * cost, [&](int64_t first, int64_t last) {
+        for (int64_t ob = first; ob < last; ++ob) {
+          const int64_t o = ob / blocks, b = ob % blocks;
+          const int64_t start = o * length + b * block;
+          const int64_t count = std::min(block, length - b * block);
+          loops_->round_dfp(in + start, out + start, count, start, exps + ob, 0, rounding_,
+                            random);
+        }
+      });
+    } else {
+      pool->ParallelFor(outer * length, inner * cost, [&](int64_t first, int64_t last) {
+        for (int64_t row = first; row < last; ++row) {
+          const int64_t o = row / length, t = row % length;
+          const int64_t start = row * inner;
+          loops_->round_dfp(in + start, out + start, inner, start,
+                            exps + (o * blocks + t / block) * inner, 1, rounding_, random);
+        }
+      });
+    }
+  }
+
+ private:
+  DfpSpec spec_;
+  int32_t block_size_;
+  int32_t axis_;
+  Rounding rounding_;
+  int32_t random_bits_;
+  const RoundingLoops* loops_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("LowprecRoundToFloatFormat").Device(DEVICE_CPU),
+                        RoundToFloatFormatOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecQuantizeDfp").Device(DEVICE_CPU), QuantizeDfpOp);
+
+}  // namespace
+}  // namespace tf_lowprec

@@ -1,0 +1,60 @@
+// Loops of the rounding kernels, compiled once per instruction set.
+//
+// rounding_loops_portable.cc and rounding_loops_avx512.cc each define
+// TF_LOWPREC_ISA (the namespace) and include rounding_loops_impl.h with
+// different compiler flags; kernels pick one set at run time
+// (CpuSupportsAvx512, SelectRoundingLoops).  Both sets are compiled from the
+// same source, and tests check they are bit-identical.
+#ifndef TF_LOWPREC_KERNELS_ROUNDING_LOOPS_H_
+#define TF_LOWPREC_KERNELS_ROUNDING_LOOPS_H_
+
+#include <cstdint>
+
+#include "number_formats.h"
+#include "philox.h"
+
+namespace tf_lowprec {
+
+// Random words for stochastic rounding: element with global index g uses
+// word g % 4 of Philox(counter + g / 4), masked with `mask`.
+struct RandomStream {
+  PhiloxState philox;
+  uint32_t mask = 0xFFFFFFFFu;  // keeps the top random_bits bits
+};
+
+struct RoundingLoops {
+  const char* isa;
+  // out[i] = round(in[i]) to `grid`, for i in [0, n); element i has global
+  // index first_index + i (stochastic rounding only).
+  void (*round_float)(const float* in, float* out, int64_t n, int64_t first_index,
+                      const FloatGrid& grid, Rounding rounding, const RandomStream& random);
+  // out[i] = round(in[i]) onto the grid 2^k[i * k_stride] (k_stride 0 or 1).
+  void (*round_dfp)(const float* in, float* out, int64_t n, int64_t first_index,
+                    const int32_t* k, int64_t k_stride, Rounding rounding,
+                    const RandomStream& random);
+  // max_bits[j] = max(max_bits[j], |in[r * stride + j]|) over rows r < rows and
+  // j < width, as float32 bit patterns, ignoring NaN and Inf.
+  void (*max_abs_bits)(const float* in, int64_t rows, int64_t width, int64_t stride,
+                       uint32_t* max_bits);
+  // max |in[i]| over i < n as float32 bits, ignoring NaN and Inf (0 if none).
+  uint32_t (*max_abs_bits_all)(const float* in, int64_t n);
+};
+
+namespace portable {
+extern const RoundingLoops kRoundingLoops;
+}
+namespace avx512 {
+extern const RoundingLoops kRoundingLoops;
+}
+
+// True when the CPU (and the OS) support the AVX-512 subsets the avx512
+// loops are compiled for.
+bool CpuSupportsAvx512();
+
+// "auto" picks avx512 where supported, else portable.  Returns nullptr for
+// an unknown or unsupported name.
+const RoundingLoops* SelectRoundingLoops(const char* isa);
+
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_ROUNDING_LOOPS_H_

@@ -1,0 +1,108 @@
+// Registration and shape functions of the rounding ops.  Kernels live in
+// kernels/rounding_kernels.cc; the Python wrappers in tf_lowprec/rounding.py.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tf_lowprec {
+
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+// The seed is a pair of int64, like TensorFlow's stateless random ops.
+absl::Status CheckSeedShape(InferenceContext* c, int input) {
+  ShapeHandle seed;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 1, &seed));
+  DimensionHandle unused;
+  return c->WithValue(c->Dim(seed, 0), 2, &unused);
+}
+
+}  // namespace
+
+REGISTER_OP("LowprecRoundToFloatFormat")
+    .Input("x: float")
+    .Input("seed: int64")
+    .Output("y: float")
+    .Attr("exponent_bits: int")
+    .Attr("mantissa_bits: int")
+    .Attr("exponent_bias: int")
+    .Attr("subnormals: bool = true")
+    .Attr("nan_encoding: {'ieee', 'all_ones', 'negative_zero', 'none'} = 'ieee'")
+    .Attr("overflow: {'saturate', 'infinity', 'nan'} = 'infinity'")
+    .Attr("flush_input_denormals: bool = false")
+    .Attr("rounding: {'nearest_even', 'stochastic', 'toward_zero'} = 'nearest_even'")
+    .Attr("random_bits: int = 32")
+    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(CheckSeedShape(c, 1));
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Rounds float32 values onto the grid of a low-precision float format.
+
+Output holds float32 values exactly representable in the format described by
+the attributes (see tf_lowprec.FloatFormat).  `seed` (int64[2]) keys the
+Philox stream of stochastic rounding; it is ignored by the other modes.
+)doc");
+
+REGISTER_OP("LowprecQuantizeDfp")
+    .Input("x: float")
+    .Input("seed: int64")
+    .Output("y: float")
+    .Output("shared_exponents: int32")
+    .Attr("bits: int = 16")
+    .Attr("extra_shift: int = 0")
+    .Attr("block_size: int = 0")
+    .Attr("axis: int = -1")
+    .Attr("rounding: {'nearest_even', 'stochastic', 'toward_zero'} = 'nearest_even'")
+    .Attr("random_bits: int = 32")
+    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(CheckSeedShape(c, 1));
+      c->set_output(0, c->input(0));
+      ShapeHandle x = c->input(0);
+      if (!c->RankKnown(x)) {
+        c->set_output(1, c->UnknownShape());
+        return absl::OkStatus();
+      }
+      const int rank = c->Rank(x);
+      int block_size, axis;
+      TF_RETURN_IF_ERROR(c->GetAttr("block_size", &block_size));
+      TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
+      std::vector<DimensionHandle> dims;
+      if (block_size == 0) {  // one exponent per tensor, kept with rank
+        for (int i = 0; i < rank; ++i) dims.push_back(c->MakeDim(1));
+      } else {
+        if (axis < -rank || axis >= rank) {
+          return absl::InvalidArgumentError("axis out of range for the rank of x");
+        }
+        if (axis < 0) axis += rank;
+        for (int i = 0; i < rank; ++i) {
+          DimensionHandle d = c->Dim(x, i);
+          if (i == axis) {
+            if (c->ValueKnown(d)) {
+              d = c->MakeDim((c->Value(d) + block_size - 1) / block_size);
+            } else {
+              d = c->UnknownDim();
+            }
+          }
+          dims.push_back(d);
+        }
+      }
+      c->set_output(1, c->MakeShape(dims));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Quantizes float32 values to dynamic fixed point with shared exponents.
+
+`y` holds I * 2^E: I a `bits`-bit integer mantissa, |I| <= 2^(bits-1) - 1,
+E the shared exponent of the element's block (`shared_exponents`, shaped like
+x with the blocked axis divided by block_size, or all ones for block_size 0).
+Blocks whose elements are all zero or non-finite get exponent -1024.
+)doc");
+
+}  // namespace tf_lowprec

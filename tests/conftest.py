@@ -1,0 +1,5 @@
+"""Shared test set-up: quiet TensorFlow logs, deterministic seeds."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,51 @@
+"""tf_lowprec: emulated low-precision training for Keras 3 on TensorFlow.
+
+>>> import tensorflow as tf, tf_lowprec as lp
+>>> lp.round_to_format(tf.constant([3.14159]), lp.BF16).numpy()
+array([3.140625], dtype=float32)
+"""
+
+from tf_lowprec import formats
+from tf_lowprec._op_library import OpLibraryError
+from tf_lowprec.formats import (
+    BF16,
+    BF16_INTEL,
+    DFP16,
+    E4M3,
+    E4M3FNUZ,
+    E5M2,
+    E5M2FNUZ,
+    FP16,
+    FP32,
+    HFP8_BACKWARD,
+    HFP8_FORWARD,
+    DfpFormat,
+    FloatFormat,
+)
+from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
+
+__version__ = "0.1.0"
+SUPPORTED_TENSORFLOW = "2.21"
+SUPPORTED_KERAS = "3.15"
+
+__all__ = [
+    "BF16",
+    "BF16_INTEL",
+    "DFP16",
+    "E4M3",
+    "E4M3FNUZ",
+    "E5M2",
+    "E5M2FNUZ",
+    "FP16",
+    "FP32",
+    "HFP8_BACKWARD",
+    "HFP8_FORWARD",
+    "DfpFormat",
+    "FloatFormat",
+    "OpLibraryError",
+    "formats",
+    "quantize",
+    "quantize_dfp",
+    "round_gradient",
+    "round_to_format",
+]

@@ -1,0 +1,356 @@
+"""Public rounding functions: float formats and dynamic fixed point.
+
+Each function validates its arguments, picks an implementation (the C++
+kernel or the bit-identical pure-TensorFlow path of `tf_rounding`) and adds
+the gradient: straight-through by default, or the incoming gradient rounded
+to a `backward_format`.
+
+>>> import tensorflow as tf, tf_lowprec as lp
+>>> lp.round_to_format(tf.constant([1.0 + 2.0**-8, 448.0 + 16.0]), lp.BF16).numpy()
+array([  1., 464.], dtype=float32)
+>>> lp.round_to_format(tf.constant([1000.0]), lp.E4M3).numpy()
+array([448.], dtype=float32)
+"""
+
+import functools
+
+import tensorflow as tf
+
+from tf_lowprec import _op_library
+from tf_lowprec import formats as formats_lib
+from tf_lowprec import tf_rounding
+
+IMPLEMENTATIONS = ("auto", "op", "tf")
+_ZERO_SEED = (0, 0)
+# Folded into a forward seed to key the backward pass's stochastic rounding.
+_BACKWARD_SALT = 0x6261636B
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_visible():
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _in_xla_context():
+    try:
+        from tensorflow.python.ops import control_flow_util  # noqa: PLC0415
+
+        return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+    except (ImportError, AttributeError):  # pragma: no cover - TF internals moved
+        return False
+
+
+def use_kernel(implementation="auto"):
+    """Whether a call with `implementation` runs the C++ kernel here.
+
+    "op" always does (and fails clearly if the library cannot load); "tf"
+    never does; "auto" does on CPU-only TensorFlow outside XLA compilation,
+    and falls back to the pure-TF path where the kernel has no place to run
+    (a visible GPU, an XLA cluster).
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
+            f"got {implementation!r}"
+        )
+    if implementation == "tf":
+        return False
+    if implementation == "auto" and (_gpu_visible() or _in_xla_context()):
+        return False
+    _op_library.load()  # raises OpLibraryError with rebuild advice
+    return True
+
+
+def _as_float32(x, name="x"):
+    x = tf.convert_to_tensor(x, dtype_hint=tf.float32)
+    if x.dtype != tf.float32:
+        raise ValueError(
+            f"{name} must be float32, got {x.dtype.name}: the rounding ops read float32 bit "
+            f"patterns; convert with tf.cast({name}, tf.float32) first (float16 and "
+            "bfloat16 convert exactly; float64 does not, so its rounding is yours to decide)"
+        )
+    return x
+
+
+def seed_tensor(seed, rounding):
+    """int64[2] seed for the kernels.
+
+    seed=None with stochastic rounding draws a fresh seed from TensorFlow's
+    stateful RNG, so results follow `tf.random.set_seed` /
+    `keras.utils.set_random_seed` and differ from call to call.
+    """
+    if rounding != "stochastic":
+        return tf.constant(_ZERO_SEED, tf.int64)
+    if seed is None:
+        return tf.random.uniform([2], minval=tf.int64.min, maxval=tf.int64.max, dtype=tf.int64)
+    if isinstance(seed, bool):
+        raise ValueError(f"seed must be an int, a pair of ints or an int64[2] tensor; got {seed!r}")
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], tf.int64)
+    if isinstance(seed, (tuple, list)):
+        if len(seed) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in seed):
+            raise ValueError(f"seed must be an int or a pair of ints, got {seed!r}")
+        return tf.constant(seed, tf.int64)
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype not in (tf.int32, tf.int64) or (
+        seed.shape.rank is not None and seed.shape.as_list() not in ([2], [None])
+    ):
+        raise ValueError(
+            f"seed must be an int, a pair of ints or an integer tensor of shape [2]; got a "
+            f"{seed.dtype.name} tensor of shape {seed.shape}"
+        )
+    return tf.cast(seed, tf.int64)
+
+
+def _check_random_bits(random_bits):
+    if isinstance(random_bits, bool) or not isinstance(random_bits, int) or not (
+        1 <= random_bits <= 32
+    ):
+        raise ValueError(f"random_bits must be an int in 1..32, got {random_bits!r}")
+
+
+def _check_isa(isa):
+    if isa not in ("auto", "portable", "avx512"):
+        raise ValueError(f"isa must be 'auto', 'portable' or 'avx512'; got {isa!r}")
+
+
+def _float_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
+    if kernel:
+        return _op_library.load().lowprec_round_to_float_format(
+            x,
+            seed,
+            exponent_bits=fmt.exponent_bits,
+            mantissa_bits=fmt.mantissa_bits,
+            exponent_bias=fmt.exponent_bias,
+            subnormals=fmt.subnormals,
+            nan_encoding=fmt.nan,
+            overflow=fmt.overflow,
+            flush_input_denormals=fmt.input_denormals == "flush",
+            rounding=rounding,
+            random_bits=random_bits,
+            isa=isa,
+        )
+    return tf_rounding.round_to_format(x, fmt, rounding, seed, random_bits)
+
+
+def _dfp_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
+    if fmt.block_size is not None:
+        rank = x.shape.rank
+        if rank is None or rank == 0:
+            raise ValueError(
+                "a DfpFormat with block_size needs x of known rank >= 1 (blocks run along "
+                f"axis); got shape {x.shape}"
+            )
+        if not -rank <= fmt.axis < rank:
+            raise ValueError(f"axis={fmt.axis} is out of range for x of rank {rank}")
+    if kernel:
+        return _op_library.load().lowprec_quantize_dfp(
+            x,
+            seed,
+            bits=fmt.bits,
+            extra_shift=fmt.extra_shift,
+            block_size=fmt.block_size or 0,
+            axis=fmt.axis,
+            rounding=rounding,
+            random_bits=random_bits,
+            isa=isa,
+        )
+    return tf_rounding.quantize_dfp(x, fmt, rounding, seed, random_bits)
+
+
+def _with_gradient(forward, x, seed, backward):
+    """forward(x) with a straight-through or rounded-gradient backward pass."""
+    if backward is None:
+        return forward(x)
+    backward_format, backward_rounding, random_bits, implementation = backward
+    backward_seed = (
+        tf.random.experimental.stateless_fold_in(seed, _BACKWARD_SALT)
+        if backward_rounding == "stochastic"
+        else None
+    )
+
+    @tf.custom_gradient
+    def quantize_with_backward(x):
+        def grad(dy):
+            return quantize(
+                dy,
+                backward_format,
+                backward_rounding,
+                seed=backward_seed,
+                random_bits=random_bits,
+                implementation=implementation,
+            )
+
+        return forward(x), grad
+
+    return quantize_with_backward(x)
+
+
+def _backward_spec(backward_format, backward_rounding, random_bits, implementation):
+    if backward_format is None:
+        return None
+    backward_format = formats_lib.get(backward_format)
+    formats_lib.check_rounding(backward_rounding, "backward_rounding")
+    return backward_format, backward_rounding, random_bits, implementation
+
+
+def round_to_format(
+    x,
+    fmt,
+    rounding="nearest_even",
+    *,
+    seed=None,
+    random_bits=32,
+    backward_format=None,
+    backward_rounding="nearest_even",
+    implementation="auto",
+    isa="auto",
+    name=None,
+):
+    """Rounds float32 `x` onto the grid of the float format `fmt`.
+
+    Args:
+      x: float32 tensor (or something convertible to one), any shape.
+      fmt: a `FloatFormat` or a preset name ("bf16", "fp16", "e4m3", ...).
+      rounding: "nearest_even" (IEEE round-to-nearest, ties to even),
+        "stochastic" (round up with probability equal to the distance from the
+        lower neighbour, in units of the grid step) or "toward_zero".
+      seed: stochastic rounding only: an int, a pair of ints or an int64[2]
+        tensor.  The same seed gives the same bits in eager mode, in
+        `tf.function` and for any thread count.  None draws a seed from
+        TensorFlow's stateful RNG (reproducible under `tf.random.set_seed`).
+      random_bits: 1..32 random bits per element for stochastic rounding.
+      backward_format: None for a straight-through gradient; else a format
+        (float or DFP) the incoming gradient is rounded to.
+      backward_rounding: rounding mode of the backward pass.
+      implementation: "auto", "op" (C++ kernel) or "tf" (stock TF ops).
+      isa: "auto", "portable" or "avx512": which kernel loops run (tests
+        and benchmarks); ignored by the "tf" implementation.
+
+    Returns:
+      float32 tensor of `x`'s shape holding values of the format.
+
+    >>> import tf_lowprec as lp
+    >>> lp.round_to_format([0.1], "bf16").numpy()
+    array([0.10009766], dtype=float32)
+    """
+    fmt = formats_lib.get(fmt)
+    if not isinstance(fmt, formats_lib.FloatFormat):
+        raise ValueError(f"fmt must be a FloatFormat (use quantize_dfp for {fmt!r})")
+    formats_lib.check_rounding(rounding)
+    _check_random_bits(random_bits)
+    _check_isa(isa)
+    backward = _backward_spec(backward_format, backward_rounding, random_bits, implementation)
+    with tf.name_scope(name or "round_to_format"):
+        x = _as_float32(x)
+        kernel = use_kernel(implementation)
+        seed = seed_tensor(seed, rounding if backward is None else "stochastic")
+
+        def forward(v):
+            return _float_forward(v, fmt, rounding, seed, random_bits, kernel, isa)
+
+        return _with_gradient(forward, x, seed, backward)
+
+
+def quantize_dfp(
+    x,
+    fmt=formats_lib.DFP16,
+    rounding="nearest_even",
+    *,
+    seed=None,
+    random_bits=32,
+    backward_format=None,
+    backward_rounding="nearest_even",
+    return_exponents=False,
+    implementation="auto",
+    isa="auto",
+    name=None,
+):
+    """Quantizes float32 `x` to dynamic fixed point with shared exponents.
+
+    Returns float32 values `I * 2^E` (see `DfpFormat` for E and the range of
+    I); with `return_exponents=True`, also the int32 shared exponents, shaped
+    like `x` with the blocked axis divided into blocks (all ones for one
+    exponent per tensor).  Blocks with no finite non-zero value get -1024.
+    Other arguments as for `round_to_format`.
+
+    >>> import tf_lowprec as lp
+    >>> y, e = lp.quantize_dfp([3.0, 1e-5], return_exponents=True)
+    >>> y.numpy(), e.numpy()
+    (array([3., 0.], dtype=float32), array([-13], dtype=int32))
+    """
+    fmt = formats_lib.get(fmt)
+    if not isinstance(fmt, formats_lib.DfpFormat):
+        raise ValueError(f"fmt must be a DfpFormat (use round_to_format for {fmt!r})")
+    formats_lib.check_rounding(rounding)
+    _check_random_bits(random_bits)
+    _check_isa(isa)
+    if not isinstance(return_exponents, bool):
+        raise ValueError(f"return_exponents must be True or False, got {return_exponents!r}")
+    backward = _backward_spec(backward_format, backward_rounding, random_bits, implementation)
+    if backward is not None and return_exponents:
+        raise ValueError("return_exponents=True cannot be combined with a backward_format")
+    with tf.name_scope(name or "quantize_dfp"):
+        x = _as_float32(x)
+        kernel = use_kernel(implementation)
+        seed = seed_tensor(seed, rounding if backward is None else "stochastic")
+        if return_exponents:
+            return _dfp_forward(x, fmt, rounding, seed, random_bits, kernel, isa)
+
+        def forward(v):
+            return _dfp_forward(v, fmt, rounding, seed, random_bits, kernel, isa)[0]
+
+        return _with_gradient(forward, x, seed, backward)
+
+
+def quantize(x, fmt, rounding="nearest_even", **kwargs):
+    """`round_to_format` for a FloatFormat, `quantize_dfp` for a DfpFormat."""
+    fmt = formats_lib.get(fmt)
+    if isinstance(fmt, formats_lib.DfpFormat):
+        return quantize_dfp(x, fmt, rounding, **kwargs)
+    return round_to_format(x, fmt, rounding, **kwargs)
+
+
+def round_gradient(x, fmt, rounding="nearest_even", *, seed=None, random_bits=32,
+                   implementation="auto", name=None):
+    """Identity in the forward pass; rounds the incoming gradient to `fmt`.
+
+    Put on the output of a GEMM, it rounds the error dY before it enters both
+    backward GEMMs, which is where the mixed-precision papers quantize it.
+
+    >>> import tensorflow as tf, tf_lowprec as lp
+    >>> x = tf.constant([1.0])
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(x)
+    ...     y = lp.round_gradient(x, "bf16") * (1.0 + 2.0**-9)
+    >>> tape.gradient(y, x).numpy()
+    array([1.], dtype=float32)
+    """
+    fmt = formats_lib.get(fmt)
+    formats_lib.check_rounding(rounding)
+    _check_random_bits(random_bits)
+    with tf.name_scope(name or "round_gradient"):
+        x = _as_float32(x)
+        seed = seed_tensor(seed, rounding)
+
+        @tf.custom_gradient
+        def identity_rounding_gradient(v):
+            def grad(dy):
+                return quantize(dy, fmt, rounding, seed=seed, random_bits=random_bits,
+                                implementation=implementation)
+
+            return tf.identity(v), grad
+
+        return identity_rounding_gradient(x)
+
+
+@tf.RegisterGradient("LowprecRoundToFloatFormat")
+def _round_to_float_format_grad(op, dy):
+    del op
+    return dy, None  # straight-through estimator
+
+
+@tf.RegisterGradient("LowprecQuantizeDfp")
+def _quantize_dfp_grad(op, dy, d_exponents):
+    del op, d_exponents
+    return dy, None  # straight-through estimator
