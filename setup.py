@@ -126,9 +126,13 @@ class BuildTensorFlowOps(build_ext):
         jobs = max(1, min(len(OP_SOURCES), os.cpu_count() or 1))
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             objects = list(pool.map(compile_one, OP_SOURCES))
-        link = [cxx, "-shared", *objects, "-o", output, *tf.sysconfig.get_link_flags()]
+        # Link to a temporary name and rename: processes that have the old
+        # library mapped keep their copy instead of crashing mid-test.
+        partial = output + ".partial"
+        link = [cxx, "-shared", *objects, "-o", partial, *tf.sysconfig.get_link_flags()]
         print(" ".join(link))
         subprocess.check_call(link)
+        os.replace(partial, output)
 
 
 setup(
