@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,16 @@ def _headers():
 
 class BuildTensorFlowOps(build_ext):
     """Compiles custom_ops/ into one shared library loadable by tf.load_op_library."""
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        # In-place builds copy the library into the source tree: copy then
+        # rename, so that running processes keep their mapped copy.
+        if os.path.isdir(outfile):
+            outfile = os.path.join(outfile, os.path.basename(infile))
+        partial = outfile + ".partial"
+        shutil.copyfile(infile, partial)
+        os.replace(partial, outfile)
+        return outfile, 1
 
     def build_extension(self, ext):
         tf = _tensorflow()
