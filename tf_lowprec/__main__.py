@@ -1,0 +1,127 @@
+"""The `tf-lowprec` command (also `python -m tf_lowprec`).
+
+    tf-lowprec formats [--formats=bf16,fp16,...] [--rounding=nearest_even]
+
+`formats` rounds real tensors (the bundled MNIST images, a Glorot-initialised
+weight matrix and the layer's pre-activations) to each number format and
+prints what the format does to them: relative RMS error, the fraction of
+non-zero values that underflow to zero, and the fraction that saturate or
+overflow.  (Speed is measured in benchmarks/, not here.)  Usage errors exit with status 2, like TensorFlow's
+tools.
+"""
+
+import argparse
+import sys
+
+import numpy as np
+
+DEFAULT_FORMATS = "bf16,fp16,e4m3,e5m2,hfp8_forward,hfp8_backward,dfp16"
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="tf-lowprec",
+        description="Emulated low-precision numerics for Keras 3 / TensorFlow.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    formats = commands.add_parser(
+        "formats",
+        help="round real tensors to each format and print the error statistics",
+        description="Round the bundled MNIST images, a dense layer's weights and its "
+        "pre-activations to each number format; print errors, underflow and overflow.",
+    )
+    formats.add_argument(
+        "--formats",
+        default=DEFAULT_FORMATS,
+        help=f"comma-separated preset names (default: {DEFAULT_FORMATS})",
+    )
+    formats.add_argument(
+        "--rounding",
+        default="nearest_even",
+        choices=["nearest_even", "stochastic", "toward_zero"],
+        help="rounding mode (default: nearest_even)",
+    )
+    formats.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
+    return parser
+
+
+def _tensors():
+    """Real activations, weights and pre-activations (float32 numpy arrays)."""
+    from tf_lowprec import datasets  # noqa: PLC0415
+
+    (x_train, _), _ = datasets.load_mnist_5k()
+    images = x_train[:1000].reshape(1000, -1)
+    rng = np.random.default_rng(0)
+    limit = np.sqrt(6.0 / (784 + 128))
+    weights = rng.uniform(-limit, limit, size=(784, 128)).astype(np.float32)
+    return {
+        "images": images,
+        "weights": weights,
+        "pre-activations": (images @ weights).astype(np.float32),
+    }
+
+
+def _statistics(original, rounded, fmt):
+    nonzero = original != 0
+    err = rounded.astype(np.float64) - original
+    rel_rms = np.sqrt(np.mean(err**2)) / max(np.sqrt(np.mean(original.astype(np.float64) ** 2)),
+                                             1e-300)
+    underflow = np.mean(rounded[nonzero] == 0) if nonzero.any() else 0.0
+    limit = getattr(fmt, "max_value", None)
+    if limit is None:
+        overflow = 0.0
+    else:
+        overflow = np.mean((np.abs(rounded) >= limit) & (np.abs(original) > limit))
+    return rel_rms, underflow, overflow
+
+
+def _run_formats(args):
+    import tensorflow as tf  # noqa: PLC0415
+
+    import tf_lowprec as lp  # noqa: PLC0415
+
+    names = [n.strip() for n in args.formats.split(",") if n.strip()]
+    try:
+        chosen = [(name, lp.formats.get(name)) for name in names]
+    except ValueError as e:
+        raise _UsageError(f"--formats: {e}") from e
+    if not chosen:
+        raise _UsageError("--formats: give at least one format")
+    tensors = {k: tf.constant(v) for k, v in _tensors().items()}
+    print(f"tf_lowprec {lp.__version__}: rounding real tensors (MNIST 5k sample), "
+          f"rounding={args.rounding}")
+    header = f"{'format':<14}{'tensor':<17}{'rel. RMS error':>15}{'underflow':>11}{'overflow':>10}"
+    print(header)
+    print("-" * len(header))
+    for name, fmt in chosen:
+        for tensor_name, x in tensors.items():
+            y = lp.quantize(x, fmt, args.rounding, seed=args.seed)
+            rel_rms, underflow, overflow = _statistics(x.numpy(), y.numpy(), fmt)
+            print(f"{name:<14}{tensor_name:<17}{rel_rms:>15.3e}{underflow:>11.2%}"
+                  f"{overflow:>10.2%}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"formats": _run_formats}[args.command](args)
+    except _UsageError as e:
+        parser.error(str(e))  # exits with status 2
+
+
+def run():
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
