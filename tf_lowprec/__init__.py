@@ -22,7 +22,9 @@ from tf_lowprec.formats import (
     DfpFormat,
     FloatFormat,
 )
+from tf_lowprec import layers
 from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
+from tf_lowprec.stats import precision_stats
 
 __version__ = "0.1.0"
 SUPPORTED_TENSORFLOW = "2.21"
@@ -44,6 +46,8 @@ __all__ = [
     "FloatFormat",
     "OpLibraryError",
     "formats",
+    "layers",
+    "precision_stats",
     "quantize",
     "quantize_dfp",
     "round_gradient",
