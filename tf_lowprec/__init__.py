@@ -22,15 +22,21 @@ from tf_lowprec.formats import (
     DfpFormat,
     FloatFormat,
 )
-from tf_lowprec import layers
+from tf_lowprec import layers, loss_scaling
 from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
+from tf_lowprec.policy import Policy, PrecisionSpec
+from tf_lowprec.loss_scaling import AdaptiveLossScaleOptimizer
 from tf_lowprec.stats import precision_stats
+from tf_lowprec.weight_updates import LowPrecisionWeights
 
 __version__ = "0.1.0"
 SUPPORTED_TENSORFLOW = "2.21"
 SUPPORTED_KERAS = "3.15"
 
 __all__ = [
+    "AdaptiveLossScaleOptimizer",
+    "LowPrecisionWeights",
+    "loss_scaling",
     "BF16",
     "BF16_INTEL",
     "DFP16",
@@ -45,6 +51,8 @@ __all__ = [
     "DfpFormat",
     "FloatFormat",
     "OpLibraryError",
+    "Policy",
+    "PrecisionSpec",
     "formats",
     "layers",
     "precision_stats",

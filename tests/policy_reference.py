@@ -1,0 +1,146 @@
+"""Explicit references for the emulated layers (shared by the policy tests).
+
+The reference of an emulated op is written out with raw TensorFlow ops: each
+operand rounded by `round_to_format` / `quantize_dfp` (straight-through, or
+the weight gradient rounded where the spec says so), the FP32 op, and an
+identity whose gradient rounds the error dY.  For layers whose math is long
+(RNNs, attention) the reference runs the *float32* twin of the layer while
+the backend's GEMM functions are replaced by these explicit functions: that
+checks the policy machinery (layer lookup, roles, gradient placement) against
+a definition that shares nothing with it but the rounding primitives.
+"""
+
+import contextlib
+from unittest import mock
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec import _keras_hooks
+
+
+def rounded(x, entry):
+    return x if entry is None else lp.quantize(x, entry[0], entry[1])
+
+
+def operand(x, spec, role):
+    """Forward rounding of a GEMM operand, straight-through (or dW-rounding) gradient."""
+    entry = spec.role(role)
+    gradient = spec.role("weight_gradients") if role == "weights" else None
+
+    @tf.custom_gradient
+    def quantizer(v):
+        def grad(dy):
+            return rounded(dy, gradient)
+
+        return rounded(v, entry), grad
+
+    return quantizer(tf.convert_to_tensor(x))
+
+
+def error(y, spec):
+    """Identity whose gradient rounds dY to the spec's error format."""
+    entry = spec.role("errors")
+
+    @tf.custom_gradient
+    def identity(v):
+        def grad(dy):
+            return rounded(dy, entry)
+
+        return tf.identity(v), grad
+
+    return identity(y)
+
+
+def role_of(x):
+    return "weights" if isinstance(x, (keras.Variable, tf.Variable)) else "activations"
+
+
+@contextlib.contextmanager
+def explicit_backend(spec):
+    """Replaces the routed backend GEMMs by explicit reference functions."""
+    numpy_module, nn_module = _keras_hooks._backend_modules()
+    matmul = _keras_hooks.original("numpy", "matmul")
+    einsum = _keras_hooks.original("numpy", "einsum")
+    conv = _keras_hooks.original("nn", "conv")
+    depthwise = _keras_hooks.original("nn", "depthwise_conv")
+    transpose = _keras_hooks.original("nn", "conv_transpose")
+
+    def gemm(op, *xs):
+        return error(op(*[operand(x, spec, role_of(x)) for x in xs]), spec)
+
+    def ref_matmul(a, b):
+        return gemm(matmul, a, b)
+
+    def ref_einsum(eq, *xs, **kw):
+        if len(xs) < 2:
+            return einsum(eq, *xs, **kw)
+        return gemm(lambda *v: einsum(eq, *v, **kw), *xs)
+
+    def conv_ref(original):
+        def ref(x, k, *args, **kw):
+            return error(original(operand(x, spec, "activations"), operand(k, spec, role_of(k)),
+                                  *args, **kw), spec)
+        return ref
+
+    def ref_separable(x, dk, pk, strides=1, padding="valid", data_format=None, dilation_rate=1):
+        h = conv_ref(depthwise)(x, dk, strides, padding, data_format, dilation_rate)
+        return conv_ref(conv)(h, pk, 1, "valid", data_format, 1)
+
+    def ref_attention(q, k, v, bias, mask, is_causal, scale):
+        logits = gemm(lambda a, b: tf.einsum("BTNH,BSNH->BNTS", a, b, optimize="optimal"), q, k)
+        logits = logits * tf.cast(scale, logits.dtype)
+        if bias is not None:
+            logits = logits + bias
+        probs = tf.nn.softmax(nn_module._apply_masks(logits, mask, is_causal), axis=-1)
+        return gemm(lambda a, b: tf.einsum("BNTS,BSNH->BTNH", a, b, optimize="optimal"),
+                    probs, v)
+
+    with contextlib.ExitStack() as stack:
+        for module, name, fn in [
+            (numpy_module, "matmul", ref_matmul),
+            (numpy_module, "einsum", ref_einsum),
+            (nn_module, "conv", conv_ref(conv)),
+            (nn_module, "depthwise_conv", conv_ref(depthwise)),
+            (nn_module, "conv_transpose", conv_ref(transpose)),
+            (nn_module, "separable_conv", ref_separable),
+            (nn_module, "_dot_product_attention_xla", ref_attention),
+        ]:
+            stack.enter_context(mock.patch.object(module, name, fn))
+        yield
+
+
+def fp32_twin(layer, dtype="float32"):
+    """A copy of `layer` with a plain float32 policy and the same weights."""
+    config = layer.get_config()
+    config["dtype"] = dtype
+    if "cell" in config:  # RNN wrappers keep the dtype in their cell's config too
+        config["cell"]["config"]["dtype"] = dtype
+    twin = layer.__class__.from_config(config)
+    return twin
+
+
+def values_and_grads(call, weights, inputs, upstream):
+    """call(*inputs) and d(sum(out * upstream))/d(inputs, weights)."""
+    inputs = [tf.convert_to_tensor(x) for x in inputs]
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = call(*inputs)
+        loss = tf.reduce_sum(y * upstream)
+    grads = tape.gradient(loss, inputs + list(weights))
+    return y, grads
+
+
+def assert_bitwise_equal(actual, expected, what=""):
+    actual = np.asarray(actual, np.float32)
+    expected = np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    different = actual.view(np.uint32) != expected.view(np.uint32)
+    if different.any():
+        index = np.argwhere(different)[0]
+        raise AssertionError(
+            f"{what}: {different.sum()} of {different.size} elements differ, first at "
+            f"{tuple(index)}: {actual[tuple(index)]!r} vs {expected[tuple(index)]!r}"
+        )

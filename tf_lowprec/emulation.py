@@ -1,0 +1,331 @@
+"""Emulated GEMMs and convolutions: the numerics behind `tf_lowprec.Policy`.
+
+Every emulated op follows the tensor flow of the mixed-precision papers:
+
+    forward:   y  = op(Q_a(a), Q_w(w))          FP32 op on rounded operands
+    backward:  dY' = Q_e(dY)                    the error, rounded once
+               da = op_grad_a(dY', Q_w(w))      (straight through Q_a)
+               dw = Q_g(op_grad_w(Q_a(a), dY'))
+
+Q_a and Q_w are operand quantizers with a straight-through gradient (Q_w's
+gradient rounds dw to the `weight_gradients` format when the spec has one),
+and Q_e is `round_gradient`, an identity on the op's *output* whose gradient
+rounds dY before it reaches both backward GEMMs.
+
+A `LayerContext` holds what the rounding of one layer call needs: the layer,
+its policy, the spec in force (the first/last-layer override included), the
+implementation and the seeds.  `_keras_hooks` builds one for each routed
+backend op, and every rounding goes through `LayerContext.round`, where
+role hooks (`add_role_hook`) can observe or transform tensors per layer and
+role, e.g. per-layer loss scales or under/overflow statistics.
+
+>>> import keras, numpy as np, tf_lowprec as lp
+>>> layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones",
+...                            dtype=lp.Policy("bf16"))
+>>> float(layer(np.array([[1.0 + 2.0**-9]], "float32"))[0, 0])  # input rounds to 1.0
+1.0
+"""
+
+import random
+import weakref
+import zlib
+
+import tensorflow as tf
+
+from tf_lowprec import rounding as rounding_lib
+
+# Salts that make the seeds of the roles of one layer call independent.
+_ROLE_IDS = {"activations": 1, "weights": 2, "errors": 3, "weight_gradients": 4}
+_role_hooks = []
+_process_seed = None
+# GEMM-bearing layers of each model: first and last (for first_last specs).
+_first_last_cache = weakref.WeakKeyDictionary()
+# Per-graph call counters that keep the seeds of a shared layer's calls apart.
+_call_counters = weakref.WeakKeyDictionary()
+
+
+def add_role_hook(hook):
+    """Registers `hook(context, role, x, round_fn) -> tensor` around every rounding.
+
+    Hooks run outermost-first; each must return `round_fn(x)` or a tensor
+    derived from it (or from x).  Returns a function that removes the hook.
+    """
+    _role_hooks.append(hook)
+
+    def remove():
+        if hook in _role_hooks:
+            _role_hooks.remove(hook)
+
+    return remove
+
+
+def _global_seed():
+    from keras.src.backend.common import global_state  # noqa: PLC0415
+
+    seed = global_state.get_global_attribute("global_random_seed")
+    if seed is not None:
+        return int(seed)
+    global _process_seed
+    if _process_seed is None:  # no Keras seed: one random base per process
+        _process_seed = random.SystemRandom().getrandbits(31)
+    return _process_seed
+
+
+def _is_variable(x):
+    import keras  # noqa: PLC0415
+
+    return isinstance(x, (keras.Variable, tf.Variable))
+
+
+def _gemm_layers(model):
+    """Leaf layers with a weight matrix (or kernel) in execution order, Embedding excluded."""
+    import keras  # noqa: PLC0415
+
+    found = []
+
+    def visit(layer):
+        sublayers = getattr(layer, "layers", None)
+        if isinstance(layer, keras.Model) and sublayers is not None:
+            for sub in sublayers:
+                visit(sub)
+            return
+        if isinstance(layer, keras.layers.Embedding):
+            return
+        if any(len(w.shape) >= 2 for w in layer.trainable_weights):
+            found.append(layer)
+
+    visit(model)
+    return found
+
+
+def first_and_last_layers(model):
+    """The first and last GEMM-bearing layers of `model` (None, None if it has none)."""
+    key = len(model.layers) if hasattr(model, "layers") else 0
+    cached = _first_last_cache.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    layers = _gemm_layers(model)
+    result = (layers[0], layers[-1]) if layers else (None, None)
+    _first_last_cache[model] = (key, result)
+    return result
+
+
+class LayerContext:
+    """What the emulated ops of one layer call need.
+
+    Args:
+      layer: the innermost Keras layer being called (its policy applies).
+      policy: that layer's `tf_lowprec.Policy`.
+      callers: the layers being called, outermost first (`callers[-1]` is
+        `layer`): the outermost model decides the training step, XLA and the
+        first/last layers.
+      scope: the Keras name-scope entry of this call, which holds the
+        per-call GEMM counter.
+    """
+
+    def __init__(self, layer, policy, callers, scope=None):
+        import keras  # noqa: PLC0415
+
+        self.layer = layer
+        self.policy = policy
+        self.callers = callers
+        self.scope = scope
+        models = [c for c in callers if isinstance(c, keras.Model)]
+        self.model = models[0] if models else None
+        spec = policy.spec
+        if spec.first_last is not None and self.model is not None:
+            first, last = first_and_last_layers(self.model)
+            if any(c is first or c is last for c in callers if c is not None):
+                spec = spec.first_last
+        self.spec = spec
+        self.implementation = policy.implementation
+        if self.model is not None and getattr(self.model, "jit_compile", False) is True:
+            # XLA cannot compile the C++ kernels: use the bit-identical pure-TF path.
+            self.implementation = "tf"
+        self._gemm_index = None
+        self._step = None
+
+    # Seeds -------------------------------------------------------------
+
+    def _call_index(self):
+        """(call number of this layer in the current graph, GEMM number in this call)."""
+        if self._gemm_index is None:
+            scope = self.scope if self.scope is not None else self
+            if not hasattr(scope, "_lowprec_call"):
+                graph = tf.compat.v1.get_default_graph()
+                counters = _call_counters.setdefault(graph, {})
+                key = id(self.layer)
+                scope._lowprec_call = counters.get(key, 0)
+                counters[key] = scope._lowprec_call + 1
+                scope._lowprec_gemms = 0
+            self._gemm_index = (scope._lowprec_call, scope._lowprec_gemms)
+            scope._lowprec_gemms += 1
+        return self._gemm_index
+
+    def training_step(self):
+        """int64 scalar: the outermost model's optimizer step (0 without one)."""
+        if self._step is None:
+            optimizer = getattr(self.model, "optimizer", None) if self.model is not None else None
+            iterations = getattr(optimizer, "iterations", None)
+            if iterations is None:
+                self._step = tf.constant(0, tf.int64)
+            else:
+                self._step = tf.cast(tf.convert_to_tensor(iterations), tf.int64)
+        return self._step
+
+    def seed(self, role):
+        """int64[2] stateless seed from the global Keras seed, layer, call, role and step."""
+        call, gemm = self._call_index()
+        name = getattr(self.layer, "path", None) or self.layer.name
+        layer_hash = zlib.crc32(name.encode())
+        high = (_global_seed() * 1000003 + layer_hash) & 0x7FFFFFFFFFFFFFFF
+        low = (((call * 4096 + gemm) * 8 + _ROLE_IDS[role]) * 0x9E3779B1) & 0x7FFFFFFFFFFFFFFF
+        base = tf.constant([high, low], tf.int64)
+        return tf.random.experimental.stateless_fold_in(base, self.training_step())
+
+    # Rounding -----------------------------------------------------------
+
+    def _round_now(self, x, role):
+        spec = self.spec
+        if role == "errors":
+            entry = spec.role("errors")
+            if entry is None:
+                return x
+            fmt, rounding = entry
+            seed = self.seed("errors") if rounding == "stochastic" else None
+            return rounding_lib.round_gradient(
+                x, fmt, rounding, seed=seed, implementation=self.implementation)
+        entry = spec.role(role)
+        gradient = spec.role("weight_gradients") if role == "weights" else None
+        if entry is None and gradient is None:
+            return x
+        if entry is None:  # FP32 operand, rounded weight gradient
+            fmt, rounding = gradient
+            seed = self.seed("weight_gradients") if rounding == "stochastic" else None
+            return rounding_lib.round_gradient(
+                x, fmt, rounding, seed=seed, implementation=self.implementation)
+        fmt, rounding = entry
+        stochastic = rounding == "stochastic" or (gradient is not None and gradient[1] ==
+                                                  "stochastic")
+        kwargs = {}
+        if gradient is not None:
+            kwargs = {"backward_format": gradient[0], "backward_rounding": gradient[1]}
+        return rounding_lib.quantize(
+            x, fmt, rounding, seed=self.seed(role) if stochastic else None,
+            implementation=self.implementation, **kwargs)
+
+    def round(self, x, role):
+        """Rounds `x` as the spec says for `role`, through the registered role hooks."""
+        def chain(index, value):
+            if index == len(_role_hooks):
+                return self._round_now(value, role)
+            return _role_hooks[index](self, role, value, lambda v: chain(index + 1, v))
+
+        return chain(0, x)
+
+    def gemm(self, op, operands):
+        """`op(*rounded operands)` with the output's gradient rounded as an error.
+
+        `operands` is a list of (tensor, role) pairs; the result is None when an
+        operand is not float32 (the caller then runs the op unemulated).
+        """
+        tensors = []
+        for x, role in operands:
+            x = tf.convert_to_tensor(x)
+            if x.dtype != tf.float32:
+                return None
+            tensors.append(self.round(x, role))
+        return self.round(op(*tensors), "errors")
+
+
+def operand_role(x):
+    """"weights" for a variable (a layer's kernel), else "activations"."""
+    return "weights" if _is_variable(x) else "activations"
+
+
+def integer_gemm(name):
+    """`tf_lowprec.dfp_gemm.dfp_<name>` (the INT16 GEMM) when installed, else None.
+
+    The one place that routes DFP policies with accumulator="int32" to the
+    integer GEMM; without it the DFP operands are multiplied by the FP32 op
+    (exact products, FP32 accumulation).
+    """
+    try:
+        from tf_lowprec import dfp_gemm  # noqa: PLC0415
+    except ImportError:
+        return None
+    return getattr(dfp_gemm, f"dfp_{name}", None)
+
+
+# Emulated backend functions.  Each takes the LayerContext and the backend's
+# original function, and has the backend function's signature after those.
+
+def matmul(context, original, x1, x2):
+    op = original
+    if context.spec.accumulator == "int32":
+        integer = integer_gemm("matmul")
+        if integer is not None and len(x1.shape) == 2 and len(x2.shape) == 2:
+            op = integer
+    y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
+    return original(x1, x2) if y is None else y
+
+
+def einsum(context, original, subscripts, *operands, **kwargs):
+    if len(operands) < 2:  # a transpose or reduction, not a GEMM
+        return original(subscripts, *operands, **kwargs)
+    y = context.gemm(lambda *ops: original(subscripts, *ops, **kwargs),
+                     [(x, operand_role(x)) for x in operands])
+    return original(subscripts, *operands, **kwargs) if y is None else y
+
+
+def _conv_like(name):
+    def emulated(context, original, inputs, kernel, *args, **kwargs):
+        op = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
+        if name == "conv" and context.spec.accumulator == "int32":
+            integer = integer_gemm("conv2d")
+            if integer is not None and len(inputs.shape) == 4:
+                op = lambda a, k: integer(a, k, *args, **kwargs)  # noqa: E731
+        y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))])
+        return original(inputs, kernel, *args, **kwargs) if y is None else y
+
+    emulated.__name__ = name
+    return emulated
+
+
+conv = _conv_like("conv")
+depthwise_conv = _conv_like("depthwise_conv")
+conv_transpose = _conv_like("conv_transpose")
+
+
+def separable_conv(context, original, inputs, depthwise_kernel, pointwise_kernel, strides=1,
+                   padding="valid", data_format=None, dilation_rate=1, *,
+                   depthwise_original, conv_original):
+    """Two emulated GEMMs: the depthwise conv, then the 1x1 pointwise conv.
+
+    The depthwise output is an activation entering the pointwise GEMM, so it
+    is rounded (and its error too), as a separately written pair of layers
+    would be.
+    """
+    del original  # tf.nn.separable_conv2d fuses the two GEMMs; they are run one by one
+    hidden = depthwise_conv(context, depthwise_original, inputs, depthwise_kernel,
+                            strides, padding, data_format, dilation_rate)
+    return conv(context, conv_original, hidden, pointwise_kernel, 1, "valid", data_format, 1)
+
+
+def dot_product_attention_core(context, original, query, key, value, bias, mask, is_causal,
+                               scale, *, nn_module):
+    """The TF backend's attention core with both einsums emulated; softmax in FP32."""
+    def einsum_op(equation):
+        return lambda a, b: tf.einsum(equation, a, b, optimize="optimal")
+
+    if query.dtype != tf.float32:
+        return original(query, key, value, bias, mask, is_causal, scale)
+    logits = context.gemm(einsum_op("BTNH,BSNH->BNTS"),
+                          [(query, "activations"), (key, "activations")])
+    logits = tf.multiply(logits, tf.cast(scale, logits.dtype))
+    if bias is not None:
+        logits = tf.add(logits, tf.cast(bias, logits.dtype))
+    padded_logits = nn_module._apply_masks(logits, mask, is_causal)
+    probs = tf.nn.softmax(padded_logits, axis=-1)
+    return context.gemm(einsum_op("BNTS,BSNH->BTNH"),
+                        [(probs, "activations"), (value, "activations")])

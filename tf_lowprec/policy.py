@@ -1,0 +1,323 @@
+"""Keras dtype policies that train stock layers in emulated low precision.
+
+A `Policy` is a `keras.DTypePolicy` whose compute and variable dtypes stay
+float32 (FP32 master weights, FP32 non-GEMM ops) and which carries a
+`PrecisionSpec`: the number format and rounding mode of each tensor role of
+a GEMM or convolution.  While a layer with such a policy runs, the TensorFlow
+backend's matmul / einsum / conv ops round their operands and the incoming
+error as the spec says (see `tf_lowprec.emulation` and docs/design.md).
+
+Tensor roles (the columns of the papers' tables):
+
+- `activations`: the non-weight operands of forward GEMMs (rounded in the
+  forward pass; the rounded values are also what the backward GEMMs read).
+- `weights`: the weight operands of forward GEMMs (likewise).
+- `errors`: the incoming error dY of a GEMM, rounded once before it enters
+  both backward GEMMs (dX = dY W^T and dW = X^T dY).
+- `weight_gradients`: the output dW of the backward weight GEMM.
+
+Each role is None (left in FP32) or a `(format, rounding)` pair; `format` is a
+`FloatFormat`/`DfpFormat` or a preset name of `tf_lowprec.formats`.
+
+>>> import keras, tf_lowprec as lp
+>>> policy = lp.Policy("bf16")
+>>> policy.spec.activations
+('bf16', 'nearest_even')
+>>> layer = keras.layers.Dense(4, dtype=policy)
+>>> layer.dtype_policy.name, layer.compute_dtype
+('bf16', 'float32')
+"""
+
+import keras
+
+from tf_lowprec import formats as formats_lib
+
+ROLES = ("activations", "weights", "errors", "weight_gradients")
+ACCUMULATORS = ("fp32", "int32")
+
+
+def _format_name(fmt):
+    """Preset name of `fmt` when it is one, else its config (for get_config)."""
+    if fmt.name in formats_lib.PRESETS and formats_lib.PRESETS[fmt.name] == fmt:
+        return fmt.name
+    return formats_lib.serialize(fmt)
+
+
+def _parse_role(role, value):
+    """Normalises a role entry to None or (format, rounding)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{role} must be None, a format or a (format, rounding) pair; got {value!r}"
+            )
+        fmt, rounding = value
+    else:
+        fmt, rounding = value, "nearest_even"
+    try:
+        fmt = formats_lib.get(fmt)
+    except ValueError as error:
+        raise ValueError(f"{role}: {error}") from None
+    formats_lib.check_rounding(rounding, f"{role} rounding")
+    if fmt == formats_lib.FP32 and isinstance(fmt, formats_lib.FloatFormat):
+        return None  # rounding float32 onto float32 is the identity
+    return fmt, rounding
+
+
+class PrecisionSpec:
+    """The format and rounding of every tensor role, and the accumulator.
+
+    Args:
+      activations, weights, errors, weight_gradients: None (FP32), a format
+        (rounded to nearest even) or a `(format, rounding)` pair.
+      accumulator: "fp32" (the FP32 op accumulates the rounded operands) or
+        "int32" (integer accumulation of DFP operands, run by
+        `tf_lowprec.dfp_gemm` where that module is installed; needs DFP
+        activations and weights).
+      first_last: None, or a spec (a preset name or a `PrecisionSpec`) used
+        instead of this one for the first and the last GEMM-bearing layer of
+        the model being called, as HFP8 keeps those at higher precision.
+
+    >>> import tf_lowprec as lp
+    >>> spec = lp.PrecisionSpec(activations="e4m3", weights="e4m3",
+    ...                         errors=("e5m2", "stochastic"))
+    >>> spec.errors
+    ('e5m2', 'stochastic')
+    """
+
+    def __init__(self, activations=None, weights=None, errors=None, weight_gradients=None,
+                 *, accumulator="fp32", first_last=None):
+        self._roles = {
+            "activations": _parse_role("activations", activations),
+            "weights": _parse_role("weights", weights),
+            "errors": _parse_role("errors", errors),
+            "weight_gradients": _parse_role("weight_gradients", weight_gradients),
+        }
+        if accumulator not in ACCUMULATORS:
+            raise ValueError(
+                f"accumulator must be one of {', '.join(map(repr, ACCUMULATORS))}; "
+                f"got {accumulator!r}"
+            )
+        if accumulator == "int32" and not all(
+            self._roles[r] is not None and isinstance(self._roles[r][0], formats_lib.DfpFormat)
+            for r in ("activations", "weights")
+        ):
+            raise ValueError(
+                "accumulator='int32' needs DfpFormat activations and weights (integer "
+                "mantissas); use accumulator='fp32' for float formats"
+            )
+        self.accumulator = accumulator
+        if first_last is not None:
+            first_last = get_spec(first_last)
+            if first_last.first_last is not None:
+                raise ValueError("first_last must be a spec without a first_last of its own")
+        self.first_last = first_last
+
+    def role(self, role):
+        """(format object, rounding) of `role`, or None when it stays FP32."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
+        return self._roles[role]
+
+    def __getattr__(self, name):
+        # Public read access in config form: spec.activations -> ("bf16", "nearest_even").
+        roles = self.__dict__.get("_roles")
+        if roles is not None and name in ROLES:
+            entry = roles[name]
+            return None if entry is None else (_format_name(entry[0]), entry[1])
+        raise AttributeError(name)
+
+    @property
+    def emulates(self):
+        """Whether any role is rounded (False for the FP32 control)."""
+        return any(v is not None for v in self._roles.values()) or self.first_last is not None
+
+    @property
+    def stochastic(self):
+        specs = [self] + ([self.first_last] if self.first_last else [])
+        return any(v is not None and v[1] == "stochastic"
+                   for s in specs for v in s._roles.values())
+
+    def with_rounding(self, rounding):
+        """A copy with every rounded role (and first_last's) set to `rounding`."""
+        formats_lib.check_rounding(rounding)
+        config = self.get_config()
+        for role in ROLES:
+            if config[role] is not None:
+                config[role] = [config[role][0], rounding]
+        if config["first_last"] is not None:
+            config["first_last"] = PrecisionSpec.from_config(
+                config["first_last"]).with_rounding(rounding).get_config()
+        return PrecisionSpec.from_config(config)
+
+    def get_config(self):
+        config = {}
+        for role in ROLES:
+            entry = self._roles[role]
+            config[role] = None if entry is None else [_format_name(entry[0]), entry[1]]
+        config["accumulator"] = self.accumulator
+        config["first_last"] = None if self.first_last is None else self.first_last.get_config()
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        unknown = set(config) - set(ROLES) - {"accumulator", "first_last"}
+        if unknown:
+            raise ValueError(
+                f"unknown PrecisionSpec keys {sorted(unknown)}; valid keys: "
+                f"{', '.join(ROLES)}, accumulator, first_last"
+            )
+        for role in ROLES:
+            if isinstance(config.get(role), dict):
+                config[role] = formats_lib.get(config[role])
+            elif isinstance(config.get(role), list) and isinstance(config[role][0], dict):
+                config[role] = (formats_lib.get(config[role][0]), config[role][1])
+        if isinstance(config.get("first_last"), dict):
+            config["first_last"] = cls.from_config(config["first_last"])
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, PrecisionSpec) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(repr(self.get_config()))
+
+    def __repr__(self):
+        parts = [f"{r}={getattr(self, r)!r}" for r in ROLES if self._roles[r] is not None]
+        if self.accumulator != "fp32":
+            parts.append(f"accumulator={self.accumulator!r}")
+        if self.first_last is not None:
+            parts.append(f"first_last={self.first_last!r}")
+        return f"PrecisionSpec({', '.join(parts)})"
+
+
+def _presets():
+    bf16 = ("bf16", "nearest_even")
+    fp16 = ("fp16", "nearest_even")
+    fp16_spec = PrecisionSpec(activations=fp16, weights=fp16, errors=fp16,
+                              weight_gradients=fp16)
+    return {
+        # The control: no rounding anywhere.
+        "fp32": PrecisionSpec(),
+        # Kalamkar et al. 2019: BF16 RNE inputs of every GEMM in all three
+        # passes, FP32 accumulation, FP32 weight gradients and master weights.
+        "bf16": PrecisionSpec(activations=bf16, weights=bf16, errors=bf16),
+        # Micikevicius et al. 2018: IEEE half operands, errors and weight
+        # gradients (loss scaling keeps the errors in range).
+        "fp16": fp16_spec,
+        # Sun et al. 2019: forward 1-4-3 with exponent bias 11, backward 1-5-2
+        # for errors and weight gradients; first and last layer in FP16.
+        "hfp8": PrecisionSpec(
+            activations="hfp8_forward", weights="hfp8_forward", errors="hfp8_backward",
+            weight_gradients="hfp8_backward", first_last=fp16_spec,
+        ),
+        # OCP FP8 as Transformer Engine uses it: E4M3 forward operands, E5M2
+        # errors, weight gradients left in FP32 (the GEMM's output precision).
+        "fp8": PrecisionSpec(activations="e4m3", weights="e4m3", errors="e5m2"),
+        # Das et al. 2018: INT16 dynamic fixed point operands and errors (one
+        # shared exponent per tensor), INT32 accumulation, FP32 weight gradients.
+        "dfp16": PrecisionSpec(activations="dfp16", weights="dfp16", errors="dfp16",
+                               accumulator="int32"),
+    }
+
+
+def get_spec(identifier):
+    """A `PrecisionSpec` from a preset name, a config dict or a spec."""
+    if isinstance(identifier, PrecisionSpec):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in PRESETS:
+            raise ValueError(
+                f"unknown precision policy {identifier!r}; valid presets: "
+                f"{', '.join(PRESETS)} (or pass spec=lp.PrecisionSpec(...) for a custom one)"
+            )
+        return PRESETS[identifier]
+    if isinstance(identifier, dict):
+        return PrecisionSpec.from_config(identifier)
+    raise ValueError(
+        f"cannot interpret {identifier!r} as a precision spec: pass a preset name "
+        f"({', '.join(PRESETS)}), a PrecisionSpec or its config dict"
+    )
+
+
+PRESETS = _presets()
+
+
+@keras.saving.register_keras_serializable(package="tf_lowprec")
+class Policy(keras.DTypePolicy):
+    """A float32 Keras dtype policy whose GEMMs and convolutions run emulated.
+
+    Args:
+      name: a preset ("fp32", "bf16", "fp16", "hfp8", "fp8", "dfp16") or, with
+        `spec`, any label for a custom policy (default "custom").
+      spec: a `PrecisionSpec` (or its config dict) for a custom policy.
+      rounding: optional rounding mode applied to every rounded role of the
+        preset or spec, e.g. "stochastic".
+      implementation: "auto" (C++ kernels where they can run, the pure-TF
+        path on GPUs and under XLA), "op" or "tf".
+
+    Set it globally, per layer, or in a `keras.dtype_policies.DTypePolicyMap`:
+
+    >>> import keras, tf_lowprec as lp
+    >>> keras.config.set_dtype_policy(lp.Policy("bf16"))
+    >>> keras.layers.Dense(2).dtype_policy
+    <Policy "bf16">
+    >>> keras.layers.Dense(2, dtype="float32").dtype_policy  # exempt a layer
+    <DTypePolicy "float32">
+    >>> keras.config.set_dtype_policy("float32")
+    """
+
+    def __init__(self, name=None, *, spec=None, rounding=None, implementation="auto"):
+        if spec is None:
+            if name is None:
+                raise ValueError(
+                    f"Policy needs a preset name ({', '.join(PRESETS)}) or spec=PrecisionSpec(...)"
+                )
+            spec = get_spec(name)
+        else:
+            spec = get_spec(spec)
+            name = "custom" if name is None else name
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if rounding is not None:
+            spec = spec.with_rounding(rounding)
+        if implementation not in ("auto", "op", "tf"):
+            raise ValueError(f"implementation must be 'auto', 'op' or 'tf'; got {implementation!r}")
+        super().__init__("float32")
+        self._name = name
+        self._spec = spec
+        self._implementation = implementation
+        from tf_lowprec import _keras_hooks  # noqa: PLC0415 (circular at import time)
+
+        _keras_hooks.install()
+
+    @property
+    def spec(self):
+        return self._spec
+
+    @property
+    def implementation(self):
+        return self._implementation
+
+    def get_config(self):
+        config = {"name": self._name, "implementation": self._implementation}
+        if PRESETS.get(self._name) != self._spec:
+            config["spec"] = self._spec.get_config()
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return (
+            type(other) is type(self)
+            and self._name == other._name
+            and self._spec == other._spec
+            and self._implementation == other._implementation
+        )
+
+    def __hash__(self):
+        return hash((self._name, self._spec))
