@@ -71,7 +71,7 @@ def round_magnitude_to_grid(a, k, rounding, words):
     )
     step_big = tf.where(
         k >= -126,
-        shl(tf.clip_by_value(k, -126, 127) + 127, 23),
+        shl(tf.clip_by_value(k, -126, 128) + 127, 23),  # k == 128: Inf (DFP, bits=2)
         shl(tf.ones_like(k), tf.clip_by_value(k + 149, 0, 31)),
     )
     big = dropped > 23
@@ -79,7 +79,9 @@ def round_magnitude_to_grid(a, k, rounding, words):
     kept = tf.where(big, tf.zeros_like(kept_in), kept_in)
     step = tf.where(big, step_big, step_in)
     if rounding == "nearest_even":
-        odd = tf.logical_and(tf.logical_not(big), band(shr(a, d), 1) == 1)
+        # Parity of the kept multiple: bit d of the significand (the implicit
+        # bit when d == 23), not of the raw bit pattern.
+        odd = tf.logical_and(tf.logical_not(big), band(shr(significand, d), 1) == 1)
         up = tf.logical_or(fraction > _HALF, tf.logical_and(fraction == _HALF, odd))
     elif rounding == "stochastic":
         up = words + fraction >= _TWO_32

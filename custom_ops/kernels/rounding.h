@@ -57,8 +57,9 @@ inline int32_t ClampInt(int32_t v, int32_t lo, int32_t hi) {
 
 // Rounds the finite float32 magnitude `a` onto the grid {n * 2^k}.
 // `random_word` (stochastic rounding only) must already be masked to its
-// top random_bits bits.  Requires k >= -149 whenever `a` needs rounding,
-// which holds for every valid float format and for DFP (see callers).
+// top random_bits bits.  Requires -149 <= k <= 128 whenever `a` needs
+// rounding, which holds for every valid float format and for DFP (see
+// callers).
 //
 // Written without data-dependent branches (every shift count clamped to a
 // defined range, both cases computed and selected) so that compilers
@@ -81,8 +82,10 @@ inline uint32_t RoundMagnitudeToGrid(uint32_t a, int32_t k, uint32_t random_word
   const uint32_t significand = (a & 0x7FFFFFu) | (biased != 0 ? 0x800000u : 0u);
   const uint32_t fraction_big = (significand << ClampInt(32 - dropped, 0, 8)) >>
                                 ClampInt(dropped - 32, 0, 31);
+  // k == 128 (DFP with bits == 2 and a block maximum above 2^127) gives the
+  // bits of +Inf: one step of 2^128 overflows float32.
   const uint32_t step_big =
-      k >= -126 ? static_cast<uint32_t>(ClampInt(k, -126, 127) + 127) << 23
+      k >= -126 ? static_cast<uint32_t>(ClampInt(k, -126, 128) + 127) << 23
                 : uint32_t{1} << ClampInt(k + 149, 0, 31);
   const bool big = dropped > 23;
   const uint32_t fraction = big ? fraction_big : fraction_in;
@@ -90,7 +93,9 @@ inline uint32_t RoundMagnitudeToGrid(uint32_t a, int32_t k, uint32_t random_word
   const uint32_t step = big ? step_big : step_in;
   bool up;
   if (kRounding == Rounding::kNearestEven) {
-    const bool odd = !big && ((a >> d) & 1u) != 0;
+    // Parity of the kept multiple of the grid step: bit d of the significand
+    // (for d == 23 that is the implicit bit, not the exponent field's lsb).
+    const bool odd = !big && ((significand >> d) & 1u) != 0;
     up = fraction > 0x80000000u || (fraction == 0x80000000u && odd);
   } else if (kRounding == Rounding::kStochastic) {
     up = static_cast<uint32_t>(random_word + fraction) < random_word;  // carry out
