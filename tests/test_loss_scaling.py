@@ -1,0 +1,133 @@
+"""AdaptiveLossScaleOptimizer: the scale rule, skipping, state."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec import loss_scaling
+
+
+def _erfinv(p):
+    # Independent of TF: bisection on math.erf.
+    lo, hi = 0.0, 10.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if math.erf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("sigma", [1e-9, 3e-8, 1e-7, 1e-6, 1e-3])
+def test_underflow_scale_is_zhaos_formula(sigma):
+    u_min = 2.0**-24
+    expected = u_min / (sigma * math.sqrt(2) * _erfinv(1e-3))
+    assert float(loss_scaling.underflow_scale(sigma, u_min)) == pytest.approx(expected, rel=1e-6)  # TF erfinv: ~1e-8
+
+
+def test_underflow_scale_meets_the_target_rate():
+    # P(|alpha x| < u_min) = T_uf for x ~ N(0, sigma^2) (checked by sampling).
+    sigma, u_min, rate = 1e-7, 2.0**-24, 1e-3
+    alpha = float(loss_scaling.underflow_scale(sigma, u_min, rate))
+    x = np.random.default_rng(0).normal(0.0, sigma, size=2_000_000)
+    measured = np.mean(np.abs(alpha * x) < u_min)
+    assert measured == pytest.approx(rate, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "sigma, max_abs, expected",
+    [
+        (1e-7, 1e-6, 256.0),        # floor_pow2(475.6): underflow-driven
+        (1.0, 4.0, 1.0),            # no underflow risk: never below 1 for that reason
+        (1e-7, 1000.0, 64.0),       # overflow bound 65504/1000 = 65.5 -> 64
+        (10.0, 1e5, 0.5),           # overflow forces a scale below 1
+        (0.0, 0.0, 1.0),            # all-zero errors: identity
+    ],
+)
+def test_layer_scale_bounds_and_power_of_two(sigma, max_abs, expected):
+    assert float(loss_scaling.layer_scale(sigma, max_abs, lp.FP16)) == expected
+
+
+def test_layer_scale_clips_and_respects_upper_bound():
+    assert float(loss_scaling.layer_scale(1e-12, 1e-11, lp.FP16, max_scale=2.0**10)) == 2.0**10
+    assert float(loss_scaling.layer_scale(1e-12, 1e-11, lp.FP16, upper_bound=8.0)) == 8.0
+    assert float(loss_scaling.layer_scale(10.0, 1e9, lp.FP16, min_scale=2.0**-3)) == 2.0**-3
+    assert float(loss_scaling.layer_scale(1e-9, 1e-9, lp.DFP16)) == 1.0
+
+
+def test_layer_scale_uses_the_format_range():
+    # E5M2: u_min = 2^-16, so the same statistics call for a larger scale than FP16.
+    fp16 = float(loss_scaling.layer_scale(1e-6, 1e-5, lp.FP16))
+    e5m2 = float(loss_scaling.layer_scale(1e-6, 1e-5, lp.E5M2))
+    assert e5m2 == 2.0**8 * fp16 or e5m2 > fp16
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])
+    return model
+
+
+def test_nonfinite_gradients_skip_the_step_and_halve_the_global_scale():
+    model = _model()
+    opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=1024.0)
+    opt.build(model.trainable_variables)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    grads = [tf.ones_like(v) for v in model.trainable_variables]
+    grads[1] = tf.fill(grads[1].shape, np.nan)
+    opt.apply(grads, model.trainable_variables)
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(b, v.numpy())
+    assert float(opt.dynamic_scale) == 512.0
+    grads[1] = tf.fill(grads[1].shape, np.inf)
+    opt.apply(grads, model.trainable_variables)
+    assert float(opt.dynamic_scale) == 256.0
+    # A finite step applies the unscaled gradient.
+    opt.apply([tf.ones_like(v) * 256.0 for v in model.trainable_variables],
+              model.trainable_variables)
+    np.testing.assert_allclose(model.trainable_variables[0].numpy(), before[0] - 0.1)
+
+
+def test_layer_scale_variables_are_created_and_checkpointed(tmp_path):
+    model = _model()
+    opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=64.0)
+    model.compile(optimizer=opt, loss="mse")
+    x, y = np.ones((8, 4), np.float32), np.zeros((8, 1), np.float32)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert sorted(opt.layer_scales) == sorted(layer.path for layer in model.layers)
+    opt.layer_scales[model.layers[0].path].assign(32.0)
+    opt.dynamic_scale.assign(16.0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    lopt = loaded.optimizer
+    assert isinstance(lopt, lp.AdaptiveLossScaleOptimizer)
+    assert float(lopt.dynamic_scale) == 16.0
+    # Paths differ between the two models (the loaded one has no model prefix);
+    # each optimizer keys its scales by its own model's layer paths.
+    assert float(lopt.layer_scales[loaded.layers[0].path]) == 32.0
+    assert lopt.get_config() == opt.get_config()
+    # tf.train.Checkpoint round trip too.
+    ckpt = tf.train.Checkpoint(optimizer=opt)
+    saved = ckpt.save(str(tmp_path / "ckpt"))
+    opt.dynamic_scale.assign(1.0)
+    opt.layer_scales[model.layers[0].path].assign(1.0)
+    ckpt.restore(saved)
+    assert float(opt.dynamic_scale) == 16.0
+    assert float(opt.layer_scales[model.layers[0].path]) == 32.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"underflow_rate": 0.0}, "underflow_rate"),
+        ({"min_scale": 0.0}, "min_scale"),
+        ({"min_scale": 4.0, "max_scale": 2.0}, "min_scale"),
+        ({"adaptive": "yes"}, "adaptive"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(), **kwargs)
