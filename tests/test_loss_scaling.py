@@ -131,3 +131,54 @@ def test_layer_scale_variables_are_created_and_checkpointed(tmp_path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(), **kwargs)
+
+
+def test_layer_scale_is_applied_to_errors_and_undone_on_gradients():
+    """dW = X^T Q(alpha dY) / alpha, dX likewise, with alpha from dY's statistics."""
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(16, 8)).astype(np.float32))
+    u = tf.constant(rng.normal(size=(16, 4)).astype(np.float32))
+    layer = keras.layers.Dense(4, use_bias=False, dtype=lp.Policy("fp16"))
+    layer.build((None, 8))
+    opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0**15)
+    opt.build(layer.trainable_variables)
+    tiny = 1e-7  # errors ~1e-7: a quarter of them underflow FP16 unscaled
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) * u) * tiny
+        scaled = opt.scale_loss(loss)
+    dx, dw = tape.gradient(scaled, [x, layer.kernel])
+    # The reference, written out: the true error is tiny * u, its RMS picks alpha.
+    sigma = float(np.sqrt(np.mean(np.square(tiny * u.numpy()))))
+    absolute = float(loss_scaling.layer_scale(sigma, float(np.max(np.abs(tiny * u.numpy()))),
+                                              lp.FP16))
+    assert absolute >= 16.0  # the rule scaled this layer's error up
+    assert float(opt.layer_scales[layer.path]) == absolute
+    dy = tf.constant(tiny * u.numpy() * 2.0**15)  # what arrives: global scale 2^15
+    alpha = absolute / 2.0**15
+    q = lp.round_to_format(dy * alpha, lp.FP16)
+    xq = lp.round_to_format(x, lp.FP16)
+    wq = lp.round_to_format(layer.kernel, lp.FP16)
+    dw_ref = lp.round_to_format(tf.matmul(xq, q, transpose_a=True), lp.FP16) / alpha
+    dx_ref = tf.matmul(q, wq, transpose_b=True) / alpha
+    np.testing.assert_array_equal(dw.numpy(), dw_ref.numpy())
+    np.testing.assert_array_equal(dx.numpy(), dx_ref.numpy())
+    # Without loss scaling the same errors lose values to FP16 underflow.
+    plain = lp.round_to_format(tf.constant(tiny * u.numpy()), lp.FP16).numpy()
+    assert np.count_nonzero(plain == 0) > 5
+    assert np.count_nonzero(q.numpy() == 0) == 0
+
+
+def test_without_an_adaptive_optimizer_gradients_are_unchanged():
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(4, 3)).astype(np.float32))
+    layer = keras.layers.Dense(2, dtype=lp.Policy("fp16"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x)) * 1e-6
+    grads = tape.gradient(loss, layer.trainable_variables)
+    # Reference: plain rounded errors, no scaling.
+    dy = lp.round_to_format(tf.fill([4, 2], 1e-6), lp.FP16)
+    xq = lp.round_to_format(x, lp.FP16)
+    np.testing.assert_array_equal(
+        grads[0].numpy(), lp.round_to_format(tf.matmul(xq, dy, transpose_a=True), lp.FP16).numpy()
+    )

@@ -208,3 +208,73 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             }
         )
         return config
+
+
+# The backward-pass side: a role hook of tf_lowprec.emulation ---------------
+#
+# For one emulated GEMM the hook builds, in the forward pass,
+#     y = scale_errors(round_errors(op(unscale(Q_a(a)), unscale(Q_w(w)))))
+# (with unscale applied before each operand quantizer, so that a weight
+# gradient rounded by Q_w's backward format is rounded while still scaled).
+# Backward: scale_errors computes alpha from dY's statistics (when an
+# AdaptiveLossScaleOptimizer is current) and multiplies; round_errors rounds
+# alpha * dY; the FP32 GEMM gradients are divided by alpha in `unscale`.
+# alpha travels from the first gradient function to the others in a cell of
+# the call's LayerContext: TensorFlow runs them in that order (data
+# dependence), in eager mode and when tracing alike.
+
+
+def _scaled_error_format(context):
+    entry = context.spec.role("errors")
+    if entry is None or not isinstance(entry[0], formats_lib.FloatFormat):
+        return None
+    return entry[0]
+
+
+def _cell(context):
+    cell = getattr(context, "_lowprec_error_scale", None)
+    if cell is None:
+        cell = context._lowprec_error_scale = {}
+    return cell
+
+
+def _error_scale_hook(context, role, x, round_fn):
+    fmt = _scaled_error_format(context)
+    if fmt is None:
+        return round_fn(x)
+    cell = _cell(context)
+    if role == "errors":
+
+        @tf.custom_gradient
+        def scale_errors(v):
+            def grad(dy):
+                scaler = current_error_scaler()
+                if scaler is None:
+                    cell["alpha"] = None
+                    return dy
+                alpha = scaler.error_scale(context.layer.path or context.layer.name, dy, fmt)
+                cell["alpha"] = alpha
+                return dy * alpha
+
+            return tf.identity(v), grad
+
+        return scale_errors(round_fn(x))
+
+    @tf.custom_gradient
+    def unscale(v):
+        def grad(dy):
+            alpha = cell.get("alpha")
+            return dy if alpha is None else dy / alpha
+
+        return tf.identity(v), grad
+
+    return round_fn(unscale(x))
+
+
+def _install_hook():
+    from tf_lowprec import emulation  # noqa: PLC0415
+
+    emulation.add_role_hook(_error_scale_hook)
+
+
+_install_hook()
