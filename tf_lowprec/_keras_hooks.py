@@ -17,6 +17,12 @@ in `keras.src.backend.common.name_scope`); when that layer's dtype policy is a
 the original function runs unchanged.  Nothing else in Keras is modified:
 `Layer.__call__` is not wrapped.
 
+One more function is wrapped for saving: `keras.src.dtype_policies.get`.
+`Operation.from_config` turns a deserialized float policy back into its name
+string before constructing the layer (keras/src/ops/operation.py), which
+would lose a `Policy`; the name of a `Policy` is a `PolicyName` string that
+carries the policy, and the wrapped `get` returns it.
+
 `install()` is idempotent, and checks the Keras version first.
 
 >>> from tf_lowprec import _keras_hooks
@@ -76,6 +82,16 @@ def current_callers():
             if isinstance(entry.caller, keras.layers.Layer)]
 
 
+def layer_policy(layer):
+    """The policy in force for `layer`, resolving a DTypePolicyMap by the layer's path."""
+    from keras.src.dtype_policies import DTypePolicyMap  # noqa: PLC0415
+
+    policy = layer.dtype_policy
+    if isinstance(policy, DTypePolicyMap) and layer.path:
+        policy = policy[layer.path]
+    return policy
+
+
 def active_context():
     """A `LayerContext` when the innermost layer being called has a `Policy`, else None."""
     from tf_lowprec.emulation import LayerContext  # noqa: PLC0415
@@ -85,10 +101,11 @@ def active_context():
     if not callers:
         return None
     layer, entry = callers[-1]
-    policy = layer.dtype_policy
+    policy = layer_policy(layer)
     if not isinstance(policy, Policy) or not policy.spec.emulates:
         return None
-    return LayerContext(layer, policy, [c for c, _ in callers], scope=entry)
+    return LayerContext(layer, policy, [c for c, _ in callers], scope=entry,
+                        outer_scope=callers[0][1])
 
 
 def _route(name, original, emulated, **extra):
@@ -144,6 +161,20 @@ def install():
                 continue
             function, extra = emulated[name]
             setattr(module, name, _route(name, current, function, **extra))
+        from keras.src import dtype_policies  # noqa: PLC0415
+        from tf_lowprec.policy import PolicyName  # noqa: PLC0415
+
+        if not hasattr(dtype_policies.get, "_lowprec_original"):
+            get_original = dtype_policies.get
+
+            @functools.wraps(get_original)
+            def get(identifier):
+                if isinstance(identifier, PolicyName):
+                    return identifier.policy
+                return get_original(identifier)
+
+            get._lowprec_original = get_original
+            dtype_policies.get = get
         _installed = True
 
 
@@ -157,7 +188,9 @@ def original(module_name, name):
 
 def installed():
     """Whether every routed function is in place."""
+    from keras.src import dtype_policies  # noqa: PLC0415
+
     numpy_module, nn_module = _backend_modules()
-    return all(hasattr(getattr(m, n), "_lowprec_original")
+    return hasattr(dtype_policies.get, "_lowprec_original") and all(hasattr(getattr(m, n), "_lowprec_original")
                for m, names in ((numpy_module, _NUMPY_FUNCTIONS), (nn_module, _NN_FUNCTIONS))
                for n in names)

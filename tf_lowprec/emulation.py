@@ -40,8 +40,6 @@ _role_hooks = []
 _process_seed = None
 # GEMM-bearing layers of each model: first and last (for first_last specs).
 _first_last_cache = weakref.WeakKeyDictionary()
-# Per-graph call counters that keep the seeds of a shared layer's calls apart.
-_call_counters = weakref.WeakKeyDictionary()
 
 
 def add_role_hook(hook):
@@ -121,15 +119,18 @@ class LayerContext:
         first/last layers.
       scope: the Keras name-scope entry of this call, which holds the
         per-call GEMM counter.
+      outer_scope: the name-scope entry of the outermost call, which holds
+        the per-layer call counters.
     """
 
-    def __init__(self, layer, policy, callers, scope=None):
+    def __init__(self, layer, policy, callers, scope=None, outer_scope=None):
         import keras  # noqa: PLC0415
 
         self.layer = layer
         self.policy = policy
         self.callers = callers
         self.scope = scope
+        self.outer_scope = outer_scope
         models = [c for c in callers if isinstance(c, keras.Model)]
         self.model = models[0] if models else None
         spec = policy.spec
@@ -148,12 +149,16 @@ class LayerContext:
     # Seeds -------------------------------------------------------------
 
     def _call_index(self):
-        """(call number of this layer in the current graph, GEMM number in this call)."""
+        """(call number of this layer in the outermost call, GEMM number in this call).
+
+        Both count from 0 in each outermost layer call (one traced train step,
+        or one eager call), so eager and graph execution draw the same seeds.
+        """
         if self._gemm_index is None:
             scope = self.scope if self.scope is not None else self
             if not hasattr(scope, "_lowprec_call"):
-                graph = tf.compat.v1.get_default_graph()
-                counters = _call_counters.setdefault(graph, {})
+                outer = self.outer_scope if self.outer_scope is not None else scope
+                counters = outer.__dict__.setdefault("_lowprec_calls", {})
                 key = id(self.layer)
                 scope._lowprec_call = counters.get(key, 0)
                 counters[key] = scope._lowprec_call + 1

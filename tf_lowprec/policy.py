@@ -245,6 +245,24 @@ def get_spec(identifier):
 PRESETS = _presets()
 
 
+class PolicyName(str):
+    """A policy's name that still knows its policy.
+
+    Keras' `Operation.from_config` replaces a deserialized float policy by its
+    `name` before constructing the layer; `_keras_hooks` lets
+    `dtype_policies.get` turn this name back into the policy, so custom specs
+    survive `load_model`.
+    """
+
+    def __new__(cls, text, policy):
+        name = super().__new__(cls, text)
+        name.policy = policy
+        return name
+
+    def __reduce__(self):
+        return PolicyName, (str(self), self.policy)
+
+
 @keras.saving.register_keras_serializable(package="tf_lowprec")
 class Policy(keras.DTypePolicy):
     """A float32 Keras dtype policy whose GEMMs and convolutions run emulated.
@@ -292,6 +310,10 @@ class Policy(keras.DTypePolicy):
         from tf_lowprec import _keras_hooks  # noqa: PLC0415 (circular at import time)
 
         _keras_hooks.install()
+
+    @property
+    def name(self):
+        return PolicyName(self._name, self)
 
     @property
     def spec(self):

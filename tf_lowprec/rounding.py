@@ -114,6 +114,19 @@ def _check_isa(isa):
         raise ValueError(f"isa must be 'auto', 'portable' or 'avx512'; got {isa!r}")
 
 
+def _straight_through(forward, x):
+    """forward(x) with the straight-through gradient the kernels register."""
+
+    @tf.custom_gradient
+    def straight_through(v):
+        def grad(*upstream):
+            return upstream[0]  # d(values); the DFP exponents have no gradient
+
+        return forward(v), grad
+
+    return straight_through(x)
+
+
 def _float_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
     if kernel:
         return _op_library.load().lowprec_round_to_float_format(
@@ -130,7 +143,8 @@ def _float_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
             random_bits=random_bits,
             isa=isa,
         )
-    return tf_rounding.round_to_format(x, fmt, rounding, seed, random_bits)
+    return _straight_through(
+        lambda v: tf_rounding.round_to_format(v, fmt, rounding, seed, random_bits), x)
 
 
 def _dfp_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
@@ -155,7 +169,8 @@ def _dfp_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
             random_bits=random_bits,
             isa=isa,
         )
-    return tf_rounding.quantize_dfp(x, fmt, rounding, seed, random_bits)
+    return _straight_through(
+        lambda v: tf_rounding.quantize_dfp(v, fmt, rounding, seed, random_bits), x)
 
 
 def _with_gradient(forward, x, seed, backward):
