@@ -2,6 +2,14 @@
 // with TF_LOWPREC_ISA defined (see rounding_loops.h).  Every function lives in
 // tf_lowprec::TF_LOWPREC_ISA so that the copies compiled with different -m
 // flags never merge at link time.
+//
+// The scalar loops below, written on rounding.h's per-element functions,
+// are the reference.  With TF_LOWPREC_AVX512_INTRINSICS defined (the AVX-512
+// translation unit) the same loops run on 16 lanes with explicit intrinsics
+// instead (rounding_avx512.h, philox_avx512.h): compilers do not vectorise
+// the scalar form (Philox's 32x32->64 products, the shift-count selects), and
+// the intrinsics are 10-30 times faster.  Both are bit-identical
+// (tests/test_isa_equivalence.py).
 #ifndef TF_LOWPREC_ISA
 #error "define TF_LOWPREC_ISA before including rounding_loops_impl.h"
 #endif
@@ -14,6 +22,11 @@
 #include "rounding.h"
 #include "rounding_loops.h"
 
+#if defined(TF_LOWPREC_AVX512_INTRINSICS)
+#include "philox_avx512.h"
+#include "rounding_avx512.h"
+#endif
+
 namespace tf_lowprec {
 namespace TF_LOWPREC_ISA {
 namespace {
@@ -21,6 +34,11 @@ namespace {
 // Elements handled per inner step: a multiple of 4 (one Philox block per 4
 // elements) and of the widest vector.
 constexpr int64_t kChunk = 256;
+
+#if !defined(TF_LOWPREC_AVX512_INTRINSICS)
+
+// ---- Scalar reference loops (rounding.h, philox.h) ----
+
 
 // Random words of elements [first, first + n), n <= kChunk, into words[0..n).
 inline void FillRandomWords(const RandomStream& random, int64_t first, int64_t n,
@@ -66,18 +84,6 @@ void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
   }
 }
 
-void RoundFloat(const float* in, float* out, int64_t n, int64_t first_index,
-                const FloatGrid& grid, Rounding rounding, const RandomStream& random) {
-  switch (rounding) {
-    case Rounding::kNearestEven:
-      return RoundFloatImpl<Rounding::kNearestEven>(in, out, n, first_index, grid, random);
-    case Rounding::kStochastic:
-      return RoundFloatImpl<Rounding::kStochastic>(in, out, n, first_index, grid, random);
-    case Rounding::kTowardZero:
-      return RoundFloatImpl<Rounding::kTowardZero>(in, out, n, first_index, grid, random);
-  }
-}
-
 template <Rounding kRounding>
 void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
                   const int32_t* k, int64_t k_stride, const RandomStream& random) {
@@ -95,18 +101,6 @@ void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
       const int32_t* ks = k + start;
       for (int64_t i = 0; i < m; ++i) dst[i] = RoundToDfpGrid<kRounding>(src[i], ks[i], words[i]);
     }
-  }
-}
-
-void RoundDfp(const float* in, float* out, int64_t n, int64_t first_index, const int32_t* k,
-              int64_t k_stride, Rounding rounding, const RandomStream& random) {
-  switch (rounding) {
-    case Rounding::kNearestEven:
-      return RoundDfpImpl<Rounding::kNearestEven>(in, out, n, first_index, k, k_stride, random);
-    case Rounding::kStochastic:
-      return RoundDfpImpl<Rounding::kStochastic>(in, out, n, first_index, k, k_stride, random);
-    case Rounding::kTowardZero:
-      return RoundDfpImpl<Rounding::kTowardZero>(in, out, n, first_index, k, k_stride, random);
   }
 }
 
@@ -132,6 +126,192 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
   }
   return result;
 }
+#else  // TF_LOWPREC_AVX512_INTRINSICS
+
+// ---- The same loops on 16 lanes (rounding_avx512.h, philox_avx512.h) ----
+
+
+// Words needed by elements [first, first + n), n <= kChunk: whole groups of
+// 16 Philox blocks into `buffer` (kWordBuffer words, 64-byte aligned);
+// returns the word of element `first`.
+constexpr int64_t kWordBuffer = kChunk + 64;
+
+inline const uint32_t* FillRandomWords16(const RandomStream& random,
+                                         const simd::PhiloxKeys16& keys, int64_t first,
+                                         int64_t n, uint32_t* buffer) {
+  const int64_t first_block = first >> 2;
+  const int64_t offset = first & 3;
+  const int64_t blocks = (offset + n + 3) >> 2;
+  int64_t b = 0;
+  for (; b + 64 <= blocks; b += 64) {
+    simd::PhiloxBlocks<4>(random.philox, keys, static_cast<uint64_t>(first_block + b),
+                          buffer + 4 * b);
+  }
+  for (; b < blocks; b += 16) {
+    simd::PhiloxBlocks<1>(random.philox, keys, static_cast<uint64_t>(first_block + b),
+                          buffer + 4 * b);
+  }
+  return buffer + offset;
+}
+
+inline __mmask16 TailMask(int64_t lanes) {
+  return lanes >= 16 ? static_cast<__mmask16>(0xFFFF)
+                     : static_cast<__mmask16>((1u << lanes) - 1u);
+}
+
+// Lanes the shorter forms do not cover (rare: Inf, NaN, magnitudes below
+// the format's subnormal step): the full transcription of rounding.h, out
+// of line so that the hot loop keeps its constants in registers.
+template <Rounding kRounding>
+__attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::FloatGrid16& c,
+                                                      __m512i word) {
+  return simd::RoundToFloatFormat16<kRounding>(u, c, word);
+}
+
+// One vector, by the shortest form valid for all of its lanes.
+template <Rounding kRounding>
+inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i word) {
+  const __m512i a = simd::FloatFormatMagnitude16(u, c);
+  if (c.normal_ok && simd::AllInNormalRange16(a, c)) {
+    return simd::RoundNormalRange16<kRounding>(u, a, c, word);
+  }
+  if (c.fast_ok && !simd::AnyNeedsFullForm16(a, c)) {
+    return simd::RoundToFloatFormatFast16<kRounding>(u, a, c, word);
+  }
+  return RoundFloatVectorFull<kRounding>(u, c, word);
+}
+
+template <Rounding kRounding>
+void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
+                    const FloatGrid& grid, const RandomStream& random) {
+  const simd::FloatGrid16 c = simd::MakeFloatGrid16(grid);
+  const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
+                                      ? simd::MakePhiloxKeys16(random.philox)
+                                      : simd::PhiloxKeys16{};
+  const __m512i word_mask = simd::Splat(random.mask);
+  alignas(64) uint32_t buffer[kWordBuffer];
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t m = std::min<int64_t>(kChunk, n - start);
+    const uint32_t* words = nullptr;
+    if (kRounding == Rounding::kStochastic) {
+      words = FillRandomWords16(random, keys, first_index + start, m, buffer);
+    }
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
+    int64_t i = 0;
+    for (; i + 16 <= m; i += 16) {
+      const __m512i u = _mm512_loadu_si512(src + i);
+      const __m512i word = kRounding == Rounding::kStochastic
+                               ? _mm512_and_si512(_mm512_loadu_si512(words + i), word_mask)
+                               : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + i, RoundFloatVector<kRounding>(u, c, word));
+    }
+    if (i < m) {
+      const __mmask16 lanes = TailMask(m - i);
+      const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
+      const __m512i word =
+          kRounding == Rounding::kStochastic
+              ? _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, words + i), word_mask)
+              : _mm512_setzero_si512();
+      _mm512_mask_storeu_epi32(dst + i, lanes, RoundFloatVector<kRounding>(u, c, word));
+    }
+  }
+}
+
+template <Rounding kRounding>
+void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
+                  const int32_t* k, int64_t k_stride, const RandomStream& random) {
+  const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
+                                      ? simd::MakePhiloxKeys16(random.philox)
+                                      : simd::PhiloxKeys16{};
+  const __m512i word_mask = simd::Splat(random.mask);
+  const __m512i shared = simd::SplatInt(k[0]);
+  alignas(64) uint32_t buffer[kWordBuffer];
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t m = std::min<int64_t>(kChunk, n - start);
+    const uint32_t* words = nullptr;
+    if (kRounding == Rounding::kStochastic) {
+      words = FillRandomWords16(random, keys, first_index + start, m, buffer);
+    }
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
+    const int32_t* ks = k + start;
+    for (int64_t i = 0; i < m; i += 16) {
+      const __mmask16 lanes = TailMask(m - i);
+      const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
+      const __m512i word =
+          kRounding == Rounding::kStochastic
+              ? _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, words + i), word_mask)
+              : _mm512_setzero_si512();
+      const __m512i exponent = k_stride == 0 ? shared : _mm512_maskz_loadu_epi32(lanes, ks + i);
+      _mm512_mask_storeu_epi32(dst + i, lanes, simd::RoundToDfpGrid16<kRounding>(u, exponent, word));
+    }
+  }
+}
+
+// |x| bits with NaN and Inf mapped to 0.
+inline __m512i FiniteMagnitude16(__m512i u) {
+  const __m512i a = _mm512_and_si512(u, simd::Splat(kAbsMask));
+  return _mm512_maskz_mov_epi32(_mm512_cmplt_epu32_mask(a, simd::Splat(kInfBits)), a);
+}
+
+void MaxAbsBits(const float* in, int64_t rows, int64_t width, int64_t stride,
+                uint32_t* max_bits) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(in + r * stride);
+    for (int64_t j = 0; j < width; j += 16) {
+      const __mmask16 lanes = TailMask(width - j);
+      const __m512i a = FiniteMagnitude16(_mm512_maskz_loadu_epi32(lanes, row + j));
+      const __m512i current = _mm512_maskz_loadu_epi32(lanes, max_bits + j);
+      _mm512_mask_storeu_epi32(max_bits + j, lanes, _mm512_max_epu32(a, current));
+    }
+  }
+}
+
+uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(in);
+  // Four accumulators hide the latency of the max.
+  __m512i m0 = _mm512_setzero_si512(), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    m0 = _mm512_max_epu32(m0, FiniteMagnitude16(_mm512_loadu_si512(src + i)));
+    m1 = _mm512_max_epu32(m1, FiniteMagnitude16(_mm512_loadu_si512(src + i + 16)));
+    m2 = _mm512_max_epu32(m2, FiniteMagnitude16(_mm512_loadu_si512(src + i + 32)));
+    m3 = _mm512_max_epu32(m3, FiniteMagnitude16(_mm512_loadu_si512(src + i + 48)));
+  }
+  for (; i < n; i += 16) {
+    m0 = _mm512_max_epu32(m0, FiniteMagnitude16(_mm512_maskz_loadu_epi32(TailMask(n - i), src + i)));
+  }
+  return _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(m0, m1),
+                                                  _mm512_max_epu32(m2, m3)));
+}
+
+#endif  // TF_LOWPREC_AVX512_INTRINSICS
+
+void RoundFloat(const float* in, float* out, int64_t n, int64_t first_index,
+                const FloatGrid& grid, Rounding rounding, const RandomStream& random) {
+  switch (rounding) {
+    case Rounding::kNearestEven:
+      return RoundFloatImpl<Rounding::kNearestEven>(in, out, n, first_index, grid, random);
+    case Rounding::kStochastic:
+      return RoundFloatImpl<Rounding::kStochastic>(in, out, n, first_index, grid, random);
+    case Rounding::kTowardZero:
+      return RoundFloatImpl<Rounding::kTowardZero>(in, out, n, first_index, grid, random);
+  }
+}
+
+void RoundDfp(const float* in, float* out, int64_t n, int64_t first_index, const int32_t* k,
+              int64_t k_stride, Rounding rounding, const RandomStream& random) {
+  switch (rounding) {
+    case Rounding::kNearestEven:
+      return RoundDfpImpl<Rounding::kNearestEven>(in, out, n, first_index, k, k_stride, random);
+    case Rounding::kStochastic:
+      return RoundDfpImpl<Rounding::kStochastic>(in, out, n, first_index, k, k_stride, random);
+    case Rounding::kTowardZero:
+      return RoundDfpImpl<Rounding::kTowardZero>(in, out, n, first_index, k, k_stride, random);
+  }
+}
+
 
 }  // namespace
 

@@ -1,0 +1,286 @@
+// rounding.h on AVX-512: the same per-element functions, 16 lanes at a time.
+//
+// Each function here is a lane-wise transcription of its namesake in
+// rounding.h (same steps, same clamps, same selects), so both give the same
+// bits for every input; tests/test_isa_equivalence.py checks that, and the
+// portable loops (compiled from rounding.h) stay the reference.  The one
+// addition is RoundToFloatFormatFast, a shorter form of the same function
+// that is valid for the lanes the loops route to it (see its comment).
+// Included only by the AVX-512 translation unit.
+#ifndef TF_LOWPREC_KERNELS_ROUNDING_AVX512_H_
+#define TF_LOWPREC_KERNELS_ROUNDING_AVX512_H_
+
+#if !defined(__AVX512F__)
+#error "rounding_avx512.h needs -mavx512f"
+#endif
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "number_formats.h"
+#include "rounding.h"
+
+namespace tf_lowprec {
+namespace simd {
+
+inline __m512i Splat(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+inline __m512i SplatInt(int32_t v) { return _mm512_set1_epi32(v); }
+
+inline __m512i ClampInt16(__m512i v, int32_t lo, int32_t hi) {
+  return _mm512_min_epi32(_mm512_max_epi32(v, SplatInt(lo)), SplatInt(hi));
+}
+
+// RoundMagnitudeToGrid (rounding.h) on 16 lanes.
+template <Rounding kRounding>
+inline __m512i RoundMagnitudeToGrid16(__m512i a, __m512i k, __m512i random_word) {
+  const __m512i one = SplatInt(1);
+  const __m512i biased = _mm512_srli_epi32(a, 23);
+  const __mmask16 normal = _mm512_test_epi32_mask(biased, biased);
+  // biased == 0 ? -126 : biased - 127
+  const __m512i exponent = _mm512_sub_epi32(_mm512_max_epi32(biased, one), SplatInt(127));
+  const __m512i dropped = _mm512_sub_epi32(k, _mm512_sub_epi32(exponent, SplatInt(23)));
+  const __m512i d = ClampInt16(dropped, 1, 23);
+  const __m512i fraction_in = _mm512_sllv_epi32(a, _mm512_sub_epi32(SplatInt(32), d));
+  const __m512i kept_in = _mm512_sllv_epi32(_mm512_srlv_epi32(a, d), d);
+  const __m512i step_in = _mm512_sllv_epi32(one, d);
+  const __m512i mantissa = _mm512_and_si512(a, Splat(0x7FFFFFu));
+  const __m512i significand = _mm512_mask_or_epi32(mantissa, normal, mantissa, Splat(0x800000u));
+  const __m512i fraction_big = _mm512_srlv_epi32(
+      _mm512_sllv_epi32(significand, ClampInt16(_mm512_sub_epi32(SplatInt(32), dropped), 0, 8)),
+      ClampInt16(_mm512_sub_epi32(dropped, SplatInt(32)), 0, 31));
+  const __mmask16 k_normal = _mm512_cmpge_epi32_mask(k, SplatInt(-126));
+  const __m512i step_normal =
+      _mm512_slli_epi32(_mm512_add_epi32(ClampInt16(k, -126, 128), SplatInt(127)), 23);
+  const __m512i step_subnormal =
+      _mm512_sllv_epi32(one, ClampInt16(_mm512_add_epi32(k, SplatInt(149)), 0, 31));
+  const __m512i step_big = _mm512_mask_blend_epi32(k_normal, step_subnormal, step_normal);
+  const __mmask16 big = _mm512_cmpgt_epi32_mask(dropped, SplatInt(23));
+  const __m512i fraction = _mm512_mask_blend_epi32(big, fraction_in, fraction_big);
+  const __m512i kept = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~big), kept_in);
+  const __m512i step = _mm512_mask_blend_epi32(big, step_in, step_big);
+  __mmask16 up;
+  const __m512i half = Splat(0x80000000u);
+  if (kRounding == Rounding::kNearestEven) {
+    // Parity of the kept multiple: bit d of the significand (rounding.h).
+    const __mmask16 odd = _mm512_mask_test_epi32_mask(static_cast<__mmask16>(~big),
+                                                      _mm512_srlv_epi32(significand, d), one);
+    up = _mm512_cmpgt_epu32_mask(fraction, half) |
+         _mm512_mask_cmpeq_epu32_mask(odd, fraction, half);
+  } else if (kRounding == Rounding::kStochastic) {
+    up = _mm512_cmplt_epu32_mask(_mm512_add_epi32(random_word, fraction), random_word);
+  } else {
+    up = 0;
+  }
+  const __m512i rounded = _mm512_mask_add_epi32(kept, up, kept, step);
+  return _mm512_mask_blend_epi32(_mm512_cmple_epi32_mask(dropped, _mm512_setzero_si512()),
+                                 rounded, a);
+}
+
+// A FloatGrid as broadcast constants, plus what the fast form needs.
+struct FloatGrid16 {
+  __m512i min_exponent, mantissa_bits;
+  __m512i flush_input_below;   // 0x00800000 when flushing input denormals, else 0
+  __m512i flush_result_below;  // min_normal_bits without subnormals, else 0
+  __m512i max_bits;
+  __m512i overflow_bits[3];    // per Rounding value
+  __m512i inf_result;          // result magnitude of an infinite input
+  __mmask16 keep_zero_sign;    // 0xFFFF when the format has -0
+  // Normal-range form (see RoundNormalRange16).
+  bool normal_ok;              // 1 <= mantissa_bits <= 22
+  __m128i normal_dropped;      // 23 - mantissa_bits, as a shift count
+  __m128i normal_fraction_shift;  // 32 - (23 - mantissa_bits)
+  __m512i normal_half_minus_one;  // 2^(dropped - 1) - 1
+  __m512i normal_keep;         // clears the dropped bits
+  __m512i min_normal_bits;     // float32 bits of the format's smallest normal
+  __m512i normal_range;        // kInfBits - min_normal_bits
+  __mmask16 zero_in_normal_form;  // 0xFFFF when zeros may take that form too
+  // Fast form (see RoundToFloatFormatFast).
+  bool fast_ok;                // mantissa_bits <= 22
+  __m512i fast_dropped_base;   // (min_exponent + 127) + 23 - mantissa_bits
+  __m512i fast_dropped_min;    // 23 - mantissa_bits
+  __m512i slow_below_minus_one;  // lanes with 1 <= a < slow_below need the full form
+};
+
+inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
+  FloatGrid16 c;
+  c.min_exponent = SplatInt(g.min_exponent);
+  c.mantissa_bits = SplatInt(g.mantissa_bits);
+  c.flush_input_below = Splat(g.flush_input_denormals ? 0x00800000u : 0u);
+  c.flush_result_below = Splat(g.subnormals ? 0u : g.min_normal_bits);
+  c.max_bits = Splat(g.max_bits);
+  const uint32_t unsaturated =
+      g.overflow == Overflow::kSaturate
+          ? g.max_bits
+          : (g.overflow == Overflow::kInfinity ? kInfBits : kQuietNanBits);
+  c.overflow_bits[static_cast<int>(Rounding::kNearestEven)] = Splat(unsaturated);
+  c.overflow_bits[static_cast<int>(Rounding::kStochastic)] = Splat(unsaturated);
+  c.overflow_bits[static_cast<int>(Rounding::kTowardZero)] = Splat(g.max_bits);
+  c.inf_result = Splat(g.infinities ? kInfBits
+                                    : (g.overflow == Overflow::kNan ? kQuietNanBits : g.max_bits));
+  c.keep_zero_sign = g.negative_zero ? 0xFFFF : 0;
+  const int32_t normal_dropped = 23 - g.mantissa_bits;
+  c.normal_ok = g.mantissa_bits >= 1 && g.mantissa_bits <= 22;
+  c.normal_dropped = _mm_cvtsi32_si128(normal_dropped);
+  c.normal_fraction_shift = _mm_cvtsi32_si128(32 - normal_dropped);
+  c.normal_half_minus_one =
+      Splat(c.normal_ok ? (uint32_t{1} << (normal_dropped - 1)) - 1u : 0u);
+  c.normal_keep = Splat(c.normal_ok ? ~((uint32_t{1} << normal_dropped) - 1u) : 0u);
+  c.min_normal_bits = Splat(g.min_normal_bits);
+  c.normal_range = Splat(kInfBits - g.min_normal_bits);
+  c.zero_in_normal_form = g.negative_zero ? 0xFFFF : 0;
+  c.fast_ok = g.mantissa_bits <= 22;
+  const int32_t min_biased = g.min_exponent + 127;  // >= 1 for every valid grid
+  c.fast_dropped_base = SplatInt(min_biased + 23 - g.mantissa_bits);
+  c.fast_dropped_min = SplatInt(23 - g.mantissa_bits);
+  const int32_t slow_biased = min_biased - g.mantissa_bits;
+  // With slow_biased <= 1 no lane needs the full form (0 makes the test fail).
+  c.slow_below_minus_one =
+      Splat(slow_biased >= 2 ? (static_cast<uint32_t>(slow_biased) << 23) - 1u : 0u);
+  return c;
+}
+
+// Everything of RoundToFloatFormat after RoundMagnitudeToGrid.
+template <Rounding kRounding>
+inline __m512i FinishFloatFormat16(__m512i u, __m512i a, __m512i r, const FloatGrid16& c) {
+  r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
+                            c.overflow_bits[static_cast<int>(kRounding)]);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpeq_epi32_mask(a, Splat(kInfBits)), c.inf_result);
+  const __m512i sign = _mm512_and_si512(u, Splat(kSignMask));
+  const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
+  const __m512i signed_r = _mm512_mask_or_epi32(r, keep_sign, r, sign);
+  return _mm512_mask_or_epi32(signed_r, _mm512_cmpgt_epu32_mask(a, Splat(kInfBits)), sign,
+                              Splat(kQuietNanBits));
+}
+
+// Input magnitude after the optional flush of input denormals.
+inline __m512i FloatFormatMagnitude16(__m512i u, const FloatGrid16& c) {
+  const __m512i a0 = _mm512_and_si512(u, Splat(kAbsMask));
+  return _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(a0, c.flush_input_below), a0);
+}
+
+// RoundToFloatFormat (rounding.h) on 16 lanes.
+template <Rounding kRounding>
+inline __m512i RoundToFloatFormat16(__m512i u, const FloatGrid16& c, __m512i random_word) {
+  const __m512i a = FloatFormatMagnitude16(u, c);
+  const __m512i exponent =
+      _mm512_sub_epi32(_mm512_max_epi32(_mm512_srli_epi32(a, 23), SplatInt(1)), SplatInt(127));
+  const __m512i k =
+      _mm512_sub_epi32(_mm512_max_epi32(exponent, c.min_exponent), c.mantissa_bits);
+  const __m512i r = RoundMagnitudeToGrid16<kRounding>(a, k, random_word);
+  return FinishFloatFormat16<kRounding>(u, a, r, c);
+}
+
+// Lanes that RoundToFloatFormatFast16 does not cover: Inf and NaN, and the
+// nonzero magnitudes (after the input flush) below 2^(min_exponent -
+// mantissa_bits), the format's subnormal step, whose grid step exceeds the
+// value itself (dropped > 23 in rounding.h): biased exponent < min_biased - m.
+inline bool AnyNeedsFullForm16(__m512i a, const FloatGrid16& c) {
+  const __mmask16 tiny =
+      _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, SplatInt(1)), c.slow_below_minus_one);
+  const __mmask16 non_finite = _mm512_cmpge_epu32_mask(a, Splat(kInfBits));
+  return _kortestz_mask16_u8(tiny, non_finite) == 0;
+}
+
+// RoundToFloatFormat for finite lanes where rounding.h's `dropped` is in
+// 1..23, or the magnitude is 0, given mantissa_bits <= 22 (c.fast_ok), i.e.
+// lanes that AnyNeedsFullForm16 lets through.  Then `big` is false and
+// d == dropped in RoundMagnitudeToGrid:
+//   dropped = max(min_exponent - exponent, 0) + 23 - mantissa_bits
+//           = max(min_biased + 23 - m - max(biased, 1), 23 - m)
+// and the rounding is the bias-and-clear of RoundNormalRange16 with a
+// per-lane d; the parity bit d may now be 23, where the significand has
+// the implicit bit (set for float32 normals) instead of a's exponent lsb.
+// A zero lane rounds to zero whatever d (every term is 0 or masked off).
+template <Rounding kRounding>
+inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16& c,
+                                        __m512i random_word) {
+  const __m512i biased_or_one = _mm512_max_epi32(_mm512_srli_epi32(a, 23), SplatInt(1));
+  const __m512i d =
+      _mm512_max_epi32(_mm512_sub_epi32(c.fast_dropped_base, biased_or_one), c.fast_dropped_min);
+  const __m512i keep = _mm512_sllv_epi32(SplatInt(-1), d);
+  __m512i biased_a;
+  if (kRounding == Rounding::kNearestEven) {
+    // 2^(d-1) - 1, and bit d of the significand (a with bit 23 set for normals).
+    const __m512i half_minus_one = _mm512_srli_epi32(_mm512_andnot_si512(keep, SplatInt(-1)), 1);
+    const __m512i significand_bits = _mm512_mask_or_epi32(
+        a, _mm512_cmpge_epu32_mask(a, Splat(0x800000u)), a, Splat(0x800000u));
+    const __m512i odd = _mm512_and_si512(_mm512_srlv_epi32(significand_bits, d), SplatInt(1));
+    biased_a = _mm512_add_epi32(_mm512_add_epi32(a, half_minus_one), odd);
+  } else if (kRounding == Rounding::kStochastic) {
+    biased_a = _mm512_add_epi32(
+        a, _mm512_srlv_epi32(random_word, _mm512_sub_epi32(SplatInt(32), d)));
+  } else {
+    biased_a = a;
+  }
+  __m512i r = _mm512_and_si512(biased_a, keep);
+  // The finite-input part of FinishFloatFormat16.
+  r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
+                            c.overflow_bits[static_cast<int>(kRounding)]);
+  const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
+  return _mm512_mask_or_epi32(r, keep_sign, r, _mm512_and_si512(u, Splat(kSignMask)));
+}
+
+// True when every lane may take RoundNormalRange16: magnitudes (after the
+// input flush) in the format's normal range [min_normal, Inf), or zero when
+// the format has -0.
+inline bool AllInNormalRange16(__m512i a, const FloatGrid16& c) {
+  const __mmask16 normal =
+      _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, c.min_normal_bits), c.normal_range);
+  const __mmask16 zero = _mm512_mask_testn_epi32_mask(c.zero_in_normal_form, a, a);
+  return _kortestc_mask16_u8(normal, zero) != 0;
+}
+
+// RoundToFloatFormat for lanes accepted by AllInNormalRange16, given
+// c.normal_ok.  For a normal magnitude of the format, rounding.h has
+// exponent >= min_exponent, so k = exponent - m and dropped = d = 23 - m
+// (1..22) for every lane, `big` is false, and the parity bit d lies inside
+// the mantissa field.  With f the dropped field (d bits) of a:
+//   nearest_even  up iff f > 2^(d-1) or (f == 2^(d-1) and bit d of a is 1)
+//                 iff f + 2^(d-1) - 1 + bit_d >= 2^d
+//   stochastic    up iff (f << (32-d)) + w >= 2^32 iff f + (w >> (32-d)) >= 2^d
+//                 (the low 32-d bits of the sum are w's alone: no carry)
+// so adding the bias to a and clearing the dropped bits rounds (a carry out
+// of the mantissa increments the exponent, as in rounding.h).  The result is
+// at least min_normal (no flush to zero), finite inputs only (no Inf/NaN
+// handling), and a zero input gives zero, which keeps its sign when the
+// format has -0 (the only case in which zeros come here).
+template <Rounding kRounding>
+inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c,
+                                  __m512i random_word) {
+  __m512i biased_a;
+  if (kRounding == Rounding::kNearestEven) {
+    const __m512i odd = _mm512_and_si512(_mm512_srl_epi32(a, c.normal_dropped), SplatInt(1));
+    biased_a = _mm512_add_epi32(_mm512_add_epi32(a, c.normal_half_minus_one), odd);
+  } else if (kRounding == Rounding::kStochastic) {
+    biased_a = _mm512_add_epi32(a, _mm512_srl_epi32(random_word, c.normal_fraction_shift));
+  } else {
+    biased_a = a;
+  }
+  __m512i r = _mm512_and_si512(biased_a, c.normal_keep);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
+                            c.overflow_bits[static_cast<int>(kRounding)]);
+  // sign | r  (0xF8: a | (b & c))
+  return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
+}
+
+// RoundToDfpGrid (rounding.h) on 16 lanes.
+template <Rounding kRounding>
+inline __m512i RoundToDfpGrid16(__m512i u, __m512i shared_exponent, __m512i random_word) {
+  const __m512i sign = _mm512_and_si512(u, Splat(kSignMask));
+  const __m512i a = _mm512_and_si512(u, Splat(kAbsMask));
+  const __m512i r = _mm512_or_si512(
+      sign, RoundMagnitudeToGrid16<kRounding>(a, shared_exponent, random_word));
+  const __m512i special = _mm512_mask_or_epi32(u, _mm512_cmpgt_epu32_mask(a, Splat(kInfBits)),
+                                               sign, Splat(kQuietNanBits));
+  const __mmask16 passthrough =
+      _mm512_cmpge_epu32_mask(a, Splat(kInfBits)) | _mm512_cmpeq_epi32_mask(a, _mm512_setzero_si512());
+  return _mm512_mask_blend_epi32(passthrough, r, special);
+}
+
+}  // namespace simd
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_ROUNDING_AVX512_H_

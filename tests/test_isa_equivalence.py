@@ -1,0 +1,148 @@
+"""The AVX-512 loops of the rounding ops give the same bits as the portable ones.
+
+The portable loops compile rounding.h's per-element functions as written;
+the AVX-512 loops are hand-written intrinsics (rounding_avx512.h,
+philox_avx512.h) with shortcuts for common lanes.  Both run on the same
+inputs here: a million random bit patterns (every exponent, sign and
+mantissa pattern, NaN payloads, subnormals) plus the special values and
+rounding boundaries of each format, for several formats and every rounding
+mode, and for dynamic fixed point with one exponent per tensor and per block.
+Lengths and offsets are chosen so that vector tails and stochastic words that
+do not start on a Philox block are exercised too.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+
+_ROUNDINGS = ("nearest_even", "stochastic", "toward_zero")
+_RANDOM_PATTERNS = 1_000_003  # not a multiple of 16: the vector tail runs too
+
+_FORMATS = {
+    "bf16": lp.BF16,
+    "fp16": lp.FP16,
+    "e4m3": lp.E4M3,
+    "e5m2": lp.E5M2,
+    "e4m3fnuz": lp.E4M3FNUZ,
+    "bf16_intel": lp.BF16_INTEL,  # no subnormals, flushes input denormals
+    "e3m0_nan_overflow": lp.FloatFormat(3, 0, overflow="nan", name="e3m0"),
+    "e8m22": lp.FloatFormat(8, 22, name="e8m22"),
+    "fp32": lp.FP32,  # mantissa_bits 23: nothing is rounded but specials
+}
+
+
+def _avx512_supported():
+    try:
+        lp.round_to_format(tf.zeros([1]), lp.BF16, implementation="op", isa="avx512")
+        return True
+    except tf.errors.InvalidArgumentError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _avx512_supported(), reason="the CPU does not run the AVX-512 loops"
+)
+
+
+def _special_bits():
+    """Signed zeros, Inf, NaNs, float32 extremes and powers of two with neighbours."""
+    base = [0x00000000, 0x00000001, 0x00000002, 0x007FFFFF, 0x00800000, 0x00800001,
+            0x7F7FFFFF, 0x7F800000, 0x7F800001, 0x7FC00000, 0x7FFFFFFF, 0x3F800000]
+    powers = [(e + 127) << 23 for e in range(-126, 128)]
+    neighbours = [p + d for p in powers for d in (-1, 1, 0x7FFF, 0x8000, 0x8001, 0x100000)]
+    magnitudes = np.array(base + powers + neighbours, np.int64) & 0x7FFFFFFF
+    return np.concatenate([magnitudes, magnitudes | 0x80000000]).astype(np.uint32)
+
+
+@pytest.fixture(scope="module")
+def patterns():
+    rng = np.random.default_rng(20261123)
+    random = rng.integers(0, 1 << 32, _RANDOM_PATTERNS, dtype=np.uint64).astype(np.uint32)
+    # Normal-looking data too, so the loops' common-case shortcuts see whole
+    # vectors of ordinary values, mixed with the occasional small one.
+    gaussian = rng.standard_normal(65_536).astype(np.float32).view(np.uint32)
+    bits = np.concatenate([_special_bits(), random, gaussian])
+    return tf.constant(bits.view(np.float32))
+
+
+def _assert_same_bits(portable, avx512, what):
+    p = portable.numpy().view(np.uint32)
+    a = avx512.numpy().view(np.uint32)
+    diff = np.flatnonzero(p != a)
+    assert diff.size == 0, (
+        f"{what}: {diff.size} elements differ, e.g. index {diff[0]}: portable "
+        f"{p[diff[0]]:#010x}, avx512 {a[diff[0]]:#010x}"
+    )
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize("name", sorted(_FORMATS))
+def test_float_formats(patterns, name, rounding):
+    fmt = _FORMATS[name]
+    # An odd start (stochastic words not aligned to Philox's 4-word blocks).
+    x = patterns[3:]
+    results = [
+        lp.round_to_format(x, fmt, rounding, seed=(12345, -6789), implementation="op", isa=isa)
+        for isa in ("portable", "avx512")
+    ]
+    _assert_same_bits(*results, f"{name} {rounding}")
+
+
+@pytest.mark.parametrize("random_bits", [1, 3, 23])
+def test_stochastic_random_bits(patterns, random_bits):
+    results = [
+        lp.round_to_format(patterns, lp.E5M2, "stochastic", seed=7, random_bits=random_bits,
+                           implementation="op", isa=isa)
+        for isa in ("portable", "avx512")
+    ]
+    _assert_same_bits(*results, f"e5m2 stochastic random_bits={random_bits}")
+
+
+def _dfp_inputs(patterns, scale_exponents):
+    """Finite random values across a few scales, with zeros, Inf and NaN mixed in."""
+    rng = np.random.default_rng(5)
+    n = 7 * 14_043  # rows of 7 (odd offsets), about 10^5 elements
+    mantissas = rng.standard_normal(n).astype(np.float32)
+    exps = rng.choice(scale_exponents, n).astype(np.float32)
+    x = mantissas * np.exp2(exps)
+    x[rng.integers(0, n, 64)] = 0.0
+    x[rng.integers(0, n, 8)] = np.inf
+    x[rng.integers(0, n, 8)] = np.nan
+    x[rng.integers(0, n, 64)] = rng.integers(1, 1 << 23, 64).astype(np.uint32).view(np.float32)
+    return tf.constant(x)
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        lp.DFP16,
+        lp.DfpFormat(8, extra_shift=2),
+        lp.DfpFormat(2),
+        lp.DfpFormat(16, block_size=32, axis=-1),
+        lp.DfpFormat(12, block_size=5, axis=0),
+    ],
+    ids=["dfp16", "dfp8_shift2", "dfp2", "dfp16_block32_last", "dfp12_block5_axis0"],
+)
+@pytest.mark.parametrize("scales", [(-3, 0, 5), (-140, -130, -120), (100, 120, 127)],
+                         ids=["ordinary", "subnormal", "huge"])
+def test_dfp(patterns, fmt, rounding, scales):
+    x = tf.reshape(_dfp_inputs(patterns, scales), [-1, 7])  # inner rows of 7: odd offsets
+    results = [
+        lp.quantize_dfp(x, fmt, rounding, seed=(3, 4), implementation="op", isa=isa)
+        for isa in ("portable", "avx512")
+    ]
+    _assert_same_bits(*results, f"{fmt} {rounding}")
+
+
+def test_dfp_random_bit_patterns(patterns):
+    """Per-tensor DFP over arbitrary bit patterns (the shared exponent is set by the largest)."""
+    for rounding in _ROUNDINGS:
+        results = [
+            lp.quantize_dfp(patterns[1:], lp.DfpFormat(24), rounding, seed=9,
+                            implementation="op", isa=isa)
+            for isa in ("portable", "avx512")
+        ]
+        _assert_same_bits(*results, f"dfp24 {rounding} over random bit patterns")
