@@ -1,0 +1,128 @@
+"""Training-step time of emulated policies relative to plain FP32 (one run).
+
+For an MLP, a CNN and an LSTM, builds the same model under FP32 and under
+each emulated policy, and times compiled training steps (`train_on_batch`,
+the same traced step `fit` runs).  The modes are interleaved (a few steps of
+each, repeated) so that load on the shared machine hits them alike; the first
+round (tracing) is discarded and the fastest round of each mode is reported:
+on a shared machine the minimum is the estimate least disturbed by others.
+
+    python benchmarks/bench_policies.py                 # prints a Markdown table
+    python benchmarks/bench_policies.py --out benchmarks/results/policies.md
+
+Targets (issue 4): bf16 <= 1.10x, fp8 <= 1.15x, stochastic rounding <= 1.25x.
+"""
+
+import argparse
+import os
+import platform
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import tf_lowprec as lp  # noqa: E402
+
+MODES = {
+    "fp32": None,
+    "bf16": lambda: lp.Policy("bf16"),
+    "fp8": lambda: lp.Policy("fp8"),
+    "bf16 SR": lambda: lp.Policy("bf16", rounding="stochastic"),
+    "fp8 SR": lambda: lp.Policy("fp8", rounding="stochastic"),
+}
+TARGETS = {"bf16": 1.10, "fp8": 1.15, "bf16 SR": 1.25, "fp8 SR": 1.25}
+
+
+def mlp():
+    return keras.Sequential([keras.Input((784,)), keras.layers.Dense(1024, activation="relu"),
+                             keras.layers.Dense(1024, activation="relu"),
+                             keras.layers.Dense(10)]), (784,), 256
+
+
+def cnn():
+    return keras.Sequential([keras.Input((28, 28, 1)),
+                             keras.layers.Conv2D(32, 3, activation="relu"),
+                             keras.layers.Conv2D(64, 3, activation="relu"),
+                             keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+                             keras.layers.Dense(128, activation="relu"),
+                             keras.layers.Dense(10)]), (28, 28, 1), 64
+
+
+def lstm():
+    return keras.Sequential([keras.Input((32, 64)), keras.layers.LSTM(256),
+                             keras.layers.Dense(10)]), (32, 64), 64
+
+
+MODELS = {"MLP": mlp, "CNN": cnn, "LSTM": lstm}
+
+
+def _build(model_fn, policy):
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(policy if policy is not None else "float32")
+    try:
+        model, shape, batch = model_fn()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, shape, batch
+
+
+def bench_model(name, steps, repeats):
+    models = {}
+    for mode, make in MODES.items():
+        models[mode] = _build(MODELS[name], make() if make else None)
+    _, shape, batch = models["fp32"]
+    rng = np.random.RandomState(0)
+    x = tf.constant(rng.rand(batch, *shape).astype("float32"))
+    y = tf.constant(rng.randint(0, 10, batch))
+    times = {mode: [] for mode in MODES}
+    for repeat in range(repeats + 1):
+        for mode, (model, _, _) in models.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+            if repeat:  # the first round traces the step function
+                times[mode].append((time.perf_counter() - start) / steps)
+    return {mode: min(t) for mode, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    lines = [
+        "# Training-step time of emulated policies relative to FP32",
+        "",
+        f"`python benchmarks/bench_policies.py --steps {args.steps} --repeats {args.repeats}`; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}. Fastest of {args.repeats} "
+        f"interleaved rounds of {args.steps} steps per mode (tracing round discarded). Ratio = step time / FP32 "
+        "step time of the same model in the same run.",
+        "",
+        "| model | fp32 ms/step | " + " | ".join(f"{m} (target)" for m in MODES if m != "fp32")
+        + " |",
+        "|---|---|" + "---|" * (len(MODES) - 1),
+    ]
+    for name in args.models.split(","):
+        result = bench_model(name, args.steps, args.repeats)
+        base = result["fp32"]
+        cells = [f"{result[m] / base:.2f}x (<= {TARGETS[m]:.2f})" for m in MODES if m != "fp32"]
+        lines.append(f"| {name} | {base * 1e3:.1f} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
