@@ -63,10 +63,25 @@ def _global_seed():
     seed = global_state.get_global_attribute("global_random_seed")
     if seed is not None:
         return int(seed)
+    # Keras keeps its seed per thread, and tf.distribute traces replicas in
+    # threads of their own; `keras.utils.set_random_seed` also sets
+    # TensorFlow's process-wide seed, which every thread sees.
+    graph_seed = tf.compat.v1.get_default_graph().seed
+    if graph_seed is not None:
+        return int(graph_seed)
     global _process_seed
-    if _process_seed is None:  # no Keras seed: one random base per process
+    if _process_seed is None:  # no seed set anywhere: one random base per process
         _process_seed = random.SystemRandom().getrandbits(31)
     return _process_seed
+
+
+def _replica_id():
+    """Index of the replica being traced (0 outside tf.distribute)."""
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return 0
+    replica = tf.get_static_value(context.replica_id_in_sync_group)
+    return 0 if replica is None else int(replica)
 
 
 def _is_variable(x):
@@ -159,7 +174,11 @@ class LayerContext:
             if not hasattr(scope, "_lowprec_call"):
                 outer = self.outer_scope if self.outer_scope is not None else scope
                 counters = outer.__dict__.setdefault("_lowprec_calls", {})
-                key = id(self.layer)
+                # Per replica: MirroredStrategy traces each replica in its own
+                # thread, in one graph; counting per replica keeps the seeds
+                # independent of the thread order and equal to a one-device
+                # run on the same shard.
+                key = (id(self.layer), _replica_id())
                 scope._lowprec_call = counters.get(key, 0)
                 counters[key] = scope._lowprec_call + 1
                 scope._lowprec_gemms = 0
