@@ -36,6 +36,9 @@ OP_SOURCES = [
     ("custom_ops/kernels/cpu_dispatch.cc", "portable"),
     ("custom_ops/kernels/rounding_loops_portable.cc", "portable"),
     ("custom_ops/kernels/rounding_loops_avx512.cc", "avx512"),
+    ("custom_ops/ops/dfp_gemm_ops.cc", "tf"),
+    ("custom_ops/kernels/dfp_gemm_portable.cc", "portable"),
+    ("custom_ops/kernels/dfp_gemm_avx512.cc", "avx512"),
 ]
 HEADER_DIRS = ["custom_ops/kernels", "custom_ops/ops"]
 

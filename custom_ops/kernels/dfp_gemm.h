@@ -1,0 +1,95 @@
+// INT16 shared-exponent GEMM (DFP16, Das et al. 2018): interface.
+//
+// Header-only declarations, free of TensorFlow includes: the per-ISA
+// translation units (dfp_gemm_portable.cc, dfp_gemm_avx512.cc) include
+// dfp_gemm_impl.h with their own compiler flags, and the TensorFlow kernel
+// (custom_ops/ops/dfp_gemm_ops.cc) picks one at run time.
+//
+// What is computed (docs/dfp_gemm.md has the full statement):
+//   a, b hold DFP values I * 2^E as produced by quantize_dfp (|I| <= 32767).
+//   The reduction axis K is cut into exponent blocks (one block when the
+//   exponents are per tensor) and every block into chunks of `chunk_size`
+//   elements (the last chunk of a block may be shorter).  For one output:
+//     S_c   = exact integer sum over the chunk of I_a * I_b
+//     acc_b = FP32 sum, in chunk order, of float(S_c)   (acc_b starts at +0)
+//     v_b   = float(acc_b * 2^(Ea_b + Eb_b))            (exact product, one rounding)
+//     out   = v_0, then out = out + v_b in FP32 for b = 1, 2, ...
+//   float(S) rounds to nearest even.  S_c is exact whatever its size: the
+//   INT32 chain that computes it is checked for overflow and recomputed in
+//   INT64 where it would have overflowed.
+//   A row of a (or column of b) with a NaN or Inf anywhere along K makes its
+//   whole output row (column) NaN.
+#ifndef TF_LOWPREC_KERNELS_DFP_GEMM_H_
+#define TF_LOWPREC_KERNELS_DFP_GEMM_H_
+
+#include <cstdint>
+
+namespace tf_lowprec {
+namespace dfp_gemm {
+
+constexpr int32_t kMaxMantissa = 32767;
+
+// One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
+struct Problem {
+  int64_t batch = 1, m = 0, n = 0, k = 0;
+  // a: per batch [m, k] row-major, or [k, m] when transpose_a.  A batch
+  // stride of 0 broadcasts one matrix over the batch.
+  const float* a = nullptr;
+  int64_t a_batch_stride = 0;
+  bool transpose_a = false;
+  // b: per batch [k, n] row-major, or [n, k] when transpose_b.
+  const float* b = nullptr;
+  int64_t b_batch_stride = 0;
+  bool transpose_b = false;
+  // Shared exponents: ea[batch, row, block] and eb[batch, block, col], given
+  // by strides (0 broadcasts).  Blocks have block_size elements along K.
+  const int32_t* ea = nullptr;
+  int64_t ea_batch_stride = 0, ea_row_stride = 0, ea_block_stride = 0;
+  const int32_t* eb = nullptr;
+  int64_t eb_batch_stride = 0, eb_block_stride = 0, eb_col_stride = 0;
+  int64_t block_size = 0;  // >= 1; k (or more) for one exponent per tensor
+  int64_t chunk_size = 64;  // even, >= 2
+  float* out = nullptr;     // [batch, m, n] row-major
+};
+
+struct Stats {
+  // (output element, chunk) pairs whose plain INT32 chain would have
+  // overflowed (some prefix of its pair sums left the INT32 range).
+  int64_t overflowed_chunks = 0;
+  // Micro-tile chunks that were recomputed in INT64 after a detection.
+  int64_t recomputed_tiles = 0;
+  // Input elements that are not I * 2^E with an integer |I| <= 32767.
+  int64_t invalid_inputs = 0;
+};
+
+// Runs fn(arg, begin, end) over [0, n) on some thread pool; cost_per_unit is
+// a rough count of cycles per unit (TensorFlow's ParallelFor heuristic).
+struct ParallelFor {
+  void* context = nullptr;
+  void (*run)(void* context, int64_t n, int64_t cost_per_unit,
+              void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) = nullptr;
+};
+
+struct Kernels {
+  const char* isa;
+  void (*gemm)(const Problem& problem, const ParallelFor& parallel, Stats* stats);
+};
+
+namespace portable {
+extern const Kernels kKernels;
+}
+namespace avx512vnni {
+extern const Kernels kKernels;
+}
+
+// True when the CPU and the OS support AVX-512 F/BW/DQ/VL and AVX512_VNNI.
+bool CpuSupportsAvx512Vnni();
+
+// "portable", "avx512" (the VNNI kernel) or "auto" (VNNI where supported);
+// nullptr for an unknown or unsupported name.
+const Kernels* SelectKernels(const char* isa);
+
+}  // namespace dfp_gemm
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_DFP_GEMM_H_

@@ -1,0 +1,609 @@
+// INT16 shared-exponent GEMM, compiled once per instruction set.
+//
+// dfp_gemm_portable.cc and dfp_gemm_avx512.cc define TF_LOWPREC_DFP_ISA (the
+// namespace), TF_LOWPREC_DFP_ISA_NAME and TF_LOWPREC_DFP_VNNI (0 or 1) and
+// include this file with their own compiler flags.  Everything here is in
+// that namespace (and no standard-library templates are instantiated), so
+// the two copies never merge at link time.
+//
+// Structure (a packed, cache-blocked GEMM in the GotoBLAS style):
+//   1. pack: a and b are converted to INT16 mantissas I = y * 2^-E (exact:
+//      y comes from quantize_dfp) and laid out as K-pairs, the operand format
+//      of vpdpwssd: a in panels of kMr rows, b in panels of kNr columns, each
+//      panel [pairs][lanes] of int32 words (low half: even k, high: odd k).
+//      Every exponent block is padded to an even length with zeros.
+//   2. compute: work items of kMc rows x kNc columns run the micro-kernel over
+//      K pieces of kKcPairs pairs; the micro-kernel keeps kMr x kNr INT32
+//      accumulators in registers, runs one INT32 chain per chunk and adds the
+//      chunk sums to an FP32 tile (acc_b in dfp_gemm.h).  At the end of an
+//      exponent block the tile is scaled by 2^(Ea+Eb) and added to out.
+//   3. NaN: rows of a / columns of b that held NaN or Inf make their outputs NaN.
+//
+// Overflow (the VNNI path): the chain of a chunk uses the saturating form
+// vpdpwssds.  Each step adds a pair sum to the exact running sum, so until
+// the first saturation the register holds the exact prefix sum, and the first
+// saturation leaves exactly INT32_MAX or INT32_MIN.  Running max/min
+// registers record whether any accumulator reached either value; if so the
+// whole micro-tile chunk is recomputed exactly in INT64 (the portable code),
+// so the chunk sum is exact in every case.  The portable path computes every
+// chunk in INT64 directly.  Both count the (element, chunk) pairs whose INT32
+// chain would have overflowed, with the same definition.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "dfp_gemm.h"
+#include "number_formats.h"
+
+#if TF_LOWPREC_DFP_VNNI
+#include <immintrin.h>
+#endif
+
+namespace tf_lowprec {
+namespace dfp_gemm {
+namespace TF_LOWPREC_DFP_ISA {
+namespace {
+
+constexpr int kMr = 6;          // rows of a micro-tile
+constexpr int kNv = 3;          // 16-lane vectors per micro-tile row
+constexpr int kNr = 16 * kNv;   // columns of a micro-tile
+constexpr int64_t kMc = 96;     // rows of a work item (multiple of kMr)
+constexpr int64_t kNc = 480;    // columns of a work item (multiple of kNr)
+constexpr int64_t kKcPairs = 128;  // K pairs per micro-kernel call (before rounding to chunks)
+
+inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
+inline int64_t Max64(int64_t x, int64_t y) { return x > y ? x : y; }
+inline int64_t CeilDiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+inline float FloatPow2(int32_t k) {  // 2^k for -126 <= k <= 127
+  uint32_t bits = static_cast<uint32_t>(k + 127) << 23;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline double DoublePow2(int32_t k) {  // 2^k for -1074 <= k <= 1023
+  if (k < -1074) return 0.0;
+  if (k > 1023) k = 1023;  // (invalid exponents are reported by the packing)
+  uint64_t bits = k >= -1022 ? static_cast<uint64_t>(k + 1023) << 52
+                             : uint64_t{1} << (k + 1074);
+  double d;
+  std::memcpy(&d, &bits, sizeof d);
+  return d;
+}
+
+inline void AtomicAdd(int64_t* target, int64_t value) {
+  if (value != 0) __atomic_fetch_add(target, value, __ATOMIC_RELAXED);
+}
+
+// Where the K pairs of every exponent block start in a packed panel.
+struct BlockLayout {
+  int64_t blocks = 0;
+  int64_t block_size = 0;
+  int64_t total_pairs = 0;
+  int64_t k = 0;
+  int64_t Start(int64_t b) const { return b * block_size; }
+  int64_t Length(int64_t b) const { return Min64(block_size, k - b * block_size); }
+  // Blocks before the last are full, so their pair counts are equal.
+  int64_t PairOffset(int64_t b) const { return b * ((block_size + 1) / 2); }
+  int64_t Pairs(int64_t b) const { return (Length(b) + 1) / 2; }
+};
+
+BlockLayout MakeLayout(int64_t k, int64_t block_size) {
+  BlockLayout layout;
+  layout.k = k;
+  layout.block_size = Max64(1, Min64(block_size, Max64(k, 1)));
+  layout.blocks = k == 0 ? 0 : CeilDiv(k, layout.block_size);
+  layout.total_pairs =
+      layout.blocks == 0 ? 0
+                         : layout.PairOffset(layout.blocks - 1) + layout.Pairs(layout.blocks - 1);
+  return layout;
+}
+
+// ---------------------------------------------------------------- packing
+
+// Source of one operand seen as lanes (rows of a, columns of b) x K.
+struct OperandView {
+  const float* data;
+  int64_t lane_stride, k_stride;
+  const int32_t* exponents;
+  int64_t e_lane_stride, e_block_stride;
+};
+
+// Mantissa of y = I * 2^E, given 2^-E = s1 * s2 (two factors so that every
+// intermediate stays a normal float: |E| can exceed 126).  Non-finite y gives
+// 0 and sets *nonfinite; y that is not such a value counts as invalid.
+inline int32_t Mantissa(float y, float s1, float s2, int32_t* nonfinite, int32_t* invalid) {
+  uint32_t bits;
+  std::memcpy(&bits, &y, sizeof bits);
+  const bool finite = (bits & 0x7F800000u) != 0x7F800000u;
+  float v = finite ? (y * s1) * s2 : 0.0f;
+  float clamped = v < -40000.0f ? -40000.0f : (v > 40000.0f ? 40000.0f : v);
+  int32_t i = static_cast<int32_t>(clamped);
+  *nonfinite |= finite ? 0 : 1;
+  *invalid += (static_cast<float>(i) != v) | (i > kMaxMantissa) | (i < -kMaxMantissa);
+  return i;
+}
+
+inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
+  if (e == kDfpNoScale) {  // block of zeros (and non-finite values)
+    *s1 = *s2 = 1.0f;
+    return;
+  }
+  int32_t t = -e;
+  if (t < -250 || t > 250) {
+    *invalid += 1;
+    t = 0;
+  }
+  int32_t h = t / 2;
+  *s1 = FloatPow2(t - h);
+  *s2 = FloatPow2(h);
+}
+
+// Packs lanes [lane0, lane0 + lanes) (lanes <= width; the rest of the panel
+// is zero) into panel[total_pairs][width].  Sets nonfinite[l] for lanes with
+// NaN or Inf; returns the number of invalid elements.
+template <int kWidth>
+int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lane0,
+                  int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
+  int32_t invalid = 0;
+  std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
+  int32_t lane_nonfinite[kWidth] = {};
+  for (int64_t blk = 0; blk < layout.blocks; ++blk) {
+    const int64_t k0 = layout.Start(blk), len = layout.Length(blk);
+    int32_t* out = panel + layout.PairOffset(blk) * kWidth;
+    float s1[kWidth], s2[kWidth];
+    for (int64_t l = 0; l < lanes; ++l) {
+      ScaleFactors(src.exponents[(lane0 + l) * src.e_lane_stride + blk * src.e_block_stride],
+                   &s1[l], &s2[l], &invalid);
+    }
+    if (src.k_stride == 1) {
+      // K contiguous within a lane: walk each lane along K.
+      for (int64_t l = 0; l < lanes; ++l) {
+        const float* x = src.data + (lane0 + l) * src.lane_stride + k0;
+        int32_t nf = 0;
+        const float a = s1[l], b = s2[l];
+        int64_t q = 0;
+        for (; 2 * q + 1 < len; ++q) {
+          int32_t lo = Mantissa(x[2 * q], a, b, &nf, &invalid);
+          int32_t hi = Mantissa(x[2 * q + 1], a, b, &nf, &invalid);
+          out[q * kWidth + l] = static_cast<int32_t>((static_cast<uint32_t>(lo) & 0xFFFFu) |
+                                                     (static_cast<uint32_t>(hi) << 16));
+        }
+        if (2 * q < len) {
+          int32_t lo = Mantissa(x[2 * q], a, b, &nf, &invalid);
+          out[q * kWidth + l] = static_cast<int32_t>(static_cast<uint32_t>(lo) & 0xFFFFu);
+        }
+        lane_nonfinite[l] |= nf;
+      }
+    } else {
+      // Lanes contiguous for each k (lane_stride == 1 in practice).
+      for (int64_t kk = 0; kk < len; kk += 2) {
+        const float* x0 = src.data + (k0 + kk) * src.k_stride + lane0 * src.lane_stride;
+        const bool has_hi = kk + 1 < len;
+        const float* x1 = x0 + src.k_stride;
+        int32_t* o = out + (kk / 2) * kWidth;
+        for (int64_t l = 0; l < lanes; ++l) {
+          int32_t nf = 0;
+          int32_t lo = Mantissa(x0[l * src.lane_stride], s1[l], s2[l], &nf, &invalid);
+          int32_t hi = has_hi ? Mantissa(x1[l * src.lane_stride], s1[l], s2[l], &nf, &invalid)
+                              : 0;
+          o[l] = static_cast<int32_t>((static_cast<uint32_t>(lo) & 0xFFFFu) |
+                                      (static_cast<uint32_t>(hi) << 16));
+          lane_nonfinite[l] |= nf;
+        }
+      }
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nonfinite[l] ? 1 : 0;
+  return invalid;
+}
+
+// ------------------------------------------------------------ micro-kernels
+
+inline int32_t LowHalf(int32_t w) { return static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu); }
+inline int32_t HighHalf(int32_t w) { return static_cast<int16_t>(static_cast<uint32_t>(w) >> 16); }
+
+// Exact chunk: tile[r][c] += float(sum of the chunk's pair sums) computed in
+// INT64.  Returns how many of the kMr x kNr chains would have overflowed
+// INT32 (a prefix of pair sums outside [INT32_MIN, INT32_MAX]).
+int64_t ExactChunk(const int32_t* ap, const int32_t* bp, int64_t pairs, float* tile) {
+  int64_t sums[kMr * kNr];
+  uint8_t overflow[kMr * kNr];
+  std::memset(sums, 0, sizeof sums);
+  std::memset(overflow, 0, sizeof overflow);
+  for (int64_t q = 0; q < pairs; ++q) {
+    const int32_t* a = ap + q * kMr;
+    const int32_t* b = bp + q * kNr;
+    int32_t b0[kNr], b1[kNr];
+    for (int c = 0; c < kNr; ++c) {
+      b0[c] = LowHalf(b[c]);
+      b1[c] = HighHalf(b[c]);
+    }
+    for (int r = 0; r < kMr; ++r) {
+      const int64_t a0 = LowHalf(a[r]), a1 = HighHalf(a[r]);
+      int64_t* s = sums + r * kNr;
+      uint8_t* o = overflow + r * kNr;
+      for (int c = 0; c < kNr; ++c) {
+        int64_t v = s[c] + a0 * b0[c] + a1 * b1[c];
+        s[c] = v;
+        // Outside [-2^31, 2^31 - 1] exactly when v + 2^31 does not fit 32 bits.
+        o[c] |= static_cast<uint64_t>(v + 2147483648LL) > 0xFFFFFFFFull;
+      }
+    }
+  }
+  int64_t count = 0;
+  for (int e = 0; e < kMr * kNr; ++e) {
+    tile[e] = tile[e] + static_cast<float>(sums[e]);
+    count += overflow[e];
+  }
+  return count;
+}
+
+#if TF_LOWPREC_DFP_VNNI
+
+// kMr x kNr micro-kernel: INT32 chains with vpdpwssds and saturation detection.
+static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48 tiles");
+
+void MicroKernel(const int32_t* ap, const int32_t* bp, int64_t npairs, int64_t chunk_pairs,
+                 float* tile, bool first, Stats* stats) {
+  if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
+  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
+  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+  const __m512i kInt32Max = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i kInt32Min = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
+  for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
+    const int64_t pairs = Min64(chunk_pairs, npairs - q0);
+    const int32_t* a = ap + q0 * kMr;
+    const int32_t* b = bp + q0 * kNr;
+    // One chunk: INT32 chains in zmm0..zmm17, running max/min of every
+    // accumulator after every step in zmm18/zmm19; stored to `sums` at the
+    // end.  Inline assembly because GCC 12 spills these 18 accumulators.
+    alignas(64) int32_t sums[(kMr * kNv + 2) * 16];
+    int64_t n = pairs;
+    asm volatile(
+        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+        "vmovdqa64 %%zmm0, %%zmm1\n\t"
+        "vmovdqa64 %%zmm0, %%zmm2\n\t"
+        "vmovdqa64 %%zmm0, %%zmm3\n\t"
+        "vmovdqa64 %%zmm0, %%zmm4\n\t"
+        "vmovdqa64 %%zmm0, %%zmm5\n\t"
+        "vmovdqa64 %%zmm0, %%zmm6\n\t"
+        "vmovdqa64 %%zmm0, %%zmm7\n\t"
+        "vmovdqa64 %%zmm0, %%zmm8\n\t"
+        "vmovdqa64 %%zmm0, %%zmm9\n\t"
+        "vmovdqa64 %%zmm0, %%zmm10\n\t"
+        "vmovdqa64 %%zmm0, %%zmm11\n\t"
+        "vmovdqa64 %%zmm0, %%zmm12\n\t"
+        "vmovdqa64 %%zmm0, %%zmm13\n\t"
+        "vmovdqa64 %%zmm0, %%zmm14\n\t"
+        "vmovdqa64 %%zmm0, %%zmm15\n\t"
+        "vmovdqa64 %%zmm0, %%zmm16\n\t"
+        "vmovdqa64 %%zmm0, %%zmm17\n\t"
+        "vpbroadcastd %[int_min], %%zmm18\n\t"
+        "vpbroadcastd %[int_max], %%zmm19\n\t"
+        "testq %[n], %[n]\n\t"
+        "jz 2f\n\t"
+        "1:\n\t"
+        "vmovdqu64 (%[b]), %%zmm26\n\t"
+        "vmovdqu64 64(%[b]), %%zmm27\n\t"
+        "vmovdqu64 128(%[b]), %%zmm28\n\t"
+        "vpbroadcastd 0(%[a]), %%zmm29\n\t"
+        "vpdpwssds %%zmm26, %%zmm29, %%zmm0\n\t"
+        "vpdpwssds %%zmm27, %%zmm29, %%zmm1\n\t"
+        "vpdpwssds %%zmm28, %%zmm29, %%zmm2\n\t"
+        "vpbroadcastd 4(%[a]), %%zmm30\n\t"
+        "vpdpwssds %%zmm26, %%zmm30, %%zmm3\n\t"
+        "vpdpwssds %%zmm27, %%zmm30, %%zmm4\n\t"
+        "vpdpwssds %%zmm28, %%zmm30, %%zmm5\n\t"
+        "vpbroadcastd 8(%[a]), %%zmm29\n\t"
+        "vpdpwssds %%zmm26, %%zmm29, %%zmm6\n\t"
+        "vpdpwssds %%zmm27, %%zmm29, %%zmm7\n\t"
+        "vpdpwssds %%zmm28, %%zmm29, %%zmm8\n\t"
+        "vpbroadcastd 12(%[a]), %%zmm30\n\t"
+        "vpdpwssds %%zmm26, %%zmm30, %%zmm9\n\t"
+        "vpdpwssds %%zmm27, %%zmm30, %%zmm10\n\t"
+        "vpdpwssds %%zmm28, %%zmm30, %%zmm11\n\t"
+        "vpbroadcastd 16(%[a]), %%zmm29\n\t"
+        "vpdpwssds %%zmm26, %%zmm29, %%zmm12\n\t"
+        "vpdpwssds %%zmm27, %%zmm29, %%zmm13\n\t"
+        "vpdpwssds %%zmm28, %%zmm29, %%zmm14\n\t"
+        "vpbroadcastd 20(%[a]), %%zmm30\n\t"
+        "vpdpwssds %%zmm26, %%zmm30, %%zmm15\n\t"
+        "vpdpwssds %%zmm27, %%zmm30, %%zmm16\n\t"
+        "vpdpwssds %%zmm28, %%zmm30, %%zmm17\n\t"
+#if !defined(TF_LOWPREC_DFP_NO_DETECTION)  // (only for measuring its cost)
+        "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
+        "vpminsd %%zmm0, %%zmm1, %%zmm21\n\t"
+        "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
+        "vpminsd %%zmm2, %%zmm21, %%zmm21\n\t"
+        "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+        "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+        "vpmaxsd %%zmm3, %%zmm4, %%zmm22\n\t"
+        "vpminsd %%zmm3, %%zmm4, %%zmm23\n\t"
+        "vpmaxsd %%zmm5, %%zmm22, %%zmm22\n\t"
+        "vpminsd %%zmm5, %%zmm23, %%zmm23\n\t"
+        "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+        "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
+        "vpmaxsd %%zmm6, %%zmm7, %%zmm24\n\t"
+        "vpminsd %%zmm6, %%zmm7, %%zmm25\n\t"
+        "vpmaxsd %%zmm8, %%zmm24, %%zmm24\n\t"
+        "vpminsd %%zmm8, %%zmm25, %%zmm25\n\t"
+        "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
+        "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
+        "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
+        "vpminsd %%zmm9, %%zmm10, %%zmm21\n\t"
+        "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
+        "vpminsd %%zmm11, %%zmm21, %%zmm21\n\t"
+        "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+        "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+        "vpmaxsd %%zmm12, %%zmm13, %%zmm22\n\t"
+        "vpminsd %%zmm12, %%zmm13, %%zmm23\n\t"
+        "vpmaxsd %%zmm14, %%zmm22, %%zmm22\n\t"
+        "vpminsd %%zmm14, %%zmm23, %%zmm23\n\t"
+        "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+        "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
+        "vpmaxsd %%zmm15, %%zmm16, %%zmm24\n\t"
+        "vpminsd %%zmm15, %%zmm16, %%zmm25\n\t"
+        "vpmaxsd %%zmm17, %%zmm24, %%zmm24\n\t"
+        "vpminsd %%zmm17, %%zmm25, %%zmm25\n\t"
+        "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
+        "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
+#endif
+        "addq $24, %[a]\n\t"
+        "addq $192, %[b]\n\t"
+        "decq %[n]\n\t"
+        "jnz 1b\n\t"
+        "2:\n\t"
+        "vmovdqu64 %%zmm0, 0(%[out])\n\t"
+        "vmovdqu64 %%zmm1, 64(%[out])\n\t"
+        "vmovdqu64 %%zmm2, 128(%[out])\n\t"
+        "vmovdqu64 %%zmm3, 192(%[out])\n\t"
+        "vmovdqu64 %%zmm4, 256(%[out])\n\t"
+        "vmovdqu64 %%zmm5, 320(%[out])\n\t"
+        "vmovdqu64 %%zmm6, 384(%[out])\n\t"
+        "vmovdqu64 %%zmm7, 448(%[out])\n\t"
+        "vmovdqu64 %%zmm8, 512(%[out])\n\t"
+        "vmovdqu64 %%zmm9, 576(%[out])\n\t"
+        "vmovdqu64 %%zmm10, 640(%[out])\n\t"
+        "vmovdqu64 %%zmm11, 704(%[out])\n\t"
+        "vmovdqu64 %%zmm12, 768(%[out])\n\t"
+        "vmovdqu64 %%zmm13, 832(%[out])\n\t"
+        "vmovdqu64 %%zmm14, 896(%[out])\n\t"
+        "vmovdqu64 %%zmm15, 960(%[out])\n\t"
+        "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
+        "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
+        "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
+        "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
+        : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)
+        : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
+        : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+    const __mmask16 saturated =
+        _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 18 * 16), kInt32Max) |
+        _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 19 * 16), kInt32Min);
+    if (saturated == 0) {
+      for (int e = 0; e < kMr * kNr; e += 16) {
+        _mm512_storeu_ps(tile + e, _mm512_add_ps(_mm512_loadu_ps(tile + e),
+                                                 _mm512_cvtepi32_ps(_mm512_load_si512(sums + e))));
+      }
+    } else {
+      // Rare: some chain reached the INT32 limits.  Recompute exactly.
+      stats->overflowed_chunks += ExactChunk(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
+      stats->recomputed_tiles += 1;
+    }
+  }
+}
+
+#else  // portable
+
+void MicroKernel(const int32_t* ap, const int32_t* bp, int64_t npairs, int64_t chunk_pairs,
+                 float* tile, bool first, Stats* stats) {
+  if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
+  for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
+    const int64_t pairs = Min64(chunk_pairs, npairs - q0);
+    stats->overflowed_chunks += ExactChunk(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
+  }
+}
+
+#endif
+
+// ------------------------------------------------------------------ driver
+
+struct Plan {
+  const Problem* p;
+  BlockLayout layout;
+  int64_t chunk_pairs, kc_pairs;
+  int64_t a_batches, b_batches;
+  int64_t a_panels, b_panels;  // per batch
+  int64_t a_panel_words, b_panel_words;
+  int32_t* packed_a;
+  int32_t* packed_b;
+  uint8_t* a_nonfinite;  // [a_batches][m]
+  uint8_t* b_nonfinite;  // [b_batches][n]
+  int64_t row_items, col_items;
+  Stats* stats;
+};
+
+OperandView ViewOfA(const Problem& p, int64_t batch) {
+  OperandView v;
+  v.data = p.a + batch * p.a_batch_stride;
+  v.lane_stride = p.transpose_a ? 1 : p.k;
+  v.k_stride = p.transpose_a ? p.m : 1;
+  v.exponents = p.ea + batch * p.ea_batch_stride;
+  v.e_lane_stride = p.ea_row_stride;
+  v.e_block_stride = p.ea_block_stride;
+  return v;
+}
+
+OperandView ViewOfB(const Problem& p, int64_t batch) {
+  OperandView v;
+  v.data = p.b + batch * p.b_batch_stride;
+  v.lane_stride = p.transpose_b ? p.k : 1;
+  v.k_stride = p.transpose_b ? 1 : p.n;
+  v.exponents = p.eb + batch * p.eb_batch_stride;
+  v.e_lane_stride = p.eb_col_stride;
+  v.e_block_stride = p.eb_block_stride;
+  return v;
+}
+
+void PackA(void* arg, int64_t begin, int64_t end) {
+  Plan& plan = *static_cast<Plan*>(arg);
+  const Problem& p = *plan.p;
+  int64_t invalid = 0;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t batch = u / plan.a_panels, panel = u % plan.a_panels;
+    const int64_t row0 = panel * kMr;
+    invalid += PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0),
+                              plan.packed_a + u * plan.a_panel_words,
+                              plan.a_nonfinite + batch * p.m + row0);
+  }
+  AtomicAdd(&plan.stats->invalid_inputs, invalid);
+}
+
+void PackB(void* arg, int64_t begin, int64_t end) {
+  Plan& plan = *static_cast<Plan*>(arg);
+  const Problem& p = *plan.p;
+  int64_t invalid = 0;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t batch = u / plan.b_panels, panel = u % plan.b_panels;
+    const int64_t col0 = panel * kNr;
+    invalid += PackPanel<kNr>(ViewOfB(p, batch), plan.layout, col0, Min64(kNr, p.n - col0),
+                              plan.packed_b + u * plan.b_panel_words,
+                              plan.b_nonfinite + batch * p.n + col0);
+  }
+  AtomicAdd(&plan.stats->invalid_inputs, invalid);
+}
+
+// One work item: rows [i0, i0 + kMc) x columns [j0, j0 + kNc) of one batch.
+void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
+                 double* scale_b, Stats* stats) {
+  const Problem& p = *plan.p;
+  const int64_t per_batch = plan.row_items * plan.col_items;
+  const int64_t batch = item / per_batch;
+  const int64_t ri = (item % per_batch) / plan.col_items, ci = item % plan.col_items;
+  const int64_t i0 = ri * kMc, i1 = Min64(p.m, i0 + kMc);
+  const int64_t j0 = ci * kNc, j1 = Min64(p.n, j0 + kNc);
+  const int64_t ab = plan.a_batches == 1 ? 0 : batch, bb = plan.b_batches == 1 ? 0 : batch;
+  const int64_t ip0 = i0 / kMr, ip1 = CeilDiv(i1, kMr);
+  const int64_t jp0 = j0 / kNr, jp1 = CeilDiv(j1, kNr);
+  const int64_t njp = jp1 - jp0;
+  const int32_t* ea = p.ea + ab * p.ea_batch_stride;
+  const int32_t* eb = p.eb + bb * p.eb_batch_stride;
+  float* out = p.out + batch * p.m * p.n;
+  for (int64_t blk = 0; blk < plan.layout.blocks; ++blk) {
+    const int64_t pair0 = plan.layout.PairOffset(blk), pairs = plan.layout.Pairs(blk);
+    for (int64_t q = 0; q < pairs; q += plan.kc_pairs) {
+      const int64_t np = Min64(plan.kc_pairs, pairs - q);
+      for (int64_t jp = jp0; jp < jp1; ++jp) {
+        const int32_t* bpanel =
+            plan.packed_b + (bb * plan.b_panels + jp) * plan.b_panel_words + (pair0 + q) * kNr;
+        for (int64_t ip = ip0; ip < ip1; ++ip) {
+          const int32_t* apanel =
+              plan.packed_a + (ab * plan.a_panels + ip) * plan.a_panel_words + (pair0 + q) * kMr;
+          float* tile = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr);
+          MicroKernel(apanel, bpanel, np, plan.chunk_pairs, tile, q == 0, stats);
+        }
+      }
+    }
+    // End of the exponent block: out (+)= float(acc_b * 2^Ea * 2^Eb).
+    for (int64_t i = i0; i < i1; ++i) {
+      scale_a[i - i0] = DoublePow2(ea[i * p.ea_row_stride + blk * p.ea_block_stride]);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      scale_b[j - j0] = DoublePow2(eb[blk * p.eb_block_stride + j * p.eb_col_stride]);
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t ip = i / kMr, r = i % kMr;
+      const double sa = scale_a[i - i0];
+      float* o = out + i * p.n;
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t jp = j / kNr, c = j % kNr;
+        const float acc = tiles[((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr) + r * kNr + c];
+        const float v = static_cast<float>((static_cast<double>(acc) * sa) * scale_b[j - j0]);
+        o[j] = blk == 0 ? v : o[j] + v;
+      }
+    }
+  }
+  if (plan.layout.blocks == 0) {  // k == 0: an empty sum
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < j1; ++j) out[i * p.n + j] = 0.0f;
+    }
+  }
+}
+
+void ComputeItems(void* arg, int64_t begin, int64_t end) {
+  const Plan& plan = *static_cast<Plan*>(arg);
+  const int64_t tile_floats = (kMc / kMr + 1) * (kNc / kNr + 1) * kMr * kNr;
+  float* tiles = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * tile_floats));
+  double* scale_a = static_cast<double*>(std::malloc(sizeof(double) * (kMc + kNc)));
+  double* scale_b = scale_a + kMc;
+  Stats stats;
+  for (int64_t u = begin; u < end; ++u) ComputeItem(plan, u, tiles, scale_a, scale_b, &stats);
+  std::free(scale_a);
+  std::free(tiles);
+  AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
+  AtomicAdd(&plan.stats->recomputed_tiles, stats.recomputed_tiles);
+}
+
+void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
+  *stats = Stats();
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  Plan plan;
+  plan.p = &p;
+  plan.stats = stats;
+  plan.layout = MakeLayout(p.k, p.block_size);
+  plan.chunk_pairs = Max64(1, p.chunk_size / 2);
+  plan.kc_pairs = plan.chunk_pairs * Max64(1, kKcPairs / plan.chunk_pairs);
+  plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
+  plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
+  plan.a_panels = CeilDiv(p.m, kMr);
+  plan.b_panels = CeilDiv(p.n, kNr);
+  plan.a_panel_words = plan.layout.total_pairs * kMr;
+  plan.b_panel_words = plan.layout.total_pairs * kNr;
+  const int64_t a_words = plan.a_batches * plan.a_panels * plan.a_panel_words;
+  const int64_t b_words = plan.b_batches * plan.b_panels * plan.b_panel_words;
+  auto round64 = [](int64_t bytes) { return Max64(64, (bytes + 63) / 64 * 64); };
+  plan.packed_a = static_cast<int32_t*>(std::aligned_alloc(64, round64(4 * a_words)));
+  plan.packed_b = static_cast<int32_t*>(std::aligned_alloc(64, round64(4 * b_words)));
+  plan.a_nonfinite = static_cast<uint8_t*>(std::calloc(plan.a_batches * p.m, 1));
+  plan.b_nonfinite = static_cast<uint8_t*>(std::calloc(plan.b_batches * p.n, 1));
+  plan.row_items = CeilDiv(p.m, kMc);
+  plan.col_items = CeilDiv(p.n, kNc);
+
+  const int64_t k = Max64(p.k, 1);
+  parallel.run(parallel.context, plan.a_batches * plan.a_panels, 8 * kMr * k, PackA, &plan);
+  parallel.run(parallel.context, plan.b_batches * plan.b_panels, 8 * kNr * k, PackB, &plan);
+  parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
+               kMc * kNc * k / 16 + kMc * kNc, ComputeItems, &plan);
+
+  // Rows of a / columns of b with NaN or Inf: their outputs are NaN.
+  const float nan = __builtin_nanf("");
+  for (int64_t batch = 0; batch < p.batch; ++batch) {
+    float* out = p.out + batch * p.m * p.n;
+    const uint8_t* rows = plan.a_nonfinite + (plan.a_batches == 1 ? 0 : batch) * p.m;
+    const uint8_t* cols = plan.b_nonfinite + (plan.b_batches == 1 ? 0 : batch) * p.n;
+    for (int64_t i = 0; i < p.m; ++i) {
+      if (rows[i]) {
+        for (int64_t j = 0; j < p.n; ++j) out[i * p.n + j] = nan;
+      }
+    }
+    for (int64_t j = 0; j < p.n; ++j) {
+      if (cols[j]) {
+        for (int64_t i = 0; i < p.m; ++i) out[i * p.n + j] = nan;
+      }
+    }
+  }
+  std::free(plan.packed_a);
+  std::free(plan.packed_b);
+  std::free(plan.a_nonfinite);
+  std::free(plan.b_nonfinite);
+}
+
+}  // namespace
+
+extern const Kernels kKernels;
+const Kernels kKernels = {TF_LOWPREC_DFP_ISA_NAME, &Gemm};
+
+}  // namespace TF_LOWPREC_DFP_ISA
+}  // namespace dfp_gemm
+}  // namespace tf_lowprec

@@ -1,0 +1,260 @@
+// LowprecDfpMatmul: INT16 shared-exponent GEMM (DFP16), and its counters.
+//
+// Registration and CPU kernel in one translation unit (TensorFlow headers
+// compile slowly).  The arithmetic is in custom_ops/kernels/dfp_gemm_impl.h;
+// this file checks shapes, picks the instruction set and runs the GEMM on
+// TensorFlow's intra-op thread pool.
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "dfp_gemm.h"
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+
+namespace tf_lowprec {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+REGISTER_OP("LowprecDfpMatmul")
+    .Input("a: float")
+    .Input("a_exponents: int32")
+    .Input("b: float")
+    .Input("b_exponents: int32")
+    .Output("product: float")
+    .Output("overflowed_chunks: int64")
+    .Attr("transpose_a: bool = false")
+    .Attr("transpose_b: bool = false")
+    .Attr("block_size: int = 0")
+    .Attr("chunk_size: int = 64")
+    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .SetShapeFn([](InferenceContext* c) -> Status {
+      // a: [batch_a, m, k] (or [batch_a, k, m]); b: [batch_b, k, n] (or
+      // [batch_b, n, k]); batch_a and batch_b are equal or 1.
+      ShapeHandle a, b;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 3, &b));
+      bool ta, tb;
+      TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
+      TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
+      DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
+      DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
+      DimensionHandle k;
+      TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
+      DimensionHandle batch = c->Dim(a, 0);
+      if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
+      c->set_output(0, c->MakeShape({batch, m, n}));
+      c->set_output(1, c->Scalar());
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+INT16 shared-exponent GEMM: product[i] = op(a[i]) @ op(b[i]) with a and b
+holding DFP values I * 2^E (outputs of LowprecQuantizeDfp), computed with
+INT16 x INT16 products in INT32 chains of chunk_size elements, exact chunk
+sums, FP32 accumulation of chunks and a scale by 2^(Ea + Eb) per exponent
+block (docs/dfp_gemm.md).  a_exponents: [batch_a or 1, m or 1, blocks];
+b_exponents: [batch_b or 1, blocks, n or 1].  block_size 0: one block.
+overflowed_chunks: how many (output, chunk) INT32 chains would have
+overflowed (computed exactly all the same).
+)doc");
+
+REGISTER_OP("LowprecDfpGemmCounters")
+    .Output("counters: int64")
+    .Attr("reset: bool = false")
+    .SetIsStateful()
+    .SetShapeFn([](InferenceContext* c) -> Status {
+      c->set_output(0, c->Vector(4));
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+Process-wide counters of LowprecDfpMatmul since the last reset:
+[gemm calls, (output, chunk) INT32 chains, chains that would have overflowed,
+micro-tile chunks recomputed in INT64].  reset=true zeroes them after reading.
+)doc");
+
+namespace {
+
+std::atomic<int64_t> g_calls{0}, g_chains{0}, g_overflowed{0}, g_recomputed{0};
+
+void RunOnPool(void* context, int64_t n, int64_t cost_per_unit,
+               void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) {
+  auto* ctx = static_cast<OpKernelContext*>(context);
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(n, cost_per_unit, [fn, arg](int64_t begin, int64_t end) {
+    fn(arg, begin, end);
+  });
+}
+
+class DfpMatmulOp : public OpKernel {
+ public:
+  explicit DfpMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &transpose_a_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &transpose_b_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("block_size", &block_size_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));
+    std::string isa;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
+    OP_REQUIRES(ctx, block_size_ >= 0,
+                InvalidArgument("block_size must be 0 (one block) or positive, got ",
+                                block_size_));
+    OP_REQUIRES(ctx, chunk_size_ >= 2 && chunk_size_ % 2 == 0 && chunk_size_ <= (1 << 20),
+                InvalidArgument("chunk_size must be an even number in 2..2^20, got ",
+                                chunk_size_));
+    kernels_ = dfp_gemm::SelectKernels(isa.c_str());
+    OP_REQUIRES(ctx, kernels_ != nullptr,
+                InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
+                                "kernel needs AVX512_VNNI); use 'auto' or 'portable'"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& a = ctx->input(0);
+    const Tensor& ea = ctx->input(1);
+    const Tensor& b = ctx->input(2);
+    const Tensor& eb = ctx->input(3);
+    OP_REQUIRES(ctx, a.dims() == 3 && b.dims() == 3,
+                InvalidArgument("a and b must have rank 3 [batch, rows, cols], got shapes ",
+                                a.shape().DebugString(), " and ", b.shape().DebugString()));
+    const int64_t batch_a = a.dim_size(0), batch_b = b.dim_size(0);
+    const int64_t m = a.dim_size(transpose_a_ ? 2 : 1), k = a.dim_size(transpose_a_ ? 1 : 2);
+    const int64_t kb = b.dim_size(transpose_b_ ? 2 : 1), n = b.dim_size(transpose_b_ ? 1 : 2);
+    OP_REQUIRES(ctx, k == kb,
+                InvalidArgument("inner dimensions differ: a ", a.shape().DebugString(),
+                                " (transpose_a=", transpose_a_, ") and b ",
+                                b.shape().DebugString(), " (transpose_b=", transpose_b_, ")"));
+    OP_REQUIRES(ctx, batch_a == batch_b || batch_a == 1 || batch_b == 1,
+                InvalidArgument("batch dimensions ", batch_a, " and ", batch_b,
+                                " must be equal or 1"));
+    const int64_t batch = batch_a == 1 ? batch_b : batch_a;
+    const int64_t block = block_size_ == 0 ? (k > 0 ? k : 1) : block_size_;
+    const int64_t blocks = k == 0 ? 0 : (k + block - 1) / block;
+    // Exponents: [batch_a or 1, m or 1, blocks] and [batch_b or 1, blocks, n or 1].
+    auto check_exponents = [&](const Tensor& e, int64_t d0, int64_t d1, int64_t d2,
+                               const char* name) -> bool {
+      bool ok = e.dims() == 3 && (e.dim_size(0) == d0 || e.dim_size(0) == 1) &&
+                (e.dim_size(1) == d1 || e.dim_size(1) == 1) &&
+                (e.dim_size(2) == d2 || e.dim_size(2) == 1) &&
+                (e.NumElements() > 0 || blocks == 0 || d0 * d1 * d2 == 0);
+      if (!ok) {
+        ctx->CtxFailure(InvalidArgument(name, " must have shape [", d0, " or 1, ", d1,
+                                        " or 1, ", d2, " or 1], got ",
+                                        e.shape().DebugString()));
+      }
+      return ok;
+    };
+    if (!check_exponents(ea, batch_a, m, blocks, "a_exponents")) return;
+    if (!check_exponents(eb, batch_b, blocks, n, "b_exponents")) return;
+    OP_REQUIRES(ctx, block_size_ == 0 || (ea.dim_size(2) == blocks && eb.dim_size(1) == blocks),
+                InvalidArgument("with block_size=", block_size_, " the exponents need ", blocks,
+                                " blocks along k"));
+
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, m, n}), &out));
+    Tensor* overflow = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
+    overflow->scalar<int64_t>()() = 0;
+    if (batch == 0 || m == 0 || n == 0) return;
+
+    dfp_gemm::Problem p;
+    p.batch = batch;
+    p.m = m;
+    p.n = n;
+    p.k = k;
+    p.a = a.flat<float>().data();
+    p.a_batch_stride = batch_a == 1 ? 0 : m * k;
+    p.transpose_a = transpose_a_;
+    p.b = b.flat<float>().data();
+    p.b_batch_stride = batch_b == 1 ? 0 : k * n;
+    p.transpose_b = transpose_b_;
+    auto stride = [](const Tensor& e, int dim) -> int64_t {
+      if (e.dim_size(dim) == 1) return 0;
+      int64_t s = 1;
+      for (int d = dim + 1; d < e.dims(); ++d) s *= e.dim_size(d);
+      return s;
+    };
+    static const int32_t kNoExponent = 0;  // k == 0: never read for data
+    p.ea = ea.NumElements() > 0 ? ea.flat<int32_t>().data() : &kNoExponent;
+    p.ea_batch_stride = ea.NumElements() > 0 ? stride(ea, 0) : 0;
+    p.ea_row_stride = ea.NumElements() > 0 ? stride(ea, 1) : 0;
+    p.ea_block_stride = ea.NumElements() > 0 ? stride(ea, 2) : 0;
+    p.eb = eb.NumElements() > 0 ? eb.flat<int32_t>().data() : &kNoExponent;
+    p.eb_batch_stride = eb.NumElements() > 0 ? stride(eb, 0) : 0;
+    p.eb_block_stride = eb.NumElements() > 0 ? stride(eb, 1) : 0;
+    p.eb_col_stride = eb.NumElements() > 0 ? stride(eb, 2) : 0;
+    p.block_size = block;
+    p.chunk_size = chunk_size_;
+    p.out = out->flat<float>().data();
+
+    dfp_gemm::ParallelFor parallel;
+    parallel.context = ctx;
+    parallel.run = RunOnPool;
+    dfp_gemm::Stats stats;
+    kernels_->gemm(p, parallel, &stats);
+    OP_REQUIRES(ctx, stats.invalid_inputs == 0,
+                InvalidArgument(stats.invalid_inputs, " elements of a or b are not I * 2^E "
+                                "with an integer |I| <= 32767 for their exponent: pass the "
+                                "outputs of quantize_dfp (bits <= 16)"));
+    overflow->scalar<int64_t>()() = stats.overflowed_chunks;
+    int64_t chains_per_output = 0;
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t len = (blk + 1) * block <= k ? block : k - blk * block;
+      chains_per_output += (len + chunk_size_ - 1) / chunk_size_;
+    }
+    g_calls.fetch_add(1, std::memory_order_relaxed);
+    g_chains.fetch_add(batch * m * n * chains_per_output, std::memory_order_relaxed);
+    g_overflowed.fetch_add(stats.overflowed_chunks, std::memory_order_relaxed);
+    g_recomputed.fetch_add(stats.recomputed_tiles, std::memory_order_relaxed);
+  }
+
+ private:
+  bool transpose_a_ = false, transpose_b_ = false;
+  int64_t block_size_ = 0, chunk_size_ = 64;
+  const dfp_gemm::Kernels* kernels_ = nullptr;
+};
+
+class DfpGemmCountersOp : public OpKernel {
+ public:
+  explicit DfpGemmCountersOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reset", &reset_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({4}), &out));
+    auto v = out->flat<int64_t>();
+    if (reset_) {
+      v(0) = g_calls.exchange(0);
+      v(1) = g_chains.exchange(0);
+      v(2) = g_overflowed.exchange(0);
+      v(3) = g_recomputed.exchange(0);
+    } else {
+      v(0) = g_calls.load();
+      v(1) = g_chains.load();
+      v(2) = g_overflowed.load();
+      v(3) = g_recomputed.load();
+    }
+  }
+
+ private:
+  bool reset_ = false;
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpMatmul").Device(DEVICE_CPU), DfpMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpGemmCounters").Device(DEVICE_CPU), DfpGemmCountersOp);
+
+}  // namespace tf_lowprec

@@ -1,0 +1,286 @@
+"""INT16 shared-exponent GEMM (DFP16) as real integer arithmetic.
+
+`dfp_matmul` converts both operands to INT16 mantissas with shared exponents
+(exactly `quantize_dfp`'s), multiplies them with INT16 x INT16 -> INT32
+instructions (AVX512_VNNI `vpdpwssds` where the CPU has it, portable C++
+elsewhere, bit-identical) and returns FP32.  The reduction axis is cut into
+chunks of `chunk_size` elements; each chunk's integer sum is exact (INT32
+chains, checked for overflow and recomputed in INT64 where a chain would have
+overflowed), chunk sums are added in FP32 in K order and the total is scaled
+by 2^(Ea + Eb) once per exponent block.  docs/dfp_gemm.md states the
+arithmetic precisely; `tf_lowprec.reference_gemm` reproduces it in NumPy.
+
+>>> import tensorflow as tf, tf_lowprec as lp
+>>> a = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+>>> lp.dfp_matmul(a, a).numpy()
+array([[ 7., 10.],
+       [15., 22.]], dtype=float32)
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tf_lowprec import formats as formats_lib
+from tf_lowprec import rounding as rounding_lib
+from tf_lowprec._op_library import load as _load_ops
+
+MAX_BITS = 16  # the mantissas must fit INT16
+_ISAS = ("auto", "portable", "avx512")
+
+
+def _check_format(fmt):
+    fmt = formats_lib.get(fmt)
+    if not isinstance(fmt, formats_lib.DfpFormat):
+        raise ValueError(f"fmt must be a DfpFormat such as lp.DFP16, got {fmt!r}")
+    if fmt.bits > MAX_BITS:
+        raise ValueError(
+            f"fmt.bits must be at most {MAX_BITS} for the INT16 GEMM, got {fmt.bits}"
+        )
+    return fmt
+
+
+def _check_options(rounding, backward_rounding, chunk_size, isa):
+    formats_lib.check_rounding(rounding)
+    formats_lib.check_rounding(backward_rounding, "backward_rounding")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or chunk_size < 2
+        or chunk_size % 2
+        or chunk_size > 2**20
+    ):
+        raise ValueError(f"chunk_size must be an even int in 2..2^20, got {chunk_size!r}")
+    if isa not in _ISAS:
+        raise ValueError(f"isa must be one of {', '.join(map(repr, _ISAS))}; got {isa!r}")
+
+
+def _as_float32(x, name):
+    # Arrays and tensors keep their dtype (an int array is an error, not a
+    # silent conversion); Python lists become float32.
+    x = tf.convert_to_tensor(x) if hasattr(x, "dtype") else tf.convert_to_tensor(
+        x, dtype_hint=tf.float32)
+    if x.dtype != tf.float32:
+        raise ValueError(
+            f"{name} must be float32, got {x.dtype.name}; cast it first (float16 and "
+            "bfloat16 convert to float32 exactly)"
+        )
+    if x.shape.rank is not None and x.shape.rank < 2:
+        raise ValueError(f"{name} must have rank >= 2 ([..., rows, cols]), got shape {x.shape}")
+    return x
+
+
+def _offset_seed(seed, offset):
+    """seed + [0, offset]: distinct, reproducible streams for each operand."""
+    return seed + tf.constant([0, offset], tf.int64)
+
+
+def quantize_operand(x, fmt, reduction_axis, rounding="nearest_even", seed=None):
+    """DFP values and exponents of one GEMM operand.
+
+    Per-block exponents run along the reduction axis (fmt.axis is replaced).
+    Returns `quantize_dfp(x, fmt, rounding, seed=seed, return_exponents=True)`.
+    """
+    if fmt.block_size is not None:
+        fmt = fmt.replace(axis=reduction_axis)
+    return rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed, return_exponents=True)
+
+
+def _batch_shape(x):
+    static = x.shape[:-2]
+    if static.is_fully_defined():
+        return tf.constant(static.as_list(), tf.int32)
+    return tf.shape(x)[:-2]
+
+
+def _to_rank3(x, batch):
+    """x[..., r, c] broadcast to the batch shape and flattened to [B or 1, r, c]."""
+    rows_cols = tf.shape(x)[-2:]
+    if x.shape.rank == 2:
+        return tf.reshape(x, tf.concat([[1], rows_cols], 0))
+    if x.shape[:-2].is_fully_defined() and all(d == 1 for d in x.shape[:-2]):
+        return tf.reshape(x, tf.concat([[1], rows_cols], 0))
+    x = tf.broadcast_to(x, tf.concat([batch, rows_cols], 0))
+    return tf.reshape(x, tf.concat([[-1], rows_cols], 0))
+
+
+def _exponents_rank3(e, x, transposed_k_last, per_block, batch):
+    """Exponents as [B or 1, lanes, blocks] (a) / [B or 1, blocks, lanes] (b)."""
+    if not per_block:
+        return tf.reshape(e, [1, 1, 1])
+    if transposed_k_last:
+        e = tf.linalg.matrix_transpose(e)
+    return _to_rank3(e, batch)
+
+
+def gemm_quantized(aq, ea, bq, eb, fmt, *, transpose_a=False, transpose_b=False,
+                   chunk_size=64, isa="auto"):
+    """The INT16 GEMM of operands already in DFP form (no gradient).
+
+    `aq, ea` and `bq, eb` are `quantize_operand` outputs.  Returns
+    `(product, overflowed_chunks)`.
+    """
+    per_block = fmt.block_size is not None
+    batch = tf.broadcast_dynamic_shape(_batch_shape(aq), _batch_shape(bq))
+    a3 = _to_rank3(aq, batch)
+    b3 = _to_rank3(bq, batch)
+    # a's exponents: [.., m, blocks] (blocks along k = last axis) unless transposed.
+    ea3 = _exponents_rank3(ea, aq, transpose_a, per_block, batch)
+    eb3 = _exponents_rank3(eb, bq, transpose_b, per_block, batch)
+    product, overflowed = _load_ops().lowprec_dfp_matmul(
+        a3, ea3, b3, eb3, transpose_a=transpose_a, transpose_b=transpose_b,
+        block_size=fmt.block_size or 0, chunk_size=chunk_size, isa=isa,
+    )
+    m = tf.shape(aq)[-1] if transpose_a else tf.shape(aq)[-2]
+    n = tf.shape(bq)[-2] if transpose_b else tf.shape(bq)[-1]
+    out_shape = tf.concat([batch, [m, n]], 0)
+    product = tf.reshape(product, out_shape)
+    if aq.shape.rank is not None and bq.shape.rank is not None:
+        rank = max(aq.shape.rank, bq.shape.rank)
+        product = tf.ensure_shape(product, [None] * rank)
+    return product, overflowed
+
+
+def _check_inner_dims(a, b, transpose_a, transpose_b):
+    ka = a.shape[-2] if transpose_a else a.shape[-1]
+    kb = b.shape[-1] if transpose_b else b.shape[-2]
+    if ka is not None and kb is not None and ka != kb:
+        raise ValueError(
+            f"inner dimensions of a {a.shape} (transpose_a={transpose_a}) and b {b.shape} "
+            f"(transpose_b={transpose_b}) differ: {ka} != {kb}"
+        )
+
+
+def _reduce_to_shape(grad, shape_of, batch_other):
+    """Sums a broadcast gradient back to the batch shape of `shape_of`."""
+    own = _batch_shape(shape_of)
+    if shape_of.shape.rank == 2 and grad.shape.rank == 2:
+        return grad
+    reduce_own, _ = tf.raw_ops.BroadcastGradientArgs(s0=own, s1=batch_other)
+    grad = tf.reduce_sum(grad, axis=reduce_own)
+    return tf.reshape(grad, tf.shape(shape_of))
+
+
+def dfp_matmul(
+    a,
+    b,
+    fmt=formats_lib.DFP16,
+    *,
+    transpose_a=False,
+    transpose_b=False,
+    rounding="nearest_even",
+    seed=None,
+    backward_rounding="nearest_even",
+    chunk_size=64,
+    isa="auto",
+    return_overflow_count=False,
+    name=None,
+):
+    """`tf.linalg.matmul(a, b)` computed with INT16 mantissas and INT32 chains.
+
+    Both operands are quantized with `quantize_dfp(x, fmt, rounding)` (one
+    exponent per tensor, or per block of `fmt.block_size` elements along the
+    reduction axis; `fmt.axis` is ignored).  The gradient rounds the incoming
+    error to `fmt` with `backward_rounding` and runs both backward GEMMs
+    through this same integer GEMM.
+
+    Args:
+      a, b: float32 tensors `[..., m, k]` and `[..., k, n]` (before the
+        transposes); batch dimensions broadcast as in `tf.linalg.matmul`.
+      fmt: a `DfpFormat` with bits <= 16 (default `lp.DFP16`).
+      transpose_a, transpose_b: as in `tf.linalg.matmul`.
+      rounding: "nearest_even", "stochastic" or "toward_zero" for a and b.
+      seed: for stochastic rounding (an int, a pair or an int64[2] tensor);
+        a uses seed, b uses seed + [0, 1], the error seed + [0, 2].
+      backward_rounding: rounding of the error in the gradient.
+      chunk_size: elements per INT32 chain (even); part of the arithmetic:
+        chunk sums are added in FP32.
+      isa: "auto", "portable" or "avx512" (the VNNI kernel).
+      return_overflow_count: also return an int64 scalar, how many (output,
+        chunk) INT32 chains would have overflowed (the result is exact anyway).
+
+    A row of `op(a)` or column of `op(b)` holding NaN or Inf gives NaN in the
+    whole output row or column.
+
+    >>> import numpy as np, tensorflow as tf, tf_lowprec as lp
+    >>> x = tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3))
+    >>> lp.dfp_matmul(x, x, transpose_b=True).numpy()
+    array([[ 5., 14.],
+           [14., 50.]], dtype=float32)
+    """
+    fmt = _check_format(fmt)
+    _check_options(rounding, backward_rounding, chunk_size, isa)
+    if not isinstance(transpose_a, bool) or not isinstance(transpose_b, bool):
+        raise ValueError("transpose_a and transpose_b must be True or False")
+    with tf.name_scope(name or "dfp_matmul"):
+        a = _as_float32(a, "a")
+        b = _as_float32(b, "b")
+        _check_inner_dims(a, b, transpose_a, transpose_b)
+        stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
+        seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        options = dict(chunk_size=chunk_size, isa=isa)
+
+        def product(x, y, ta, tb, x_rounding, y_rounding, x_seed, y_seed):
+            xq, ex = quantize_operand(x, fmt, -2 if ta else -1, x_rounding, x_seed)
+            yq, ey = quantize_operand(y, fmt, -1 if tb else -2, y_rounding, y_seed)
+            return gemm_quantized(xq, ex, yq, ey, fmt, transpose_a=ta, transpose_b=tb,
+                                  **options)
+
+        seed_b, seed_dy = _offset_seed(seed, 1), _offset_seed(seed, 2)
+        overflow = {}
+
+        @tf.custom_gradient
+        def matmul(x, y):
+            out, overflowed = product(x, y, transpose_a, transpose_b, rounding, rounding,
+                                      seed, seed_b)
+            overflow["count"] = overflowed
+
+            def grad(dy):
+                # Per-tensor formats round the error once, here; both backward
+                # GEMMs then quantize it again, losslessly (DFP is idempotent).
+                # Per-block formats round it inside each GEMM, along that
+                # GEMM's reduction axis.
+                if fmt.block_size is None:
+                    dyq = quantize_operand(dy, fmt, -1, backward_rounding, seed_dy)[0]
+                    dr = "nearest_even"
+                else:
+                    dyq, dr = dy, backward_rounding
+                r = rounding
+                if not transpose_a and not transpose_b:  # y = x w
+                    dx = product(dyq, y, False, True, dr, r, seed_dy, seed_b)[0]
+                    dw = product(x, dyq, True, False, r, dr, seed, seed_dy)[0]
+                elif transpose_a and not transpose_b:  # y = x^T w
+                    dx = product(y, dyq, False, True, r, dr, seed_b, seed_dy)[0]
+                    dw = product(x, dyq, False, False, r, dr, seed, seed_dy)[0]
+                elif not transpose_a and transpose_b:  # y = x w^T
+                    dx = product(dyq, y, False, False, dr, r, seed_dy, seed_b)[0]
+                    dw = product(dyq, x, True, False, dr, r, seed_dy, seed)[0]
+                else:  # y = x^T w^T
+                    dx = product(y, dyq, True, True, r, dr, seed_b, seed_dy)[0]
+                    dw = product(dyq, x, True, True, dr, r, seed_dy, seed)[0]
+                batch = tf.broadcast_dynamic_shape(_batch_shape(x), _batch_shape(y))
+                return _reduce_to_shape(dx, x, batch), _reduce_to_shape(dw, y, batch)
+
+            return out, grad
+
+        out = matmul(a, b)
+        if return_overflow_count:
+            return out, overflow["count"]
+        return out
+
+
+def dfp_gemm_counters(reset=False):
+    """Process-wide counters of the DFP GEMM since the last reset, as a dict.
+
+    calls: GEMMs run; chains: (output, chunk) INT32 chains; overflowed: chains
+    that would have overflowed INT32 (computed exactly all the same);
+    recomputed_tiles: micro-tile chunks the VNNI kernel recomputed in INT64.
+
+    >>> import tf_lowprec as lp
+    >>> sorted(lp.dfp_gemm_counters())
+    ['calls', 'chains', 'overflowed', 'recomputed_tiles']
+    """
+    if not isinstance(reset, bool):
+        raise ValueError(f"reset must be True or False, got {reset!r}")
+    values = _load_ops().lowprec_dfp_gemm_counters(reset=reset)
+    names = ("calls", "chains", "overflowed", "recomputed_tiles")
+    return {k: int(v) for k, v in zip(names, np.asarray(values))}
