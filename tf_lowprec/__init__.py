@@ -23,7 +23,7 @@ from tf_lowprec.formats import (
     FloatFormat,
 )
 from tf_lowprec import layers, loss_scaling
-from tf_lowprec.dfp_gemm import dfp_gemm_counters, dfp_matmul
+from tf_lowprec.dfp_gemm import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.policy import Policy, PrecisionSpec
 from tf_lowprec.loss_scaling import AdaptiveLossScaleOptimizer
@@ -54,6 +54,7 @@ __all__ = [
     "OpLibraryError",
     "Policy",
     "PrecisionSpec",
+    "dfp_conv2d",
     "dfp_gemm_counters",
     "dfp_matmul",
     "formats",

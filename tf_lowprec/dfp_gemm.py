@@ -284,3 +284,98 @@ def dfp_gemm_counters(reset=False):
     values = _load_ops().lowprec_dfp_gemm_counters(reset=reset)
     names = ("calls", "chains", "overflowed", "recomputed_tiles")
     return {k: int(v) for k, v in zip(names, np.asarray(values))}
+
+
+def _pair(value, name):
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value, value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        return tuple(value)
+    raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
+
+
+def dfp_conv2d(
+    x,
+    filters,
+    strides=1,
+    padding="VALID",
+    dilations=1,
+    fmt=formats_lib.DFP16,
+    *,
+    rounding="nearest_even",
+    seed=None,
+    backward_rounding="nearest_even",
+    chunk_size=64,
+    isa="auto",
+    name=None,
+):
+    """`tf.nn.conv2d` (NHWC) computed by the INT16 GEMM of `dfp_matmul` (im2col).
+
+    The input and the filters are quantized to `fmt` (one exponent per tensor),
+    their patches multiplied by `dfp_matmul`, and the gradient rounds the error
+    to `fmt` (`backward_rounding`) before both backward GEMMs: d(filters) =
+    patches^T @ error and d(patches) = error @ filters^T, both INT16 GEMMs; the
+    patch gradients are then summed back onto the input in FP32 (col2im).
+
+    Args:
+      x: float32 `[batch, height, width, in_channels]`.
+      filters: float32 `[kh, kw, in_channels, out_channels]`.
+      strides, dilations: an int or a pair (height, width).
+      padding: "VALID" or "SAME".
+      fmt: a DfpFormat with one exponent per tensor (block_size None).
+      Other arguments as for `dfp_matmul` (x uses seed, filters seed + [0, 1]).
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((2, 2, 1, 1), np.float32)
+    >>> lp.dfp_conv2d(x, w)[0, :, :, 0].numpy()
+    array([[4., 4.],
+           [4., 4.]], dtype=float32)
+    """
+    fmt = _check_format(fmt)
+    if fmt.block_size is not None:
+        raise ValueError(
+            "dfp_conv2d needs one exponent per tensor (fmt.block_size=None); "
+            f"got block_size={fmt.block_size}"
+        )
+    _check_options(rounding, backward_rounding, chunk_size, isa)
+    sh, sw = _pair(strides, "strides")
+    dh, dw = _pair(dilations, "dilations")
+    if not isinstance(padding, str) or padding.upper() not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
+    padding = padding.upper()
+    with tf.name_scope(name or "dfp_conv2d"):
+        x = _as_float32(x, "x")
+        filters = _as_float32(filters, "filters")
+        if x.shape.rank != 4 or filters.shape.rank != 4:
+            raise ValueError(
+                f"x must be [batch, height, width, channels] and filters [kh, kw, in, out]; "
+                f"got shapes {x.shape} and {filters.shape}"
+            )
+        if None not in (x.shape[3], filters.shape[2]) and x.shape[3] != filters.shape[2]:
+            raise ValueError(
+                f"x has {x.shape[3]} channels but filters expect {filters.shape[2]}"
+            )
+        stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
+        seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        # Quantized once per tensor (straight-through gradients); the GEMM's own
+        # per-tensor quantization of the patches is then lossless.
+        xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
+        wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1))
+        kh, kw = tf.shape(filters)[0], tf.shape(filters)[1]
+        static_kh, static_kw = filters.shape[0], filters.shape[1]
+        if static_kh is None or static_kw is None:
+            raise ValueError("dfp_conv2d needs the filter's height and width statically")
+        patches = tf.image.extract_patches(
+            xq, sizes=[1, static_kh, static_kw, 1], strides=[1, sh, sw, 1],
+            rates=[1, dh, dw, 1], padding=padding,
+        )
+        out_spatial = tf.shape(patches)[:3]
+        columns = tf.reshape(patches, [-1, tf.shape(patches)[3]])
+        weights = tf.reshape(wq, [kh * kw * tf.shape(filters)[2], tf.shape(filters)[3]])
+        y = dfp_matmul(columns, weights, fmt, seed=seed, backward_rounding=backward_rounding,
+                       chunk_size=chunk_size, isa=isa)
+        return tf.reshape(y, tf.concat([out_spatial, tf.shape(filters)[3:]], 0))
