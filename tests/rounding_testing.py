@@ -9,7 +9,6 @@ arithmetic, not from the kernels' bit tricks).
 import functools
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
