@@ -22,7 +22,7 @@ from tf_lowprec.formats import (
     DfpFormat,
     FloatFormat,
 )
-from tf_lowprec import layers, loss_scaling
+from tf_lowprec import callbacks, layers, loss_scaling
 from tf_lowprec.dfp_gemm import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.policy import Policy, PrecisionSpec
@@ -37,6 +37,7 @@ SUPPORTED_KERAS = "3.15"
 __all__ = [
     "AdaptiveLossScaleOptimizer",
     "LowPrecisionWeights",
+    "callbacks",
     "loss_scaling",
     "BF16",
     "BF16_INTEL",

@@ -1,0 +1,264 @@
+"""`model.fit` callbacks that show what the precision does.
+
+`PrecisionMonitor` records, every `every_n_steps` training steps, per
+emulated layer and per tensor role, the fraction of values that underflow to
+zero, that overflow (saturate or become Inf/NaN) and that end up subnormal in
+the role's format, plus the loss scales of a loss-scale optimizer.  The
+values go into `logs` (so `History`, `CSVLogger` and a later
+`keras.callbacks.TensorBoard` in the callback list see them) and, with
+`log_dir`, into TensorBoard scalars of their own.
+
+`PolicySchedule` switches layers' policies at epoch boundaries.
+
+>>> import keras, numpy as np, tf_lowprec as lp
+>>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, dtype=lp.Policy("fp8"))])
+>>> model.compile("sgd", "mse")
+>>> monitor = lp.callbacks.PrecisionMonitor(every_n_steps=1)
+>>> history = model.fit(np.ones((8, 4)), np.zeros((8, 2)), verbose=0, callbacks=[monitor])
+>>> sorted(k for k in history.history if k.endswith("activations/underflow"))
+['precision/dense/activations/underflow']
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_lowprec import emulation
+from tf_lowprec import formats as formats_lib
+from tf_lowprec import policy as policy_lib
+from tf_lowprec import stats as stats_lib
+
+ROLES = ("activations", "weights", "errors", "weight_gradients")
+STATS = ("underflow", "overflow", "subnormal")
+
+
+def _emulated_layers(model):
+    """Layers (the model's own included) whose dtype policy is an emulating lp.Policy."""
+    found = []
+    for layer in [model] + list(model._flatten_layers(include_self=False)):
+        policy = layer.dtype_policy
+        if isinstance(policy, policy_lib.Policy) and policy.spec.emulates:
+            found.append(layer)
+    return found
+
+
+def _layer_key(layer):
+    return layer.path or layer.name
+
+
+def _rounded_roles(policy):
+    """Roles the policy rounds (its first/last-layer spec included)."""
+    specs = [policy.spec] + ([policy.spec.first_last] if policy.spec.first_last else [])
+    return {role for spec in specs for role in ROLES if spec.role(role) is not None}
+
+
+class PrecisionMonitor(keras.callbacks.Callback):
+    """Per-layer, per-role under/overflow statistics during `fit`.
+
+    Args:
+      every_n_steps: sampling interval in training steps (optimizer
+        iterations); the statistics are computed only on sampled steps.
+      roles: which tensor roles to watch.
+      log_dir: optional TensorBoard log folder for the monitor's own scalars
+        (`<log_dir>/precision`).  Alternatively place the monitor before a
+        `keras.callbacks.TensorBoard` in the callback list: the epoch logs it
+        adds are then written by TensorBoard too.
+
+    Log keys: `precision/<layer path>/<role>/<stat>` (stat in underflow,
+    overflow, subnormal), `loss_scale`, and `loss_scale/<layer path>` for an
+    `AdaptiveLossScaleOptimizer`.  Values are those of the latest sampled step.
+    """
+
+    def __init__(self, every_n_steps=100, roles=ROLES, log_dir=None):
+        super().__init__()
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or (
+            every_n_steps < 1
+        ):
+            raise ValueError(f"every_n_steps must be a positive int, got {every_n_steps!r}")
+        roles = tuple(roles)
+        unknown = [r for r in roles if r not in ROLES]
+        if unknown or not roles:
+            raise ValueError(f"roles must be a non-empty subset of {ROLES}; got {roles!r}")
+        self.every_n_steps = every_n_steps
+        self.roles = roles
+        self.log_dir = log_dir
+        self._variables = {}
+        self._remove_hook = None
+        self._writer = None
+        self.latest = {}
+
+    # Graph side -----------------------------------------------------------
+
+    def _record(self, context, role, fmt, x):
+        """Assigns the statistics of x (for fmt) on sampled steps."""
+        variables = self._variables.get((_layer_key(context.layer), role))
+        if variables is None:
+            return
+        step = context.training_step()
+        sampled = tf.equal(tf.math.floormod(step, self.every_n_steps), 0)
+
+        def compute():
+            values = stats_lib.precision_stats(x, fmt, implementation=context.implementation)
+            updates = [variables[name].assign(values[name]) for name in STATS]
+            with tf.control_dependencies(updates):
+                return tf.constant(True)
+
+        tf.cond(sampled, compute, lambda: tf.constant(False))
+
+    def _observe_gradient(self, context, role, fmt, y):
+        @tf.custom_gradient
+        def observe(v):
+            def grad(dy):
+                self._record(context, role, fmt, dy)
+                return dy
+
+            return tf.identity(v), grad
+
+        return observe(y)
+
+    def _hook(self, context, role, x, round_fn):
+        spec = context.spec
+        entry = spec.role(role)
+        if role in ("activations", "weights") and entry is not None and role in self.roles:
+            self._record(context, role, entry[0], x)
+        y = round_fn(x)
+        if role == "errors" and entry is not None and "errors" in self.roles:
+            # After round_fn in the forward chain: the gradient reaches this
+            # identity before it is rounded (and after any loss scale).
+            y = self._observe_gradient(context, "errors", entry[0], y)
+        gradient = spec.role("weight_gradients")
+        if role == "weights" and gradient is not None and "weight_gradients" in self.roles:
+            y = self._observe_gradient(context, "weight_gradients", gradient[0], y)
+        return y
+
+    # Callback side --------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        strategy = self.model.distribute_strategy
+        with strategy.scope():
+            for layer in _emulated_layers(self.model):
+                for role in _rounded_roles(layer.dtype_policy) & set(self.roles):
+                    key = (_layer_key(layer), role)
+                    if key in self._variables:
+                        continue
+                    self._variables[key] = {
+                        name: tf.Variable(0.0, trainable=False, name=f"precision_{name}",
+                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                        for name in STATS
+                    }
+        if self._remove_hook is None:
+            self._remove_hook = emulation.add_role_hook(self._hook)
+        # Trace the train step anew so that it contains the monitor's hook.
+        self.model.make_train_function(force=True)
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(f"{self.log_dir}/precision")
+
+    def on_train_end(self, logs=None):
+        if self._remove_hook is not None:
+            self._remove_hook()
+            self._remove_hook = None
+        # The next fit traces a train step without the hook.
+        self.model.train_function = None
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _read(self):
+        values = {}
+        for (layer, role), variables in self._variables.items():
+            for name in STATS:
+                values[f"precision/{layer}/{role}/{name}"] = float(variables[name].numpy())
+        optimizer = self.model.optimizer
+        scale = getattr(optimizer, "dynamic_scale", None)
+        if scale is not None:
+            values["loss_scale"] = float(np.asarray(scale.numpy()))
+        for path, variable in getattr(optimizer, "layer_scales", {}).items():
+            values[f"loss_scale/{path}"] = float(np.asarray(variable.numpy()))
+        return values
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy()) - 1  # the step just run
+        if step % self.every_n_steps != 0:
+            return
+        self.latest = self._read()
+        if logs is not None:
+            logs.update(self.latest)
+        if self._writer is not None:
+            with self._writer.as_default(step=step):
+                for name, value in self.latest.items():
+                    tf.summary.scalar(name, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.latest:
+            self.latest = self._read()
+        if logs is not None:
+            logs.update(self.latest)
+
+
+class PolicySchedule(keras.callbacks.Callback):
+    """Switches layers to other policies at epoch boundaries.
+
+    Args:
+      schedule: dict from epoch (0-based, the policy applies from that epoch
+        on) to a policy (an `lp.Policy`, a preset name, or a dtype policy such
+        as "float32"), or a function `epoch -> policy or None` (None keeps
+        the current one).
+      layers: optional function `layer -> bool` choosing the layers to switch
+        (default: every layer whose policy is an `lp.Policy`, and those the
+        schedule switched before).
+
+    >>> import tf_lowprec as lp
+    >>> schedule = lp.callbacks.PolicySchedule({0: "fp8", 3: "bf16"})  # FP8 first, then BF16
+    """
+
+    def __init__(self, schedule, layers=None):
+        super().__init__()
+        if not (isinstance(schedule, dict) or callable(schedule)):
+            raise ValueError(f"schedule must be a dict or a function of the epoch; got {schedule!r}")
+        if isinstance(schedule, dict):
+            for epoch in schedule:
+                if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                    raise ValueError(f"schedule keys must be epochs (ints >= 0); got {epoch!r}")
+            schedule = {e: self._as_policy(p) for e, p in schedule.items()}
+        self.schedule = schedule
+        self.layers = layers
+        self._switched = set()
+
+    @staticmethod
+    def _as_policy(policy):
+        if isinstance(policy, keras.DTypePolicy):
+            return policy
+        if isinstance(policy, str) and policy in policy_lib.PRESETS:
+            return policy_lib.Policy(policy)
+        try:
+            return keras.dtype_policies.get(policy)
+        except ValueError as e:
+            raise ValueError(
+                f"cannot use {policy!r} as a policy: give an lp.Policy, a preset "
+                f"({', '.join(policy_lib.PRESETS)}) or a Keras dtype policy name"
+            ) from e
+
+    def _policy_for(self, epoch):
+        if isinstance(self.schedule, dict):
+            return self.schedule.get(epoch)
+        policy = self.schedule(epoch)
+        return None if policy is None else self._as_policy(policy)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        policy = self._policy_for(epoch)
+        if policy is None:
+            return
+        for layer in self.model._flatten_layers(include_self=False):
+            chosen = (self.layers(layer) if self.layers is not None else
+                      isinstance(layer.dtype_policy, policy_lib.Policy) or id(layer) in
+                      self._switched)
+            if chosen:
+                layer.dtype_policy = policy
+                self._switched.add(id(layer))
+        # Re-trace the train step: the policies are read when it is traced.
+        self.model.make_train_function(force=True)
+
+
+def formats_of(policy):
+    """The formats a policy rounds to, by role (for display)."""
+    spec = policy.spec
+    return {role: formats_lib.serialize(spec.role(role)[0]) for role in ROLES if spec.role(role)}
