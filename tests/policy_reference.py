@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import _keras_hooks
+from tf_lowprec import _keras_hooks, emulation
 
 
 def rounded(x, entry):
@@ -71,7 +71,11 @@ def explicit_backend(spec):
     def gemm(op, *xs):
         return error(op(*[operand(x, spec, role_of(x)) for x in xs]), spec)
 
+    integer = spec.accumulator == "int32" and emulation.integer_gemm("matmul") is not None
+
     def ref_matmul(a, b):
+        if integer and len(a.shape) == 2 and len(b.shape) == 2:
+            return gemm(emulation.integer_gemm("matmul"), a, b)
         return gemm(matmul, a, b)
 
     def ref_einsum(eq, *xs, **kw):
@@ -81,6 +85,13 @@ def explicit_backend(spec):
 
     def conv_ref(original):
         def ref(x, k, *args, **kw):
+            if integer and original is conv and len(x.shape) == 4:
+                options = dict(zip(("strides", "padding", "data_format", "dilation_rate"),
+                                   args), **kw)
+                return error(emulation.integer_gemm("conv2d")(
+                    operand(x, spec, "activations"), operand(k, spec, role_of(k)),
+                    strides=options.get("strides", 1), padding=options["padding"].upper(),
+                    dilations=options.get("dilation_rate", 1)), spec)
             return error(original(operand(x, spec, "activations"), operand(k, spec, role_of(k)),
                                   *args, **kw), spec)
         return ref

@@ -302,13 +302,26 @@ def einsum(context, original, subscripts, *operands, **kwargs):
     return original(subscripts, *operands, **kwargs) if y is None else y
 
 
+def _integer_conv2d(inputs, args, kwargs):
+    """dfp_conv2d bound to Keras conv arguments, or None where it does not apply."""
+    import keras  # noqa: PLC0415
+
+    integer = integer_gemm("conv2d")
+    names = ("strides", "padding", "data_format", "dilation_rate")
+    options = dict(zip(names, args), **kwargs)
+    data_format = options.get("data_format") or keras.config.image_data_format()
+    if integer is None or len(inputs.shape) != 4 or data_format != "channels_last":
+        return None
+    return lambda a, k: integer(a, k, strides=options.get("strides", 1),  # noqa: E731
+                                padding=options.get("padding", "valid").upper(),
+                                dilations=options.get("dilation_rate", 1))
+
+
 def _conv_like(name):
     def emulated(context, original, inputs, kernel, *args, **kwargs):
         op = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
         if name == "conv" and context.spec.accumulator == "int32":
-            integer = integer_gemm("conv2d")
-            if integer is not None and len(inputs.shape) == 4:
-                op = lambda a, k: integer(a, k, *args, **kwargs)  # noqa: E731
+            op = _integer_conv2d(inputs, args, kwargs) or op
         y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))])
         return original(inputs, kernel, *args, **kwargs) if y is None else y
 
