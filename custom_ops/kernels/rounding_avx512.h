@@ -86,6 +86,7 @@ struct FloatGrid16 {
   __m512i overflow_bits[3];    // per Rounding value
   __m512i inf_result;          // result magnitude of an infinite input
   __mmask16 keep_zero_sign;    // 0xFFFF when the format has -0
+  bool plain;                  // subnormals, -0, input denormals kept
   // Normal-range form (see RoundNormalRange16).
   bool normal_ok;              // 1 <= mantissa_bits <= 22
   __m128i normal_dropped;      // 23 - mantissa_bits, as a shift count
@@ -119,6 +120,7 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.inf_result = Splat(g.infinities ? kInfBits
                                     : (g.overflow == Overflow::kNan ? kQuietNanBits : g.max_bits));
   c.keep_zero_sign = g.negative_zero ? 0xFFFF : 0;
+  c.plain = g.subnormals && g.negative_zero && !g.flush_input_denormals;
   const int32_t normal_dropped = 23 - g.mantissa_bits;
   c.normal_ok = g.mantissa_bits >= 1 && g.mantissa_bits <= 22;
   c.normal_dropped = _mm_cvtsi32_si128(normal_dropped);
@@ -193,7 +195,10 @@ inline bool AnyNeedsFullForm16(__m512i a, const FloatGrid16& c) {
 // per-lane d; the parity bit d may now be 23, where the significand has
 // the implicit bit (set for float32 normals) instead of a's exponent lsb.
 // A zero lane rounds to zero whatever d (every term is 0 or masked off).
-template <Rounding kRounding>
+//
+// kPlain: the format has subnormals and -0 and keeps input denormals
+// (c.plain), which makes the flush and the zero-sign steps no-ops.
+template <Rounding kRounding, bool kPlain>
 inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16& c,
                                         __m512i random_word) {
   const __m512i biased_or_one = _mm512_max_epi32(_mm512_srli_epi32(a, 23), SplatInt(1));
@@ -216,9 +221,10 @@ inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16&
   }
   __m512i r = _mm512_and_si512(biased_a, keep);
   // The finite-input part of FinishFloatFormat16.
-  r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
+  if (!kPlain) r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
   r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
                             c.overflow_bits[static_cast<int>(kRounding)]);
+  if (kPlain) return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);  // r | (u & sign)
   const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
   return _mm512_mask_or_epi32(r, keep_sign, r, _mm512_and_si512(u, Splat(kSignMask)));
 }

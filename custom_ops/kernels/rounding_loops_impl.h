@@ -168,28 +168,69 @@ __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::Fl
   return simd::RoundToFloatFormat16<kRounding>(u, c, word);
 }
 
-// One vector, by the shortest form valid for all of its lanes.
-template <Rounding kRounding>
-inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i word) {
-  const __m512i a = simd::FloatFormatMagnitude16(u, c);
-  if (c.normal_ok && simd::AllInNormalRange16(a, c)) {
-    return simd::RoundNormalRange16<kRounding>(u, a, c, word);
+// One vector, by the shortest form valid for all of its lanes.  With
+// kTryNormalForm the loop expects whole vectors in the format's normal range
+// (bf16, fp16 on most data) and tests for that first; without, it goes
+// straight to the per-lane form (fp8 formats, whose subnormal range holds a
+// few percent of typical values: a per-vector choice there would mispredict
+// often).  Both give the same bits.
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm>
+inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i word,
+                                int64_t* misses) {
+  const __m512i a = kPlain ? _mm512_and_si512(u, simd::Splat(kAbsMask))
+                           : simd::FloatFormatMagnitude16(u, c);
+  if (kTryNormalForm) {
+    if (simd::AllInNormalRange16(a, c)) return simd::RoundNormalRange16<kRounding>(u, a, c, word);
+    ++*misses;
   }
   if (c.fast_ok && !simd::AnyNeedsFullForm16(a, c)) {
-    return simd::RoundToFloatFormatFast16<kRounding>(u, a, c, word);
+    return simd::RoundToFloatFormatFast16<kRounding, kPlain>(u, a, c, word);
   }
   return RoundFloatVectorFull<kRounding>(u, c, word);
 }
 
-template <Rounding kRounding>
-void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
-                    const FloatGrid& grid, const RandomStream& random) {
-  const simd::FloatGrid16 c = simd::MakeFloatGrid16(grid);
+// Rounds one chunk (m <= kChunk elements); returns how many vectors missed
+// the normal form (only counted with kTryNormalForm).
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm>
+inline int64_t RoundFloatChunk(const uint32_t* src, uint32_t* dst, int64_t m,
+                               const uint32_t* words, __m512i word_mask,
+                               const simd::FloatGrid16& c) {
+  int64_t misses = 0;
+  int64_t i = 0;
+  for (; i + 16 <= m; i += 16) {
+    const __m512i u = _mm512_loadu_si512(src + i);
+    const __m512i word = kRounding == Rounding::kStochastic
+                             ? _mm512_and_si512(_mm512_loadu_si512(words + i), word_mask)
+                             : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + i,
+                        RoundFloatVector<kRounding, kPlain, kTryNormalForm>(u, c, word, &misses));
+  }
+  if (i < m) {
+    const __mmask16 lanes = TailMask(m - i);
+    const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
+    const __m512i word =
+        kRounding == Rounding::kStochastic
+            ? _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, words + i), word_mask)
+            : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(
+        dst + i, lanes, RoundFloatVector<kRounding, kPlain, kTryNormalForm>(u, c, word, &misses));
+  }
+  return misses;
+}
+
+template <Rounding kRounding, bool kPlain>
+void RoundFloatLoop(const float* in, float* out, int64_t n, int64_t first_index,
+                    const simd::FloatGrid16& c, const RandomStream& random) {
   const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
                                       ? simd::MakePhiloxKeys16(random.philox)
                                       : simd::PhiloxKeys16{};
   const __m512i word_mask = simd::Splat(random.mask);
   alignas(64) uint32_t buffer[kWordBuffer];
+  // Which loop the next chunk takes: the normal-form one while chunks are
+  // (nearly) all normal; after a chunk with several misses, the per-lane
+  // one for a while, then try again.
+  constexpr int64_t kRetryChunks = 16;
+  int64_t per_lane_chunks = 0;
   for (int64_t start = 0; start < n; start += kChunk) {
     const int64_t m = std::min<int64_t>(kChunk, n - start);
     const uint32_t* words = nullptr;
@@ -198,24 +239,23 @@ void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
     }
     const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
     uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
-    int64_t i = 0;
-    for (; i + 16 <= m; i += 16) {
-      const __m512i u = _mm512_loadu_si512(src + i);
-      const __m512i word = kRounding == Rounding::kStochastic
-                               ? _mm512_and_si512(_mm512_loadu_si512(words + i), word_mask)
-                               : _mm512_setzero_si512();
-      _mm512_storeu_si512(dst + i, RoundFloatVector<kRounding>(u, c, word));
-    }
-    if (i < m) {
-      const __mmask16 lanes = TailMask(m - i);
-      const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
-      const __m512i word =
-          kRounding == Rounding::kStochastic
-              ? _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, words + i), word_mask)
-              : _mm512_setzero_si512();
-      _mm512_mask_storeu_epi32(dst + i, lanes, RoundFloatVector<kRounding>(u, c, word));
+    if (c.normal_ok && per_lane_chunks == 0) {
+      const int64_t misses =
+          RoundFloatChunk<kRounding, kPlain, true>(src, dst, m, words, word_mask, c);
+      if (misses > 1) per_lane_chunks = kRetryChunks;
+    } else {
+      RoundFloatChunk<kRounding, kPlain, false>(src, dst, m, words, word_mask, c);
+      if (per_lane_chunks > 0) --per_lane_chunks;
     }
   }
+}
+
+template <Rounding kRounding>
+void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
+                    const FloatGrid& grid, const RandomStream& random) {
+  const simd::FloatGrid16 c = simd::MakeFloatGrid16(grid);
+  if (c.plain) return RoundFloatLoop<kRounding, true>(in, out, n, first_index, c, random);
+  RoundFloatLoop<kRounding, false>(in, out, n, first_index, c, random);
 }
 
 template <Rounding kRounding>
@@ -282,8 +322,10 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
   for (; i < n; i += 16) {
     m0 = _mm512_max_epu32(m0, FiniteMagnitude16(_mm512_maskz_loadu_epi32(TailMask(n - i), src + i)));
   }
-  return _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(m0, m1),
-                                                  _mm512_max_epu32(m2, m3)));
+  // (Reduced by hand: GCC 12's _mm512_reduce_max_epu32 trips -Wmaybe-uninitialized.)
+  alignas(64) uint32_t lanes[16];
+  _mm512_store_si512(lanes, _mm512_max_epu32(_mm512_max_epu32(m0, m1), _mm512_max_epu32(m2, m3)));
+  return *std::max_element(lanes, lanes + 16);
 }
 
 #endif  // TF_LOWPREC_AVX512_INTRINSICS
