@@ -286,3 +286,8 @@ def test_extreme_valid_biases():
     assert low.max_exponent == 127
     probe = tf.constant([np.float32(3.4e38)])
     assert lp.round_to_format(probe, low, "toward_zero").numpy()[0] == np.float32(low.max_value)
+
+
+def test_eight_exponent_bits_without_infinities_has_no_valid_bias():
+    with pytest.raises(ValueError, match="no exponent_bias makes this format fit in float32"):
+        lp.FloatFormat(8, 3, infinities=False)

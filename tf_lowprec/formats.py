@@ -132,6 +132,16 @@ class FloatFormat:
         self.input_denormals = input_denormals
         self.name = name
 
+        # Every value must be a float32: bias <= 127 keeps the smallest normal
+        # at or above 2^-126; the largest value needs bias >= lowest_bias.
+        lowest_bias = self.exponent_bias + self.max_exponent - _FLOAT32_MAX_EXPONENT
+        if lowest_bias > 1 - _FLOAT32_MIN_EXPONENT:
+            raise ValueError(
+                f"no exponent_bias makes this format fit in float32: with "
+                f"exponent_bits={exponent_bits} and infinities={infinities}, the largest "
+                f"value needs exponent_bias >= {lowest_bias} but the smallest normal needs "
+                "exponent_bias <= 127 (use infinities=True, which reserves the top exponent)"
+            )
         if self.min_exponent < _FLOAT32_MIN_EXPONENT:
             raise ValueError(
                 f"exponent_bias={exponent_bias} puts the smallest normal at "
@@ -142,7 +152,7 @@ class FloatFormat:
             raise ValueError(
                 f"exponent_bias={exponent_bias} puts the largest value near "
                 f"2^{self.max_exponent}, beyond float32's range: exponent_bias must be at "
-                f"least {self.exponent_bias + self.max_exponent - _FLOAT32_MAX_EXPONENT}"
+                f"least {lowest_bias}"
             )
 
     # Derived quantities (the C++ twin is DeriveFloatGrid in number_formats.h).
