@@ -8,4 +8,11 @@
     defined(__AVX512VL__)
 #define TF_LOWPREC_AVX512_INTRINSICS 1
 #endif
+// GCC 12 flags the _mm512_undefined_epi32() inside some intrinsics
+// (_mm512_max_epu32, _mm512_reduce_max_epu32) as used uninitialized: a
+// false positive (the value is a "don't care" by design).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include "rounding_loops_impl.h"

@@ -322,10 +322,8 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
   for (; i < n; i += 16) {
     m0 = _mm512_max_epu32(m0, FiniteMagnitude16(_mm512_maskz_loadu_epi32(TailMask(n - i), src + i)));
   }
-  // (Reduced by hand: GCC 12's _mm512_reduce_max_epu32 trips -Wmaybe-uninitialized.)
-  alignas(64) uint32_t lanes[16];
-  _mm512_store_si512(lanes, _mm512_max_epu32(_mm512_max_epu32(m0, m1), _mm512_max_epu32(m2, m3)));
-  return *std::max_element(lanes, lanes + 16);
+  return _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(m0, m1),
+                                                  _mm512_max_epu32(m2, m3)));
 }
 
 #endif  // TF_LOWPREC_AVX512_INTRINSICS
