@@ -1,6 +1,7 @@
 """AdaptiveLossScaleOptimizer: the scale rule, skipping, state."""
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -182,3 +183,25 @@ def test_without_an_adaptive_optimizer_gradients_are_unchanged():
     np.testing.assert_array_equal(
         grads[0].numpy(), lp.round_to_format(tf.matmul(xq, dy, transpose_a=True), lp.FP16).numpy()
     )
+
+
+def test_compile_without_loss_scaling_warns_once_per_policy():
+    loss_scaling._warned.clear()
+    for name in ("fp16", "fp8", "hfp8"):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy(name))])
+        with pytest.warns(UserWarning, match="AdaptiveLossScaleOptimizer"):
+            model.compile(optimizer="sgd", loss="mse")
+        # Once: compiling again does not repeat it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.compile(optimizer="sgd", loss="mse")
+    # No warning with loss scaling, nor for bf16 / dfp16 (FP32's range).
+    loss_scaling._warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name, opt in [("fp16", lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD())),
+                          ("fp8", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())),
+                          ("bf16", "sgd"), ("dfp16", "sgd")]:
+            model = keras.Sequential([keras.Input((3,)),
+                                      keras.layers.Dense(2, dtype=lp.Policy(name))])
+            model.compile(optimizer=opt, loss="mse")

@@ -23,6 +23,7 @@ from tf_lowprec.formats import (
     FloatFormat,
 )
 from tf_lowprec import callbacks, layers, loss_scaling
+from tf_lowprec.export import export_saved_model
 from tf_lowprec.dfp_gemm import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.policy import Policy, PrecisionSpec
@@ -38,6 +39,7 @@ __all__ = [
     "AdaptiveLossScaleOptimizer",
     "LowPrecisionWeights",
     "callbacks",
+    "export_saved_model",
     "loss_scaling",
     "BF16",
     "BF16_INTEL",

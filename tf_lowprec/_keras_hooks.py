@@ -17,6 +17,10 @@ in `keras.src.backend.common.name_scope`); when that layer's dtype policy is a
 the original function runs unchanged.  Nothing else in Keras is modified:
 `Layer.__call__` is not wrapped.
 
+Two public `keras.Model` methods are wrapped (`_wrap_model_methods`): `compile`
+warns when loss scaling is missing under a narrow-range policy, and `export`
+to a TF SavedModel traces with the pure-TF rounding path.
+
 One more function is wrapped for saving: `keras.src.dtype_policies.get`.
 `Operation.from_config` turns a deserialized float policy back into its name
 string before constructing the layer (keras/src/ops/operation.py), which
@@ -175,7 +179,47 @@ def install():
 
             get._lowprec_original = get_original
             dtype_policies.get = get
+        _wrap_model_methods()
         _installed = True
+
+
+def _wrap_model_methods():
+    """Two public `keras.Model` methods get a tf_lowprec step after or around them.
+
+    - `compile`: afterwards, warn once when a policy rounds errors to a
+      narrow-range format and the optimizer has no loss scaling (Keras
+      auto-wraps only the literal "mixed_float16").
+    - `export(format="tf_saved_model")`: traced with the pure-TF rounding
+      path, so the SavedModel needs no custom op library.
+    """
+    model_class = keras.Model
+    if not hasattr(model_class.compile, "_lowprec_original"):
+        compile_original = model_class.compile
+
+        @functools.wraps(compile_original)
+        def compile(self, *args, **kwargs):
+            result = compile_original(self, *args, **kwargs)
+            from tf_lowprec import loss_scaling  # noqa: PLC0415
+
+            loss_scaling.warn_if_unscaled(self)
+            return result
+
+        compile._lowprec_original = compile_original
+        model_class.compile = compile
+    if not hasattr(model_class.export, "_lowprec_original"):
+        export_original = model_class.export
+
+        @functools.wraps(export_original)
+        def export(self, filepath, format="tf_saved_model", *args, **kwargs):  # noqa: A002
+            from tf_lowprec import export as export_lib  # noqa: PLC0415
+
+            if format != "tf_saved_model" or export_lib.in_traced_numerics():
+                return export_original(self, filepath, format, *args, **kwargs)
+            with export_lib.traced_numerics(self, "emulated"):
+                return export_original(self, filepath, format, *args, **kwargs)
+
+        export._lowprec_original = export_original
+        model_class.export = export
 
 
 def original(module_name, name):
@@ -191,6 +235,8 @@ def installed():
     from keras.src import dtype_policies  # noqa: PLC0415
 
     numpy_module, nn_module = _backend_modules()
-    return hasattr(dtype_policies.get, "_lowprec_original") and all(hasattr(getattr(m, n), "_lowprec_original")
+    return hasattr(dtype_policies.get, "_lowprec_original") and hasattr(
+        keras.Model.compile, "_lowprec_original") and hasattr(
+        keras.Model.export, "_lowprec_original") and all(hasattr(getattr(m, n), "_lowprec_original")
                for m, names in ((numpy_module, _NUMPY_FUNCTIONS), (nn_module, _NN_FUNCTIONS))
                for n in names)

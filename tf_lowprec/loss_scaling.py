@@ -210,6 +210,60 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return config
 
 
+# Warning when loss scaling is missing --------------------------------------
+
+_warned = set()
+
+
+def _needs_loss_scaling(policy):
+    """Whether a policy rounds errors to a format with at most FP16's range."""
+    from tf_lowprec import policy as policy_lib  # noqa: PLC0415
+
+    if not isinstance(policy, policy_lib.Policy):
+        return False
+    specs = [policy.spec] + ([policy.spec.first_last] if policy.spec.first_last else [])
+    for spec in specs:
+        entry = spec.role("errors")
+        if entry is not None and isinstance(entry[0], formats_lib.FloatFormat) and (
+            entry[0].exponent_bits <= 5
+        ):
+            return True
+    return False
+
+
+def warn_if_unscaled(model):
+    """Warns once per policy name when `model` needs loss scaling and has none.
+
+    Called after `Model.compile` (see `_keras_hooks`).
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return
+    if getattr(optimizer, "loss_scale_factor", None):
+        return  # a fixed scale is a deliberate choice
+    inner = getattr(optimizer, "inner_optimizer", None)  # e.g. LowPrecisionWeights
+    if isinstance(inner, keras.optimizers.LossScaleOptimizer):
+        return
+    layers = [model] + list(model._flatten_layers(include_self=False))
+    names = sorted({layer.dtype_policy.name for layer in layers
+                    if _needs_loss_scaling(layer.dtype_policy)})
+    new = [n for n in names if n not in _warned]
+    if not new:
+        return
+    _warned.update(new)
+    import warnings  # noqa: PLC0415
+
+    warnings.warn(
+        f"tf_lowprec: policies {', '.join(map(repr, new))} round backward errors to a format "
+        "with FP16's range or less, and the optimizer has no loss scaling, so small "
+        "gradients will underflow. Wrap it: optimizer=lp.AdaptiveLossScaleOptimizer(opt) "
+        "(layer-wise, Zhao et al. 2019) or keras.optimizers.LossScaleOptimizer(opt) "
+        "(global dynamic); Keras only does this itself for 'mixed_float16'.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 # The backward-pass side: a role hook of tf_lowprec.emulation ---------------
 #
 # For one emulated GEMM the hook builds, in the forward pass,

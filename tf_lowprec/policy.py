@@ -323,6 +323,10 @@ class Policy(keras.DTypePolicy):
     def implementation(self):
         return self._implementation
 
+    def with_implementation(self, implementation):
+        """The same policy running the given implementation ("auto", "op" or "tf")."""
+        return Policy(self._name, spec=self._spec, implementation=implementation)
+
     def get_config(self):
         config = {"name": self._name, "implementation": self._implementation}
         if PRESETS.get(self._name) != self._spec:
