@@ -1,0 +1,242 @@
+"""Throughput of the rounding ops against TensorFlow's own memory-bound ops.
+
+One run measures, for each tensor size, every case below on the same float32
+tensor (standard normal values), eagerly, as the median of `--repeats` timed
+calls after `--warmup` untimed ones:
+
+  x * 1.0            TensorFlow's element-wise multiply: reads and writes the
+                     tensor once, the reference every ratio is taken against
+  copy (DeepCopy)    tf.raw_ops.DeepCopy, a real copy into a new buffer (the
+                     bandwidth bound as TensorFlow reaches it)
+  copy (np.copyto)   NumPy's single-threaded memcpy into a preallocated array
+                     (a second bandwidth bound, without TensorFlow's allocator)
+  tf.cast bf16       tf.cast to bfloat16 and back, TensorFlow's own rounding
+  op ...             lp.round_to_format / lp.quantize_dfp (C++ kernels)
+  raw op ...         the same kernel called without the Python wrapper
+  tf path ...        implementation="tf": the pure-TensorFlow fallback
+                     (slow: measured up to --tf-path-max-mb only)
+
+Throughput counts the bytes read plus the bytes written (2 x tensor size).
+The ratio of a case is time(x * 1.0) / time(case), so 1.0 means "as fast as
+TensorFlow's own memory-bound element-wise op" and higher is faster.
+
+    python benchmarks/bench_rounding.py
+    python benchmarks/bench_rounding.py --sizes-mb 16,64 --repeats 5 \\
+        --out benchmarks/results/rounding.md
+
+Results go to the Markdown file given by --out and to a JSON file next to
+it (same name, .json), with the command line, CPU model, thread count and
+date.  See benchmarks/README.md for how to read them.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+import tf_lowprec as lp  # noqa: E402
+from tf_lowprec import _op_library  # noqa: E402
+
+REFERENCE = "x * 1.0"
+SEED = (20261123, 7)
+
+
+def _parse_sizes(text):
+    try:
+        sizes = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes-mb must be comma-separated numbers, got {text!r}")
+    if not sizes or any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--sizes-mb must be positive, got {text!r}")
+    return sizes
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes-mb", type=_parse_sizes, default=_parse_sizes("1,4,16,64,256"),
+                        help="tensor sizes in MB (2^20 bytes), comma-separated")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per case")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per case")
+    parser.add_argument("--tf-path-max-mb", type=float, default=16,
+                        help="largest size at which the (slow) pure-TF path is measured")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TensorFlow intra-op threads (0: TensorFlow's default, all cores)")
+    parser.add_argument("--out", default="benchmarks/results/rounding.md",
+                        help="Markdown output; the JSON goes next to it")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def cases(x, ops, seed, tf_path):
+    """(name, zero-argument callable) pairs, all on tensor x."""
+    src = x.numpy()
+    dst = np.empty_like(src)
+
+    def copyto():
+        np.copyto(dst, src)
+
+    result = [
+        (REFERENCE, lambda: x * 1.0),
+        ("copy (tf.raw_ops.DeepCopy)", lambda: tf.raw_ops.DeepCopy(x=x)),
+        ("copy (np.copyto, 1 thread)", copyto),
+        ("tf.cast to bfloat16 and back", lambda: tf.cast(tf.cast(x, tf.bfloat16), tf.float32)),
+    ]
+    for fmt in (lp.BF16, lp.E4M3):
+        for rounding in ("nearest_even", "stochastic"):
+            result.append((
+                f"op {fmt.name} {rounding}",
+                lambda fmt=fmt, rounding=rounding: lp.round_to_format(x, fmt, rounding, seed=seed),
+            ))
+    for rounding in ("nearest_even", "stochastic"):
+        result.append((
+            f"op dfp16 per-tensor {rounding}",
+            lambda rounding=rounding: lp.quantize_dfp(x, lp.DFP16, rounding, seed=seed),
+        ))
+    # The kernel without the Python wrapper's per-call overhead (argument
+    # checks, seed tensor, name scope): what a tf.function graph pays.
+    result.append((
+        "raw op bf16 nearest_even",
+        lambda: ops.lowprec_round_to_float_format(
+            x, seed, exponent_bits=8, mantissa_bits=7, exponent_bias=127),
+    ))
+    if tf_path:
+        for rounding in ("nearest_even", "stochastic"):
+            result.append((
+                f"tf path bf16 {rounding}",
+                lambda rounding=rounding: lp.round_to_format(
+                    x, lp.BF16, rounding, seed=seed, implementation="tf"),
+            ))
+    return result
+
+
+def time_case(fn, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+        del result  # free the output before the next call, like x * 1.0's
+    return statistics.median(times)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(args):
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    ops = _op_library.load()
+    seed = tf.constant(SEED, tf.int64)
+    rng = np.random.default_rng(0)
+    rows = []
+    for size_mb in args.sizes_mb:
+        n = int(size_mb * 2**20) // 4
+        x = tf.constant(rng.standard_normal(n, dtype=np.float32))
+        tf_path = size_mb <= args.tf_path_max_mb
+        measured = {}
+        for name, fn in cases(x, ops, seed, tf_path):
+            slow = name.startswith("tf path")
+            repeats = min(args.repeats, 3) if slow else args.repeats
+            warmup = min(args.warmup, 1) if slow else args.warmup
+            measured[name] = time_case(fn, repeats, warmup)
+            print(f"{size_mb:>7g} MB  {name:<34s} {measured[name] * 1e3:10.3f} ms", flush=True)
+        for name, seconds in measured.items():
+            rows.append({
+                "size_mb": size_mb,
+                "elements": n,
+                "case": name,
+                "median_ms": seconds * 1e3,
+                "gb_per_s": 2 * 4 * n / seconds / 1e9,
+                "ratio_to_x_times_1": measured[REFERENCE] / seconds,
+            })
+        del x
+    return rows
+
+
+def metadata(args, argv):
+    return {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "intra_op_threads": args.threads or "default (all cores)",
+        "tensorflow": tf.__version__,
+        "tf_lowprec": getattr(lp, "__version__", "unknown"),
+        "avx512_loops": "yes" if _avx512_available() else "no (portable loops)",
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "statistic": "median",
+        "bytes_counted": "read + written = 2 x tensor size",
+    }
+
+
+def _avx512_available():
+    try:
+        lp.round_to_format(tf.zeros([1]), lp.BF16, implementation="op", isa="avx512")
+        return True
+    except tf.errors.InvalidArgumentError:
+        return False
+
+
+def markdown(meta, rows):
+    sizes = sorted({r["size_mb"] for r in rows})
+    names = list(dict.fromkeys(r["case"] for r in rows))
+    table = {(r["case"], r["size_mb"]): r for r in rows}
+    lines = ["# Rounding kernel throughput", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}"
+              for key, value in meta.items()]
+
+    def grid(title, field, fmt):
+        out = ["", f"## {title}", "", "| case | " + " | ".join(f"{s:g} MB" for s in sizes) + " |",
+               "|---|" + "---:|" * len(sizes)]
+        for name in names:
+            cells = [fmt(table[(name, s)][field]) if (name, s) in table else "–" for s in sizes]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        return out
+
+    lines += grid(f"Ratio to `{REFERENCE}` (higher is faster)", "ratio_to_x_times_1",
+                  lambda v: f"{v:.2f}")
+    lines += grid("Throughput, GB/s (bytes read + written)", "gb_per_s", lambda v: f"{v:.1f}")
+    lines += grid("Median time per call, ms", "median_ms", lambda v: f"{v:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv if argv is None else argv
+    args = parse_args(argv[1:])
+    rows = run(args)
+    meta = metadata(args, argv)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(markdown(meta, rows))
+    json_path = os.path.splitext(args.out)[0] + ".json"
+    with open(json_path, "w") as f:
+        json.dump({"metadata": meta, "results": rows}, f, indent=1)
+    print(f"wrote {args.out} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()
