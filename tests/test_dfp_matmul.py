@@ -178,6 +178,22 @@ def test_isas_agree_with_many_overflows():
         assert int(count) == want_count > 0
 
 
+def test_certified_and_checked_chunks_agree():
+    """Small mantissas (one outlier per tensor) run the VNNI chains without
+    tracking (bounded in advance); a full-scale block beside them is checked."""
+    a, b = rand((30, 600), 19), rand((600, 60), 20)
+    a[0, 0] = 500.0  # the per-tensor exponent follows the outlier: tiny mantissas
+    b[0, 0] = -500.0
+    a[12:18, 300:364] = MAX_MANTISSA_VALUE * 500.0 / 1.0001  # full-scale block
+    b[300:364, :48] = MAX_MANTISSA_VALUE * 500.0 / 1.0001
+    want, count = reference(a, b, count=True)
+    assert count > 0
+    for isa in ISAS:
+        got, overflowed = lp.dfp_matmul(a, b, isa=isa, return_overflow_count=True)
+        np.testing.assert_array_equal(bits(got), bits(want))
+        assert int(overflowed) == count
+
+
 def test_nan_and_inf_propagate_to_their_rows_and_columns():
     a, b = rand((4, 30), 12), rand((30, 5), 13)
     a[1, 3] = np.nan

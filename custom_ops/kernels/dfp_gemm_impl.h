@@ -145,7 +145,7 @@ inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
 // NaN or Inf; returns the number of invalid elements.
 template <int kWidth>
 int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lane0,
-                  int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
+                  int64_t lanes, int32_t* panel, int32_t* pair_max, uint8_t* nonfinite) {
   int32_t invalid = 0;
   std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
   int32_t lane_nonfinite[kWidth] = {};
@@ -196,6 +196,21 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
     }
   }
   for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nonfinite[l] ? 1 : 0;
+  // Largest |mantissa| of every pair (both halves, all lanes): the overflow
+  // bound of the VNNI kernel.
+  for (int64_t q = 0; q < layout.total_pairs; ++q) {
+    int32_t m = 0;
+    for (int l = 0; l < kWidth; ++l) {
+      const int32_t w = panel[q * kWidth + l];
+      int32_t lo = static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu);
+      int32_t hi = static_cast<int16_t>(static_cast<uint32_t>(w) >> 16);
+      lo = lo < 0 ? -lo : lo;
+      hi = hi < 0 ? -hi : hi;
+      m = lo > m ? lo : m;
+      m = hi > m ? hi : m;
+    }
+    pair_max[q] = m;
+  }
   return invalid;
 }
 
@@ -245,139 +260,232 @@ int64_t ExactChunk(const int32_t* ap, const int32_t* bp, int64_t pairs, float* t
 // kMr x kNr micro-kernel: INT32 chains with vpdpwssds and saturation detection.
 static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48 tiles");
 
-void MicroKernel(const int32_t* ap, const int32_t* bp, int64_t npairs, int64_t chunk_pairs,
-                 float* tile, bool first, Stats* stats) {
-  if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
+// Bound on |running sum| of every chain of a micro-tile chunk: the sum over
+// its pairs of 2 * max|I_a| * max|I_b| (maxima over the tile's rows/columns,
+// recorded by the packing).  At most INT32_MAX: no chain can overflow, and the
+// chunk runs without tracking.  (Exact in double: terms < 2^31, <= 2^19 pairs.)
+double ChunkBound(const int32_t* amax, const int32_t* bmax, int64_t pairs) {
+  double bound = 0.0;
+  for (int64_t q = 0; q < pairs; ++q) {
+    bound += 2.0 * static_cast<double>(amax[q]) * static_cast<double>(bmax[q]);
+  }
+  return bound;
+}
+
+// One chunk of `pairs` K pairs for a kMr x kNr micro-tile: INT32 chains
+// (vpdpwssds) in zmm0..zmm17, the running max/min of every accumulator after
+// every step in zmm18/zmm19, all stored to sums[20][16].  Inline assembly
+// because GCC 12 spills these 18 accumulators.
+void ChainChecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
   static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
   static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovdqa64 %%zmm0, %%zmm1\n\t"
+      "vmovdqa64 %%zmm0, %%zmm2\n\t"
+      "vmovdqa64 %%zmm0, %%zmm3\n\t"
+      "vmovdqa64 %%zmm0, %%zmm4\n\t"
+      "vmovdqa64 %%zmm0, %%zmm5\n\t"
+      "vmovdqa64 %%zmm0, %%zmm6\n\t"
+      "vmovdqa64 %%zmm0, %%zmm7\n\t"
+      "vmovdqa64 %%zmm0, %%zmm8\n\t"
+      "vmovdqa64 %%zmm0, %%zmm9\n\t"
+      "vmovdqa64 %%zmm0, %%zmm10\n\t"
+      "vmovdqa64 %%zmm0, %%zmm11\n\t"
+      "vmovdqa64 %%zmm0, %%zmm12\n\t"
+      "vmovdqa64 %%zmm0, %%zmm13\n\t"
+      "vmovdqa64 %%zmm0, %%zmm14\n\t"
+      "vmovdqa64 %%zmm0, %%zmm15\n\t"
+      "vmovdqa64 %%zmm0, %%zmm16\n\t"
+      "vmovdqa64 %%zmm0, %%zmm17\n\t"
+      "vpbroadcastd %[int_min], %%zmm18\n\t"
+      "vpbroadcastd %[int_max], %%zmm19\n\t"
+      "testq %[n], %[n]\n\t"
+      "jz 2f\n\t"
+      "1:\n\t"
+      "vmovdqu64 (%[b]), %%zmm26\n\t"
+      "vmovdqu64 64(%[b]), %%zmm27\n\t"
+      "vmovdqu64 128(%[b]), %%zmm28\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
+      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpminsd %%zmm0, %%zmm1, %%zmm21\n\t"
+      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm2, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpmaxsd %%zmm3, %%zmm4, %%zmm22\n\t"
+      "vpminsd %%zmm3, %%zmm4, %%zmm23\n\t"
+      "vpmaxsd %%zmm5, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm5, %%zmm23, %%zmm23\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
+      "vpmaxsd %%zmm6, %%zmm7, %%zmm24\n\t"
+      "vpminsd %%zmm6, %%zmm7, %%zmm25\n\t"
+      "vpmaxsd %%zmm8, %%zmm24, %%zmm24\n\t"
+      "vpminsd %%zmm8, %%zmm25, %%zmm25\n\t"
+      "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
+      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpminsd %%zmm9, %%zmm10, %%zmm21\n\t"
+      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm11, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpmaxsd %%zmm12, %%zmm13, %%zmm22\n\t"
+      "vpminsd %%zmm12, %%zmm13, %%zmm23\n\t"
+      "vpmaxsd %%zmm14, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm14, %%zmm23, %%zmm23\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
+      "vpmaxsd %%zmm15, %%zmm16, %%zmm24\n\t"
+      "vpminsd %%zmm15, %%zmm16, %%zmm25\n\t"
+      "vpmaxsd %%zmm17, %%zmm24, %%zmm24\n\t"
+      "vpminsd %%zmm17, %%zmm25, %%zmm25\n\t"
+      "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
+      "addq $24, %[a]\n\t"
+      "addq $192, %[b]\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "2:\n\t"
+      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
+      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
+      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
+      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
+      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
+      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
+      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
+      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
+      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
+      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
+      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
+      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
+      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
+      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
+      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
+      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
+      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
+      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
+      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
+      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
+      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(pairs)
+      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+}
+
+// The same chain without the max/min tracking, for chunks certified in
+// advance (see ChunkBound); sums[18..19] get the neutral INT32_MIN/INT32_MAX.
+void ChainUnchecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
+  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
+  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovdqa64 %%zmm0, %%zmm1\n\t"
+      "vmovdqa64 %%zmm0, %%zmm2\n\t"
+      "vmovdqa64 %%zmm0, %%zmm3\n\t"
+      "vmovdqa64 %%zmm0, %%zmm4\n\t"
+      "vmovdqa64 %%zmm0, %%zmm5\n\t"
+      "vmovdqa64 %%zmm0, %%zmm6\n\t"
+      "vmovdqa64 %%zmm0, %%zmm7\n\t"
+      "vmovdqa64 %%zmm0, %%zmm8\n\t"
+      "vmovdqa64 %%zmm0, %%zmm9\n\t"
+      "vmovdqa64 %%zmm0, %%zmm10\n\t"
+      "vmovdqa64 %%zmm0, %%zmm11\n\t"
+      "vmovdqa64 %%zmm0, %%zmm12\n\t"
+      "vmovdqa64 %%zmm0, %%zmm13\n\t"
+      "vmovdqa64 %%zmm0, %%zmm14\n\t"
+      "vmovdqa64 %%zmm0, %%zmm15\n\t"
+      "vmovdqa64 %%zmm0, %%zmm16\n\t"
+      "vmovdqa64 %%zmm0, %%zmm17\n\t"
+      "vpbroadcastd %[int_min], %%zmm18\n\t"
+      "vpbroadcastd %[int_max], %%zmm19\n\t"
+      "testq %[n], %[n]\n\t"
+      "jz 2f\n\t"
+      "1:\n\t"
+      "vmovdqu64 (%[b]), %%zmm26\n\t"
+      "vmovdqu64 64(%[b]), %%zmm27\n\t"
+      "vmovdqu64 128(%[b]), %%zmm28\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
+      "addq $24, %[a]\n\t"
+      "addq $192, %[b]\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "2:\n\t"
+      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
+      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
+      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
+      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
+      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
+      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
+      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
+      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
+      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
+      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
+      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
+      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
+      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
+      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
+      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
+      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
+      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
+      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
+      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
+      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
+      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(pairs)
+      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+}
+
+void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, const int32_t* bmax,
+                 int64_t npairs, int64_t chunk_pairs, float* tile, bool first, Stats* stats) {
+  if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
   const __m512i kInt32Max = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i kInt32Min = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
     const int32_t* a = ap + q0 * kMr;
     const int32_t* b = bp + q0 * kNr;
-    // One chunk: INT32 chains in zmm0..zmm17, running max/min of every
-    // accumulator after every step in zmm18/zmm19; stored to `sums` at the
-    // end.  Inline assembly because GCC 12 spills these 18 accumulators.
     alignas(64) int32_t sums[(kMr * kNv + 2) * 16];
-    int64_t n = pairs;
-    asm volatile(
-        "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-        "vmovdqa64 %%zmm0, %%zmm1\n\t"
-        "vmovdqa64 %%zmm0, %%zmm2\n\t"
-        "vmovdqa64 %%zmm0, %%zmm3\n\t"
-        "vmovdqa64 %%zmm0, %%zmm4\n\t"
-        "vmovdqa64 %%zmm0, %%zmm5\n\t"
-        "vmovdqa64 %%zmm0, %%zmm6\n\t"
-        "vmovdqa64 %%zmm0, %%zmm7\n\t"
-        "vmovdqa64 %%zmm0, %%zmm8\n\t"
-        "vmovdqa64 %%zmm0, %%zmm9\n\t"
-        "vmovdqa64 %%zmm0, %%zmm10\n\t"
-        "vmovdqa64 %%zmm0, %%zmm11\n\t"
-        "vmovdqa64 %%zmm0, %%zmm12\n\t"
-        "vmovdqa64 %%zmm0, %%zmm13\n\t"
-        "vmovdqa64 %%zmm0, %%zmm14\n\t"
-        "vmovdqa64 %%zmm0, %%zmm15\n\t"
-        "vmovdqa64 %%zmm0, %%zmm16\n\t"
-        "vmovdqa64 %%zmm0, %%zmm17\n\t"
-        "vpbroadcastd %[int_min], %%zmm18\n\t"
-        "vpbroadcastd %[int_max], %%zmm19\n\t"
-        "testq %[n], %[n]\n\t"
-        "jz 2f\n\t"
-        "1:\n\t"
-        "vmovdqu64 (%[b]), %%zmm26\n\t"
-        "vmovdqu64 64(%[b]), %%zmm27\n\t"
-        "vmovdqu64 128(%[b]), %%zmm28\n\t"
-        "vpbroadcastd 0(%[a]), %%zmm29\n\t"
-        "vpdpwssds %%zmm26, %%zmm29, %%zmm0\n\t"
-        "vpdpwssds %%zmm27, %%zmm29, %%zmm1\n\t"
-        "vpdpwssds %%zmm28, %%zmm29, %%zmm2\n\t"
-        "vpbroadcastd 4(%[a]), %%zmm30\n\t"
-        "vpdpwssds %%zmm26, %%zmm30, %%zmm3\n\t"
-        "vpdpwssds %%zmm27, %%zmm30, %%zmm4\n\t"
-        "vpdpwssds %%zmm28, %%zmm30, %%zmm5\n\t"
-        "vpbroadcastd 8(%[a]), %%zmm29\n\t"
-        "vpdpwssds %%zmm26, %%zmm29, %%zmm6\n\t"
-        "vpdpwssds %%zmm27, %%zmm29, %%zmm7\n\t"
-        "vpdpwssds %%zmm28, %%zmm29, %%zmm8\n\t"
-        "vpbroadcastd 12(%[a]), %%zmm30\n\t"
-        "vpdpwssds %%zmm26, %%zmm30, %%zmm9\n\t"
-        "vpdpwssds %%zmm27, %%zmm30, %%zmm10\n\t"
-        "vpdpwssds %%zmm28, %%zmm30, %%zmm11\n\t"
-        "vpbroadcastd 16(%[a]), %%zmm29\n\t"
-        "vpdpwssds %%zmm26, %%zmm29, %%zmm12\n\t"
-        "vpdpwssds %%zmm27, %%zmm29, %%zmm13\n\t"
-        "vpdpwssds %%zmm28, %%zmm29, %%zmm14\n\t"
-        "vpbroadcastd 20(%[a]), %%zmm30\n\t"
-        "vpdpwssds %%zmm26, %%zmm30, %%zmm15\n\t"
-        "vpdpwssds %%zmm27, %%zmm30, %%zmm16\n\t"
-        "vpdpwssds %%zmm28, %%zmm30, %%zmm17\n\t"
-#if !defined(TF_LOWPREC_DFP_NO_DETECTION)  // (only for measuring its cost)
-        "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
-        "vpminsd %%zmm0, %%zmm1, %%zmm21\n\t"
-        "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
-        "vpminsd %%zmm2, %%zmm21, %%zmm21\n\t"
-        "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-        "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-        "vpmaxsd %%zmm3, %%zmm4, %%zmm22\n\t"
-        "vpminsd %%zmm3, %%zmm4, %%zmm23\n\t"
-        "vpmaxsd %%zmm5, %%zmm22, %%zmm22\n\t"
-        "vpminsd %%zmm5, %%zmm23, %%zmm23\n\t"
-        "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-        "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
-        "vpmaxsd %%zmm6, %%zmm7, %%zmm24\n\t"
-        "vpminsd %%zmm6, %%zmm7, %%zmm25\n\t"
-        "vpmaxsd %%zmm8, %%zmm24, %%zmm24\n\t"
-        "vpminsd %%zmm8, %%zmm25, %%zmm25\n\t"
-        "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
-        "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
-        "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
-        "vpminsd %%zmm9, %%zmm10, %%zmm21\n\t"
-        "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
-        "vpminsd %%zmm11, %%zmm21, %%zmm21\n\t"
-        "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-        "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-        "vpmaxsd %%zmm12, %%zmm13, %%zmm22\n\t"
-        "vpminsd %%zmm12, %%zmm13, %%zmm23\n\t"
-        "vpmaxsd %%zmm14, %%zmm22, %%zmm22\n\t"
-        "vpminsd %%zmm14, %%zmm23, %%zmm23\n\t"
-        "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-        "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
-        "vpmaxsd %%zmm15, %%zmm16, %%zmm24\n\t"
-        "vpminsd %%zmm15, %%zmm16, %%zmm25\n\t"
-        "vpmaxsd %%zmm17, %%zmm24, %%zmm24\n\t"
-        "vpminsd %%zmm17, %%zmm25, %%zmm25\n\t"
-        "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
-        "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
-#endif
-        "addq $24, %[a]\n\t"
-        "addq $192, %[b]\n\t"
-        "decq %[n]\n\t"
-        "jnz 1b\n\t"
-        "2:\n\t"
-        "vmovdqu64 %%zmm0, 0(%[out])\n\t"
-        "vmovdqu64 %%zmm1, 64(%[out])\n\t"
-        "vmovdqu64 %%zmm2, 128(%[out])\n\t"
-        "vmovdqu64 %%zmm3, 192(%[out])\n\t"
-        "vmovdqu64 %%zmm4, 256(%[out])\n\t"
-        "vmovdqu64 %%zmm5, 320(%[out])\n\t"
-        "vmovdqu64 %%zmm6, 384(%[out])\n\t"
-        "vmovdqu64 %%zmm7, 448(%[out])\n\t"
-        "vmovdqu64 %%zmm8, 512(%[out])\n\t"
-        "vmovdqu64 %%zmm9, 576(%[out])\n\t"
-        "vmovdqu64 %%zmm10, 640(%[out])\n\t"
-        "vmovdqu64 %%zmm11, 704(%[out])\n\t"
-        "vmovdqu64 %%zmm12, 768(%[out])\n\t"
-        "vmovdqu64 %%zmm13, 832(%[out])\n\t"
-        "vmovdqu64 %%zmm14, 896(%[out])\n\t"
-        "vmovdqu64 %%zmm15, 960(%[out])\n\t"
-        "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
-        "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
-        "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
-        "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-        : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)
-        : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
-        : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+    if (ChunkBound(amax + q0, bmax + q0, pairs) <= 2147483647.0) {
+      ChainUnchecked(a, b, pairs, sums);
+    } else {
+      ChainChecked(a, b, pairs, sums);
+    }
+
     const __mmask16 saturated =
         _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 18 * 16), kInt32Max) |
         _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 19 * 16), kInt32Min);
@@ -396,13 +504,15 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, int64_t npairs, int64_t c
 
 #else  // portable
 
-void MicroKernel(const int32_t* ap, const int32_t* bp, int64_t npairs, int64_t chunk_pairs,
-                 float* tile, bool first, Stats* stats) {
+void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, const int32_t* bmax,
+                 int64_t npairs, int64_t chunk_pairs, float* tile, bool first, Stats* stats) {
   if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
     stats->overflowed_chunks += ExactChunk(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
   }
+  (void)amax;
+  (void)bmax;
 }
 
 #endif
@@ -418,6 +528,8 @@ struct Plan {
   int64_t a_panel_words, b_panel_words;
   int32_t* packed_a;
   int32_t* packed_b;
+  int32_t* a_pmax;  // [a_batches][a_panels][total_pairs]: max |I| of each pair
+  int32_t* b_pmax;
   uint8_t* a_nonfinite;  // [a_batches][m]
   uint8_t* b_nonfinite;  // [b_batches][n]
   int64_t row_items, col_items;
@@ -455,6 +567,7 @@ void PackA(void* arg, int64_t begin, int64_t end) {
     const int64_t row0 = panel * kMr;
     invalid += PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0),
                               plan.packed_a + u * plan.a_panel_words,
+                              plan.a_pmax + u * plan.layout.total_pairs,
                               plan.a_nonfinite + batch * p.m + row0);
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
@@ -469,6 +582,7 @@ void PackB(void* arg, int64_t begin, int64_t end) {
     const int64_t col0 = panel * kNr;
     invalid += PackPanel<kNr>(ViewOfB(p, batch), plan.layout, col0, Min64(kNr, p.n - col0),
                               plan.packed_b + u * plan.b_panel_words,
+                              plan.b_pmax + u * plan.layout.total_pairs,
                               plan.b_nonfinite + batch * p.n + col0);
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
@@ -501,7 +615,10 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
           const int32_t* apanel =
               plan.packed_a + (ab * plan.a_panels + ip) * plan.a_panel_words + (pair0 + q) * kMr;
           float* tile = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr);
-          MicroKernel(apanel, bpanel, np, plan.chunk_pairs, tile, q == 0, stats);
+          const int64_t pair = pair0 + q;
+          MicroKernel(apanel, bpanel, plan.a_pmax + (ab * plan.a_panels + ip) * plan.layout.total_pairs + pair,
+                      plan.b_pmax + (bb * plan.b_panels + jp) * plan.layout.total_pairs + pair,
+                      np, plan.chunk_pairs, tile, q == 0, stats);
         }
       }
     }
@@ -565,6 +682,10 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   auto round64 = [](int64_t bytes) { return Max64(64, (bytes + 63) / 64 * 64); };
   plan.packed_a = static_cast<int32_t*>(std::aligned_alloc(64, round64(4 * a_words)));
   plan.packed_b = static_cast<int32_t*>(std::aligned_alloc(64, round64(4 * b_words)));
+  plan.a_pmax = static_cast<int32_t*>(
+      std::malloc(sizeof(int32_t) * Max64(1, plan.a_batches * plan.a_panels * plan.layout.total_pairs)));
+  plan.b_pmax = static_cast<int32_t*>(
+      std::malloc(sizeof(int32_t) * Max64(1, plan.b_batches * plan.b_panels * plan.layout.total_pairs)));
   plan.a_nonfinite = static_cast<uint8_t*>(std::calloc(plan.a_batches * p.m, 1));
   plan.b_nonfinite = static_cast<uint8_t*>(std::calloc(plan.b_batches * p.n, 1));
   plan.row_items = CeilDiv(p.m, kMc);
@@ -595,6 +716,8 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   }
   std::free(plan.packed_a);
   std::free(plan.packed_b);
+  std::free(plan.a_pmax);
+  std::free(plan.b_pmax);
   std::free(plan.a_nonfinite);
   std::free(plan.b_nonfinite);
 }
