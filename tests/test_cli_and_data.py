@@ -39,3 +39,34 @@ def test_mnist_split_is_stratified_and_fixed():
     np.testing.assert_array_equal(again, x_train)
     raw = datasets.load_mnist_5k(normalize=False)[0][0]
     assert raw.dtype == np.uint8
+
+
+def test_compare_tiny_run_writes_table_plot_and_json(tmp_path):
+    out = tmp_path / "cmp"
+    result = _run("compare", "--policies=fp32,bf16:stochastic,fp16+als", "--epochs=1",
+                  "--train_samples=256", "--model=mlp", "--monitor_every=2", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines()
+             if line.startswith(("fp32 ", "bf16:stochastic", "fp16+als"))]
+    assert len(table) == 3 and "1.00x" in table[0]
+    import json
+
+    data = json.loads((out / "compare.json").read_text())
+    assert [r["entry"] for r in data["results"]] == ["fp32", "bf16:stochastic", "fp16+als"]
+    assert all(np.isfinite(r["test_loss"]) for r in data["results"])
+    assert data["results"][2]["loss_scale"] == 2.0**15
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_usage_and_data_errors():
+    for args in (["compare", "--policies=fp64"], ["compare", "--policies=bf16+xx"],
+                 ["compare", "--policies=bf16:up"], ["compare", "--epochs=0"],
+                 ["compare", "--model=resnet"]):
+        result = _run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    result = _run("compare", "--dataset=cifar10", "--epochs=1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "cifar10" in result.stderr and "mnist_5k" in result.stderr

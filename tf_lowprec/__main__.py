@@ -1,6 +1,12 @@
 """The `tf-lowprec` command (also `python -m tf_lowprec`).
 
+    tf-lowprec compare [--policies=fp32,bf16,fp16+als,hfp8,dfp16] [--epochs=2] ...
     tf-lowprec formats [--formats=bf16,fp16,...] [--rounding=nearest_even]
+
+`compare` (the main job) trains one model on the bundled MNIST sample (or a
+local TFDS data set) under several precision policies and prints a table of
+accuracy, loss, step time relative to the first policy and under/overflow
+rates; it writes the learning curves as a PNG and the numbers as JSON.
 
 `formats` rounds real tensors (the bundled MNIST images, a Glorot-initialised
 weight matrix and the layer's pre-activations) to each number format and
@@ -24,6 +30,33 @@ def _parser():
         description="Emulated low-precision numerics for Keras 3 / TensorFlow.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    compare = commands.add_parser(
+        "compare",
+        help="train one model under several precisions and compare them (the main job)",
+        description="Train one model under several precision policies on the bundled MNIST "
+        "sample (or a local TFDS data set); print accuracy, loss, relative step time and "
+        "under/overflow rates; write compare.png and compare.json.",
+    )
+    compare.add_argument(
+        "--policies", default="fp32,bf16,fp16+als,hfp8,dfp16",
+        help="comma-separated NAME[:ROUNDING][+als|+ls] entries, e.g. bf16:stochastic or "
+        "fp16+als (default: fp32,bf16,fp16+als,hfp8,dfp16); the first is the time baseline",
+    )
+    compare.add_argument("--dataset", default="mnist_5k",
+                         help="mnist_5k (bundled, default) or a TFDS image data set prepared "
+                         "in --data_dir (no download)")
+    compare.add_argument("--data_dir", default=None, help="TFDS data_dir")
+    compare.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
+    compare.add_argument("--epochs", type=_positive_int, default=2)
+    compare.add_argument("--batch_size", type=_positive_int, default=64)
+    compare.add_argument("--train_samples", type=_positive_int, default=None,
+                         help="use only the first N training images")
+    compare.add_argument("--learning_rate", type=float, default=1e-3)
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--monitor_every", type=_positive_int, default=20,
+                         help="PrecisionMonitor sampling interval in steps")
+    compare.add_argument("--out", default="tf_lowprec_compare",
+                         help="output folder for compare.json and compare.png")
     formats = commands.add_parser(
         "formats",
         help="round real tensors to each format and print the error statistics",
@@ -43,6 +76,40 @@ def _parser():
     )
     formats.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
     return parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _run_compare(args):
+    from tf_lowprec import compare  # noqa: PLC0415
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise _UsageError("--policies: give at least one policy")
+    try:
+        for entry in policies:
+            compare.parse_entry(entry)
+    except compare.CompareError as e:
+        raise _UsageError(f"--policies: {e}") from e
+    try:
+        compare.compare(
+            policies, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
+            epochs=args.epochs, batch_size=args.batch_size, train_samples=args.train_samples,
+            seed=args.seed, learning_rate=args.learning_rate,
+            monitor_every=args.monitor_every, out_dir=args.out,
+        )
+    except compare.CompareError as e:
+        print(f"tf-lowprec compare: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _tensors():
@@ -113,7 +180,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return {"formats": _run_formats}[args.command](args)
+        return {"compare": _run_compare, "formats": _run_formats}[args.command](args)
     except _UsageError as e:
         parser.error(str(e))  # exits with status 2
 

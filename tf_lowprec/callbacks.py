@@ -83,6 +83,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
         self.roles = roles
         self.log_dir = log_dir
         self._variables = {}
+        self._observed = set()
         self._remove_hook = None
         self._writer = None
         self.latest = {}
@@ -91,9 +92,11 @@ class PrecisionMonitor(keras.callbacks.Callback):
 
     def _record(self, context, role, fmt, x):
         """Assigns the statistics of x (for fmt) on sampled steps."""
-        variables = self._variables.get((_layer_key(context.layer), role))
+        key = (_layer_key(context.layer), role)
+        variables = self._variables.get(key)
         if variables is None:
             return
+        self._observed.add(key)  # traced: this layer really rounds this role
         step = context.training_step()
         sampled = tf.equal(tf.math.floormod(step, self.every_n_steps), 0)
 
@@ -165,6 +168,8 @@ class PrecisionMonitor(keras.callbacks.Callback):
     def _read(self):
         values = {}
         for (layer, role), variables in self._variables.items():
+            if (layer, role) not in self._observed:
+                continue  # e.g. a Flatten layer under a global policy: no GEMM
             for name in STATS:
                 values[f"precision/{layer}/{role}/{name}"] = float(variables[name].numpy())
         optimizer = self.model.optimizer
