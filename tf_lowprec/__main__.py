@@ -1,6 +1,6 @@
 """The `tf-lowprec` command (also `python -m tf_lowprec`).
 
-    tf-lowprec compare [--policies=fp32,bf16,fp16+als,hfp8,dfp16] [--epochs=2] ...
+    tf-lowprec compare [--policies=fp32,bf16,fp16+als,hfp8,dfp16] [--epochs=3] ...
     tf-lowprec formats [--formats=bf16,fp16,...] [--rounding=nearest_even]
 
 `compare` (the main job) trains one model on the bundled MNIST sample (or a
@@ -47,7 +47,7 @@ def _parser():
                          "in --data_dir (no download)")
     compare.add_argument("--data_dir", default=None, help="TFDS data_dir")
     compare.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
-    compare.add_argument("--epochs", type=_positive_int, default=2)
+    compare.add_argument("--epochs", type=_positive_int, default=3)
     compare.add_argument("--batch_size", type=_positive_int, default=64)
     compare.add_argument("--train_samples", type=_positive_int, default=None,
                          help="use only the first N training images")

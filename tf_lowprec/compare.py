@@ -116,6 +116,7 @@ class _StepTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.times = []
+        self.losses = []  # Keras' running mean of the epoch's loss, after each step
         self._start = None
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -123,6 +124,7 @@ class _StepTimer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter() - self._start)
+        self.losses.append(float((logs or {}).get("loss", float("nan"))))
 
     @property
     def step_seconds(self):
@@ -190,6 +192,7 @@ def run_one(entry, data, *, model_kind, epochs, batch_size, seed, learning_rate,
         "test_accuracy": float(history.history["val_accuracy"][-1]),
         "test_loss": float(history.history["val_loss"][-1]),
         "train_loss": [float(v) for v in history.history["loss"]],
+        "step_loss": timer.losses,
         "val_accuracy": [float(v) for v in history.history["val_accuracy"]],
         "val_loss": [float(v) for v in history.history["val_loss"]],
         "step_seconds": timer.step_seconds,
@@ -222,10 +225,12 @@ def plot(results, path):
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
-        epochs = np.arange(1, len(r["train_loss"]) + 1)
-        ax_loss.plot(epochs, r["train_loss"], marker="o", label=f"{r['entry']} (train)")
+        steps = np.arange(1, len(r["step_loss"]) + 1)
+        ax_loss.plot(steps, r["step_loss"], label=r["entry"], linewidth=1)
+        epochs = np.arange(1, len(r["val_accuracy"]) + 1)
         ax_acc.plot(epochs, 100 * np.asarray(r["val_accuracy"]), marker="o", label=r["entry"])
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    ax_loss.set(xlabel="training step", ylabel="training loss (running mean within the epoch)",
+                title="Training loss")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -236,7 +241,7 @@ def plot(results, path):
 
 
 def compare(policies=DEFAULT_POLICIES, *, dataset="mnist_5k", data_dir=None, model="cnn",
-            epochs=2, batch_size=64, train_samples=None, seed=0, learning_rate=1e-3,
+            epochs=3, batch_size=64, train_samples=None, seed=0, learning_rate=1e-3,
             monitor_every=20, out_dir="tf_lowprec_compare", log=print):
     """Trains `model` under each entry of `policies`; writes compare.json and compare.png."""
     if model not in MODELS:
