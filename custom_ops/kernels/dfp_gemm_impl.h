@@ -110,21 +110,9 @@ struct OperandView {
   int64_t e_lane_stride, e_block_stride;
 };
 
-// Mantissa of y = I * 2^E, given 2^-E = s1 * s2 (two factors so that every
-// intermediate stays a normal float: |E| can exceed 126).  Non-finite y gives
-// 0 and sets *nonfinite; y that is not such a value counts as invalid.
-inline int32_t Mantissa(float y, float s1, float s2, int32_t* nonfinite, int32_t* invalid) {
-  uint32_t bits;
-  std::memcpy(&bits, &y, sizeof bits);
-  const bool finite = (bits & 0x7F800000u) != 0x7F800000u;
-  float v = finite ? (y * s1) * s2 : 0.0f;
-  float clamped = v < -40000.0f ? -40000.0f : (v > 40000.0f ? 40000.0f : v);
-  int32_t i = static_cast<int32_t>(clamped);
-  *nonfinite |= finite ? 0 : 1;
-  *invalid += (static_cast<float>(i) != v) | (i > kMaxMantissa) | (i < -kMaxMantissa);
-  return i;
-}
-
+// Mantissas: I = y * 2^-E with 2^-E = s1 * s2 (two factors so that every
+// intermediate stays a normal float: |E| can exceed 126).  Exact for y from
+// quantize_dfp; anything else is counted as invalid.
 inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
   if (e == kDfpNoScale) {  // block of zeros (and non-finite values)
     *s1 = *s2 = 1.0f;
@@ -140,74 +128,151 @@ inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
   *s2 = FloatPow2(h);
 }
 
+// Mantissas of n values x[i * stride] into out[i]; per-value scale factors
+// s1[i * sstride], s2[i * sstride].  Written as one plain loop with local
+// reductions so that the compiler vectorizes it.  Returns the number of
+// invalid values; *nonfinite |= 1 if any value is NaN or Inf.
+inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float* s1,
+                          const float* s2, int64_t sstride, int16_t* out, int32_t* nonfinite) {
+  int32_t invalid = 0, nf = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = x[i * stride];
+    uint32_t bits;
+    std::memcpy(&bits, &y, sizeof bits);
+    const int32_t finite = (bits & 0x7F800000u) != 0x7F800000u;
+    const float v = finite ? (y * s1[i * sstride]) * s2[i * sstride] : 0.0f;
+    const float clamped = v < -40000.0f ? -40000.0f : (v > 40000.0f ? 40000.0f : v);
+    const int32_t m = static_cast<int32_t>(clamped);
+    invalid += (static_cast<float>(m) != v) | (m > kMaxMantissa) | (m < -kMaxMantissa);
+    nf |= 1 - finite;
+    out[i] = static_cast<int16_t>(m);
+  }
+  *nonfinite |= nf;
+  return invalid;
+}
+
+#if TF_LOWPREC_DFP_VNNI
+// ConvertRun for stride 1, with AVX-512 (the compiler does not vectorize the
+// plain loop well).  sstride is 0 (one scale) or 1 (one per value).
+inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, const float* s2,
+                                 int64_t sstride, int16_t* out, int32_t* nonfinite) {
+  int32_t invalid = 0;
+  __mmask16 nf = 0;
+  const __m512 lo_clamp = _mm512_set1_ps(-40000.0f), hi_clamp = _mm512_set1_ps(40000.0f);
+  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 live = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 y = _mm512_maskz_loadu_ps(live, x + i);
+    const __m512 a = sstride ? _mm512_maskz_loadu_ps(live, s1 + i) : _mm512_set1_ps(s1[0]);
+    const __m512 b = sstride ? _mm512_maskz_loadu_ps(live, s2 + i) : _mm512_set1_ps(s2[0]);
+    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    nf |= bad;
+    const __m512 v = _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
+    const __m512i m = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp));
+    const __mmask16 wrong = _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ) |
+                            _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m);
+    invalid += __builtin_popcount(static_cast<unsigned>(wrong & live));
+    _mm256_mask_storeu_epi16(out + i, live, _mm512_cvtepi32_epi16(m));
+  }
+  *nonfinite |= nf ? 1 : 0;
+  return invalid;
+}
+#endif
+
+inline int32_t PairWord(int16_t lo, int16_t hi) {
+  return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(lo)) |
+                              (static_cast<uint32_t>(static_cast<uint16_t>(hi)) << 16));
+}
+
 // Packs lanes [lane0, lane0 + lanes) (lanes <= width; the rest of the panel
 // is zero) into panel[total_pairs][width].  Sets nonfinite[l] for lanes with
 // NaN or Inf; returns the number of invalid elements.
 template <int kWidth>
 int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lane0,
                   int64_t lanes, int32_t* panel, int32_t* pair_max, uint8_t* nonfinite) {
-  int32_t invalid = 0;
+  int64_t invalid = 0;
+  int32_t scale_invalid = 0;
   std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
   int32_t lane_nonfinite[kWidth] = {};
+  constexpr int64_t kRun = 1024;  // K values converted at a time (even)
+  alignas(64) int16_t run[kRun + 2];
+  alignas(64) int16_t lo[kWidth], hi[kWidth];
   for (int64_t blk = 0; blk < layout.blocks; ++blk) {
     const int64_t k0 = layout.Start(blk), len = layout.Length(blk);
     int32_t* out = panel + layout.PairOffset(blk) * kWidth;
     float s1[kWidth], s2[kWidth];
+    for (int64_t l = 0; l < kWidth; ++l) s1[l] = s2[l] = 0.0f;
     for (int64_t l = 0; l < lanes; ++l) {
       ScaleFactors(src.exponents[(lane0 + l) * src.e_lane_stride + blk * src.e_block_stride],
-                   &s1[l], &s2[l], &invalid);
+                   &s1[l], &s2[l], &scale_invalid);
     }
     if (src.k_stride == 1) {
-      // K contiguous within a lane: walk each lane along K.
+      // K contiguous within a lane: convert runs of a lane, then scatter the
+      // pair words (an int16 run read as int32 words is exactly the pairs).
       for (int64_t l = 0; l < lanes; ++l) {
         const float* x = src.data + (lane0 + l) * src.lane_stride + k0;
-        int32_t nf = 0;
-        const float a = s1[l], b = s2[l];
-        int64_t q = 0;
-        for (; 2 * q + 1 < len; ++q) {
-          int32_t lo = Mantissa(x[2 * q], a, b, &nf, &invalid);
-          int32_t hi = Mantissa(x[2 * q + 1], a, b, &nf, &invalid);
-          out[q * kWidth + l] = static_cast<int32_t>((static_cast<uint32_t>(lo) & 0xFFFFu) |
-                                                     (static_cast<uint32_t>(hi) << 16));
+        for (int64_t r0 = 0; r0 < len; r0 += kRun) {
+          const int64_t n = Min64(kRun, len - r0);
+#if TF_LOWPREC_DFP_VNNI
+          invalid += ConvertContiguous(x + r0, n, &s1[l], &s2[l], 0, run, &lane_nonfinite[l]);
+#else
+          invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], 0, run, &lane_nonfinite[l]);
+#endif
+          run[n] = 0;  // odd tail: the pair's high half is zero padding
+          int32_t* o = out + (r0 / 2) * kWidth + l;
+          for (int64_t q = 0; q < (n + 1) / 2; ++q) o[q * kWidth] = PairWord(run[2 * q], run[2 * q + 1]);
         }
-        if (2 * q < len) {
-          int32_t lo = Mantissa(x[2 * q], a, b, &nf, &invalid);
-          out[q * kWidth + l] = static_cast<int32_t>(static_cast<uint32_t>(lo) & 0xFFFFu);
-        }
-        lane_nonfinite[l] |= nf;
       }
     } else {
-      // Lanes contiguous for each k (lane_stride == 1 in practice).
+      // Lanes contiguous for each k: convert two rows, interleave them.
+      int32_t nf = 0;
       for (int64_t kk = 0; kk < len; kk += 2) {
         const float* x0 = src.data + (k0 + kk) * src.k_stride + lane0 * src.lane_stride;
-        const bool has_hi = kk + 1 < len;
-        const float* x1 = x0 + src.k_stride;
+#if TF_LOWPREC_DFP_VNNI
+        if (src.lane_stride == 1) {
+          invalid += ConvertContiguous(x0, lanes, s1, s2, 1, lo, &nf);
+        } else {
+          invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, lo, &nf);
+        }
+        if (kk + 1 < len && src.lane_stride == 1) {
+          invalid += ConvertContiguous(x0 + src.k_stride, lanes, s1, s2, 1, hi, &nf);
+        } else if (kk + 1 < len) {
+#else
+        invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, lo, &nf);
+        if (kk + 1 < len) {
+#endif
+          invalid += ConvertRun(x0 + src.k_stride, src.lane_stride, lanes, s1, s2, 1, hi, &nf);
+        } else {
+          for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;
+        }
         int32_t* o = out + (kk / 2) * kWidth;
-        for (int64_t l = 0; l < lanes; ++l) {
-          int32_t nf = 0;
-          int32_t lo = Mantissa(x0[l * src.lane_stride], s1[l], s2[l], &nf, &invalid);
-          int32_t hi = has_hi ? Mantissa(x1[l * src.lane_stride], s1[l], s2[l], &nf, &invalid)
-                              : 0;
-          o[l] = static_cast<int32_t>((static_cast<uint32_t>(lo) & 0xFFFFu) |
-                                      (static_cast<uint32_t>(hi) << 16));
-          lane_nonfinite[l] |= nf;
+        for (int64_t l = 0; l < lanes; ++l) o[l] = PairWord(lo[l], hi[l]);
+        if (nf) {  // rare: find which lanes
+          for (int64_t l = 0; l < lanes; ++l) {
+            const float v0 = x0[l * src.lane_stride];
+            const float v1 = kk + 1 < len ? x0[src.k_stride + l * src.lane_stride] : 0.0f;
+            uint32_t b0, b1;
+            std::memcpy(&b0, &v0, 4);
+            std::memcpy(&b1, &v1, 4);
+            lane_nonfinite[l] |= ((b0 & 0x7F800000u) == 0x7F800000u) |
+                                 ((b1 & 0x7F800000u) == 0x7F800000u);
+          }
+          nf = 0;
         }
       }
     }
   }
+  invalid += scale_invalid;
   for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nonfinite[l] ? 1 : 0;
   // Largest |mantissa| of every pair (both halves, all lanes): the overflow
   // bound of the VNNI kernel.
   for (int64_t q = 0; q < layout.total_pairs; ++q) {
+    const int16_t* h = reinterpret_cast<const int16_t*>(panel + q * kWidth);
     int32_t m = 0;
-    for (int l = 0; l < kWidth; ++l) {
-      const int32_t w = panel[q * kWidth + l];
-      int32_t lo = static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu);
-      int32_t hi = static_cast<int16_t>(static_cast<uint32_t>(w) >> 16);
-      lo = lo < 0 ? -lo : lo;
-      hi = hi < 0 ? -hi : hi;
-      m = lo > m ? lo : m;
-      m = hi > m ? hi : m;
+    for (int l = 0; l < 2 * kWidth; ++l) {
+      const int32_t v = h[l] < 0 ? -h[l] : h[l];
+      m = v > m ? v : m;
     }
     pair_max[q] = m;
   }
@@ -260,138 +325,28 @@ int64_t ExactChunk(const int32_t* ap, const int32_t* bp, int64_t pairs, float* t
 // kMr x kNr micro-kernel: INT32 chains with vpdpwssds and saturation detection.
 static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48 tiles");
 
-// Bound on |running sum| of every chain of a micro-tile chunk: the sum over
-// its pairs of 2 * max|I_a| * max|I_b| (maxima over the tile's rows/columns,
-// recorded by the packing).  At most INT32_MAX: no chain can overflow, and the
-// chunk runs without tracking.  (Exact in double: terms < 2^31, <= 2^19 pairs.)
-double ChunkBound(const int32_t* amax, const int32_t* bmax, int64_t pairs) {
-  double bound = 0.0;
+// Bounds for a micro-tile chunk from the packing's per-pair maxima of |I|
+// over the tile's rows (amax) and columns (bmax): every pair sum t satisfies
+// |t| <= step = max 2 amax bmax, and every running sum |S| <= total = sum of
+// 2 amax bmax.  total <= INT32_MAX: no chain can overflow.
+struct ChunkBounds {
+  int64_t total = 0, step = 0;
+};
+
+ChunkBounds Bounds(const int32_t* amax, const int32_t* bmax, int64_t pairs) {
+  ChunkBounds bounds;
   for (int64_t q = 0; q < pairs; ++q) {
-    bound += 2.0 * static_cast<double>(amax[q]) * static_cast<double>(bmax[q]);
+    const int64_t t = int64_t{2} * amax[q] * bmax[q];
+    bounds.total += t;
+    bounds.step = t > bounds.step ? t : bounds.step;
   }
-  return bound;
+  return bounds;
 }
 
-// One chunk of `pairs` K pairs for a kMr x kNr micro-tile: INT32 chains
-// (vpdpwssds) in zmm0..zmm17, the running max/min of every accumulator after
-// every step in zmm18/zmm19, all stored to sums[20][16].  Inline assembly
-// because GCC 12 spills these 18 accumulators.
-void ChainChecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
-  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
-  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
-  asm volatile(
-      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-      "vmovdqa64 %%zmm0, %%zmm1\n\t"
-      "vmovdqa64 %%zmm0, %%zmm2\n\t"
-      "vmovdqa64 %%zmm0, %%zmm3\n\t"
-      "vmovdqa64 %%zmm0, %%zmm4\n\t"
-      "vmovdqa64 %%zmm0, %%zmm5\n\t"
-      "vmovdqa64 %%zmm0, %%zmm6\n\t"
-      "vmovdqa64 %%zmm0, %%zmm7\n\t"
-      "vmovdqa64 %%zmm0, %%zmm8\n\t"
-      "vmovdqa64 %%zmm0, %%zmm9\n\t"
-      "vmovdqa64 %%zmm0, %%zmm10\n\t"
-      "vmovdqa64 %%zmm0, %%zmm11\n\t"
-      "vmovdqa64 %%zmm0, %%zmm12\n\t"
-      "vmovdqa64 %%zmm0, %%zmm13\n\t"
-      "vmovdqa64 %%zmm0, %%zmm14\n\t"
-      "vmovdqa64 %%zmm0, %%zmm15\n\t"
-      "vmovdqa64 %%zmm0, %%zmm16\n\t"
-      "vmovdqa64 %%zmm0, %%zmm17\n\t"
-      "vpbroadcastd %[int_min], %%zmm18\n\t"
-      "vpbroadcastd %[int_max], %%zmm19\n\t"
-      "testq %[n], %[n]\n\t"
-      "jz 2f\n\t"
-      "1:\n\t"
-      "vmovdqu64 (%[b]), %%zmm26\n\t"
-      "vmovdqu64 64(%[b]), %%zmm27\n\t"
-      "vmovdqu64 128(%[b]), %%zmm28\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
-      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpminsd %%zmm0, %%zmm1, %%zmm21\n\t"
-      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm2, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpmaxsd %%zmm3, %%zmm4, %%zmm22\n\t"
-      "vpminsd %%zmm3, %%zmm4, %%zmm23\n\t"
-      "vpmaxsd %%zmm5, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm5, %%zmm23, %%zmm23\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
-      "vpmaxsd %%zmm6, %%zmm7, %%zmm24\n\t"
-      "vpminsd %%zmm6, %%zmm7, %%zmm25\n\t"
-      "vpmaxsd %%zmm8, %%zmm24, %%zmm24\n\t"
-      "vpminsd %%zmm8, %%zmm25, %%zmm25\n\t"
-      "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
-      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpminsd %%zmm9, %%zmm10, %%zmm21\n\t"
-      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm11, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpmaxsd %%zmm12, %%zmm13, %%zmm22\n\t"
-      "vpminsd %%zmm12, %%zmm13, %%zmm23\n\t"
-      "vpmaxsd %%zmm14, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm14, %%zmm23, %%zmm23\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm23, %%zmm19, %%zmm19\n\t"
-      "vpmaxsd %%zmm15, %%zmm16, %%zmm24\n\t"
-      "vpminsd %%zmm15, %%zmm16, %%zmm25\n\t"
-      "vpmaxsd %%zmm17, %%zmm24, %%zmm24\n\t"
-      "vpminsd %%zmm17, %%zmm25, %%zmm25\n\t"
-      "vpmaxsd %%zmm24, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm25, %%zmm19, %%zmm19\n\t"
-      "addq $24, %[a]\n\t"
-      "addq $192, %[b]\n\t"
-      "decq %[n]\n\t"
-      "jnz 1b\n\t"
-      "2:\n\t"
-      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
-      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
-      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
-      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
-      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
-      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
-      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
-      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
-      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
-      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
-      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
-      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
-      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
-      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
-      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
-      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
-      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
-      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
-      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
-      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(pairs)
-      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
-      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
-}
-
-// The same chain without the max/min tracking, for chunks certified in
-// advance (see ChunkBound); sums[18..19] get the neutral INT32_MIN/INT32_MAX.
+// The chains of one chunk (`pairs` K pairs) of a kMr x kNr micro-tile, with
+// vpdpwssds, in zmm0..zmm17, stored to sums[0..17][16].  Inline assembly:
+// GCC 12 spills these 18 accumulators.  This variant is for chunks certified
+// in advance (ChunkBounds): sums[18], sums[19] get INT32_MIN, INT32_MAX.
 void ChainUnchecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
   static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
   static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
@@ -419,7 +374,7 @@ void ChainUnchecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* 
       "testq %[n], %[n]\n\t"
       "jz 2f\n\t"
       "1:\n\t"
-      "vmovdqu64 (%[b]), %%zmm26\n\t"
+      "vmovdqu64 0(%[b]), %%zmm26\n\t"
       "vmovdqu64 64(%[b]), %%zmm27\n\t"
       "vmovdqu64 128(%[b]), %%zmm28\n\t"
       "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
@@ -470,6 +425,343 @@ void ChainUnchecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* 
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
 }
 
+// As ChainUnchecked, and sums[18] / sums[19] get the running max / min of
+// every accumulator after every step: a lane equal to INT32_MAX / INT32_MIN
+// means some chain may have saturated (vpdpwssds saturates exactly when the
+// exact running sum leaves INT32, and holds the exact sum until then).
+void ChainChecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
+  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
+  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovdqa64 %%zmm0, %%zmm1\n\t"
+      "vmovdqa64 %%zmm0, %%zmm2\n\t"
+      "vmovdqa64 %%zmm0, %%zmm3\n\t"
+      "vmovdqa64 %%zmm0, %%zmm4\n\t"
+      "vmovdqa64 %%zmm0, %%zmm5\n\t"
+      "vmovdqa64 %%zmm0, %%zmm6\n\t"
+      "vmovdqa64 %%zmm0, %%zmm7\n\t"
+      "vmovdqa64 %%zmm0, %%zmm8\n\t"
+      "vmovdqa64 %%zmm0, %%zmm9\n\t"
+      "vmovdqa64 %%zmm0, %%zmm10\n\t"
+      "vmovdqa64 %%zmm0, %%zmm11\n\t"
+      "vmovdqa64 %%zmm0, %%zmm12\n\t"
+      "vmovdqa64 %%zmm0, %%zmm13\n\t"
+      "vmovdqa64 %%zmm0, %%zmm14\n\t"
+      "vmovdqa64 %%zmm0, %%zmm15\n\t"
+      "vmovdqa64 %%zmm0, %%zmm16\n\t"
+      "vmovdqa64 %%zmm0, %%zmm17\n\t"
+      "vpbroadcastd %[int_min], %%zmm18\n\t"
+      "vpbroadcastd %[int_max], %%zmm19\n\t"
+      "testq %[n], %[n]\n\t"
+      "jz 2f\n\t"
+      "1:\n\t"
+      "vmovdqu64 0(%[b]), %%zmm26\n\t"
+      "vmovdqu64 64(%[b]), %%zmm27\n\t"
+      "vmovdqu64 128(%[b]), %%zmm28\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
+      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+      "addq $24, %[a]\n\t"
+      "addq $192, %[b]\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "2:\n\t"
+      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
+      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
+      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
+      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
+      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
+      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
+      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
+      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
+      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
+      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
+      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
+      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
+      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
+      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
+      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
+      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
+      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
+      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
+      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
+      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
+      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(pairs)
+      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+}
+
+// As ChainChecked, with half the tracking: the max after even steps, the
+// min after odd steps, and both after the last.  A first saturation at MAX
+// on an odd step s is seen at step s + 1 as a value >= INT32_MAX - |t| (t:
+// that step's pair sum; likewise for MIN), so a chunk is clear when
+// sums[18] < INT32_MAX - D and sums[19] > INT32_MIN + D, D >= max |t|.
+void ChainAlternating(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
+  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
+  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+  int64_t n = pairs;
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovdqa64 %%zmm0, %%zmm1\n\t"
+      "vmovdqa64 %%zmm0, %%zmm2\n\t"
+      "vmovdqa64 %%zmm0, %%zmm3\n\t"
+      "vmovdqa64 %%zmm0, %%zmm4\n\t"
+      "vmovdqa64 %%zmm0, %%zmm5\n\t"
+      "vmovdqa64 %%zmm0, %%zmm6\n\t"
+      "vmovdqa64 %%zmm0, %%zmm7\n\t"
+      "vmovdqa64 %%zmm0, %%zmm8\n\t"
+      "vmovdqa64 %%zmm0, %%zmm9\n\t"
+      "vmovdqa64 %%zmm0, %%zmm10\n\t"
+      "vmovdqa64 %%zmm0, %%zmm11\n\t"
+      "vmovdqa64 %%zmm0, %%zmm12\n\t"
+      "vmovdqa64 %%zmm0, %%zmm13\n\t"
+      "vmovdqa64 %%zmm0, %%zmm14\n\t"
+      "vmovdqa64 %%zmm0, %%zmm15\n\t"
+      "vmovdqa64 %%zmm0, %%zmm16\n\t"
+      "vmovdqa64 %%zmm0, %%zmm17\n\t"
+      "vpbroadcastd %[int_min], %%zmm18\n\t"
+      "vpbroadcastd %[int_max], %%zmm19\n\t"
+      "shrq $1, %[n]\n\t"
+      "jz 2f\n\t"
+      "1:\n\t"
+      "vmovdqu64 0(%[b]), %%zmm26\n\t"
+      "vmovdqu64 64(%[b]), %%zmm27\n\t"
+      "vmovdqu64 128(%[b]), %%zmm28\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
+      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vmovdqu64 192(%[b]), %%zmm26\n\t"
+      "vmovdqu64 256(%[b]), %%zmm27\n\t"
+      "vmovdqu64 320(%[b]), %%zmm28\n\t"
+      "vpdpwssds 24(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
+      "vpdpwssds 24(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
+      "vpdpwssds 24(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
+      "vpdpwssds 28(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
+      "vpdpwssds 28(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
+      "vpdpwssds 28(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
+      "vpdpwssds 32(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
+      "vpdpwssds 32(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
+      "vpdpwssds 32(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
+      "vpdpwssds 36(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
+      "vpdpwssds 36(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
+      "vpdpwssds 36(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
+      "vpdpwssds 40(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
+      "vpdpwssds 40(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
+      "vpdpwssds 40(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
+      "vpdpwssds 44(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
+      "vpdpwssds 44(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
+      "vpdpwssds 44(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
+      "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+      "addq $48, %[a]\n\t"
+      "addq $384, %[b]\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "2:\n\t"
+      "testq $1, %[odd]\n\t"
+      "jz 3f\n\t"
+      "vmovdqu64 0(%[b]), %%zmm26\n\t"
+      "vmovdqu64 64(%[b]), %%zmm27\n\t"
+      "vmovdqu64 128(%[b]), %%zmm28\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
+      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
+      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
+      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
+      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
+      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
+      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
+      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "3:\n\t"
+      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
+      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
+      "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t"
+      "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t"
+      "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t"
+      "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t"
+      "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t"
+      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t"
+      "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t"
+      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
+      "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t"
+      "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t"
+      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
+      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
+      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
+      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
+      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
+      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
+      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
+      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
+      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
+      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
+      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
+      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
+      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
+      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
+      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
+      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
+      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
+      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
+      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
+      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
+      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)
+      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar), [odd] "r"(pairs)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+}
+
 void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, const int32_t* bmax,
                  int64_t npairs, int64_t chunk_pairs, float* tile, bool first, Stats* stats) {
   if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
@@ -480,16 +772,26 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, cons
     const int32_t* a = ap + q0 * kMr;
     const int32_t* b = bp + q0 * kNr;
     alignas(64) int32_t sums[(kMr * kNv + 2) * 16];
-    if (ChunkBound(amax + q0, bmax + q0, pairs) <= 2147483647.0) {
+    const ChunkBounds bounds = Bounds(amax + q0, bmax + q0, pairs);
+    bool clear;
+    if (bounds.total <= 2147483647) {
       ChainUnchecked(a, b, pairs, sums);
+      clear = true;
     } else {
-      ChainChecked(a, b, pairs, sums);
+      ChainAlternating(a, b, pairs, sums);
+      const __m512i hi = _mm512_load_si512(sums + 18 * 16), lo = _mm512_load_si512(sums + 19 * 16);
+      const int64_t margin = bounds.step > 2147483647 ? 2147483647 : bounds.step;
+      const __m512i hi_limit = _mm512_set1_epi32(static_cast<int32_t>(2147483647 - margin));
+      const __m512i lo_limit = _mm512_set1_epi32(static_cast<int32_t>(-2147483647 + margin));
+      clear = (_mm512_cmpge_epi32_mask(hi, hi_limit) | _mm512_cmple_epi32_mask(lo, lo_limit)) == 0;
+      if (!clear) {  // near the limits: track every step to tell
+        ChainChecked(a, b, pairs, sums);
+        clear = (_mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 18 * 16), kInt32Max) |
+                 _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 19 * 16), kInt32Min)) == 0;
+      }
     }
-
-    const __mmask16 saturated =
-        _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 18 * 16), kInt32Max) |
-        _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 19 * 16), kInt32Min);
-    if (saturated == 0) {
+    const bool saturated = !clear;
+    if (!saturated) {
       for (int e = 0; e < kMr * kNr; e += 16) {
         _mm512_storeu_ps(tile + e, _mm512_add_ps(_mm512_loadu_ps(tile + e),
                                                  _mm512_cvtepi32_ps(_mm512_load_si512(sums + e))));
@@ -633,11 +935,20 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
       const int64_t ip = i / kMr, r = i % kMr;
       const double sa = scale_a[i - i0];
       float* o = out + i * p.n;
-      for (int64_t j = j0; j < j1; ++j) {
-        const int64_t jp = j / kNr, c = j % kNr;
-        const float acc = tiles[((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr) + r * kNr + c];
-        const float v = static_cast<float>((static_cast<double>(acc) * sa) * scale_b[j - j0]);
-        o[j] = blk == 0 ? v : o[j] + v;
+      for (int64_t jp = jp0; jp < jp1; ++jp) {
+        const float* t = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr) + r * kNr;
+        const int64_t ja = jp * kNr, jb = Min64(j1, ja + kNr);
+        const double* sb = scale_b + (ja - j0);
+        float* oo = o + ja;
+        if (blk == 0) {
+          for (int64_t c = 0; c < jb - ja; ++c) {
+            oo[c] = static_cast<float>((static_cast<double>(t[c]) * sa) * sb[c]);
+          }
+        } else {
+          for (int64_t c = 0; c < jb - ja; ++c) {
+            oo[c] = oo[c] + static_cast<float>((static_cast<double>(t[c]) * sa) * sb[c]);
+          }
+        }
       }
     }
   }
