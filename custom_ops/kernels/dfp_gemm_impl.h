@@ -420,7 +420,7 @@ void ChainUnchecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* 
       "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
       "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
       "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(pairs)
+      : [a] "+&r"(a), [b] "+&r"(b), [n] "+&r"(pairs)
       : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
 }
@@ -538,7 +538,7 @@ void ChainChecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* su
       "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
       "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
       "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(pairs)
+      : [a] "+&r"(a), [b] "+&r"(b), [n] "+&r"(pairs)
       : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
 }
@@ -757,7 +757,7 @@ void ChainAlternating(const int32_t* a, const int32_t* b, int64_t pairs, int32_t
       "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
       "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
       "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+r"(a), [b] "+r"(b), [n] "+r"(n)
+      : [a] "+&r"(a), [b] "+&r"(b), [n] "+&r"(n)
       : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar), [odd] "r"(pairs)
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
 }
