@@ -92,6 +92,7 @@ def test_nonfinite_gradients_skip_the_step_and_halve_the_global_scale():
 
 
 def test_layer_scale_variables_are_created_and_checkpointed(tmp_path):
+    lp.Policy("bf16")  # installs the Keras hooks: loading must still compile the model
     model = _model()
     opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.Adam(1e-3), initial_scale=64.0)
     model.compile(optimizer=opt, loss="mse")

@@ -14,8 +14,9 @@ A wrapper looks up the innermost layer being called, from the name-scope
 stack that `Layer.__call__` already maintains (`name_scope(..., caller=layer)`
 in `keras.src.backend.common.name_scope`); when that layer's dtype policy is a
 `tf_lowprec.Policy` the op runs emulated (`tf_lowprec.emulation`), otherwise
-the original function runs unchanged.  Nothing else in Keras is modified:
-`Layer.__call__` is not wrapped.
+the original function runs unchanged.  The GEMM routing does not need
+`Layer.__call__`; it is wrapped only for the optional `storage` rounding of
+layer outputs (a one-attribute check on the fast path, see below).
 
 Two public `keras.Model` methods are wrapped (`_wrap_model_methods`): `compile`
 warns when loss scaling is missing under a narrow-range policy, and `export`
@@ -184,7 +185,10 @@ def install():
 
 
 def _wrap_model_methods():
-    """Two public `keras.Model` methods get a tf_lowprec step after or around them.
+    """`Layer.__call__` and two public `keras.Model` methods get a tf_lowprec step.
+
+    - `Layer.__call__`: afterwards, a layer whose policy has a `storage`
+      format rounds its outputs to it (emulated 16-bit activation storage).
 
     - `compile`: afterwards, warn once when a policy rounds errors to a
       narrow-range format and the optimizer has no loss scaling (Keras
@@ -192,9 +196,30 @@ def _wrap_model_methods():
     - `export(format="tf_saved_model")`: traced with the pure-TF rounding
       path, so the SavedModel needs no custom op library.
     """
+    layer_class = keras.layers.Layer
+    if not hasattr(layer_class.__call__, "_lowprec_original"):
+        call_original = layer_class.__call__
+
+        @functools.wraps(call_original)
+        def __call__(self, *args, **kwargs):
+            outputs = call_original(self, *args, **kwargs)
+            policy = self.dtype_policy
+            # Fast path: only layers whose lp.Policy has a storage format.
+            if getattr(policy, "_lowprec_storage", False):
+                from tf_lowprec import emulation  # noqa: PLC0415
+
+                outputs = emulation.round_layer_outputs(self, policy, outputs)
+            return outputs
+
+        __call__._lowprec_original = call_original
+        layer_class.__call__ = __call__
+    # compile is wrapped where Keras defines it (Trainer): `compile_from_config`
+    # compares `type(model).compile` with `Trainer.compile` to detect custom ones.
+    from keras.src.trainers.trainer import Trainer  # noqa: PLC0415
+
     model_class = keras.Model
-    if not hasattr(model_class.compile, "_lowprec_original"):
-        compile_original = model_class.compile
+    if not hasattr(Trainer.compile, "_lowprec_original"):
+        compile_original = Trainer.compile
 
         @functools.wraps(compile_original)
         def compile(self, *args, **kwargs):
@@ -205,7 +230,7 @@ def _wrap_model_methods():
             return result
 
         compile._lowprec_original = compile_original
-        model_class.compile = compile
+        Trainer.compile = compile
     if not hasattr(model_class.export, "_lowprec_original"):
         export_original = model_class.export
 
@@ -236,6 +261,7 @@ def installed():
 
     numpy_module, nn_module = _backend_modules()
     return hasattr(dtype_policies.get, "_lowprec_original") and hasattr(
+        keras.layers.Layer.__call__, "_lowprec_original") and hasattr(
         keras.Model.compile, "_lowprec_original") and hasattr(
         keras.Model.export, "_lowprec_original") and all(hasattr(getattr(m, n), "_lowprec_original")
                for m, names in ((numpy_module, _NUMPY_FUNCTIONS), (nn_module, _NN_FUNCTIONS))

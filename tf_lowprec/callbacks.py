@@ -28,7 +28,7 @@ from tf_lowprec import formats as formats_lib
 from tf_lowprec import policy as policy_lib
 from tf_lowprec import stats as stats_lib
 
-ROLES = ("activations", "weights", "errors", "weight_gradients")
+ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
 STATS = ("underflow", "overflow", "subnormal")
 
 
@@ -122,7 +122,9 @@ class PrecisionMonitor(keras.callbacks.Callback):
     def _hook(self, context, role, x, round_fn):
         spec = context.spec
         entry = spec.role(role)
-        if role in ("activations", "weights") and entry is not None and role in self.roles:
+        if role in ("activations", "weights", "storage") and entry is not None and (
+            role in self.roles
+        ):
             self._record(context, role, entry[0], x)
         y = round_fn(x)
         if role == "errors" and entry is not None and "errors" in self.roles:

@@ -35,7 +35,7 @@ import tensorflow as tf
 from tf_lowprec import rounding as rounding_lib
 
 # Salts that make the seeds of the roles of one layer call independent.
-_ROLE_IDS = {"activations": 1, "weights": 2, "errors": 3, "weight_gradients": 4}
+_ROLE_IDS = {"activations": 1, "weights": 2, "errors": 3, "weight_gradients": 4, "storage": 5}
 _role_hooks = []
 _process_seed = None
 # GEMM-bearing layers of each model: first and last (for first_last specs).
@@ -260,6 +260,30 @@ class LayerContext:
                 return None
             tensors.append(self.round(x, role))
         return self.round(op(*tensors), "errors")
+
+
+def round_layer_outputs(layer, policy, outputs):
+    """Rounds a layer's float32 outputs to the policy's `storage` format.
+
+    Called by `_keras_hooks` after `Layer.__call__`; symbolic (KerasTensor)
+    and non-float32 outputs pass unchanged.
+    """
+    from tf_lowprec import _keras_hooks  # noqa: PLC0415
+    import keras  # noqa: PLC0415
+
+    callers = [c for c, _ in _keras_hooks.current_callers()] + [layer]
+    context = LayerContext(layer, policy, callers)
+    if context.spec.role("storage") is None:
+        return outputs
+
+    def round_one(x):
+        if isinstance(x, tf.Tensor) and not isinstance(x, keras.KerasTensor) and (
+            x.dtype == tf.float32
+        ):
+            return context.round(x, "storage")
+        return x
+
+    return keras.tree.map_structure(round_one, outputs)
 
 
 def operand_role(x):

@@ -294,7 +294,7 @@ def _cell(context):
 
 def _error_scale_hook(context, role, x, round_fn):
     fmt = _scaled_error_format(context)
-    if fmt is None:
+    if fmt is None or role not in ("activations", "weights", "errors"):
         return round_fn(x)
     cell = _cell(context)
     if role == "errors":

@@ -32,7 +32,7 @@ import keras
 
 from tf_lowprec import formats as formats_lib
 
-ROLES = ("activations", "weights", "errors", "weight_gradients")
+ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
 ACCUMULATORS = ("fp32", "int32")
 
 
@@ -71,6 +71,11 @@ class PrecisionSpec:
     Args:
       activations, weights, errors, weight_gradients: None (FP32), a format
         (rounded to nearest even) or a `(format, rounding)` pair.
+      storage: None, a format or a `(format, rounding)` pair: every output of
+        a layer under the policy is rounded to it in the forward pass
+        (straight-through gradient), emulating the activations a mixed-
+        precision run stores in 16 bits (Micikevicius et al. 2018).  Costs
+        one memory-bound rounding pass per layer output.
       accumulator: "fp32" (the FP32 op accumulates the rounded operands) or
         "int32" (integer accumulation of DFP operands, run by
         `tf_lowprec.dfp_gemm` where that module is installed; needs DFP
@@ -87,12 +92,13 @@ class PrecisionSpec:
     """
 
     def __init__(self, activations=None, weights=None, errors=None, weight_gradients=None,
-                 *, accumulator="fp32", first_last=None):
+                 storage=None, *, accumulator="fp32", first_last=None):
         self._roles = {
             "activations": _parse_role("activations", activations),
             "weights": _parse_role("weights", weights),
             "errors": _parse_role("errors", errors),
             "weight_gradients": _parse_role("weight_gradients", weight_gradients),
+            "storage": _parse_role("storage", storage),
         }
         if accumulator not in ACCUMULATORS:
             raise ValueError(
@@ -138,6 +144,13 @@ class PrecisionSpec:
         specs = [self] + ([self.first_last] if self.first_last else [])
         return any(v is not None and v[1] == "stochastic"
                    for s in specs for v in s._roles.values())
+
+    def with_storage(self, storage):
+        """A copy whose layers round their outputs to `storage` (None removes it)."""
+        config = self.get_config()
+        entry = _parse_role("storage", storage)
+        config["storage"] = None if entry is None else [_format_name(entry[0]), entry[1]]
+        return PrecisionSpec.from_config(config)
 
     def with_rounding(self, rounding):
         """A copy with every rounded role (and first_last's) set to `rounding`."""
@@ -287,7 +300,8 @@ class Policy(keras.DTypePolicy):
     >>> keras.config.set_dtype_policy("float32")
     """
 
-    def __init__(self, name=None, *, spec=None, rounding=None, implementation="auto"):
+    def __init__(self, name=None, *, spec=None, rounding=None, storage=None,
+                 implementation="auto"):
         if spec is None:
             if name is None:
                 raise ValueError(
@@ -301,12 +315,18 @@ class Policy(keras.DTypePolicy):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if rounding is not None:
             spec = spec.with_rounding(rounding)
+        if storage is not None:
+            spec = spec.with_storage(storage)
         if implementation not in ("auto", "op", "tf"):
             raise ValueError(f"implementation must be 'auto', 'op' or 'tf'; got {implementation!r}")
         super().__init__("float32")
         self._name = name
         self._spec = spec
         self._implementation = implementation
+        # Read on every Layer.__call__ (the storage hook's fast path).
+        self._lowprec_storage = any(
+            s.role("storage") is not None
+            for s in [spec] + ([spec.first_last] if spec.first_last else []))
         from tf_lowprec import _keras_hooks  # noqa: PLC0415 (circular at import time)
 
         _keras_hooks.install()
