@@ -834,6 +834,7 @@ struct Plan {
   int32_t* b_pmax;
   uint8_t* a_nonfinite;  // [a_batches][m]
   uint8_t* b_nonfinite;  // [b_batches][n]
+  int64_t mc, nc;  // rows and columns of a work item (<= kMc, kNc)
   int64_t row_items, col_items;
   Stats* stats;
 };
@@ -890,15 +891,15 @@ void PackB(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
-// One work item: rows [i0, i0 + kMc) x columns [j0, j0 + kNc) of one batch.
+// One work item: rows [i0, i0 + mc) x columns [j0, j0 + nc) of one batch.
 void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
                  double* scale_b, Stats* stats) {
   const Problem& p = *plan.p;
   const int64_t per_batch = plan.row_items * plan.col_items;
   const int64_t batch = item / per_batch;
   const int64_t ri = (item % per_batch) / plan.col_items, ci = item % plan.col_items;
-  const int64_t i0 = ri * kMc, i1 = Min64(p.m, i0 + kMc);
-  const int64_t j0 = ci * kNc, j1 = Min64(p.n, j0 + kNc);
+  const int64_t i0 = ri * plan.mc, i1 = Min64(p.m, i0 + plan.mc);
+  const int64_t j0 = ci * plan.nc, j1 = Min64(p.n, j0 + plan.nc);
   const int64_t ab = plan.a_batches == 1 ? 0 : batch, bb = plan.b_batches == 1 ? 0 : batch;
   const int64_t ip0 = i0 / kMr, ip1 = CeilDiv(i1, kMr);
   const int64_t jp0 = j0 / kNr, jp1 = CeilDiv(j1, kNr);
@@ -999,14 +1000,32 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
       std::malloc(sizeof(int32_t) * Max64(1, plan.b_batches * plan.b_panels * plan.layout.total_pairs)));
   plan.a_nonfinite = static_cast<uint8_t*>(std::calloc(plan.a_batches * p.m, 1));
   plan.b_nonfinite = static_cast<uint8_t*>(std::calloc(plan.b_batches * p.n, 1));
-  plan.row_items = CeilDiv(p.m, kMc);
-  plan.col_items = CeilDiv(p.n, kNc);
+  // Work items: at most kMc x kNc, made smaller (and even) until there are
+  // enough of them to keep every thread of the pool busy.
+  constexpr int64_t kMinItems = 8;
+  plan.mc = kMc;
+  plan.nc = kNc;
+  while (p.batch * CeilDiv(p.m, plan.mc) * CeilDiv(p.n, plan.nc) < kMinItems) {
+    if (plan.mc >= 4 * kMr && plan.mc >= plan.nc / 8) {
+      plan.mc = CeilDiv(plan.mc / 2, kMr) * kMr;
+    } else if (plan.nc >= 2 * kNr) {
+      plan.nc = CeilDiv(plan.nc / 2, kNr) * kNr;
+    } else {
+      break;
+    }
+  }
+  plan.row_items = CeilDiv(p.m, plan.mc);
+  plan.col_items = CeilDiv(p.n, plan.nc);
+  plan.mc = CeilDiv(CeilDiv(p.m, plan.row_items), kMr) * kMr;  // balanced
+  plan.nc = CeilDiv(CeilDiv(p.n, plan.col_items), kNr) * kNr;
+  plan.row_items = CeilDiv(p.m, plan.mc);
+  plan.col_items = CeilDiv(p.n, plan.nc);
 
   const int64_t k = Max64(p.k, 1);
   parallel.run(parallel.context, plan.a_batches * plan.a_panels, 8 * kMr * k, PackA, &plan);
   parallel.run(parallel.context, plan.b_batches * plan.b_panels, 8 * kNr * k, PackB, &plan);
   parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
-               kMc * kNc * k / 16 + kMc * kNc, ComputeItems, &plan);
+               plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems, &plan);
 
   // Rows of a / columns of b with NaN or Inf: their outputs are NaN.
   const float nan = __builtin_nanf("");
