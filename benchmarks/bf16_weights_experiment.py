@@ -16,10 +16,7 @@ Writes benchmarks/results/bf16_weights.{md,json}.
 """
 
 import argparse
-import json
 import os
-import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_lowprec as lp  # noqa: E402
+import results_io  # noqa: E402  (benchmarks/results_io.py, beside this script)
 from tf_lowprec import datasets  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -90,22 +88,11 @@ def run(args):
 
 
 def write(results, args):
-    os.makedirs(args.out_dir, exist_ok=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": platform.processor() or platform.machine(),
-        "epochs": args.epochs,
-        "seeds": args.seeds,
-        "lr": args.lr,
-    }
-    with open(os.path.join(args.out_dir, "bf16_weights.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+    meta = results_io.metadata(epochs=args.epochs, seeds=args.seeds, lr=args.lr)
     lines = [
         "# Pure-BF16 weights: update rounding (MNIST sample)",
         "",
-        f"Command: `{command}` ({meta['date']}). 2x256 ReLU MLP, SGD lr {args.lr}, batch 32, "
+        f"Command: `{meta['command']}` ({meta['date']}). 2x256 ReLU MLP, SGD lr {args.lr}, batch 32, "
         f"{args.epochs} epochs, {args.seeds} seeds; test accuracy (%) on 1,000 held-out "
         "images and the last epoch's training loss.",
         "",
@@ -116,8 +103,7 @@ def write(results, args):
         per_seed = ", ".join(f"{a:.1f}" for a in r["accuracies"])
         lines.append(f"| {r['config']} | {r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} | "
                      f"{per_seed} | {r['train_loss_mean']:.4f} |")
-    with open(os.path.join(args.out_dir, "bf16_weights.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    results_io.write(args.out_dir, "bf16_weights", meta, results, lines)
 
 
 def main(argv=None):

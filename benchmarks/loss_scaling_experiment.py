@@ -19,10 +19,7 @@ Writes benchmarks/results/loss_scaling.{md,json}.
 """
 
 import argparse
-import json
 import os
-import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tf_lowprec as lp  # noqa: E402
+import results_io  # noqa: E402  (benchmarks/results_io.py, beside this script)
 from tf_lowprec import datasets  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -98,23 +96,12 @@ def run(args):
 
 
 def write(results, args):
-    os.makedirs(args.out_dir, exist_ok=True)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    meta = {
-        "command": command,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": platform.processor() or platform.machine(),
-        "tf_lowprec": lp.__version__,
-        "epochs": args.epochs,
-        "seeds": args.seeds,
-        "data": "bundled MNIST sample: 4,000 train / 1,000 test",
-    }
-    with open(os.path.join(args.out_dir, "loss_scaling.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+    meta = results_io.metadata(tf_lowprec=lp.__version__, epochs=args.epochs, seeds=args.seeds,
+                         data="bundled MNIST sample: 4,000 train / 1,000 test")
     lines = [
         "# FP16 training with and without loss scaling (MNIST sample)",
         "",
-        f"Command: `{command}` ({meta['date']}). 4x256 ReLU MLP, SGD momentum 0.9, "
+        f"Command: `{meta['command']}` ({meta['date']}). 4x256 ReLU MLP, SGD momentum 0.9, "
         f"batch 128, {args.epochs} epochs, {args.seeds} seeds; test accuracy (%) on the "
         "1,000 held-out images. The loss is multiplied by c and the learning rate divided "
         "by c: the same training in FP32, errors below FP16's range without scaling.",
@@ -128,8 +115,7 @@ def write(results, args):
         scales = "" if not scales else ", ".join(f"2^{int(np.log2(s))}" for s in scales)
         lines.append(f"| {r['loss_scale_c']} | {r['config']} | {r['accuracy_mean']:.2f} ± "
                      f"{r['accuracy_std']:.2f} | {per_seed} | {scales} |")
-    with open(os.path.join(args.out_dir, "loss_scaling.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    results_io.write(args.out_dir, "loss_scaling", meta, results, lines)
 
 
 def main(argv=None):
