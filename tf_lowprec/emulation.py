@@ -40,6 +40,8 @@ _role_hooks = []
 _process_seed = None
 # GEMM-bearing layers of each model: first and last (for first_last specs).
 _first_last_cache = weakref.WeakKeyDictionary()
+# Weights rounded once per graph (and layer call) outside a recurrent loop.
+_hoisted_weights = weakref.WeakKeyDictionary()
 
 
 def add_role_hook(hook):
@@ -255,11 +257,32 @@ class LayerContext:
         """
         tensors = []
         for x, role in operands:
+            if role == "weights" and _is_variable(x) and _in_while_body():
+                # A recurrent layer's step runs in a tf.while_loop: round its
+                # weights once, before the loop, not at every timestep (the
+                # weights do not change within a forward pass).
+                rounded = self._round_weights_before_loop(x)
+                if rounded is None:
+                    return None
+                tensors.append(rounded)
+                continue
             x = tf.convert_to_tensor(x)
             if x.dtype != tf.float32:
                 return None
             tensors.append(self.round(x, role))
         return self.round(op(*tensors), "errors")
+
+    def _round_weights_before_loop(self, variable):
+        outer = tf.compat.v1.get_default_graph()
+        while _in_while_body(outer):
+            outer = outer.outer_graph
+        cache = _hoisted_weights.setdefault(outer, {})
+        key = (id(variable), self._call_index()[0])
+        if key not in cache:
+            with outer.as_default():
+                value = tf.convert_to_tensor(variable)
+                cache[key] = None if value.dtype != tf.float32 else self.round(value, "weights")
+        return cache[key]
 
 
 def round_layer_outputs(layer, policy, outputs):
@@ -284,6 +307,12 @@ def round_layer_outputs(layer, policy, outputs):
         return x
 
     return keras.tree.map_structure(round_one, outputs)
+
+
+def _in_while_body(graph=None):
+    """Whether `graph` (default: the current one) is the body of a tf.while_loop."""
+    graph = graph if graph is not None else tf.compat.v1.get_default_graph()
+    return type(graph).__name__ == "WhileBodyFuncGraph"
 
 
 def operand_role(x):
