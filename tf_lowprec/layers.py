@@ -61,10 +61,7 @@ class Quantize(keras.layers.Layer):
         formats_lib.check_rounding(backward_rounding, "backward_rounding")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be None or an int, got {seed!r}")
-        if isinstance(random_bits, bool) or not isinstance(random_bits, int) or not (
-            1 <= random_bits <= 32
-        ):
-            raise ValueError(f"random_bits must be an int in 1..32, got {random_bits!r}")
+        rounding_lib.check_random_bits(random_bits)
         if implementation not in rounding_lib.IMPLEMENTATIONS:
             raise ValueError(
                 f"implementation must be one of {rounding_lib.IMPLEMENTATIONS}; got "

@@ -102,7 +102,8 @@ def seed_tensor(seed, rounding):
     return tf.cast(seed, tf.int64)
 
 
-def _check_random_bits(random_bits):
+def check_random_bits(random_bits):
+    """Raises ValueError unless random_bits is an int in 1..32."""
     if isinstance(random_bits, bool) or not isinstance(random_bits, int) or not (
         1 <= random_bits <= 32
     ):
@@ -253,7 +254,7 @@ def round_to_format(
     if not isinstance(fmt, formats_lib.FloatFormat):
         raise ValueError(f"fmt must be a FloatFormat (use quantize_dfp for {fmt!r})")
     formats_lib.check_rounding(rounding)
-    _check_random_bits(random_bits)
+    check_random_bits(random_bits)
     _check_isa(isa)
     backward = _backward_spec(backward_format, backward_rounding, random_bits, implementation)
     with tf.name_scope(name or "round_to_format"):
@@ -298,7 +299,7 @@ def quantize_dfp(
     if not isinstance(fmt, formats_lib.DfpFormat):
         raise ValueError(f"fmt must be a DfpFormat (use round_to_format for {fmt!r})")
     formats_lib.check_rounding(rounding)
-    _check_random_bits(random_bits)
+    check_random_bits(random_bits)
     _check_isa(isa)
     if not isinstance(return_exponents, bool):
         raise ValueError(f"return_exponents must be True or False, got {return_exponents!r}")
@@ -343,7 +344,7 @@ def round_gradient(x, fmt, rounding="nearest_even", *, seed=None, random_bits=32
     """
     fmt = formats_lib.get(fmt)
     formats_lib.check_rounding(rounding)
-    _check_random_bits(random_bits)
+    check_random_bits(random_bits)
     with tf.name_scope(name or "round_gradient"):
         x = _as_float32(x)
         seed = seed_tensor(seed, rounding)
