@@ -1,0 +1,12 @@
+"""Small-scale reproduction of the seed papers' headline claims.
+
+    python -m benchmarks.reproduce              # full suite (~30 min on 2 cores)
+    python -m benchmarks.reproduce --quick      # smoke-test sizes (~2 min)
+    python -m benchmarks.reproduce --tasks bf16 dfp16 --domains digits --seeds 2
+
+Claims (`--tasks`): bf16 (Kalamkar et al. 2019), dfp16 (Das et al. 2018, with
+the INT16 GEMM throughput), loss_scaling (Micikevicius et al. 2018), hfp8
+(Sun et al. 2019), bf16_updates (Zamirai et al. 2020).  Workloads
+(`--domains`): mnist, digits, charlm, recsys.  Results:
+benchmarks/results/reproduction.md (and .json, reproduction_*.png).
+"""

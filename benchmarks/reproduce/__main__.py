@@ -1,0 +1,122 @@
+"""Command line of the reproduction suite: python -m benchmarks.reproduce --help."""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from . import claims as claims_lib  # noqa: E402
+from . import domains as domains_lib  # noqa: E402
+from . import report as report_lib  # noqa: E402
+from . import throughput, training  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.normpath(os.path.join(HERE, "..", "results"))
+README = os.path.normpath(os.path.join(HERE, "..", "..", "README.md"))
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.reproduce",
+        description="Reproduce the seed papers' headline claims at small scale.")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test sizes (writes reproduction_quick.*, never the README)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds per cell (default 3; 1 with --quick)")
+    parser.add_argument("--tasks", nargs="+", default=list(claims_lib.CLAIMS),
+                        metavar="CLAIM", help=f"claims to test: {', '.join(claims_lib.CLAIMS)}")
+    parser.add_argument("--domains", nargs="+", default=list(domains_lib.DOMAINS),
+                        metavar="DOMAIN",
+                        help=f"workloads: {', '.join(domains_lib.DOMAINS)}")
+    parser.add_argument("--out-dir", default=RESULTS)
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite the reproduction table in README.md")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="do not train: re-render the report, plots and README table "
+                             "from a previous run's JSON")
+    args = parser.parse_args(argv)
+    for name, allowed, given in (("--tasks", claims_lib.CLAIMS, args.tasks),
+                                 ("--domains", domains_lib.DOMAINS, args.domains)):
+        unknown = [g for g in given if g not in allowed]
+        if unknown:
+            parser.error(f"{name}: unknown {unknown}; allowed: {', '.join(allowed)}")
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.readme and args.quick:
+        parser.error("--readme needs a full run (not --quick)")
+    return args
+
+
+def write(report, args, command):
+    """Writes the JSON, Markdown and plots (and the README table with --readme)."""
+    prefix = "reproduction_quick" if report["meta"]["quick"] else "reproduction"
+    os.makedirs(args.out_dir, exist_ok=True)
+    report["plots"] = report_lib.plots(report, args.out_dir, prefix)
+    text, verdict_table = report_lib.markdown(report, command)
+    report["verdicts"] = verdict_table
+    with open(os.path.join(args.out_dir, prefix + ".json"), "w") as f:
+        json.dump(report, f, indent=1, allow_nan=True)
+    with open(os.path.join(args.out_dir, prefix + ".md"), "w") as f:
+        f.write(text)
+    if args.readme:
+        if report["meta"]["quick"]:
+            raise ValueError("--readme needs the results of a full run, not --quick")
+        link = os.path.relpath(os.path.join(args.out_dir, prefix + ".md"),
+                               os.path.dirname(README))
+        report_lib.update_readme(README, report_lib.readme_section(
+            report, command, verdict_table, link))
+    return os.path.join(args.out_dir, prefix)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            report = json.load(f)
+        path = write(report, args, report["meta"]["command"])
+        print(f"re-rendered {path}.{{md,json}} and {len(report['plots'])} plots")
+        return report
+    command = "python -m benchmarks.reproduce " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    command = command.strip()
+    start = time.perf_counter()
+
+    def log(message):
+        print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
+
+    config_names = training.needed_configs(args.tasks)
+    results, domains_meta = {}, {}
+    for name in args.domains:
+        domain = domains_lib.DOMAINS[name](quick=args.quick)
+        log(f"{name}: {len(config_names)} configurations x {args.seeds} seeds")
+        results[name] = training.run_domain(domain, config_names, args.seeds, log)
+        domains_meta[name] = {"title": domain.title, "metric": domain.metric,
+                              "higher_is_better": domain.higher_is_better,
+                              "detail": domain.detail(), "steps": domain.steps}
+    dfp_throughput = None
+    if "dfp16" in args.tasks:
+        log("DFP16 GEMM throughput")
+        dfp_throughput = throughput.run(args.quick, log)
+    report = {
+        "meta": {
+            "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "seeds": args.seeds, "quick": args.quick, "tasks": args.tasks,
+            "domains": domains_meta, "total_seconds": time.perf_counter() - start,
+        },
+        "results": results,
+        "throughput": dfp_throughput,
+    }
+    path = write(report, args, command)
+    log(f"wrote {path}.{{md,json}} and {len(report['plots'])} plots")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""The four workloads: data, model, optimiser, training length and metric.
+
+Each `Domain` fixes every hyper-parameter; the precision configurations only
+change the dtype policy of the layers, the weight-update rounding and the
+loss scaling, never the data, the model, the learning rate or the number of
+iterations.  `quick=True` shrinks data and steps for smoke runs.
+
+Learning rates follow a cosine decay to zero over the run, as most of the
+papers' schedules do: late updates are then small, which is where pure-BF16
+weights with nearest rounding lose them (Zamirai et al. 2020).
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from . import data
+
+
+def _cosine(lr, steps):
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
+
+
+def _auc(labels, scores):
+    """Area under the ROC curve via the rank-sum statistic (no ties in practice)."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    positives = labels > 0.5
+    n_pos, n_neg = positives.sum(), (~positives).sum()
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+class Domain:
+    """A workload.  Subclasses define the data, the model and the metric."""
+
+    name = title = metric = ""
+    higher_is_better = True
+
+    def __init__(self, quick=False):
+        self.quick = quick
+        self.configure()
+
+    def configure(self):
+        """Sets the sizes (epochs, batch_size, ...) for full or quick runs."""
+        raise NotImplementedError
+
+    def detail(self):
+        """Sizes and hyper-parameters, one line for the report."""
+        raise NotImplementedError
+
+    def load(self):
+        """Loads the data once per domain: sets self.train, self.test."""
+        raise NotImplementedError
+
+    def build(self, policy):
+        raise NotImplementedError
+
+    def base_optimizer(self, loss_multiplier):
+        raise NotImplementedError
+
+    def loss(self):
+        raise NotImplementedError
+
+    def evaluate(self, model):
+        raise NotImplementedError
+
+    @property
+    def steps(self):
+        n = len(self.train[1])
+        return self.epochs * math.ceil(n / self.batch_size)
+
+    def fit(self, model):
+        """Trains `model`; returns the mean training loss of every epoch."""
+        x, y = self.train
+        history = model.fit(x, y, batch_size=self.batch_size, epochs=self.epochs,
+                            shuffle=True, verbose=0)
+        return [float(v) for v in history.history["loss"]]
+
+
+class _Classification(Domain):
+    metric = "test accuracy (%)"
+
+    def loss(self):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def evaluate(self, model):
+        x, y = self.test
+        logits = model.predict(x, batch_size=500, verbose=0)
+        return 100.0 * float(np.mean(np.argmax(logits, -1) == y))
+
+    def base_optimizer(self, loss_multiplier):
+        # SGD's step is proportional to the gradient: lr / c undoes a loss
+        # multiplied by c exactly (in real arithmetic).
+        return keras.optimizers.SGD(_cosine(self.lr / loss_multiplier, self.steps),
+                                    momentum=0.9)
+
+
+class Mnist(_Classification):
+    """A LeNet-style CNN on the bundled 5,000-image MNIST sample."""
+
+    name, title, lr = "mnist", "MNIST sample, CNN (2 conv + 2 dense)", 0.05
+
+    def configure(self):
+        self.epochs, self.batch_size = (1, 64) if self.quick else (8, 64)
+
+    def load(self):
+        self.train, self.test = data.mnist()
+        if self.quick:
+            self.train = (self.train[0][:512], self.train[1][:512])
+            self.test = (self.test[0][:200], self.test[1][:200])
+
+    def detail(self):
+        return (f"{len(self.train[1])} train / {len(self.test[1])} test images; conv 3x3 16 "
+                f"and 32 channels with 2x2 max-pooling, dense 64, dense 10; SGD momentum 0.9, "
+                f"lr {self.lr} cosine-decayed to 0, batch {self.batch_size}, {self.epochs} "
+                f"epochs ({self.steps} steps)")
+
+    def build(self, policy):
+        layers = keras.layers
+        return keras.Sequential([
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(16, 3, activation="relu", dtype=policy),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, activation="relu", dtype=policy),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu", dtype=policy),
+            layers.Dense(10, dtype=policy),
+        ])
+
+
+class Digits(_Classification):
+    """A 2x128 ReLU MLP on scikit-learn's 8x8 digits (1,797 real images)."""
+
+    name, title, lr = "digits", "sklearn 8x8 digits, MLP 2x128", 0.05
+
+    def configure(self):
+        self.epochs, self.batch_size = (2, 32) if self.quick else (12, 32)
+
+    def load(self):
+        self.train, self.test = data.digits()
+
+    def detail(self):
+        return (f"{len(self.train[1])} train / {len(self.test[1])} test 8x8 images; dense "
+                f"128-128-10 ReLU; SGD momentum 0.9, lr {self.lr} cosine-decayed to 0, batch "
+                f"{self.batch_size}, {self.epochs} epochs ({self.steps} steps)")
+
+    def build(self, policy):
+        layers = keras.layers
+        return keras.Sequential([
+            keras.Input((64,)),
+            layers.Dense(128, activation="relu", dtype=policy),
+            layers.Dense(128, activation="relu", dtype=policy),
+            layers.Dense(10, dtype=policy),
+        ])
+
+
+class CharLM(Domain):
+    """A character-level GRU language model on the standard library's sources."""
+
+    name, title = "charlm", "Python stdlib sources, char-level GRU LM"
+    metric, higher_is_better = "validation bits per char", False
+    lr, length = 5e-3, 64
+
+    def configure(self):
+        if self.quick:
+            self.epochs, self.batch_size, self.windows, self.width = 1, 32, 256, 64
+            self.val_windows = 64
+        else:
+            self.epochs, self.batch_size, self.windows, self.width = 4, 32, 4800, 128
+            self.val_windows = 512
+
+    def load(self):
+        train_ids, val_ids = data.stdlib_text(2_000_000, 200_000)
+        self.train = data.char_windows(train_ids, self.windows, self.length, seed=0)
+        self.test = data.char_windows(val_ids, self.val_windows, self.length, seed=1)
+
+    def detail(self):
+        return (f"{len(self.train[1])} training windows of {self.length} characters drawn "
+                f"from 2 M characters of stdlib .py files, {len(self.test[1])} validation "
+                f"windows from other files; embedding 32, GRU {self.width}, dense "
+                f"{data.CHAR_VOCAB}; Adam lr {self.lr} cosine-decayed to 0, batch "
+                f"{self.batch_size}, {self.epochs} epochs ({self.steps} steps)")
+
+    def build(self, policy):
+        layers = keras.layers
+        return keras.Sequential([
+            keras.Input((self.length,), dtype="int32"),
+            layers.Embedding(data.CHAR_VOCAB, 32),
+            layers.GRU(self.width, return_sequences=True, dtype=policy),
+            layers.Dense(data.CHAR_VOCAB, dtype=policy),
+        ])
+
+    def loss(self):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def base_optimizer(self, loss_multiplier):
+        # Adam divides by sqrt(v) + epsilon: with the loss multiplied by c,
+        # epsilon * c keeps every step identical (in real arithmetic).
+        return keras.optimizers.Adam(_cosine(self.lr, self.steps),
+                                     epsilon=1e-7 * loss_multiplier)
+
+    def evaluate(self, model):
+        x, y = self.test
+        logits = model.predict(x, batch_size=128, verbose=0)
+        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return float(np.mean(keras.ops.convert_to_numpy(ce))) / math.log(2.0)
+
+
+class Recommender(Domain):
+    """A DLRM-style click model (embeddings + dense MLP) on synthetic logs."""
+
+    name, title = "recsys", "synthetic click logs, DLRM-style (embeddings + MLP)"
+    metric = "test AUC"
+    lr = 2e-3
+
+    def configure(self):
+        self.n_train, self.n_test = (4096, 2048) if self.quick else (60_000, 10_000)
+        self.epochs, self.batch_size = (1, 256) if self.quick else (4, 256)
+
+    def load(self):
+        self.train, self.test = data.synthetic_clicks(self.n_train, self.n_test)
+
+    def detail(self):
+        return (f"{self.n_train} train / {self.n_test} test synthetic impressions (Zipf users "
+                f"and items, clicks from a hidden rank-8 factor model); embeddings 16 for "
+                f"{', '.join(map(str, data.SPARSE_SIZES))} ids, bottom MLP 16, top MLP 64-32-1; "
+                f"Adam lr {self.lr} cosine-decayed to 0, batch {self.batch_size}, {self.epochs} "
+                f"epochs ({self.steps} steps). Synthetic: no real recommendation data offline")
+
+    def build(self, policy):
+        layers = keras.layers
+        sparse = keras.Input((3,), dtype="int32", name="sparse_ids")
+        dense = keras.Input((8,), name="dense_features")
+        embedded = [
+            layers.Embedding(size, 16)(sparse[:, i])
+            for i, size in enumerate(data.SPARSE_SIZES)
+        ]
+        bottom = layers.Dense(16, activation="relu", dtype=policy)(dense)
+        x = layers.Concatenate()(embedded + [bottom])
+        x = layers.Dense(64, activation="relu", dtype=policy)(x)
+        x = layers.Dense(32, activation="relu", dtype=policy)(x)
+        out = layers.Dense(1, dtype=policy)(x)
+        return keras.Model({"sparse_ids": sparse, "dense_features": dense}, out)
+
+    def loss(self):
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+
+    def base_optimizer(self, loss_multiplier):
+        return keras.optimizers.Adam(_cosine(self.lr, self.steps),
+                                     epsilon=1e-7 * loss_multiplier)
+
+    def evaluate(self, model):
+        x, y = self.test
+        scores = model.predict(x, batch_size=2048, verbose=0)[:, 0]
+        return _auc(y, scores)
+
+
+DOMAINS = {cls.name: cls for cls in (Mnist, Digits, CharLM, Recommender)}
