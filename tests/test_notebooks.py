@@ -2,17 +2,20 @@
 
 Each notebook is executed in a fresh python3 kernel with
 TF_LOWPREC_NOTEBOOK_SMALL=1 (a few hundred images, tiny GEMMs); any cell that
-raises fails the test with the cell's traceback.
+raises fails the test with the cell's traceback.  The notebooks' install cell
+does nothing outside Colab, and their data helper falls back to the bundled
+MNIST sample when tensorflow_datasets is missing or cannot download.
 """
 
 import os
 import pathlib
+import sys
+import types
 
+import nbclient  # requirements.txt: nbformat, nbclient, ipykernel (the python3 kernel)
+import nbformat
+import numpy as np
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "colab").glob("*.ipynb"))
@@ -44,3 +47,40 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     if path.stem == "export_tf_serving":
         assert "custom ops in the SavedModel: []" in text
         assert "bit-identical to model.predict: True" in text
+
+
+def test_load_mnist_falls_back_to_the_bundled_sample_without_tfds(monkeypatch):
+    from tf_lowprec import datasets  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    (x, y), (x_test, _), source = datasets.load_mnist(return_source=True)
+    assert source == "bundled mnist_5k"
+    assert x.shape == (4000, 28, 28) and x_test.shape == (1000, 28, 28)
+
+
+def test_load_mnist_uses_tfds_when_it_loads(monkeypatch):
+    from tf_lowprec import datasets  # noqa: PLC0415
+
+    images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
+    labels = np.array([3, 7], np.int64)
+    calls = []
+
+    def load(name, split, batch_size, as_supervised):
+        calls.append((name, tuple(split), batch_size, as_supervised))
+        return [(images, labels), (images[:1], labels[:1])]
+
+    fake = types.SimpleNamespace(load=load, as_numpy=lambda tree: tree)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    (x, y), (x_test, y_test), source = datasets.load_mnist(return_source=True)
+    assert calls == [("mnist", ("train", "test"), -1, True)]
+    assert source == "tensorflow_datasets"
+    assert x.shape == (2, 28, 28) and x.dtype == np.float32 and x_test.shape == (1, 28, 28)
+    np.testing.assert_array_equal(x * 255.0, images[..., 0].astype(np.float32))
+    np.testing.assert_array_equal(y, labels)
+
+    def failing_load(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(load=failing_load, as_numpy=lambda t: t))
+    assert datasets.load_mnist(return_source=True)[2] == "bundled mnist_5k"
