@@ -7,7 +7,9 @@ machine hits all alike), the median time of:
   dfp16     lp.dfp_matmul on float32 inputs: quantize_dfp of both operands,
             packing to INT16, the INT16 GEMM, FP32 output (all conversions)
   dfp_gemm  the INT16 GEMM alone, on operands already quantized
-GOP/s counts 2*m*n*k operations.  Results go to benchmarks/results/dfp_gemm.{json,md}.
+GOP/s counts 2*m*n*k operations, per second of wall time and per second of
+this process's CPU time (all threads; steadier when other processes load the
+machine).  Results go to benchmarks/results/dfp_gemm.{json,md}.
 
     python benchmarks/bench_dfp_gemm.py            # all shapes
     python benchmarks/bench_dfp_gemm.py --quick    # 512 and 2048 only
@@ -43,11 +45,11 @@ def _timer(fn, args):
     fn(*args)
 
     def once():
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn(*args)
         out = out[0] if isinstance(out, tuple) else out
         out.numpy()
-        return time.perf_counter() - t
+        return time.perf_counter() - t, time.process_time() - c
 
     return once
 
@@ -73,7 +75,12 @@ def measure(m, k, n, reps):
         for name, once in timers.items():
             times[name].append(once())
     ops = 2.0 * m * n * k
-    return {name: ops / statistics.median(t) / 1e9 for name, t in times.items()}
+    result = {name: ops / statistics.median(w for w, _ in t) / 1e9 for name, t in times.items()}
+    # Per CPU-second of this process (all threads): less sensitive to other
+    # processes on a shared machine than wall time.
+    for name, t in times.items():
+        result[name + "_per_cpu_s"] = ops / statistics.median(c for _, c in t) / 1e9
+    return result
 
 
 def main():
@@ -93,9 +100,12 @@ def main():
         r.update(shape=label, m=m, k=k, n=n, reps=reps)
         r["dfp16_vs_fp32"] = r["dfp16"] / r["fp32"]
         r["dfp16_vs_bf16"] = r["dfp16"] / r["bf16"]
+        r["dfp16_vs_fp32_per_cpu_s"] = r["dfp16_per_cpu_s"] / r["fp32_per_cpu_s"]
         rows.append(r)
         print(f"{label:>20}  fp32 {r['fp32']:7.1f}  bf16 {r['bf16']:7.1f}  dfp16 {r['dfp16']:7.1f}"
-              f"  (gemm only {r['dfp_gemm']:7.1f})  GOP/s   dfp16/fp32 {r['dfp16_vs_fp32']:.2f}",
+              f"  (gemm only {r['dfp_gemm']:7.1f})  GOP/s   dfp16/fp32 {r['dfp16_vs_fp32']:.2f}"
+              f"  per CPU-s: fp32 {r['fp32_per_cpu_s']:.1f} dfp16 {r['dfp16_per_cpu_s']:.1f}"
+              f" ({r['dfp16_vs_fp32_per_cpu_s']:.2f})",
               flush=True)
     counters = lp.dfp_gemm_counters()
     info = {
@@ -117,12 +127,17 @@ def main():
                 "quantize_dfp of both operands and the packing; dfp_gemm is the INT16 GEMM "
                 "alone.  Overflow counters over the run: "
                 f"{counters['overflowed']} of {counters['chains']} INT32 chains.\n\n")
-        f.write("| shape | m | k | n | fp32 | bf16 | dfp16 | dfp_gemm | dfp16/fp32 | dfp16/bf16 |\n")
-        f.write("|---|---|---|---|---|---|---|---|---|---|\n")
+        f.write("Wall-time GOP/s; the last three columns are GOP per CPU-second of the "
+                "process (fp32, dfp16, their ratio).\n\n")
+        f.write("| shape | m | k | n | fp32 | bf16 | dfp16 | dfp_gemm | dfp16/fp32 | dfp16/bf16 "
+                "| fp32/cpu-s | dfp16/cpu-s | ratio/cpu-s |\n")
+        f.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         for r in rows:
             f.write(f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['fp32']:.1f} | "
                     f"{r['bf16']:.1f} | {r['dfp16']:.1f} | {r['dfp_gemm']:.1f} | "
-                    f"{r['dfp16_vs_fp32']:.2f} | {r['dfp16_vs_bf16']:.2f} |\n")
+                    f"{r['dfp16_vs_fp32']:.2f} | {r['dfp16_vs_bf16']:.2f} | "
+                    f"{r['fp32_per_cpu_s']:.1f} | {r['dfp16_per_cpu_s']:.1f} | "
+                    f"{r['dfp16_vs_fp32_per_cpu_s']:.2f} |\n")
 
 
 if __name__ == "__main__":

@@ -1000,16 +1000,19 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
       std::malloc(sizeof(int32_t) * Max64(1, plan.b_batches * plan.b_panels * plan.layout.total_pairs)));
   plan.a_nonfinite = static_cast<uint8_t*>(std::calloc(plan.a_batches * p.m, 1));
   plan.b_nonfinite = static_cast<uint8_t*>(std::calloc(plan.b_batches * p.n, 1));
-  // Work items: at most kMc x kNc, made smaller (and even) until there are
-  // enough of them to keep every thread of the pool busy.
-  constexpr int64_t kMinItems = 8;
+  // Work items: at most kMc x kNc, made smaller until there are enough of
+  // them to keep every thread of the pool busy, halving the longer side
+  // (square-ish items re-read the least of the packed operands).
+  constexpr int64_t kMinItems = 6;
   plan.mc = kMc;
   plan.nc = kNc;
   while (p.batch * CeilDiv(p.m, plan.mc) * CeilDiv(p.n, plan.nc) < kMinItems) {
-    if (plan.mc >= 4 * kMr && plan.mc >= plan.nc / 8) {
-      plan.mc = CeilDiv(plan.mc / 2, kMr) * kMr;
-    } else if (plan.nc >= 2 * kNr) {
+    const bool can_m = plan.mc >= 4 * kMr && plan.mc < 2 * p.m;
+    const bool can_n = plan.nc >= 2 * kNr && plan.nc < 2 * p.n;
+    if (can_n && (plan.nc > 2 * plan.mc || !can_m)) {
       plan.nc = CeilDiv(plan.nc / 2, kNr) * kNr;
+    } else if (can_m) {
+      plan.mc = CeilDiv(plan.mc / 2, kMr) * kMr;
     } else {
       break;
     }
