@@ -44,7 +44,7 @@ def _serve_elsewhere(path, x, tmp_path):
     return np.load(outputs)
 
 
-@pytest.mark.parametrize("policy_name", ["bf16", "fp8"])
+@pytest.mark.parametrize("policy_name", ["bf16", "fp8", "dfp16"])
 @pytest.mark.parametrize("route", ["export_saved_model", "model.export"])
 def test_emulated_export_matches_predict_bit_for_bit(policy_name, route, tmp_path):
     model = _cnn(policy_name)

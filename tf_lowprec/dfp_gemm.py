@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tf_lowprec import formats as formats_lib
 from tf_lowprec import rounding as rounding_lib
+from tf_lowprec import tf_dfp_gemm
 from tf_lowprec._op_library import load as _load_ops
 
 MAX_BITS = 16  # the mantissas must fit INT16
@@ -74,7 +75,8 @@ def _offset_seed(seed, offset):
     return seed + tf.constant([0, offset], tf.int64)
 
 
-def quantize_operand(x, fmt, reduction_axis, rounding="nearest_even", seed=None):
+def quantize_operand(x, fmt, reduction_axis, rounding="nearest_even", seed=None,
+                     implementation="auto"):
     """DFP values and exponents of one GEMM operand.
 
     Per-block exponents run along the reduction axis (fmt.axis is replaced).
@@ -82,7 +84,8 @@ def quantize_operand(x, fmt, reduction_axis, rounding="nearest_even", seed=None)
     """
     if fmt.block_size is not None:
         fmt = fmt.replace(axis=reduction_axis)
-    return rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed, return_exponents=True)
+    return rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed, return_exponents=True,
+                                     implementation=implementation)
 
 
 def _batch_shape(x):
@@ -113,11 +116,13 @@ def _exponents_rank3(e, x, transposed_k_last, per_block, batch):
 
 
 def gemm_quantized(aq, ea, bq, eb, fmt, *, transpose_a=False, transpose_b=False,
-                   chunk_size=64, isa="auto"):
+                   chunk_size=64, isa="auto", implementation="auto"):
     """The INT16 GEMM of operands already in DFP form (no gradient).
 
     `aq, ea` and `bq, eb` are `quantize_operand` outputs.  Returns
-    `(product, overflowed_chunks)`.
+    `(product, overflowed_chunks)`.  With implementation "tf" (or "auto" where
+    the kernel cannot run: a GPU, XLA) the bit-identical stock-TF twin in
+    `tf_lowprec.tf_dfp_gemm` runs instead; it does not count overflows.
     """
     per_block = fmt.block_size is not None
     batch = tf.broadcast_dynamic_shape(_batch_shape(aq), _batch_shape(bq))
@@ -126,10 +131,16 @@ def gemm_quantized(aq, ea, bq, eb, fmt, *, transpose_a=False, transpose_b=False,
     # a's exponents: [.., m, blocks] (blocks along k = last axis) unless transposed.
     ea3 = _exponents_rank3(ea, aq, transpose_a, per_block, batch)
     eb3 = _exponents_rank3(eb, bq, transpose_b, per_block, batch)
-    product, overflowed = _load_ops().lowprec_dfp_matmul(
-        a3, ea3, b3, eb3, transpose_a=transpose_a, transpose_b=transpose_b,
-        block_size=fmt.block_size or 0, chunk_size=chunk_size, isa=isa,
-    )
+    if rounding_lib.use_kernel(implementation):
+        product, overflowed = _load_ops().lowprec_dfp_matmul(
+            a3, ea3, b3, eb3, transpose_a=transpose_a, transpose_b=transpose_b,
+            block_size=fmt.block_size or 0, chunk_size=chunk_size, isa=isa,
+        )
+    else:
+        product, overflowed = tf_dfp_gemm.gemm_quantized(
+            a3, ea3, b3, eb3, transpose_a=transpose_a, transpose_b=transpose_b,
+            block_size=fmt.block_size or 0, chunk_size=chunk_size,
+        )
     m = tf.shape(aq)[-1] if transpose_a else tf.shape(aq)[-2]
     n = tf.shape(bq)[-2] if transpose_b else tf.shape(bq)[-1]
     out_shape = tf.concat([batch, [m, n]], 0)
@@ -172,6 +183,7 @@ def dfp_matmul(
     backward_rounding="nearest_even",
     chunk_size=64,
     isa="auto",
+    implementation="auto",
     return_overflow_count=False,
     name=None,
 ):
@@ -195,6 +207,8 @@ def dfp_matmul(
       chunk_size: elements per INT32 chain (even); part of the arithmetic:
         chunk sums are added in FP32.
       isa: "auto", "portable" or "avx512" (the VNNI kernel).
+      implementation: "auto", "op" (the C++ kernels) or "tf" (stock TF ops,
+        bit-identical; used for SavedModel export, XLA and GPUs).
       return_overflow_count: also return an int64 scalar, how many (output,
         chunk) INT32 chains would have overflowed (the result is exact anyway).
 
@@ -217,11 +231,13 @@ def dfp_matmul(
         _check_inner_dims(a, b, transpose_a, transpose_b)
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
-        options = dict(chunk_size=chunk_size, isa=isa)
+        options = dict(chunk_size=chunk_size, isa=isa, implementation=implementation)
 
         def product(x, y, ta, tb, x_rounding, y_rounding, x_seed, y_seed):
-            xq, ex = quantize_operand(x, fmt, -2 if ta else -1, x_rounding, x_seed)
-            yq, ey = quantize_operand(y, fmt, -1 if tb else -2, y_rounding, y_seed)
+            xq, ex = quantize_operand(x, fmt, -2 if ta else -1, x_rounding, x_seed,
+                                      implementation)
+            yq, ey = quantize_operand(y, fmt, -1 if tb else -2, y_rounding, y_seed,
+                                      implementation)
             return gemm_quantized(xq, ex, yq, ey, fmt, transpose_a=ta, transpose_b=tb,
                                   **options)
 
@@ -240,7 +256,8 @@ def dfp_matmul(
                 # Per-block formats round it inside each GEMM, along that
                 # GEMM's reduction axis.
                 if fmt.block_size is None:
-                    dyq = quantize_operand(dy, fmt, -1, backward_rounding, seed_dy)[0]
+                    dyq = quantize_operand(dy, fmt, -1, backward_rounding, seed_dy,
+                                           implementation)[0]
                     dr = "nearest_even"
                 else:
                     dyq, dr = dy, backward_rounding
@@ -311,6 +328,7 @@ def dfp_conv2d(
     backward_rounding="nearest_even",
     chunk_size=64,
     isa="auto",
+    implementation="auto",
     name=None,
 ):
     """`tf.nn.conv2d` (NHWC) computed by the INT16 GEMM of `dfp_matmul` (im2col).
@@ -363,8 +381,10 @@ def dfp_conv2d(
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
         # Quantized once per tensor (straight-through gradients); the GEMM's own
         # per-tensor quantization of the patches is then lossless.
-        xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
-        wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1))
+        xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed,
+                                       implementation=implementation)
+        wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1),
+                                       implementation=implementation)
         kh, kw = tf.shape(filters)[0], tf.shape(filters)[1]
         static_kh, static_kw = filters.shape[0], filters.shape[1]
         if static_kh is None or static_kw is None:
@@ -377,5 +397,5 @@ def dfp_conv2d(
         columns = tf.reshape(patches, [-1, tf.shape(patches)[3]])
         weights = tf.reshape(wq, [kh * kw * tf.shape(filters)[2], tf.shape(filters)[3]])
         y = dfp_matmul(columns, weights, fmt, seed=seed, backward_rounding=backward_rounding,
-                       chunk_size=chunk_size, isa=isa)
+                       chunk_size=chunk_size, isa=isa, implementation=implementation)
         return tf.reshape(y, tf.concat([out_spatial, tf.shape(filters)[3:]], 0))

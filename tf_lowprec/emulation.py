@@ -26,6 +26,7 @@ role, e.g. per-layer loss scales or under/overflow statistics.
 1.0
 """
 
+import functools
 import random
 import weakref
 import zlib
@@ -342,7 +343,7 @@ def matmul(context, original, x1, x2):
     if context.spec.accumulator == "int32":
         integer = integer_gemm("matmul")
         if integer is not None and len(x1.shape) == 2 and len(x2.shape) == 2:
-            op = integer
+            op = functools.partial(integer, implementation=context.implementation)
     y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
     return original(x1, x2) if y is None else y
 
@@ -355,7 +356,7 @@ def einsum(context, original, subscripts, *operands, **kwargs):
     return original(subscripts, *operands, **kwargs) if y is None else y
 
 
-def _integer_conv2d(inputs, args, kwargs):
+def _integer_conv2d(inputs, args, kwargs, implementation):
     """dfp_conv2d bound to Keras conv arguments, or None where it does not apply."""
     import keras  # noqa: PLC0415
 
@@ -367,14 +368,15 @@ def _integer_conv2d(inputs, args, kwargs):
         return None
     return lambda a, k: integer(a, k, strides=options.get("strides", 1),  # noqa: E731
                                 padding=options.get("padding", "valid").upper(),
-                                dilations=options.get("dilation_rate", 1))
+                                dilations=options.get("dilation_rate", 1),
+                                implementation=implementation)
 
 
 def _conv_like(name):
     def emulated(context, original, inputs, kernel, *args, **kwargs):
         op = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
         if name == "conv" and context.spec.accumulator == "int32":
-            op = _integer_conv2d(inputs, args, kwargs) or op
+            op = _integer_conv2d(inputs, args, kwargs, context.implementation) or op
         y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))])
         return original(inputs, kernel, *args, **kwargs) if y is None else y
 
