@@ -57,7 +57,9 @@ class PrecisionMonitor(keras.callbacks.Callback):
 
     Args:
       every_n_steps: sampling interval in training steps (optimizer
-        iterations); the statistics are computed only on sampled steps.
+        iterations).  Sampled steps run a second traced train step that also
+        computes the statistics; the other steps run the ordinary one, so
+        they cost nothing extra.
       roles: which tensor roles to watch.
       log_dir: optional TensorBoard log folder for the monitor's own scalars
         (`<log_dir>/precision`).  Alternatively place the monitor before a
@@ -85,28 +87,25 @@ class PrecisionMonitor(keras.callbacks.Callback):
         self._variables = {}
         self._observed = set()
         self._remove_hook = None
+        self._tracing_sampler = False
+        self._sampled = False
+        self._step = 0
+        self._plain_step = self._sampling_step = None
         self._writer = None
         self.latest = {}
 
     # Graph side -----------------------------------------------------------
 
     def _record(self, context, role, fmt, x):
-        """Assigns the statistics of x (for fmt) on sampled steps."""
+        """Assigns the statistics of x (for fmt); traced only into the sampling step."""
         key = (_layer_key(context.layer), role)
         variables = self._variables.get(key)
         if variables is None:
             return
         self._observed.add(key)  # traced: this layer really rounds this role
-        step = context.training_step()
-        sampled = tf.equal(tf.math.floormod(step, self.every_n_steps), 0)
-
-        def compute():
-            values = stats_lib.precision_stats(x, fmt, implementation=context.implementation)
-            updates = [variables[name].assign(values[name]) for name in STATS]
-            with tf.control_dependencies(updates):
-                return tf.constant(True)
-
-        tf.cond(sampled, compute, lambda: tf.constant(False))
+        values = stats_lib.precision_stats(x, fmt, implementation=context.implementation)
+        for name in STATS:
+            variables[name].assign(values[name])
 
     def _observe_gradient(self, context, role, fmt, y):
         @tf.custom_gradient
@@ -120,6 +119,8 @@ class PrecisionMonitor(keras.callbacks.Callback):
         return observe(y)
 
     def _hook(self, context, role, x, round_fn):
+        if not self._tracing_sampler:
+            return round_fn(x)  # the ordinary train step: no monitoring ops at all
         spec = context.spec
         entry = spec.role(role)
         if role in ("activations", "weights", "storage") and entry is not None and (
@@ -153,8 +154,15 @@ class PrecisionMonitor(keras.callbacks.Callback):
                     }
         if self._remove_hook is None:
             self._remove_hook = emulation.add_role_hook(self._hook)
-        # Trace the train step anew so that it contains the monitor's hook.
+        # Two train steps, each traced on its first call: the ordinary one, and
+        # the sampling one that also computes and stores the statistics.
+        # on_train_batch_begin picks one per step, so the steps between samples
+        # run exactly the graph they would run without the monitor.
         self.model.make_train_function(force=True)
+        self._plain_step = self.model.train_function
+        self.model.make_train_function(force=True)
+        self._sampling_step = self.model.train_function
+        self._step = int(np.asarray(self.model.optimizer.iterations.numpy()))
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(f"{self.log_dir}/precision")
 
@@ -162,10 +170,18 @@ class PrecisionMonitor(keras.callbacks.Callback):
         if self._remove_hook is not None:
             self._remove_hook()
             self._remove_hook = None
+        self._tracing_sampler = False
         # The next fit traces a train step without the hook.
         self.model.train_function = None
+        self._plain_step = self._sampling_step = None
         if self._writer is not None:
             self._writer.flush()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._sampled = self._step % self.every_n_steps == 0
+        # Read when a step function is traced (its first call, or a retrace).
+        self._tracing_sampler = self._sampled
+        self.model.train_function = self._sampling_step if self._sampled else self._plain_step
 
     def _read(self):
         values = {}
@@ -183,8 +199,8 @@ class PrecisionMonitor(keras.callbacks.Callback):
         return values
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy()) - 1  # the step just run
-        if step % self.every_n_steps != 0:
+        step, self._step = self._step, self._step + 1
+        if not self._sampled:
             return
         self.latest = self._read()
         if logs is not None:
