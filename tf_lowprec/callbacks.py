@@ -11,12 +11,14 @@ values go into `logs` (so `History`, `CSVLogger` and a later
 `PolicySchedule` switches layers' policies at epoch boundaries.
 
 >>> import keras, numpy as np, tf_lowprec as lp
->>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, dtype=lp.Policy("fp8"))])
+>>> model = keras.Sequential(
+...     [keras.Input((4,)), keras.layers.Dense(2, dtype=lp.Policy("fp8"), name="dense")],
+...     name="net")
 >>> model.compile("sgd", "mse")
 >>> monitor = lp.callbacks.PrecisionMonitor(every_n_steps=1)
 >>> history = model.fit(np.ones((8, 4)), np.zeros((8, 2)), verbose=0, callbacks=[monitor])
 >>> sorted(k for k in history.history if k.endswith("activations/underflow"))
-['precision/dense/activations/underflow']
+['precision/net/dense/activations/underflow']
 """
 
 import keras

@@ -6,8 +6,8 @@ model's input.
 
 >>> import keras, numpy as np, tf_lowprec as lp
 >>> layer = lp.layers.Quantize("e4m3")
->>> layer(np.array([[0.3, 1000.0]], np.float32)).numpy()
-array([[  0.3125, 448.    ]], dtype=float32)
+>>> layer(np.array([[0.3, 1000.0]], np.float32)).numpy().tolist()
+[[0.3125, 448.0]]
 """
 
 import keras
