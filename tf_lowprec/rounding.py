@@ -32,6 +32,8 @@ def _gpu_visible():
 
 
 def _in_xla_context():
+    if tf.executing_eagerly():
+        return False  # eager ops are never inside an XLA cluster
     try:
         from tensorflow.python.ops import control_flow_util  # noqa: PLC0415
 
@@ -62,6 +64,8 @@ def use_kernel(implementation="auto"):
 
 
 def _as_float32(x, name="x"):
+    if isinstance(x, tf.Tensor) and x.dtype == tf.float32:
+        return x  # the common case, without convert_to_tensor's overhead
     x = tf.convert_to_tensor(x, dtype_hint=tf.float32)
     if x.dtype != tf.float32:
         raise ValueError(
@@ -72,6 +76,19 @@ def _as_float32(x, name="x"):
     return x
 
 
+_eager_zero_seed = []
+
+
+def _zero_seed():
+    """The (ignored) seed of deterministic rounding; one shared eager tensor in eager mode."""
+    if not tf.executing_eagerly():
+        return tf.constant(_ZERO_SEED, tf.int64)
+    if not _eager_zero_seed:
+        with tf.init_scope(), tf.device("/cpu:0"):
+            _eager_zero_seed.append(tf.constant(_ZERO_SEED, tf.int64))
+    return _eager_zero_seed[0]
+
+
 def seed_tensor(seed, rounding):
     """int64[2] seed for the kernels.
 
@@ -80,7 +97,7 @@ def seed_tensor(seed, rounding):
     `keras.utils.set_random_seed` and differ from call to call.
     """
     if rounding != "stochastic":
-        return tf.constant(_ZERO_SEED, tf.int64)
+        return _zero_seed()
     if seed is None:
         return tf.random.uniform([2], minval=tf.int64.min, maxval=tf.int64.max, dtype=tf.int64)
     if isinstance(seed, bool):
