@@ -91,3 +91,24 @@ def test_storage_serializes_and_bad_values_fail():
         lp.Policy("bf16", storage="nope")
     spec = lp.PrecisionSpec(activations="bf16", storage=("fp16", "stochastic"))
     assert lp.PrecisionSpec.from_config(spec.get_config()) == spec
+
+
+def test_lstm_with_stochastic_rounding_trains_in_graph_mode_reproducibly():
+    # The recurrent weights are rounded once before the while loop; their
+    # stochastic-rounding seed must come from the outer graph's step.
+    x = np.random.default_rng(0).normal(size=(16, 5, 3)).astype(np.float32)
+    y = np.random.default_rng(1).normal(size=(16, 2)).astype(np.float32)
+    weights = []
+    for _ in range(2):
+        keras.utils.set_random_seed(2)
+        model = keras.Sequential([keras.Input((5, 3)),
+                                  keras.layers.LSTM(4, dtype=lp.Policy("bf16", rounding="stochastic"),
+                                                    name="lstm"),
+                                  keras.layers.Dense(2, name="out")],
+                                 name="same_model")  # seeds follow the layer path
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        weights.append([w.numpy() for w in model.weights])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)

@@ -280,9 +280,16 @@ class LayerContext:
         cache = _hoisted_weights.setdefault(outer, {})
         key = (id(variable), self._call_index()[0])
         if key not in cache:
-            with outer.as_default():
-                value = tf.convert_to_tensor(variable)
-                cache[key] = None if value.dtype != tf.float32 else self.round(value, "weights")
+            # The step (read for stochastic-rounding seeds) is cached per
+            # context; read it again in the outer graph, then restore it.
+            step, self._step = self._step, None
+            try:
+                with outer.as_default():
+                    value = tf.convert_to_tensor(variable)
+                    cache[key] = (None if value.dtype != tf.float32
+                                  else self.round(value, "weights"))
+            finally:
+                self._step = step
         return cache[key]
 
 
