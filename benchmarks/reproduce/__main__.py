@@ -53,6 +53,13 @@ def parse_args(argv):
     return args
 
 
+def _save_partial(args, partial):
+    os.makedirs(args.out_dir, exist_ok=True)
+    name = "reproduction_quick" if args.quick else "reproduction"
+    with open(os.path.join(args.out_dir, name + ".partial.json"), "w") as f:
+        json.dump(partial, f, indent=1, allow_nan=True)
+
+
 def write(report, args, command):
     """Writes the JSON, Markdown and plots (and the README table with --readme)."""
     prefix = "reproduction_quick" if report["meta"]["quick"] else "reproduction"
@@ -99,6 +106,8 @@ def main(argv=None):
         domains_meta[name] = {"title": domain.title, "metric": domain.metric,
                               "higher_is_better": domain.higher_is_better,
                               "detail": domain.detail(), "steps": domain.steps}
+        # Saved after every domain, so a failure later loses nothing finished.
+        _save_partial(args, {"domains": domains_meta, "results": results})
     dfp_throughput = None
     if "dfp16" in args.tasks:
         log("DFP16 GEMM throughput")
@@ -114,6 +123,9 @@ def main(argv=None):
         "throughput": dfp_throughput,
     }
     path = write(report, args, command)
+    partial = path + ".partial.json"
+    if os.path.exists(partial):
+        os.remove(partial)
     log(f"wrote {path}.{{md,json}} and {len(report['plots'])} plots")
     return report
 

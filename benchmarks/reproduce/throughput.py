@@ -26,6 +26,9 @@ QUICK_SIZES = (128, 256)
 
 
 def _timer(fn, args):
+    # The functions are traced with autograph=False: autograph re-reads the
+    # source of what it converts, which breaks if the file changed on disk
+    # during a long run; nothing here needs Python control flow converted.
     def once():
         start = time.perf_counter()
         out = fn(*args)
@@ -46,11 +49,11 @@ def measure(size, reps):
     aq, ea = dfp_gemm.quantize_operand(a, lp.DFP16, -1)
     bq, eb = dfp_gemm.quantize_operand(b, lp.DFP16, -2)
     timers = {
-        "fp32": _timer(tf.function(tf.linalg.matmul), (a, b)),
-        "dfp16": _timer(tf.function(lambda x, y: lp.dfp_matmul(x, y)), (a, b)),
+        "fp32": _timer(tf.function(tf.linalg.matmul, autograph=False), (a, b)),
+        "dfp16": _timer(tf.function(lambda x, y: lp.dfp_matmul(x, y), autograph=False), (a, b)),
         "int16": _timer(tf.function(
-            lambda x, ex, y, ey: dfp_gemm.gemm_quantized(x, ex, y, ey, lp.DFP16)),
-            (aq, ea, bq, eb)),
+            lambda x, ex, y, ey: dfp_gemm.gemm_quantized(x, ex, y, ey, lp.DFP16),
+            autograph=False), (aq, ea, bq, eb)),
     }
     times = {name: [] for name in timers}
     for _ in range(reps):
