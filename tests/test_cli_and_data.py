@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tf_lowprec import datasets
 
@@ -84,3 +85,14 @@ def test_compare_usage_and_data_errors(capsys):
     status, err = _main_in_process(["compare", "--dataset=cifar10", "--epochs=1"], capsys)
     assert status == 1
     assert "cifar10" in err and "mnist_5k" in err
+
+
+def test_helpfull_lists_every_command(capsys):
+    from tf_lowprec.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--helpfull"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--- tf-lowprec compare ---" in out and "--policies" in out
+    assert "--- tf-lowprec formats ---" in out and "--rounding" in out

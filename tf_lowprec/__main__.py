@@ -173,8 +173,25 @@ class _UsageError(Exception):
     pass
 
 
+class _HelpFull(argparse.Action):
+    """--helpfull, as absl-based TensorFlow tools have: help of every command."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the help of every command and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        for action in parser._subparsers._group_actions:
+            for name, subparser in action.choices.items():
+                print(f"\n--- tf-lowprec {name} ---")
+                subparser.print_help()
+        parser.exit()
+
+
 def main(argv=None):
     parser = _parser()
+    parser.add_argument("--helpfull", action=_HelpFull)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
