@@ -1,6 +1,6 @@
 """Small-scale reproduction of the seed papers' headline claims.
 
-    python -m benchmarks.reproduce              # full suite (~30 min on 2 cores)
+    python -m benchmarks.reproduce              # full suite (~18 min on 2 cores)
     python -m benchmarks.reproduce --quick      # smoke-test sizes (~2 min)
     python -m benchmarks.reproduce --tasks bf16 dfp16 --domains digits --seeds 2
 

@@ -156,6 +156,14 @@ def markdown(report, command):
         cells = [_cell(d, results[d][config]) if config in results[d] else "–"
                  for d in domain_names]
         lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    lines += ["", "Final training loss (mean over seeds of the last epoch's mean loss, unscaled; "
+              "it shows stalls that the held-out metric of a small model may not):", "",
+              "| configuration | " + " | ".join(SHORT[d] for d in domain_names) + " |",
+              "|---|" + "---|" * len(domain_names)]
+    for config in configs:
+        cells = [f"{np.mean([c[-1] for c in results[d][config]['curves']]):.4f}"
+                 if config in results[d] else "–" for d in domain_names]
+        lines.append(f"| {config} | " + " | ".join(cells) + " |")
     lines += ["", "Seconds per training run (mean over seeds):", "",
               "| configuration | " + " | ".join(SHORT[d] for d in domain_names) + " |",
               "|---|" + "---|" * len(domain_names)]
