@@ -62,11 +62,7 @@ class Quantize(keras.layers.Layer):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be None or an int, got {seed!r}")
         rounding_lib.check_random_bits(random_bits)
-        if implementation not in rounding_lib.IMPLEMENTATIONS:
-            raise ValueError(
-                f"implementation must be one of {rounding_lib.IMPLEMENTATIONS}; got "
-                f"{implementation!r}"
-            )
+        rounding_lib.check_implementation(implementation)
         self.rounding = rounding
         self.backward_rounding = backward_rounding
         self.seed = seed

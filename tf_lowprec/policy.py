@@ -31,6 +31,7 @@ Each role is None (left in FP32) or a `(format, rounding)` pair; `format` is a
 import keras
 
 from tf_lowprec import formats as formats_lib
+from tf_lowprec import rounding as rounding_lib
 
 ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
 ACCUMULATORS = ("fp32", "int32")
@@ -317,8 +318,7 @@ class Policy(keras.DTypePolicy):
             spec = spec.with_rounding(rounding)
         if storage is not None:
             spec = spec.with_storage(storage)
-        if implementation not in ("auto", "op", "tf"):
-            raise ValueError(f"implementation must be 'auto', 'op' or 'tf'; got {implementation!r}")
+        rounding_lib.check_implementation(implementation)
         super().__init__("float32")
         self._name = name
         self._spec = spec

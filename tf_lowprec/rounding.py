@@ -42,6 +42,15 @@ def _in_xla_context():
         return False
 
 
+def check_implementation(implementation):
+    """Raises ValueError unless `implementation` is "auto", "op" or "tf"."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
+            f"got {implementation!r}"
+        )
+
+
 def use_kernel(implementation="auto"):
     """Whether a call with `implementation` runs the C++ kernel here.
 
@@ -50,11 +59,7 @@ def use_kernel(implementation="auto"):
     and falls back to the pure-TF path where the kernel has no place to run
     (a visible GPU, an XLA cluster).
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
-            f"got {implementation!r}"
-        )
+    check_implementation(implementation)
     if implementation == "tf":
         return False
     if implementation == "auto" and (_gpu_visible() or _in_xla_context()):
