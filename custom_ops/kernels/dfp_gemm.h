@@ -85,6 +85,15 @@ extern const Kernels kKernels;
 // True when the CPU and the OS support AVX-512 F/BW/DQ/VL and AVX512_VNNI.
 bool CpuSupportsAvx512Vnni();
 
+// Scratch memory (64-byte aligned) for the packed operands, kept between
+// calls: fresh multi-megabyte buffers would be page-faulted in on every call
+// (~10 % of a 2048^3 GEMM).  A few released blocks are cached (at most
+// kWorkspaceCacheBytes in all); *capacity receives the block's size, to be
+// passed back to ReleaseWorkspace.  Thread-safe.
+constexpr int64_t kWorkspaceCacheBytes = int64_t{512} << 20;
+void* AcquireWorkspace(int64_t bytes, int64_t* capacity);
+void ReleaseWorkspace(void* block, int64_t capacity);
+
 // "portable", "avx512" (the VNNI kernel) or "auto" (VNNI where supported);
 // nullptr for an unknown or unsupported name.
 const Kernels* SelectKernels(const char* isa);

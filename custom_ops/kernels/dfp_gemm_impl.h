@@ -50,6 +50,8 @@ constexpr int kNr = 16 * kNv;   // columns of a micro-tile
 constexpr int64_t kMc = 96;     // rows of a work item (multiple of kMr)
 constexpr int64_t kNc = 480;    // columns of a work item (multiple of kNr)
 constexpr int64_t kKcPairs = 128;  // K pairs per micro-kernel call (before rounding to chunks)
+constexpr int64_t kSegPairs = 8;   // K pairs per overflow-certification segment
+constexpr int64_t kMaxSegments = 64;  // proved per chunk (a multiple of 8); the rest is tracked
 
 inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
 inline int64_t Max64(int64_t x, int64_t y) { return x > y ? x : y; }
@@ -99,6 +101,38 @@ BlockLayout MakeLayout(int64_t k, int64_t block_size) {
                          : layout.PairOffset(layout.blocks - 1) + layout.Pairs(layout.blocks - 1);
   return layout;
 }
+
+// Overflow-certification segments: every chunk is cut into segments of
+// kSegPairs pairs (the last may be shorter), numbered per panel block by
+// block, chunk by chunk.  A chunk never spans blocks, so a chunk holds at
+// most CeilDiv(min(chunk_pairs, pairs of a full block), kSegPairs) segments.
+struct SegmentLayout {
+  int64_t chunk_pairs = 1, per_chunk = 1, per_block = 0, per_panel = 1;
+  // Segment of the block-relative pair q (a segment start) of block blk.
+  int64_t Index(int64_t blk, int64_t q) const {
+    return blk * per_block + (q / chunk_pairs) * per_chunk + (q % chunk_pairs) / kSegPairs;
+  }
+};
+
+SegmentLayout MakeSegments(const BlockLayout& layout, int64_t chunk_pairs) {
+  SegmentLayout segs;
+  segs.chunk_pairs = chunk_pairs;
+  if (layout.blocks == 0) return segs;
+  const int64_t block_pairs = layout.Pairs(0);  // blocks before the last are full
+  segs.per_chunk = CeilDiv(Min64(chunk_pairs, block_pairs), kSegPairs);
+  segs.per_block = CeilDiv(block_pairs, chunk_pairs) * segs.per_chunk;
+  segs.per_panel = Max64(1, layout.blocks * segs.per_block);
+  return segs;
+}
+
+// Per-segment data of one panel, from the segment of a chunk on: norm[c *
+// per_chunk + j] bounds from above the Euclidean norm of every lane's
+// mantissas over segment j of chunk c; absmax[...] is the largest |I|.
+struct SegmentData {
+  const double* norm;
+  const int32_t* absmax;
+  int64_t per_chunk;
+};
 
 // ---------------------------------------------------------------- packing
 
@@ -190,7 +224,7 @@ inline int32_t PairWord(int16_t lo, int16_t hi) {
 // NaN or Inf; returns the number of invalid elements.
 template <int kWidth>
 int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lane0,
-                  int64_t lanes, int32_t* panel, int32_t* pair_max, uint8_t* nonfinite) {
+                  int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
   int64_t invalid = 0;
   int32_t scale_invalid = 0;
   std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
@@ -265,18 +299,43 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
   }
   invalid += scale_invalid;
   for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nonfinite[l] ? 1 : 0;
-  // Largest |mantissa| of every pair (both halves, all lanes): the overflow
-  // bound of the VNNI kernel.
-  for (int64_t q = 0; q < layout.total_pairs; ++q) {
-    const int16_t* h = reinterpret_cast<const int16_t*>(panel + q * kWidth);
-    int32_t m = 0;
-    for (int l = 0; l < 2 * kWidth; ++l) {
-      const int32_t v = h[l] < 0 ? -h[l] : h[l];
-      m = v > m ? v : m;
-    }
-    pair_max[q] = m;
-  }
   return invalid;
+}
+
+// The segment data of a packed panel (SegmentData): per segment, the largest
+// sum of squares of one lane's mantissas (exact, in 64 bits), as an upper
+// bound of its square root, and the largest |I|.
+template <int kWidth>
+void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const SegmentLayout& segs,
+                     double* norm, int32_t* absmax) {
+  constexpr double kSqrtUp = 1.0 + 1.0 / (1ull << 50);  // sqrt is correctly rounded
+  for (int64_t blk = 0; blk < layout.blocks; ++blk) {
+    const int32_t* words = panel + layout.PairOffset(blk) * kWidth;
+    const int64_t pairs = layout.Pairs(blk);
+    for (int64_t c0 = 0; c0 < pairs; c0 += segs.chunk_pairs) {
+      const int64_t c1 = Min64(pairs, c0 + segs.chunk_pairs);
+      for (int64_t s0 = c0; s0 < c1; s0 += kSegPairs) {
+        const int64_t s1 = Min64(c1, s0 + kSegPairs);
+        uint64_t squares[kWidth] = {};
+        int32_t largest = 0;
+        for (int64_t q = s0; q < s1; ++q) {
+          for (int l = 0; l < kWidth; ++l) {
+            const int32_t w = words[q * kWidth + l];
+            const int32_t lo = static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu);
+            const int32_t hi = w >> 16;
+            squares[l] += static_cast<uint32_t>(lo * lo) + static_cast<uint32_t>(hi * hi);
+            const int32_t m = Max64(lo < 0 ? -lo : lo, hi < 0 ? -hi : hi);
+            largest = m > largest ? m : largest;
+          }
+        }
+        uint64_t best = 0;
+        for (int l = 0; l < kWidth; ++l) best = squares[l] > best ? squares[l] : best;
+        const int64_t e = segs.Index(blk, s0);
+        norm[e] = __builtin_sqrt(static_cast<double>(best)) * kSqrtUp;
+        absmax[e] = largest;
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------ micro-kernels
@@ -325,480 +384,303 @@ int64_t ExactChunk(const int32_t* ap, const int32_t* bp, int64_t pairs, float* t
 // kMr x kNr micro-kernel: INT32 chains with vpdpwssds and saturation detection.
 static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48 tiles");
 
-// Bounds for a micro-tile chunk from the packing's per-pair maxima of |I|
-// over the tile's rows (amax) and columns (bmax): every pair sum t satisfies
-// |t| <= step = max 2 amax bmax, and every running sum |S| <= total = sum of
-// 2 amax bmax.  total <= INT32_MAX: no chain can overflow.
-struct ChunkBounds {
-  int64_t total = 0, step = 0;
-};
+// Assembly pieces of the micro-kernels (18 accumulators zmm0..zmm17: row r,
+// vector v in zmm(3r + v); B rows in zmm26..28; zmm20..25 scratch).
 
-ChunkBounds Bounds(const int32_t* amax, const int32_t* bmax, int64_t pairs) {
-  ChunkBounds bounds;
-  for (int64_t q = 0; q < pairs; ++q) {
-    const int64_t t = int64_t{2} * amax[q] * bmax[q];
-    bounds.total += t;
-    bounds.step = t > bounds.step ? t : bounds.step;
-  }
-  return bounds;
-}
+#define DFP_ZERO_ACCUMULATORS \
+  "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm1\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm2\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm3\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm4\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm5\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm6\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm7\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm8\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm9\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm10\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm11\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm12\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm13\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm14\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm15\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm16\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm17\n\t"
 
-// The chains of one chunk (`pairs` K pairs) of a kMr x kNr micro-tile, with
-// vpdpwssds, in zmm0..zmm17, stored to sums[0..17][16].  Inline assembly:
-// GCC 12 spills these 18 accumulators.  This variant is for chunks certified
-// in advance (ChunkBounds): sums[18], sums[19] get INT32_MIN, INT32_MAX.
-void ChainUnchecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
-  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
-  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+// One K pair: 18 vpdpwssds, A broadcast from memory.
+#define DFP_VNNI_STEP \
+  "vmovdqu64 0(%[b]), %%zmm26\n\t" \
+  "vmovdqu64 64(%[b]), %%zmm27\n\t" \
+  "vmovdqu64 128(%[b]), %%zmm28\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t" \
+  "addq $24, %[a]\n\t" \
+  "addq $192, %[b]\n\t"
+
+// zmm20 = lane-wise max over the 18 accumulators of |S| (unsigned: |INT32_MIN|
+// reads as 2^31, above every threshold).
+#define DFP_ABS_MAX_TO_ZMM20 \
+  "vpabsd %%zmm0, %%zmm20\n\t" \
+  "vpabsd %%zmm1, %%zmm21\n\t" \
+  "vpabsd %%zmm2, %%zmm22\n\t" \
+  "vpabsd %%zmm3, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm4, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm5, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpabsd %%zmm6, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm7, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm8, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpabsd %%zmm9, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm10, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm11, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpabsd %%zmm12, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm13, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm14, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpabsd %%zmm15, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm16, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm17, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpmaxud %%zmm21, %%zmm20, %%zmm20\n\t" \
+  "vpmaxud %%zmm22, %%zmm20, %%zmm20\n\t"
+
+// zmm18 = max(zmm18, every accumulator), zmm19 = min(zmm19, every accumulator).
+#define DFP_TRACK_MAX_MIN \
+  "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t" \
+  "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t" \
+  "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t" \
+  "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t" \
+  "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t" \
+  "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t" \
+  "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t" \
+  "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t" \
+  "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t" \
+  "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t" \
+  "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t" \
+  "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t" \
+  "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t" \
+  "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t" \
+  "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t" \
+  "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t" \
+  "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t" \
+  "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t" \
+  "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t" \
+  "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t" \
+  "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t" \
+  "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t" \
+  "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t" \
+  "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t" \
+  "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t" \
+  "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+
+// tile[0..287] += float(accumulators) (float() rounds to nearest even).
+#define DFP_ADD_TO_TILE \
+  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
+  "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
+  "vmovups %%zmm0, 0(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
+  "vaddps 64(%[tile]), %%zmm1, %%zmm1\n\t" \
+  "vmovups %%zmm1, 64(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
+  "vaddps 128(%[tile]), %%zmm2, %%zmm2\n\t" \
+  "vmovups %%zmm2, 128(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
+  "vaddps 192(%[tile]), %%zmm3, %%zmm3\n\t" \
+  "vmovups %%zmm3, 192(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
+  "vaddps 256(%[tile]), %%zmm4, %%zmm4\n\t" \
+  "vmovups %%zmm4, 256(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
+  "vaddps 320(%[tile]), %%zmm5, %%zmm5\n\t" \
+  "vmovups %%zmm5, 320(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
+  "vaddps 384(%[tile]), %%zmm6, %%zmm6\n\t" \
+  "vmovups %%zmm6, 384(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
+  "vaddps 448(%[tile]), %%zmm7, %%zmm7\n\t" \
+  "vmovups %%zmm7, 448(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
+  "vaddps 512(%[tile]), %%zmm8, %%zmm8\n\t" \
+  "vmovups %%zmm8, 512(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
+  "vaddps 576(%[tile]), %%zmm9, %%zmm9\n\t" \
+  "vmovups %%zmm9, 576(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
+  "vaddps 640(%[tile]), %%zmm10, %%zmm10\n\t" \
+  "vmovups %%zmm10, 640(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
+  "vaddps 704(%[tile]), %%zmm11, %%zmm11\n\t" \
+  "vmovups %%zmm11, 704(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
+  "vaddps 768(%[tile]), %%zmm12, %%zmm12\n\t" \
+  "vmovups %%zmm12, 768(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
+  "vaddps 832(%[tile]), %%zmm13, %%zmm13\n\t" \
+  "vmovups %%zmm13, 832(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
+  "vaddps 896(%[tile]), %%zmm14, %%zmm14\n\t" \
+  "vmovups %%zmm14, 896(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
+  "vaddps 960(%[tile]), %%zmm15, %%zmm15\n\t" \
+  "vmovups %%zmm15, 960(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
+  "vaddps 1024(%[tile]), %%zmm16, %%zmm16\n\t" \
+  "vmovups %%zmm16, 1024(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
+  "vaddps 1088(%[tile]), %%zmm17, %%zmm17\n\t" \
+  "vmovups %%zmm17, 1088(%[tile])\n\t"
+
+// Overflow proof by segments (Cauchy-Schwarz).  The packing records, for
+// every segment of kSegPairs K pairs of every panel (segments start at each
+// chunk start), an upper bound on the largest Euclidean norm of one lane's
+// mantissas over the segment (SegmentData::norm).  For a micro-tile chunk,
+// B_j = norm_a[j] * norm_b[j] bounds |sum of I_a * I_b| over every prefix of
+// segment j, for every (row, column) of the tile.  So if B_0 <= INT32_MAX no
+// chain leaves INT32 in segment 0, and if after segment j - 1 every
+// accumulator has |S| <= INT32_MAX - B_j, none leaves it in segment j: one
+// max-|S| reduction per segment boundary (a checkpoint) proves the chunk
+// overflow-free, instead of tracking every step.  Where a checkpoint fails
+// (~7 % of Gaussian full-scale chunks of 64, mostly at the last one) the
+// accumulators are still exact, and the rest of the chunk runs with exact
+// saturation tracking after every step.
+constexpr double kInt32MaxD = 2147483647.0;
+constexpr double kBoundUp = 1.0 + 1.0 / (1ull << 48);  // covers the rounding of the product
+static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
+static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
+
+// The chains of one chunk of `pairs` >= 1 K pairs of a micro-tile, with
+// vpdpwssds.  The first `proved` pairs (a multiple of `seg`, or all) run in
+// segments of `seg` pairs; before segment j >= 1 every accumulator must have
+// |S| <= thr[j - 1].  After a failed check, or after `proved` pairs, the
+// rest runs with the running max / min of every accumulator after every
+// step: vpdpwssds holds the exact running sum until it first leaves INT32,
+// and then holds exactly INT32_MAX or INT32_MIN.  Returns 0 when no chain
+// can have left INT32: the chunk sums are then converted to FP32 and added
+// to tile[0..287].  Otherwise returns non-zero and leaves tile untouched.
+int ChainCertified(const int32_t* a, const int32_t* b, int64_t proved, int64_t pairs,
+                   int64_t seg, const int32_t* thr, float* tile) {
+  int64_t n, t, flag;
   asm volatile(
-      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-      "vmovdqa64 %%zmm0, %%zmm1\n\t"
-      "vmovdqa64 %%zmm0, %%zmm2\n\t"
-      "vmovdqa64 %%zmm0, %%zmm3\n\t"
-      "vmovdqa64 %%zmm0, %%zmm4\n\t"
-      "vmovdqa64 %%zmm0, %%zmm5\n\t"
-      "vmovdqa64 %%zmm0, %%zmm6\n\t"
-      "vmovdqa64 %%zmm0, %%zmm7\n\t"
-      "vmovdqa64 %%zmm0, %%zmm8\n\t"
-      "vmovdqa64 %%zmm0, %%zmm9\n\t"
-      "vmovdqa64 %%zmm0, %%zmm10\n\t"
-      "vmovdqa64 %%zmm0, %%zmm11\n\t"
-      "vmovdqa64 %%zmm0, %%zmm12\n\t"
-      "vmovdqa64 %%zmm0, %%zmm13\n\t"
-      "vmovdqa64 %%zmm0, %%zmm14\n\t"
-      "vmovdqa64 %%zmm0, %%zmm15\n\t"
-      "vmovdqa64 %%zmm0, %%zmm16\n\t"
-      "vmovdqa64 %%zmm0, %%zmm17\n\t"
+      DFP_ZERO_ACCUMULATORS
+      "xorl %k[flag], %k[flag]\n\t"
+      "testq %[rc], %[rc]\n\t"
+      "jz 5f\n\t"
+      "1:\n\t"  // a proved segment of n = min(seg, rc) pairs
+      "movq %[seg], %[n]\n\t"
+      "cmpq %[rc], %[n]\n\t"
+      "cmovaq %[rc], %[n]\n\t"
+      "subq %[n], %[rc]\n\t"
+      "subq %[n], %[rt]\n\t"
+      "2:\n\t"
+      DFP_VNNI_STEP
+      "decq %[n]\n\t"
+      "jnz 2b\n\t"
+      "testq %[rt], %[rt]\n\t"
+      "jz 7f\n\t"
+      "testq %[rc], %[rc]\n\t"
+      "jz 5f\n\t"
+      DFP_ABS_MAX_TO_ZMM20
+      "vpcmpud $6, (%[thr])%{1to16%}, %%zmm20, %%k1\n\t"  // |S| > threshold
+      "addq $4, %[thr]\n\t"
+      "kortestw %%k1, %%k1\n\t"
+      "jz 1b\n\t"
+      "5:\n\t"  // the remaining rt >= 1 pairs, tracked
       "vpbroadcastd %[int_min], %%zmm18\n\t"
       "vpbroadcastd %[int_max], %%zmm19\n\t"
-      "testq %[n], %[n]\n\t"
-      "jz 2f\n\t"
-      "1:\n\t"
-      "vmovdqu64 0(%[b]), %%zmm26\n\t"
-      "vmovdqu64 64(%[b]), %%zmm27\n\t"
-      "vmovdqu64 128(%[b]), %%zmm28\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
-      "addq $24, %[a]\n\t"
-      "addq $192, %[b]\n\t"
-      "decq %[n]\n\t"
-      "jnz 1b\n\t"
-      "2:\n\t"
-      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
-      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
-      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
-      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
-      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
-      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
-      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
-      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
-      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
-      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
-      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
-      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
-      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
-      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
-      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
-      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
-      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
-      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
-      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
-      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+&r"(a), [b] "+&r"(b), [n] "+&r"(pairs)
-      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
-      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+      "6:\n\t"
+      DFP_VNNI_STEP
+      DFP_TRACK_MAX_MIN
+      "decq %[rt]\n\t"
+      "jnz 6b\n\t"
+      "vpcmpeqd %[int_max]%{1to16%}, %%zmm18, %%k1\n\t"
+      "vpcmpeqd %[int_min]%{1to16%}, %%zmm19, %%k2\n\t"
+      "korw %%k2, %%k1, %%k1\n\t"
+      "kmovw %%k1, %k[t]\n\t"
+      "movl %k[t], %k[flag]\n\t"
+      "testl %k[flag], %k[flag]\n\t"
+      "jnz 8f\n\t"
+      "7:\n\t"
+      DFP_ADD_TO_TILE
+      "8:\n\t"
+      : [a] "+&r"(a), [b] "+&r"(b), [rc] "+&r"(proved), [rt] "+&r"(pairs), [thr] "+&r"(thr),
+        [n] "=&r"(n), [t] "=&r"(t), [flag] "=&r"(flag)
+      : [seg] "r"(seg), [tile] "r"(tile), [int_min] "m"(kInt32MinScalar),
+        [int_max] "m"(kInt32MaxScalar)
+      : "memory", "cc", "k1", "k2", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
+  return static_cast<int>(flag);
 }
 
-// As ChainUnchecked, and sums[18] / sums[19] get the running max / min of
-// every accumulator after every step: a lane equal to INT32_MAX / INT32_MIN
-// means some chain may have saturated (vpdpwssds saturates exactly when the
-// exact running sum leaves INT32, and holds the exact sum until then).
-void ChainChecked(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
-  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
-  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
-  asm volatile(
-      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-      "vmovdqa64 %%zmm0, %%zmm1\n\t"
-      "vmovdqa64 %%zmm0, %%zmm2\n\t"
-      "vmovdqa64 %%zmm0, %%zmm3\n\t"
-      "vmovdqa64 %%zmm0, %%zmm4\n\t"
-      "vmovdqa64 %%zmm0, %%zmm5\n\t"
-      "vmovdqa64 %%zmm0, %%zmm6\n\t"
-      "vmovdqa64 %%zmm0, %%zmm7\n\t"
-      "vmovdqa64 %%zmm0, %%zmm8\n\t"
-      "vmovdqa64 %%zmm0, %%zmm9\n\t"
-      "vmovdqa64 %%zmm0, %%zmm10\n\t"
-      "vmovdqa64 %%zmm0, %%zmm11\n\t"
-      "vmovdqa64 %%zmm0, %%zmm12\n\t"
-      "vmovdqa64 %%zmm0, %%zmm13\n\t"
-      "vmovdqa64 %%zmm0, %%zmm14\n\t"
-      "vmovdqa64 %%zmm0, %%zmm15\n\t"
-      "vmovdqa64 %%zmm0, %%zmm16\n\t"
-      "vmovdqa64 %%zmm0, %%zmm17\n\t"
-      "vpbroadcastd %[int_min], %%zmm18\n\t"
-      "vpbroadcastd %[int_max], %%zmm19\n\t"
-      "testq %[n], %[n]\n\t"
-      "jz 2f\n\t"
-      "1:\n\t"
-      "vmovdqu64 0(%[b]), %%zmm26\n\t"
-      "vmovdqu64 64(%[b]), %%zmm27\n\t"
-      "vmovdqu64 128(%[b]), %%zmm28\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
-      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
-      "addq $24, %[a]\n\t"
-      "addq $192, %[b]\n\t"
-      "decq %[n]\n\t"
-      "jnz 1b\n\t"
-      "2:\n\t"
-      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
-      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
-      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
-      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
-      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
-      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
-      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
-      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
-      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
-      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
-      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
-      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
-      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
-      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
-      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
-      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
-      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
-      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
-      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
-      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+&r"(a), [b] "+&r"(b), [n] "+&r"(pairs)
-      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar)
-      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
-}
-
-// As ChainChecked, with half the tracking: the max after even steps, the
-// min after odd steps, and both after the last.  A first saturation at MAX
-// on an odd step s is seen at step s + 1 as a value >= INT32_MAX - |t| (t:
-// that step's pair sum; likewise for MIN), so a chunk is clear when
-// sums[18] < INT32_MAX - D and sums[19] > INT32_MIN + D, D >= max |t|.
-void ChainAlternating(const int32_t* a, const int32_t* b, int64_t pairs, int32_t* sums) {
-  static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
-  static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
-  int64_t n = pairs;
-  asm volatile(
-      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
-      "vmovdqa64 %%zmm0, %%zmm1\n\t"
-      "vmovdqa64 %%zmm0, %%zmm2\n\t"
-      "vmovdqa64 %%zmm0, %%zmm3\n\t"
-      "vmovdqa64 %%zmm0, %%zmm4\n\t"
-      "vmovdqa64 %%zmm0, %%zmm5\n\t"
-      "vmovdqa64 %%zmm0, %%zmm6\n\t"
-      "vmovdqa64 %%zmm0, %%zmm7\n\t"
-      "vmovdqa64 %%zmm0, %%zmm8\n\t"
-      "vmovdqa64 %%zmm0, %%zmm9\n\t"
-      "vmovdqa64 %%zmm0, %%zmm10\n\t"
-      "vmovdqa64 %%zmm0, %%zmm11\n\t"
-      "vmovdqa64 %%zmm0, %%zmm12\n\t"
-      "vmovdqa64 %%zmm0, %%zmm13\n\t"
-      "vmovdqa64 %%zmm0, %%zmm14\n\t"
-      "vmovdqa64 %%zmm0, %%zmm15\n\t"
-      "vmovdqa64 %%zmm0, %%zmm16\n\t"
-      "vmovdqa64 %%zmm0, %%zmm17\n\t"
-      "vpbroadcastd %[int_min], %%zmm18\n\t"
-      "vpbroadcastd %[int_max], %%zmm19\n\t"
-      "shrq $1, %[n]\n\t"
-      "jz 2f\n\t"
-      "1:\n\t"
-      "vmovdqu64 0(%[b]), %%zmm26\n\t"
-      "vmovdqu64 64(%[b]), %%zmm27\n\t"
-      "vmovdqu64 128(%[b]), %%zmm28\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
-      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vmovdqu64 192(%[b]), %%zmm26\n\t"
-      "vmovdqu64 256(%[b]), %%zmm27\n\t"
-      "vmovdqu64 320(%[b]), %%zmm28\n\t"
-      "vpdpwssds 24(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
-      "vpdpwssds 24(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
-      "vpdpwssds 24(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
-      "vpdpwssds 28(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
-      "vpdpwssds 28(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
-      "vpdpwssds 28(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
-      "vpdpwssds 32(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
-      "vpdpwssds 32(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
-      "vpdpwssds 32(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
-      "vpdpwssds 36(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
-      "vpdpwssds 36(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
-      "vpdpwssds 36(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
-      "vpdpwssds 40(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
-      "vpdpwssds 40(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
-      "vpdpwssds 40(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
-      "vpdpwssds 44(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
-      "vpdpwssds 44(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
-      "vpdpwssds 44(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
-      "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
-      "addq $48, %[a]\n\t"
-      "addq $384, %[b]\n\t"
-      "decq %[n]\n\t"
-      "jnz 1b\n\t"
-      "2:\n\t"
-      "testq $1, %[odd]\n\t"
-      "jz 3f\n\t"
-      "vmovdqu64 0(%[b]), %%zmm26\n\t"
-      "vmovdqu64 64(%[b]), %%zmm27\n\t"
-      "vmovdqu64 128(%[b]), %%zmm28\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t"
-      "vpdpwssds 0(%[a])%{1to16%}, %%zmm28, %%zmm2\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm3\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm4\n\t"
-      "vpdpwssds 4(%[a])%{1to16%}, %%zmm28, %%zmm5\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t"
-      "vpdpwssds 8(%[a])%{1to16%}, %%zmm28, %%zmm8\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm9\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm10\n\t"
-      "vpdpwssds 12(%[a])%{1to16%}, %%zmm28, %%zmm11\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm12\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm13\n\t"
-      "vpdpwssds 16(%[a])%{1to16%}, %%zmm28, %%zmm14\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm15\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm16\n\t"
-      "vpdpwssds 20(%[a])%{1to16%}, %%zmm28, %%zmm17\n\t"
-      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "3:\n\t"
-      "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpmaxsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpmaxsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpmaxsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpmaxsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t"
-      "vpmaxsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpmaxsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t"
-      "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t"
-      "vpminsd %%zmm2, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm3, %%zmm4, %%zmm21\n\t"
-      "vpminsd %%zmm5, %%zmm21, %%zmm21\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm6, %%zmm7, %%zmm22\n\t"
-      "vpminsd %%zmm8, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm9, %%zmm10, %%zmm20\n\t"
-      "vpminsd %%zmm11, %%zmm20, %%zmm20\n\t"
-      "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm12, %%zmm13, %%zmm21\n\t"
-      "vpminsd %%zmm14, %%zmm21, %%zmm21\n\t"
-      "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t"
-      "vpminsd %%zmm15, %%zmm16, %%zmm22\n\t"
-      "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t"
-      "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
-      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
-      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
-      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
-      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
-      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
-      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
-      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
-      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
-      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
-      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
-      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
-      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
-      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
-      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
-      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
-      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
-      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
-      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
-      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
-      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      : [a] "+&r"(a), [b] "+&r"(b), [n] "+&r"(n)
-      : [out] "r"(sums), [int_min] "m"(kInt32MinScalar), [int_max] "m"(kInt32MaxScalar), [odd] "r"(pairs)
-      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
-}
-
-void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, const int32_t* bmax,
-                 int64_t npairs, int64_t chunk_pairs, float* tile, bool first, Stats* stats) {
+void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
+                 const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
+                 bool first, Stats* stats) {
   if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
-  const __m512i kInt32Max = _mm512_set1_epi32(0x7FFFFFFF);
-  const __m512i kInt32Min = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
-  for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
+  int64_t c = 0;
+  for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs, ++c) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
     const int32_t* a = ap + q0 * kMr;
     const int32_t* b = bp + q0 * kNr;
-    alignas(64) int32_t sums[(kMr * kNv + 2) * 16];
-    const ChunkBounds bounds = Bounds(amax + q0, bmax + q0, pairs);
-    bool clear;
-    if (bounds.total <= 2147483647) {
-      ChainUnchecked(a, b, pairs, sums);
-      clear = true;
-    } else {
-      ChainAlternating(a, b, pairs, sums);
-      const __m512i hi = _mm512_load_si512(sums + 18 * 16), lo = _mm512_load_si512(sums + 19 * 16);
-      const int64_t margin = bounds.step > 2147483647 ? 2147483647 : bounds.step;
-      const __m512i hi_limit = _mm512_set1_epi32(static_cast<int32_t>(2147483647 - margin));
-      const __m512i lo_limit = _mm512_set1_epi32(static_cast<int32_t>(-2147483647 + margin));
-      clear = (_mm512_cmpge_epi32_mask(hi, hi_limit) | _mm512_cmple_epi32_mask(lo, lo_limit)) == 0;
-      if (!clear) {  // near the limits: track every step to tell
-        ChainChecked(a, b, pairs, sums);
-        clear = (_mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 18 * 16), kInt32Max) |
-                 _mm512_cmpeq_epi32_mask(_mm512_load_si512(sums + 19 * 16), kInt32Min)) == 0;
+    const double* an = sa.norm + c * sa.per_chunk;
+    const double* bn = sb.norm + c * sb.per_chunk;
+    // Segments [0, good) have B_j <= INT32_MAX - 1; thr[j] = INT32_MAX - B_j - 1 (floor).
+    const int64_t nseg = Min64(CeilDiv(pairs, kSegPairs), kMaxSegments);
+    alignas(64) int32_t thr[kMaxSegments];
+    int64_t good = nseg;
+    for (int64_t j = 0; j < nseg; j += 8) {
+      const __mmask8 live = static_cast<__mmask8>(nseg - j >= 8 ? 0xFF : (1u << (nseg - j)) - 1);
+      const __m512d bound = _mm512_mul_pd(
+          _mm512_mul_pd(_mm512_maskz_loadu_pd(live, an + j), _mm512_maskz_loadu_pd(live, bn + j)),
+          _mm512_set1_pd(kBoundUp));
+      const __m512d room = _mm512_sub_pd(_mm512_set1_pd(kInt32MaxD), bound);
+      const __mmask8 ok = _mm512_mask_cmp_pd_mask(live, room, _mm512_set1_pd(1.0), _CMP_GE_OQ);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(thr + j),
+                         _mm256_sub_epi32(_mm512_cvttpd_epi32(room), _mm256_set1_epi32(1)));
+      if (ok != live) {
+        good = j + __builtin_ctz(static_cast<unsigned>(static_cast<__mmask8>(~ok & live)));
+        break;
       }
     }
-    const bool saturated = !clear;
-    if (!saturated) {
-      for (int e = 0; e < kMr * kNr; e += 16) {
-        _mm512_storeu_ps(tile + e, _mm512_add_ps(_mm512_loadu_ps(tile + e),
-                                                 _mm512_cvtepi32_ps(_mm512_load_si512(sums + e))));
-      }
-    } else {
+    const int64_t proved = Min64(pairs, good * kSegPairs);
+    if (ChainCertified(a, b, proved, pairs, kSegPairs, thr + 1, tile) != 0) {
       // Rare: some chain reached the INT32 limits.  Recompute exactly.
-      stats->overflowed_chunks += ExactChunk(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
+      stats->overflowed_chunks += ExactChunk(a, b, pairs, tile);
       stats->recomputed_tiles += 1;
     }
   }
@@ -806,15 +688,16 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, cons
 
 #else  // portable
 
-void MicroKernel(const int32_t* ap, const int32_t* bp, const int32_t* amax, const int32_t* bmax,
-                 int64_t npairs, int64_t chunk_pairs, float* tile, bool first, Stats* stats) {
+void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
+                 const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
+                 bool first, Stats* stats) {
   if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
     stats->overflowed_chunks += ExactChunk(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
   }
-  (void)amax;
-  (void)bmax;
+  (void)sa;
+  (void)sb;
 }
 
 #endif
@@ -828,10 +711,13 @@ struct Plan {
   int64_t a_batches, b_batches;
   int64_t a_panels, b_panels;  // per batch
   int64_t a_panel_words, b_panel_words;
+  SegmentLayout segs;
   int32_t* packed_a;
   int32_t* packed_b;
-  int32_t* a_pmax;  // [a_batches][a_panels][total_pairs]: max |I| of each pair
-  int32_t* b_pmax;
+  double* a_norm;  // [a_batches][a_panels][segs.per_panel] (SegmentData)
+  double* b_norm;
+  int32_t* a_absmax;
+  int32_t* b_absmax;
   uint8_t* a_nonfinite;  // [a_batches][m]
   uint8_t* b_nonfinite;  // [b_batches][n]
   int64_t mc, nc;  // rows and columns of a work item (<= kMc, kNc)
@@ -866,12 +752,15 @@ void PackA(void* arg, int64_t begin, int64_t end) {
   const Problem& p = *plan.p;
   int64_t invalid = 0;
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t batch = u / plan.a_panels, panel = u % plan.a_panels;
-    const int64_t row0 = panel * kMr;
+    const int64_t batch = u / plan.a_panels;
+    const int64_t row0 = (u % plan.a_panels) * kMr;
+    int32_t* panel = plan.packed_a + u * plan.a_panel_words;
     invalid += PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0),
-                              plan.packed_a + u * plan.a_panel_words,
-                              plan.a_pmax + u * plan.layout.total_pairs,
-                              plan.a_nonfinite + batch * p.m + row0);
+                              panel, plan.a_nonfinite + batch * p.m + row0);
+#if TF_LOWPREC_DFP_VNNI
+    MeasureSegments<kMr>(panel, plan.layout, plan.segs, plan.a_norm + u * plan.segs.per_panel,
+                         plan.a_absmax + u * plan.segs.per_panel);
+#endif
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
@@ -881,12 +770,15 @@ void PackB(void* arg, int64_t begin, int64_t end) {
   const Problem& p = *plan.p;
   int64_t invalid = 0;
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t batch = u / plan.b_panels, panel = u % plan.b_panels;
-    const int64_t col0 = panel * kNr;
+    const int64_t batch = u / plan.b_panels;
+    const int64_t col0 = (u % plan.b_panels) * kNr;
+    int32_t* panel = plan.packed_b + u * plan.b_panel_words;
     invalid += PackPanel<kNr>(ViewOfB(p, batch), plan.layout, col0, Min64(kNr, p.n - col0),
-                              plan.packed_b + u * plan.b_panel_words,
-                              plan.b_pmax + u * plan.layout.total_pairs,
-                              plan.b_nonfinite + batch * p.n + col0);
+                              panel, plan.b_nonfinite + batch * p.n + col0);
+#if TF_LOWPREC_DFP_VNNI
+    MeasureSegments<kNr>(panel, plan.layout, plan.segs, plan.b_norm + u * plan.segs.per_panel,
+                         plan.b_absmax + u * plan.segs.per_panel);
+#endif
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
@@ -918,10 +810,15 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
           const int32_t* apanel =
               plan.packed_a + (ab * plan.a_panels + ip) * plan.a_panel_words + (pair0 + q) * kMr;
           float* tile = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr);
-          const int64_t pair = pair0 + q;
-          MicroKernel(apanel, bpanel, plan.a_pmax + (ab * plan.a_panels + ip) * plan.layout.total_pairs + pair,
-                      plan.b_pmax + (bb * plan.b_panels + jp) * plan.layout.total_pairs + pair,
-                      np, plan.chunk_pairs, tile, q == 0, stats);
+          const int64_t ua = ab * plan.a_panels + ip, ub = bb * plan.b_panels + jp;
+          const int64_t seg = plan.segs.Index(blk, q);
+          const SegmentData sa = {plan.a_norm + ua * plan.segs.per_panel + seg,
+                                  plan.a_absmax + ua * plan.segs.per_panel + seg,
+                                  plan.segs.per_chunk};
+          const SegmentData sb = {plan.b_norm + ub * plan.segs.per_panel + seg,
+                                  plan.b_absmax + ub * plan.segs.per_panel + seg,
+                                  plan.segs.per_chunk};
+          MicroKernel(apanel, bpanel, sa, sb, np, plan.chunk_pairs, tile, q == 0, stats);
         }
       }
     }
@@ -963,13 +860,14 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
 void ComputeItems(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<Plan*>(arg);
   const int64_t tile_floats = (kMc / kMr + 1) * (kNc / kNr + 1) * kMr * kNr;
-  float* tiles = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * tile_floats));
-  double* scale_a = static_cast<double*>(std::malloc(sizeof(double) * (kMc + kNc)));
+  int64_t capacity = 0;
+  float* tiles = static_cast<float*>(
+      AcquireWorkspace(sizeof(float) * tile_floats + sizeof(double) * (kMc + kNc), &capacity));
+  double* scale_a = reinterpret_cast<double*>(tiles + tile_floats);
   double* scale_b = scale_a + kMc;
   Stats stats;
   for (int64_t u = begin; u < end; ++u) ComputeItem(plan, u, tiles, scale_a, scale_b, &stats);
-  std::free(scale_a);
-  std::free(tiles);
+  ReleaseWorkspace(tiles, capacity);
   AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
   AtomicAdd(&plan.stats->recomputed_tiles, stats.recomputed_tiles);
 }
@@ -989,17 +887,34 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.b_panels = CeilDiv(p.n, kNr);
   plan.a_panel_words = plan.layout.total_pairs * kMr;
   plan.b_panel_words = plan.layout.total_pairs * kNr;
-  const int64_t a_words = plan.a_batches * plan.a_panels * plan.a_panel_words;
-  const int64_t b_words = plan.b_batches * plan.b_panels * plan.b_panel_words;
-  auto round64 = [](int64_t bytes) { return Max64(64, (bytes + 63) / 64 * 64); };
-  plan.packed_a = static_cast<int32_t*>(std::aligned_alloc(64, round64(4 * a_words)));
-  plan.packed_b = static_cast<int32_t*>(std::aligned_alloc(64, round64(4 * b_words)));
-  plan.a_pmax = static_cast<int32_t*>(
-      std::malloc(sizeof(int32_t) * Max64(1, plan.a_batches * plan.a_panels * plan.layout.total_pairs)));
-  plan.b_pmax = static_cast<int32_t*>(
-      std::malloc(sizeof(int32_t) * Max64(1, plan.b_batches * plan.b_panels * plan.layout.total_pairs)));
-  plan.a_nonfinite = static_cast<uint8_t*>(std::calloc(plan.a_batches * p.m, 1));
-  plan.b_nonfinite = static_cast<uint8_t*>(std::calloc(plan.b_batches * p.n, 1));
+  plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
+  const int64_t a_units = plan.a_batches * plan.a_panels, b_units = plan.b_batches * plan.b_panels;
+  // One workspace for everything, cut into 64-byte aligned pieces.
+  int64_t bytes = 0;
+  auto piece = [&bytes](int64_t size) {
+    const int64_t at = bytes;
+    bytes += (size + 63) / 64 * 64;
+    return at;
+  };
+  const int64_t at_packed_a = piece(4 * a_units * plan.a_panel_words);
+  const int64_t at_packed_b = piece(4 * b_units * plan.b_panel_words);
+  const int64_t at_a_norm = piece(8 * a_units * plan.segs.per_panel);
+  const int64_t at_b_norm = piece(8 * b_units * plan.segs.per_panel);
+  const int64_t at_a_absmax = piece(4 * a_units * plan.segs.per_panel);
+  const int64_t at_b_absmax = piece(4 * b_units * plan.segs.per_panel);
+  const int64_t at_a_nonfinite = piece(plan.a_batches * p.m);
+  const int64_t at_b_nonfinite = piece(plan.b_batches * p.n);
+  int64_t capacity = 0;
+  char* workspace = static_cast<char*>(AcquireWorkspace(bytes, &capacity));
+  plan.packed_a = reinterpret_cast<int32_t*>(workspace + at_packed_a);
+  plan.packed_b = reinterpret_cast<int32_t*>(workspace + at_packed_b);
+  plan.a_norm = reinterpret_cast<double*>(workspace + at_a_norm);
+  plan.b_norm = reinterpret_cast<double*>(workspace + at_b_norm);
+  plan.a_absmax = reinterpret_cast<int32_t*>(workspace + at_a_absmax);
+  plan.b_absmax = reinterpret_cast<int32_t*>(workspace + at_b_absmax);
+  plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
+  plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
+  std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
   // Work items: at most kMc x kNc, made smaller until there are enough of
   // them to keep every thread of the pool busy, halving the longer side
   // (square-ish items re-read the least of the packed operands).
@@ -1047,12 +962,7 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
       }
     }
   }
-  std::free(plan.packed_a);
-  std::free(plan.packed_b);
-  std::free(plan.a_pmax);
-  std::free(plan.b_pmax);
-  std::free(plan.a_nonfinite);
-  std::free(plan.b_nonfinite);
+  ReleaseWorkspace(workspace, capacity);
 }
 
 }  // namespace
