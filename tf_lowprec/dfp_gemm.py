@@ -151,6 +151,32 @@ def gemm_quantized(aq, ea, bq, eb, fmt, *, transpose_a=False, transpose_b=False,
     return product, overflowed
 
 
+def gemm_fused(x, y, fmt, *, transpose_a=False, transpose_b=False, chunk_size=64,
+               isa="auto"):
+    """`gemm_quantized` of `quantize_operand(x)` and `quantize_operand(y)`, one op.
+
+    For one exponent per tensor and nearest_even rounding only: the kernel
+    takes each operand's exponent from its largest finite magnitude (as
+    `quantize_dfp` does) and rounds the mantissas while packing them, so no
+    quantized copy of x or y is written.  Bit-identical to the two-step path.
+    Returns `(product, overflowed_chunks)`.
+    """
+    if fmt.block_size is not None:
+        raise ValueError(f"gemm_fused needs one exponent per tensor, got {fmt!r}")
+    batch = tf.broadcast_dynamic_shape(_batch_shape(x), _batch_shape(y))
+    product, overflowed = _load_ops().lowprec_dfp_matmul_fused(
+        _to_rank3(x, batch), _to_rank3(y, batch), bits=fmt.bits,
+        extra_shift=fmt.extra_shift, transpose_a=transpose_a, transpose_b=transpose_b,
+        chunk_size=chunk_size, isa=isa,
+    )
+    m = tf.shape(x)[-1] if transpose_a else tf.shape(x)[-2]
+    n = tf.shape(y)[-2] if transpose_b else tf.shape(y)[-1]
+    product = tf.reshape(product, tf.concat([batch, [m, n]], 0))
+    if x.shape.rank is not None and y.shape.rank is not None:
+        product = tf.ensure_shape(product, [None] * max(x.shape.rank, y.shape.rank))
+    return product, overflowed
+
+
 def _check_inner_dims(a, b, transpose_a, transpose_b):
     ka = a.shape[-2] if transpose_a else a.shape[-1]
     kb = b.shape[-1] if transpose_b else b.shape[-2]
@@ -234,6 +260,11 @@ def dfp_matmul(
         options = dict(chunk_size=chunk_size, isa=isa, implementation=implementation)
 
         def product(x, y, ta, tb, x_rounding, y_rounding, x_seed, y_seed):
+            if (fmt.block_size is None and x_rounding == y_rounding == "nearest_even"
+                    and rounding_lib.use_kernel(implementation)):
+                # quantize_dfp fused into the kernel's packing (same results).
+                return gemm_fused(x, y, fmt, transpose_a=ta, transpose_b=tb,
+                                  chunk_size=chunk_size, isa=isa)
             xq, ex = quantize_operand(x, fmt, -2 if ta else -1, x_rounding, x_seed,
                                       implementation)
             yq, ey = quantize_operand(y, fmt, -1 if tb else -2, y_rounding, y_seed,

@@ -49,8 +49,20 @@ struct Problem {
   int64_t eb_batch_stride = 0, eb_block_stride = 0, eb_col_stride = 0;
   int64_t block_size = 0;  // >= 1; k (or more) for one exponent per tensor
   int64_t chunk_size = 64;  // even, >= 2
+  // false: a and b must be DFP values I * 2^E (quantize_dfp outputs), checked.
+  // true: a and b are any floats, rounded to I = round_half_even(y * 2^-E)
+  // while packing: quantize_dfp's nearest_even rounding fused into the GEMM.
+  // Exact only where y * 2^-E is computed exactly: -125 <= E <= 125 (or E =
+  // kDfpNoScale), which the caller checks (FusedRoundingIsExact).
+  bool round_inputs = false;
   float* out = nullptr;     // [batch, m, n] row-major
 };
+
+// Whether Problem::round_inputs reproduces quantize_dfp's nearest_even
+// mantissas for the shared exponent e: the scaled values y * 2^-e that can
+// round to a non-zero mantissa are then normal floats, computed exactly (and
+// untouched by flush-to-zero / denormals-are-zero).
+inline bool FusedRoundingIsExact(int32_t e) { return e == -1024 || (e >= -125 && e <= 125); }
 
 struct Stats {
   // (output element, chunk) pairs whose plain INT32 chain would have

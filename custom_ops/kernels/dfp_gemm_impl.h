@@ -142,6 +142,7 @@ struct OperandView {
   int64_t lane_stride, k_stride;
   const int32_t* exponents;
   int64_t e_lane_stride, e_block_stride;
+  bool round;  // round to nearest even (Problem::round_inputs) instead of checking
 };
 
 // Mantissas: I = y * 2^-E with 2^-E = s1 * s2 (two factors so that every
@@ -167,7 +168,8 @@ inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
 // reductions so that the compiler vectorizes it.  Returns the number of
 // invalid values; *nonfinite |= 1 if any value is NaN or Inf.
 inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float* s1,
-                          const float* s2, int64_t sstride, int16_t* out, int32_t* nonfinite) {
+                          const float* s2, int64_t sstride, bool round, int16_t* out,
+                          int32_t* nonfinite) {
   int32_t invalid = 0, nf = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float y = x[i * stride];
@@ -176,8 +178,8 @@ inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float
     const int32_t finite = (bits & 0x7F800000u) != 0x7F800000u;
     const float v = finite ? (y * s1[i * sstride]) * s2[i * sstride] : 0.0f;
     const float clamped = v < -40000.0f ? -40000.0f : (v > 40000.0f ? 40000.0f : v);
-    const int32_t m = static_cast<int32_t>(clamped);
-    invalid += (static_cast<float>(m) != v) | (m > kMaxMantissa) | (m < -kMaxMantissa);
+    const int32_t m = static_cast<int32_t>(round ? __builtin_roundevenf(clamped) : clamped);
+    invalid += (!round & (static_cast<float>(m) != v)) | (m > kMaxMantissa) | (m < -kMaxMantissa);
     nf |= 1 - finite;
     out[i] = static_cast<int16_t>(m);
   }
@@ -189,7 +191,7 @@ inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float
 // ConvertRun for stride 1, with AVX-512 (the compiler does not vectorize the
 // plain loop well).  sstride is 0 (one scale) or 1 (one per value).
 inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, const float* s2,
-                                 int64_t sstride, int16_t* out, int32_t* nonfinite) {
+                                 int64_t sstride, bool round, int16_t* out, int32_t* nonfinite) {
   int32_t invalid = 0;
   __mmask16 nf = 0;
   const __m512 lo_clamp = _mm512_set1_ps(-40000.0f), hi_clamp = _mm512_set1_ps(40000.0f);
@@ -203,9 +205,13 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
     const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
     nf |= bad;
     const __m512 v = _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
-    const __m512i m = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp));
-    const __mmask16 wrong = _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ) |
-                            _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m);
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
+    const __m512i m =
+        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+              : _mm512_cvttps_epi32(clamped);
+    const __mmask16 inexact =
+        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ);
+    const __mmask16 wrong = inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m);
     invalid += __builtin_popcount(static_cast<unsigned>(wrong & live));
     _mm256_mask_storeu_epi16(out + i, live, _mm512_cvtepi32_epi16(m));
   }
@@ -249,9 +255,9 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
         for (int64_t r0 = 0; r0 < len; r0 += kRun) {
           const int64_t n = Min64(kRun, len - r0);
 #if TF_LOWPREC_DFP_VNNI
-          invalid += ConvertContiguous(x + r0, n, &s1[l], &s2[l], 0, run, &lane_nonfinite[l]);
+          invalid += ConvertContiguous(x + r0, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
 #else
-          invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], 0, run, &lane_nonfinite[l]);
+          invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
 #endif
           run[n] = 0;  // odd tail: the pair's high half is zero padding
           int32_t* o = out + (r0 / 2) * kWidth + l;
@@ -265,18 +271,18 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
         const float* x0 = src.data + (k0 + kk) * src.k_stride + lane0 * src.lane_stride;
 #if TF_LOWPREC_DFP_VNNI
         if (src.lane_stride == 1) {
-          invalid += ConvertContiguous(x0, lanes, s1, s2, 1, lo, &nf);
+          invalid += ConvertContiguous(x0, lanes, s1, s2, 1, src.round, lo, &nf);
         } else {
-          invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, lo, &nf);
+          invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, src.round, lo, &nf);
         }
         if (kk + 1 < len && src.lane_stride == 1) {
-          invalid += ConvertContiguous(x0 + src.k_stride, lanes, s1, s2, 1, hi, &nf);
+          invalid += ConvertContiguous(x0 + src.k_stride, lanes, s1, s2, 1, src.round, hi, &nf);
         } else if (kk + 1 < len) {
 #else
-        invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, lo, &nf);
+        invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, src.round, lo, &nf);
         if (kk + 1 < len) {
 #endif
-          invalid += ConvertRun(x0 + src.k_stride, src.lane_stride, lanes, s1, s2, 1, hi, &nf);
+          invalid += ConvertRun(x0 + src.k_stride, src.lane_stride, lanes, s1, s2, 1, src.round, hi, &nf);
         } else {
           for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;
         }
@@ -582,31 +588,35 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
 // accumulators are still exact, and the rest of the chunk runs with exact
 // saturation tracking after every step.
 constexpr double kInt32MaxD = 2147483647.0;
-constexpr double kBoundUp = 1.0 + 1.0 / (1ull << 48);  // covers the rounding of the product
+constexpr double kBoundUp = 1.0 + 1.0 / (1ull << 40);  // covers the roundings of the products
+constexpr double kMergeLimit = 4.6116860e18;  // < (INT32_MAX - 1)^2
 static const int32_t kInt32MaxScalar = 0x7FFFFFFF;
 static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
 
 // The chains of one chunk of `pairs` >= 1 K pairs of a micro-tile, with
-// vpdpwssds.  The first `proved` pairs (a multiple of `seg`, or all) run in
-// segments of `seg` pairs; before segment j >= 1 every accumulator must have
-// |S| <= thr[j - 1].  After a failed check, or after `proved` pairs, the
+// vpdpwssds.  The first `proved` pairs run as a first piece of `first` >= 1
+// pairs (proved without a check) and then segments of `seg` pairs; before
+// the i-th of these segments every accumulator must have |S| <= thr[i].  After a failed check, or after `proved` pairs, the
 // rest runs with the running max / min of every accumulator after every
 // step: vpdpwssds holds the exact running sum until it first leaves INT32,
 // and then holds exactly INT32_MAX or INT32_MIN.  Returns 0 when no chain
 // can have left INT32: the chunk sums are then converted to FP32 and added
 // to tile[0..287].  Otherwise returns non-zero and leaves tile untouched.
-int ChainCertified(const int32_t* a, const int32_t* b, int64_t proved, int64_t pairs,
-                   int64_t seg, const int32_t* thr, float* tile) {
+int ChainCertified(const int32_t* a, const int32_t* b, int64_t first, int64_t proved,
+                   int64_t pairs, int64_t seg, const int32_t* thr, float* tile) {
   int64_t n, t, flag;
   asm volatile(
       DFP_ZERO_ACCUMULATORS
       "xorl %k[flag], %k[flag]\n\t"
       "testq %[rc], %[rc]\n\t"
       "jz 5f\n\t"
+      "movq %[first], %[n]\n\t"
+      "jmp 3f\n\t"
       "1:\n\t"  // a proved segment of n = min(seg, rc) pairs
       "movq %[seg], %[n]\n\t"
       "cmpq %[rc], %[n]\n\t"
       "cmovaq %[rc], %[n]\n\t"
+      "3:\n\t"
       "subq %[n], %[rc]\n\t"
       "subq %[n], %[rt]\n\t"
       "2:\n\t"
@@ -642,7 +652,7 @@ int ChainCertified(const int32_t* a, const int32_t* b, int64_t proved, int64_t p
       "8:\n\t"
       : [a] "+&r"(a), [b] "+&r"(b), [rc] "+&r"(proved), [rt] "+&r"(pairs), [thr] "+&r"(thr),
         [n] "=&r"(n), [t] "=&r"(t), [flag] "=&r"(flag)
-      : [seg] "r"(seg), [tile] "r"(tile), [int_min] "m"(kInt32MinScalar),
+      : [seg] "r"(seg), [first] "r"(first), [tile] "r"(tile), [int_min] "m"(kInt32MinScalar),
         [int_max] "m"(kInt32MaxScalar)
       : "memory", "cc", "k1", "k2", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return static_cast<int>(flag);
@@ -659,10 +669,10 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     const int32_t* b = bp + q0 * kNr;
     const double* an = sa.norm + c * sa.per_chunk;
     const double* bn = sb.norm + c * sb.per_chunk;
-    // Segments [0, good) have B_j <= INT32_MAX - 1; thr[j] = INT32_MAX - B_j - 1 (floor).
+    // thr[j] = floor(INT32_MAX - B_j) - 1; bit j of `single` says B_j <= INT32_MAX - 1.
     const int64_t nseg = Min64(CeilDiv(pairs, kSegPairs), kMaxSegments);
     alignas(64) int32_t thr[kMaxSegments];
-    int64_t good = nseg;
+    uint64_t single = 0;
     for (int64_t j = 0; j < nseg; j += 8) {
       const __mmask8 live = static_cast<__mmask8>(nseg - j >= 8 ? 0xFF : (1u << (nseg - j)) - 1);
       const __m512d bound = _mm512_mul_pd(
@@ -672,13 +682,27 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
       const __mmask8 ok = _mm512_mask_cmp_pd_mask(live, room, _mm512_set1_pd(1.0), _CMP_GE_OQ);
       _mm256_store_si256(reinterpret_cast<__m256i*>(thr + j),
                          _mm256_sub_epi32(_mm512_cvttpd_epi32(room), _mm256_set1_epi32(1)));
-      if (ok != live) {
-        good = j + __builtin_ctz(static_cast<unsigned>(static_cast<__mmask8>(~ok & live)));
-        break;
-      }
+      single |= static_cast<uint64_t>(ok) << j;
+    }
+    // The first piece: segments [0, first) merged while their joint bound
+    // sqrt(sum na_j^2) * sqrt(sum nb_j^2) stays <= INT32_MAX - 1 (no check
+    // needed: the sums start at 0).  Then single segments with checks.
+    int64_t first = 0;
+    double a2 = 0.0, b2 = 0.0;
+    while (first < nseg) {
+      a2 += an[first] * an[first];
+      b2 += bn[first] * bn[first];
+      if (!(a2 * b2 * kBoundUp <= kMergeLimit)) break;
+      ++first;
+    }
+    int64_t good = 0;  // segments [0, good) proved (first piece, then checked ones)
+    if (first > 0) {
+      const uint64_t after = first >= 64 ? 0 : ~(single >> first);
+      good = Min64(nseg, first + (after == 0 ? 64 : __builtin_ctzll(after)));
     }
     const int64_t proved = Min64(pairs, good * kSegPairs);
-    if (ChainCertified(a, b, proved, pairs, kSegPairs, thr + 1, tile) != 0) {
+    if (ChainCertified(a, b, Min64(pairs, first * kSegPairs), proved, pairs, kSegPairs,
+                       thr + first, tile) != 0) {
       // Rare: some chain reached the INT32 limits.  Recompute exactly.
       stats->overflowed_chunks += ExactChunk(a, b, pairs, tile);
       stats->recomputed_tiles += 1;
@@ -733,6 +757,7 @@ OperandView ViewOfA(const Problem& p, int64_t batch) {
   v.exponents = p.ea + batch * p.ea_batch_stride;
   v.e_lane_stride = p.ea_row_stride;
   v.e_block_stride = p.ea_block_stride;
+  v.round = p.round_inputs;
   return v;
 }
 
@@ -744,6 +769,7 @@ OperandView ViewOfB(const Problem& p, int64_t batch) {
   v.exponents = p.eb + batch * p.eb_batch_stride;
   v.e_lane_stride = p.eb_col_stride;
   v.e_block_stride = p.eb_block_stride;
+  v.round = p.round_inputs;
   return v;
 }
 

@@ -4,11 +4,15 @@
 // compile slowly).  The arithmetic is in custom_ops/kernels/dfp_gemm_impl.h;
 // this file checks shapes, picks the instruction set and runs the GEMM on
 // TensorFlow's intra-op thread pool.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "dfp_gemm.h"
+#include "number_formats.h"
+#include "rounding_loops.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -30,6 +34,31 @@ using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
+namespace {
+
+// Output shapes of the GEMM ops: a (input 0): [batch_a, m, k] (or [batch_a,
+// k, m]); b (input b_index): [batch_b, k, n] (or [batch_b, n, k]); batch_a
+// and batch_b are equal or 1.
+Status DfpMatmulShape(InferenceContext* c, int b_index = 1) {
+  ShapeHandle a, b;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(b_index), 3, &b));
+  bool ta, tb;
+  TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
+  TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
+  DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
+  DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
+  DimensionHandle k;
+  TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
+  DimensionHandle batch = c->Dim(a, 0);
+  if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
+  c->set_output(0, c->MakeShape({batch, m, n}));
+  c->set_output(1, c->Scalar());
+  return ::tensorflow::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("LowprecDfpMatmul")
     .Input("a: float")
     .Input("a_exponents: int32")
@@ -43,22 +72,7 @@ REGISTER_OP("LowprecDfpMatmul")
     .Attr("chunk_size: int = 64")
     .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status {
-      // a: [batch_a, m, k] (or [batch_a, k, m]); b: [batch_b, k, n] (or
-      // [batch_b, n, k]); batch_a and batch_b are equal or 1.
-      ShapeHandle a, b;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 3, &b));
-      bool ta, tb;
-      TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
-      TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
-      DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
-      DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
-      DimensionHandle k;
-      TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
-      DimensionHandle batch = c->Dim(a, 0);
-      if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
-      c->set_output(0, c->MakeShape({batch, m, n}));
-      c->set_output(1, c->Scalar());
+      TF_RETURN_IF_ERROR(DfpMatmulShape(c, 2));
       return ::tensorflow::OkStatus();
     })
     .Doc(R"doc(
@@ -70,6 +84,26 @@ block (docs/dfp_gemm.md).  a_exponents: [batch_a or 1, m or 1, blocks];
 b_exponents: [batch_b or 1, blocks, n or 1].  block_size 0: one block.
 overflowed_chunks: how many (output, chunk) INT32 chains would have
 overflowed (computed exactly all the same).
+)doc");
+
+REGISTER_OP("LowprecDfpMatmulFused")
+    .Input("a: float")
+    .Input("b: float")
+    .Output("product: float")
+    .Output("overflowed_chunks: int64")
+    .Attr("bits: int = 16")
+    .Attr("extra_shift: int = 0")
+    .Attr("transpose_a: bool = false")
+    .Attr("transpose_b: bool = false")
+    .Attr("chunk_size: int = 64")
+    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .SetShapeFn([](InferenceContext* c) -> Status { return DfpMatmulShape(c); })
+    .Doc(R"doc(
+LowprecDfpMatmul of LowprecQuantizeDfp(a) and LowprecQuantizeDfp(b), each
+with one exponent per tensor and nearest_even rounding, with the rounding
+fused into the GEMM's packing (no quantized copies of a and b): the same
+results, bit for bit.  a: [batch_a, m, k] (or [batch_a, k, m]); b:
+[batch_b, k, n] (or [batch_b, n, k]).
 )doc");
 
 REGISTER_OP("LowprecDfpGemmCounters")
@@ -99,6 +133,60 @@ void RunOnPool(void* context, int64_t n, int64_t cost_per_unit,
   });
 }
 
+// m, n, k and the batch of a GEMM of a ([batch_a, m, k] or transposed) and
+// b ([batch_b, k, n] or transposed); false (with the error set) if invalid.
+struct GemmShape {
+  int64_t batch_a, batch_b, batch, m, n, k;
+};
+
+bool CheckGemmShape(OpKernelContext* ctx, const Tensor& a, const Tensor& b, bool transpose_a,
+                    bool transpose_b, GemmShape* shape) {
+  if (a.dims() != 3 || b.dims() != 3) {
+    ctx->CtxFailure(InvalidArgument("a and b must have rank 3 [batch, rows, cols], got shapes ",
+                                    a.shape().DebugString(), " and ", b.shape().DebugString()));
+    return false;
+  }
+  shape->batch_a = a.dim_size(0);
+  shape->batch_b = b.dim_size(0);
+  shape->m = a.dim_size(transpose_a ? 2 : 1);
+  shape->k = a.dim_size(transpose_a ? 1 : 2);
+  const int64_t kb = b.dim_size(transpose_b ? 2 : 1);
+  shape->n = b.dim_size(transpose_b ? 1 : 2);
+  if (shape->k != kb) {
+    ctx->CtxFailure(InvalidArgument("inner dimensions differ: a ", a.shape().DebugString(),
+                                    " (transpose_a=", transpose_a, ") and b ",
+                                    b.shape().DebugString(), " (transpose_b=", transpose_b, ")"));
+    return false;
+  }
+  if (!(shape->batch_a == shape->batch_b || shape->batch_a == 1 || shape->batch_b == 1)) {
+    ctx->CtxFailure(InvalidArgument("batch dimensions ", shape->batch_a, " and ", shape->batch_b,
+                                    " must be equal or 1"));
+    return false;
+  }
+  shape->batch = shape->batch_a == 1 ? shape->batch_b : shape->batch_a;
+  return true;
+}
+
+// Runs the GEMM p (out and exponents set) and records its counters;
+// chains_per_output: INT32 chains of one output element.
+void RunGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm::Problem& p,
+             int64_t chains_per_output, Tensor* overflow) {
+  dfp_gemm::ParallelFor parallel;
+  parallel.context = ctx;
+  parallel.run = RunOnPool;
+  dfp_gemm::Stats stats;
+  kernels->gemm(p, parallel, &stats);
+  OP_REQUIRES(ctx, stats.invalid_inputs == 0,
+              InvalidArgument(stats.invalid_inputs, " elements of a or b are not I * 2^E "
+                              "with an integer |I| <= 32767 for their exponent: pass the "
+                              "outputs of quantize_dfp (bits <= 16)"));
+  overflow->scalar<int64_t>()() = stats.overflowed_chunks;
+  g_calls.fetch_add(1, std::memory_order_relaxed);
+  g_chains.fetch_add(p.batch * p.m * p.n * chains_per_output, std::memory_order_relaxed);
+  g_overflowed.fetch_add(stats.overflowed_chunks, std::memory_order_relaxed);
+  g_recomputed.fetch_add(stats.recomputed_tiles, std::memory_order_relaxed);
+}
+
 class DfpMatmulOp : public OpKernel {
  public:
   explicit DfpMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -125,20 +213,10 @@ class DfpMatmulOp : public OpKernel {
     const Tensor& ea = ctx->input(1);
     const Tensor& b = ctx->input(2);
     const Tensor& eb = ctx->input(3);
-    OP_REQUIRES(ctx, a.dims() == 3 && b.dims() == 3,
-                InvalidArgument("a and b must have rank 3 [batch, rows, cols], got shapes ",
-                                a.shape().DebugString(), " and ", b.shape().DebugString()));
-    const int64_t batch_a = a.dim_size(0), batch_b = b.dim_size(0);
-    const int64_t m = a.dim_size(transpose_a_ ? 2 : 1), k = a.dim_size(transpose_a_ ? 1 : 2);
-    const int64_t kb = b.dim_size(transpose_b_ ? 2 : 1), n = b.dim_size(transpose_b_ ? 1 : 2);
-    OP_REQUIRES(ctx, k == kb,
-                InvalidArgument("inner dimensions differ: a ", a.shape().DebugString(),
-                                " (transpose_a=", transpose_a_, ") and b ",
-                                b.shape().DebugString(), " (transpose_b=", transpose_b_, ")"));
-    OP_REQUIRES(ctx, batch_a == batch_b || batch_a == 1 || batch_b == 1,
-                InvalidArgument("batch dimensions ", batch_a, " and ", batch_b,
-                                " must be equal or 1"));
-    const int64_t batch = batch_a == 1 ? batch_b : batch_a;
+    GemmShape shape;
+    if (!CheckGemmShape(ctx, a, b, transpose_a_, transpose_b_, &shape)) return;
+    const int64_t batch_a = shape.batch_a, batch_b = shape.batch_b, batch = shape.batch;
+    const int64_t m = shape.m, n = shape.n, k = shape.k;
     const int64_t block = block_size_ == 0 ? (k > 0 ? k : 1) : block_size_;
     const int64_t blocks = k == 0 ? 0 : (k + block - 1) / block;
     // Exponents: [batch_a or 1, m or 1, blocks] and [batch_b or 1, blocks, n or 1].
@@ -198,31 +276,122 @@ class DfpMatmulOp : public OpKernel {
     p.chunk_size = chunk_size_;
     p.out = out->flat<float>().data();
 
-    dfp_gemm::ParallelFor parallel;
-    parallel.context = ctx;
-    parallel.run = RunOnPool;
-    dfp_gemm::Stats stats;
-    kernels_->gemm(p, parallel, &stats);
-    OP_REQUIRES(ctx, stats.invalid_inputs == 0,
-                InvalidArgument(stats.invalid_inputs, " elements of a or b are not I * 2^E "
-                                "with an integer |I| <= 32767 for their exponent: pass the "
-                                "outputs of quantize_dfp (bits <= 16)"));
-    overflow->scalar<int64_t>()() = stats.overflowed_chunks;
     int64_t chains_per_output = 0;
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t len = (blk + 1) * block <= k ? block : k - blk * block;
       chains_per_output += (len + chunk_size_ - 1) / chunk_size_;
     }
-    g_calls.fetch_add(1, std::memory_order_relaxed);
-    g_chains.fetch_add(batch * m * n * chains_per_output, std::memory_order_relaxed);
-    g_overflowed.fetch_add(stats.overflowed_chunks, std::memory_order_relaxed);
-    g_recomputed.fetch_add(stats.recomputed_tiles, std::memory_order_relaxed);
+    RunGemm(ctx, kernels_, p, chains_per_output, overflow);
   }
 
  private:
   bool transpose_a_ = false, transpose_b_ = false;
   int64_t block_size_ = 0, chunk_size_ = 64;
   const dfp_gemm::Kernels* kernels_ = nullptr;
+};
+
+// quantize_dfp (nearest_even, one exponent per tensor) of both operands fused
+// into the GEMM: the exponents come from the operands' largest finite
+// magnitudes, and the packing rounds the mantissas itself.
+class DfpMatmulFusedOp : public OpKernel {
+ public:
+  explicit DfpMatmulFusedOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &spec_.bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("extra_shift", &spec_.extra_shift));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &transpose_a_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &transpose_b_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));
+    std::string isa;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
+    const std::string error = ValidateDfpSpec(spec_);
+    OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
+    OP_REQUIRES(ctx, spec_.bits <= 16,
+                InvalidArgument("bits must be at most 16 for the INT16 GEMM, got ", spec_.bits));
+    OP_REQUIRES(ctx, chunk_size_ >= 2 && chunk_size_ % 2 == 0 && chunk_size_ <= (1 << 20),
+                InvalidArgument("chunk_size must be an even number in 2..2^20, got ",
+                                chunk_size_));
+    kernels_ = dfp_gemm::SelectKernels(isa.c_str());
+    OP_REQUIRES(ctx, kernels_ != nullptr,
+                InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
+                                "kernel needs AVX512_VNNI); use 'auto' or 'portable'"));
+    loops_ = SelectRoundingLoops(isa == "portable" ? "portable" : "auto");
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& a = ctx->input(0);
+    const Tensor& b = ctx->input(1);
+    GemmShape shape;
+    if (!CheckGemmShape(ctx, a, b, transpose_a_, transpose_b_, &shape)) return;
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.batch, shape.m, shape.n}),
+                                             &out));
+    Tensor* overflow = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
+    overflow->scalar<int64_t>()() = 0;
+    if (shape.batch == 0 || shape.m == 0 || shape.n == 0) return;
+
+    const float* a_data = a.flat<float>().data();
+    const float* b_data = b.flat<float>().data();
+    int32_t ea = SharedExponent(ctx, a_data, a.NumElements());
+    int32_t eb = SharedExponent(ctx, b_data, b.NumElements());
+    // Outside the exponent range where the fused rounding is exact, round
+    // into temporaries with quantize_dfp's own loops (same results).
+    Tensor a_rounded, b_rounded;
+    const bool fused = dfp_gemm::FusedRoundingIsExact(ea) && dfp_gemm::FusedRoundingIsExact(eb);
+    if (!fused) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, a.shape(), &a_rounded));
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, b.shape(), &b_rounded));
+      RoundToExponent(a_data, a.NumElements(), &ea, a_rounded.flat<float>().data());
+      RoundToExponent(b_data, b.NumElements(), &eb, b_rounded.flat<float>().data());
+      a_data = a_rounded.flat<float>().data();
+      b_data = b_rounded.flat<float>().data();
+    }
+
+    dfp_gemm::Problem p;
+    p.batch = shape.batch;
+    p.m = shape.m;
+    p.n = shape.n;
+    p.k = shape.k;
+    p.a = a_data;
+    p.a_batch_stride = shape.batch_a == 1 ? 0 : shape.m * shape.k;
+    p.transpose_a = transpose_a_;
+    p.b = b_data;
+    p.b_batch_stride = shape.batch_b == 1 ? 0 : shape.k * shape.n;
+    p.transpose_b = transpose_b_;
+    p.ea = &ea;  // strides 0: one exponent
+    p.eb = &eb;
+    p.block_size = shape.k > 0 ? shape.k : 1;
+    p.chunk_size = chunk_size_;
+    p.round_inputs = fused;
+    p.out = out->flat<float>().data();
+    RunGemm(ctx, kernels_, p, (shape.k + chunk_size_ - 1) / chunk_size_, overflow);
+  }
+
+ private:
+  // quantize_dfp's per-tensor exponent: from the largest finite |x|.
+  int32_t SharedExponent(OpKernelContext* ctx, const float* x, int64_t n) {
+    constexpr int64_t kUnit = 1 << 16;
+    const int64_t units = (n + kUnit - 1) / kUnit;
+    std::vector<uint32_t> partial(units, 0);
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    pool->ParallelFor(units, kUnit, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        partial[u] = loops_->max_abs_bits_all(x + u * kUnit, std::min(kUnit, n - u * kUnit));
+      }
+    });
+    const uint32_t max_bits = units == 0 ? 0 : *std::max_element(partial.begin(), partial.end());
+    return DfpSharedExponent(max_bits, spec_);
+  }
+
+  void RoundToExponent(const float* x, int64_t n, const int32_t* e, float* out) {
+    loops_->round_dfp(x, out, n, 0, e, 0, Rounding::kNearestEven, RandomStream());
+  }
+
+  DfpSpec spec_;
+  bool transpose_a_ = false, transpose_b_ = false;
+  int64_t chunk_size_ = 64;
+  const dfp_gemm::Kernels* kernels_ = nullptr;
+  const RoundingLoops* loops_ = nullptr;
 };
 
 class DfpGemmCountersOp : public OpKernel {
@@ -255,6 +424,7 @@ class DfpGemmCountersOp : public OpKernel {
 }  // namespace
 
 REGISTER_KERNEL_BUILDER(Name("LowprecDfpMatmul").Device(DEVICE_CPU), DfpMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpMatmulFused").Device(DEVICE_CPU), DfpMatmulFusedOp);
 REGISTER_KERNEL_BUILDER(Name("LowprecDfpGemmCounters").Device(DEVICE_CPU), DfpGemmCountersOp);
 
 }  // namespace tf_lowprec
