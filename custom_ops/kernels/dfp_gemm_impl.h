@@ -127,10 +127,9 @@ SegmentLayout MakeSegments(const BlockLayout& layout, int64_t chunk_pairs) {
 
 // Per-segment data of one panel, from the segment of a chunk on: norm[c *
 // per_chunk + j] bounds from above the Euclidean norm of every lane's
-// mantissas over segment j of chunk c; absmax[...] is the largest |I|.
+// mantissas over segment j of chunk c.
 struct SegmentData {
   const double* norm;
-  const int32_t* absmax;
   int64_t per_chunk;
 };
 
@@ -261,7 +260,13 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
 #endif
           run[n] = 0;  // odd tail: the pair's high half is zero padding
           int32_t* o = out + (r0 / 2) * kWidth + l;
-          for (int64_t q = 0; q < (n + 1) / 2; ++q) o[q * kWidth] = PairWord(run[2 * q], run[2 * q + 1]);
+          for (int64_t q = 0; q < (n + 1) / 2; ++q) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            std::memcpy(o + q * kWidth, run + 2 * q, 4);  // two int16 = the pair word
+#else
+            o[q * kWidth] = PairWord(run[2 * q], run[2 * q + 1]);
+#endif
+          }
         }
       }
     } else {
@@ -308,40 +313,69 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
   return invalid;
 }
 
-// The segment data of a packed panel (SegmentData): per segment, the largest
-// sum of squares of one lane's mantissas (exact, in 64 bits), as an upper
-// bound of its square root, and the largest |I|.
+// Sum over the pairs [q0, q0 + count) of a packed panel of each lane's
+// squared mantissas, lo^2 + hi^2 (exact: at most 2^31 per pair).
+template <int kWidth>
+inline void LaneSquares(const int32_t* words, int64_t q0, int64_t count, uint64_t* squares) {
+  for (int l = 0; l < kWidth; ++l) squares[l] = 0;
+#if TF_LOWPREC_DFP_VNNI
+  if (kWidth == kMr && count == kSegPairs) {
+    // 8 pairs of 6 lanes = 48 consecutive words = 3 vectors; vpmaddwd gives
+    // every word's lo^2 + hi^2, then 6 strided sums.
+    static_assert(kSegPairs * kMr == 48, "three vectors per full A segment");
+    alignas(64) uint32_t sq[48];
+    const int32_t* w = words + q0 * kWidth;
+    for (int v = 0; v < 3; ++v) {
+      const __m512i x = _mm512_loadu_si512(w + 16 * v);
+      _mm512_store_si512(sq + 16 * v, _mm512_madd_epi16(x, x));
+    }
+    for (int q = 0; q < kSegPairs; ++q) {
+      for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
+    }
+    return;
+  }
+#endif
+  for (int64_t q = q0; q < q0 + count; ++q) {
+    for (int l = 0; l < kWidth; ++l) {
+      const int32_t w = words[q * kWidth + l];
+      const int32_t lo = static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu);
+      const int32_t hi = w >> 16;
+      squares[l] += static_cast<uint32_t>(lo * lo) + static_cast<uint32_t>(hi * hi);
+    }
+  }
+}
+
+// The segment norms of a packed panel (SegmentData::norm): per segment, an
+// upper bound of the square root of the largest sum of squares of one
+// lane's mantissas (the sums are exact, in 64 bits).
 template <int kWidth>
 void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const SegmentLayout& segs,
-                     double* norm, int32_t* absmax) {
+                     double* norm) {
   constexpr double kSqrtUp = 1.0 + 1.0 / (1ull << 50);  // sqrt is correctly rounded
+  std::memset(norm, 0, sizeof(double) * segs.per_panel);
   for (int64_t blk = 0; blk < layout.blocks; ++blk) {
     const int32_t* words = panel + layout.PairOffset(blk) * kWidth;
     const int64_t pairs = layout.Pairs(blk);
     for (int64_t c0 = 0; c0 < pairs; c0 += segs.chunk_pairs) {
       const int64_t c1 = Min64(pairs, c0 + segs.chunk_pairs);
       for (int64_t s0 = c0; s0 < c1; s0 += kSegPairs) {
-        const int64_t s1 = Min64(c1, s0 + kSegPairs);
-        uint64_t squares[kWidth] = {};
-        int32_t largest = 0;
-        for (int64_t q = s0; q < s1; ++q) {
-          for (int l = 0; l < kWidth; ++l) {
-            const int32_t w = words[q * kWidth + l];
-            const int32_t lo = static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu);
-            const int32_t hi = w >> 16;
-            squares[l] += static_cast<uint32_t>(lo * lo) + static_cast<uint32_t>(hi * hi);
-            const int32_t m = Max64(lo < 0 ? -lo : lo, hi < 0 ? -hi : hi);
-            largest = m > largest ? m : largest;
-          }
-        }
+        uint64_t squares[kWidth];
+        LaneSquares<kWidth>(words, s0, Min64(c1, s0 + kSegPairs) - s0, squares);
         uint64_t best = 0;
         for (int l = 0; l < kWidth; ++l) best = squares[l] > best ? squares[l] : best;
-        const int64_t e = segs.Index(blk, s0);
-        norm[e] = __builtin_sqrt(static_cast<double>(best)) * kSqrtUp;
-        absmax[e] = largest;
+        norm[segs.Index(blk, s0)] = static_cast<double>(best);  // exact (< 2^53)
       }
     }
   }
+  // Square roots, rounded up (slots of segments that do not exist hold 0).
+  int64_t e = 0;
+#if TF_LOWPREC_DFP_VNNI
+  for (; e + 8 <= segs.per_panel; e += 8) {
+    _mm512_storeu_pd(norm + e, _mm512_mul_pd(_mm512_sqrt_pd(_mm512_loadu_pd(norm + e)),
+                                             _mm512_set1_pd(kSqrtUp)));
+  }
+#endif
+  for (; e < segs.per_panel; ++e) norm[e] = __builtin_sqrt(norm[e]) * kSqrtUp;
 }
 
 // ------------------------------------------------------------ micro-kernels
@@ -574,6 +608,45 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "vaddps 1088(%[tile]), %%zmm17, %%zmm17\n\t" \
   "vmovups %%zmm17, 1088(%[tile])\n\t"
 
+// tile[0..287] = float(accumulators).
+#define DFP_STORE_TO_TILE \
+  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
+  "vmovups %%zmm0, 0(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
+  "vmovups %%zmm1, 64(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
+  "vmovups %%zmm2, 128(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
+  "vmovups %%zmm3, 192(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
+  "vmovups %%zmm4, 256(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
+  "vmovups %%zmm5, 320(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
+  "vmovups %%zmm6, 384(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
+  "vmovups %%zmm7, 448(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
+  "vmovups %%zmm8, 512(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
+  "vmovups %%zmm9, 576(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
+  "vmovups %%zmm10, 640(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
+  "vmovups %%zmm11, 704(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
+  "vmovups %%zmm12, 768(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
+  "vmovups %%zmm13, 832(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
+  "vmovups %%zmm14, 896(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
+  "vmovups %%zmm15, 960(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
+  "vmovups %%zmm16, 1024(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
+  "vmovups %%zmm17, 1088(%[tile])\n\t"
+
 // Overflow proof by segments (Cauchy-Schwarz).  The packing records, for
 // every segment of kSegPairs K pairs of every panel (segments start at each
 // chunk start), an upper bound on the largest Euclidean norm of one lane's
@@ -601,9 +674,9 @@ static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
 // step: vpdpwssds holds the exact running sum until it first leaves INT32,
 // and then holds exactly INT32_MAX or INT32_MIN.  Returns 0 when no chain
 // can have left INT32: the chunk sums are then converted to FP32 and added
-// to tile[0..287].  Otherwise returns non-zero and leaves tile untouched.
+// to tile[0..287] (stored there if init != 0).  Otherwise returns non-zero and leaves tile untouched.
 int ChainCertified(const int32_t* a, const int32_t* b, int64_t first, int64_t proved,
-                   int64_t pairs, int64_t seg, const int32_t* thr, float* tile) {
+                   int64_t pairs, int64_t seg, const int32_t* thr, int64_t init, float* tile) {
   int64_t n, t, flag;
   asm volatile(
       DFP_ZERO_ACCUMULATORS
@@ -648,11 +721,16 @@ int ChainCertified(const int32_t* a, const int32_t* b, int64_t first, int64_t pr
       "testl %k[flag], %k[flag]\n\t"
       "jnz 8f\n\t"
       "7:\n\t"
+      "testq %[init], %[init]\n\t"
+      "jnz 9f\n\t"
       DFP_ADD_TO_TILE
+      "jmp 8f\n\t"
+      "9:\n\t"
+      DFP_STORE_TO_TILE
       "8:\n\t"
       : [a] "+&r"(a), [b] "+&r"(b), [rc] "+&r"(proved), [rt] "+&r"(pairs), [thr] "+&r"(thr),
         [n] "=&r"(n), [t] "=&r"(t), [flag] "=&r"(flag)
-      : [seg] "r"(seg), [first] "r"(first), [tile] "r"(tile), [int_min] "m"(kInt32MinScalar),
+      : [seg] "r"(seg), [first] "r"(first), [tile] "r"(tile), [init] "r"(init), [int_min] "m"(kInt32MinScalar),
         [int_max] "m"(kInt32MaxScalar)
       : "memory", "cc", "k1", "k2", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
   return static_cast<int>(flag);
@@ -660,8 +738,7 @@ int ChainCertified(const int32_t* a, const int32_t* b, int64_t first, int64_t pr
 
 void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                  const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
-                 bool first, Stats* stats) {
-  if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
+                 bool first_call, Stats* stats) {
   int64_t c = 0;
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs, ++c) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
@@ -701,8 +778,10 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
       good = Min64(nseg, first + (after == 0 ? 64 : __builtin_ctzll(after)));
     }
     const int64_t proved = Min64(pairs, good * kSegPairs);
+    const bool init = first_call && c == 0;  // the tile holds nothing yet
     if (ChainCertified(a, b, Min64(pairs, first * kSegPairs), proved, pairs, kSegPairs,
-                       thr + first, tile) != 0) {
+                       thr + first, init, tile) != 0) {
+      if (init) std::memset(tile, 0, sizeof(float) * kMr * kNr);
       // Rare: some chain reached the INT32 limits.  Recompute exactly.
       stats->overflowed_chunks += ExactChunk(a, b, pairs, tile);
       stats->recomputed_tiles += 1;
@@ -740,8 +819,6 @@ struct Plan {
   int32_t* packed_b;
   double* a_norm;  // [a_batches][a_panels][segs.per_panel] (SegmentData)
   double* b_norm;
-  int32_t* a_absmax;
-  int32_t* b_absmax;
   uint8_t* a_nonfinite;  // [a_batches][m]
   uint8_t* b_nonfinite;  // [b_batches][n]
   int64_t mc, nc;  // rows and columns of a work item (<= kMc, kNc)
@@ -784,8 +861,7 @@ void PackA(void* arg, int64_t begin, int64_t end) {
     invalid += PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0),
                               panel, plan.a_nonfinite + batch * p.m + row0);
 #if TF_LOWPREC_DFP_VNNI
-    MeasureSegments<kMr>(panel, plan.layout, plan.segs, plan.a_norm + u * plan.segs.per_panel,
-                         plan.a_absmax + u * plan.segs.per_panel);
+    MeasureSegments<kMr>(panel, plan.layout, plan.segs, plan.a_norm + u * plan.segs.per_panel);
 #endif
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
@@ -802,8 +878,7 @@ void PackB(void* arg, int64_t begin, int64_t end) {
     invalid += PackPanel<kNr>(ViewOfB(p, batch), plan.layout, col0, Min64(kNr, p.n - col0),
                               panel, plan.b_nonfinite + batch * p.n + col0);
 #if TF_LOWPREC_DFP_VNNI
-    MeasureSegments<kNr>(panel, plan.layout, plan.segs, plan.b_norm + u * plan.segs.per_panel,
-                         plan.b_absmax + u * plan.segs.per_panel);
+    MeasureSegments<kNr>(panel, plan.layout, plan.segs, plan.b_norm + u * plan.segs.per_panel);
 #endif
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
@@ -839,16 +914,40 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
           const int64_t ua = ab * plan.a_panels + ip, ub = bb * plan.b_panels + jp;
           const int64_t seg = plan.segs.Index(blk, q);
           const SegmentData sa = {plan.a_norm + ua * plan.segs.per_panel + seg,
-                                  plan.a_absmax + ua * plan.segs.per_panel + seg,
                                   plan.segs.per_chunk};
           const SegmentData sb = {plan.b_norm + ub * plan.segs.per_panel + seg,
-                                  plan.b_absmax + ub * plan.segs.per_panel + seg,
                                   plan.segs.per_chunk};
           MicroKernel(apanel, bpanel, sa, sb, np, plan.chunk_pairs, tile, q == 0, stats);
         }
       }
     }
     // End of the exponent block: out (+)= float(acc_b * 2^Ea * 2^Eb).
+    if (p.ea_row_stride == 0 && p.eb_col_stride == 0) {
+      // One exponent pair for the whole block: acc_b (0 or an integer of
+      // magnitude in [1, 2^(32 + bit length of K))) times 2^s is a normal
+      // float for s in [-126, kMaxShift]: exact in FP32, so the same value
+      // as the double product rounded once.
+      const int64_t s = int64_t{ea[blk * p.ea_block_stride]} + eb[blk * p.eb_block_stride];
+      const int64_t max_shift = 126 - 32 - (64 - __builtin_clzll(static_cast<uint64_t>(p.k) | 1));
+      if (s >= -126 && s <= max_shift) {
+        const float scale = FloatPow2(static_cast<int32_t>(s));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t ip = i / kMr, r = i % kMr;
+          float* o = out + i * p.n;
+          for (int64_t jp = jp0; jp < jp1; ++jp) {
+            const float* t = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr) + r * kNr;
+            const int64_t ja = jp * kNr, jb = Min64(j1, ja + kNr);
+            float* oo = o + ja;
+            if (blk == 0) {
+              for (int64_t c = 0; c < jb - ja; ++c) oo[c] = t[c] * scale;
+            } else {
+              for (int64_t c = 0; c < jb - ja; ++c) oo[c] = oo[c] + t[c] * scale;
+            }
+          }
+        }
+        continue;
+      }
+    }
     for (int64_t i = i0; i < i1; ++i) {
       scale_a[i - i0] = DoublePow2(ea[i * p.ea_row_stride + blk * p.ea_block_stride]);
     }
@@ -926,8 +1025,6 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   const int64_t at_packed_b = piece(4 * b_units * plan.b_panel_words);
   const int64_t at_a_norm = piece(8 * a_units * plan.segs.per_panel);
   const int64_t at_b_norm = piece(8 * b_units * plan.segs.per_panel);
-  const int64_t at_a_absmax = piece(4 * a_units * plan.segs.per_panel);
-  const int64_t at_b_absmax = piece(4 * b_units * plan.segs.per_panel);
   const int64_t at_a_nonfinite = piece(plan.a_batches * p.m);
   const int64_t at_b_nonfinite = piece(plan.b_batches * p.n);
   int64_t capacity = 0;
@@ -936,8 +1033,6 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.packed_b = reinterpret_cast<int32_t*>(workspace + at_packed_b);
   plan.a_norm = reinterpret_cast<double*>(workspace + at_a_norm);
   plan.b_norm = reinterpret_cast<double*>(workspace + at_b_norm);
-  plan.a_absmax = reinterpret_cast<int32_t*>(workspace + at_a_absmax);
-  plan.b_absmax = reinterpret_cast<int32_t*>(workspace + at_b_absmax);
   plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
   plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
   std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
