@@ -884,6 +884,14 @@ void PackB(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
+// Units [0, B panels) pack B, the rest pack A.
+void PackBoth(void* arg, int64_t begin, int64_t end) {
+  const Plan& plan = *static_cast<Plan*>(arg);
+  const int64_t b_units = plan.b_batches * plan.b_panels;
+  if (begin < b_units) PackB(arg, begin, Min64(end, b_units));
+  if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);
+}
+
 // One work item: rows [i0, i0 + mc) x columns [j0, j0 + nc) of one batch.
 void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
                  double* scale_b, Stats* stats) {
@@ -1061,8 +1069,11 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.col_items = CeilDiv(p.n, plan.nc);
 
   const int64_t k = Max64(p.k, 1);
-  parallel.run(parallel.context, plan.a_batches * plan.a_panels, 8 * kMr * k, PackA, &plan);
-  parallel.run(parallel.context, plan.b_batches * plan.b_panels, 8 * kNr * k, PackB, &plan);
+  // One parallel region packs both (B's wider panels first, so that the
+  // pool's dynamic scheduling evens out the unequal unit costs).
+  parallel.run(parallel.context, b_units + a_units,
+               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_units + a_units), PackBoth,
+               &plan);
   parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
                plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems, &plan);
 

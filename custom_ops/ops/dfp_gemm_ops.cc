@@ -332,8 +332,8 @@ class DfpMatmulFusedOp : public OpKernel {
 
     const float* a_data = a.flat<float>().data();
     const float* b_data = b.flat<float>().data();
-    int32_t ea = SharedExponent(ctx, a_data, a.NumElements());
-    int32_t eb = SharedExponent(ctx, b_data, b.NumElements());
+    int32_t ea, eb;
+    SharedExponents(ctx, a_data, a.NumElements(), b_data, b.NumElements(), &ea, &eb);
     // Outside the exponent range where the fused rounding is exact, round
     // into temporaries with quantize_dfp's own loops (same results).
     Tensor a_rounded, b_rounded;
@@ -368,19 +368,26 @@ class DfpMatmulFusedOp : public OpKernel {
   }
 
  private:
-  // quantize_dfp's per-tensor exponent: from the largest finite |x|.
-  int32_t SharedExponent(OpKernelContext* ctx, const float* x, int64_t n) {
+  // quantize_dfp's per-tensor exponents of x and y: from their largest
+  // finite magnitudes (one parallel pass over both).
+  void SharedExponents(OpKernelContext* ctx, const float* x, int64_t nx, const float* y,
+                       int64_t ny, int32_t* ex, int32_t* ey) {
     constexpr int64_t kUnit = 1 << 16;
-    const int64_t units = (n + kUnit - 1) / kUnit;
-    std::vector<uint32_t> partial(units, 0);
+    const int64_t ux = (nx + kUnit - 1) / kUnit, uy = (ny + kUnit - 1) / kUnit;
+    std::vector<uint32_t> partial(ux + uy, 0);
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    pool->ParallelFor(units, kUnit, [&](int64_t begin, int64_t end) {
+    pool->ParallelFor(ux + uy, kUnit, [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {
-        partial[u] = loops_->max_abs_bits_all(x + u * kUnit, std::min(kUnit, n - u * kUnit));
+        const float* data = u < ux ? x + u * kUnit : y + (u - ux) * kUnit;
+        const int64_t n = u < ux ? std::min(kUnit, nx - u * kUnit)
+                                 : std::min(kUnit, ny - (u - ux) * kUnit);
+        partial[u] = loops_->max_abs_bits_all(data, n);
       }
     });
-    const uint32_t max_bits = units == 0 ? 0 : *std::max_element(partial.begin(), partial.end());
-    return DfpSharedExponent(max_bits, spec_);
+    const uint32_t mx = ux == 0 ? 0 : *std::max_element(partial.begin(), partial.begin() + ux);
+    const uint32_t my = uy == 0 ? 0 : *std::max_element(partial.begin() + ux, partial.end());
+    *ex = DfpSharedExponent(mx, spec_);
+    *ey = DfpSharedExponent(my, spec_);
   }
 
   void RoundToExponent(const float* x, int64_t n, const int32_t* e, float* out) {
