@@ -178,6 +178,19 @@ def test_isas_agree_with_many_overflows():
         assert int(count) == want_count > 0
 
 
+@pytest.mark.parametrize("n", [20, 48, 64, 300])  # tiles of 32, 48, 64 and 48 columns
+def test_every_tile_width_with_overflows(n):
+    rng = np.random.default_rng(n)
+    a = rng.uniform(-1, 1, (13, 300)).astype(np.float32)
+    b = rng.uniform(-1, 1, (300, n)).astype(np.float32)
+    want, want_count = reference(a, b, count=True)
+    assert want_count > 0
+    for isa in ISAS:
+        got, count = lp.dfp_matmul(a, b, isa=isa, return_overflow_count=True)
+        np.testing.assert_array_equal(bits(got), bits(want))
+        assert int(count) == want_count
+
+
 def test_certified_and_checked_chunks_agree():
     """Small mantissas (one outlier per tensor) run the VNNI chains without
     tracking (bounded in advance); a full-scale block beside them is checked."""

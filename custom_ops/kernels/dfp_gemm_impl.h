@@ -45,11 +45,12 @@ namespace TF_LOWPREC_DFP_ISA {
 namespace {
 
 constexpr int kMr = 6;          // rows of a micro-tile
-constexpr int kNv = 3;          // 16-lane vectors per micro-tile row
-constexpr int kNr = 16 * kNv;   // columns of a micro-tile
+// Micro-tiles have 16 * kNv columns, kNv = 2, 3 or 4 (chosen from n).
 constexpr int64_t kMc = 96;     // rows of a work item (multiple of kMr)
-constexpr int64_t kNc = 480;    // columns of a work item (multiple of kNr)
-constexpr int64_t kKcPairs = 128;  // K pairs per micro-kernel call (before rounding to chunks)
+constexpr int64_t kNcPanels = 10;  // B panels (of 16 * kNv columns) per work item
+// K pairs per micro-kernel call (before rounding to chunks): the B
+// micro-panel (kKcPairs * 64 * kNv bytes, 24 KB) stays in L1.
+constexpr int64_t KcPairs(int nv) { return 384 / nv; }
 constexpr int64_t kSegPairs = 8;   // K pairs per overflow-certification segment
 constexpr int64_t kMaxSegments = 64;  // proved per chunk (a multiple of 8); the rest is tracked
 
@@ -386,7 +387,9 @@ inline int32_t HighHalf(int32_t w) { return static_cast<int16_t>(static_cast<uin
 // Exact chunk: tile[r][c] += float(sum of the chunk's pair sums) computed in
 // INT64.  Returns how many of the kMr x kNr chains would have overflowed
 // INT32 (a prefix of pair sums outside [INT32_MIN, INT32_MAX]).
+template <int kNv>
 int64_t ExactChunk(const int32_t* ap, const int32_t* bp, int64_t pairs, float* tile) {
+  constexpr int kNr = 16 * kNv;
   int64_t sums[kMr * kNr];
   uint8_t overflow[kMr * kNr];
   std::memset(sums, 0, sizeof sums);
@@ -421,13 +424,171 @@ int64_t ExactChunk(const int32_t* ap, const int32_t* bp, int64_t pairs, float* t
 
 #if TF_LOWPREC_DFP_VNNI
 
-// kMr x kNr micro-kernel: INT32 chains with vpdpwssds and saturation detection.
-static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48 tiles");
+// kMr x (16 * kNv) micro-kernels: INT32 chains with vpdpwssds.
+static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows");
 
-// Assembly pieces of the micro-kernels (18 accumulators zmm0..zmm17: row r,
-// vector v in zmm(3r + v); B rows in zmm26..28; zmm20..25 scratch).
+// Assembly pieces of the micro-kernels, for tiles of 6 rows x 16 * NV
+// columns (suffix _NV): accumulator of row r, vector v in zmm(NV * r + v);
+// B rows loaded into the DFP_B_NV registers; the others are scratch.
 
-#define DFP_ZERO_ACCUMULATORS \
+#define DFP_ZERO_ACCUMULATORS_2 \
+  "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm1\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm2\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm3\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm4\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm5\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm6\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm7\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm8\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm9\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm10\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm11\n\t"
+
+// One K pair: 6 * NV vpdpwssds, A broadcast from memory.
+#define DFP_VNNI_STEP_2 \
+  "vmovdqu64 0(%[b]), %%zmm26\n\t" \
+  "vmovdqu64 64(%[b]), %%zmm27\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm0\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm1\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm2\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm3\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm4\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm5\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm8\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm9\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm10\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm11\n\t" \
+  "addq $24, %[a]\n\t" \
+  "addq $128, %[b]\n\t"
+
+// zmm20 = lane-wise max over the accumulators of |S| (unsigned: |INT32_MIN|
+// reads as 2^31, above every threshold).
+#define DFP_ABS_MAX_2 \
+  "vpabsd %%zmm0, %%zmm20\n\t" \
+  "vpabsd %%zmm1, %%zmm21\n\t" \
+  "vpabsd %%zmm2, %%zmm22\n\t" \
+  "vpabsd %%zmm3, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm4, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm5, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpabsd %%zmm6, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm7, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm8, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpabsd %%zmm9, %%zmm23\n\t" \
+  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
+  "vpabsd %%zmm10, %%zmm24\n\t" \
+  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
+  "vpabsd %%zmm11, %%zmm25\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpmaxud %%zmm21, %%zmm20, %%zmm20\n\t" \
+  "vpmaxud %%zmm22, %%zmm20, %%zmm20\n\t"
+
+// zmm18 = max(itself, every accumulator), zmm19 = min(itself, every accumulator).
+#define DFP_TRACK_MAX_MIN_2 \
+  "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t" \
+  "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm2, %%zmm3, %%zmm21\n\t" \
+  "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm4, %%zmm5, %%zmm22\n\t" \
+  "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm6, %%zmm7, %%zmm20\n\t" \
+  "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm8, %%zmm9, %%zmm21\n\t" \
+  "vpmaxsd %%zmm21, %%zmm18, %%zmm18\n\t" \
+  "vpmaxsd %%zmm10, %%zmm11, %%zmm22\n\t" \
+  "vpmaxsd %%zmm22, %%zmm18, %%zmm18\n\t" \
+  "vpminsd %%zmm0, %%zmm1, %%zmm20\n\t" \
+  "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm2, %%zmm3, %%zmm21\n\t" \
+  "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm4, %%zmm5, %%zmm22\n\t" \
+  "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm6, %%zmm7, %%zmm20\n\t" \
+  "vpminsd %%zmm20, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm8, %%zmm9, %%zmm21\n\t" \
+  "vpminsd %%zmm21, %%zmm19, %%zmm19\n\t" \
+  "vpminsd %%zmm10, %%zmm11, %%zmm22\n\t" \
+  "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
+
+// tile += float(accumulators) (float() rounds to nearest even).
+#define DFP_ADD_TO_TILE_2 \
+  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
+  "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
+  "vmovups %%zmm0, 0(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
+  "vaddps 64(%[tile]), %%zmm1, %%zmm1\n\t" \
+  "vmovups %%zmm1, 64(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
+  "vaddps 128(%[tile]), %%zmm2, %%zmm2\n\t" \
+  "vmovups %%zmm2, 128(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
+  "vaddps 192(%[tile]), %%zmm3, %%zmm3\n\t" \
+  "vmovups %%zmm3, 192(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
+  "vaddps 256(%[tile]), %%zmm4, %%zmm4\n\t" \
+  "vmovups %%zmm4, 256(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
+  "vaddps 320(%[tile]), %%zmm5, %%zmm5\n\t" \
+  "vmovups %%zmm5, 320(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
+  "vaddps 384(%[tile]), %%zmm6, %%zmm6\n\t" \
+  "vmovups %%zmm6, 384(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
+  "vaddps 448(%[tile]), %%zmm7, %%zmm7\n\t" \
+  "vmovups %%zmm7, 448(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
+  "vaddps 512(%[tile]), %%zmm8, %%zmm8\n\t" \
+  "vmovups %%zmm8, 512(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
+  "vaddps 576(%[tile]), %%zmm9, %%zmm9\n\t" \
+  "vmovups %%zmm9, 576(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
+  "vaddps 640(%[tile]), %%zmm10, %%zmm10\n\t" \
+  "vmovups %%zmm10, 640(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
+  "vaddps 704(%[tile]), %%zmm11, %%zmm11\n\t" \
+  "vmovups %%zmm11, 704(%[tile])\n\t"
+
+// tile = float(accumulators).
+#define DFP_STORE_TO_TILE_2 \
+  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
+  "vmovups %%zmm0, 0(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
+  "vmovups %%zmm1, 64(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
+  "vmovups %%zmm2, 128(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
+  "vmovups %%zmm3, 192(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
+  "vmovups %%zmm4, 256(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
+  "vmovups %%zmm5, 320(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
+  "vmovups %%zmm6, 384(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
+  "vmovups %%zmm7, 448(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
+  "vmovups %%zmm8, 512(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
+  "vmovups %%zmm9, 576(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
+  "vmovups %%zmm10, 640(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
+  "vmovups %%zmm11, 704(%[tile])\n\t"
+
+#define DFP_ABS_REG_2 "20"
+#define DFP_MAX_REG_2 "18"
+#define DFP_MIN_REG_2 "19"
+
+#define DFP_ZERO_ACCUMULATORS_3 \
   "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
   "vmovdqa64 %%zmm0, %%zmm1\n\t" \
   "vmovdqa64 %%zmm0, %%zmm2\n\t" \
@@ -447,8 +608,8 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "vmovdqa64 %%zmm0, %%zmm16\n\t" \
   "vmovdqa64 %%zmm0, %%zmm17\n\t"
 
-// One K pair: 18 vpdpwssds, A broadcast from memory.
-#define DFP_VNNI_STEP \
+// One K pair: 6 * NV vpdpwssds, A broadcast from memory.
+#define DFP_VNNI_STEP_3 \
   "vmovdqu64 0(%[b]), %%zmm26\n\t" \
   "vmovdqu64 64(%[b]), %%zmm27\n\t" \
   "vmovdqu64 128(%[b]), %%zmm28\n\t" \
@@ -473,9 +634,9 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "addq $24, %[a]\n\t" \
   "addq $192, %[b]\n\t"
 
-// zmm20 = lane-wise max over the 18 accumulators of |S| (unsigned: |INT32_MIN|
+// zmm20 = lane-wise max over the accumulators of |S| (unsigned: |INT32_MIN|
 // reads as 2^31, above every threshold).
-#define DFP_ABS_MAX_TO_ZMM20 \
+#define DFP_ABS_MAX_3 \
   "vpabsd %%zmm0, %%zmm20\n\t" \
   "vpabsd %%zmm1, %%zmm21\n\t" \
   "vpabsd %%zmm2, %%zmm22\n\t" \
@@ -512,8 +673,8 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "vpmaxud %%zmm21, %%zmm20, %%zmm20\n\t" \
   "vpmaxud %%zmm22, %%zmm20, %%zmm20\n\t"
 
-// zmm18 = max(zmm18, every accumulator), zmm19 = min(zmm19, every accumulator).
-#define DFP_TRACK_MAX_MIN \
+// zmm18 = max(itself, every accumulator), zmm19 = min(itself, every accumulator).
+#define DFP_TRACK_MAX_MIN_3 \
   "vpmaxsd %%zmm0, %%zmm1, %%zmm20\n\t" \
   "vpmaxsd %%zmm2, %%zmm20, %%zmm20\n\t" \
   "vpmaxsd %%zmm20, %%zmm18, %%zmm18\n\t" \
@@ -551,8 +712,8 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "vpminsd %%zmm17, %%zmm22, %%zmm22\n\t" \
   "vpminsd %%zmm22, %%zmm19, %%zmm19\n\t"
 
-// tile[0..287] += float(accumulators) (float() rounds to nearest even).
-#define DFP_ADD_TO_TILE \
+// tile += float(accumulators) (float() rounds to nearest even).
+#define DFP_ADD_TO_TILE_3 \
   "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
   "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
   "vmovups %%zmm0, 0(%[tile])\n\t" \
@@ -608,8 +769,8 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "vaddps 1088(%[tile]), %%zmm17, %%zmm17\n\t" \
   "vmovups %%zmm17, 1088(%[tile])\n\t"
 
-// tile[0..287] = float(accumulators).
-#define DFP_STORE_TO_TILE \
+// tile = float(accumulators).
+#define DFP_STORE_TO_TILE_3 \
   "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
   "vmovups %%zmm0, 0(%[tile])\n\t" \
   "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
@@ -647,6 +808,301 @@ static_assert(kMr == 6 && kNv == 3, "the VNNI micro-kernel is written for 6 x 48
   "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
   "vmovups %%zmm17, 1088(%[tile])\n\t"
 
+#define DFP_ABS_REG_3 "20"
+#define DFP_MAX_REG_3 "18"
+#define DFP_MIN_REG_3 "19"
+
+#define DFP_ZERO_ACCUMULATORS_4 \
+  "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm1\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm2\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm3\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm4\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm5\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm6\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm7\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm8\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm9\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm10\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm11\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm12\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm13\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm14\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm15\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm16\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm17\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm18\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm19\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm20\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm21\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm22\n\t" \
+  "vmovdqa64 %%zmm0, %%zmm23\n\t"
+
+// One K pair: 6 * NV vpdpwssds, A broadcast from memory.
+#define DFP_VNNI_STEP_4 \
+  "vmovdqu64 0(%[b]), %%zmm24\n\t" \
+  "vmovdqu64 64(%[b]), %%zmm25\n\t" \
+  "vmovdqu64 128(%[b]), %%zmm26\n\t" \
+  "vmovdqu64 192(%[b]), %%zmm27\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm24, %%zmm0\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm25, %%zmm1\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm26, %%zmm2\n\t" \
+  "vpdpwssds 0(%[a])%{1to16%}, %%zmm27, %%zmm3\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm24, %%zmm4\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm25, %%zmm5\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm26, %%zmm6\n\t" \
+  "vpdpwssds 4(%[a])%{1to16%}, %%zmm27, %%zmm7\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm24, %%zmm8\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm25, %%zmm9\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm26, %%zmm10\n\t" \
+  "vpdpwssds 8(%[a])%{1to16%}, %%zmm27, %%zmm11\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm24, %%zmm12\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm25, %%zmm13\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm26, %%zmm14\n\t" \
+  "vpdpwssds 12(%[a])%{1to16%}, %%zmm27, %%zmm15\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm24, %%zmm16\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm25, %%zmm17\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm26, %%zmm18\n\t" \
+  "vpdpwssds 16(%[a])%{1to16%}, %%zmm27, %%zmm19\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm24, %%zmm20\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm25, %%zmm21\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm26, %%zmm22\n\t" \
+  "vpdpwssds 20(%[a])%{1to16%}, %%zmm27, %%zmm23\n\t" \
+  "addq $24, %[a]\n\t" \
+  "addq $256, %[b]\n\t"
+
+// zmm28 = lane-wise max over the accumulators of |S| (unsigned: |INT32_MIN|
+// reads as 2^31, above every threshold).
+#define DFP_ABS_MAX_4 \
+  "vpabsd %%zmm0, %%zmm28\n\t" \
+  "vpabsd %%zmm1, %%zmm29\n\t" \
+  "vpabsd %%zmm2, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm3, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm4, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm5, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm6, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm7, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm8, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm9, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm10, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm11, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm12, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm13, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm14, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm15, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm16, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm17, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm18, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm19, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm20, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm21, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpabsd %%zmm22, %%zmm30\n\t" \
+  "vpmaxud %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpabsd %%zmm23, %%zmm31\n\t" \
+  "vpmaxud %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpmaxud %%zmm29, %%zmm28, %%zmm28\n\t"
+
+// zmm28 = max(itself, every accumulator), zmm29 = min(itself, every accumulator).
+#define DFP_TRACK_MAX_MIN_4 \
+  "vpmaxsd %%zmm0, %%zmm1, %%zmm30\n\t" \
+  "vpmaxsd %%zmm2, %%zmm30, %%zmm30\n\t" \
+  "vpmaxsd %%zmm3, %%zmm30, %%zmm30\n\t" \
+  "vpmaxsd %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpmaxsd %%zmm4, %%zmm5, %%zmm31\n\t" \
+  "vpmaxsd %%zmm6, %%zmm31, %%zmm31\n\t" \
+  "vpmaxsd %%zmm7, %%zmm31, %%zmm31\n\t" \
+  "vpmaxsd %%zmm31, %%zmm28, %%zmm28\n\t" \
+  "vpmaxsd %%zmm8, %%zmm9, %%zmm30\n\t" \
+  "vpmaxsd %%zmm10, %%zmm30, %%zmm30\n\t" \
+  "vpmaxsd %%zmm11, %%zmm30, %%zmm30\n\t" \
+  "vpmaxsd %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpmaxsd %%zmm12, %%zmm13, %%zmm31\n\t" \
+  "vpmaxsd %%zmm14, %%zmm31, %%zmm31\n\t" \
+  "vpmaxsd %%zmm15, %%zmm31, %%zmm31\n\t" \
+  "vpmaxsd %%zmm31, %%zmm28, %%zmm28\n\t" \
+  "vpmaxsd %%zmm16, %%zmm17, %%zmm30\n\t" \
+  "vpmaxsd %%zmm18, %%zmm30, %%zmm30\n\t" \
+  "vpmaxsd %%zmm19, %%zmm30, %%zmm30\n\t" \
+  "vpmaxsd %%zmm30, %%zmm28, %%zmm28\n\t" \
+  "vpmaxsd %%zmm20, %%zmm21, %%zmm31\n\t" \
+  "vpmaxsd %%zmm22, %%zmm31, %%zmm31\n\t" \
+  "vpmaxsd %%zmm23, %%zmm31, %%zmm31\n\t" \
+  "vpmaxsd %%zmm31, %%zmm28, %%zmm28\n\t" \
+  "vpminsd %%zmm0, %%zmm1, %%zmm30\n\t" \
+  "vpminsd %%zmm2, %%zmm30, %%zmm30\n\t" \
+  "vpminsd %%zmm3, %%zmm30, %%zmm30\n\t" \
+  "vpminsd %%zmm30, %%zmm29, %%zmm29\n\t" \
+  "vpminsd %%zmm4, %%zmm5, %%zmm31\n\t" \
+  "vpminsd %%zmm6, %%zmm31, %%zmm31\n\t" \
+  "vpminsd %%zmm7, %%zmm31, %%zmm31\n\t" \
+  "vpminsd %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpminsd %%zmm8, %%zmm9, %%zmm30\n\t" \
+  "vpminsd %%zmm10, %%zmm30, %%zmm30\n\t" \
+  "vpminsd %%zmm11, %%zmm30, %%zmm30\n\t" \
+  "vpminsd %%zmm30, %%zmm29, %%zmm29\n\t" \
+  "vpminsd %%zmm12, %%zmm13, %%zmm31\n\t" \
+  "vpminsd %%zmm14, %%zmm31, %%zmm31\n\t" \
+  "vpminsd %%zmm15, %%zmm31, %%zmm31\n\t" \
+  "vpminsd %%zmm31, %%zmm29, %%zmm29\n\t" \
+  "vpminsd %%zmm16, %%zmm17, %%zmm30\n\t" \
+  "vpminsd %%zmm18, %%zmm30, %%zmm30\n\t" \
+  "vpminsd %%zmm19, %%zmm30, %%zmm30\n\t" \
+  "vpminsd %%zmm30, %%zmm29, %%zmm29\n\t" \
+  "vpminsd %%zmm20, %%zmm21, %%zmm31\n\t" \
+  "vpminsd %%zmm22, %%zmm31, %%zmm31\n\t" \
+  "vpminsd %%zmm23, %%zmm31, %%zmm31\n\t" \
+  "vpminsd %%zmm31, %%zmm29, %%zmm29\n\t"
+
+// tile += float(accumulators) (float() rounds to nearest even).
+#define DFP_ADD_TO_TILE_4 \
+  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
+  "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
+  "vmovups %%zmm0, 0(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
+  "vaddps 64(%[tile]), %%zmm1, %%zmm1\n\t" \
+  "vmovups %%zmm1, 64(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
+  "vaddps 128(%[tile]), %%zmm2, %%zmm2\n\t" \
+  "vmovups %%zmm2, 128(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
+  "vaddps 192(%[tile]), %%zmm3, %%zmm3\n\t" \
+  "vmovups %%zmm3, 192(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
+  "vaddps 256(%[tile]), %%zmm4, %%zmm4\n\t" \
+  "vmovups %%zmm4, 256(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
+  "vaddps 320(%[tile]), %%zmm5, %%zmm5\n\t" \
+  "vmovups %%zmm5, 320(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
+  "vaddps 384(%[tile]), %%zmm6, %%zmm6\n\t" \
+  "vmovups %%zmm6, 384(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
+  "vaddps 448(%[tile]), %%zmm7, %%zmm7\n\t" \
+  "vmovups %%zmm7, 448(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
+  "vaddps 512(%[tile]), %%zmm8, %%zmm8\n\t" \
+  "vmovups %%zmm8, 512(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
+  "vaddps 576(%[tile]), %%zmm9, %%zmm9\n\t" \
+  "vmovups %%zmm9, 576(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
+  "vaddps 640(%[tile]), %%zmm10, %%zmm10\n\t" \
+  "vmovups %%zmm10, 640(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
+  "vaddps 704(%[tile]), %%zmm11, %%zmm11\n\t" \
+  "vmovups %%zmm11, 704(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
+  "vaddps 768(%[tile]), %%zmm12, %%zmm12\n\t" \
+  "vmovups %%zmm12, 768(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
+  "vaddps 832(%[tile]), %%zmm13, %%zmm13\n\t" \
+  "vmovups %%zmm13, 832(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
+  "vaddps 896(%[tile]), %%zmm14, %%zmm14\n\t" \
+  "vmovups %%zmm14, 896(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
+  "vaddps 960(%[tile]), %%zmm15, %%zmm15\n\t" \
+  "vmovups %%zmm15, 960(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
+  "vaddps 1024(%[tile]), %%zmm16, %%zmm16\n\t" \
+  "vmovups %%zmm16, 1024(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
+  "vaddps 1088(%[tile]), %%zmm17, %%zmm17\n\t" \
+  "vmovups %%zmm17, 1088(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm18, %%zmm18\n\t" \
+  "vaddps 1152(%[tile]), %%zmm18, %%zmm18\n\t" \
+  "vmovups %%zmm18, 1152(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm19, %%zmm19\n\t" \
+  "vaddps 1216(%[tile]), %%zmm19, %%zmm19\n\t" \
+  "vmovups %%zmm19, 1216(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm20, %%zmm20\n\t" \
+  "vaddps 1280(%[tile]), %%zmm20, %%zmm20\n\t" \
+  "vmovups %%zmm20, 1280(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm21, %%zmm21\n\t" \
+  "vaddps 1344(%[tile]), %%zmm21, %%zmm21\n\t" \
+  "vmovups %%zmm21, 1344(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm22, %%zmm22\n\t" \
+  "vaddps 1408(%[tile]), %%zmm22, %%zmm22\n\t" \
+  "vmovups %%zmm22, 1408(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm23, %%zmm23\n\t" \
+  "vaddps 1472(%[tile]), %%zmm23, %%zmm23\n\t" \
+  "vmovups %%zmm23, 1472(%[tile])\n\t"
+
+// tile = float(accumulators).
+#define DFP_STORE_TO_TILE_4 \
+  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
+  "vmovups %%zmm0, 0(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
+  "vmovups %%zmm1, 64(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
+  "vmovups %%zmm2, 128(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
+  "vmovups %%zmm3, 192(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
+  "vmovups %%zmm4, 256(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
+  "vmovups %%zmm5, 320(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
+  "vmovups %%zmm6, 384(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
+  "vmovups %%zmm7, 448(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
+  "vmovups %%zmm8, 512(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
+  "vmovups %%zmm9, 576(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
+  "vmovups %%zmm10, 640(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
+  "vmovups %%zmm11, 704(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
+  "vmovups %%zmm12, 768(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
+  "vmovups %%zmm13, 832(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
+  "vmovups %%zmm14, 896(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
+  "vmovups %%zmm15, 960(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
+  "vmovups %%zmm16, 1024(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
+  "vmovups %%zmm17, 1088(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm18, %%zmm18\n\t" \
+  "vmovups %%zmm18, 1152(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm19, %%zmm19\n\t" \
+  "vmovups %%zmm19, 1216(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm20, %%zmm20\n\t" \
+  "vmovups %%zmm20, 1280(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm21, %%zmm21\n\t" \
+  "vmovups %%zmm21, 1344(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm22, %%zmm22\n\t" \
+  "vmovups %%zmm22, 1408(%[tile])\n\t" \
+  "vcvtdq2ps %%zmm23, %%zmm23\n\t" \
+  "vmovups %%zmm23, 1472(%[tile])\n\t"
+
+#define DFP_ABS_REG_4 "28"
+#define DFP_MAX_REG_4 "28"
+#define DFP_MIN_REG_4 "29"
+
 // Overflow proof by segments (Cauchy-Schwarz).  The packing records, for
 // every segment of kSegPairs K pairs of every panel (segments start at each
 // chunk start), an upper bound on the largest Euclidean norm of one lane's
@@ -674,71 +1130,82 @@ static const int32_t kInt32MinScalar = static_cast<int32_t>(0x80000000u);
 // step: vpdpwssds holds the exact running sum until it first leaves INT32,
 // and then holds exactly INT32_MAX or INT32_MIN.  Returns 0 when no chain
 // can have left INT32: the chunk sums are then converted to FP32 and added
-// to tile[0..287] (stored there if init != 0).  Otherwise returns non-zero and leaves tile untouched.
+// to tile[0 .. 6 * 16 * kNv) (stored there if init != 0).  Otherwise returns non-zero and leaves tile untouched.
+template <int kNv>
 int ChainCertified(const int32_t* a, const int32_t* b, int64_t first, int64_t proved,
-                   int64_t pairs, int64_t seg, const int32_t* thr, int64_t init, float* tile) {
-  int64_t n, t, flag;
-  asm volatile(
-      DFP_ZERO_ACCUMULATORS
-      "xorl %k[flag], %k[flag]\n\t"
-      "testq %[rc], %[rc]\n\t"
-      "jz 5f\n\t"
-      "movq %[first], %[n]\n\t"
-      "jmp 3f\n\t"
-      "1:\n\t"  // a proved segment of n = min(seg, rc) pairs
-      "movq %[seg], %[n]\n\t"
-      "cmpq %[rc], %[n]\n\t"
-      "cmovaq %[rc], %[n]\n\t"
-      "3:\n\t"
-      "subq %[n], %[rc]\n\t"
-      "subq %[n], %[rt]\n\t"
-      "2:\n\t"
-      DFP_VNNI_STEP
-      "decq %[n]\n\t"
-      "jnz 2b\n\t"
-      "testq %[rt], %[rt]\n\t"
-      "jz 7f\n\t"
-      "testq %[rc], %[rc]\n\t"
-      "jz 5f\n\t"
-      DFP_ABS_MAX_TO_ZMM20
-      "vpcmpud $6, (%[thr])%{1to16%}, %%zmm20, %%k1\n\t"  // |S| > threshold
-      "addq $4, %[thr]\n\t"
-      "kortestw %%k1, %%k1\n\t"
-      "jz 1b\n\t"
-      "5:\n\t"  // the remaining rt >= 1 pairs, tracked
-      "vpbroadcastd %[int_min], %%zmm18\n\t"
-      "vpbroadcastd %[int_max], %%zmm19\n\t"
-      "6:\n\t"
-      DFP_VNNI_STEP
-      DFP_TRACK_MAX_MIN
-      "decq %[rt]\n\t"
-      "jnz 6b\n\t"
-      "vpcmpeqd %[int_max]%{1to16%}, %%zmm18, %%k1\n\t"
-      "vpcmpeqd %[int_min]%{1to16%}, %%zmm19, %%k2\n\t"
-      "korw %%k2, %%k1, %%k1\n\t"
-      "kmovw %%k1, %k[t]\n\t"
-      "movl %k[t], %k[flag]\n\t"
-      "testl %k[flag], %k[flag]\n\t"
-      "jnz 8f\n\t"
-      "7:\n\t"
-      "testq %[init], %[init]\n\t"
-      "jnz 9f\n\t"
-      DFP_ADD_TO_TILE
-      "jmp 8f\n\t"
-      "9:\n\t"
-      DFP_STORE_TO_TILE
-      "8:\n\t"
-      : [a] "+&r"(a), [b] "+&r"(b), [rc] "+&r"(proved), [rt] "+&r"(pairs), [thr] "+&r"(thr),
-        [n] "=&r"(n), [t] "=&r"(t), [flag] "=&r"(flag)
-      : [seg] "r"(seg), [first] "r"(first), [tile] "r"(tile), [init] "r"(init), [int_min] "m"(kInt32MinScalar),
-        [int_max] "m"(kInt32MaxScalar)
-      : "memory", "cc", "k1", "k2", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31");
-  return static_cast<int>(flag);
-}
+                   int64_t pairs, int64_t seg, const int32_t* thr, int64_t init, float* tile);
 
+#define DFP_DEFINE_CHAIN_CERTIFIED(NV) \
+template <> \
+int ChainCertified<NV>(const int32_t* a, const int32_t* b, int64_t first, int64_t proved, \
+                   int64_t pairs, int64_t seg, const int32_t* thr, int64_t init, float* tile) { \
+  int64_t n, t, flag; \
+  asm volatile( \
+      DFP_ZERO_ACCUMULATORS_##NV \
+      "xorl %k[flag], %k[flag]\n\t" \
+      "testq %[rc], %[rc]\n\t" \
+      "jz 5f\n\t" \
+      "movq %[first], %[n]\n\t" \
+      "jmp 3f\n\t" \
+      "1:\n\t" \
+      "movq %[seg], %[n]\n\t" \
+      "cmpq %[rc], %[n]\n\t" \
+      "cmovaq %[rc], %[n]\n\t" \
+      "3:\n\t" \
+      "subq %[n], %[rc]\n\t" \
+      "subq %[n], %[rt]\n\t" \
+      "2:\n\t" \
+      DFP_VNNI_STEP_##NV \
+      "decq %[n]\n\t" \
+      "jnz 2b\n\t" \
+      "testq %[rt], %[rt]\n\t" \
+      "jz 7f\n\t" \
+      "testq %[rc], %[rc]\n\t" \
+      "jz 5f\n\t" \
+      DFP_ABS_MAX_##NV \
+      "vpcmpud $6, (%[thr])%{1to16%}, %%zmm" DFP_ABS_REG_##NV ", %%k1\n\t" \
+      "addq $4, %[thr]\n\t" \
+      "kortestw %%k1, %%k1\n\t" \
+      "jz 1b\n\t" \
+      "5:\n\t" \
+      "vpbroadcastd %[int_min], %%zmm" DFP_MAX_REG_##NV "\n\t" \
+      "vpbroadcastd %[int_max], %%zmm" DFP_MIN_REG_##NV "\n\t" \
+      "6:\n\t" \
+      DFP_VNNI_STEP_##NV \
+      DFP_TRACK_MAX_MIN_##NV \
+      "decq %[rt]\n\t" \
+      "jnz 6b\n\t" \
+      "vpcmpeqd %[int_max]%{1to16%}, %%zmm" DFP_MAX_REG_##NV ", %%k1\n\t" \
+      "vpcmpeqd %[int_min]%{1to16%}, %%zmm" DFP_MIN_REG_##NV ", %%k2\n\t" \
+      "korw %%k2, %%k1, %%k1\n\t" \
+      "kmovw %%k1, %k[t]\n\t" \
+      "movl %k[t], %k[flag]\n\t" \
+      "testl %k[flag], %k[flag]\n\t" \
+      "jnz 8f\n\t" \
+      "7:\n\t" \
+      "testq %[init], %[init]\n\t" \
+      "jnz 9f\n\t" \
+      DFP_ADD_TO_TILE_##NV \
+      "jmp 8f\n\t" \
+      "9:\n\t" \
+      DFP_STORE_TO_TILE_##NV \
+      "8:\n\t" \
+      : [a] "+&r"(a), [b] "+&r"(b), [rc] "+&r"(proved), [rt] "+&r"(pairs), [thr] "+&r"(thr), \
+        [n] "=&r"(n), [t] "=&r"(t), [flag] "=&r"(flag) \
+      : [seg] "r"(seg), [first] "r"(first), [tile] "r"(tile), [init] "r"(init), [int_min] "m"(kInt32MinScalar), \
+        [int_max] "m"(kInt32MaxScalar) \
+      : "memory", "cc", "k1", "k2", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"); \
+  return static_cast<int>(flag); \
+}
+DFP_DEFINE_CHAIN_CERTIFIED(2)
+DFP_DEFINE_CHAIN_CERTIFIED(3)
+DFP_DEFINE_CHAIN_CERTIFIED(4)
+
+template <int kNv>
 void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                  const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
                  bool first_call, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
   int64_t c = 0;
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs, ++c) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
@@ -779,11 +1246,11 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     }
     const int64_t proved = Min64(pairs, good * kSegPairs);
     const bool init = first_call && c == 0;  // the tile holds nothing yet
-    if (ChainCertified(a, b, Min64(pairs, first * kSegPairs), proved, pairs, kSegPairs,
-                       thr + first, init, tile) != 0) {
+    if (ChainCertified<kNv>(a, b, Min64(pairs, first * kSegPairs), proved, pairs, kSegPairs,
+                            thr + first, init, tile) != 0) {
       if (init) std::memset(tile, 0, sizeof(float) * kMr * kNr);
       // Rare: some chain reached the INT32 limits.  Recompute exactly.
-      stats->overflowed_chunks += ExactChunk(a, b, pairs, tile);
+      stats->overflowed_chunks += ExactChunk<kNv>(a, b, pairs, tile);
       stats->recomputed_tiles += 1;
     }
   }
@@ -791,13 +1258,15 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
 
 #else  // portable
 
+template <int kNv>
 void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                  const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
                  bool first, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
   if (first) std::memset(tile, 0, sizeof(float) * kMr * kNr);
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
-    stats->overflowed_chunks += ExactChunk(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
+    stats->overflowed_chunks += ExactChunk<kNv>(ap + q0 * kMr, bp + q0 * kNr, pairs, tile);
   }
   (void)sa;
   (void)sb;
@@ -867,7 +1336,9 @@ void PackA(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
+template <int kNv>
 void PackB(void* arg, int64_t begin, int64_t end) {
+  constexpr int kNr = 16 * kNv;
   Plan& plan = *static_cast<Plan*>(arg);
   const Problem& p = *plan.p;
   int64_t invalid = 0;
@@ -885,16 +1356,19 @@ void PackB(void* arg, int64_t begin, int64_t end) {
 }
 
 // Units [0, B panels) pack B, the rest pack A.
+template <int kNv>
 void PackBoth(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<Plan*>(arg);
   const int64_t b_units = plan.b_batches * plan.b_panels;
-  if (begin < b_units) PackB(arg, begin, Min64(end, b_units));
+  if (begin < b_units) PackB<kNv>(arg, begin, Min64(end, b_units));
   if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);
 }
 
 // One work item: rows [i0, i0 + mc) x columns [j0, j0 + nc) of one batch.
+template <int kNv>
 void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
                  double* scale_b, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
   const Problem& p = *plan.p;
   const int64_t per_batch = plan.row_items * plan.col_items;
   const int64_t batch = item / per_batch;
@@ -925,7 +1399,7 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
                                   plan.segs.per_chunk};
           const SegmentData sb = {plan.b_norm + ub * plan.segs.per_panel + seg,
                                   plan.segs.per_chunk};
-          MicroKernel(apanel, bpanel, sa, sb, np, plan.chunk_pairs, tile, q == 0, stats);
+          MicroKernel<kNv>(apanel, bpanel, sa, sb, np, plan.chunk_pairs, tile, q == 0, stats);
         }
       }
     }
@@ -990,7 +1464,10 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
   }
 }
 
+template <int kNv>
 void ComputeItems(void* arg, int64_t begin, int64_t end) {
+  constexpr int kNr = 16 * kNv;
+  constexpr int64_t kNc = kNcPanels * kNr;
   const Plan& plan = *static_cast<Plan*>(arg);
   const int64_t tile_floats = (kMc / kMr + 1) * (kNc / kNr + 1) * kMr * kNr;
   int64_t capacity = 0;
@@ -999,21 +1476,24 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
   double* scale_a = reinterpret_cast<double*>(tiles + tile_floats);
   double* scale_b = scale_a + kMc;
   Stats stats;
-  for (int64_t u = begin; u < end; ++u) ComputeItem(plan, u, tiles, scale_a, scale_b, &stats);
+  for (int64_t u = begin; u < end; ++u) {
+    ComputeItem<kNv>(plan, u, tiles, scale_a, scale_b, &stats);
+  }
   ReleaseWorkspace(tiles, capacity);
   AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
   AtomicAdd(&plan.stats->recomputed_tiles, stats.recomputed_tiles);
 }
 
-void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
-  *stats = Stats();
-  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+template <int kNv>
+void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
+  constexpr int64_t kNc = kNcPanels * kNr;
   Plan plan;
   plan.p = &p;
   plan.stats = stats;
   plan.layout = MakeLayout(p.k, p.block_size);
   plan.chunk_pairs = Max64(1, p.chunk_size / 2);
-  plan.kc_pairs = plan.chunk_pairs * Max64(1, kKcPairs / plan.chunk_pairs);
+  plan.kc_pairs = plan.chunk_pairs * Max64(1, KcPairs(kNv) / plan.chunk_pairs);
   plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
   plan.a_panels = CeilDiv(p.m, kMr);
@@ -1072,10 +1552,10 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   // One parallel region packs both (B's wider panels first, so that the
   // pool's dynamic scheduling evens out the unequal unit costs).
   parallel.run(parallel.context, b_units + a_units,
-               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_units + a_units), PackBoth,
-               &plan);
+               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_units + a_units),
+               PackBoth<kNv>, &plan);
   parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
-               plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems, &plan);
+               plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems<kNv>, &plan);
 
   // Rows of a / columns of b with NaN or Inf: their outputs are NaN.
   const float nan = __builtin_nanf("");
@@ -1095,6 +1575,23 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
     }
   }
   ReleaseWorkspace(workspace, capacity);
+}
+
+// The tile width: the narrowest padding of n to whole micro-panels, and 48
+// columns for wide matrices (the tuned case; 64-column tiles would need a
+// shorter K piece to keep the B micro-panel in L1).
+void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
+  *stats = Stats();
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  const int64_t padded2 = CeilDiv(p.n, 32) * 32, padded3 = CeilDiv(p.n, 48) * 48,
+                padded4 = CeilDiv(p.n, 64) * 64;
+  if (p.n <= 256 && padded4 < padded3 && padded4 <= padded2) {
+    GemmWith<4>(p, parallel, stats);
+  } else if (p.n <= 256 && padded2 < padded3) {
+    GemmWith<2>(p, parallel, stats);
+  } else {
+    GemmWith<3>(p, parallel, stats);
+  }
 }
 
 }  // namespace
