@@ -293,7 +293,17 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
           for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;
         }
         int32_t* o = out + (kk / 2) * kWidth;
+#if TF_LOWPREC_DFP_VNNI
+        for (int64_t l = 0; l < lanes; l += 16) {  // pair words: lo | hi << 16
+          const __mmask16 live =
+              lanes - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (lanes - l)) - 1);
+          const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, lo + l));
+          const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, hi + l));
+          _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
+        }
+#else
         for (int64_t l = 0; l < lanes; ++l) o[l] = PairWord(lo[l], hi[l]);
+#endif
         if (nf) {  // rare: find which lanes
           for (int64_t l = 0; l < lanes; ++l) {
             const float v0 = x0[l * src.lane_stride];
@@ -1524,16 +1534,19 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
   plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
   std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
-  // Work items: at most kMc x kNc, made smaller until there are enough of
-  // them to keep every thread of the pool busy, halving the longer side
-  // (square-ish items re-read the least of the packed operands).
+  // Work items: at most kMc x kNc (and no larger than the matrix), made
+  // smaller until there are enough of them to keep every thread of the pool
+  // busy.  More row items re-read B, more column items re-read A: split the
+  // side whose extra re-reads are smaller (columns when m < n), and for a
+  // square matrix the longer side of the item.
   constexpr int64_t kMinItems = 6;
-  plan.mc = kMc;
-  plan.nc = kNc;
+  plan.mc = Min64(kMc, CeilDiv(p.m, kMr) * kMr);
+  plan.nc = Min64(kNc, CeilDiv(p.n, kNr) * kNr);
   while (p.batch * CeilDiv(p.m, plan.mc) * CeilDiv(p.n, plan.nc) < kMinItems) {
-    const bool can_m = plan.mc >= 4 * kMr && plan.mc < 2 * p.m;
-    const bool can_n = plan.nc >= 2 * kNr && plan.nc < 2 * p.n;
-    if (can_n && (plan.nc > 2 * plan.mc || !can_m)) {
+    const bool can_m = plan.mc >= 4 * kMr;
+    const bool can_n = plan.nc >= 2 * kNr;
+    const bool prefer_n = p.m != p.n ? p.m < p.n : plan.nc > 2 * plan.mc;
+    if (can_n && (prefer_n || !can_m)) {
       plan.nc = CeilDiv(plan.nc / 2, kNr) * kNr;
     } else if (can_m) {
       plan.mc = CeilDiv(plan.mc / 2, kMr) * kMr;
