@@ -4,7 +4,8 @@ One run measures, for each shape, interleaved (so that the load of a shared
 machine hits all alike), the median time of:
   fp32      tf.linalg.matmul on float32 inputs (oneDNN)
   bf16      tf.linalg.matmul on bfloat16 inputs (cast beforehand, not timed)
-  dfp16     lp.dfp_matmul on float32 inputs: quantize_dfp of both operands,
+  dfp16     lp.dfp_matmul on float32 inputs: the DFP16 rounding of both
+            operands (quantize_dfp's nearest_even, fused into the packing),
             packing to INT16, the INT16 GEMM, FP32 output (all conversions)
   dfp_gemm  the INT16 GEMM alone, on operands already quantized
 GOP/s counts 2*m*n*k operations, per second of wall time and per second of
@@ -124,8 +125,8 @@ def main():
         f.write("# dfp_matmul throughput (GOP/s, median of interleaved runs)\n\n")
         f.write(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average at the end "
                 f"{info['load_average_at_end'][0]:.1f} (shared machine).  dfp16 includes "
-                "quantize_dfp of both operands and the packing; dfp_gemm is the INT16 GEMM "
-                "alone.  Overflow counters over the run: "
+                "the DFP16 rounding of both operands (fused into the packing) and the "
+                "packing; dfp_gemm is the INT16 GEMM alone, on operands already quantized.  Overflow counters over the run: "
                 f"{counters['overflowed']} of {counters['chains']} INT32 chains.\n\n")
         f.write("Wall-time GOP/s; the last three columns are GOP per CPU-second of the "
                 "process (fp32, dfp16, their ratio).\n\n")

@@ -8,26 +8,32 @@
 //
 // Structure (a packed, cache-blocked GEMM in the GotoBLAS style):
 //   1. pack: a and b are converted to INT16 mantissas I = y * 2^-E (exact:
-//      y comes from quantize_dfp) and laid out as K-pairs, the operand format
-//      of vpdpwssd: a in panels of kMr rows, b in panels of kNr columns, each
-//      panel [pairs][lanes] of int32 words (low half: even k, high: odd k).
-//      Every exponent block is padded to an even length with zeros.
-//   2. compute: work items of kMc rows x kNc columns run the micro-kernel over
-//      K pieces of kKcPairs pairs; the micro-kernel keeps kMr x kNr INT32
-//      accumulators in registers, runs one INT32 chain per chunk and adds the
-//      chunk sums to an FP32 tile (acc_b in dfp_gemm.h).  At the end of an
-//      exponent block the tile is scaled by 2^(Ea+Eb) and added to out.
+//      y comes from quantize_dfp; or rounded to nearest even here, for the
+//      fused path, Problem::round_inputs) and laid out as K-pairs, the
+//      operand format of vpdpwssd: a in panels of kMr rows, b in panels of
+//      16 * kNv columns, each panel [pairs][lanes] of int32 words (low half:
+//      even k, high: odd k).  Every exponent block is padded to an even
+//      length with zeros.  Each panel also gets its segment norms (below).
+//   2. compute: work items of up to kMc rows x kNcPanels B panels run the
+//      micro-kernel over K pieces of KcPairs(kNv) pairs; the micro-kernel
+//      keeps kMr x 16 kNv INT32 accumulators in registers, runs one INT32
+//      chain per chunk and adds the chunk sums to an FP32 tile (acc_b in
+//      dfp_gemm.h).  At the end of an exponent block the tile is scaled by
+//      2^(Ea+Eb) and added to out.
 //   3. NaN: rows of a / columns of b that held NaN or Inf make their outputs NaN.
 //
 // Overflow (the VNNI path): the chain of a chunk uses the saturating form
 // vpdpwssds.  Each step adds a pair sum to the exact running sum, so until
 // the first saturation the register holds the exact prefix sum, and the first
-// saturation leaves exactly INT32_MAX or INT32_MIN.  Running max/min
-// registers record whether any accumulator reached either value; if so the
-// whole micro-tile chunk is recomputed exactly in INT64 (the portable code),
-// so the chunk sum is exact in every case.  The portable path computes every
-// chunk in INT64 directly.  Both count the (element, chunk) pairs whose INT32
-// chain would have overflowed, with the same definition.
+// saturation leaves exactly INT32_MAX or INT32_MIN.  Most chunks are proved
+// overflow-free from the operands' segment norms (Cauchy-Schwarz, with a
+// max-|S| checkpoint every kSegPairs steps; see ChainCertified); the rest of
+// a chunk whose proof fails runs with running max/min registers after every
+// step, and a chunk where a lane reached either limit is recomputed exactly
+// in INT64 (the portable code), so the chunk sum is exact in every case.
+// The portable path computes every chunk in INT64 directly.  Both count the
+// (element, chunk) pairs whose INT32 chain would have overflowed, with the
+// same definition.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
