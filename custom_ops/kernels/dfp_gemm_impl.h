@@ -1300,6 +1300,10 @@ struct Plan {
   int64_t a_panels, b_panels;  // per batch
   int64_t a_panel_words, b_panel_words;
   SegmentLayout segs;
+  // Every A panel is used by one work item only (one column item, A not
+  // broadcast over the batch): the items pack their own A panels, into a
+  // per-thread buffer that stays in cache, instead of a packing pass.
+  bool pack_a_in_items;
   int32_t* packed_a;
   int32_t* packed_b;
   double* a_norm;  // [a_batches][a_panels][segs.per_panel] (SegmentData)
@@ -1335,19 +1339,29 @@ OperandView ViewOfB(const Problem& p, int64_t batch) {
   return v;
 }
 
+// Packs A panel `panel` of batch `batch` into out (and its segment norms
+// into norm); returns the number of invalid elements.
+int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out, double* norm) {
+  const Problem& p = *plan.p;
+  const int64_t row0 = panel * kMr;
+  const int64_t invalid = PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0,
+                                         Min64(kMr, p.m - row0), out,
+                                         plan.a_nonfinite + batch * p.m + row0);
+#if TF_LOWPREC_DFP_VNNI
+  MeasureSegments<kMr>(out, plan.layout, plan.segs, norm);
+#else
+  (void)norm;
+#endif
+  return invalid;
+}
+
 void PackA(void* arg, int64_t begin, int64_t end) {
   Plan& plan = *static_cast<Plan*>(arg);
-  const Problem& p = *plan.p;
   int64_t invalid = 0;
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t batch = u / plan.a_panels;
-    const int64_t row0 = (u % plan.a_panels) * kMr;
-    int32_t* panel = plan.packed_a + u * plan.a_panel_words;
-    invalid += PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0),
-                              panel, plan.a_nonfinite + batch * p.m + row0);
-#if TF_LOWPREC_DFP_VNNI
-    MeasureSegments<kMr>(panel, plan.layout, plan.segs, plan.a_norm + u * plan.segs.per_panel);
-#endif
+    invalid += PackAPanel(plan, u / plan.a_panels, u % plan.a_panels,
+                          plan.packed_a + u * plan.a_panel_words,
+                          plan.a_norm + u * plan.segs.per_panel);
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
@@ -1377,13 +1391,13 @@ void PackBoth(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<Plan*>(arg);
   const int64_t b_units = plan.b_batches * plan.b_panels;
   if (begin < b_units) PackB<kNv>(arg, begin, Min64(end, b_units));
-  if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);
+  if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);  // (none if in items)
 }
 
 // One work item: rows [i0, i0 + mc) x columns [j0, j0 + nc) of one batch.
 template <int kNv>
 void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
-                 double* scale_b, Stats* stats) {
+                 double* scale_b, int32_t* local_a, double* local_a_norm, Stats* stats) {
   constexpr int kNr = 16 * kNv;
   const Problem& p = *plan.p;
   const int64_t per_batch = plan.row_items * plan.col_items;
@@ -1398,6 +1412,21 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
   const int32_t* ea = p.ea + ab * p.ea_batch_stride;
   const int32_t* eb = p.eb + bb * p.eb_batch_stride;
   float* out = p.out + batch * p.m * p.n;
+  // A panel ip is at a_words + (ip - a_first) * a_panel_words (norms likewise).
+  const int32_t* a_words = plan.packed_a + ab * plan.a_panels * plan.a_panel_words;
+  const double* a_norms = plan.a_norm + ab * plan.a_panels * plan.segs.per_panel;
+  int64_t a_first = 0;
+  if (plan.pack_a_in_items) {
+    int64_t invalid = 0;
+    for (int64_t ip = ip0; ip < ip1; ++ip) {
+      invalid += PackAPanel(plan, ab, ip, local_a + (ip - ip0) * plan.a_panel_words,
+                            local_a_norm + (ip - ip0) * plan.segs.per_panel);
+    }
+    stats->invalid_inputs += invalid;
+    a_words = local_a;
+    a_norms = local_a_norm;
+    a_first = ip0;
+  }
   for (int64_t blk = 0; blk < plan.layout.blocks; ++blk) {
     const int64_t pair0 = plan.layout.PairOffset(blk), pairs = plan.layout.Pairs(blk);
     for (int64_t q = 0; q < pairs; q += plan.kc_pairs) {
@@ -1407,11 +1436,11 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
             plan.packed_b + (bb * plan.b_panels + jp) * plan.b_panel_words + (pair0 + q) * kNr;
         for (int64_t ip = ip0; ip < ip1; ++ip) {
           const int32_t* apanel =
-              plan.packed_a + (ab * plan.a_panels + ip) * plan.a_panel_words + (pair0 + q) * kMr;
+              a_words + (ip - a_first) * plan.a_panel_words + (pair0 + q) * kMr;
           float* tile = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr);
-          const int64_t ua = ab * plan.a_panels + ip, ub = bb * plan.b_panels + jp;
+          const int64_t ub = bb * plan.b_panels + jp;
           const int64_t seg = plan.segs.Index(blk, q);
-          const SegmentData sa = {plan.a_norm + ua * plan.segs.per_panel + seg,
+          const SegmentData sa = {a_norms + (ip - a_first) * plan.segs.per_panel + seg,
                                   plan.segs.per_chunk};
           const SegmentData sb = {plan.b_norm + ub * plan.segs.per_panel + seg,
                                   plan.segs.per_chunk};
@@ -1486,16 +1515,27 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
   constexpr int64_t kNc = kNcPanels * kNr;
   const Plan& plan = *static_cast<Plan*>(arg);
   const int64_t tile_floats = (kMc / kMr + 1) * (kNc / kNr + 1) * kMr * kNr;
+  // Per thread: the FP32 tiles, the scales, and (pack_a_in_items) the item's
+  // A panels and their norms.
+  const int64_t item_panels = plan.pack_a_in_items ? kMc / kMr + 1 : 0;
+  const int64_t a_bytes = 4 * item_panels * plan.a_panel_words;
+  const int64_t tile_bytes = (sizeof(float) * tile_floats + 63) / 64 * 64;
+  const int64_t scale_bytes = sizeof(double) * (kMc + kNc);
+  const int64_t norm_bytes = sizeof(double) * item_panels * plan.segs.per_panel;
   int64_t capacity = 0;
-  float* tiles = static_cast<float*>(
-      AcquireWorkspace(sizeof(float) * tile_floats + sizeof(double) * (kMc + kNc), &capacity));
-  double* scale_a = reinterpret_cast<double*>(tiles + tile_floats);
+  char* block = static_cast<char*>(
+      AcquireWorkspace(tile_bytes + (a_bytes + 63) / 64 * 64 + scale_bytes + norm_bytes, &capacity));
+  float* tiles = reinterpret_cast<float*>(block);
+  int32_t* local_a = reinterpret_cast<int32_t*>(block + tile_bytes);
+  double* scale_a = reinterpret_cast<double*>(block + tile_bytes + (a_bytes + 63) / 64 * 64);
   double* scale_b = scale_a + kMc;
+  double* local_a_norm = scale_a + kMc + kNc;
   Stats stats;
   for (int64_t u = begin; u < end; ++u) {
-    ComputeItem<kNv>(plan, u, tiles, scale_a, scale_b, &stats);
+    ComputeItem<kNv>(plan, u, tiles, scale_a, scale_b, local_a, local_a_norm, &stats);
   }
-  ReleaseWorkspace(tiles, capacity);
+  ReleaseWorkspace(block, capacity);
+  AtomicAdd(&plan.stats->invalid_inputs, stats.invalid_inputs);
   AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
   AtomicAdd(&plan.stats->recomputed_tiles, stats.recomputed_tiles);
 }
@@ -1516,30 +1556,6 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.b_panels = CeilDiv(p.n, kNr);
   plan.a_panel_words = plan.layout.total_pairs * kMr;
   plan.b_panel_words = plan.layout.total_pairs * kNr;
-  plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
-  const int64_t a_units = plan.a_batches * plan.a_panels, b_units = plan.b_batches * plan.b_panels;
-  // One workspace for everything, cut into 64-byte aligned pieces.
-  int64_t bytes = 0;
-  auto piece = [&bytes](int64_t size) {
-    const int64_t at = bytes;
-    bytes += (size + 63) / 64 * 64;
-    return at;
-  };
-  const int64_t at_packed_a = piece(4 * a_units * plan.a_panel_words);
-  const int64_t at_packed_b = piece(4 * b_units * plan.b_panel_words);
-  const int64_t at_a_norm = piece(8 * a_units * plan.segs.per_panel);
-  const int64_t at_b_norm = piece(8 * b_units * plan.segs.per_panel);
-  const int64_t at_a_nonfinite = piece(plan.a_batches * p.m);
-  const int64_t at_b_nonfinite = piece(plan.b_batches * p.n);
-  int64_t capacity = 0;
-  char* workspace = static_cast<char*>(AcquireWorkspace(bytes, &capacity));
-  plan.packed_a = reinterpret_cast<int32_t*>(workspace + at_packed_a);
-  plan.packed_b = reinterpret_cast<int32_t*>(workspace + at_packed_b);
-  plan.a_norm = reinterpret_cast<double*>(workspace + at_a_norm);
-  plan.b_norm = reinterpret_cast<double*>(workspace + at_b_norm);
-  plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
-  plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
-  std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
   // Work items: at most kMc x kNc (and no larger than the matrix), made
   // smaller until there are enough of them to keep every thread of the pool
   // busy.  More row items re-read B, more column items re-read A: split the
@@ -1567,6 +1583,33 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.row_items = CeilDiv(p.m, plan.mc);
   plan.col_items = CeilDiv(p.n, plan.nc);
 
+  plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch);
+  plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
+  // A panels packed by the packing pass (none when the items pack their own).
+  const int64_t a_units = plan.pack_a_in_items ? 0 : plan.a_batches * plan.a_panels;
+  const int64_t b_units = plan.b_batches * plan.b_panels;
+  // One workspace for everything, cut into 64-byte aligned pieces.
+  int64_t bytes = 0;
+  auto piece = [&bytes](int64_t size) {
+    const int64_t at = bytes;
+    bytes += (size + 63) / 64 * 64;
+    return at;
+  };
+  const int64_t at_packed_a = piece(4 * a_units * plan.a_panel_words);
+  const int64_t at_packed_b = piece(4 * b_units * plan.b_panel_words);
+  const int64_t at_a_norm = piece(8 * a_units * plan.segs.per_panel);
+  const int64_t at_b_norm = piece(8 * b_units * plan.segs.per_panel);
+  const int64_t at_a_nonfinite = piece(plan.a_batches * p.m);
+  const int64_t at_b_nonfinite = piece(plan.b_batches * p.n);
+  int64_t capacity = 0;
+  char* workspace = static_cast<char*>(AcquireWorkspace(bytes, &capacity));
+  plan.packed_a = reinterpret_cast<int32_t*>(workspace + at_packed_a);
+  plan.packed_b = reinterpret_cast<int32_t*>(workspace + at_packed_b);
+  plan.a_norm = reinterpret_cast<double*>(workspace + at_a_norm);
+  plan.b_norm = reinterpret_cast<double*>(workspace + at_b_norm);
+  plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
+  plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
+  std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
   const int64_t k = Max64(p.k, 1);
   // One parallel region packs both (B's wider panels first, so that the
   // pool's dynamic scheduling evens out the unequal unit costs).
