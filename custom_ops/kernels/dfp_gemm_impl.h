@@ -1171,9 +1171,18 @@ int ChainCertified<NV>(const int32_t* a, const int32_t* b, int64_t first, int64_
       "subq %[n], %[rc]\n\t" \
       "subq %[n], %[rt]\n\t" \
       "2:\n\t" \
+      "cmpq $8, %[n]\n\t" \
+      "jb 12f\n\t" \
+      DFP_VNNI_STEP_##NV DFP_VNNI_STEP_##NV DFP_VNNI_STEP_##NV DFP_VNNI_STEP_##NV \
+      DFP_VNNI_STEP_##NV DFP_VNNI_STEP_##NV DFP_VNNI_STEP_##NV DFP_VNNI_STEP_##NV \
+      "subq $8, %[n]\n\t" \
+      "jnz 2b\n\t" \
+      "jmp 13f\n\t" \
+      "12:\n\t" \
       DFP_VNNI_STEP_##NV \
       "decq %[n]\n\t" \
-      "jnz 2b\n\t" \
+      "jnz 12b\n\t" \
+      "13:\n\t" \
       "testq %[rt], %[rt]\n\t" \
       "jz 7f\n\t" \
       "testq %[rc], %[rc]\n\t" \
