@@ -1238,21 +1238,7 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     const int32_t* b = bp + q0 * kNr;
     const double* an = sa.norm + c * sa.per_chunk;
     const double* bn = sb.norm + c * sb.per_chunk;
-    // thr[j] = floor(INT32_MAX - B_j) - 1; bit j of `single` says B_j <= INT32_MAX - 1.
     const int64_t nseg = Min64(CeilDiv(pairs, kSegPairs), kMaxSegments);
-    alignas(64) int32_t thr[kMaxSegments];
-    uint64_t single = 0;
-    for (int64_t j = 0; j < nseg; j += 8) {
-      const __mmask8 live = static_cast<__mmask8>(nseg - j >= 8 ? 0xFF : (1u << (nseg - j)) - 1);
-      const __m512d bound = _mm512_mul_pd(
-          _mm512_mul_pd(_mm512_maskz_loadu_pd(live, an + j), _mm512_maskz_loadu_pd(live, bn + j)),
-          _mm512_set1_pd(kBoundUp));
-      const __m512d room = _mm512_sub_pd(_mm512_set1_pd(kInt32MaxD), bound);
-      const __mmask8 ok = _mm512_mask_cmp_pd_mask(live, room, _mm512_set1_pd(1.0), _CMP_GE_OQ);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(thr + j),
-                         _mm256_sub_epi32(_mm512_cvttpd_epi32(room), _mm256_set1_epi32(1)));
-      single |= static_cast<uint64_t>(ok) << j;
-    }
     // The first piece: segments [0, first) merged while their joint bound
     // sqrt(sum na_j^2) * sqrt(sum nb_j^2) stays <= INT32_MAX - 1 (no check
     // needed: the sums start at 0).  Then single segments with checks.
@@ -1264,9 +1250,24 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
       if (!(a2 * b2 * kBoundUp <= kMergeLimit)) break;
       ++first;
     }
-    int64_t good = 0;  // segments [0, good) proved (first piece, then checked ones)
-    if (first > 0) {
-      const uint64_t after = first >= 64 ? 0 : ~(single >> first);
+    int64_t good = first;  // segments [0, good) proved (first piece, then checked ones)
+    alignas(64) int32_t thr[kMaxSegments];
+    if (first > 0 && first < nseg) {
+      // thr[j] = floor(INT32_MAX - B_j) - 1; bit j of `single`: B_j <= INT32_MAX - 1.
+      uint64_t single = 0;
+      for (int64_t j = 0; j < nseg; j += 8) {
+        const __mmask8 live =
+            static_cast<__mmask8>(nseg - j >= 8 ? 0xFF : (1u << (nseg - j)) - 1);
+        const __m512d bound = _mm512_mul_pd(_mm512_mul_pd(_mm512_maskz_loadu_pd(live, an + j),
+                                                          _mm512_maskz_loadu_pd(live, bn + j)),
+                                            _mm512_set1_pd(kBoundUp));
+        const __m512d room = _mm512_sub_pd(_mm512_set1_pd(kInt32MaxD), bound);
+        const __mmask8 ok = _mm512_mask_cmp_pd_mask(live, room, _mm512_set1_pd(1.0), _CMP_GE_OQ);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(thr + j),
+                           _mm256_sub_epi32(_mm512_cvttpd_epi32(room), _mm256_set1_epi32(1)));
+        single |= static_cast<uint64_t>(ok) << j;
+      }
+      const uint64_t after = ~(single >> first);  // first < nseg <= 64
       good = Min64(nseg, first + (after == 0 ? 64 : __builtin_ctzll(after)));
     }
     const int64_t proved = Min64(pairs, good * kSegPairs);
