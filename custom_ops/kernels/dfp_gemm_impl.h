@@ -1527,7 +1527,7 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
   const int64_t tile_floats = (kMc / kMr + 1) * (kNc / kNr + 1) * kMr * kNr;
   // Per thread: the FP32 tiles, the scales, and (pack_a_in_items) the item's
   // A panels and their norms.
-  const int64_t item_panels = plan.pack_a_in_items ? kMc / kMr + 1 : 0;
+  const int64_t item_panels = plan.pack_a_in_items ? CeilDiv(plan.mc, kMr) : 0;
   const int64_t a_bytes = 4 * item_panels * plan.a_panel_words;
   const int64_t tile_bytes = (sizeof(float) * tile_floats + 63) / 64 * 64;
   const int64_t scale_bytes = sizeof(double) * (kMc + kNc);
