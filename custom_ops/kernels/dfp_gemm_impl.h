@@ -1119,6 +1119,45 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 #define DFP_MAX_REG_4 "28"
 #define DFP_MIN_REG_4 "29"
 
+// ExactChunk with AVX-512 (the same results and counts): per row, the pair
+// sums of vpmaddwd (exact in INT32: |t| <= 2 * 32767^2 < 2^31) are widened
+// and added to INT64 running sums; a lane whose running sum leaves
+// [INT32_MIN, INT32_MAX] after some step is counted.  ~10x the scalar speed,
+// for data where many chains overflow.
+template <int kNv>
+int64_t ExactChunkVector(const int32_t* ap, const int32_t* bp, int64_t pairs, float* tile) {
+  constexpr int kNr = 16 * kNv;
+  const __m512i bias = _mm512_set1_epi64(int64_t{1} << 31);  // s + 2^31 in [0, 2^32)
+  const __m512i limit = _mm512_set1_epi64(0xFFFFFFFFll);
+  int64_t count = 0;
+  for (int r = 0; r < kMr; ++r) {
+    __m512i lo[kNv], hi[kNv];  // INT64 sums of lanes 0..7 and 8..15 of each vector
+    __mmask8 out_lo[kNv], out_hi[kNv];
+    for (int v = 0; v < kNv; ++v) {
+      lo[v] = hi[v] = _mm512_setzero_si512();
+      out_lo[v] = out_hi[v] = 0;
+    }
+    for (int64_t q = 0; q < pairs; ++q) {
+      const __m512i a = _mm512_set1_epi32(ap[q * kMr + r]);
+      for (int v = 0; v < kNv; ++v) {
+        const __m512i t = _mm512_madd_epi16(a, _mm512_loadu_si512(bp + q * kNr + 16 * v));
+        lo[v] = _mm512_add_epi64(lo[v], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(t)));
+        hi[v] = _mm512_add_epi64(hi[v], _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(t, 1)));
+        out_lo[v] |= _mm512_cmpgt_epu64_mask(_mm512_add_epi64(lo[v], bias), limit);
+        out_hi[v] |= _mm512_cmpgt_epu64_mask(_mm512_add_epi64(hi[v], bias), limit);
+      }
+    }
+    for (int v = 0; v < kNv; ++v) {
+      float* t = tile + r * kNr + 16 * v;
+      const __m512 sums = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(lo[v])),
+                                             _mm512_cvtepi64_ps(hi[v]), 1);
+      _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), sums));
+      count += __builtin_popcount(out_lo[v]) + __builtin_popcount(out_hi[v]);
+    }
+  }
+  return count;
+}
+
 // Overflow proof by segments (Cauchy-Schwarz).  The packing records, for
 // every segment of kSegPairs K pairs of every panel (segments start at each
 // chunk start), an upper bound on the largest Euclidean norm of one lane's
@@ -1276,7 +1315,7 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                             thr + first, init, tile) != 0) {
       if (init) std::memset(tile, 0, sizeof(float) * kMr * kNr);
       // Rare: some chain reached the INT32 limits.  Recompute exactly.
-      stats->overflowed_chunks += ExactChunk<kNv>(a, b, pairs, tile);
+      stats->overflowed_chunks += ExactChunkVector<kNv>(a, b, pairs, tile);
       stats->recomputed_tiles += 1;
     }
   }
