@@ -1,0 +1,379 @@
+// BF16 GEMM with the VDPBF16PS summation order, compiled once per
+// instruction set.
+//
+// bf16_gemm_portable.cc and bf16_gemm_avx512.cc define TF_LOWPREC_BF16_ISA
+// (the namespace), TF_LOWPREC_BF16_ISA_NAME and TF_LOWPREC_BF16_NATIVE (1:
+// run VDPBF16PS; 0: emulate it in scalar code) and include this file with
+// their own compiler flags.  Everything here is in that namespace, so the
+// two copies never merge at link time.
+//
+// Structure (a packed, cache-blocked GEMM in the GotoBLAS style):
+//   1. pack: a and b are rounded to BF16 (then DAZ) and laid out as K-pairs,
+//      the operand format of VDPBF16PS: a in panels of kMr rows, b in panels
+//      of kNr columns, each panel [pairs][lanes] of 32-bit words (low half:
+//      even k, high half: odd k; zeros past K and past the last lane).
+//   2. compute: work items of `mc` rows x `nc` columns run the micro-kernel
+//      over K pieces of kKcPairs pairs, in K order.  The micro-kernel keeps a
+//      kMr x kNr FP32 tile (registers on the native path); between K pieces
+//      the tile is stored to `out` and loaded back, which changes nothing:
+//      the accumulator is an FP32 value either way.  Every output element
+//      therefore sees exactly the step sequence of bf16_gemm.h, whatever the
+//      blocking and the number of threads (no split-K).
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "bf16_gemm.h"
+
+#if TF_LOWPREC_BF16_NATIVE
+#include <immintrin.h>
+#endif
+
+namespace tf_lowprec {
+namespace bf16_gemm {
+namespace TF_LOWPREC_BF16_ISA {
+namespace {
+
+constexpr int kMr = 12;              // rows of a micro-tile
+constexpr int kNv = 2;               // 16-lane vectors per micro-tile row
+constexpr int kNr = 16 * kNv;        // columns of a micro-tile
+constexpr int64_t kKcPairs = 192;    // K pairs per micro-kernel call (b panel piece: 24 KiB)
+constexpr int64_t kMcPanels = 16;    // largest work item: 16 * kMr rows ...
+constexpr int64_t kNcPanels = 16;    // ... by 16 * kNr columns
+constexpr int64_t kMinWorkItems = 8;  // smaller work items below this many
+
+inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
+inline int64_t CeilDiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+inline uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return u;
+}
+inline float BitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// FP32 bits -> BF16 bits as the GEMM uses them: round to nearest even (NaN
+// becomes the quiet NaN with its sign, as round_to_format(x, BF16) does),
+// then a subnormal BF16 becomes zero with its sign (the instruction's DAZ).
+inline uint32_t ToBf16Daz(uint32_t u) {
+  uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) r = ((u >> 16) & 0x8000u) | 0x7FC0u;
+  if ((r & 0x7F80u) == 0) r &= 0x8000u;
+  return r;
+}
+
+// Panels of kR lanes: x(lane, k) = src[lane * lane_stride + k * k_stride]
+// for lane < lanes, k < k_total; the panel is [pairs][kR] words.
+template <int kR>
+void PackPanelScalar(const float* src, int64_t lane_stride, int64_t k_stride, int64_t lanes,
+                     int64_t k_total, int64_t pairs, uint32_t* out) {
+  std::memset(out, 0, sizeof(uint32_t) * pairs * kR);
+  if (k_stride == 1) {  // k contiguous: walk each lane along k
+    for (int64_t l = 0; l < lanes; ++l) {
+      const float* row = src + l * lane_stride;
+      for (int64_t k = 0; k < k_total; ++k) {
+        const uint32_t h = ToBf16Daz(FloatBits(row[k]));
+        out[(k >> 1) * kR + l] |= h << (16 * (k & 1));
+      }
+    }
+  } else {  // lanes contiguous (or both strided): walk k, then the lanes
+    for (int64_t k = 0; k < k_total; ++k) {
+      const float* col = src + k * k_stride;
+      uint32_t* dst = out + (k >> 1) * kR;
+      const int shift = 16 * static_cast<int>(k & 1);
+      for (int64_t l = 0; l < lanes; ++l) dst[l] |= ToBf16Daz(FloatBits(col[l * lane_stride])) << shift;
+    }
+  }
+}
+
+#if TF_LOWPREC_BF16_NATIVE
+
+// ToBf16Daz on 16 lanes (the result in the low half of each 32-bit lane).
+inline __m512i ToBf16DazVec(__m512i u) {
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(
+      _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+      _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+  const __m512i quiet = _mm512_or_si512(
+      _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x8000)),
+      _mm512_set1_epi32(0x7FC0));
+  r = _mm512_mask_mov_epi32(r, nan, quiet);
+  const __mmask16 tiny = _mm512_testn_epi32_mask(r, _mm512_set1_epi32(0x7F80));
+  return _mm512_mask_and_epi32(r, tiny, r, _mm512_set1_epi32(0x8000));
+}
+
+inline __mmask16 LaneMask(int64_t count) {  // the first min(count, 16) lanes
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0)
+                                                       : __mmask16((1u << count) - 1);
+}
+
+template <int kR>
+void PackPanel(const float* src, int64_t lane_stride, int64_t k_stride, int64_t lanes,
+               int64_t k_total, int64_t pairs, uint32_t* out) {
+  const int64_t full_pairs = k_total / 2;  // pairs with both halves inside K
+  if (lane_stride == 1) {
+    // Lanes contiguous: two rows of 16 lanes make 16 words.
+    for (int64_t p = 0; p < pairs; ++p) {
+      const float* even = src + 2 * p * k_stride;
+      const float* odd = even + k_stride;
+      for (int g = 0; g < kR; g += 16) {
+        const __mmask16 load = LaneMask(lanes - g);
+        const __mmask16 store = LaneMask(kR - g);
+        const __m512i lo =
+            ToBf16DazVec(_mm512_maskz_loadu_epi32(load, reinterpret_cast<const int*>(even + g)));
+        const __m512i hi = p < full_pairs
+            ? ToBf16DazVec(_mm512_maskz_loadu_epi32(load, reinterpret_cast<const int*>(odd + g)))
+            : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(out + p * kR + g, store,
+                                 _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+    }
+    return;
+  }
+  if (k_stride != 1) {
+    PackPanelScalar<kR>(src, lane_stride, k_stride, lanes, k_total, pairs, out);
+    return;
+  }
+  // K contiguous: gather the (even, odd) float pair of 8 lanes as 64 bits.
+  for (int g = 0; g < kR; g += 8) {
+    const int64_t valid = lanes - g;
+    const __mmask8 load = valid >= 8 ? __mmask8(0xFF) : valid <= 0 ? __mmask8(0)
+                                                                   : __mmask8((1u << valid) - 1);
+    const __mmask8 store = (kR - g) >= 8 ? __mmask8(0xFF) : __mmask8((1u << (kR - g)) - 1);
+    const __m512i lane_index = _mm512_mullo_epi64(
+        _mm512_add_epi64(_mm512_set1_epi64(g), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)),
+        _mm512_set1_epi64(lane_stride));
+    for (int64_t p = 0; p < full_pairs; ++p) {
+      const __m512i index = _mm512_add_epi64(lane_index, _mm512_set1_epi64(2 * p));
+      const __m512i pair = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), load, index,
+                                                       src, 4);
+      const __m512i r = ToBf16DazVec(pair);  // even in bits 0..15, odd in bits 32..47
+      const __m512i word = _mm512_or_si512(r, _mm512_srli_epi64(r, 16));
+      _mm256_mask_storeu_epi32(out + p * kR + g, store, _mm512_cvtepi64_epi32(word));
+    }
+  }
+  for (int64_t p = full_pairs; p < pairs; ++p) {  // odd K: the last even element alone
+    for (int l = 0; l < kR; ++l) {
+      out[p * kR + l] = l < lanes ? ToBf16Daz(FloatBits(src[l * lane_stride + 2 * p])) : 0u;
+    }
+  }
+}
+
+// out[rows x cols] (+)= the pairs [0, pairs) of a kMr x kNr tile.
+void Tile(const uint32_t* ap, const uint32_t* bp, int64_t pairs, float* c, int64_t ldc,
+          int rows, int cols, bool load_c) {
+  __m512 acc[kMr][kNv];
+  __mmask16 col_mask[kNv];
+  for (int v = 0; v < kNv; ++v) col_mask[v] = LaneMask(cols - 16 * v);
+  for (int i = 0; i < kMr; ++i) {
+    for (int v = 0; v < kNv; ++v) {
+      acc[i][v] = load_c && i < rows ? _mm512_maskz_loadu_ps(col_mask[v], c + i * ldc + 16 * v)
+                                     : _mm512_setzero_ps();
+    }
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512bh b[kNv];
+    for (int v = 0; v < kNv; ++v) {
+      b[v] = (__m512bh)_mm512_load_si512(bp + p * kNr + 16 * v);
+    }
+    const uint32_t* a = ap + p * kMr;
+    for (int i = 0; i < kMr; ++i) {
+      // a is the instruction's first source: its NaN wins over b's.
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i]));
+      for (int v = 0; v < kNv; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], x, b[v]);
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    for (int v = 0; v < kNv; ++v) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, col_mask[v], acc[i][v]);
+  }
+}
+
+#else  // !TF_LOWPREC_BF16_NATIVE
+
+template <int kR>
+void PackPanel(const float* src, int64_t lane_stride, int64_t k_stride, int64_t lanes,
+               int64_t k_total, int64_t pairs, uint32_t* out) {
+  PackPanelScalar<kR>(src, lane_stride, k_stride, lanes, k_total, pairs, out);
+}
+
+inline bool IsNanBf16(uint32_t h) { return (h & 0x7FFFu) > 0x7F80u; }
+
+// One step acc + x * y of bf16_gemm.h; x, y are BF16 bits (DAZ applied).
+// The product of two BF16 values is exact in binary64, and rounding the sum
+// to binary64 and then to FP32 is the same as rounding it once (at most 24
+// significant bits each, and 53 >= 2 * 24 + 2: double rounding is innocuous
+// for a sum).
+inline float Step(float acc, uint32_t x, uint32_t y) {
+  const double v = static_cast<double>(acc) +
+                   static_cast<double>(BitsFloat(x << 16)) * static_cast<double>(BitsFloat(y << 16));
+  if (v != v) {
+    // x's NaN, else y's, else the accumulator's (quiet); else an invalid
+    // operation (Inf * 0, Inf - Inf): the default NaN.
+    if (IsNanBf16(x)) return BitsFloat((x << 16) | 0x00400000u);
+    if (IsNanBf16(y)) return BitsFloat((y << 16) | 0x00400000u);
+    if (acc != acc) return BitsFloat(FloatBits(acc) | 0x00400000u);
+    return BitsFloat(0xFFC00000u);
+  }
+  // FTZ: the 24-bit rounding of v (exponent unbounded) is below 2^-126
+  // exactly when |v| is below the midpoint between 2^-126 and its 24-bit
+  // predecessor (the tie rounds to the even 2^-126).  v is exact here, or
+  // rounded in binary64 far from that threshold.
+  constexpr double kFlushBelow = 0x1p-126 - 0x1p-151;
+  if (std::fabs(v) < kFlushBelow) return std::signbit(v) ? -0.0f : 0.0f;
+  return static_cast<float>(v);
+}
+
+void Tile(const uint32_t* ap, const uint32_t* bp, int64_t pairs, float* c, int64_t ldc,
+          int rows, int cols, bool load_c) {
+  float acc[kMr][kNr];
+  for (int i = 0; i < kMr; ++i) {
+    for (int j = 0; j < kNr; ++j) acc[i][j] = load_c && i < rows && j < cols ? c[i * ldc + j] : 0.0f;
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint32_t* a = ap + p * kMr;
+    const uint32_t* b = bp + p * kNr;
+    for (int i = 0; i < rows; ++i) {
+      const uint32_t x_odd = a[i] >> 16, x_even = a[i] & 0xFFFFu;
+      for (int j = 0; j < cols; ++j) {
+        acc[i][j] = Step(Step(acc[i][j], x_odd, b[j] >> 16), x_even, b[j] & 0xFFFFu);
+      }
+    }
+  }
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; ++j) c[i * ldc + j] = acc[i][j];
+  }
+}
+
+#endif  // TF_LOWPREC_BF16_NATIVE
+
+struct Plan {
+  const Problem* p;
+  int64_t pairs;
+  int64_t a_panels, b_panels;        // per batch
+  int64_t a_batches, b_batches;      // 1 when broadcast
+  uint32_t* packed_a;                // [a_batches][a_panels][pairs][kMr]
+  uint32_t* packed_b;                // [b_batches][b_panels][pairs][kNr]
+  int64_t mc_panels, nc_panels;      // work item size, in panels
+  int64_t row_blocks, col_blocks;
+};
+
+void PackRange(void* arg, int64_t begin, int64_t end) {
+  const Plan& plan = *static_cast<const Plan*>(arg);
+  const Problem& p = *plan.p;
+  const int64_t a_units = plan.a_batches * plan.a_panels;
+  for (int64_t u = begin; u < end; ++u) {
+    if (u < a_units) {
+      const int64_t batch = u / plan.a_panels, q = u % plan.a_panels;
+      const float* a = p.a + batch * p.a_batch_stride;
+      // a is [m, k], or [k, m] when transposed; lanes are its rows.
+      const float* src = p.transpose_a ? a + q * kMr : a + q * kMr * p.k;
+      PackPanel<kMr>(src, p.transpose_a ? 1 : p.k, p.transpose_a ? p.m : 1,
+                     Min64(kMr, p.m - q * kMr), p.k, plan.pairs,
+                     plan.packed_a + u * plan.pairs * kMr);
+    } else {
+      const int64_t v = u - a_units;
+      const int64_t batch = v / plan.b_panels, q = v % plan.b_panels;
+      const float* b = p.b + batch * p.b_batch_stride;
+      // b is [k, n], or [n, k] when transposed; lanes are its columns.
+      const float* src = p.transpose_b ? b + q * kNr * p.k : b + q * kNr;
+      PackPanel<kNr>(src, p.transpose_b ? p.k : 1, p.transpose_b ? 1 : p.n,
+                     Min64(kNr, p.n - q * kNr), p.k, plan.pairs,
+                     plan.packed_b + v * plan.pairs * kNr);
+    }
+  }
+}
+
+void ComputeRange(void* arg, int64_t begin, int64_t end) {
+  const Plan& plan = *static_cast<const Plan*>(arg);
+  const Problem& p = *plan.p;
+  const int64_t blocks = plan.row_blocks * plan.col_blocks;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t batch = u / blocks;
+    const int64_t rb = (u % blocks) / plan.col_blocks, cb = u % plan.col_blocks;
+    const uint32_t* pa =
+        plan.packed_a + (plan.a_batches == 1 ? 0 : batch) * plan.a_panels * plan.pairs * kMr;
+    const uint32_t* pb =
+        plan.packed_b + (plan.b_batches == 1 ? 0 : batch) * plan.b_panels * plan.pairs * kNr;
+    float* out = p.out + batch * p.m * p.n;
+    const int64_t q0 = rb * plan.mc_panels, q1 = Min64(q0 + plan.mc_panels, plan.a_panels);
+    const int64_t r0 = cb * plan.nc_panels, r1 = Min64(r0 + plan.nc_panels, plan.b_panels);
+    // K pieces outermost (in K order), so the b panel piece of a column
+    // panel stays in L1 across the row panels and the a block in L2.
+    int64_t pc = 0;
+    do {
+      const int64_t kc = Min64(kKcPairs, plan.pairs - pc);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint32_t* b_piece = pb + (r * plan.pairs + pc) * kNr;
+        const int cols = static_cast<int>(Min64(kNr, p.n - r * kNr));
+        for (int64_t q = q0; q < q1; ++q) {
+          const int rows = static_cast<int>(Min64(kMr, p.m - q * kMr));
+          Tile(pa + (q * plan.pairs + pc) * kMr, b_piece, kc, out + q * kMr * p.n + r * kNr,
+               p.n, rows, cols, pc > 0);
+        }
+      }
+      pc += kc;
+    } while (pc < plan.pairs);
+  }
+}
+
+void* AlignedAlloc(int64_t bytes) {
+  const int64_t rounded = bytes <= 0 ? 64 : (bytes + 63) / 64 * 64;
+  return std::aligned_alloc(64, static_cast<size_t>(rounded));
+}
+
+void Gemm(const Problem& p, const ParallelFor& parallel) {
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+  Plan plan;
+  plan.p = &p;
+  plan.pairs = CeilDiv(p.k, 2);
+  plan.a_panels = CeilDiv(p.m, kMr);
+  plan.b_panels = CeilDiv(p.n, kNr);
+  plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
+  plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
+  plan.packed_a = static_cast<uint32_t*>(
+      AlignedAlloc(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
+  plan.packed_b = static_cast<uint32_t*>(
+      AlignedAlloc(4 * plan.b_batches * plan.b_panels * plan.pairs * kNr));
+  // Work items: at most kMcPanels x kNcPanels panels, split further (the
+  // larger side first) until there are enough items to share among threads.
+  plan.mc_panels = Min64(kMcPanels, plan.a_panels);
+  plan.nc_panels = Min64(kNcPanels, plan.b_panels);
+  for (;;) {
+    plan.row_blocks = CeilDiv(plan.a_panels, plan.mc_panels);
+    plan.col_blocks = CeilDiv(plan.b_panels, plan.nc_panels);
+    if (p.batch * plan.row_blocks * plan.col_blocks >= kMinWorkItems) break;
+    if (plan.mc_panels * kMr >= plan.nc_panels * kNr && plan.mc_panels > 1) {
+      plan.mc_panels = CeilDiv(plan.mc_panels, 2);
+    } else if (plan.nc_panels > 1) {
+      plan.nc_panels = CeilDiv(plan.nc_panels, 2);
+    } else if (plan.mc_panels > 1) {
+      plan.mc_panels = CeilDiv(plan.mc_panels, 2);
+    } else {
+      break;
+    }
+  }
+  if (plan.pairs > 0) {
+    const int64_t pack_units = plan.a_batches * plan.a_panels + plan.b_batches * plan.b_panels;
+    parallel.run(parallel.context, pack_units, 8 * plan.pairs * kNr, PackRange, &plan);
+  }
+  const int64_t items = p.batch * plan.row_blocks * plan.col_blocks;
+  const int64_t cost = plan.mc_panels * plan.nc_panels * (plan.pairs + 1) * kMr * kNr / 8;
+  parallel.run(parallel.context, items, cost, ComputeRange, &plan);
+  std::free(plan.packed_a);
+  std::free(plan.packed_b);
+}
+
+}  // namespace
+
+extern const Kernels kKernels;
+const Kernels kKernels = {TF_LOWPREC_BF16_ISA_NAME, &Gemm};
+
+}  // namespace TF_LOWPREC_BF16_ISA
+}  // namespace bf16_gemm
+}  // namespace tf_lowprec
