@@ -9,11 +9,15 @@
 //
 // Structure (a packed, cache-blocked GEMM in the GotoBLAS style):
 //   1. pack: a and b are rounded to BF16 (then DAZ) and laid out as K-pairs,
-//      the operand format of VDPBF16PS: a in panels of kMr rows, b in panels
-//      of kNr columns, each panel [pairs][lanes] of 32-bit words (low half:
-//      even k, high half: odd k; zeros past K and past the last lane).
+//      the operand format of VDPBF16PS: 32-bit words, low half even k, high
+//      half odd k, zeros past K and past the last row/column.  b is packed
+//      once, in parallel, into panels of kNr columns, [pairs][kNr] words.
 //   2. compute: work items of `mc` rows x `nc` columns run the micro-kernel
-//      over K pieces of kKcPairs pairs, in K order.  The micro-kernel keeps a
+//      over K pieces of kKcPairs pairs, in K order.  For each piece the item
+//      packs its a block first (it then stays in L2): panels of kMr rows,
+//      [pairs][kMr] words, when a is transposed; otherwise (k contiguous)
+//      its rows are only converted, [rows][pairs], and the micro-kernel reads
+//      kMr rows side by side: no transposition.  The micro-kernel keeps a
 //      kMr x kNr FP32 tile (registers on the native path); between K pieces
 //      the tile is stored to `out` and loaded back, which changes nothing:
 //      the accumulator is an FP32 value either way.  Every output element
@@ -91,6 +95,15 @@ void PackPanelScalar(const float* src, int64_t lane_stride, int64_t k_stride, in
   }
 }
 
+// One row of a with k contiguous, as `pairs` words (zeros past K).
+inline void PackRowScalar(const float* src, int64_t k_total, int64_t pairs, uint32_t* out) {
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint32_t lo = ToBf16Daz(FloatBits(src[2 * p]));
+    const uint32_t hi = 2 * p + 1 < k_total ? ToBf16Daz(FloatBits(src[2 * p + 1])) : 0u;
+    out[p] = lo | (hi << 16);
+  }
+}
+
 #if TF_LOWPREC_BF16_NATIVE
 
 // ToBf16Daz on 16 lanes (the result in the low half of each 32-bit lane).
@@ -165,9 +178,25 @@ void PackPanel(const float* src, int64_t lane_stride, int64_t k_stride, int64_t 
   }
 }
 
-// out[rows x cols] (+)= the pairs [0, pairs) of a kMr x kNr tile.
-void Tile(const uint32_t* ap, const uint32_t* bp, int64_t pairs, float* c, int64_t ldc,
-          int rows, int cols, bool load_c) {
+inline void PackRow(const float* src, int64_t k_total, int64_t pairs, uint32_t* out) {
+  for (int64_t p = 0; p < pairs; p += 16) {
+    // 32 floats -> 32 BF16 halves -> 16 words (element 2j in the low half).
+    const int64_t k0 = 2 * p;
+    const __m512i lo = ToBf16DazVec(_mm512_maskz_loadu_epi32(
+        LaneMask(k_total - k0), reinterpret_cast<const int*>(src + k0)));
+    const __m512i hi = ToBf16DazVec(_mm512_maskz_loadu_epi32(
+        LaneMask(k_total - k0 - 16), reinterpret_cast<const int*>(src + k0 + 16)));
+    const __m512i words = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm512_cvtepi32_epi16(lo)), _mm512_cvtepi32_epi16(hi), 1);
+    _mm512_mask_storeu_epi32(out + p, LaneMask(pairs - p), words);
+  }
+}
+
+// out[rows x cols] (+)= the pairs [0, pairs) of a kMr x kNr tile.  a's word
+// for (row i, pair p) is at ap[i * a_row_step + p * kAPairStep].
+template <int64_t kAPairStep>
+void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pairs, float* c,
+          int64_t ldc, int rows, int cols, bool load_c) {
   __m512 acc[kMr][kNv];
   __mmask16 col_mask[kNv];
   for (int v = 0; v < kNv; ++v) col_mask[v] = LaneMask(cols - 16 * v);
@@ -182,10 +211,10 @@ void Tile(const uint32_t* ap, const uint32_t* bp, int64_t pairs, float* c, int64
     for (int v = 0; v < kNv; ++v) {
       b[v] = (__m512bh)_mm512_load_si512(bp + p * kNr + 16 * v);
     }
-    const uint32_t* a = ap + p * kMr;
+    const uint32_t* a = ap + p * kAPairStep;
     for (int i = 0; i < kMr; ++i) {
       // a is the instruction's first source: its NaN wins over b's.
-      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i]));
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * a_row_step]));
       for (int v = 0; v < kNv; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], x, b[v]);
     }
   }
@@ -200,6 +229,10 @@ template <int kR>
 void PackPanel(const float* src, int64_t lane_stride, int64_t k_stride, int64_t lanes,
                int64_t k_total, int64_t pairs, uint32_t* out) {
   PackPanelScalar<kR>(src, lane_stride, k_stride, lanes, k_total, pairs, out);
+}
+
+inline void PackRow(const float* src, int64_t k_total, int64_t pairs, uint32_t* out) {
+  PackRowScalar(src, k_total, pairs, out);
 }
 
 inline bool IsNanBf16(uint32_t h) { return (h & 0x7FFFu) > 0x7F80u; }
@@ -229,17 +262,19 @@ inline float Step(float acc, uint32_t x, uint32_t y) {
   return static_cast<float>(v);
 }
 
-void Tile(const uint32_t* ap, const uint32_t* bp, int64_t pairs, float* c, int64_t ldc,
-          int rows, int cols, bool load_c) {
+template <int64_t kAPairStep>
+void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pairs, float* c,
+          int64_t ldc, int rows, int cols, bool load_c) {
   float acc[kMr][kNr];
   for (int i = 0; i < kMr; ++i) {
     for (int j = 0; j < kNr; ++j) acc[i][j] = load_c && i < rows && j < cols ? c[i * ldc + j] : 0.0f;
   }
   for (int64_t p = 0; p < pairs; ++p) {
-    const uint32_t* a = ap + p * kMr;
+    const uint32_t* a = ap + p * kAPairStep;
     const uint32_t* b = bp + p * kNr;
     for (int i = 0; i < rows; ++i) {
-      const uint32_t x_odd = a[i] >> 16, x_even = a[i] & 0xFFFFu;
+      const uint32_t word = a[i * a_row_step];
+      const uint32_t x_odd = word >> 16, x_even = word & 0xFFFFu;
       for (int j = 0; j < cols; ++j) {
         acc[i][j] = Step(Step(acc[i][j], x_odd, b[j] >> 16), x_even, b[j] & 0xFFFFu);
       }
@@ -252,39 +287,65 @@ void Tile(const uint32_t* ap, const uint32_t* bp, int64_t pairs, float* c, int64
 
 #endif  // TF_LOWPREC_BF16_NATIVE
 
+void* AlignedAlloc(int64_t bytes) {
+  const int64_t rounded = bytes <= 0 ? 64 : (bytes + 63) / 64 * 64;
+  return std::aligned_alloc(64, static_cast<size_t>(rounded));
+}
+
+// Words per row of an a block in the row layout: at least `pairs`, and an
+// odd number of cache lines, so that the kMr rows the micro-kernel reads side
+// by side never crowd into one L1 set.
+inline int64_t RowWords(int64_t pairs) {
+  int64_t words = CeilDiv(pairs, 16) * 16;
+  if ((words / 16) % 2 == 0) words += 16;
+  return words;
+}
+
 struct Plan {
   const Problem* p;
   int64_t pairs;
   int64_t a_panels, b_panels;        // per batch
-  int64_t a_batches, b_batches;      // 1 when broadcast
-  uint32_t* packed_a;                // [a_batches][a_panels][pairs][kMr]
+  int64_t b_batches;                 // 1 when broadcast
   uint32_t* packed_b;                // [b_batches][b_panels][pairs][kNr]
   int64_t mc_panels, nc_panels;      // work item size, in panels
   int64_t row_blocks, col_blocks;
 };
 
-void PackRange(void* arg, int64_t begin, int64_t end) {
+void PackBRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
-  const int64_t a_units = plan.a_batches * plan.a_panels;
   for (int64_t u = begin; u < end; ++u) {
-    if (u < a_units) {
-      const int64_t batch = u / plan.a_panels, q = u % plan.a_panels;
-      const float* a = p.a + batch * p.a_batch_stride;
-      // a is [m, k], or [k, m] when transposed; lanes are its rows.
-      const float* src = p.transpose_a ? a + q * kMr : a + q * kMr * p.k;
-      PackPanel<kMr>(src, p.transpose_a ? 1 : p.k, p.transpose_a ? p.m : 1,
-                     Min64(kMr, p.m - q * kMr), p.k, plan.pairs,
-                     plan.packed_a + u * plan.pairs * kMr);
-    } else {
-      const int64_t v = u - a_units;
-      const int64_t batch = v / plan.b_panels, q = v % plan.b_panels;
-      const float* b = p.b + batch * p.b_batch_stride;
-      // b is [k, n], or [n, k] when transposed; lanes are its columns.
-      const float* src = p.transpose_b ? b + q * kNr * p.k : b + q * kNr;
-      PackPanel<kNr>(src, p.transpose_b ? p.k : 1, p.transpose_b ? 1 : p.n,
-                     Min64(kNr, p.n - q * kNr), p.k, plan.pairs,
-                     plan.packed_b + v * plan.pairs * kNr);
+    const int64_t batch = u / plan.b_panels, q = u % plan.b_panels;
+    const float* b = p.b + batch * p.b_batch_stride;
+    // b is [k, n], or [n, k] when transposed; lanes are its columns.
+    const float* src = p.transpose_b ? b + q * kNr * p.k : b + q * kNr;
+    PackPanel<kNr>(src, p.transpose_b ? p.k : 1, p.transpose_b ? 1 : p.n,
+                   Min64(kNr, p.n - q * kNr), p.k, plan.pairs,
+                   plan.packed_b + u * plan.pairs * kNr);
+  }
+}
+
+// Packs pairs [pc, pc + kc) of a's row panels [q0, q1) into `block`: when k
+// is contiguous in a (not transposed) its rows are converted as they are,
+// [rows][RowWords(kc)]; otherwise into panels [q][kc][kMr].
+void PackABlock(const Problem& p, const float* a, int64_t q0, int64_t q1, int64_t pc,
+                int64_t kc, uint32_t* block) {
+  const int64_t k0 = 2 * pc, k_len = Min64(p.k - k0, 2 * kc);
+  for (int64_t q = q0; q < q1; ++q) {
+    const int64_t rows = Min64(kMr, p.m - q * kMr);
+    if (!p.transpose_a) {
+      const int64_t row_words = RowWords(kc);
+      uint32_t* out = block + (q - q0) * kMr * row_words;
+      for (int64_t i = 0; i < kMr; ++i) {
+        if (i < rows) {
+          PackRow(a + (q * kMr + i) * p.k + k0, k_len, kc, out + i * row_words);
+        } else {
+          std::memset(out + i * row_words, 0, sizeof(uint32_t) * kc);
+        }
+      }
+    } else {  // a is [k, m]: its rows are the panel's lanes
+      PackPanel<kMr>(a + k0 * p.m + q * kMr, 1, p.m, rows, k_len, kc,
+                     block + (q - q0) * kc * kMr);
     }
   }
 }
@@ -293,38 +354,44 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
   const int64_t blocks = plan.row_blocks * plan.col_blocks;
+  // One a block (mc rows x one K piece), packed just before use: it stays in
+  // L2 while the column panels of the work item pass over it.
+  uint32_t* a_block = static_cast<uint32_t*>(
+      AlignedAlloc(4 * plan.mc_panels * kMr * RowWords(kKcPairs)));
   for (int64_t u = begin; u < end; ++u) {
     const int64_t batch = u / blocks;
     const int64_t rb = (u % blocks) / plan.col_blocks, cb = u % plan.col_blocks;
-    const uint32_t* pa =
-        plan.packed_a + (plan.a_batches == 1 ? 0 : batch) * plan.a_panels * plan.pairs * kMr;
+    const float* a = p.a + batch * p.a_batch_stride;
     const uint32_t* pb =
         plan.packed_b + (plan.b_batches == 1 ? 0 : batch) * plan.b_panels * plan.pairs * kNr;
     float* out = p.out + batch * p.m * p.n;
     const int64_t q0 = rb * plan.mc_panels, q1 = Min64(q0 + plan.mc_panels, plan.a_panels);
     const int64_t r0 = cb * plan.nc_panels, r1 = Min64(r0 + plan.nc_panels, plan.b_panels);
-    // K pieces outermost (in K order), so the b panel piece of a column
-    // panel stays in L1 across the row panels and the a block in L2.
+    // K pieces outermost, in K order: the order of every output's steps.
     int64_t pc = 0;
     do {
       const int64_t kc = Min64(kKcPairs, plan.pairs - pc);
+      if (kc > 0) PackABlock(p, a, q0, q1, pc, kc, a_block);
+      const int64_t row_words = RowWords(kc);
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* b_piece = pb + (r * plan.pairs + pc) * kNr;
         const int cols = static_cast<int>(Min64(kNr, p.n - r * kNr));
         for (int64_t q = q0; q < q1; ++q) {
           const int rows = static_cast<int>(Min64(kMr, p.m - q * kMr));
-          Tile(pa + (q * plan.pairs + pc) * kMr, b_piece, kc, out + q * kMr * p.n + r * kNr,
-               p.n, rows, cols, pc > 0);
+          float* c = out + q * kMr * p.n + r * kNr;
+          if (!p.transpose_a) {
+            Tile<1>(a_block + (q - q0) * kMr * row_words, row_words, b_piece, kc, c, p.n, rows,
+                    cols, pc > 0);
+          } else {
+            Tile<kMr>(a_block + (q - q0) * kc * kMr, 1, b_piece, kc, c, p.n, rows, cols,
+                      pc > 0);
+          }
         }
       }
       pc += kc;
     } while (pc < plan.pairs);
   }
-}
-
-void* AlignedAlloc(int64_t bytes) {
-  const int64_t rounded = bytes <= 0 ? 64 : (bytes + 63) / 64 * 64;
-  return std::aligned_alloc(64, static_cast<size_t>(rounded));
+  std::free(a_block);
 }
 
 void Gemm(const Problem& p, const ParallelFor& parallel) {
@@ -334,10 +401,7 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
   plan.pairs = CeilDiv(p.k, 2);
   plan.a_panels = CeilDiv(p.m, kMr);
   plan.b_panels = CeilDiv(p.n, kNr);
-  plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
-  plan.packed_a = static_cast<uint32_t*>(
-      AlignedAlloc(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
   plan.packed_b = static_cast<uint32_t*>(
       AlignedAlloc(4 * plan.b_batches * plan.b_panels * plan.pairs * kNr));
   // Work items: at most kMcPanels x kNcPanels panels, split further (the
@@ -359,13 +423,12 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
     }
   }
   if (plan.pairs > 0) {
-    const int64_t pack_units = plan.a_batches * plan.a_panels + plan.b_batches * plan.b_panels;
-    parallel.run(parallel.context, pack_units, 8 * plan.pairs * kNr, PackRange, &plan);
+    parallel.run(parallel.context, plan.b_batches * plan.b_panels, 8 * plan.pairs * kNr,
+                 PackBRange, &plan);
   }
   const int64_t items = p.batch * plan.row_blocks * plan.col_blocks;
   const int64_t cost = plan.mc_panels * plan.nc_panels * (plan.pairs + 1) * kMr * kNr / 8;
   parallel.run(parallel.context, items, cost, ComputeRange, &plan);
-  std::free(plan.packed_a);
   std::free(plan.packed_b);
 }
 

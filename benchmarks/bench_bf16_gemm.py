@@ -1,0 +1,129 @@
+"""Throughput of bf16_matmul against TF's FP32 and BF16 MatMul.
+
+One run measures, for each shape, interleaved (so that the load of a shared
+machine hits all alike), the median time of:
+  fp32         tf.linalg.matmul on float32 inputs (oneDNN)
+  tf_bf16      tf.linalg.matmul on bfloat16 inputs (cast beforehand, not
+               timed; BF16 output, oneDNN's summation order)
+  bf16_matmul  lp.bf16_matmul on float32 inputs: rounding of both operands,
+               packing, the VDPBF16PS GEMM (isa="auto"), FP32 output
+GOP/s counts 2*m*n*k operations per second of wall time, and per second of
+this process's CPU time (all threads; steadier when other processes load the
+machine).  Results go to benchmarks/results/bf16_gemm.{json,md}.
+
+    python benchmarks/bench_bf16_gemm.py            # all shapes (~1 min)
+    python benchmarks/bench_bf16_gemm.py --quick    # 512^3 and 2048^3 only
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results_io  # noqa: E402
+
+import tf_lowprec as lp  # noqa: E402
+
+SQUARE = [256, 512, 1024, 2048]
+# (m, k, n) of the GEMMs of small models (forward): an MLP on MNIST (batch
+# 128), a CNN's 3x3 convolutions as im2col GEMMs, an LSTM step (batch 32,
+# input and state 128, four gates).
+LAYERS = {
+    "mlp dense 784->256": (128, 784, 256),
+    "mlp dense 256->10": (128, 256, 10),
+    "conv 3x3x32->64 (32x32, batch 32)": (32768, 288, 64),
+    "conv 3x3x64->128 (16x16, batch 32)": (8192, 576, 128),
+    "lstm step (128+128)->4x128": (32, 256, 512),
+}
+
+
+def _timer(fn, args):
+    fn(*args)  # trace and warm up
+    fn(*args)
+
+    def once():
+        t, c = time.perf_counter(), time.process_time()
+        fn(*args).numpy()
+        return time.perf_counter() - t, time.process_time() - c
+
+    return once
+
+
+def measure(m, k, n, reps):
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((m, k)).astype(np.float32))
+    b = tf.constant((rng.standard_normal((k, n)) * 0.05).astype(np.float32))
+    a16, b16 = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
+    matmul = tf.function(tf.linalg.matmul)
+    ours = tf.function(lambda x, y: lp.bf16_matmul(x, y))
+    timers = {
+        "fp32": _timer(matmul, (a, b)),
+        "tf_bf16": _timer(matmul, (a16, b16)),
+        "bf16_matmul": _timer(ours, (a, b)),
+    }
+    times = {name: [] for name in timers}
+    for _ in range(reps):
+        for name, once in timers.items():
+            times[name].append(once())
+    ops = 2.0 * m * n * k
+    result = {name: ops / statistics.median(w for w, _ in t) / 1e9 for name, t in times.items()}
+    for name, t in times.items():
+        result[name + "_per_cpu_s"] = ops / max(statistics.median(c for _, c in t), 1e-9) / 1e9
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="512^3 and 2048^3 only")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args()
+    shapes = {f"{s}^3": (s, s, s) for s in ([512, 2048] if args.quick else SQUARE)}
+    if not args.quick:
+        shapes.update(LAYERS)
+    rows = []
+    for label, (m, k, n) in shapes.items():
+        ops = 2.0 * m * n * k
+        reps = int(min(40, max(5, 4e10 / ops)))
+        r = measure(m, k, n, reps)
+        r.update(shape=label, m=m, k=k, n=n, reps=reps)
+        r["vs_fp32"] = r["bf16_matmul"] / r["fp32"]
+        r["vs_tf_bf16"] = r["bf16_matmul"] / r["tf_bf16"]
+        r["vs_fp32_per_cpu_s"] = r["bf16_matmul_per_cpu_s"] / r["fp32_per_cpu_s"]
+        rows.append(r)
+        print(f"{label:>36}  fp32 {r['fp32']:6.1f}  tf_bf16 {r['tf_bf16']:6.1f}  "
+              f"bf16_matmul {r['bf16_matmul']:6.1f} GOP/s   vs fp32 {r['vs_fp32']:.2f}  "
+              f"(per CPU-s {r['vs_fp32_per_cpu_s']:.2f})", flush=True)
+    meta = results_io.metadata(tensorflow=tf.__version__,
+                               load_average_at_end=os.getloadavg()[0])
+    lines = [
+        "# bf16_matmul throughput (GOP/s, median of interleaved runs)",
+        "",
+        f"Command: `{meta['command']}` ({meta['date']}; TensorFlow {tf.__version__}, "
+        f"{os.cpu_count()} CPUs; load average at the end {meta['load_average_at_end']:.1f}, "
+        "shared machine).",
+        "",
+        "bf16_matmul includes rounding both float32 operands to BF16 and packing them; "
+        "tf_bf16 is `tf.linalg.matmul` on bfloat16 tensors cast beforehand (its output is "
+        "BF16 and its summation order oneDNN's).  GOP = 2 m n k / 1e9.  The last column is "
+        "the bf16_matmul / fp32 ratio of GOP per CPU-second of the process.",
+        "",
+        "| shape | m | k | n | fp32 | tf_bf16 | bf16_matmul | vs fp32 | vs tf_bf16 "
+        "| vs fp32 per CPU-s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['fp32']:.1f} | "
+            f"{r['tf_bf16']:.1f} | {r['bf16_matmul']:.1f} | {r['vs_fp32']:.2f} | "
+            f"{r['vs_tf_bf16']:.2f} | {r['vs_fp32_per_cpu_s']:.2f} |")
+    results_io.write(args.out, "bf16_gemm_quick" if args.quick else "bf16_gemm", meta, rows,
+                     lines)
+
+
+if __name__ == "__main__":
+    main()
