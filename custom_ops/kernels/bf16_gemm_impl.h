@@ -42,7 +42,7 @@ namespace {
 constexpr int kMr = 12;              // rows of a micro-tile
 constexpr int kNv = 2;               // 16-lane vectors per micro-tile row
 constexpr int kNr = 16 * kNv;        // columns of a micro-tile
-constexpr int64_t kKcPairs = 192;    // K pairs per micro-kernel call (b panel piece: 24 KiB)
+constexpr int64_t kKcPairs = 512;    // K pairs per micro-kernel call (b piece 64 KiB, a block 400 KiB: L2)
 constexpr int64_t kMcPanels = 16;    // largest work item: 16 * kMr rows ...
 constexpr int64_t kNcPanels = 16;    // ... by 16 * kNr columns
 constexpr int64_t kMinWorkItems = 8;  // smaller work items below this many
