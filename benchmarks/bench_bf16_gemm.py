@@ -30,15 +30,20 @@ import results_io  # noqa: E402
 import tf_lowprec as lp  # noqa: E402
 
 SQUARE = [256, 512, 1024, 2048]
-# (m, k, n) of the GEMMs of small models (forward): an MLP on MNIST (batch
-# 128), a CNN's 3x3 convolutions as im2col GEMMs, an LSTM step (batch 32,
-# input and state 128, four gates).
+# (m, k, n, transpose_a, transpose_b) of the GEMMs of small models: an MLP on
+# MNIST (batch 128), a CNN's 3x3 convolutions as im2col GEMMs (batch 32), an
+# LSTM step (batch 32, input and state 128, four gates); forward, and the two
+# backward GEMMs of the larger layers (d input = dy W^T, d W = x^T dy).
 LAYERS = {
-    "mlp dense 784->256": (128, 784, 256),
-    "mlp dense 256->10": (128, 256, 10),
-    "conv 3x3x32->64 (32x32, batch 32)": (32768, 288, 64),
-    "conv 3x3x64->128 (16x16, batch 32)": (8192, 576, 128),
-    "lstm step (128+128)->4x128": (32, 256, 512),
+    "mlp dense 784->256": (128, 784, 256, False, False),
+    "  backward d input": (128, 256, 784, False, True),
+    "  backward d weights": (784, 128, 256, True, False),
+    "mlp dense 256->10": (128, 256, 10, False, False),
+    "conv 3x3x32->64 (32x32)": (32768, 288, 64, False, False),
+    "  backward d patches": (32768, 64, 288, False, True),
+    "  backward d filters": (288, 32768, 64, True, False),
+    "conv 3x3x64->128 (16x16)": (8192, 576, 128, False, False),
+    "lstm step (128+128)->4x128": (32, 256, 512, False, False),
 }
 
 
@@ -54,13 +59,13 @@ def _timer(fn, args):
     return once
 
 
-def measure(m, k, n, reps):
+def measure(m, k, n, ta, tb, reps):
     rng = np.random.default_rng(0)
-    a = tf.constant(rng.standard_normal((m, k)).astype(np.float32))
-    b = tf.constant((rng.standard_normal((k, n)) * 0.05).astype(np.float32))
+    a = tf.constant(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
+    b = tf.constant((rng.standard_normal((n, k) if tb else (k, n)) * 0.05).astype(np.float32))
     a16, b16 = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
-    matmul = tf.function(tf.linalg.matmul)
-    ours = tf.function(lambda x, y: lp.bf16_matmul(x, y))
+    matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y, transpose_a=ta, transpose_b=tb))
+    ours = tf.function(lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb))
     timers = {
         "fp32": _timer(matmul, (a, b)),
         "tf_bf16": _timer(matmul, (a16, b16)),
@@ -82,20 +87,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="512^3 and 2048^3 only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
-    shapes = {f"{s}^3": (s, s, s) for s in ([512, 2048] if args.quick else SQUARE)}
+    shapes = {f"{s}^3": (s, s, s, False, False) for s in ([512, 2048] if args.quick else SQUARE)}
     if not args.quick:
         shapes.update(LAYERS)
     rows = []
-    for label, (m, k, n) in shapes.items():
+    for label, (m, k, n, ta, tb) in shapes.items():
         ops = 2.0 * m * n * k
         reps = int(min(40, max(5, 4e10 / ops)))
-        r = measure(m, k, n, reps)
-        r.update(shape=label, m=m, k=k, n=n, reps=reps)
+        r = measure(m, k, n, ta, tb, reps)
+        op = ("a^T" if ta else "a") + " @ " + ("b^T" if tb else "b")
+        r.update(shape=label, m=m, k=k, n=n, op=op, reps=reps)
         r["vs_fp32"] = r["bf16_matmul"] / r["fp32"]
         r["vs_tf_bf16"] = r["bf16_matmul"] / r["tf_bf16"]
         r["vs_fp32_per_cpu_s"] = r["bf16_matmul_per_cpu_s"] / r["fp32_per_cpu_s"]
         rows.append(r)
-        print(f"{label:>36}  fp32 {r['fp32']:6.1f}  tf_bf16 {r['tf_bf16']:6.1f}  "
+        print(f"{label:>28} {op:>9}  fp32 {r['fp32']:6.1f}  tf_bf16 {r['tf_bf16']:6.1f}  "
               f"bf16_matmul {r['bf16_matmul']:6.1f} GOP/s   vs fp32 {r['vs_fp32']:.2f}  "
               f"(per CPU-s {r['vs_fp32_per_cpu_s']:.2f})", flush=True)
     meta = results_io.metadata(tensorflow=tf.__version__,
@@ -112,13 +118,13 @@ def main():
         "BF16 and its summation order oneDNN's).  GOP = 2 m n k / 1e9.  The last column is "
         "the bf16_matmul / fp32 ratio of GOP per CPU-second of the process.",
         "",
-        "| shape | m | k | n | fp32 | tf_bf16 | bf16_matmul | vs fp32 | vs tf_bf16 "
+        "| shape | m | k | n | op | fp32 | tf_bf16 | bf16_matmul | vs fp32 | vs tf_bf16 "
         "| vs fp32 per CPU-s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['fp32']:.1f} | "
+            f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['op']} | {r['fp32']:.1f} | "
             f"{r['tf_bf16']:.1f} | {r['bf16_matmul']:.1f} | {r['vs_fp32']:.2f} | "
             f"{r['vs_tf_bf16']:.2f} | {r['vs_fp32_per_cpu_s']:.2f} |")
     results_io.write(args.out, "bf16_gemm_quick" if args.quick else "bf16_gemm", meta, rows,

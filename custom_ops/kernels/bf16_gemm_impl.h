@@ -12,12 +12,13 @@
 //      the operand format of VDPBF16PS: 32-bit words, low half even k, high
 //      half odd k, zeros past K and past the last row/column.  b is packed
 //      once, in parallel, into panels of kNr columns, [pairs][kNr] words.
+//      A transposed a ([k, m]) is packed once too, pair by pair (whole rows
+//      read), into panels of kMr of its columns, [pairs][kMr] words.
 //   2. compute: work items of `mc` rows x `nc` columns run the micro-kernel
-//      over K pieces of kKcPairs pairs, in K order.  For each piece the item
-//      packs its a block first (it then stays in L2): panels of kMr rows,
-//      [pairs][kMr] words, when a is transposed; otherwise (k contiguous)
-//      its rows are only converted, [rows][pairs], and the micro-kernel reads
-//      kMr rows side by side: no transposition.  The micro-kernel keeps a
+//      over K pieces of kKcPairs pairs, in K order.  When a is not
+//      transposed (k contiguous), the item converts its a block for the
+//      piece first (it then stays in L2): its rows as they are, [rows][pairs],
+//      and the micro-kernel reads kMr rows side by side: no transposition.  The micro-kernel keeps a
 //      kMr x kNr FP32 tile (registers on the native path); between K pieces
 //      the tile is stored to `out` and loaded back, which changes nothing:
 //      the accumulator is an FP32 value either way.  Every output element
@@ -305,47 +306,62 @@ struct Plan {
   const Problem* p;
   int64_t pairs;
   int64_t a_panels, b_panels;        // per batch
-  int64_t b_batches;                 // 1 when broadcast
+  int64_t a_batches, b_batches;      // 1 when broadcast
+  // a when transposed ([k, m]: rows of a are lanes of the panels), packed
+  // once, pair by pair, reading whole rows: [a_batches][a_panels][pairs][kMr].
+  uint32_t* packed_a;
+  int64_t a_pack_units, a_pairs_per_unit;
   uint32_t* packed_b;                // [b_batches][b_panels][pairs][kNr]
   int64_t mc_panels, nc_panels;      // work item size, in panels
   int64_t row_blocks, col_blocks;
 };
 
-void PackBRange(void* arg, int64_t begin, int64_t end) {
+void PackRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t batch = u / plan.b_panels, q = u % plan.b_panels;
+    if (u < plan.a_pack_units) {
+      // Transposed a: pairs [p0, p1) of one batch, every panel.
+      const int64_t per_batch = CeilDiv(plan.pairs, plan.a_pairs_per_unit);
+      const int64_t batch = u / per_batch;
+      const int64_t p0 = (u % per_batch) * plan.a_pairs_per_unit;
+      const int64_t p1 = Min64(p0 + plan.a_pairs_per_unit, plan.pairs);
+      const float* a = p.a + batch * p.a_batch_stride;
+      uint32_t* out = plan.packed_a + batch * plan.a_panels * plan.pairs * kMr;
+      for (int64_t pp = p0; pp < p1; ++pp) {
+        for (int64_t q = 0; q < plan.a_panels; ++q) {
+          PackPanel<kMr>(a + 2 * pp * p.m + q * kMr, 1, p.m, Min64(kMr, p.m - q * kMr),
+                         Min64(2, p.k - 2 * pp), 1, out + (q * plan.pairs + pp) * kMr);
+        }
+      }
+      continue;
+    }
+    const int64_t v = u - plan.a_pack_units;
+    const int64_t batch = v / plan.b_panels, q = v % plan.b_panels;
     const float* b = p.b + batch * p.b_batch_stride;
     // b is [k, n], or [n, k] when transposed; lanes are its columns.
     const float* src = p.transpose_b ? b + q * kNr * p.k : b + q * kNr;
     PackPanel<kNr>(src, p.transpose_b ? p.k : 1, p.transpose_b ? 1 : p.n,
                    Min64(kNr, p.n - q * kNr), p.k, plan.pairs,
-                   plan.packed_b + u * plan.pairs * kNr);
+                   plan.packed_b + v * plan.pairs * kNr);
   }
 }
 
-// Packs pairs [pc, pc + kc) of a's row panels [q0, q1) into `block`: when k
-// is contiguous in a (not transposed) its rows are converted as they are,
-// [rows][RowWords(kc)]; otherwise into panels [q][kc][kMr].
+// Converts pairs [pc, pc + kc) of a's row panels [q0, q1) into `block`, for
+// a not transposed (k contiguous): its rows as they are, [rows][RowWords(kc)].
 void PackABlock(const Problem& p, const float* a, int64_t q0, int64_t q1, int64_t pc,
                 int64_t kc, uint32_t* block) {
   const int64_t k0 = 2 * pc, k_len = Min64(p.k - k0, 2 * kc);
+  const int64_t row_words = RowWords(kc);
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t rows = Min64(kMr, p.m - q * kMr);
-    if (!p.transpose_a) {
-      const int64_t row_words = RowWords(kc);
-      uint32_t* out = block + (q - q0) * kMr * row_words;
-      for (int64_t i = 0; i < kMr; ++i) {
-        if (i < rows) {
-          PackRow(a + (q * kMr + i) * p.k + k0, k_len, kc, out + i * row_words);
-        } else {
-          std::memset(out + i * row_words, 0, sizeof(uint32_t) * kc);
-        }
+    uint32_t* out = block + (q - q0) * kMr * row_words;
+    for (int64_t i = 0; i < kMr; ++i) {
+      if (i < rows) {
+        PackRow(a + (q * kMr + i) * p.k + k0, k_len, kc, out + i * row_words);
+      } else {
+        std::memset(out + i * row_words, 0, sizeof(uint32_t) * kc);
       }
-    } else {  // a is [k, m]: its rows are the panel's lanes
-      PackPanel<kMr>(a + k0 * p.m + q * kMr, 1, p.m, rows, k_len, kc,
-                     block + (q - q0) * kc * kMr);
     }
   }
 }
@@ -356,12 +372,15 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
   const int64_t blocks = plan.row_blocks * plan.col_blocks;
   // One a block (mc rows x one K piece), packed just before use: it stays in
   // L2 while the column panels of the work item pass over it.
-  uint32_t* a_block = static_cast<uint32_t*>(
+  uint32_t* a_block = p.transpose_a ? nullptr : static_cast<uint32_t*>(
       AlignedAlloc(4 * plan.mc_panels * kMr * RowWords(kKcPairs)));
   for (int64_t u = begin; u < end; ++u) {
     const int64_t batch = u / blocks;
     const int64_t rb = (u % blocks) / plan.col_blocks, cb = u % plan.col_blocks;
     const float* a = p.a + batch * p.a_batch_stride;
+    const uint32_t* pa = p.transpose_a ? plan.packed_a + (plan.a_batches == 1 ? 0 : batch) *
+                                                             plan.a_panels * plan.pairs * kMr
+                                       : nullptr;
     const uint32_t* pb =
         plan.packed_b + (plan.b_batches == 1 ? 0 : batch) * plan.b_panels * plan.pairs * kNr;
     float* out = p.out + batch * p.m * p.n;
@@ -371,7 +390,7 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
     int64_t pc = 0;
     do {
       const int64_t kc = Min64(kKcPairs, plan.pairs - pc);
-      if (kc > 0) PackABlock(p, a, q0, q1, pc, kc, a_block);
+      if (kc > 0 && !p.transpose_a) PackABlock(p, a, q0, q1, pc, kc, a_block);
       const int64_t row_words = RowWords(kc);
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* b_piece = pb + (r * plan.pairs + pc) * kNr;
@@ -383,7 +402,7 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
             Tile<1>(a_block + (q - q0) * kMr * row_words, row_words, b_piece, kc, c, p.n, rows,
                     cols, pc > 0);
           } else {
-            Tile<kMr>(a_block + (q - q0) * kc * kMr, 1, b_piece, kc, c, p.n, rows, cols,
+            Tile<kMr>(pa + (q * plan.pairs + pc) * kMr, 1, b_piece, kc, c, p.n, rows, cols,
                       pc > 0);
           }
         }
@@ -401,7 +420,16 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
   plan.pairs = CeilDiv(p.k, 2);
   plan.a_panels = CeilDiv(p.m, kMr);
   plan.b_panels = CeilDiv(p.n, kNr);
+  plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
+  plan.packed_a = nullptr;
+  plan.a_pack_units = 0;
+  plan.a_pairs_per_unit = 64;
+  if (p.transpose_a) {
+    plan.packed_a = static_cast<uint32_t*>(
+        AlignedAlloc(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
+    plan.a_pack_units = plan.a_batches * CeilDiv(plan.pairs, plan.a_pairs_per_unit);
+  }
   plan.packed_b = static_cast<uint32_t*>(
       AlignedAlloc(4 * plan.b_batches * plan.b_panels * plan.pairs * kNr));
   // Work items: at most kMcPanels x kNcPanels panels, split further (the
@@ -423,12 +451,14 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
     }
   }
   if (plan.pairs > 0) {
-    parallel.run(parallel.context, plan.b_batches * plan.b_panels, 8 * plan.pairs * kNr,
-                 PackBRange, &plan);
+    // b panels, then (transposed a) ranges of pairs: similar costs.
+    parallel.run(parallel.context, plan.a_pack_units + plan.b_batches * plan.b_panels,
+                 8 * plan.pairs * kNr, PackRange, &plan);
   }
   const int64_t items = p.batch * plan.row_blocks * plan.col_blocks;
   const int64_t cost = plan.mc_panels * plan.nc_panels * (plan.pairs + 1) * kMr * kNr / 8;
   parallel.run(parallel.context, items, cost, ComputeRange, &plan);
+  std::free(plan.packed_a);
   std::free(plan.packed_b);
 }
 
