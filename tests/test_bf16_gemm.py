@@ -156,6 +156,15 @@ def test_matches_reference(isa, m, k, n, ta, tb):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_large_output(isa):
+    """Outputs of 8 MiB and more are written with streaming stores (aligned rows)."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2050, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 1024)).astype(np.float32)
+    assert_bits_equal(lp.bf16_matmul(a, b, isa=isa), reference_matmul(a, b))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_batch_broadcast(isa):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((2, 1, 9, 11)).astype(np.float32)

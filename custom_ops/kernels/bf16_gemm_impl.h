@@ -47,6 +47,7 @@ constexpr int64_t kKcPairs = 512;    // K pairs per micro-kernel call (b piece 6
 constexpr int64_t kMcPanels = 16;    // largest work item: 16 * kMr rows ...
 constexpr int64_t kNcPanels = 16;    // ... by 16 * kNr columns
 constexpr int64_t kMinWorkItems = 8;  // smaller work items below this many
+constexpr int64_t kStreamOutBytes = int64_t{8} << 20;  // streaming stores from 8 MiB of output
 
 inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
 inline int64_t CeilDiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
@@ -197,7 +198,7 @@ inline void PackRow(const float* src, int64_t k_total, int64_t pairs, uint32_t* 
 // for (row i, pair p) is at ap[i * a_row_step + p * kAPairStep].
 template <int64_t kAPairStep>
 void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pairs, float* c,
-          int64_t ldc, int rows, int cols, bool load_c) {
+          int64_t ldc, int rows, int cols, bool load_c, bool stream_out) {
   __m512 acc[kMr][kNv];
   __mmask16 col_mask[kNv];
   for (int v = 0; v < kNv; ++v) col_mask[v] = LaneMask(cols - 16 * v);
@@ -218,6 +219,17 @@ void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pa
       const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * a_row_step]));
       for (int v = 0; v < kNv; ++v) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], x, b[v]);
     }
+  }
+  // The last K piece of a large output, in whole aligned cache lines:
+  // streaming stores (no read of the old line: when K is small the GEMM is
+  // bound by writing `out`).
+  const bool stream = stream_out && cols == kNr &&
+                      ((reinterpret_cast<uintptr_t>(c) | (ldc * 4)) % 64) == 0;
+  if (stream) {
+    for (int i = 0; i < rows; ++i) {
+      for (int v = 0; v < kNv; ++v) _mm512_stream_ps(c + i * ldc + 16 * v, acc[i][v]);
+    }
+    return;
   }
   for (int i = 0; i < rows; ++i) {
     for (int v = 0; v < kNv; ++v) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, col_mask[v], acc[i][v]);
@@ -265,7 +277,7 @@ inline float Step(float acc, uint32_t x, uint32_t y) {
 
 template <int64_t kAPairStep>
 void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pairs, float* c,
-          int64_t ldc, int rows, int cols, bool load_c) {
+          int64_t ldc, int rows, int cols, bool load_c, bool /*stream_out*/) {
   float acc[kMr][kNr];
   for (int i = 0; i < kMr; ++i) {
     for (int j = 0; j < kNr; ++j) acc[i][j] = load_c && i < rows && j < cols ? c[i * ldc + j] : 0.0f;
@@ -314,6 +326,7 @@ struct Plan {
   uint32_t* packed_b;                // [b_batches][b_panels][pairs][kNr]
   int64_t mc_panels, nc_panels;      // work item size, in panels
   int64_t row_blocks, col_blocks;
+  bool stream_out;                   // out is written with streaming stores
 };
 
 void PackRange(void* arg, int64_t begin, int64_t end) {
@@ -392,6 +405,8 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
       const int64_t kc = Min64(kKcPairs, plan.pairs - pc);
       if (kc > 0 && !p.transpose_a) PackABlock(p, a, q0, q1, pc, kc, a_block);
       const int64_t row_words = RowWords(kc);
+      const bool last = pc + kc >= plan.pairs;
+      const bool stream = last && plan.stream_out;
       for (int64_t r = r0; r < r1; ++r) {
         const uint32_t* b_piece = pb + (r * plan.pairs + pc) * kNr;
         const int cols = static_cast<int>(Min64(kNr, p.n - r * kNr));
@@ -400,10 +415,10 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
           float* c = out + q * kMr * p.n + r * kNr;
           if (!p.transpose_a) {
             Tile<1>(a_block + (q - q0) * kMr * row_words, row_words, b_piece, kc, c, p.n, rows,
-                    cols, pc > 0);
+                    cols, pc > 0, stream);
           } else {
             Tile<kMr>(pa + (q * plan.pairs + pc) * kMr, 1, b_piece, kc, c, p.n, rows, cols,
-                      pc > 0);
+                      pc > 0, stream);
           }
         }
       }
@@ -411,6 +426,9 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
     } while (pc < plan.pairs);
   }
   std::free(a_block);
+#if TF_LOWPREC_BF16_NATIVE
+  _mm_sfence();  // streaming stores visible before the pool reports the work done
+#endif
 }
 
 void Gemm(const Problem& p, const ParallelFor& parallel) {
@@ -420,6 +438,9 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
   plan.pairs = CeilDiv(p.k, 2);
   plan.a_panels = CeilDiv(p.m, kMr);
   plan.b_panels = CeilDiv(p.n, kNr);
+  // Outputs beyond a few MiB would not stay in cache for their consumer
+  // anyway; smaller ones are written through the cache.
+  plan.stream_out = p.batch * p.m * p.n * 4 >= kStreamOutBytes;
   plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
   plan.packed_a = nullptr;
