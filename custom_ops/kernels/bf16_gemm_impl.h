@@ -275,6 +275,15 @@ inline float Step(float acc, uint32_t x, uint32_t y) {
   return static_cast<float>(v);
 }
 
+// Step without the NaN rule (a NaN result comes out as some NaN), written so
+// that the compiler can vectorise it: callers redo rows that produced NaN.
+inline float StepFinite(float acc, double x, double y) {
+  const double v = static_cast<double>(acc) + x * y;
+  constexpr double kFlushBelow = 0x1p-126 - 0x1p-151;
+  const float r = static_cast<float>(v);
+  return std::fabs(v) < kFlushBelow ? std::copysign(0.0f, r) : r;
+}
+
 template <int64_t kAPairStep>
 void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pairs, float* c,
           int64_t ldc, int rows, int cols, bool load_c, bool /*stream_out*/) {
@@ -282,14 +291,30 @@ void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pa
   for (int i = 0; i < kMr; ++i) {
     for (int j = 0; j < kNr; ++j) acc[i][j] = load_c && i < rows && j < cols ? c[i * ldc + j] : 0.0f;
   }
+  double b_odd[kNr], b_even[kNr];
+  float before[kNr];
   for (int64_t p = 0; p < pairs; ++p) {
     const uint32_t* a = ap + p * kAPairStep;
     const uint32_t* b = bp + p * kNr;
+    for (int j = 0; j < kNr; ++j) {
+      b_odd[j] = BitsFloat(b[j] & 0xFFFF0000u);
+      b_even[j] = BitsFloat(b[j] << 16);
+    }
     for (int i = 0; i < rows; ++i) {
       const uint32_t word = a[i * a_row_step];
-      const uint32_t x_odd = word >> 16, x_even = word & 0xFFFFu;
-      for (int j = 0; j < cols; ++j) {
-        acc[i][j] = Step(Step(acc[i][j], x_odd, b[j] >> 16), x_even, b[j] & 0xFFFFu);
+      const double x_odd = BitsFloat(word & 0xFFFF0000u), x_even = BitsFloat(word << 16);
+      float* row = acc[i];
+      std::memcpy(before, row, sizeof(before));
+      int nan = 0;
+      for (int j = 0; j < kNr; ++j) {
+        const float r = StepFinite(StepFinite(row[j], x_odd, b_odd[j]), x_even, b_even[j]);
+        nan |= r != r;
+        row[j] = r;
+      }
+      if (nan) {  // rare: redo the row with the NaN rule
+        for (int j = 0; j < kNr; ++j) {
+          row[j] = Step(Step(before[j], word >> 16, b[j] >> 16), word & 0xFFFFu, b[j] & 0xFFFFu);
+        }
       }
     }
   }
