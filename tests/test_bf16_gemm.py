@@ -143,7 +143,9 @@ def test_hand_worked_cases(isa):
         (13, 64, 33, False, False),    # M, N past one micro-tile
         (25, 129, 70, True, False),
         (12, 200, 32, False, True),
-        (30, 385, 17, True, True),     # K beyond one K piece (384 elements)
+        (30, 385, 17, True, True),
+        (13, 1500, 40, False, False),  # K beyond one K piece (1024 elements):
+        (14, 2051, 33, True, True),    # the tile is stored and reloaded
         (50, 2, 100, False, False),
     ],
 )
@@ -175,6 +177,9 @@ def test_batch_broadcast(isa):
     c = rng.standard_normal((4, 6, 11)).astype(np.float32)
     assert_bits_equal(lp.bf16_matmul(c, b[0], transpose_b=False, isa=isa),
                       reference_batched(c, b[0]))
+    d = rng.standard_normal((4, 13, 6)).astype(np.float32)  # batch and both transposes
+    assert_bits_equal(lp.bf16_matmul(c, d, transpose_a=True, transpose_b=True, isa=isa),
+                      reference_batched(c, d, ta=True, tb=True))
 
 
 def adversarial(rng, shape):
