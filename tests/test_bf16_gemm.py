@@ -147,6 +147,8 @@ def test_hand_worked_cases(isa):
         (13, 1500, 40, False, False),  # K beyond one K piece (1024 elements):
         (14, 2051, 33, True, True),    # the tile is stored and reloaded
         (50, 2, 100, False, False),
+        (100, 1100, 20, False, False),  # one column block: rows converted per work item
+        (100, 1100, 20, True, False),
     ],
 )
 def test_matches_reference(isa, m, k, n, ta, tb):

@@ -344,9 +344,13 @@ struct Plan {
   int64_t pairs;
   int64_t a_panels, b_panels;        // per batch
   int64_t a_batches, b_batches;      // 1 when broadcast
-  // a when transposed ([k, m]: rows of a are lanes of the panels), packed
-  // once, pair by pair, reading whole rows: [a_batches][a_panels][pairs][kMr].
+  // a packed once for all work items (else each item converts its rows per
+  // K piece): when transposed ([k, m]: rows of a are lanes of the panels),
+  // pair by pair, reading whole rows, [a_batches][a_panels][pairs][kMr];
+  // when not transposed but needed by several column blocks, as rows,
+  // [a_batches][a_panels * kMr][a_row_words].
   uint32_t* packed_a;
+  int64_t a_row_words;
   int64_t a_pack_units, a_pairs_per_unit;
   uint32_t* packed_b;                // [b_batches][b_panels][pairs][kNr]
   int64_t mc_panels, nc_panels;      // work item size, in panels
@@ -358,6 +362,20 @@ void PackRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
   for (int64_t u = begin; u < end; ++u) {
+    if (u < plan.a_pack_units && !p.transpose_a) {
+      // a as rows: one panel of kMr rows of one batch.
+      const int64_t batch = u / plan.a_panels, q = u % plan.a_panels;
+      const float* a = p.a + batch * p.a_batch_stride;
+      uint32_t* out = plan.packed_a + (batch * plan.a_panels + q) * kMr * plan.a_row_words;
+      for (int64_t i = 0; i < kMr; ++i) {
+        if (q * kMr + i < p.m) {
+          PackRow(a + (q * kMr + i) * p.k, p.k, plan.pairs, out + i * plan.a_row_words);
+        } else {
+          std::memset(out + i * plan.a_row_words, 0, sizeof(uint32_t) * plan.pairs);
+        }
+      }
+      continue;
+    }
     if (u < plan.a_pack_units) {
       // Transposed a: pairs [p0, p1) of one batch, every panel.
       const int64_t per_batch = CeilDiv(plan.pairs, plan.a_pairs_per_unit);
@@ -410,15 +428,17 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
   const int64_t blocks = plan.row_blocks * plan.col_blocks;
   // One a block (mc rows x one K piece), packed just before use: it stays in
   // L2 while the column panels of the work item pass over it.
-  uint32_t* a_block = p.transpose_a ? nullptr : static_cast<uint32_t*>(
+  uint32_t* a_block = plan.packed_a != nullptr ? nullptr : static_cast<uint32_t*>(
       AlignedAlloc(4 * plan.mc_panels * kMr * RowWords(kKcPairs)));
   for (int64_t u = begin; u < end; ++u) {
     const int64_t batch = u / blocks;
     const int64_t rb = (u % blocks) / plan.col_blocks, cb = u % plan.col_blocks;
     const float* a = p.a + batch * p.a_batch_stride;
-    const uint32_t* pa = p.transpose_a ? plan.packed_a + (plan.a_batches == 1 ? 0 : batch) *
-                                                             plan.a_panels * plan.pairs * kMr
-                                       : nullptr;
+    const int64_t a_batch_words = p.transpose_a ? plan.a_panels * plan.pairs * kMr
+                                                : plan.a_panels * kMr * plan.a_row_words;
+    const uint32_t* pa = plan.packed_a == nullptr
+                             ? nullptr
+                             : plan.packed_a + (plan.a_batches == 1 ? 0 : batch) * a_batch_words;
     const uint32_t* pb =
         plan.packed_b + (plan.b_batches == 1 ? 0 : batch) * plan.b_panels * plan.pairs * kNr;
     float* out = p.out + batch * p.m * p.n;
@@ -428,7 +448,7 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
     int64_t pc = 0;
     do {
       const int64_t kc = Min64(kKcPairs, plan.pairs - pc);
-      if (kc > 0 && !p.transpose_a) PackABlock(p, a, q0, q1, pc, kc, a_block);
+      if (kc > 0 && pa == nullptr) PackABlock(p, a, q0, q1, pc, kc, a_block);
       const int64_t row_words = RowWords(kc);
       const bool last = pc + kc >= plan.pairs;
       const bool stream = last && plan.stream_out;
@@ -438,9 +458,12 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
         for (int64_t q = q0; q < q1; ++q) {
           const int rows = static_cast<int>(Min64(kMr, p.m - q * kMr));
           float* c = out + q * kMr * p.n + r * kNr;
-          if (!p.transpose_a) {
+          if (pa == nullptr) {
             Tile<1>(a_block + (q - q0) * kMr * row_words, row_words, b_piece, kc, c, p.n, rows,
                     cols, pc > 0, stream);
+          } else if (!p.transpose_a) {
+            Tile<1>(pa + q * kMr * plan.a_row_words + pc, plan.a_row_words, b_piece, kc, c, p.n,
+                    rows, cols, pc > 0, stream);
           } else {
             Tile<kMr>(pa + (q * plan.pairs + pc) * kMr, 1, b_piece, kc, c, p.n, rows, cols,
                       pc > 0, stream);
@@ -468,14 +491,6 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
   plan.stream_out = p.batch * p.m * p.n * 4 >= kStreamOutBytes;
   plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
-  plan.packed_a = nullptr;
-  plan.a_pack_units = 0;
-  plan.a_pairs_per_unit = 64;
-  if (p.transpose_a) {
-    plan.packed_a = static_cast<uint32_t*>(
-        AlignedAlloc(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
-    plan.a_pack_units = plan.a_batches * CeilDiv(plan.pairs, plan.a_pairs_per_unit);
-  }
   plan.packed_b = static_cast<uint32_t*>(
       AlignedAlloc(4 * plan.b_batches * plan.b_panels * plan.pairs * kNr));
   // Work items: at most kMcPanels x kNcPanels panels, split further (the
@@ -496,8 +511,21 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
       break;
     }
   }
+  plan.packed_a = nullptr;
+  plan.a_row_words = RowWords(plan.pairs);
+  plan.a_pack_units = 0;
+  plan.a_pairs_per_unit = 64;
+  if (p.transpose_a) {
+    plan.packed_a = static_cast<uint32_t*>(
+        AlignedAlloc(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
+    plan.a_pack_units = plan.a_batches * CeilDiv(plan.pairs, plan.a_pairs_per_unit);
+  } else if (plan.col_blocks > 1) {  // rows shared by several items: convert once
+    plan.packed_a = static_cast<uint32_t*>(
+        AlignedAlloc(4 * plan.a_batches * plan.a_panels * kMr * plan.a_row_words));
+    plan.a_pack_units = plan.a_batches * plan.a_panels;
+  }
   if (plan.pairs > 0) {
-    // b panels, then (transposed a) ranges of pairs: similar costs.
+    // a's units first (panels of rows, or ranges of pairs), then b's panels.
     parallel.run(parallel.context, plan.a_pack_units + plan.b_batches * plan.b_panels,
                  8 * plan.pairs * kNr, PackRange, &plan);
   }
