@@ -9,7 +9,10 @@ machine hits all alike), the median time of:
                packing, the VDPBF16PS GEMM (isa="auto"), FP32 output
 GOP/s counts 2*m*n*k operations per second of wall time, and per second of
 this process's CPU time (all threads; steadier when other processes load the
-machine).  Results go to benchmarks/results/bf16_gemm.{json,md}.
+machine).  GEMMs under 0.1 GOP run CHAIN times in a row inside one
+tf.function (each input depending on the previous output), so that the
+per-call cost of tf.function and .numpy() does not swamp them.  Results go
+to benchmarks/results/bf16_gemm.{json,md}.
 
     python benchmarks/bench_bf16_gemm.py            # all shapes (~1 min)
     python benchmarks/bench_bf16_gemm.py --quick    # 512^3 and 2048^3 only
@@ -47,6 +50,22 @@ LAYERS = {
 }
 
 
+CHAIN = 10
+SMALL_OPS = 1e8
+
+
+def _chained(matmul, times):
+    """matmul applied `times` times in a row, each a depending on the last output."""
+
+    def run(x, y):
+        out = matmul(x, y)
+        for _ in range(times - 1):
+            out = matmul(x + 0.0 * out[0, 0], y)
+        return out
+
+    return run
+
+
 def _timer(fn, args):
     fn(*args)  # trace and warm up
     fn(*args)
@@ -64,8 +83,11 @@ def measure(m, k, n, ta, tb, reps):
     a = tf.constant(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
     b = tf.constant((rng.standard_normal((n, k) if tb else (k, n)) * 0.05).astype(np.float32))
     a16, b16 = tf.cast(a, tf.bfloat16), tf.cast(b, tf.bfloat16)
-    matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y, transpose_a=ta, transpose_b=tb))
-    ours = tf.function(lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb))
+    chain = CHAIN if 2.0 * m * n * k < SMALL_OPS else 1
+    matmul = tf.function(_chained(
+        lambda x, y: tf.linalg.matmul(x, y, transpose_a=ta, transpose_b=tb), chain))
+    ours = tf.function(_chained(
+        lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb), chain))
     timers = {
         "fp32": _timer(matmul, (a, b)),
         "tf_bf16": _timer(matmul, (a16, b16)),
@@ -75,8 +97,9 @@ def measure(m, k, n, ta, tb, reps):
     for _ in range(reps):
         for name, once in timers.items():
             times[name].append(once())
-    ops = 2.0 * m * n * k
+    ops = 2.0 * m * n * k * chain
     result = {name: ops / statistics.median(w for w, _ in t) / 1e9 for name, t in times.items()}
+    result["chain"] = chain
     for name, t in times.items():
         result[name + "_per_cpu_s"] = ops / max(statistics.median(c for _, c in t), 1e-9) / 1e9
     return result
@@ -116,15 +139,17 @@ def main():
         "bf16_matmul includes rounding both float32 operands to BF16 and packing them; "
         "tf_bf16 is `tf.linalg.matmul` on bfloat16 tensors cast beforehand (its output is "
         "BF16 and its summation order oneDNN's).  GOP = 2 m n k / 1e9.  The last column is "
-        "the bf16_matmul / fp32 ratio of GOP per CPU-second of the process.",
+        "the bf16_matmul / fp32 ratio of GOP per CPU-second of the process.  GEMMs under "
+        f"0.1 GOP run {CHAIN} times in a row in one tf.function (column 'chain').",
         "",
-        "| shape | m | k | n | op | fp32 | tf_bf16 | bf16_matmul | vs fp32 | vs tf_bf16 "
+        "| shape | m | k | n | op | chain | fp32 | tf_bf16 | bf16_matmul | vs fp32 | vs tf_bf16 "
         "| vs fp32 per CPU-s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['op']} | {r['fp32']:.1f} | "
+            f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['op']} | {r['chain']} | "
+            f"{r['fp32']:.1f} | "
             f"{r['tf_bf16']:.1f} | {r['bf16_matmul']:.1f} | {r['vs_fp32']:.2f} | "
             f"{r['vs_tf_bf16']:.2f} | {r['vs_fp32_per_cpu_s']:.2f} |")
     results_io.write(args.out, "bf16_gemm_quick" if args.quick else "bf16_gemm", meta, rows,

@@ -41,6 +41,10 @@ def _check_transposes(transpose_a, transpose_b):
 
 def _product(a, b, transpose_a, transpose_b, isa):
     """The kernel on [..., rows, cols] operands with broadcast batch dimensions."""
+    if a.shape.rank == 2 and b.shape.rank == 2:  # the common case, in fewer ops
+        product = _load_ops().lowprec_bf16_matmul(
+            a[None], b[None], transpose_a=transpose_a, transpose_b=transpose_b, isa=isa)
+        return product[0]
     batch = tf.broadcast_dynamic_shape(_gemm_common.batch_shape(a),
                                        _gemm_common.batch_shape(b))
     product = _load_ops().lowprec_bf16_matmul(

@@ -14,11 +14,13 @@
 //      once, in parallel, into panels of kNr columns, [pairs][kNr] words.
 //      A transposed a ([k, m]) is packed once too, pair by pair (whole rows
 //      read), into panels of kMr of its columns, [pairs][kMr] words.
+//      When a is not transposed (k contiguous), its rows are only converted,
+//      [rows][pairs], and the micro-kernel reads kMr rows side by side: no
+//      transposition; converted once when several column blocks share them.
 //   2. compute: work items of `mc` rows x `nc` columns run the micro-kernel
-//      over K pieces of kKcPairs pairs, in K order.  When a is not
-//      transposed (k contiguous), the item converts its a block for the
-//      piece first (it then stays in L2): its rows as they are, [rows][pairs],
-//      and the micro-kernel reads kMr rows side by side: no transposition.  The micro-kernel keeps a
+//      over K pieces of kKcPairs pairs, in K order.  With one column block
+//      (tall a), each item converts its rows of a for the piece first (they
+//      then stay in L2 and never go through memory).  The micro-kernel keeps a
 //      kMr x kNr FP32 tile (registers on the native path); between K pieces
 //      the tile is stored to `out` and loaded back, which changes nothing:
 //      the accumulator is an FP32 value either way.  Every output element
@@ -47,6 +49,7 @@ constexpr int64_t kKcPairs = 512;    // K pairs per micro-kernel call (b piece 6
 constexpr int64_t kMcPanels = 16;    // largest work item: 16 * kMr rows ...
 constexpr int64_t kNcPanels = 16;    // ... by 16 * kNr columns
 constexpr int64_t kMinWorkItems = 8;  // smaller work items below this many
+constexpr double kInlineMacs = 1 << 23;  // fewer multiply-adds: no thread pool (~60 us)
 constexpr int64_t kStreamOutBytes = int64_t{8} << 20;  // streaming stores from 8 MiB of output
 
 inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
@@ -524,14 +527,22 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
         AlignedAlloc(4 * plan.a_batches * plan.a_panels * kMr * plan.a_row_words));
     plan.a_pack_units = plan.a_batches * plan.a_panels;
   }
-  if (plan.pairs > 0) {
-    // a's units first (panels of rows, or ranges of pairs), then b's panels.
-    parallel.run(parallel.context, plan.a_pack_units + plan.b_batches * plan.b_panels,
-                 8 * plan.pairs * kNr, PackRange, &plan);
-  }
+  const int64_t pack_units = plan.pairs > 0 ? plan.a_pack_units + plan.b_batches * plan.b_panels : 0;
   const int64_t items = p.batch * plan.row_blocks * plan.col_blocks;
-  const int64_t cost = plan.mc_panels * plan.nc_panels * (plan.pairs + 1) * kMr * kNr / 8;
-  parallel.run(parallel.context, items, cost, ComputeRange, &plan);
+  // Small GEMMs run on the calling thread: handing them to the pool costs
+  // more latency than the second core saves.
+  const double macs = static_cast<double>(p.batch) * p.m * p.n * (2 * plan.pairs);
+  if (macs < kInlineMacs) {
+    PackRange(&plan, 0, pack_units);
+    ComputeRange(&plan, 0, items);
+  } else {
+    // a's units first (panels of rows, or ranges of pairs), then b's panels.
+    if (pack_units > 0) {
+      parallel.run(parallel.context, pack_units, 8 * plan.pairs * kNr, PackRange, &plan);
+    }
+    const int64_t cost = plan.mc_panels * plan.nc_panels * (plan.pairs + 1) * kMr * kNr / 8;
+    parallel.run(parallel.context, items, cost, ComputeRange, &plan);
+  }
   std::free(plan.packed_a);
   std::free(plan.packed_b);
 }
