@@ -65,13 +65,23 @@ bit for bit (docs/bf16_gemm.md).  batch_a and batch_b are equal or 1.
 
 namespace {
 
+constexpr int64_t kCoarseUnitCycles = 100000;
+
 void RunOnPool(void* context, int64_t n, int64_t cost_per_unit,
                void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) {
   auto* ctx = static_cast<OpKernelContext*>(context);
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(n, cost_per_unit, [fn, arg](int64_t begin, int64_t end) {
-    fn(arg, begin, end);
-  });
+  auto run = [fn, arg](int64_t begin, int64_t end) { fn(arg, begin, end); };
+  if (cost_per_unit >= kCoarseUnitCycles) {
+    // Large units of uneven cost (GEMM work items): about four blocks per
+    // thread, handed out as threads become free, balance better than the
+    // cost model's even split.
+    const int64_t blocks = 4 * (pool->NumThreads() + 1);
+    const int64_t block_size = (n + blocks - 1) / blocks;
+    pool->ParallelFor(n, ::tensorflow::thread::ThreadPool::SchedulingParams::Fixed(block_size), run);
+  } else {
+    pool->ParallelFor(n, cost_per_unit, run);
+  }
 }
 
 class Bf16MatmulOp : public OpKernel {
