@@ -39,6 +39,9 @@ OP_SOURCES = [
     ("custom_ops/ops/dfp_gemm_ops.cc", "tf"),
     ("custom_ops/kernels/dfp_gemm_portable.cc", "portable"),
     ("custom_ops/kernels/dfp_gemm_avx512.cc", "avx512"),
+    ("custom_ops/ops/bf16_gemm_ops.cc", "tf"),
+    ("custom_ops/kernels/bf16_gemm_portable.cc", "portable"),
+    ("custom_ops/kernels/bf16_gemm_avx512.cc", "avx512"),
 ]
 HEADER_DIRS = ["custom_ops/kernels", "custom_ops/ops"]
 

@@ -24,6 +24,7 @@ from tf_lowprec.formats import (
 )
 from tf_lowprec import callbacks, layers, loss_scaling
 from tf_lowprec.export import export_saved_model
+from tf_lowprec.bf16_gemm import bf16_conv2d, bf16_matmul
 from tf_lowprec.dfp_gemm import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.policy import Policy, PrecisionSpec
@@ -57,6 +58,8 @@ __all__ = [
     "OpLibraryError",
     "Policy",
     "PrecisionSpec",
+    "bf16_conv2d",
+    "bf16_matmul",
     "dfp_conv2d",
     "dfp_gemm_counters",
     "dfp_matmul",

@@ -20,12 +20,18 @@ array([[ 7., 10.],
 import numpy as np
 import tensorflow as tf
 
+from tf_lowprec import _gemm_common
 from tf_lowprec import formats as formats_lib
 from tf_lowprec import rounding as rounding_lib
 from tf_lowprec import tf_dfp_gemm
 from tf_lowprec._op_library import load as _load_ops
 
 MAX_BITS = 16  # the mantissas must fit INT16
+_as_float32 = _gemm_common.as_float32_operand
+_batch_shape = _gemm_common.batch_shape
+_to_rank3 = _gemm_common.to_rank3
+_check_inner_dims = _gemm_common.check_inner_dims
+_reduce_to_shape = _gemm_common.reduce_to_shape
 _ISAS = ("auto", "portable", "avx512")
 
 
@@ -55,21 +61,6 @@ def _check_options(rounding, backward_rounding, chunk_size, isa):
         raise ValueError(f"isa must be one of {', '.join(map(repr, _ISAS))}; got {isa!r}")
 
 
-def _as_float32(x, name):
-    # Arrays and tensors keep their dtype (an int array is an error, not a
-    # silent conversion); Python lists become float32.
-    x = tf.convert_to_tensor(x) if hasattr(x, "dtype") else tf.convert_to_tensor(
-        x, dtype_hint=tf.float32)
-    if x.dtype != tf.float32:
-        raise ValueError(
-            f"{name} must be float32, got {x.dtype.name}; cast it first (float16 and "
-            "bfloat16 convert to float32 exactly)"
-        )
-    if x.shape.rank is not None and x.shape.rank < 2:
-        raise ValueError(f"{name} must have rank >= 2 ([..., rows, cols]), got shape {x.shape}")
-    return x
-
-
 def _offset_seed(seed, offset):
     """seed + [0, offset]: distinct, reproducible streams for each operand."""
     return seed + tf.constant([0, offset], tf.int64)
@@ -86,24 +77,6 @@ def quantize_operand(x, fmt, reduction_axis, rounding="nearest_even", seed=None,
         fmt = fmt.replace(axis=reduction_axis)
     return rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed, return_exponents=True,
                                      implementation=implementation)
-
-
-def _batch_shape(x):
-    static = x.shape[:-2]
-    if static.is_fully_defined():
-        return tf.constant(static.as_list(), tf.int32)
-    return tf.shape(x)[:-2]
-
-
-def _to_rank3(x, batch):
-    """x[..., r, c] broadcast to the batch shape and flattened to [B or 1, r, c]."""
-    rows_cols = tf.shape(x)[-2:]
-    if x.shape.rank == 2:
-        return tf.reshape(x, tf.concat([[1], rows_cols], 0))
-    if x.shape[:-2].is_fully_defined() and all(d == 1 for d in x.shape[:-2]):
-        return tf.reshape(x, tf.concat([[1], rows_cols], 0))
-    x = tf.broadcast_to(x, tf.concat([batch, rows_cols], 0))
-    return tf.reshape(x, tf.concat([[-1], rows_cols], 0))
 
 
 def _exponents_rank3(e, x, transposed_k_last, per_block, batch):
@@ -141,13 +114,7 @@ def gemm_quantized(aq, ea, bq, eb, fmt, *, transpose_a=False, transpose_b=False,
             a3, ea3, b3, eb3, transpose_a=transpose_a, transpose_b=transpose_b,
             block_size=fmt.block_size or 0, chunk_size=chunk_size,
         )
-    m = tf.shape(aq)[-1] if transpose_a else tf.shape(aq)[-2]
-    n = tf.shape(bq)[-2] if transpose_b else tf.shape(bq)[-1]
-    out_shape = tf.concat([batch, [m, n]], 0)
-    product = tf.reshape(product, out_shape)
-    if aq.shape.rank is not None and bq.shape.rank is not None:
-        rank = max(aq.shape.rank, bq.shape.rank)
-        product = tf.ensure_shape(product, [None] * rank)
+    product = _gemm_common.from_rank3(product, aq, bq, batch, transpose_a, transpose_b)
     return product, overflowed
 
 
@@ -169,32 +136,7 @@ def gemm_fused(x, y, fmt, *, transpose_a=False, transpose_b=False, chunk_size=64
         extra_shift=fmt.extra_shift, transpose_a=transpose_a, transpose_b=transpose_b,
         chunk_size=chunk_size, isa=isa,
     )
-    m = tf.shape(x)[-1] if transpose_a else tf.shape(x)[-2]
-    n = tf.shape(y)[-2] if transpose_b else tf.shape(y)[-1]
-    product = tf.reshape(product, tf.concat([batch, [m, n]], 0))
-    if x.shape.rank is not None and y.shape.rank is not None:
-        product = tf.ensure_shape(product, [None] * max(x.shape.rank, y.shape.rank))
-    return product, overflowed
-
-
-def _check_inner_dims(a, b, transpose_a, transpose_b):
-    ka = a.shape[-2] if transpose_a else a.shape[-1]
-    kb = b.shape[-1] if transpose_b else b.shape[-2]
-    if ka is not None and kb is not None and ka != kb:
-        raise ValueError(
-            f"inner dimensions of a {a.shape} (transpose_a={transpose_a}) and b {b.shape} "
-            f"(transpose_b={transpose_b}) differ: {ka} != {kb}"
-        )
-
-
-def _reduce_to_shape(grad, shape_of, batch_other):
-    """Sums a broadcast gradient back to the batch shape of `shape_of`."""
-    own = _batch_shape(shape_of)
-    if shape_of.shape.rank == 2 and grad.shape.rank == 2:
-        return grad
-    reduce_own, _ = tf.raw_ops.BroadcastGradientArgs(s0=own, s1=batch_other)
-    grad = tf.reduce_sum(grad, axis=reduce_own)
-    return tf.reshape(grad, tf.shape(shape_of))
+    return _gemm_common.from_rank3(product, x, y, batch, transpose_a, transpose_b), overflowed
 
 
 def dfp_matmul(
@@ -334,18 +276,6 @@ def dfp_gemm_counters(reset=False):
     return {k: int(v) for k, v in zip(names, np.asarray(values))}
 
 
-def _pair(value, name):
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value, value
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
-    ):
-        return tuple(value)
-    raise ValueError(f"{name} must be a positive int or a pair of positive ints, got {value!r}")
-
-
 def dfp_conv2d(
     x,
     filters,
@@ -391,23 +321,11 @@ def dfp_conv2d(
             f"got block_size={fmt.block_size}"
         )
     _check_options(rounding, backward_rounding, chunk_size, isa)
-    sh, sw = _pair(strides, "strides")
-    dh, dw = _pair(dilations, "dilations")
-    if not isinstance(padding, str) or padding.upper() not in ("VALID", "SAME"):
-        raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}")
-    padding = padding.upper()
+    strides, padding, dilations = _gemm_common.conv_options(strides, padding, dilations)
     with tf.name_scope(name or "dfp_conv2d"):
         x = _as_float32(x, "x")
         filters = _as_float32(filters, "filters")
-        if x.shape.rank != 4 or filters.shape.rank != 4:
-            raise ValueError(
-                f"x must be [batch, height, width, channels] and filters [kh, kw, in, out]; "
-                f"got shapes {x.shape} and {filters.shape}"
-            )
-        if None not in (x.shape[3], filters.shape[2]) and x.shape[3] != filters.shape[2]:
-            raise ValueError(
-                f"x has {x.shape[3]} channels but filters expect {filters.shape[2]}"
-            )
+        _gemm_common.check_conv_operands(x, filters, "dfp_conv2d")
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
         # Quantized once per tensor (straight-through gradients); the GEMM's own
@@ -416,17 +334,10 @@ def dfp_conv2d(
                                        implementation=implementation)
         wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1),
                                        implementation=implementation)
-        kh, kw = tf.shape(filters)[0], tf.shape(filters)[1]
-        static_kh, static_kw = filters.shape[0], filters.shape[1]
-        if static_kh is None or static_kw is None:
-            raise ValueError("dfp_conv2d needs the filter's height and width statically")
-        patches = tf.image.extract_patches(
-            xq, sizes=[1, static_kh, static_kw, 1], strides=[1, sh, sw, 1],
-            rates=[1, dh, dw, 1], padding=padding,
-        )
-        out_spatial = tf.shape(patches)[:3]
-        columns = tf.reshape(patches, [-1, tf.shape(patches)[3]])
-        weights = tf.reshape(wq, [kh * kw * tf.shape(filters)[2], tf.shape(filters)[3]])
-        y = dfp_matmul(columns, weights, fmt, seed=seed, backward_rounding=backward_rounding,
-                       chunk_size=chunk_size, isa=isa, implementation=implementation)
-        return tf.reshape(y, tf.concat([out_spatial, tf.shape(filters)[3:]], 0))
+
+        def matmul(columns, weights):
+            return dfp_matmul(columns, weights, fmt, seed=seed,
+                              backward_rounding=backward_rounding, chunk_size=chunk_size,
+                              isa=isa, implementation=implementation)
+
+        return _gemm_common.conv2d_as_gemm(matmul, xq, wq, strides, padding, dilations)

@@ -24,6 +24,8 @@
 
 #include <cstdint>
 
+#include "parallel_for.h"
+
 namespace tf_lowprec {
 namespace dfp_gemm {
 
@@ -74,13 +76,7 @@ struct Stats {
   int64_t invalid_inputs = 0;
 };
 
-// Runs fn(arg, begin, end) over [0, n) on some thread pool; cost_per_unit is
-// a rough count of cycles per unit (TensorFlow's ParallelFor heuristic).
-struct ParallelFor {
-  void* context = nullptr;
-  void (*run)(void* context, int64_t n, int64_t cost_per_unit,
-              void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) = nullptr;
-};
+using ::tf_lowprec::ParallelFor;  // parallel_for.h
 
 struct Kernels {
   const char* isa;

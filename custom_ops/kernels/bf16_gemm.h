@@ -1,0 +1,71 @@
+// BF16 GEMM with a defined FP32 summation order: interface.
+//
+// Header-only declarations, free of TensorFlow includes: the per-ISA
+// translation units (bf16_gemm_portable.cc, bf16_gemm_avx512.cc) include
+// bf16_gemm_impl.h with their own compiler flags, and the TensorFlow kernel
+// (custom_ops/ops/bf16_gemm_ops.cc) picks one at run time.
+//
+// What is computed (docs/bf16_gemm.md has the full statement and the probe
+// that established it): both operands are rounded to BF16 (nearest even,
+// NaN -> quiet NaN with its sign, as round_to_format(x, BF16)); BF16
+// subnormals then count as zero with their sign (DAZ).  K is padded to an
+// even length with zeros, and for every output element
+//     acc = +0
+//     for p in 0 .. K/2 - 1:
+//       acc = step(acc, a[2p+1], b[2p+1])
+//       acc = step(acc, a[2p],   b[2p])
+// where step(acc, x, y) = acc + x * y with one rounding to nearest even
+// (x * y is exact), results whose 24-bit rounding (exponent unbounded) lies
+// below 2^-126 in magnitude flushed to zero with their sign (FTZ), and NaN
+// results taken from x, else y, else acc (quiet), else the default NaN
+// 0xFFC00000 (Inf * 0, Inf - Inf).  This is what one lane of VDPBF16PS does
+// on the CPUs probed (benchmarks/vdpbf16ps_probe/), so the AVX512_BF16 kernel
+// runs the instruction and the portable kernel emulates it, bit-identically.
+#ifndef TF_LOWPREC_KERNELS_BF16_GEMM_H_
+#define TF_LOWPREC_KERNELS_BF16_GEMM_H_
+
+#include <cstdint>
+
+#include "parallel_for.h"
+
+namespace tf_lowprec {
+namespace bf16_gemm {
+
+// One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
+struct Problem {
+  int64_t batch = 1, m = 0, n = 0, k = 0;
+  // a: per batch [m, k] row-major, or [k, m] when transpose_a.  A batch
+  // stride of 0 broadcasts one matrix over the batch.
+  const float* a = nullptr;
+  int64_t a_batch_stride = 0;
+  bool transpose_a = false;
+  // b: per batch [k, n] row-major, or [n, k] when transpose_b.
+  const float* b = nullptr;
+  int64_t b_batch_stride = 0;
+  bool transpose_b = false;
+  float* out = nullptr;  // [batch, m, n] row-major
+};
+
+struct Kernels {
+  const char* isa;
+  void (*gemm)(const Problem& problem, const ParallelFor& parallel);
+};
+
+namespace portable {
+extern const Kernels kKernels;
+}
+namespace avx512bf16 {
+extern const Kernels kKernels;
+}
+
+// True when the CPU and the OS support AVX-512 F/BW/DQ/VL and AVX512_BF16.
+bool CpuSupportsAvx512Bf16();
+
+// "portable", "avx512" (the VDPBF16PS kernel) or "auto" (that kernel where
+// supported); nullptr for an unknown or unsupported name.
+const Kernels* SelectKernels(const char* isa);
+
+}  // namespace bf16_gemm
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_BF16_GEMM_H_

@@ -1,0 +1,416 @@
+"""bf16_matmul / bf16_conv2d: bit-exact against a NumPy model of VDPBF16PS.
+
+The reference below is written from the definition in docs/bf16_gemm.md
+(which a probe of the real instruction established), independently of the
+C++ kernels: operands rounded by the NumPy rounding reference, then a loop
+over K vectorised over the outputs.  Both kernels (the VDPBF16PS one where
+the CPU has AVX512_BF16, and the portable emulation) must equal it bit for
+bit, NaN payloads and signed zeros included.  Runtime ~10 s.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec import reference
+from tf_lowprec._op_library import load
+
+MIN_NORMAL = np.float64(2.0**-126)
+FLUSH_BELOW = np.float64(2.0**-126 - 2.0**-151)  # 24-bit rounding below 2^-126
+DEFAULT_NAN = np.uint32(0xFFC00000)
+QUIET_BIT = np.uint32(0x00400000)
+
+
+def _has_avx512_bf16():
+    try:
+        load().lowprec_bf16_matmul(tf.zeros([1, 1, 2]), tf.zeros([1, 2, 1]), isa="avx512")
+        return True
+    except tf.errors.InvalidArgumentError:
+        return False
+
+
+ISAS = ["portable", "avx512"] if _has_avx512_bf16() else ["portable"]
+
+
+def bf16_operand(x):
+    """The BF16 values the GEMM multiplies: round_to_format(x, BF16), then DAZ."""
+    r = reference.round_to_format(np.asarray(x, np.float32), lp.BF16)
+    tiny = np.abs(r.astype(np.float64)) < MIN_NORMAL
+    return np.where(tiny, np.copysign(np.float32(0), r), r).astype(np.float32)
+
+
+def step(acc, x, y):
+    """acc + x * y (float32 arrays, broadcast) as one VDPBF16PS half-step."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = acc.astype(np.float64) + x.astype(np.float64) * y.astype(np.float64)
+        r = v.astype(np.float32)
+    r = np.where(np.abs(v) < FLUSH_BELOW, np.copysign(np.float32(0), r), r).astype(np.float32)
+    bits = r.view(np.uint32)
+    acc_bits, x_bits, y_bits = (np.broadcast_to(t, r.shape).view(np.uint32) for t in (acc, x, y))
+    nan = np.isnan(v)
+    chosen = np.where(np.isnan(np.broadcast_to(x, r.shape)), x_bits | QUIET_BIT,
+                      np.where(np.isnan(np.broadcast_to(y, r.shape)), y_bits | QUIET_BIT,
+                               np.where(np.isnan(np.broadcast_to(acc, r.shape)),
+                                        acc_bits | QUIET_BIT, DEFAULT_NAN)))
+    return np.where(nan, chosen, bits).astype(np.uint32).view(np.float32)
+
+
+def reference_matmul(a, b):
+    """The model for 2-D a [m, k], b [k, n] (already transposed as needed)."""
+    a, b = bf16_operand(a), bf16_operand(b)
+    m, k = a.shape
+    n = b.shape[1]
+    if k % 2:
+        a = np.concatenate([a, np.zeros((m, 1), np.float32)], 1)
+        b = np.concatenate([b, np.zeros((1, n), np.float32)], 0)
+    acc = np.zeros((m, n), np.float32)
+    for p in range(a.shape[1] // 2):
+        acc = step(acc, a[:, 2 * p + 1, None], b[None, 2 * p + 1, :])
+        acc = step(acc, a[:, 2 * p, None], b[None, 2 * p, :])
+    return acc
+
+
+def reference_batched(a, b, ta=False, tb=False):
+    a = np.swapaxes(a, -1, -2) if ta else a
+    b = np.swapaxes(b, -1, -2) if tb else b
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+    b = np.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+    out = np.stack([reference_matmul(x, y) for x, y in zip(a, b)])
+    return out.reshape(batch + out.shape[-2:])
+
+
+def assert_bits_equal(actual, expected):
+    actual = np.asarray(actual, np.float32)
+    expected = np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape
+    diff = actual.view(np.uint32) != expected.view(np.uint32)
+    assert not diff.any(), (
+        f"{int(diff.sum())} of {diff.size} differ, e.g. at {np.argwhere(diff)[0]}: "
+        f"{actual[diff][:3].view(np.uint32)} != {expected[diff][:3].view(np.uint32)}"
+    )
+
+
+def _hand_cases():
+    """(a [1, k], b [k, 1], expected output bits), worked out from the definition."""
+    cases = []
+    # Pairs (a0, a1) = (1, 0), (a2, a3) = (1, 2^24).  Odd element first:
+    # acc = 0 + 0, + 1 = 1; then 1 + 2^24 ties to 2^24 (even), + 1 ties to 2^24.
+    # (K order, or even-first, would give 2^24 + 2.)
+    cases.append(([1.0, 0.0, 1.0, 2.0**24], [1.0] * 4, 0x4B800000))
+    # DAZ: a BF16 subnormal operand counts as zero (4 * 2^-130 would be normal).
+    cases.append(([2.0**-130], [4.0], 0x00000000))
+    # FTZ: a sum below 2^-126 is flushed, keeping its sign.
+    cases.append(([-(2.0**-70)], [2.0**-60], 0x80000000))
+    # Pair 0 makes acc = 2^-126, then pair 1's odd product is added:
+    # 2^-126 - 2^-152 and the tie 2^-126 - 2^-151 round (24 bits) to 2^-126 and
+    # are kept; 2^-126 - 2^-150 is a 24-bit number below 2^-126: flushed to +0
+    # (IEEE gradual underflow would have rounded it up to 2^-126).
+    for b3_exponent, expected in [(-77, 0x00800000), (-76, 0x00800000), (-75, 0x00000000)]:
+        cases.append(([2.0**-63, 0.0, 0.0, -(2.0**-75)],
+                      [2.0**-63, 0.0, 0.0, 2.0**b3_exponent], expected))
+    # The initial accumulator is +0: a -0 product leaves +0.
+    cases.append(([-0.0], [1.0], 0x00000000))
+    # NaN: a's NaN wins over b's; Inf * 0 gives the default NaN 0xFFC00000.
+    cases.append(([np.nan], [-np.nan], 0x7FC00000))
+    cases.append(([-np.nan], [np.nan], 0xFFC00000))
+    cases.append(([np.inf], [0.0], 0xFFC00000))
+    cases.append(([1.0, np.inf], [1.0, -np.inf], 0xFF800000))
+    return cases
+
+
+@pytest.mark.parametrize("isa", ["reference"] + ISAS)
+def test_hand_worked_cases(isa):
+    for a, b, expected in _hand_cases():
+        a = np.float32(a)[None, :]
+        b = np.float32(b)[:, None]
+        out = reference_matmul(a, b) if isa == "reference" else lp.bf16_matmul(a, b, isa=isa)
+        got = int(np.asarray(out, np.float32).view(np.uint32)[0, 0])
+        assert got == expected, (a, b, hex(got), hex(expected))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    "m, k, n, ta, tb",
+    [
+        (1, 1, 1, False, False),
+        (5, 7, 3, False, False),       # odd K
+        (13, 64, 33, False, False),    # M, N past one micro-tile
+        (25, 129, 70, True, False),
+        (12, 200, 32, False, True),
+        (30, 385, 17, True, True),
+        (13, 1500, 40, False, False),  # K beyond one K piece (1024 elements):
+        (14, 2051, 33, True, True),    # the tile is stored and reloaded
+        (50, 2, 100, False, False),
+        (100, 1100, 20, False, False),  # one column block: rows converted per work item
+        (100, 1100, 20, True, False),
+    ],
+)
+def test_matches_reference(isa, m, k, n, ta, tb):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    out = lp.bf16_matmul(a, b, transpose_a=ta, transpose_b=tb, isa=isa)
+    assert_bits_equal(out, reference_batched(a, b, ta, tb))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_output(isa):
+    """Outputs of 8 MiB and more are written with streaming stores (aligned rows)."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2050, 5)).astype(np.float32)
+    b = rng.standard_normal((5, 1024)).astype(np.float32)
+    assert_bits_equal(lp.bf16_matmul(a, b, isa=isa), reference_matmul(a, b))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_batch_broadcast(isa):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 1, 9, 11)).astype(np.float32)
+    b = rng.standard_normal((3, 11, 5)).astype(np.float32)
+    out = lp.bf16_matmul(a, b, isa=isa)
+    assert out.shape == (2, 3, 9, 5)
+    assert_bits_equal(out, reference_batched(a, b))
+    c = rng.standard_normal((4, 6, 11)).astype(np.float32)
+    assert_bits_equal(lp.bf16_matmul(c, b[0], transpose_b=False, isa=isa),
+                      reference_batched(c, b[0]))
+    d = rng.standard_normal((4, 13, 6)).astype(np.float32)  # batch and both transposes
+    assert_bits_equal(lp.bf16_matmul(c, d, transpose_a=True, transpose_b=True, isa=isa),
+                      reference_batched(c, d, ta=True, tb=True))
+
+
+def adversarial(rng, shape):
+    """Values that exercise ties, cancellation, subnormals, overflow, Inf and NaN."""
+    palette = np.float32([
+        0.0, -0.0, 1.0, -1.0, 1.0 + 2.0**-7, 3.0, -3.0, 2.0**-63, -(2.0**-63), 2.0**-64,
+        1.5 * 2.0**-63, 2.0**-126, 2.0**-127, -(2.0**-130), 2.0**-149, 1.17e-38,
+        2.0**24, -(2.0**24), 1.0 + 2.0**-8,
+        1.0 + 3 * 2.0**-9, 65504.0, 2.0**-75, 2.0**-76,
+    ])
+    values = rng.choice(palette, size=shape)
+    scale = np.exp2(rng.integers(-20, 20, size=shape)).astype(np.float32)
+    mixed = (rng.standard_normal(shape) * scale).astype(np.float32)
+    x = np.where(rng.random(shape) < 0.6, values, mixed).astype(np.float32)
+    # A few huge and non-finite values (overflow, Inf - Inf, NaN), so that
+    # most outputs stay finite.
+    specials = np.float32([2.0**63, 2.0**64, -(2.0**64), 3.0e38, -3.0e38, np.inf, -np.inf,
+                           np.nan, -np.nan])
+    where = rng.random(shape) < 0.01
+    x[where] = rng.choice(specials, size=int(where.sum()))
+    return x
+
+
+def bottom_of_range(rng, shape):
+    """Products near 2^-126: sums at the FTZ threshold, subnormal products."""
+    e = rng.integers(-66, -60, size=shape)
+    sign = rng.choice([-1.0, 1.0], size=shape)
+    mantissa = 1 + rng.integers(0, 128, size=shape) / 128
+    return (sign * mantissa * np.exp2(e)).astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", ["adversarial", "bottom", "mixed_bottom"])
+def test_adversarial_values(isa, kind):
+    rng = np.random.default_rng(hash(kind) % 2**32)
+    m, k, n = 23, 41, 37
+    if kind == "adversarial":
+        a, b = adversarial(rng, (m, k)), adversarial(rng, (k, n))
+    elif kind == "bottom":
+        a, b = bottom_of_range(rng, (m, k)), bottom_of_range(rng, (k, n))
+    else:
+        a = bottom_of_range(rng, (m, k))
+        a[:, ::3] = adversarial(rng, (m, len(range(0, k, 3))))
+        b = bottom_of_range(rng, (k, n))
+    out = lp.bf16_matmul(a, b, isa=isa).numpy()
+    expected = reference_matmul(a, b)
+    assert_bits_equal(out, expected)
+    # The cases did occur.
+    if kind == "adversarial":
+        assert np.isnan(expected).any() and np.isinf(expected).any()
+        assert np.isfinite(expected).mean() > 0.3
+    elif kind == "bottom":
+        assert (expected.view(np.uint32) == 0x80000000).any() and (expected == 0).any()
+        assert (np.abs(expected) >= 2.0**-126).any()
+
+
+def test_isas_agree_on_larger_problem():
+    if len(ISAS) < 2:
+        pytest.skip("the CPU has no AVX512_BF16")
+    rng = np.random.default_rng(7)
+    a = adversarial(rng, (2, 100, 301))
+    b = bottom_of_range(rng, (301, 90)) * np.float32(2.0**60)
+    outs = [lp.bf16_matmul(a, b, isa=isa).numpy() for isa in ISAS]
+    assert_bits_equal(outs[0], outs[1])
+
+
+_THREADS_SCRIPT = """
+import sys, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+import tf_lowprec as lp
+rng = np.random.default_rng(3)
+a = rng.standard_normal((300, 257)).astype(np.float32)
+b = rng.standard_normal((257, 200)).astype(np.float32)
+np.save(sys.argv[1], lp.bf16_matmul(a, b, isa=sys.argv[2]).numpy())
+"""
+
+
+def test_one_thread_equals_two(tmp_path):
+    """One intra-op thread (another process) gives the bits of the default pool."""
+    assert tf.config.threading.get_intra_op_parallelism_threads() != 1
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 257)).astype(np.float32)
+    b = rng.standard_normal((257, 200)).astype(np.float32)
+    isa = ISAS[-1]
+    path = str(tmp_path / "one_thread.npy")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, path, isa], check=True, env=env,
+                   timeout=120)
+    assert_bits_equal(np.load(path), lp.bf16_matmul(a, b, isa=isa))
+
+
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gradients(ta, tb):
+    rng = np.random.default_rng(11)
+    m, k, n = 7, 10, 5
+    a = tf.constant(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
+    b = tf.constant(rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32))
+    dy = rng.standard_normal((m, n)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        out = lp.bf16_matmul(a, b, transpose_a=ta, transpose_b=tb)
+    da, db = tape.gradient(out, [a, b], output_gradients=tf.constant(dy))
+    an, bn = a.numpy(), b.numpy()
+    a_logical = an.T if ta else an
+    b_logical = bn.T if tb else bn
+    # out = A B: dA = dy B^T, dB = A^T dy, each itself a bf16_matmul (rounding dy).
+    da_logical = reference_matmul(dy, b_logical.T)
+    db_logical = reference_matmul(a_logical.T, dy)
+    assert_bits_equal(da, da_logical.T if ta else da_logical)
+    assert_bits_equal(db, db_logical.T if tb else db_logical)
+
+
+def test_gradient_of_broadcast_batch():
+    rng = np.random.default_rng(12)
+    a = tf.constant(rng.standard_normal((3, 4, 6)).astype(np.float32))
+    b = tf.constant(rng.standard_normal((6, 2)).astype(np.float32))
+    dy = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        out = lp.bf16_matmul(a, b)
+    da, db = tape.gradient(out, [a, b], output_gradients=tf.constant(dy))
+    assert_bits_equal(da, reference_batched(dy, b.numpy(), tb=True))
+    per_batch = reference_batched(a.numpy(), dy, ta=True)
+    np.testing.assert_allclose(db, per_batch.sum(0), rtol=1e-6)
+
+
+def test_empty_and_zero_k():
+    assert lp.bf16_matmul(np.zeros((0, 3), np.float32), np.ones((3, 4), np.float32)).shape == (0, 4)
+    out = lp.bf16_matmul(np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32)).numpy()
+    assert_bits_equal(out, np.zeros((2, 3), np.float32))  # +0: the initial accumulator
+
+
+def test_graph_mode_and_dynamic_shapes():
+    f = tf.function(lambda a, b: lp.bf16_matmul(a, b, transpose_b=True),
+                    input_signature=[tf.TensorSpec([None, None, 8]), tf.TensorSpec([None, 8])])
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    b = rng.standard_normal((4, 8)).astype(np.float32)
+    assert_bits_equal(f(a, b), reference_batched(a, b, tb=True))
+
+
+def test_bad_input():
+    a = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="inner dimensions"):
+        lp.bf16_matmul(a, a)
+    with pytest.raises(ValueError, match="float32"):
+        lp.bf16_matmul(np.ones((2, 3), np.int32), a.T)
+    with pytest.raises(ValueError, match="float32"):
+        lp.bf16_matmul(a, tf.ones((3, 2), tf.float64))
+    with pytest.raises(ValueError, match="isa must be one of"):
+        lp.bf16_matmul(a, a.T, isa="avx2")
+    with pytest.raises(ValueError, match="transpose_a and transpose_b"):
+        lp.bf16_matmul(a, a, transpose_b=1)
+    with pytest.raises(ValueError, match="rank >= 2"):
+        lp.bf16_matmul(np.ones(3, np.float32), a)
+    if "avx512" not in ISAS:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="AVX512_BF16"):
+            lp.bf16_matmul(a, a.T, isa="avx512")
+
+
+# --- conv2d -----------------------------------------------------------------
+
+
+def im2col(x, kh, kw, strides, dilations, padding):
+    """NumPy patches [N*H'*W', kh*kw*C] in (kh, kw, C) order (tf.nn.conv2d's)."""
+    n, h, w, c = x.shape
+    (sh, sw), (dh, dw) = strides, dilations
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    if padding == "SAME":
+        oh, ow = -(-h // sh), -(-w // sw)
+        ph = max((oh - 1) * sh + eh - h, 0)
+        pw = max((ow - 1) * sw + ew - w, 0)
+        x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    else:
+        oh, ow = (h - eh) // sh + 1, (w - ew) // sw + 1
+    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = x[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+                                       j * dw:j * dw + (ow - 1) * sw + 1:sw, :]
+    return cols.reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
+
+
+@pytest.mark.parametrize(
+    "strides, dilations, padding",
+    [(1, 1, "VALID"), (2, 1, "SAME"), ((1, 2), (2, 1), "SAME"), (3, 1, "VALID")],
+)
+def test_conv2d_forward_and_backward(strides, dilations, padding):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 9, 8, 3)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
+    s = strides if isinstance(strides, tuple) else (strides, strides)
+    d = dilations if isinstance(dilations, tuple) else (dilations, dilations)
+    cols, (n, oh, ow) = im2col(x, 3, 3, s, d, padding)
+    weights = w.reshape(-1, 4)
+    xt, wt = tf.constant(x), tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, wt])
+        y = lp.bf16_conv2d(xt, wt, strides=strides, padding=padding, dilations=dilations)
+    expected = lp.bf16_matmul(cols, weights).numpy().reshape(n, oh, ow, 4)
+    assert_bits_equal(y, expected)
+    np.testing.assert_allclose(y, tf.nn.conv2d(x, w, s, padding, dilations=d), rtol=0.05,
+                               atol=0.1)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw = tape.gradient(y, [xt, wt], output_gradients=tf.constant(dy))
+    dy_cols = dy.reshape(-1, 4)
+    assert_bits_equal(dw, lp.bf16_matmul(cols, dy_cols, transpose_a=True).numpy().reshape(w.shape))
+    # d(patches) = bf16_matmul(dy, W^T), summed back onto x (col2im, in FP32).
+    dcols = lp.bf16_matmul(dy_cols, weights, transpose_b=True).numpy()
+    ones_x = tf.constant(np.zeros_like(x))
+    with tf.GradientTape() as t2:
+        t2.watch(ones_x)
+        patches = tf.image.extract_patches(
+            ones_x, [1, 3, 3, 1], [1, *s, 1], [1, *d, 1], padding)
+    expected_dx = t2.gradient(patches, ones_x,
+                              output_gradients=tf.constant(dcols.reshape(patches.shape)))
+    if s == (3, 3) and d == (1, 1):  # patches do not overlap: col2im adds nothing
+        assert_bits_equal(dx, expected_dx)
+    else:
+        np.testing.assert_allclose(dx, expected_dx, rtol=1e-6, atol=1e-6)
+
+
+def test_conv2d_bad_input():
+    x = np.ones((1, 4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match="channels"):
+        lp.bf16_conv2d(x, np.ones((2, 2, 3, 1), np.float32))
+    with pytest.raises(ValueError, match="padding"):
+        lp.bf16_conv2d(x, np.ones((2, 2, 2, 1), np.float32), padding="FULL")
+    with pytest.raises(ValueError, match="strides"):
+        lp.bf16_conv2d(x, np.ones((2, 2, 2, 1), np.float32), strides=0)
+    with pytest.raises(ValueError, match="isa"):
+        lp.bf16_conv2d(x, np.ones((2, 2, 2, 1), np.float32), isa="gpu")

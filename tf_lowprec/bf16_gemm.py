@@ -1,0 +1,152 @@
+"""BF16 GEMM with a defined FP32 summation order: the VDPBF16PS order.
+
+`bf16_matmul` rounds both operands to BF16 (nearest even, exactly as
+`round_to_format(x, BF16)`), and accumulates every output in FP32 over pairs
+of K elements in the order of one lane of the AVX512_BF16 instruction
+VDPBF16PS: for each pair, the odd element's product is added first, then the
+even one's, each addition rounded to nearest even, BF16 subnormals taken as
+zero and tiny sums flushed to zero.  Where the CPU has AVX512_BF16 the kernel
+runs that instruction; elsewhere a portable kernel emulates it, and the two
+are bit-identical by construction (docs/bf16_gemm.md states the arithmetic
+and how it was established on real hardware).  The result does not depend on
+the number of threads or the blocking.
+
+>>> import tensorflow as tf, tf_lowprec as lp
+>>> a = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+>>> lp.bf16_matmul(a, a).numpy()
+array([[ 7., 10.],
+       [15., 22.]], dtype=float32)
+"""
+
+import tensorflow as tf
+
+from tf_lowprec import _gemm_common
+from tf_lowprec._op_library import load as _load_ops
+
+ISAS = ("auto", "portable", "avx512")
+
+
+def _check_isa(isa):
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(map(repr, ISAS))}; got {isa!r}")
+
+
+def _check_transposes(transpose_a, transpose_b):
+    if not isinstance(transpose_a, bool) or not isinstance(transpose_b, bool):
+        raise ValueError(
+            f"transpose_a and transpose_b must be True or False, got {transpose_a!r} and "
+            f"{transpose_b!r}"
+        )
+
+
+def _product(a, b, transpose_a, transpose_b, isa):
+    """The kernel on [..., rows, cols] operands with broadcast batch dimensions."""
+    if a.shape.rank == 2 and b.shape.rank == 2:  # the common case, in fewer ops
+        product = _load_ops().lowprec_bf16_matmul(
+            a[None], b[None], transpose_a=transpose_a, transpose_b=transpose_b, isa=isa)
+        return product[0]
+    batch = tf.broadcast_dynamic_shape(_gemm_common.batch_shape(a),
+                                       _gemm_common.batch_shape(b))
+    product = _load_ops().lowprec_bf16_matmul(
+        _gemm_common.to_rank3(a, batch), _gemm_common.to_rank3(b, batch),
+        transpose_a=transpose_a, transpose_b=transpose_b, isa=isa,
+    )
+    return _gemm_common.from_rank3(product, a, b, batch, transpose_a, transpose_b)
+
+
+def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto", name=None):
+    """`tf.linalg.matmul(a, b)` with BF16 operands and the VDPBF16PS summation order.
+
+    Both operands are rounded to BF16 with round-to-nearest-even (NaN stays
+    NaN); for each output element, with K padded to even length by zeros:
+
+        acc = +0
+        for p in range(K // 2):
+            acc = step(acc, a[2p+1], b[2p+1])
+            acc = step(acc, a[2p], b[2p])
+
+    where `step` is one FP32 multiply-add with a single rounding to nearest
+    even, BF16 subnormal operands count as zero (DAZ) and results below
+    2^-126 are flushed to zero with their sign (FTZ); docs/bf16_gemm.md has
+    the details (NaN propagation, the exact tininess rule).
+
+    The gradient runs both backward GEMMs through this same op: for
+    `out = a @ b`, `da = bf16_matmul(dout, b^T)` and `db = bf16_matmul(a^T,
+    dout)`, so the error is rounded to BF16 too; the rounding of the operands
+    themselves is straight-through.
+
+    Args:
+      a, b: float32 tensors `[..., m, k]` and `[..., k, n]` (before the
+        transposes); batch dimensions broadcast as in `tf.linalg.matmul`.
+      transpose_a, transpose_b: as in `tf.linalg.matmul`.
+      isa: "auto" (VDPBF16PS where the CPU has AVX512_BF16, else the portable
+        kernel), "portable" (the emulation, any CPU) or "avx512" (the
+        instruction; an error on CPUs without it).  All give the same bits.
+      name: name scope.
+
+    Returns:
+      float32 `[..., m, n]`.
+
+    >>> import numpy as np, tensorflow as tf, tf_lowprec as lp
+    >>> x = tf.constant(np.arange(6, dtype=np.float32).reshape(2, 3))
+    >>> lp.bf16_matmul(x, x, transpose_b=True).numpy()
+    array([[ 5., 14.],
+           [14., 50.]], dtype=float32)
+    >>> lp.bf16_matmul([[1.0 + 2**-9]], [[1.0]]).numpy()  # 1 + 2^-9 rounds to 1 in BF16
+    array([[1.]], dtype=float32)
+    """
+    _check_isa(isa)
+    _check_transposes(transpose_a, transpose_b)
+    with tf.name_scope(name or "bf16_matmul"):
+        a = _gemm_common.as_float32_operand(a, "a")
+        b = _gemm_common.as_float32_operand(b, "b")
+        _gemm_common.check_inner_dims(a, b, transpose_a, transpose_b)
+
+        def product(x, y, ta, tb):
+            return _product(x, y, ta, tb, isa)
+
+        @tf.custom_gradient
+        def matmul(x, y):
+            def grad(dy):
+                return _gemm_common.matmul_gradients(product, x, y, dy, transpose_a,
+                                                     transpose_b)
+
+            return product(x, y, transpose_a, transpose_b), grad
+
+        return matmul(a, b)
+
+
+def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto", name=None):
+    """`tf.nn.conv2d` (NHWC) computed by `bf16_matmul` on image patches (im2col).
+
+    The patches of x `[N * H' * W', kh * kw * C]` are multiplied by the
+    filters reshaped to `[kh * kw * C, O]` with `bf16_matmul` (so both are
+    rounded to BF16 and summed in the VDPBF16PS order along kh * kw * C, in
+    the order (kh, kw, C)).  The gradient: d(filters) = bf16_matmul(patches^T,
+    error), d(patches) = bf16_matmul(error, filters^T), then the patch
+    gradients are summed back onto x in FP32 (col2im).
+
+    Args:
+      x: float32 `[batch, height, width, in_channels]`.
+      filters: float32 `[kh, kw, in_channels, out_channels]` (kh, kw static).
+      strides, dilations: an int or a pair (height, width).
+      padding: "VALID" or "SAME".
+      isa: as for `bf16_matmul`.
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((2, 2, 1, 1), np.float32)
+    >>> lp.bf16_conv2d(x, w)[0, :, :, 0].numpy()
+    array([[4., 4.],
+           [4., 4.]], dtype=float32)
+    """
+    _check_isa(isa)
+    strides, padding, dilations = _gemm_common.conv_options(strides, padding, dilations)
+    with tf.name_scope(name or "bf16_conv2d"):
+        x = _gemm_common.as_float32_operand(x, "x")
+        filters = _gemm_common.as_float32_operand(filters, "filters")
+        _gemm_common.check_conv_operands(x, filters, "bf16_conv2d")
+
+        def matmul(columns, weights):
+            return bf16_matmul(columns, weights, isa=isa)
+
+        return _gemm_common.conv2d_as_gemm(matmul, x, filters, strides, padding, dilations)
