@@ -71,11 +71,14 @@ def explicit_backend(spec):
     def gemm(op, *xs):
         return error(op(*[operand(x, spec, role_of(x)) for x in xs]), spec)
 
-    integer = spec.accumulator == "int32" and emulation.integer_gemm("matmul") is not None
+    own_matmul = emulation.accumulator_gemm(spec.accumulator, "matmul")
+    own_conv2d = emulation.accumulator_gemm(spec.accumulator, "conv2d")
 
     def ref_matmul(a, b):
-        if integer and len(a.shape) == 2 and len(b.shape) == 2:
-            return gemm(emulation.integer_gemm("matmul"), a, b)
+        # The INT16 GEMM takes matrices; the BF16 GEMM any batch of them.
+        if own_matmul is not None and len(a.shape) >= 2 and len(b.shape) >= 2 and (
+                spec.accumulator == "bf16_dot" or len(a.shape) == len(b.shape) == 2):
+            return gemm(own_matmul, a, b)
         return gemm(matmul, a, b)
 
     def ref_einsum(eq, *xs, **kw):
@@ -85,10 +88,10 @@ def explicit_backend(spec):
 
     def conv_ref(original):
         def ref(x, k, *args, **kw):
-            if integer and original is conv and len(x.shape) == 4:
+            if own_conv2d is not None and original is conv and len(x.shape) == 4:
                 options = dict(zip(("strides", "padding", "data_format", "dilation_rate"),
                                    args), **kw)
-                return error(emulation.integer_gemm("conv2d")(
+                return error(own_conv2d(
                     operand(x, spec, "activations"), operand(k, spec, role_of(k)),
                     strides=options.get("strides", 1), padding=options["padding"].upper(),
                     dilations=options.get("dilation_rate", 1)), spec)

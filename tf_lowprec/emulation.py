@@ -328,29 +328,57 @@ def operand_role(x):
     return "weights" if _is_variable(x) else "activations"
 
 
-def integer_gemm(name):
-    """`tf_lowprec.dfp_gemm.dfp_<name>` (the INT16 GEMM) when installed, else None.
+# The GEMM modules that implement the accumulators other than "fp32", and the
+# prefix of their functions: "int32" -> dfp_gemm.dfp_matmul / dfp_conv2d.
+_ACCUMULATOR_GEMMS = {"int32": ("dfp_gemm", "dfp_"), "bf16_dot": ("bf16_gemm", "bf16_")}
 
-    The one place that routes DFP policies with accumulator="int32" to the
-    integer GEMM; without it the DFP operands are multiplied by the FP32 op
-    (exact products, FP32 accumulation).
+
+def accumulator_gemm(accumulator, name):
+    """The op that runs `name` ("matmul", "conv2d") with `accumulator`, or None.
+
+    The one place that routes policies whose accumulator is not "fp32" to a
+    GEMM of their own: "int32" (DFP operands) to `tf_lowprec.dfp_gemm`'s INT16
+    GEMM, "bf16_dot" to `tf_lowprec.bf16_gemm` (VDPBF16PS order).  None when
+    the accumulator is "fp32" or its module is not installed; the rounded
+    operands are then multiplied by the FP32 op.
     """
+    if accumulator not in _ACCUMULATOR_GEMMS:
+        return None
+    module_name, prefix = _ACCUMULATOR_GEMMS[accumulator]
     try:
-        from tf_lowprec import dfp_gemm  # noqa: PLC0415
+        module = __import__(f"tf_lowprec.{module_name}", fromlist=[module_name])
     except ImportError:
         return None
-    return getattr(dfp_gemm, f"dfp_{name}", None)
+    return getattr(module, prefix + name, None)
 
 
 # Emulated backend functions.  Each takes the LayerContext and the backend's
 # original function, and has the backend function's signature after those.
 
+def _flattened_matmul(op):
+    """op for [..., k] @ [k, n] run as one [rows, k] @ [k, n] GEMM.
+
+    Each output row is computed on its own, so flattening the leading
+    dimensions changes no bit; it gives the kernel one large GEMM instead of
+    a batch of small ones (a Dense layer on a sequence).
+    """
+    def matmul(x1, x2):
+        if len(x1.shape) <= 2 or len(x2.shape) != 2:
+            return op(x1, x2)
+        rows = tf.reshape(x1, [-1, tf.shape(x1)[-1]])
+        y = op(rows, x2)
+        return tf.reshape(y, tf.concat([tf.shape(x1)[:-1], tf.shape(x2)[-1:]], 0))
+
+    return matmul
+
+
 def matmul(context, original, x1, x2):
     op = original
-    if context.spec.accumulator == "int32":
-        integer = integer_gemm("matmul")
-        if integer is not None and len(x1.shape) == 2 and len(x2.shape) == 2:
-            op = functools.partial(integer, implementation=context.implementation)
+    gemm = accumulator_gemm(context.spec.accumulator, "matmul")
+    if gemm is not None and len(x1.shape) >= 2 and len(x2.shape) >= 2 and (
+        context.spec.accumulator == "bf16_dot" or (len(x1.shape) == 2 and len(x2.shape) == 2)
+    ):
+        op = _flattened_matmul(functools.partial(gemm, implementation=context.implementation))
     y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
     return original(x1, x2) if y is None else y
 
@@ -363,27 +391,27 @@ def einsum(context, original, subscripts, *operands, **kwargs):
     return original(subscripts, *operands, **kwargs) if y is None else y
 
 
-def _integer_conv2d(inputs, args, kwargs, implementation):
-    """dfp_conv2d bound to Keras conv arguments, or None where it does not apply."""
+def _accumulator_conv2d(context, inputs, args, kwargs):
+    """The accumulator's conv2d bound to Keras conv arguments, or None where it does not apply."""
     import keras  # noqa: PLC0415
 
-    integer = integer_gemm("conv2d")
+    conv2d = accumulator_gemm(context.spec.accumulator, "conv2d")
     names = ("strides", "padding", "data_format", "dilation_rate")
     options = dict(zip(names, args), **kwargs)
     data_format = options.get("data_format") or keras.config.image_data_format()
-    if integer is None or len(inputs.shape) != 4 or data_format != "channels_last":
+    if conv2d is None or len(inputs.shape) != 4 or data_format != "channels_last":
         return None
-    return lambda a, k: integer(a, k, strides=options.get("strides", 1),  # noqa: E731
-                                padding=options.get("padding", "valid").upper(),
-                                dilations=options.get("dilation_rate", 1),
-                                implementation=implementation)
+    return lambda a, k: conv2d(a, k, strides=options.get("strides", 1),  # noqa: E731
+                               padding=options.get("padding", "valid").upper(),
+                               dilations=options.get("dilation_rate", 1),
+                               implementation=context.implementation)
 
 
 def _conv_like(name):
     def emulated(context, original, inputs, kernel, *args, **kwargs):
         op = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
-        if name == "conv" and context.spec.accumulator == "int32":
-            op = _integer_conv2d(inputs, args, kwargs, context.implementation) or op
+        if name == "conv":
+            op = _accumulator_conv2d(context, inputs, args, kwargs) or op
         y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))])
         return original(inputs, kernel, *args, **kwargs) if y is None else y
 

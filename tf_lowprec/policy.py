@@ -34,7 +34,9 @@ from tf_lowprec import formats as formats_lib
 from tf_lowprec import rounding as rounding_lib
 
 ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
-ACCUMULATORS = ("fp32", "int32")
+ACCUMULATORS = ("fp32", "int32", "bf16_dot")
+# Roles whose tensors enter a GEMM as operands (the "bf16_dot" GEMM rounds them to BF16).
+GEMM_ROLES = ("activations", "weights", "errors")
 
 
 def _format_name(fmt):
@@ -77,10 +79,14 @@ class PrecisionSpec:
         (straight-through gradient), emulating the activations a mixed-
         precision run stores in 16 bits (Micikevicius et al. 2018).  Costs
         one memory-bound rounding pass per layer output.
-      accumulator: "fp32" (the FP32 op accumulates the rounded operands) or
+      accumulator: "fp32" (the FP32 op accumulates the rounded operands),
         "int32" (integer accumulation of DFP operands, run by
         `tf_lowprec.dfp_gemm` where that module is installed; needs DFP
-        activations and weights).
+        activations and weights) or "bf16_dot" (FP32 accumulation in the
+        fixed order of the AVX512_BF16 instruction VDPBF16PS, run by
+        `tf_lowprec.bf16_matmul` / `bf16_conv2d`: native instructions where
+        the CPU has them, a bit-identical emulation elsewhere; needs BF16
+        activations, weights and errors — docs/bf16_gemm.md).
       first_last: None, or a spec (a preset name or a `PrecisionSpec`) used
         instead of this one for the first and the last GEMM-bearing layer of
         the model being called, as HFP8 keeps those at higher precision.
@@ -113,6 +119,15 @@ class PrecisionSpec:
             raise ValueError(
                 "accumulator='int32' needs DfpFormat activations and weights (integer "
                 "mantissas); use accumulator='fp32' for float formats"
+            )
+        if accumulator == "bf16_dot" and not all(
+            self._roles[r] is not None and self._roles[r][0] == formats_lib.BF16
+            for r in GEMM_ROLES
+        ):
+            raise ValueError(
+                "accumulator='bf16_dot' needs BF16 activations, weights and errors (the "
+                "VDPBF16PS GEMM multiplies BF16 operands); use accumulator='fp32' for "
+                "other formats"
             )
         self.accumulator = accumulator
         if first_last is not None:
@@ -230,6 +245,11 @@ def _presets():
         # OCP FP8 as Transformer Engine uses it: E4M3 forward operands, E5M2
         # errors, weight gradients left in FP32 (the GEMM's output precision).
         "fp8": PrecisionSpec(activations="e4m3", weights="e4m3", errors="e5m2"),
+        # The same numerics with the BF16 GEMM of `bf16_matmul`: FP32
+        # accumulation in VDPBF16PS's fixed order, on the native AVX512_BF16
+        # instructions where the CPU has them and bit-identical elsewhere.
+        "bf16_native": PrecisionSpec(activations=bf16, weights=bf16, errors=bf16,
+                                     accumulator="bf16_dot"),
         # Das et al. 2018: INT16 dynamic fixed point operands and errors (one
         # shared exponent per tensor), INT32 accumulation, FP32 weight gradients.
         "dfp16": PrecisionSpec(activations="dfp16", weights="dfp16", errors="dfp16",
