@@ -333,6 +333,8 @@ def test_bad_input():
         lp.bf16_matmul(a, tf.ones((3, 2), tf.float64))
     with pytest.raises(ValueError, match="isa must be one of"):
         lp.bf16_matmul(a, a.T, isa="avx2")
+    with pytest.raises(ValueError, match="implementation must be one of 'auto', 'op', 'tf'"):
+        lp.bf16_matmul(a, a.T, implementation="xla")
     with pytest.raises(ValueError, match="transpose_a and transpose_b"):
         lp.bf16_matmul(a, a, transpose_b=1)
     with pytest.raises(ValueError, match="rank >= 2"):
@@ -414,3 +416,66 @@ def test_conv2d_bad_input():
         lp.bf16_conv2d(x, np.ones((2, 2, 2, 1), np.float32), strides=0)
     with pytest.raises(ValueError, match="isa"):
         lp.bf16_conv2d(x, np.ones((2, 2, 2, 1), np.float32), isa="gpu")
+
+
+# The stock-TF twin (tf_bf16_gemm, implementation="tf"): the same bits without
+# the op library, for XLA, GPUs and exported models.  It is a loop of K steps,
+# so the shapes here stay small; traced once per shape with tf.function.
+
+def _twin(a, b, ta=False, tb=False, jit_compile=False):
+    fn = tf.function(lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb,
+                                                 implementation="tf"),
+                     jit_compile=jit_compile)
+    return fn(tf.constant(a), tf.constant(b))
+
+
+def test_stock_tf_twin_hand_worked_cases():
+    for a, b, expected in _hand_cases():
+        out = lp.bf16_matmul(np.float32(a)[None, :], np.float32(b)[:, None],
+                             implementation="tf")
+        got = int(np.asarray(out, np.float32).view(np.uint32)[0, 0])
+        assert got == expected, (a, b, hex(got), hex(expected))
+
+
+@pytest.mark.parametrize("kind", ["random", "adversarial", "bottom"])
+@pytest.mark.parametrize("ta, tb", [(False, False), (True, True)])
+def test_stock_tf_twin_matches_reference(kind, ta, tb):
+    rng = np.random.default_rng(abs(hash((kind, ta, tb))) % 2**32)
+    make = {"random": lambda s: rng.standard_normal(s).astype(np.float32),
+            "adversarial": lambda s: adversarial(rng, s),
+            "bottom": lambda s: bottom_of_range(rng, s)}[kind]
+    m, k, n = 9, 37, 11
+    a = make((k, m) if ta else (m, k))
+    b = make((n, k) if tb else (k, n))
+    assert_bits_equal(_twin(a, b, ta, tb), reference_batched(a, b, ta, tb))
+
+
+def test_stock_tf_twin_batches_gradients_and_xla():
+    rng = np.random.default_rng(21)
+    a = rng.standard_normal((2, 1, 5, 7)).astype(np.float32)
+    b = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    assert_bits_equal(_twin(a, b), reference_batched(a, b))
+    # Under XLA, implementation="auto" runs the twin: the kernel's bits.
+    x = adversarial(rng, (6, 15))
+    y = rng.standard_normal((15, 8)).astype(np.float32)
+    xla = tf.function(lambda u, v: lp.bf16_matmul(u, v), jit_compile=True)
+    assert_bits_equal(xla(tf.constant(x), tf.constant(y)), lp.bf16_matmul(x, y))
+    # Gradients: both backward GEMMs through the twin.
+    xs = [tf.constant(rng.standard_normal((4, 6)).astype(np.float32)),
+          tf.constant(rng.standard_normal((6, 3)).astype(np.float32))]
+    grads = {}
+    for implementation in ("op", "tf"):
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            out = lp.bf16_matmul(*xs, implementation=implementation)
+        grads[implementation] = tape.gradient(out, xs, output_gradients=tf.ones([4, 3]) / 3)
+    for g_op, g_tf in zip(grads["op"], grads["tf"]):
+        assert_bits_equal(g_tf, g_op)
+
+
+def test_stock_tf_twin_conv2d():
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((1, 5, 5, 2)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)
+    assert_bits_equal(lp.bf16_conv2d(x, w, padding="SAME", implementation="tf"),
+                      lp.bf16_conv2d(x, w, padding="SAME"))

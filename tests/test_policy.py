@@ -35,13 +35,16 @@ def test_presets_follow_the_papers():
     fp8 = lp.Policy("fp8").spec
     assert (fp8.activations[0], fp8.errors[0]) == ("e4m3", "e5m2")
     assert lp.Policy("dfp16").spec.accumulator == "int32"
+    native = lp.Policy("bf16_native").spec
+    assert native.accumulator == "bf16_dot" and native.get_config() == dict(
+        bf16.get_config(), accumulator="bf16_dot")
     policy = lp.Policy("fp8")
     assert isinstance(policy, keras.DTypePolicy)
     assert (policy.compute_dtype, policy.variable_dtype) == ("float32", "float32")
 
 
 @pytest.mark.parametrize("bad, match", [
-    ("bfloat8", "valid presets: fp32, bf16, fp16, hfp8, fp8, dfp16"),
+    ("bfloat8", "valid presets: fp32, bf16, fp16, hfp8, fp8, bf16_native, dfp16"),
     (None, "preset name"),
 ])
 def test_invalid_policy_names_list_the_presets(bad, match):
@@ -54,10 +57,15 @@ def test_invalid_specs_name_the_problem():
         lp.PrecisionSpec(errors="e6m1")
     with pytest.raises(ValueError, match="activations rounding"):
         lp.PrecisionSpec(activations=("bf16", "up"))
-    with pytest.raises(ValueError, match="accumulator must be one of 'fp32', 'int32'"):
+    with pytest.raises(ValueError, match="accumulator must be one of 'fp32', 'int32', 'bf16_dot'"):
         lp.PrecisionSpec(accumulator="fp16")
     with pytest.raises(ValueError, match="needs DfpFormat"):
         lp.PrecisionSpec(activations="bf16", weights="bf16", accumulator="int32")
+    with pytest.raises(ValueError, match="accumulator='bf16_dot' needs BF16 activations"):
+        lp.PrecisionSpec(activations="bf16", weights="bf16", accumulator="bf16_dot")
+    with pytest.raises(ValueError, match="accumulator='bf16_dot' needs BF16 activations"):
+        lp.PrecisionSpec(activations="e4m3", weights="bf16", errors="bf16",
+                         accumulator="bf16_dot")
     with pytest.raises(ValueError, match="unknown PrecisionSpec keys"):
         lp.PrecisionSpec.from_config({"activation": "bf16"})
     with pytest.raises(ValueError, match="implementation"):

@@ -7,7 +7,7 @@ import pytest
 import tf_lowprec as lp
 from tf_lowprec import datasets
 
-PRESETS = ["fp32", "bf16", "fp16", "fp8", "hfp8", "dfp16"]
+PRESETS = ["fp32", "bf16", "fp16", "fp8", "hfp8", "dfp16", "bf16_native"]
 
 
 @pytest.fixture(autouse=True)

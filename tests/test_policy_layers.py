@@ -16,7 +16,7 @@ from policy_reference import (
     values_and_grads,
 )
 
-PRESETS = ["bf16", "fp16", "fp8", "hfp8", "dfp16"]
+PRESETS = ["bf16", "fp16", "fp8", "hfp8", "dfp16", "bf16_native"]
 CUSTOM = lp.PrecisionSpec(activations="e4m3", weights=("bf16", "toward_zero"),
                           errors="e5m2", weight_gradients="bf16")
 POLICIES = PRESETS + ["custom"]

@@ -21,6 +21,8 @@ array([[ 7., 10.],
 import tensorflow as tf
 
 from tf_lowprec import _gemm_common
+from tf_lowprec import rounding as rounding_lib
+from tf_lowprec import tf_bf16_gemm
 from tf_lowprec._op_library import load as _load_ops
 
 ISAS = ("auto", "portable", "avx512")
@@ -39,8 +41,10 @@ def _check_transposes(transpose_a, transpose_b):
         )
 
 
-def _product(a, b, transpose_a, transpose_b, isa):
+def _product(a, b, transpose_a, transpose_b, isa, implementation):
     """The kernel on [..., rows, cols] operands with broadcast batch dimensions."""
+    if not rounding_lib.use_kernel(implementation):
+        return tf_bf16_gemm.matmul(a, b, transpose_a, transpose_b)
     if a.shape.rank == 2 and b.shape.rank == 2:  # the common case, in fewer ops
         product = _load_ops().lowprec_bf16_matmul(
             a[None], b[None], transpose_a=transpose_a, transpose_b=transpose_b, isa=isa)
@@ -54,7 +58,8 @@ def _product(a, b, transpose_a, transpose_b, isa):
     return _gemm_common.from_rank3(product, a, b, batch, transpose_a, transpose_b)
 
 
-def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto", name=None):
+def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto",
+                implementation="auto", name=None):
     """`tf.linalg.matmul(a, b)` with BF16 operands and the VDPBF16PS summation order.
 
     Both operands are rounded to BF16 with round-to-nearest-even (NaN stays
@@ -82,6 +87,10 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto", name=Non
       isa: "auto" (VDPBF16PS where the CPU has AVX512_BF16, else the portable
         kernel), "portable" (the emulation, any CPU) or "avx512" (the
         instruction; an error on CPUs without it).  All give the same bits.
+      implementation: "auto" (the C++ kernel on CPU; where it cannot run —
+        a visible GPU, XLA — the stock-TF twin `tf_bf16_gemm`), "op" or "tf"
+        (the twin: the same bits, without the op library, but a loop of K
+        steps: for export and XLA, not for speed).
       name: name scope.
 
     Returns:
@@ -96,6 +105,7 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto", name=Non
     array([[1.]], dtype=float32)
     """
     _check_isa(isa)
+    rounding_lib.check_implementation(implementation)
     _check_transposes(transpose_a, transpose_b)
     with tf.name_scope(name or "bf16_matmul"):
         a = _gemm_common.as_float32_operand(a, "a")
@@ -103,7 +113,7 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto", name=Non
         _gemm_common.check_inner_dims(a, b, transpose_a, transpose_b)
 
         def product(x, y, ta, tb):
-            return _product(x, y, ta, tb, isa)
+            return _product(x, y, ta, tb, isa, implementation)
 
         @tf.custom_gradient
         def matmul(x, y):
@@ -116,7 +126,8 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto", name=Non
         return matmul(a, b)
 
 
-def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto", name=None):
+def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
+                implementation="auto", name=None):
     """`tf.nn.conv2d` (NHWC) computed by `bf16_matmul` on image patches (im2col).
 
     The patches of x `[N * H' * W', kh * kw * C]` are multiplied by the
@@ -131,7 +142,7 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
       filters: float32 `[kh, kw, in_channels, out_channels]` (kh, kw static).
       strides, dilations: an int or a pair (height, width).
       padding: "VALID" or "SAME".
-      isa: as for `bf16_matmul`.
+      isa, implementation: as for `bf16_matmul`.
 
     >>> import numpy as np, tf_lowprec as lp
     >>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((2, 2, 1, 1), np.float32)
@@ -140,6 +151,7 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
            [4., 4.]], dtype=float32)
     """
     _check_isa(isa)
+    rounding_lib.check_implementation(implementation)
     strides, padding, dilations = _gemm_common.conv_options(strides, padding, dilations)
     with tf.name_scope(name or "bf16_conv2d"):
         x = _gemm_common.as_float32_operand(x, "x")
@@ -147,6 +159,6 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
         _gemm_common.check_conv_operands(x, filters, "bf16_conv2d")
 
         def matmul(columns, weights):
-            return bf16_matmul(columns, weights, isa=isa)
+            return bf16_matmul(columns, weights, isa=isa, implementation=implementation)
 
         return _gemm_common.conv2d_as_gemm(matmul, x, filters, strides, padding, dilations)
