@@ -156,7 +156,9 @@ inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t c
 
 // The random words of elements [first, first + n) (within one chunk) as
 // they lie in `buffer` (kWordBuffer words, 64-byte aligned) after
-// FillRandomWords16: uint32 or (kHalfWords) uint16 i is element first + i's.
+// FillRandomWords16: uint32 or (kHalfWords) uint16 i is element first + i's,
+// masked to its top random_bits bits.  Masking the buffer here, only when
+// random_bits asks for it, keeps the mask out of the per-vector loads.
 template <bool kHalfWords>
 inline const uint8_t* FillRandomWords16(const RandomStream& random,
                                         const simd::PhiloxKeys16& keys, int64_t first,
@@ -174,6 +176,14 @@ inline const uint8_t* FillRandomWords16(const RandomStream& random,
     simd::PhiloxBlocks<1>(random.philox, keys, static_cast<uint64_t>(first_block + b),
                           buffer + 4 * b);
   }
+  // Both halves of a stream word take the 16-bit mask.
+  const uint32_t mask = kHalfWords ? (random.mask >> 16) * 0x10001u : random.mask;
+  if (mask != 0xFFFFFFFFu) {
+    for (int64_t w = 0; w < 4 * b; w += 16) {
+      _mm512_store_si512(buffer + w, _mm512_and_si512(_mm512_load_si512(buffer + w),
+                                                      simd::Splat(mask)));
+    }
+  }
   // Element first's uint32 or uint16 in the buffer, which starts at the
   // first word of first_block.
   const int64_t skipped = first - (kHalfWords ? 8 : 4) * first_block;
@@ -181,18 +191,15 @@ inline const uint8_t* FillRandomWords16(const RandomStream& random,
 }
 
 // RandomWordOfElement (philox.h), masked, for the 16 elements from `i` on
-// (`lanes` of them) of a FillRandomWords16 result.
-template <bool kHalfWords>
-inline __m512i LoadRandomWords16(const uint8_t* words, int64_t i, __mmask16 lanes,
-                                 __m512i mask) {
-  __m512i word;
+// (`lanes` of them) of a FillRandomWords16 result: U (RandomForm::kWord);
+// with half words and RandomForm::kHalf, h = U >> 16 instead.
+template <bool kHalfWords, simd::RandomForm kForm = simd::RandomForm::kWord>
+inline __m512i LoadRandomWords16(const uint8_t* words, int64_t i, __mmask16 lanes) {
   if (kHalfWords) {
-    const __m256i halves = _mm256_maskz_loadu_epi16(lanes, words + 2 * i);
-    word = _mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16);
-  } else {
-    word = _mm512_maskz_loadu_epi32(lanes, words + 4 * i);
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, words + 2 * i));
+    return kForm == simd::RandomForm::kHalf ? h : _mm512_slli_epi32(h, 16);
   }
-  return _mm512_and_si512(word, mask);
+  return _mm512_maskz_loadu_epi32(lanes, words + 4 * i);
 }
 
 inline __mmask16 TailMask(int64_t lanes) {
@@ -203,10 +210,10 @@ inline __mmask16 TailMask(int64_t lanes) {
 // Lanes the shorter forms do not cover (rare: Inf, NaN, magnitudes below
 // the format's subnormal step): the full transcription of rounding.h, out
 // of line so that the hot loop keeps its constants in registers.
-template <Rounding kRounding>
+template <Rounding kRounding, simd::RandomForm kForm>
 __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::FloatGrid16& c,
-                                                      __m512i word) {
-  return simd::RoundToFloatFormat16<kRounding>(u, c, word);
+                                                      __m512i random) {
+  return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
 }
 
 // One vector, by the shortest form valid for all of its lanes.  With
@@ -214,47 +221,52 @@ __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::Fl
 // (bf16, fp16 on most data) and tests for that first; without, it goes
 // straight to the per-lane form (fp8 formats, whose subnormal range holds a
 // few percent of typical values: a per-vector choice there would mispredict
-// often).  Both give the same bits.
-template <Rounding kRounding, bool kPlain, bool kTryNormalForm>
-inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i word,
+// often).  All give the same bits.
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm, simd::RandomForm kForm>
+inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i random,
                                 int64_t* misses) {
   const __m512i a = kPlain ? _mm512_and_si512(u, simd::Splat(kAbsMask))
                            : simd::FloatFormatMagnitude16(u, c);
   if (kTryNormalForm) {
-    if (simd::AllInNormalRange16(a, c)) return simd::RoundNormalRange16<kRounding>(u, a, c, word);
+    if (simd::AllInNormalRange16(a, c)) {
+      return simd::RoundNormalRange16<kRounding, kForm>(u, a, c, random);
+    }
     ++*misses;
   }
   if (c.fast_ok && !simd::AnyNeedsFullForm16(a, c)) {
-    return simd::RoundToFloatFormatFast16<kRounding, kPlain>(u, a, c, word);
+    return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random);
   }
-  return RoundFloatVectorFull<kRounding>(u, c, word);
+  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
 }
 
 // Rounds one chunk of m elements; returns how many vectors missed the
-// normal form (only counted with kTryNormalForm).
+// normal form (only counted with kTryNormalForm).  Half words reach the
+// rounding as RandomForm::kHalf.
 template <Rounding kRounding, bool kPlain, bool kTryNormalForm, bool kHalfWords>
 inline int64_t RoundFloatChunk(const uint32_t* src, uint32_t* dst, int64_t m,
-                               const uint8_t* words, __m512i word_mask,
-                               const simd::FloatGrid16& c) {
+                               const uint8_t* words, const simd::FloatGrid16& c) {
+  constexpr simd::RandomForm kForm = kHalfWords ? simd::RandomForm::kHalf
+                                                : simd::RandomForm::kWord;
   int64_t misses = 0;
   int64_t i = 0;
   for (; i + 16 <= m; i += 16) {
     const __m512i u = _mm512_loadu_si512(src + i);
-    const __m512i word =
-        kRounding == Rounding::kStochastic
-            ? LoadRandomWords16<kHalfWords>(words, i, static_cast<__mmask16>(0xFFFF), word_mask)
-            : _mm512_setzero_si512();
-    _mm512_storeu_si512(dst + i,
-                        RoundFloatVector<kRounding, kPlain, kTryNormalForm>(u, c, word, &misses));
+    const __m512i random = kRounding == Rounding::kStochastic
+                               ? LoadRandomWords16<kHalfWords, kForm>(
+                                     words, i, static_cast<__mmask16>(0xFFFF))
+                               : _mm512_setzero_si512();
+    _mm512_storeu_si512(
+        dst + i, RoundFloatVector<kRounding, kPlain, kTryNormalForm, kForm>(u, c, random, &misses));
   }
   if (i < m) {
     const __mmask16 lanes = TailMask(m - i);
     const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
-    const __m512i word = kRounding == Rounding::kStochastic
-                             ? LoadRandomWords16<kHalfWords>(words, i, lanes, word_mask)
-                             : _mm512_setzero_si512();
+    const __m512i random = kRounding == Rounding::kStochastic
+                               ? LoadRandomWords16<kHalfWords, kForm>(words, i, lanes)
+                               : _mm512_setzero_si512();
     _mm512_mask_storeu_epi32(
-        dst + i, lanes, RoundFloatVector<kRounding, kPlain, kTryNormalForm>(u, c, word, &misses));
+        dst + i, lanes,
+        RoundFloatVector<kRounding, kPlain, kTryNormalForm, kForm>(u, c, random, &misses));
   }
   return misses;
 }
@@ -265,7 +277,6 @@ void RoundFloatLoop(const float* in, float* out, int64_t n, int64_t first_index,
   const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
                                       ? simd::MakePhiloxKeys16(random.philox)
                                       : simd::PhiloxKeys16{};
-  const __m512i word_mask = simd::Splat(random.mask);
   alignas(64) uint32_t buffer[kWordBuffer];
   // Which loop the next chunk takes: the normal-form one while chunks are
   // (nearly) all normal; after a chunk with several misses, the per-lane
@@ -283,10 +294,10 @@ void RoundFloatLoop(const float* in, float* out, int64_t n, int64_t first_index,
     uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
     if (c.normal_ok && per_lane_chunks == 0) {
       const int64_t misses = RoundFloatChunk<kRounding, kPlain, true, kHalfWords>(
-          src, dst, m, words, word_mask, c);
+          src, dst, m, words, c);
       if (misses > 1) per_lane_chunks = kRetryChunks;
     } else {
-      RoundFloatChunk<kRounding, kPlain, false, kHalfWords>(src, dst, m, words, word_mask, c);
+      RoundFloatChunk<kRounding, kPlain, false, kHalfWords>(src, dst, m, words, c);
       if (per_lane_chunks > 0) --per_lane_chunks;
     }
   }
@@ -317,7 +328,6 @@ void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
   const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
                                       ? simd::MakePhiloxKeys16(random.philox)
                                       : simd::PhiloxKeys16{};
-  const __m512i word_mask = simd::Splat(random.mask);
   const __m512i shared = simd::SplatInt(k[0]);
   alignas(64) uint32_t buffer[kWordBuffer];
   for (int64_t start = 0, end; start < n; start = end) {
@@ -334,7 +344,7 @@ void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
       const __mmask16 lanes = TailMask(m - i);
       const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
       const __m512i word = kRounding == Rounding::kStochastic
-                               ? LoadRandomWords16<kHalfWords>(words, i, lanes, word_mask)
+                               ? LoadRandomWords16<kHalfWords>(words, i, lanes)
                                : _mm512_setzero_si512();
       const __m512i exponent = k_stride == 0 ? shared : _mm512_maskz_loadu_epi32(lanes, ks + i);
       _mm512_mask_storeu_epi32(dst + i, lanes,
