@@ -144,9 +144,9 @@ template <bool kHalfWords>
 constexpr int64_t ChunkElements() {
   return kHalfWords ? 512 : 256;
 }
-// Stream words of a buffer: 64 blocks, plus one group of 16 blocks for a
-// chunk that does not start on a block.
-constexpr int64_t kWordBuffer = 4 * (64 + 16);
+// Stream words of a buffer: a chunk lies inside one aligned run of 64
+// blocks, so it never needs more (a partial chunk takes whole groups of 16).
+constexpr int64_t kWordBuffer = 4 * 64;
 
 // End (local index) of the chunk that starts at local index `start`.
 inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t chunk) {
