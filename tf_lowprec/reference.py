@@ -15,9 +15,10 @@ Definitions (see `FloatFormat` and `DfpFormat` in `tf_lowprec.formats`):
 * Dynamic fixed point: step `2^E` with the block's shared exponent E.
 * nearest_even rounds to the nearer neighbour, ties to the even multiple;
   toward_zero truncates; stochastic takes `F = floor(frac * 2^32)` (frac the
-  fractional part of `|x| / step`) and the element's random word U with its
-  low `32 - random_bits` bits cleared, and rounds the magnitude up iff
-  `F + U >= 2^32`.
+  fractional part of `|x| / step`) and the element's random word U
+  (`random_words`: 16 random bits in the top half with random_bits <= 16)
+  with its low `32 - random_bits` bits cleared, and rounds the magnitude up
+  iff `F + U >= 2^32`.
 
 >>> import numpy as np
 >>> from tf_lowprec import reference, BF16
