@@ -2,7 +2,9 @@
 
 One run measures, for each tensor size, every case below on the same float32
 tensor (standard normal values), eagerly, as the median of `--repeats` timed
-calls after `--warmup` untimed ones:
+calls after `--warmup` untimed ones.  The cases take turns call by call, so
+that a burst of load from other jobs on the machine hits all of them alike
+and the ratios stay comparable:
 
   x * 1.0            TensorFlow's element-wise multiply: reads and writes the
                      tensor once, the reference every ratio is taken against
@@ -122,16 +124,27 @@ def cases(x, ops, seed, tf_path):
     return result
 
 
-def time_case(fn, repeats, warmup):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-        del result  # free the output before the next call, like x * 1.0's
-    return statistics.median(times)
+def _timed_call(fn):
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    del result  # free the output before the next call, like x * 1.0's
+    return seconds
+
+
+def time_cases(named_fns, repeats, warmup):
+    """Median seconds per call of each (name, fn, repeats, warmup), calls interleaved."""
+    if not named_fns:
+        return {}
+    for _, fn, _, case_warmup in named_fns:
+        for _ in range(case_warmup):
+            fn()
+    times = {name: [] for name, _, _, _ in named_fns}
+    for round_index in range(repeats):
+        for name, fn, case_repeats, _ in named_fns:
+            if round_index < case_repeats:
+                times[name].append(_timed_call(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def cpu_model():
@@ -156,13 +169,16 @@ def run(args):
         n = int(size_mb * 2**20) // 4
         x = tf.constant(rng.standard_normal(n, dtype=np.float32))
         tf_path = size_mb <= args.tf_path_max_mb
-        measured = {}
+        fast, slow = [], []
         for name, fn in cases(x, ops, seed, tf_path):
-            slow = name.startswith("tf path")
-            repeats = min(args.repeats, 3) if slow else args.repeats
-            warmup = min(args.warmup, 1) if slow else args.warmup
-            measured[name] = time_case(fn, repeats, warmup)
-            print(f"{size_mb:>7g} MB  {name:<34s} {measured[name] * 1e3:10.3f} ms", flush=True)
+            if name.startswith("tf path"):  # after the others: it sweeps the caches
+                slow.append((name, fn, min(args.repeats, 3), min(args.warmup, 1)))
+            else:
+                fast.append((name, fn, args.repeats, args.warmup))
+        measured = time_cases(fast, args.repeats, args.warmup)
+        measured.update(time_cases(slow, args.repeats, args.warmup))
+        for name, seconds in measured.items():
+            print(f"{size_mb:>7g} MB  {name:<34s} {seconds * 1e3:10.3f} ms", flush=True)
         for name, seconds in measured.items():
             rows.append({
                 "size_mb": size_mb,
@@ -176,7 +192,15 @@ def run(args):
     return rows
 
 
-def metadata(args, argv):
+def _load_average():
+    """1/5/15-minute load averages: other jobs on the machine skew the ratios."""
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def metadata(args, argv, load_before, load_after):
     return {
         "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -190,6 +214,8 @@ def metadata(args, argv):
         "warmup": args.warmup,
         "statistic": "median",
         "bytes_counted": "read + written = 2 x tensor size",
+        "load_average_before": load_before,
+        "load_average_after": load_after,
     }
 
 
@@ -227,8 +253,9 @@ def markdown(meta, rows):
 def main(argv=None):
     argv = sys.argv if argv is None else argv
     args = parse_args(argv[1:])
+    load_before = _load_average()
     rows = run(args)
-    meta = metadata(args, argv)
+    meta = metadata(args, argv, load_before, _load_average())
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(markdown(meta, rows))

@@ -90,7 +90,7 @@ def test_float_formats(patterns, name, rounding):
     _assert_same_bits(*results, f"{name} {rounding}")
 
 
-@pytest.mark.parametrize("random_bits", [1, 3, 23])
+@pytest.mark.parametrize("random_bits", [1, 3, 16, 17, 23])  # half words up to 16, then words
 def test_stochastic_random_bits(patterns, random_bits):
     results = [
         lp.round_to_format(patterns, lp.E5M2, "stochastic", seed=7, random_bits=random_bits,
@@ -135,6 +135,19 @@ def test_dfp(patterns, fmt, rounding, scales):
         for isa in ("portable", "avx512")
     ]
     _assert_same_bits(*results, f"{fmt} {rounding}")
+
+
+@pytest.mark.parametrize("random_bits", [16, 32])
+def test_dfp_stochastic_odd_offsets(patterns, random_bits):
+    """Blocks along axis 0 of rows of 7: the kernel's calls start at odd element indices,
+    so half-word streams start in the middle of a word."""
+    x = tf.reshape(_dfp_inputs(patterns, (-3, 0, 5)), [-1, 7])
+    results = [
+        lp.quantize_dfp(x, lp.DfpFormat(12, block_size=5, axis=0), "stochastic", seed=(3, 4),
+                        random_bits=random_bits, implementation="op", isa=isa)
+        for isa in ("portable", "avx512")
+    ]
+    _assert_same_bits(*results, f"dfp12 blocks stochastic random_bits={random_bits}")
 
 
 def test_dfp_random_bit_patterns(patterns):

@@ -3,7 +3,10 @@
 Must show 2.  For test points in several formats (normal, subnormal and
 near-maximum ranges, and a DFP block), 10^6 draws produce only the two grid
 neighbours of x, P(up) equals the distance to the lower neighbour in grid
-steps and the mean equals x, both within 5 standard errors.  The bits depend
+steps and the mean equals x, both within 5 standard errors (the default 16
+random bits per element are exact where at most 16 bits are dropped and
+biased by less than 2^-16 of a step elsewhere, far below 5 standard errors;
+a test pins that bound where it is attained).  The bits depend
 only on the seed: identical across runs, eager vs tf.function (and XLA),
 1 vs several intra-op threads, C++ op vs pure-TF path vs NumPy reference.
 """
@@ -29,7 +32,7 @@ from rounding_testing import (
     specials,
     tf_side,
 )
-from tf_lowprec import reference
+from tf_lowprec import reference, tf_rounding
 
 DRAWS = 10**6
 SIGMAS = 5
@@ -180,6 +183,56 @@ def test_random_bits_bias(fmt, x, random_bits):
     assert abs(bias - (p_up - frac)) <= SIGMAS * sigma + 1e-9
 
 
+def test_sixteen_random_bits_bias_bound_is_attained_beyond_16_dropped_bits():
+    """E4M3 drops 20 bits: with the default 16 random bits, F = 2^-16 - 2^-20 never
+    rounds up, a bias of exactly the documented bound 2^-16 - 2^-20 grid steps;
+    with 32 random bits it rounds up with probability F.  BF16 drops 16 bits:
+    even its smallest fraction, 2^-16, rounds up with probability 2^-16.
+    (About 1 s.)"""
+    step = 2.0**-3  # E4M3 grid step in [1, 2)
+    x = np.float32(1 + 15 * 2.0**-23)  # F = 15 * 2^-20
+    xs = np.full(DRAWS, x, np.float32)
+    y = round_everywhere(xs, lp.E4M3, "stochastic", seed=(8, 8))
+    np.testing.assert_array_equal(y, 1.0)
+    bias = (y.astype(np.float64).mean() - float(x)) / step
+    assert bias == -(2.0**-16 - 2.0**-20)
+    # The whole-word stream: P(up) = 15 * 2^-20, about 14 ups in 10^6.
+    y32 = round_everywhere(xs, lp.E4M3, "stochastic", seed=(8, 8), random_bits=32)
+    p_up = 15 * 2.0**-20
+    ups = np.count_nonzero(y32 == 1.125)
+    assert np.all((y32 == 1.0) | (y32 == 1.125))
+    assert abs(ups - DRAWS * p_up) <= SIGMAS * np.sqrt(DRAWS * p_up)
+    # BF16 (16 dropped bits) rounds 1 + 2^-23 up with probability exactly 2^-16.
+    y_bf16 = round_everywhere(np.full(DRAWS, 1 + 2.0**-23, np.float32), lp.BF16, "stochastic",
+                              seed=(8, 9))
+    ups = np.count_nonzero(y_bf16 == np.float32(1 + 2.0**-7))
+    assert abs(ups - DRAWS * 2.0**-16) <= SIGMAS * np.sqrt(DRAWS * 2.0**-16)
+
+
+def test_random_words_layout():
+    """Half words: element i takes the low (even i) or high (odd i) half of stream word
+    i // 2, in its top 16 bits; 17..32 random bits: a whole word per element.  The
+    stream is TensorFlow's stateless Philox."""
+    seed = (31, -7)
+    shape = (3, 5)  # 15 elements: the last takes the low half of word 7
+    stream = tf.random.stateless_uniform([8], seed, minval=None, maxval=None, dtype=tf.uint32,
+                                         alg="philox").numpy()
+    halves = np.stack([stream & 0xFFFF, stream >> 16], axis=-1).reshape(-1)[:15]
+    expected = (halves.astype(np.uint32) << 16).reshape(shape)
+    np.testing.assert_array_equal(reference.random_words(shape, seed, 16), expected)
+    np.testing.assert_array_equal(reference.random_words(shape, seed, 1), expected)
+    whole = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32,
+                                        alg="philox").numpy()
+    np.testing.assert_array_equal(reference.random_words(shape, seed, 17), whole)
+    # The TF path computes the same words, masked to the top random_bits bits.
+    for random_bits in (16, 5, 17, 32):
+        mask = (0xFFFFFFFF << (32 - random_bits)) & 0xFFFFFFFF
+        got = tf_rounding.random_words(tf.constant(shape), tf.constant(seed, tf.int64),
+                                       random_bits).numpy()
+        want = reference.random_words(shape, seed, random_bits) & np.uint32(mask)
+        np.testing.assert_array_equal(got, want.astype(np.int64), err_msg=f"r={random_bits}")
+
+
 # ----------------------------------------------------------------------------
 # Reproducibility.
 
@@ -222,13 +275,18 @@ def test_eager_equals_tf_function_and_xla():
             eager = fn(x, seed).numpy()
             graph = tf.function(fn)(x, seed).numpy()
             assert_same_bits(graph, eager, f"{what} {fn.__name__}: tf.function vs eager")
-    # Under XLA, "auto" runs the pure-TF path: same bits as the kernel.
-    xla = tf.function(
-        lambda x, seed: lp.round_to_format(x, lp.BF16, "stochastic", seed=seed),
-        jit_compile=True,
-    )(x, seed).numpy()
-    kernel = lp.round_to_format(x, lp.BF16, "stochastic", seed=seed, implementation="op")
-    assert_same_bits(xla, kernel.numpy(), "XLA vs op")
+    # Under XLA, "auto" runs the pure-TF path: same bits as the kernel, also for
+    # an odd number of elements (the last one takes half a word) in two dimensions.
+    odd = tf.reshape(x[:-1], [7, -1])
+    for name, fn in [
+        ("round", lambda x, seed: lp.round_to_format(x, lp.E4M3, "stochastic", seed=seed)),
+        ("dfp", lambda x, seed: lp.quantize_dfp(x, lp.DfpFormat(8, block_size=3, axis=0),
+                                                 "stochastic", seed=seed)),
+    ]:
+        for value in (x, odd):
+            xla = tf.function(fn, jit_compile=True)(value, seed).numpy()
+            kernel = fn(value, seed).numpy()
+            assert_same_bits(xla, kernel, f"XLA vs op, {name} {value.shape}")
 
 
 def test_seed_none_draws_fresh_seeds():

@@ -32,7 +32,8 @@ class Quantize(keras.layers.Layer):
         `keras.random.SeedGenerator`.  Every call (every training step) draws
         fresh bits from it, and two runs with the same seed, or with
         `keras.utils.set_random_seed` and seed=None, draw the same bits.
-      random_bits: random bits per element for stochastic rounding (1..32).
+      random_bits: random bits per element for stochastic rounding (1..32;
+        see `round_to_format` for the bias bound of the default 16).
       implementation: "auto", "op" or "tf" (see `round_to_format`).
 
     The layer computes in float32 whatever the global dtype policy: inputs
@@ -47,7 +48,7 @@ class Quantize(keras.layers.Layer):
         rounding="nearest_even",
         backward_rounding="nearest_even",
         seed=None,
-        random_bits=32,
+        random_bits=16,
         implementation="auto",
         **kwargs,
     ):

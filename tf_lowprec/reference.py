@@ -15,9 +15,10 @@ Definitions (see `FloatFormat` and `DfpFormat` in `tf_lowprec.formats`):
 * Dynamic fixed point: step `2^E` with the block's shared exponent E.
 * nearest_even rounds to the nearer neighbour, ties to the even multiple;
   toward_zero truncates; stochastic takes `F = floor(frac * 2^32)` (frac the
-  fractional part of `|x| / step`) and the element's random word U with its
-  low `32 - random_bits` bits cleared, and rounds the magnitude up iff
-  `F + U >= 2^32`.
+  fractional part of `|x| / step`) and the element's random word U
+  (`random_words`: 16 random bits in the top half with random_bits <= 16)
+  with its low `32 - random_bits` bits cleared, and rounds the magnitude up
+  iff `F + U >= 2^32`.
 
 >>> import numpy as np
 >>> from tf_lowprec import reference, BF16
@@ -102,6 +103,33 @@ def philox_words(shape, seed):
     return words.astype(np.uint32).reshape(shape)
 
 
+# Stochastic rounding with at most this many random bits draws 16 per element.
+MAX_HALF_WORD_RANDOM_BITS = 16
+
+
+def random_words(shape, seed, random_bits=16):
+    """The uint32 word each element of the ops' stochastic rounding draws.
+
+    With random_bits <= 16, the Philox stream read as little-endian uint16
+    values gives element i (row-major) uint16 i, as the top 16 bits of its
+    word (the low 16 bits are 0); otherwise element i takes stream word i
+    (`philox_words(shape, seed)`).  The rounding uses the top random_bits
+    bits of the word.
+
+    >>> (word,) = philox_words([1], (1, 2))
+    >>> even, odd = random_words([2], (1, 2))
+    >>> bool(even == (word & 0xFFFF) << 16) and bool(odd == (word >> 16) << 16)
+    True
+    """
+    shape = tuple(int(d) for d in shape)
+    if random_bits > MAX_HALF_WORD_RANDOM_BITS:
+        return philox_words(shape, seed)
+    size = int(np.prod(shape, dtype=np.int64))
+    stream = philox_words([(size + 1) // 2], seed).astype("<u4")
+    halves = stream.view("<u2")[:size].astype(np.uint32)
+    return (halves << np.uint32(16)).reshape(shape)
+
+
 # ----------------------------------------------------------------------------
 # Rounding onto a grid of spacing 2^k, in float64 values.
 
@@ -114,7 +142,9 @@ def _check_rounding(rounding, random_words, shape, random_bits):
     if not 1 <= random_bits <= 32:
         raise ValueError(f"random_bits must be in 1..32, got {random_bits}")
     if random_words is None:
-        raise ValueError("stochastic rounding needs random_words (e.g. philox_words(shape, seed))")
+        raise ValueError(
+            "stochastic rounding needs random_words (e.g. random_words(shape, seed, random_bits))"
+        )
     words = np.asarray(random_words, np.uint32)
     if words.shape != shape:
         raise ValueError(f"random_words must have shape {shape}, got {words.shape}")
@@ -156,7 +186,7 @@ def _quiet_nan(negative):
     return bits.view(np.float32)
 
 
-def round_to_format(x, fmt, rounding="nearest_even", random_words=None, random_bits=32):
+def round_to_format(x, fmt, rounding="nearest_even", random_words=None, random_bits=16):
     """Reference of `tf_lowprec.round_to_format`: float32 array of x's shape.
 
     Args:
@@ -164,7 +194,7 @@ def round_to_format(x, fmt, rounding="nearest_even", random_words=None, random_b
       fmt: a `FloatFormat`.
       rounding: "nearest_even", "stochastic" or "toward_zero".
       random_words: uint32 words of x's shape (stochastic rounding only);
-        `philox_words(x.shape, seed)` reproduces the ops' stream.
+        `random_words(x.shape, seed, random_bits)` reproduces the ops' stream.
       random_bits: how many top bits of each word are used.
 
     >>> round_to_format(np.float32([1000.0, -1e-9]), FloatFormat(4, 3, infinities=False,
@@ -232,7 +262,7 @@ def _block_maxima(finite_abs, fmt):
     return maxima
 
 
-def quantize_dfp(x, fmt=DFP16, rounding="nearest_even", random_words=None, random_bits=32):
+def quantize_dfp(x, fmt=DFP16, rounding="nearest_even", random_words=None, random_bits=16):
     """Reference of `tf_lowprec.quantize_dfp(..., return_exponents=True)`.
 
     Returns (float32 values of x's shape, int32 shared exponents shaped like

@@ -238,7 +238,7 @@ def round_to_format(
     rounding="nearest_even",
     *,
     seed=None,
-    random_bits=32,
+    random_bits=16,
     backward_format=None,
     backward_rounding="nearest_even",
     implementation="auto",
@@ -258,6 +258,16 @@ def round_to_format(
         `tf.function` and for any thread count.  None draws a seed from
         TensorFlow's stateful RNG (reproducible under `tf.random.set_seed`).
       random_bits: 1..32 random bits per element for stochastic rounding.
+        With D the number of x's significand bits below the grid step (the
+        discarded field), P(round up) is the discarded fraction F of a grid
+        step truncated to random_bits bits, so the rounding is exactly
+        unbiased when D <= random_bits and otherwise biased toward zero by
+        F - floor(F * 2^random_bits) / 2^random_bits, at most
+        2^-random_bits - 2^-D grid steps.  The default 16 draws half a
+        Philox word per element (17..32 draw a whole word, about 1.5x
+        slower): exact for every BF16 rounding (D = 16) and FP16 rounding of
+        |x| >= 2^-17 (D <= 16), within 2^-16 of a grid step for FP8
+        (D = 20 for E4M3 normals, 21 for E5M2) and smaller values.
       backward_format: None for a straight-through gradient; else a format
         (float or DFP) the incoming gradient is rounded to.
       backward_rounding: rounding mode of the backward pass.
@@ -296,7 +306,7 @@ def quantize_dfp(
     rounding="nearest_even",
     *,
     seed=None,
-    random_bits=32,
+    random_bits=16,
     backward_format=None,
     backward_rounding="nearest_even",
     return_exponents=False,
@@ -349,7 +359,7 @@ def quantize(x, fmt, rounding="nearest_even", **kwargs):
     return round_to_format(x, fmt, rounding, **kwargs)
 
 
-def round_gradient(x, fmt, rounding="nearest_even", *, seed=None, random_bits=32,
+def round_gradient(x, fmt, rounding="nearest_even", *, seed=None, random_bits=16,
                    implementation="auto", name=None):
     """Identity in the forward pass; rounds the incoming gradient to `fmt`.
 

@@ -5,7 +5,8 @@ the same algorithm; tests compare them exhaustively).  This path is used where
 the custom ops cannot go: SavedModels for TF Serving, XLA (`jit_compile`),
 and devices without a kernel (GPUs).  Stochastic rounding draws its bits from
 `tf.random.stateless_uniform(..., dtype=uint32, alg="philox")`, the same
-stream the kernels compute, so even stochastic results match bit for bit.
+stream the kernels compute, split the same way (`random_words`), so even
+stochastic results match bit for bit.
 
 All bit manipulation is done on int64 copies of the float32 bit patterns,
 which keeps every intermediate (fractions up to 2^32, carries) exact and
@@ -38,13 +39,32 @@ def _from_bits(bits):
     return tf.bitcast(tf.cast(bits, tf.uint32), tf.float32)
 
 
+# Stochastic rounding with at most this many random bits draws 16 bits per
+# element (custom_ops/kernels/philox.h, RandomWordOfElement).
+MAX_HALF_WORD_RANDOM_BITS = 16
+
+
 def random_words(shape, seed, random_bits):
-    """Philox words of the stochastic rounding, masked to their top random_bits bits."""
-    words = tf.random.stateless_uniform(
-        shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
-    )
+    """Per-element random words of stochastic rounding, masked to their top random_bits bits.
+
+    The stream is `tf.random.stateless_uniform(..., dtype=uint32, alg="philox")`.
+    With random_bits <= 16, element i (row-major) takes 16 bits, the low half
+    of stream word i // 2 for even i and its high half for odd i, placed in
+    the top 16 bits of its word; otherwise element i takes stream word i.
+    """
+    band, shl, shr = tf.bitwise.bitwise_and, tf.bitwise.left_shift, tf.bitwise.right_shift
+    if random_bits <= MAX_HALF_WORD_RANDOM_BITS:
+        size = tf.reduce_prod(tf.cast(shape, tf.int64))
+        words = tf.cast(tf.random.stateless_uniform(
+            tf.reshape((size + 1) // 2, [1]), seed=seed, minval=None, maxval=None,
+            dtype=tf.uint32, alg="philox"), tf.int64)
+        halves = tf.stack([band(words, 0xFFFF), shr(words, 16)], axis=-1)
+        words = tf.reshape(shl(tf.reshape(halves, [-1])[:size], 16), shape)
+    else:
+        words = tf.cast(tf.random.stateless_uniform(
+            shape, seed=seed, minval=None, maxval=None, dtype=tf.uint32, alg="philox"), tf.int64)
     mask = (0xFFFFFFFF << (32 - random_bits)) & 0xFFFFFFFF
-    return tf.bitwise.bitwise_and(tf.cast(words, tf.int64), mask)
+    return band(words, mask)
 
 
 def _float32_exponent(a):
@@ -91,7 +111,7 @@ def round_magnitude_to_grid(a, k, rounding, words):
     return tf.where(dropped <= 0, a, rounded)
 
 
-def round_to_format(x, fmt, rounding="nearest_even", seed=None, random_bits=32):
+def round_to_format(x, fmt, rounding="nearest_even", seed=None, random_bits=16):
     """Pure-TF twin of the LowprecRoundToFloatFormat kernel.
 
     `x` float32; `seed` int64[2] (stochastic rounding only).  Arguments are
@@ -151,7 +171,7 @@ def _shared_exponent(max_abs_bits, fmt):
     return tf.where(max_abs_bits == 0, tf.constant(DFP_NO_SCALE, tf.int64), shared)
 
 
-def quantize_dfp(x, fmt, rounding="nearest_even", seed=None, random_bits=32):
+def quantize_dfp(x, fmt, rounding="nearest_even", seed=None, random_bits=16):
     """Pure-TF twin of LowprecQuantizeDfp: returns (values, shared_exponents int32)."""
     band = tf.bitwise.bitwise_and
     u = _to_bits(x)

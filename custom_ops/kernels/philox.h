@@ -1,12 +1,15 @@
 // Philox4x32-10 counter-based random numbers, laid out exactly like
 // TensorFlow's stateless ops (`tf.random.stateless_uniform(..., dtype=uint32,
 // alg="philox")`): the seed pair is scrambled into a key and a base counter
-// the way TensorFlow's GenerateKey does, and element i of a tensor receives
-// word i % 4 of Philox(base_counter + i / 4).
+// the way TensorFlow's GenerateKey does, and word j of the stream is word
+// j % 4 of Philox(base_counter + j / 4).
 //
-// Because the bits of element i depend only on (seed, i), stochastic rounding
-// gives the same result for any thread count and any sharding, and the
-// pure-TensorFlow fallback reproduces the kernel's bits with stock ops.
+// Stochastic rounding gives element i of a tensor the random word
+// RandomWordOfElement(stream, i, ...) below: 16 bits (half a stream word)
+// when it uses at most 16 random bits, else a whole word.  Because the bits
+// of element i depend only on (seed, i), the result is the same for any
+// thread count and any sharding, and the pure-TensorFlow fallback reproduces
+// the kernel's bits with stock ops.
 // Header-only, no TensorFlow includes (see number_formats.h).
 #ifndef TF_LOWPREC_KERNELS_PHILOX_H_
 #define TF_LOWPREC_KERNELS_PHILOX_H_
@@ -74,6 +77,21 @@ inline void PhiloxCounterAt(const PhiloxState& state, uint64_t block, uint32_t o
   out[1] = static_cast<uint32_t>(sum >> 32);
   out[2] = static_cast<uint32_t>(high);
   out[3] = static_cast<uint32_t>(high >> 32);
+}
+
+// Stochastic rounding with at most this many random bits per element draws
+// 16 bits per element (half the Philox work of a word per element).
+constexpr int32_t kMaxHalfWordRandomBits = 16;
+
+// The random word of element i (the rounding uses its top random_bits bits),
+// given word(j), the j-th word of the stream:
+//   half_words (random_bits <= 16):  (word(i / 2) >> (16 * (i % 2))) << 16,
+//     i.e. the low half of word i / 2 for even i and the high half for odd
+//     i, placed in the top 16 bits; on a little-endian machine this is the
+//     stream viewed as an array of uint16, element i taking uint16 i.
+//   else:                            word(i).
+inline uint32_t RandomWordOfElement(uint32_t stream_word, int64_t element, bool half_words) {
+  return half_words ? (stream_word >> (16 * (element & 1))) << 16 : stream_word;
 }
 
 }  // namespace tf_lowprec

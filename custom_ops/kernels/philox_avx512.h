@@ -1,10 +1,10 @@
-// Philox4x32-10 on AVX-512: 16 blocks (64 random words) per call.
+// Philox4x32-10 on AVX-512: 16 blocks (64 random words) per group.
 //
 // Computes exactly the words of philox.h (PhiloxBlock, PhiloxCounterAt):
 // lane j of the four state vectors runs block `first_block + j`, and the
-// result is transposed so that the words come out in element order (element
-// 4b + w receives word w of block b), as TensorFlow's stateless ops lay them
-// out.  Included only by the AVX-512 translation unit.
+// result is transposed so that the words come out in stream order (word
+// 4b + w is word w of block b), as TensorFlow's stateless ops lay them out.
+// Included only by the AVX-512 translation unit.
 #ifndef TF_LOWPREC_KERNELS_PHILOX_AVX512_H_
 #define TF_LOWPREC_KERNELS_PHILOX_AVX512_H_
 
@@ -98,6 +98,33 @@ inline void StoreInElementOrder16(__m512i c0, __m512i c1, __m512i c2, __m512i c3
   _mm512_storeu_si512(words + 48, _mm512_shuffle_i32x4(s2, s3, 0xDD));
 }
 
+// Counters of blocks first_block .. first_block + 16 * kGroups - 1, group g
+// holding blocks first_block + 16 * g + j in lane j.  The 128-bit carry is
+// needed only when the counter's low word wraps inside the range (once per
+// 2^32 blocks): otherwise the three high words are the same in every lane.
+template <int kGroups>
+inline void PhiloxCountersOfGroups(const PhiloxState& state, uint64_t first_block, __m512i* c0,
+                                   __m512i* c1, __m512i* c2, __m512i* c3) {
+  constexpr uint32_t kSpan = 16 * kGroups - 1;
+  uint32_t base[4];
+  PhiloxCounterAt(state, first_block, base);
+  if (base[0] > 0xFFFFFFFFu - kSpan) {
+    for (int g = 0; g < kGroups; ++g) {
+      PhiloxCounters16(state, first_block + 16 * g, &c0[g], &c1[g], &c2[g], &c3[g]);
+    }
+    return;
+  }
+  const __m512i first =
+      _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(base[0])),
+                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  for (int g = 0; g < kGroups; ++g) {
+    c0[g] = _mm512_add_epi32(first, _mm512_set1_epi32(16 * g));
+    c1[g] = _mm512_set1_epi32(static_cast<int>(base[1]));
+    c2[g] = _mm512_set1_epi32(static_cast<int>(base[2]));
+    c3[g] = _mm512_set1_epi32(static_cast<int>(base[3]));
+  }
+}
+
 // Writes the 64 * kGroups words of blocks first_block ..
 // first_block + 16 * kGroups - 1 to words[] in element order.  The groups'
 // rounds are interleaved: one group alone is bound by the latency of the
@@ -106,9 +133,7 @@ template <int kGroups>
 inline void PhiloxBlocks(const PhiloxState& state, const PhiloxKeys16& keys,
                          uint64_t first_block, uint32_t* words) {
   __m512i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
-  for (int g = 0; g < kGroups; ++g) {
-    PhiloxCounters16(state, first_block + 16 * g, &c0[g], &c1[g], &c2[g], &c3[g]);
-  }
+  PhiloxCountersOfGroups<kGroups>(state, first_block, c0, c1, c2, c3);
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
   for (int round = 0; round < 10; ++round) {
@@ -126,12 +151,6 @@ inline void PhiloxBlocks(const PhiloxState& state, const PhiloxKeys16& keys,
   for (int g = 0; g < kGroups; ++g) {
     StoreInElementOrder16(c0[g], c1[g], c2[g], c3[g], words + 64 * g);
   }
-}
-
-// The 64 words of blocks first_block .. first_block + 15.
-inline void Philox16Blocks(const PhiloxState& state, const PhiloxKeys16& keys,
-                           uint64_t first_block, uint32_t* words) {
-  PhiloxBlocks<1>(state, keys, first_block, words);
 }
 
 }  // namespace simd

@@ -3,9 +3,10 @@
 // Each function here is a lane-wise transcription of its namesake in
 // rounding.h (same steps, same clamps, same selects), so both give the same
 // bits for every input; tests/test_isa_equivalence.py checks that, and the
-// portable loops (compiled from rounding.h) stay the reference.  The one
-// addition is RoundToFloatFormatFast, a shorter form of the same function
-// that is valid for the lanes the loops route to it (see its comment).
+// portable loops (compiled from rounding.h) stay the reference.  The
+// additions are shorter forms of the same function, valid for the lanes the
+// loops route to them (RoundToFloatFormatFast16, RoundNormalRange16), which
+// can also take 16-bit random draws as they are (RandomForm::kHalf).
 // Included only by the AVX-512 translation unit.
 #ifndef TF_LOWPREC_KERNELS_ROUNDING_AVX512_H_
 #define TF_LOWPREC_KERNELS_ROUNDING_AVX512_H_
@@ -96,8 +97,12 @@ struct FloatGrid16 {
   __m512i min_normal_bits;     // float32 bits of the format's smallest normal
   __m512i normal_range;        // kInfBits - min_normal_bits
   __mmask16 zero_in_normal_form;  // 0xFFFF when zeros may take that form too
-  // Fast form (see RoundToFloatFormatFast).
+  // The normal form's stochastic term from a half word h (RandomForm::kHalf).
+  __m128i normal_half_shift;   // |normal_dropped - 16|
+  int normal_half_direction;   // sign of normal_dropped - 16
+  // Fast form (see RoundToFloatFormatFast16).
   bool fast_ok;                // mantissa_bits <= 22
+  bool fast_half_left;         // mantissa_bits <= 7: d >= 16 in every lane
   __m512i fast_dropped_base;   // (min_exponent + 127) + 23 - mantissa_bits
   __m512i fast_dropped_min;    // 23 - mantissa_bits
   __m512i slow_below_minus_one;  // lanes with 1 <= a < slow_below need the full form
@@ -131,7 +136,11 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.min_normal_bits = Splat(g.min_normal_bits);
   c.normal_range = Splat(kInfBits - g.min_normal_bits);
   c.zero_in_normal_form = g.negative_zero ? 0xFFFF : 0;
+  c.normal_half_shift = _mm_cvtsi32_si128(normal_dropped >= 16 ? normal_dropped - 16
+                                                               : 16 - normal_dropped);
+  c.normal_half_direction = normal_dropped > 16 ? 1 : (normal_dropped < 16 ? -1 : 0);
   c.fast_ok = g.mantissa_bits <= 22;
+  c.fast_half_left = g.mantissa_bits <= 7;
   const int32_t min_biased = g.min_exponent + 127;  // >= 1 for every valid grid
   c.fast_dropped_base = SplatInt(min_biased + 23 - g.mantissa_bits);
   c.fast_dropped_min = SplatInt(23 - g.mantissa_bits);
@@ -140,6 +149,19 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.slow_below_minus_one =
       Splat(slow_biased >= 2 ? (static_cast<uint32_t>(slow_biased) << 23) - 1u : 0u);
   return c;
+}
+
+// How a stochastic rounding's random bits reach the float-format forms below:
+// kWord, the element's masked 32-bit word U (rounding.h); kHalf, with 16 random
+// bits per element (philox.h, RandomWordOfElement), just those bits h in the
+// low half of the lane, so that U = h << 16.  kHalf saves the shifts that
+// would move h to the top of the lane and back down to the dropped field.
+enum class RandomForm { kWord, kHalf };
+
+// U as rounding.h takes it.
+template <RandomForm kForm>
+inline __m512i RandomWord16(__m512i random) {
+  return kForm == RandomForm::kHalf ? _mm512_slli_epi32(random, 16) : random;
 }
 
 // Everything of RoundToFloatFormat after RoundMagnitudeToGrid.
@@ -198,9 +220,12 @@ inline bool AnyNeedsFullForm16(__m512i a, const FloatGrid16& c) {
 //
 // kPlain: the format has subnormals and -0 and keeps input denormals
 // (c.plain), which makes the flush and the zero-sign steps no-ops.
-template <Rounding kRounding, bool kPlain>
+//
+// Stochastic: the term added to a is U >> (32 - d) (see RoundNormalRange16),
+// which for U = h << 16 is h << (d - 16) when d >= 16 (c.fast_half_left).
+template <Rounding kRounding, bool kPlain, RandomForm kForm = RandomForm::kWord>
 inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16& c,
-                                        __m512i random_word) {
+                                        __m512i random) {
   const __m512i biased_or_one = _mm512_max_epi32(_mm512_srli_epi32(a, 23), SplatInt(1));
   const __m512i d =
       _mm512_max_epi32(_mm512_sub_epi32(c.fast_dropped_base, biased_or_one), c.fast_dropped_min);
@@ -214,8 +239,11 @@ inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16&
     const __m512i odd = _mm512_and_si512(_mm512_srlv_epi32(significand_bits, d), SplatInt(1));
     biased_a = _mm512_add_epi32(_mm512_add_epi32(a, half_minus_one), odd);
   } else if (kRounding == Rounding::kStochastic) {
-    biased_a = _mm512_add_epi32(
-        a, _mm512_srlv_epi32(random_word, _mm512_sub_epi32(SplatInt(32), d)));
+    const __m512i term =
+        kForm == RandomForm::kHalf && c.fast_half_left
+            ? _mm512_sllv_epi32(random, _mm512_sub_epi32(d, SplatInt(16)))
+            : _mm512_srlv_epi32(RandomWord16<kForm>(random), _mm512_sub_epi32(SplatInt(32), d));
+    biased_a = _mm512_add_epi32(a, term);
   } else {
     biased_a = a;
   }
@@ -253,15 +281,27 @@ inline bool AllInNormalRange16(__m512i a, const FloatGrid16& c) {
 // at least min_normal (no flush to zero), finite inputs only (no Inf/NaN
 // handling), and a zero input gives zero, which keeps its sign when the
 // format has -0 (the only case in which zeros come here).
-template <Rounding kRounding>
-inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c,
-                                  __m512i random_word) {
+//
+// With U = h << 16 (RandomForm::kHalf), w >> (32 - d) is h shifted left by
+// d - 16 or right by 16 - d (truncating, as the shift of U does).
+template <Rounding kRounding, RandomForm kForm = RandomForm::kWord>
+inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c, __m512i random) {
   __m512i biased_a;
   if (kRounding == Rounding::kNearestEven) {
     const __m512i odd = _mm512_and_si512(_mm512_srl_epi32(a, c.normal_dropped), SplatInt(1));
     biased_a = _mm512_add_epi32(_mm512_add_epi32(a, c.normal_half_minus_one), odd);
   } else if (kRounding == Rounding::kStochastic) {
-    biased_a = _mm512_add_epi32(a, _mm512_srl_epi32(random_word, c.normal_fraction_shift));
+    __m512i term;
+    if (kForm == RandomForm::kWord) {
+      term = _mm512_srl_epi32(random, c.normal_fraction_shift);
+    } else if (c.normal_half_direction > 0) {
+      term = _mm512_sll_epi32(random, c.normal_half_shift);
+    } else if (c.normal_half_direction < 0) {
+      term = _mm512_srl_epi32(random, c.normal_half_shift);
+    } else {
+      term = random;  // bf16: 16 dropped bits, h is the term
+    }
+    biased_a = _mm512_add_epi32(a, term);
   } else {
     biased_a = a;
   }

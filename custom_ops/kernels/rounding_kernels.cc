@@ -31,8 +31,9 @@ using ::tensorflow::errors::InvalidArgument;
 
 namespace {
 
-// Elements per work unit handed to the thread pool (a multiple of 4 keeps
-// Philox blocks whole, which only matters for speed).
+// Elements per work unit handed to the thread pool (a multiple of the loops'
+// chunk of 512 elements keeps their Philox blocks whole, which only matters
+// for speed: the bits of an element never depend on the sharding).
 constexpr int64_t kUnit = 4096;
 
 Rounding ParseRounding(const std::string& s) {
@@ -65,6 +66,7 @@ void GetRandomStream(OpKernelContext* ctx, int32_t random_bits, RandomStream* st
   auto s = seed.flat<int64_t>();
   stream->philox = PhiloxFromSeed(static_cast<uint64_t>(s(0)), static_cast<uint64_t>(s(1)));
   stream->mask = random_bits >= 32 ? 0xFFFFFFFFu : ~(0xFFFFFFFFu >> random_bits);
+  stream->half_words = random_bits <= kMaxHalfWordRandomBits;
 }
 
 // Cost of one element in CPU cycles, for the thread pool's cost model, which

@@ -15,11 +15,12 @@
 
 namespace tf_lowprec {
 
-// Random words for stochastic rounding: element with global index g uses
-// word g % 4 of Philox(counter + g / 4), masked with `mask`.
+// Random words for stochastic rounding: the element with global index g uses
+// RandomWordOfElement (philox.h) of its stream word, masked with `mask`.
 struct RandomStream {
   PhiloxState philox;
   uint32_t mask = 0xFFFFFFFFu;  // keeps the top random_bits bits
+  bool half_words = false;      // random_bits <= kMaxHalfWordRandomBits
 };
 
 struct RoundingLoops {

@@ -31,22 +31,23 @@ namespace tf_lowprec {
 namespace TF_LOWPREC_ISA {
 namespace {
 
-// Elements handled per inner step: a multiple of 4 (one Philox block per 4
-// elements) and of the widest vector.
-constexpr int64_t kChunk = 256;
-
 #if !defined(TF_LOWPREC_AVX512_INTRINSICS)
 
 // ---- Scalar reference loops (rounding.h, philox.h) ----
 
+// Elements handled per inner step (random words drawn per step).
+constexpr int64_t kChunk = 256;
 
-// Random words of elements [first, first + n), n <= kChunk, into words[0..n).
+// Random words of elements [first, first + n), n <= kChunk, into words[0..n):
+// RandomWordOfElement (philox.h) of each element's stream word, masked.
 inline void FillRandomWords(const RandomStream& random, int64_t first, int64_t n,
                             uint32_t* words) {
   uint32_t block_words[kChunk + 8];
-  const int64_t first_block = first >> 2;
-  const int64_t last_block = (first + n - 1) >> 2;
-  const int64_t blocks = last_block - first_block + 1;
+  const bool halves = random.half_words;
+  const int64_t first_word = halves ? first >> 1 : first;
+  const int64_t last_word = halves ? (first + n - 1) >> 1 : first + n - 1;
+  const int64_t first_block = first_word >> 2;
+  const int64_t blocks = (last_word >> 2) - first_block + 1;
   uint32_t base[4];
   PhiloxCounterAt(random.philox, static_cast<uint64_t>(first_block), base);
   // Blocks are independent: written as a flat loop over blocks so that the
@@ -63,8 +64,12 @@ inline void FillRandomWords(const RandomStream& random, int64_t first, int64_t n
     counter[3] = static_cast<uint32_t>(high >> 32);
     PhiloxBlock(counter, random.philox.key, &block_words[4 * b]);
   }
-  const int64_t offset = first & 3;
-  for (int64_t i = 0; i < n; ++i) words[i] = block_words[offset + i] & random.mask;
+  const int64_t base_word = 4 * first_block;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t element = first + i;
+    const int64_t word = (halves ? element >> 1 : element) - base_word;
+    words[i] = RandomWordOfElement(block_words[word], element, halves) & random.mask;
+  }
 }
 
 template <Rounding kRounding>
@@ -131,17 +136,37 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
 // ---- The same loops on 16 lanes (rounding_avx512.h, philox_avx512.h) ----
 
 
-// Words needed by elements [first, first + n), n <= kChunk: whole groups of
-// 16 Philox blocks into `buffer` (kWordBuffer words, 64-byte aligned);
-// returns the word of element `first`.
-constexpr int64_t kWordBuffer = kChunk + 64;
+// Elements per chunk of the AVX-512 loops: those of 64 Philox blocks (256
+// stream words), one call of PhiloxBlocks<4>.  Chunks are aligned to
+// multiples of this size in global element index, so every chunk but the
+// first and the last of a call takes exactly those 64 blocks.
+template <bool kHalfWords>
+constexpr int64_t ChunkElements() {
+  return kHalfWords ? 512 : 256;
+}
+// Stream words of a buffer: a chunk lies inside one aligned run of 64
+// blocks, so it never needs more (a partial chunk takes whole groups of 16).
+constexpr int64_t kWordBuffer = 4 * 64;
 
-inline const uint32_t* FillRandomWords16(const RandomStream& random,
-                                         const simd::PhiloxKeys16& keys, int64_t first,
-                                         int64_t n, uint32_t* buffer) {
-  const int64_t first_block = first >> 2;
-  const int64_t offset = first & 3;
-  const int64_t blocks = (offset + n + 3) >> 2;
+// End (local index) of the chunk that starts at local index `start`.
+inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t chunk) {
+  const int64_t global = first_index + start;
+  return std::min(n, (global / chunk + 1) * chunk - first_index);
+}
+
+// The random words of elements [first, first + n) (within one chunk) as
+// they lie in `buffer` (kWordBuffer words, 64-byte aligned) after
+// FillRandomWords16: uint32 or (kHalfWords) uint16 i is element first + i's,
+// masked to its top random_bits bits.  Masking the buffer here, only when
+// random_bits asks for it, keeps the mask out of the per-vector loads.
+template <bool kHalfWords>
+inline const uint8_t* FillRandomWords16(const RandomStream& random,
+                                        const simd::PhiloxKeys16& keys, int64_t first,
+                                        int64_t n, uint32_t* buffer) {
+  const int64_t first_word = kHalfWords ? first >> 1 : first;
+  const int64_t last_word = kHalfWords ? (first + n - 1) >> 1 : first + n - 1;
+  const int64_t first_block = first_word >> 2;
+  const int64_t blocks = (last_word >> 2) - first_block + 1;
   int64_t b = 0;
   for (; b + 64 <= blocks; b += 64) {
     simd::PhiloxBlocks<4>(random.philox, keys, static_cast<uint64_t>(first_block + b),
@@ -151,7 +176,30 @@ inline const uint32_t* FillRandomWords16(const RandomStream& random,
     simd::PhiloxBlocks<1>(random.philox, keys, static_cast<uint64_t>(first_block + b),
                           buffer + 4 * b);
   }
-  return buffer + offset;
+  // Both halves of a stream word take the 16-bit mask.
+  const uint32_t mask = kHalfWords ? (random.mask >> 16) * 0x10001u : random.mask;
+  if (mask != 0xFFFFFFFFu) {
+    for (int64_t w = 0; w < 4 * b; w += 16) {
+      _mm512_store_si512(buffer + w, _mm512_and_si512(_mm512_load_si512(buffer + w),
+                                                      simd::Splat(mask)));
+    }
+  }
+  // Element first's uint32 or uint16 in the buffer, which starts at the
+  // first word of first_block.
+  const int64_t skipped = first - (kHalfWords ? 8 : 4) * first_block;
+  return reinterpret_cast<const uint8_t*>(buffer) + (kHalfWords ? 2 : 4) * skipped;
+}
+
+// RandomWordOfElement (philox.h), masked, for the 16 elements from `i` on
+// (`lanes` of them) of a FillRandomWords16 result: U (RandomForm::kWord);
+// with half words and RandomForm::kHalf, h = U >> 16 instead.
+template <bool kHalfWords, simd::RandomForm kForm = simd::RandomForm::kWord>
+inline __m512i LoadRandomWords16(const uint8_t* words, int64_t i, __mmask16 lanes) {
+  if (kHalfWords) {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, words + 2 * i));
+    return kForm == simd::RandomForm::kHalf ? h : _mm512_slli_epi32(h, 16);
+  }
+  return _mm512_maskz_loadu_epi32(lanes, words + 4 * i);
 }
 
 inline __mmask16 TailMask(int64_t lanes) {
@@ -162,10 +210,10 @@ inline __mmask16 TailMask(int64_t lanes) {
 // Lanes the shorter forms do not cover (rare: Inf, NaN, magnitudes below
 // the format's subnormal step): the full transcription of rounding.h, out
 // of line so that the hot loop keeps its constants in registers.
-template <Rounding kRounding>
+template <Rounding kRounding, simd::RandomForm kForm>
 __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::FloatGrid16& c,
-                                                      __m512i word) {
-  return simd::RoundToFloatFormat16<kRounding>(u, c, word);
+                                                      __m512i random) {
+  return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
 }
 
 // One vector, by the shortest form valid for all of its lanes.  With
@@ -173,105 +221,121 @@ __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::Fl
 // (bf16, fp16 on most data) and tests for that first; without, it goes
 // straight to the per-lane form (fp8 formats, whose subnormal range holds a
 // few percent of typical values: a per-vector choice there would mispredict
-// often).  Both give the same bits.
-template <Rounding kRounding, bool kPlain, bool kTryNormalForm>
-inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i word,
+// often).  All give the same bits.
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm, simd::RandomForm kForm>
+inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i random,
                                 int64_t* misses) {
   const __m512i a = kPlain ? _mm512_and_si512(u, simd::Splat(kAbsMask))
                            : simd::FloatFormatMagnitude16(u, c);
   if (kTryNormalForm) {
-    if (simd::AllInNormalRange16(a, c)) return simd::RoundNormalRange16<kRounding>(u, a, c, word);
+    if (simd::AllInNormalRange16(a, c)) {
+      return simd::RoundNormalRange16<kRounding, kForm>(u, a, c, random);
+    }
     ++*misses;
   }
   if (c.fast_ok && !simd::AnyNeedsFullForm16(a, c)) {
-    return simd::RoundToFloatFormatFast16<kRounding, kPlain>(u, a, c, word);
+    return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random);
   }
-  return RoundFloatVectorFull<kRounding>(u, c, word);
+  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
 }
 
-// Rounds one chunk (m <= kChunk elements); returns how many vectors missed
-// the normal form (only counted with kTryNormalForm).
-template <Rounding kRounding, bool kPlain, bool kTryNormalForm>
+// Rounds one chunk of m elements; returns how many vectors missed the
+// normal form (only counted with kTryNormalForm).  Half words reach the
+// rounding as RandomForm::kHalf.
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm, bool kHalfWords>
 inline int64_t RoundFloatChunk(const uint32_t* src, uint32_t* dst, int64_t m,
-                               const uint32_t* words, __m512i word_mask,
-                               const simd::FloatGrid16& c) {
+                               const uint8_t* words, const simd::FloatGrid16& c) {
+  constexpr simd::RandomForm kForm = kHalfWords ? simd::RandomForm::kHalf
+                                                : simd::RandomForm::kWord;
   int64_t misses = 0;
   int64_t i = 0;
   for (; i + 16 <= m; i += 16) {
     const __m512i u = _mm512_loadu_si512(src + i);
-    const __m512i word = kRounding == Rounding::kStochastic
-                             ? _mm512_and_si512(_mm512_loadu_si512(words + i), word_mask)
-                             : _mm512_setzero_si512();
-    _mm512_storeu_si512(dst + i,
-                        RoundFloatVector<kRounding, kPlain, kTryNormalForm>(u, c, word, &misses));
+    const __m512i random = kRounding == Rounding::kStochastic
+                               ? LoadRandomWords16<kHalfWords, kForm>(
+                                     words, i, static_cast<__mmask16>(0xFFFF))
+                               : _mm512_setzero_si512();
+    _mm512_storeu_si512(
+        dst + i, RoundFloatVector<kRounding, kPlain, kTryNormalForm, kForm>(u, c, random, &misses));
   }
   if (i < m) {
     const __mmask16 lanes = TailMask(m - i);
     const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
-    const __m512i word =
-        kRounding == Rounding::kStochastic
-            ? _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, words + i), word_mask)
-            : _mm512_setzero_si512();
+    const __m512i random = kRounding == Rounding::kStochastic
+                               ? LoadRandomWords16<kHalfWords, kForm>(words, i, lanes)
+                               : _mm512_setzero_si512();
     _mm512_mask_storeu_epi32(
-        dst + i, lanes, RoundFloatVector<kRounding, kPlain, kTryNormalForm>(u, c, word, &misses));
+        dst + i, lanes,
+        RoundFloatVector<kRounding, kPlain, kTryNormalForm, kForm>(u, c, random, &misses));
   }
   return misses;
 }
 
-template <Rounding kRounding, bool kPlain>
+template <Rounding kRounding, bool kPlain, bool kHalfWords>
 void RoundFloatLoop(const float* in, float* out, int64_t n, int64_t first_index,
                     const simd::FloatGrid16& c, const RandomStream& random) {
   const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
                                       ? simd::MakePhiloxKeys16(random.philox)
                                       : simd::PhiloxKeys16{};
-  const __m512i word_mask = simd::Splat(random.mask);
   alignas(64) uint32_t buffer[kWordBuffer];
   // Which loop the next chunk takes: the normal-form one while chunks are
   // (nearly) all normal; after a chunk with several misses, the per-lane
   // one for a while, then try again.
   constexpr int64_t kRetryChunks = 16;
   int64_t per_lane_chunks = 0;
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t m = std::min<int64_t>(kChunk, n - start);
-    const uint32_t* words = nullptr;
+  for (int64_t start = 0, end; start < n; start = end) {
+    end = ChunkEnd(first_index, start, n, ChunkElements<kHalfWords>());
+    const int64_t m = end - start;
+    const uint8_t* words = nullptr;
     if (kRounding == Rounding::kStochastic) {
-      words = FillRandomWords16(random, keys, first_index + start, m, buffer);
+      words = FillRandomWords16<kHalfWords>(random, keys, first_index + start, m, buffer);
     }
     const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
     uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
     if (c.normal_ok && per_lane_chunks == 0) {
-      const int64_t misses =
-          RoundFloatChunk<kRounding, kPlain, true>(src, dst, m, words, word_mask, c);
+      const int64_t misses = RoundFloatChunk<kRounding, kPlain, true, kHalfWords>(
+          src, dst, m, words, c);
       if (misses > 1) per_lane_chunks = kRetryChunks;
     } else {
-      RoundFloatChunk<kRounding, kPlain, false>(src, dst, m, words, word_mask, c);
+      RoundFloatChunk<kRounding, kPlain, false, kHalfWords>(src, dst, m, words, c);
       if (per_lane_chunks > 0) --per_lane_chunks;
     }
   }
+}
+
+template <Rounding kRounding, bool kHalfWords>
+void RoundFloatWith(const float* in, float* out, int64_t n, int64_t first_index,
+                    const simd::FloatGrid16& c, const RandomStream& random) {
+  if (c.plain) {
+    return RoundFloatLoop<kRounding, true, kHalfWords>(in, out, n, first_index, c, random);
+  }
+  RoundFloatLoop<kRounding, false, kHalfWords>(in, out, n, first_index, c, random);
 }
 
 template <Rounding kRounding>
 void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
                     const FloatGrid& grid, const RandomStream& random) {
   const simd::FloatGrid16 c = simd::MakeFloatGrid16(grid);
-  if (c.plain) return RoundFloatLoop<kRounding, true>(in, out, n, first_index, c, random);
-  RoundFloatLoop<kRounding, false>(in, out, n, first_index, c, random);
+  if (kRounding == Rounding::kStochastic && random.half_words) {
+    return RoundFloatWith<kRounding, true>(in, out, n, first_index, c, random);
+  }
+  RoundFloatWith<kRounding, false>(in, out, n, first_index, c, random);
 }
 
-template <Rounding kRounding>
-void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
+template <Rounding kRounding, bool kHalfWords>
+void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
                   const int32_t* k, int64_t k_stride, const RandomStream& random) {
   const simd::PhiloxKeys16 keys = kRounding == Rounding::kStochastic
                                       ? simd::MakePhiloxKeys16(random.philox)
                                       : simd::PhiloxKeys16{};
-  const __m512i word_mask = simd::Splat(random.mask);
   const __m512i shared = simd::SplatInt(k[0]);
   alignas(64) uint32_t buffer[kWordBuffer];
-  for (int64_t start = 0; start < n; start += kChunk) {
-    const int64_t m = std::min<int64_t>(kChunk, n - start);
-    const uint32_t* words = nullptr;
+  for (int64_t start = 0, end; start < n; start = end) {
+    end = ChunkEnd(first_index, start, n, ChunkElements<kHalfWords>());
+    const int64_t m = end - start;
+    const uint8_t* words = nullptr;
     if (kRounding == Rounding::kStochastic) {
-      words = FillRandomWords16(random, keys, first_index + start, m, buffer);
+      words = FillRandomWords16<kHalfWords>(random, keys, first_index + start, m, buffer);
     }
     const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
     uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
@@ -279,14 +343,23 @@ void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
     for (int64_t i = 0; i < m; i += 16) {
       const __mmask16 lanes = TailMask(m - i);
       const __m512i u = _mm512_maskz_loadu_epi32(lanes, src + i);
-      const __m512i word =
-          kRounding == Rounding::kStochastic
-              ? _mm512_and_si512(_mm512_maskz_loadu_epi32(lanes, words + i), word_mask)
-              : _mm512_setzero_si512();
+      const __m512i word = kRounding == Rounding::kStochastic
+                               ? LoadRandomWords16<kHalfWords>(words, i, lanes)
+                               : _mm512_setzero_si512();
       const __m512i exponent = k_stride == 0 ? shared : _mm512_maskz_loadu_epi32(lanes, ks + i);
-      _mm512_mask_storeu_epi32(dst + i, lanes, simd::RoundToDfpGrid16<kRounding>(u, exponent, word));
+      _mm512_mask_storeu_epi32(dst + i, lanes,
+                               simd::RoundToDfpGrid16<kRounding>(u, exponent, word));
     }
   }
+}
+
+template <Rounding kRounding>
+void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
+                  const int32_t* k, int64_t k_stride, const RandomStream& random) {
+  if (kRounding == Rounding::kStochastic && random.half_words) {
+    return RoundDfpLoop<kRounding, true>(in, out, n, first_index, k, k_stride, random);
+  }
+  RoundDfpLoop<kRounding, false>(in, out, n, first_index, k, k_stride, random);
 }
 
 // |x| bits with NaN and Inf mapped to 0.
