@@ -447,19 +447,32 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 // columns (suffix _NV): accumulator of row r, vector v in zmm(NV * r + v);
 // B rows loaded into the DFP_B_NV registers; the others are scratch.
 
+// One accumulator's piece of the tile macros below: accumulator r (zmm r)
+// belongs at byte offset 64 * r of the tile, which is row-major with the
+// tile's 16 * NV columns.  The macros for NV = 3 and 4 extend those for 2 and
+// 3: the accumulators are numbered the same way.
+#define DFP_ZERO_ONE(r) "vmovdqa64 %%zmm0, %%zmm" #r "\n\t"
+#define DFP_ADD_ONE(r, offset) \
+  "vcvtdq2ps %%zmm" #r ", %%zmm" #r "\n\t" \
+  "vaddps " #offset "(%[tile]), %%zmm" #r ", %%zmm" #r "\n\t" \
+  "vmovups %%zmm" #r ", " #offset "(%[tile])\n\t"
+#define DFP_STORE_ONE(r, offset) \
+  "vcvtdq2ps %%zmm" #r ", %%zmm" #r "\n\t" \
+  "vmovups %%zmm" #r ", " #offset "(%[tile])\n\t"
+
 #define DFP_ZERO_ACCUMULATORS_2 \
   "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm1\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm2\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm3\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm4\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm5\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm6\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm7\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm8\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm9\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm10\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm11\n\t"
+  DFP_ZERO_ONE(1) \
+  DFP_ZERO_ONE(2) \
+  DFP_ZERO_ONE(3) \
+  DFP_ZERO_ONE(4) \
+  DFP_ZERO_ONE(5) \
+  DFP_ZERO_ONE(6) \
+  DFP_ZERO_ONE(7) \
+  DFP_ZERO_ONE(8) \
+  DFP_ZERO_ONE(9) \
+  DFP_ZERO_ONE(10) \
+  DFP_ZERO_ONE(11)
 
 // One K pair: 6 * NV vpdpwssds, A broadcast from memory.
 #define DFP_VNNI_STEP_2 \
@@ -536,93 +549,46 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 
 // tile += float(accumulators) (float() rounds to nearest even).
 #define DFP_ADD_TO_TILE_2 \
-  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
-  "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
-  "vmovups %%zmm0, 0(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
-  "vaddps 64(%[tile]), %%zmm1, %%zmm1\n\t" \
-  "vmovups %%zmm1, 64(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
-  "vaddps 128(%[tile]), %%zmm2, %%zmm2\n\t" \
-  "vmovups %%zmm2, 128(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
-  "vaddps 192(%[tile]), %%zmm3, %%zmm3\n\t" \
-  "vmovups %%zmm3, 192(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
-  "vaddps 256(%[tile]), %%zmm4, %%zmm4\n\t" \
-  "vmovups %%zmm4, 256(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
-  "vaddps 320(%[tile]), %%zmm5, %%zmm5\n\t" \
-  "vmovups %%zmm5, 320(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
-  "vaddps 384(%[tile]), %%zmm6, %%zmm6\n\t" \
-  "vmovups %%zmm6, 384(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
-  "vaddps 448(%[tile]), %%zmm7, %%zmm7\n\t" \
-  "vmovups %%zmm7, 448(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
-  "vaddps 512(%[tile]), %%zmm8, %%zmm8\n\t" \
-  "vmovups %%zmm8, 512(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
-  "vaddps 576(%[tile]), %%zmm9, %%zmm9\n\t" \
-  "vmovups %%zmm9, 576(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
-  "vaddps 640(%[tile]), %%zmm10, %%zmm10\n\t" \
-  "vmovups %%zmm10, 640(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
-  "vaddps 704(%[tile]), %%zmm11, %%zmm11\n\t" \
-  "vmovups %%zmm11, 704(%[tile])\n\t"
+  DFP_ADD_ONE(0, 0) \
+  DFP_ADD_ONE(1, 64) \
+  DFP_ADD_ONE(2, 128) \
+  DFP_ADD_ONE(3, 192) \
+  DFP_ADD_ONE(4, 256) \
+  DFP_ADD_ONE(5, 320) \
+  DFP_ADD_ONE(6, 384) \
+  DFP_ADD_ONE(7, 448) \
+  DFP_ADD_ONE(8, 512) \
+  DFP_ADD_ONE(9, 576) \
+  DFP_ADD_ONE(10, 640) \
+  DFP_ADD_ONE(11, 704)
 
 // tile = float(accumulators).
 #define DFP_STORE_TO_TILE_2 \
-  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
-  "vmovups %%zmm0, 0(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
-  "vmovups %%zmm1, 64(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
-  "vmovups %%zmm2, 128(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
-  "vmovups %%zmm3, 192(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
-  "vmovups %%zmm4, 256(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
-  "vmovups %%zmm5, 320(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
-  "vmovups %%zmm6, 384(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
-  "vmovups %%zmm7, 448(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
-  "vmovups %%zmm8, 512(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
-  "vmovups %%zmm9, 576(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
-  "vmovups %%zmm10, 640(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
-  "vmovups %%zmm11, 704(%[tile])\n\t"
+  DFP_STORE_ONE(0, 0) \
+  DFP_STORE_ONE(1, 64) \
+  DFP_STORE_ONE(2, 128) \
+  DFP_STORE_ONE(3, 192) \
+  DFP_STORE_ONE(4, 256) \
+  DFP_STORE_ONE(5, 320) \
+  DFP_STORE_ONE(6, 384) \
+  DFP_STORE_ONE(7, 448) \
+  DFP_STORE_ONE(8, 512) \
+  DFP_STORE_ONE(9, 576) \
+  DFP_STORE_ONE(10, 640) \
+  DFP_STORE_ONE(11, 704)
 
 #define DFP_ABS_REG_2 "20"
 #define DFP_MAX_REG_2 "18"
 #define DFP_MIN_REG_2 "19"
 
 #define DFP_ZERO_ACCUMULATORS_3 \
-  "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm1\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm2\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm3\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm4\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm5\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm6\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm7\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm8\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm9\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm10\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm11\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm12\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm13\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm14\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm15\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm16\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm17\n\t"
+  DFP_ZERO_ACCUMULATORS_2 \
+  DFP_ZERO_ONE(12) \
+  DFP_ZERO_ONE(13) \
+  DFP_ZERO_ONE(14) \
+  DFP_ZERO_ONE(15) \
+  DFP_ZERO_ONE(16) \
+  DFP_ZERO_ONE(17)
 
 // One K pair: 6 * NV vpdpwssds, A broadcast from memory.
 #define DFP_VNNI_STEP_3 \
@@ -730,129 +696,36 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 
 // tile += float(accumulators) (float() rounds to nearest even).
 #define DFP_ADD_TO_TILE_3 \
-  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
-  "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
-  "vmovups %%zmm0, 0(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
-  "vaddps 64(%[tile]), %%zmm1, %%zmm1\n\t" \
-  "vmovups %%zmm1, 64(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
-  "vaddps 128(%[tile]), %%zmm2, %%zmm2\n\t" \
-  "vmovups %%zmm2, 128(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
-  "vaddps 192(%[tile]), %%zmm3, %%zmm3\n\t" \
-  "vmovups %%zmm3, 192(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
-  "vaddps 256(%[tile]), %%zmm4, %%zmm4\n\t" \
-  "vmovups %%zmm4, 256(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
-  "vaddps 320(%[tile]), %%zmm5, %%zmm5\n\t" \
-  "vmovups %%zmm5, 320(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
-  "vaddps 384(%[tile]), %%zmm6, %%zmm6\n\t" \
-  "vmovups %%zmm6, 384(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
-  "vaddps 448(%[tile]), %%zmm7, %%zmm7\n\t" \
-  "vmovups %%zmm7, 448(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
-  "vaddps 512(%[tile]), %%zmm8, %%zmm8\n\t" \
-  "vmovups %%zmm8, 512(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
-  "vaddps 576(%[tile]), %%zmm9, %%zmm9\n\t" \
-  "vmovups %%zmm9, 576(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
-  "vaddps 640(%[tile]), %%zmm10, %%zmm10\n\t" \
-  "vmovups %%zmm10, 640(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
-  "vaddps 704(%[tile]), %%zmm11, %%zmm11\n\t" \
-  "vmovups %%zmm11, 704(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
-  "vaddps 768(%[tile]), %%zmm12, %%zmm12\n\t" \
-  "vmovups %%zmm12, 768(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
-  "vaddps 832(%[tile]), %%zmm13, %%zmm13\n\t" \
-  "vmovups %%zmm13, 832(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
-  "vaddps 896(%[tile]), %%zmm14, %%zmm14\n\t" \
-  "vmovups %%zmm14, 896(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
-  "vaddps 960(%[tile]), %%zmm15, %%zmm15\n\t" \
-  "vmovups %%zmm15, 960(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
-  "vaddps 1024(%[tile]), %%zmm16, %%zmm16\n\t" \
-  "vmovups %%zmm16, 1024(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
-  "vaddps 1088(%[tile]), %%zmm17, %%zmm17\n\t" \
-  "vmovups %%zmm17, 1088(%[tile])\n\t"
+  DFP_ADD_TO_TILE_2 \
+  DFP_ADD_ONE(12, 768) \
+  DFP_ADD_ONE(13, 832) \
+  DFP_ADD_ONE(14, 896) \
+  DFP_ADD_ONE(15, 960) \
+  DFP_ADD_ONE(16, 1024) \
+  DFP_ADD_ONE(17, 1088)
 
 // tile = float(accumulators).
 #define DFP_STORE_TO_TILE_3 \
-  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
-  "vmovups %%zmm0, 0(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
-  "vmovups %%zmm1, 64(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
-  "vmovups %%zmm2, 128(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
-  "vmovups %%zmm3, 192(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
-  "vmovups %%zmm4, 256(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
-  "vmovups %%zmm5, 320(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
-  "vmovups %%zmm6, 384(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
-  "vmovups %%zmm7, 448(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
-  "vmovups %%zmm8, 512(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
-  "vmovups %%zmm9, 576(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
-  "vmovups %%zmm10, 640(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
-  "vmovups %%zmm11, 704(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
-  "vmovups %%zmm12, 768(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
-  "vmovups %%zmm13, 832(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
-  "vmovups %%zmm14, 896(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
-  "vmovups %%zmm15, 960(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
-  "vmovups %%zmm16, 1024(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
-  "vmovups %%zmm17, 1088(%[tile])\n\t"
+  DFP_STORE_TO_TILE_2 \
+  DFP_STORE_ONE(12, 768) \
+  DFP_STORE_ONE(13, 832) \
+  DFP_STORE_ONE(14, 896) \
+  DFP_STORE_ONE(15, 960) \
+  DFP_STORE_ONE(16, 1024) \
+  DFP_STORE_ONE(17, 1088)
 
 #define DFP_ABS_REG_3 "20"
 #define DFP_MAX_REG_3 "18"
 #define DFP_MIN_REG_3 "19"
 
 #define DFP_ZERO_ACCUMULATORS_4 \
-  "vpxord %%zmm0, %%zmm0, %%zmm0\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm1\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm2\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm3\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm4\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm5\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm6\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm7\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm8\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm9\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm10\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm11\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm12\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm13\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm14\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm15\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm16\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm17\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm18\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm19\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm20\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm21\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm22\n\t" \
-  "vmovdqa64 %%zmm0, %%zmm23\n\t"
+  DFP_ZERO_ACCUMULATORS_3 \
+  DFP_ZERO_ONE(18) \
+  DFP_ZERO_ONE(19) \
+  DFP_ZERO_ONE(20) \
+  DFP_ZERO_ONE(21) \
+  DFP_ZERO_ONE(22) \
+  DFP_ZERO_ONE(23)
 
 // One K pair: 6 * NV vpdpwssds, A broadcast from memory.
 #define DFP_VNNI_STEP_4 \
@@ -991,129 +864,23 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 
 // tile += float(accumulators) (float() rounds to nearest even).
 #define DFP_ADD_TO_TILE_4 \
-  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
-  "vaddps 0(%[tile]), %%zmm0, %%zmm0\n\t" \
-  "vmovups %%zmm0, 0(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
-  "vaddps 64(%[tile]), %%zmm1, %%zmm1\n\t" \
-  "vmovups %%zmm1, 64(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
-  "vaddps 128(%[tile]), %%zmm2, %%zmm2\n\t" \
-  "vmovups %%zmm2, 128(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
-  "vaddps 192(%[tile]), %%zmm3, %%zmm3\n\t" \
-  "vmovups %%zmm3, 192(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
-  "vaddps 256(%[tile]), %%zmm4, %%zmm4\n\t" \
-  "vmovups %%zmm4, 256(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
-  "vaddps 320(%[tile]), %%zmm5, %%zmm5\n\t" \
-  "vmovups %%zmm5, 320(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
-  "vaddps 384(%[tile]), %%zmm6, %%zmm6\n\t" \
-  "vmovups %%zmm6, 384(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
-  "vaddps 448(%[tile]), %%zmm7, %%zmm7\n\t" \
-  "vmovups %%zmm7, 448(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
-  "vaddps 512(%[tile]), %%zmm8, %%zmm8\n\t" \
-  "vmovups %%zmm8, 512(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
-  "vaddps 576(%[tile]), %%zmm9, %%zmm9\n\t" \
-  "vmovups %%zmm9, 576(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
-  "vaddps 640(%[tile]), %%zmm10, %%zmm10\n\t" \
-  "vmovups %%zmm10, 640(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
-  "vaddps 704(%[tile]), %%zmm11, %%zmm11\n\t" \
-  "vmovups %%zmm11, 704(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
-  "vaddps 768(%[tile]), %%zmm12, %%zmm12\n\t" \
-  "vmovups %%zmm12, 768(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
-  "vaddps 832(%[tile]), %%zmm13, %%zmm13\n\t" \
-  "vmovups %%zmm13, 832(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
-  "vaddps 896(%[tile]), %%zmm14, %%zmm14\n\t" \
-  "vmovups %%zmm14, 896(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
-  "vaddps 960(%[tile]), %%zmm15, %%zmm15\n\t" \
-  "vmovups %%zmm15, 960(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
-  "vaddps 1024(%[tile]), %%zmm16, %%zmm16\n\t" \
-  "vmovups %%zmm16, 1024(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
-  "vaddps 1088(%[tile]), %%zmm17, %%zmm17\n\t" \
-  "vmovups %%zmm17, 1088(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm18, %%zmm18\n\t" \
-  "vaddps 1152(%[tile]), %%zmm18, %%zmm18\n\t" \
-  "vmovups %%zmm18, 1152(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm19, %%zmm19\n\t" \
-  "vaddps 1216(%[tile]), %%zmm19, %%zmm19\n\t" \
-  "vmovups %%zmm19, 1216(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm20, %%zmm20\n\t" \
-  "vaddps 1280(%[tile]), %%zmm20, %%zmm20\n\t" \
-  "vmovups %%zmm20, 1280(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm21, %%zmm21\n\t" \
-  "vaddps 1344(%[tile]), %%zmm21, %%zmm21\n\t" \
-  "vmovups %%zmm21, 1344(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm22, %%zmm22\n\t" \
-  "vaddps 1408(%[tile]), %%zmm22, %%zmm22\n\t" \
-  "vmovups %%zmm22, 1408(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm23, %%zmm23\n\t" \
-  "vaddps 1472(%[tile]), %%zmm23, %%zmm23\n\t" \
-  "vmovups %%zmm23, 1472(%[tile])\n\t"
+  DFP_ADD_TO_TILE_3 \
+  DFP_ADD_ONE(18, 1152) \
+  DFP_ADD_ONE(19, 1216) \
+  DFP_ADD_ONE(20, 1280) \
+  DFP_ADD_ONE(21, 1344) \
+  DFP_ADD_ONE(22, 1408) \
+  DFP_ADD_ONE(23, 1472)
 
 // tile = float(accumulators).
 #define DFP_STORE_TO_TILE_4 \
-  "vcvtdq2ps %%zmm0, %%zmm0\n\t" \
-  "vmovups %%zmm0, 0(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm1, %%zmm1\n\t" \
-  "vmovups %%zmm1, 64(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm2, %%zmm2\n\t" \
-  "vmovups %%zmm2, 128(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm3, %%zmm3\n\t" \
-  "vmovups %%zmm3, 192(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm4, %%zmm4\n\t" \
-  "vmovups %%zmm4, 256(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm5, %%zmm5\n\t" \
-  "vmovups %%zmm5, 320(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm6, %%zmm6\n\t" \
-  "vmovups %%zmm6, 384(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm7, %%zmm7\n\t" \
-  "vmovups %%zmm7, 448(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm8, %%zmm8\n\t" \
-  "vmovups %%zmm8, 512(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm9, %%zmm9\n\t" \
-  "vmovups %%zmm9, 576(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm10, %%zmm10\n\t" \
-  "vmovups %%zmm10, 640(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm11, %%zmm11\n\t" \
-  "vmovups %%zmm11, 704(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm12, %%zmm12\n\t" \
-  "vmovups %%zmm12, 768(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm13, %%zmm13\n\t" \
-  "vmovups %%zmm13, 832(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm14, %%zmm14\n\t" \
-  "vmovups %%zmm14, 896(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm15, %%zmm15\n\t" \
-  "vmovups %%zmm15, 960(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm16, %%zmm16\n\t" \
-  "vmovups %%zmm16, 1024(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm17, %%zmm17\n\t" \
-  "vmovups %%zmm17, 1088(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm18, %%zmm18\n\t" \
-  "vmovups %%zmm18, 1152(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm19, %%zmm19\n\t" \
-  "vmovups %%zmm19, 1216(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm20, %%zmm20\n\t" \
-  "vmovups %%zmm20, 1280(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm21, %%zmm21\n\t" \
-  "vmovups %%zmm21, 1344(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm22, %%zmm22\n\t" \
-  "vmovups %%zmm22, 1408(%[tile])\n\t" \
-  "vcvtdq2ps %%zmm23, %%zmm23\n\t" \
-  "vmovups %%zmm23, 1472(%[tile])\n\t"
+  DFP_STORE_TO_TILE_3 \
+  DFP_STORE_ONE(18, 1152) \
+  DFP_STORE_ONE(19, 1216) \
+  DFP_STORE_ONE(20, 1280) \
+  DFP_STORE_ONE(21, 1344) \
+  DFP_STORE_ONE(22, 1408) \
+  DFP_STORE_ONE(23, 1472)
 
 #define DFP_ABS_REG_4 "28"
 #define DFP_MAX_REG_4 "28"
