@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "batched_gemm_common.h"
 #include "bf16_gemm.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
@@ -36,24 +37,7 @@ REGISTER_OP("LowprecBf16Matmul")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
     .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      // a: [batch_a, m, k] (or [batch_a, k, m]); b: [batch_b, k, n] (or
-      // [batch_b, n, k]); batch_a and batch_b are equal or 1.
-      ShapeHandle a, b;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &b));
-      bool ta, tb;
-      TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
-      TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
-      DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
-      DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
-      DimensionHandle k;
-      TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
-      DimensionHandle batch = c->Dim(a, 0);
-      if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
-      c->set_output(0, c->MakeShape({batch, m, n}));
-      return ::tensorflow::OkStatus();
-    })
+    .SetShapeFn([](InferenceContext* c) -> Status { return BatchedGemmShape(c, 1); })
     .Doc(R"doc(
 BF16 GEMM with a defined summation order: product[i] = op(a[i]) @ op(b[i])
 with both operands rounded to BF16 (nearest even; subnormals then count as
@@ -64,25 +48,6 @@ bit for bit (docs/bf16_gemm.md).  batch_a and batch_b are equal or 1.
 )doc");
 
 namespace {
-
-constexpr int64_t kCoarseUnitCycles = 100000;
-
-void RunOnPool(void* context, int64_t n, int64_t cost_per_unit,
-               void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) {
-  auto* ctx = static_cast<OpKernelContext*>(context);
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  auto run = [fn, arg](int64_t begin, int64_t end) { fn(arg, begin, end); };
-  if (cost_per_unit >= kCoarseUnitCycles) {
-    // Large units of uneven cost (GEMM work items): about four blocks per
-    // thread, handed out as threads become free, balance better than the
-    // cost model's even split.
-    const int64_t blocks = 4 * (pool->NumThreads() + 1);
-    const int64_t block_size = (n + blocks - 1) / blocks;
-    pool->ParallelFor(n, ::tensorflow::thread::ThreadPool::SchedulingParams::Fixed(block_size), run);
-  } else {
-    pool->ParallelFor(n, cost_per_unit, run);
-  }
-}
 
 class Bf16MatmulOp : public OpKernel {
  public:
@@ -100,20 +65,10 @@ class Bf16MatmulOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& a = ctx->input(0);
     const Tensor& b = ctx->input(1);
-    OP_REQUIRES(ctx, a.dims() == 3 && b.dims() == 3,
-                InvalidArgument("a and b must have rank 3 [batch, rows, cols], got shapes ",
-                                a.shape().DebugString(), " and ", b.shape().DebugString()));
-    const int64_t batch_a = a.dim_size(0), batch_b = b.dim_size(0);
-    const int64_t m = a.dim_size(transpose_a_ ? 2 : 1), k = a.dim_size(transpose_a_ ? 1 : 2);
-    const int64_t kb = b.dim_size(transpose_b_ ? 2 : 1), n = b.dim_size(transpose_b_ ? 1 : 2);
-    OP_REQUIRES(ctx, k == kb,
-                InvalidArgument("inner dimensions differ: a ", a.shape().DebugString(),
-                                " (transpose_a=", transpose_a_, ") and b ",
-                                b.shape().DebugString(), " (transpose_b=", transpose_b_, ")"));
-    OP_REQUIRES(ctx, batch_a == batch_b || batch_a == 1 || batch_b == 1,
-                InvalidArgument("batch dimensions ", batch_a, " and ", batch_b,
-                                " must be equal or 1"));
-    const int64_t batch = batch_a == 1 ? batch_b : batch_a;
+    GemmShape shape;
+    if (!CheckGemmShape(ctx, a, b, transpose_a_, transpose_b_, &shape)) return;
+    const int64_t batch_a = shape.batch_a, batch_b = shape.batch_b, batch = shape.batch;
+    const int64_t m = shape.m, n = shape.n, k = shape.k;
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, m, n}), &out));
     if (batch == 0 || m == 0 || n == 0) return;
@@ -130,10 +85,7 @@ class Bf16MatmulOp : public OpKernel {
     p.b_batch_stride = batch_b == 1 ? 0 : k * n;
     p.transpose_b = transpose_b_;
     p.out = out->flat<float>().data();
-    ParallelFor parallel;
-    parallel.context = ctx;
-    parallel.run = RunOnPool;
-    kernels_->gemm(p, parallel);
+    kernels_->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/true));
   }
 
  private:

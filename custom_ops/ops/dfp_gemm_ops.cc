@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "batched_gemm_common.h"
 #include "dfp_gemm.h"
 #include "number_formats.h"
 #include "rounding_loops.h"
@@ -36,23 +37,9 @@ using ::tensorflow::shape_inference::ShapeHandle;
 
 namespace {
 
-// Output shapes of the GEMM ops: a (input 0): [batch_a, m, k] (or [batch_a,
-// k, m]); b (input b_index): [batch_b, k, n] (or [batch_b, n, k]); batch_a
-// and batch_b are equal or 1.
+// The product (output 0, see BatchedGemmShape) and the overflow count.
 Status DfpMatmulShape(InferenceContext* c, int b_index = 1) {
-  ShapeHandle a, b;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(b_index), 3, &b));
-  bool ta, tb;
-  TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
-  TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
-  DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
-  DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
-  DimensionHandle k;
-  TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
-  DimensionHandle batch = c->Dim(a, 0);
-  if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
-  c->set_output(0, c->MakeShape({batch, m, n}));
+  TF_RETURN_IF_ERROR(BatchedGemmShape(c, b_index));
   c->set_output(1, c->Scalar());
   return ::tensorflow::OkStatus();
 }
@@ -124,58 +111,12 @@ namespace {
 
 std::atomic<int64_t> g_calls{0}, g_chains{0}, g_overflowed{0}, g_recomputed{0};
 
-void RunOnPool(void* context, int64_t n, int64_t cost_per_unit,
-               void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) {
-  auto* ctx = static_cast<OpKernelContext*>(context);
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  pool->ParallelFor(n, cost_per_unit, [fn, arg](int64_t begin, int64_t end) {
-    fn(arg, begin, end);
-  });
-}
-
-// m, n, k and the batch of a GEMM of a ([batch_a, m, k] or transposed) and
-// b ([batch_b, k, n] or transposed); false (with the error set) if invalid.
-struct GemmShape {
-  int64_t batch_a, batch_b, batch, m, n, k;
-};
-
-bool CheckGemmShape(OpKernelContext* ctx, const Tensor& a, const Tensor& b, bool transpose_a,
-                    bool transpose_b, GemmShape* shape) {
-  if (a.dims() != 3 || b.dims() != 3) {
-    ctx->CtxFailure(InvalidArgument("a and b must have rank 3 [batch, rows, cols], got shapes ",
-                                    a.shape().DebugString(), " and ", b.shape().DebugString()));
-    return false;
-  }
-  shape->batch_a = a.dim_size(0);
-  shape->batch_b = b.dim_size(0);
-  shape->m = a.dim_size(transpose_a ? 2 : 1);
-  shape->k = a.dim_size(transpose_a ? 1 : 2);
-  const int64_t kb = b.dim_size(transpose_b ? 2 : 1);
-  shape->n = b.dim_size(transpose_b ? 1 : 2);
-  if (shape->k != kb) {
-    ctx->CtxFailure(InvalidArgument("inner dimensions differ: a ", a.shape().DebugString(),
-                                    " (transpose_a=", transpose_a, ") and b ",
-                                    b.shape().DebugString(), " (transpose_b=", transpose_b, ")"));
-    return false;
-  }
-  if (!(shape->batch_a == shape->batch_b || shape->batch_a == 1 || shape->batch_b == 1)) {
-    ctx->CtxFailure(InvalidArgument("batch dimensions ", shape->batch_a, " and ", shape->batch_b,
-                                    " must be equal or 1"));
-    return false;
-  }
-  shape->batch = shape->batch_a == 1 ? shape->batch_b : shape->batch_a;
-  return true;
-}
-
 // Runs the GEMM p (out and exponents set) and records its counters;
 // chains_per_output: INT32 chains of one output element.
 void RunGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm::Problem& p,
              int64_t chains_per_output, Tensor* overflow) {
-  dfp_gemm::ParallelFor parallel;
-  parallel.context = ctx;
-  parallel.run = RunOnPool;
   dfp_gemm::Stats stats;
-  kernels->gemm(p, parallel, &stats);
+  kernels->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/false), &stats);
   OP_REQUIRES(ctx, stats.invalid_inputs == 0,
               InvalidArgument(stats.invalid_inputs, " elements of a or b are not I * 2^E "
                               "with an integer |I| <= 32767 for their exponent: pass the "

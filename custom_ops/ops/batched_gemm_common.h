@@ -1,0 +1,110 @@
+// What the GEMM ops (LowprecDfpMatmul*, LowprecBf16Matmul) share on the
+// TensorFlow side: the [batch, rows, cols] operand convention with its shape
+// function and checks, and the bridge from the header-only kernels'
+// ParallelFor to the op's intra-op thread pool.  Included only by op files.
+#ifndef TF_LOWPREC_OPS_BATCHED_GEMM_COMMON_H_
+#define TF_LOWPREC_OPS_BATCHED_GEMM_COMMON_H_
+
+#include <cstdint>
+
+#include "parallel_for.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/lib/core/threadpool.h"
+
+namespace tf_lowprec {
+
+// Output 0 of a GEMM op: a (input 0) is [batch_a, m, k] (or [batch_a, k, m]
+// with transpose_a), b (input b_index) is [batch_b, k, n] (or [batch_b, n, k]
+// with transpose_b); batch_a and batch_b are equal or 1.
+inline ::tensorflow::Status BatchedGemmShape(::tensorflow::shape_inference::InferenceContext* c,
+                                             int b_index) {
+  using ::tensorflow::shape_inference::DimensionHandle;
+  using ::tensorflow::shape_inference::ShapeHandle;
+  ShapeHandle a, b;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(b_index), 3, &b));
+  bool ta, tb;
+  TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
+  TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
+  DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
+  DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
+  DimensionHandle k;
+  TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
+  DimensionHandle batch = c->Dim(a, 0);
+  if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
+  c->set_output(0, c->MakeShape({batch, m, n}));
+  return ::tensorflow::OkStatus();
+}
+
+// m, n, k and the batches of a GEMM of a ([batch_a, m, k] or transposed) and
+// b ([batch_b, k, n] or transposed).
+struct GemmShape {
+  int64_t batch_a, batch_b, batch, m, n, k;
+};
+
+// Fills *shape; false (with the op's error set) if the operands do not fit.
+inline bool CheckGemmShape(::tensorflow::OpKernelContext* ctx, const ::tensorflow::Tensor& a,
+                           const ::tensorflow::Tensor& b, bool transpose_a, bool transpose_b,
+                           GemmShape* shape) {
+  using ::tensorflow::errors::InvalidArgument;
+  if (a.dims() != 3 || b.dims() != 3) {
+    ctx->CtxFailure(InvalidArgument("a and b must have rank 3 [batch, rows, cols], got shapes ",
+                                    a.shape().DebugString(), " and ", b.shape().DebugString()));
+    return false;
+  }
+  shape->batch_a = a.dim_size(0);
+  shape->batch_b = b.dim_size(0);
+  shape->m = a.dim_size(transpose_a ? 2 : 1);
+  shape->k = a.dim_size(transpose_a ? 1 : 2);
+  const int64_t kb = b.dim_size(transpose_b ? 2 : 1);
+  shape->n = b.dim_size(transpose_b ? 1 : 2);
+  if (shape->k != kb) {
+    ctx->CtxFailure(InvalidArgument("inner dimensions differ: a ", a.shape().DebugString(),
+                                    " (transpose_a=", transpose_a, ") and b ",
+                                    b.shape().DebugString(), " (transpose_b=", transpose_b, ")"));
+    return false;
+  }
+  if (!(shape->batch_a == shape->batch_b || shape->batch_a == 1 || shape->batch_b == 1)) {
+    ctx->CtxFailure(InvalidArgument("batch dimensions ", shape->batch_a, " and ", shape->batch_b,
+                                    " must be equal or 1"));
+    return false;
+  }
+  shape->batch = shape->batch_a == 1 ? shape->batch_b : shape->batch_a;
+  return true;
+}
+
+// ParallelFor::run on the intra-op pool of the OpKernelContext `context`.
+// With coarse_blocks, work of cost_per_unit >= kCoarseUnitCycles (GEMM work
+// items of uneven cost) goes out in about four blocks per thread, handed out
+// as threads become free, which balances better than the cost model's even
+// split.
+constexpr int64_t kCoarseUnitCycles = 100000;
+
+template <bool kCoarseBlocks>
+void RunOnIntraOpPool(void* context, int64_t n, int64_t cost_per_unit,
+                      void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) {
+  auto* ctx = static_cast<::tensorflow::OpKernelContext*>(context);
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  auto run = [fn, arg](int64_t begin, int64_t end) { fn(arg, begin, end); };
+  if (kCoarseBlocks && cost_per_unit >= kCoarseUnitCycles) {
+    const int64_t blocks = 4 * (pool->NumThreads() + 1);
+    const int64_t block_size = (n + blocks - 1) / blocks;
+    pool->ParallelFor(n, ::tensorflow::thread::ThreadPool::SchedulingParams::Fixed(block_size),
+                      run);
+  } else {
+    pool->ParallelFor(n, cost_per_unit, run);
+  }
+}
+
+inline ParallelFor IntraOpParallelFor(::tensorflow::OpKernelContext* ctx, bool coarse_blocks) {
+  ParallelFor parallel;
+  parallel.context = ctx;
+  parallel.run = coarse_blocks ? RunOnIntraOpPool<true> : RunOnIntraOpPool<false>;
+  return parallel;
+}
+
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_OPS_BATCHED_GEMM_COMMON_H_
