@@ -106,6 +106,10 @@ struct FloatGrid16 {
   __m512i fast_dropped_base;   // (min_exponent + 127) + 23 - mantissa_bits
   __m512i fast_dropped_min;    // 23 - mantissa_bits
   __m512i slow_below_minus_one;  // lanes with 1 <= a < slow_below need the full form
+  // Nearest-even by float addition in the fast form (see RoundToFloatFormatFast16).
+  bool magic_ok;               // M below is finite and the grid lies in normal float32
+  __m512i magic_cap_bits;      // float32 bits of 2^(max exponent + 1)
+  __m512i magic_offset;        // (23 - m) << 23: scales 2^e to 2^(e + 23 - m)
 };
 
 inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
@@ -148,6 +152,13 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   // With slow_biased <= 1 no lane needs the full form (0 makes the test fail).
   c.slow_below_minus_one =
       Splat(slow_biased >= 2 ? (static_cast<uint32_t>(slow_biased) << 23) - 1u : 0u);
+  const int32_t cap_biased = static_cast<int32_t>(g.max_bits >> 23) + 1;
+  // slow_biased >= 2: float32 denormals (which DAZ would read as zero) take
+  // the full form, and every grid point is a normal float32 or zero.
+  c.magic_ok = g.mantissa_bits <= 22 && cap_biased + 23 - g.mantissa_bits <= 254 &&
+               slow_biased >= 2;
+  c.magic_cap_bits = Splat(static_cast<uint32_t>(cap_biased) << 23);
+  c.magic_offset = Splat(static_cast<uint32_t>(23 - g.mantissa_bits) << 23);
   return c;
 }
 
@@ -231,7 +242,32 @@ inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16&
       _mm512_max_epi32(_mm512_sub_epi32(c.fast_dropped_base, biased_or_one), c.fast_dropped_min);
   const __m512i keep = _mm512_sllv_epi32(SplatInt(-1), d);
   __m512i biased_a;
-  if (kRounding == Rounding::kNearestEven) {
+  if (kRounding == Rounding::kNearestEven && c.magic_ok) {
+    // The same rounding in three float operations: with G = 2^g the grid
+    // step's binade (g = max(e, min_exponent) for a in [2^e, 2^(e+1))) and
+    // M = G * 2^(23 - m), the float32 sum a + M has the grid step as its
+    // ulp, so rounding it to nearest even (embedded rounding: MXCSR's mode
+    // plays no part) and subtracting M (exact) is rounding.h's
+    // nearest-even.  M's lsb-free significand leaves the parity to a's kept
+    // bits, and a carry into the next binade gives 2^(e+1) as the integer
+    // form does.  Magnitudes of 2^(max exponent + 1) and more take G capped
+    // there: their result, whatever it is, exceeds max_bits and saturates
+    // below.  Lanes here are zero or normal float32 (AnyNeedsFullForm16
+    // sends denormals away), so FTZ/DAZ cannot touch a, M or the result.
+    const __m512i binade = _mm512_min_epu32(
+        _mm512_max_epu32(_mm512_and_si512(a, Splat(0x7F800000u)), c.min_normal_bits),
+        c.magic_cap_bits);
+    const __m512 magic = _mm512_castsi512_ps(_mm512_add_epi32(binade, c.magic_offset));
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), magic, kNearest);
+    __m512i r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
+    if (!kPlain) r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
+                              c.overflow_bits[static_cast<int>(kRounding)]);
+    if (kPlain) return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
+    const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
+    return _mm512_mask_or_epi32(r, keep_sign, r, _mm512_and_si512(u, Splat(kSignMask)));
+  } else if (kRounding == Rounding::kNearestEven) {
     // 2^(d-1) - 1, and bit d of the significand (a with bit 23 set for normals).
     const __m512i half_minus_one = _mm512_srli_epi32(_mm512_andnot_si512(keep, SplatInt(-1)), 1);
     const __m512i significand_bits = _mm512_mask_or_epi32(
