@@ -4,7 +4,11 @@ One run measures, for each tensor size, every case below on the same float32
 tensor (standard normal values), eagerly, as the median of `--repeats` timed
 calls after `--warmup` untimed ones.  The cases take turns call by call, so
 that a burst of load from other jobs on the machine hits all of them alike
-and the ratios stay comparable:
+and the ratios stay comparable (`--order interleaved`, the default); with
+`--order blocked` each case runs its calls back to back, so its input and
+its recycled output buffer stay in cache from one call to the next, which
+favours the memory-bound reference `x * 1.0` at sizes that fit in the L3
+cache (16 MB here) and shows the kernels' compute cost there:
 
   x * 1.0            TensorFlow's element-wise multiply: reads and writes the
                      tensor once, the reference every ratio is taken against
@@ -74,6 +78,8 @@ def parse_args(argv=None):
                         help="largest size at which the (slow) pure-TF path is measured")
     parser.add_argument("--threads", type=int, default=0,
                         help="TensorFlow intra-op threads (0: TensorFlow's default, all cores)")
+    parser.add_argument("--order", choices=("interleaved", "blocked"), default="interleaved",
+                        help="cases take turns call by call, or run their calls back to back")
     parser.add_argument("--out", default="benchmarks/results/rounding.md",
                         help="Markdown output; the JSON goes next to it")
     args = parser.parse_args(argv)
@@ -132,14 +138,24 @@ def _timed_call(fn):
     return seconds
 
 
-def time_cases(named_fns, repeats, warmup):
-    """Median seconds per call of each (name, fn, repeats, warmup), calls interleaved."""
+def time_cases(named_fns, repeats, warmup, order="interleaved"):
+    """Median seconds per call of each (name, fn, repeats, warmup).
+
+    order "interleaved": the cases take turns call by call; "blocked": each
+    case's warm-up and timed calls run back to back.
+    """
     if not named_fns:
         return {}
+    times = {name: [] for name, _, _, _ in named_fns}
+    if order == "blocked":
+        for name, fn, case_repeats, case_warmup in named_fns:
+            for _ in range(case_warmup):
+                fn()
+            times[name] = [_timed_call(fn) for _ in range(case_repeats)]
+        return {name: statistics.median(t) for name, t in times.items()}
     for _, fn, _, case_warmup in named_fns:
         for _ in range(case_warmup):
             fn()
-    times = {name: [] for name, _, _, _ in named_fns}
     for round_index in range(repeats):
         for name, fn, case_repeats, _ in named_fns:
             if round_index < case_repeats:
@@ -175,8 +191,8 @@ def run(args):
                 slow.append((name, fn, min(args.repeats, 3), min(args.warmup, 1)))
             else:
                 fast.append((name, fn, args.repeats, args.warmup))
-        measured = time_cases(fast, args.repeats, args.warmup)
-        measured.update(time_cases(slow, args.repeats, args.warmup))
+        measured = time_cases(fast, args.repeats, args.warmup, args.order)
+        measured.update(time_cases(slow, args.repeats, args.warmup, args.order))
         for name, seconds in measured.items():
             print(f"{size_mb:>7g} MB  {name:<34s} {seconds * 1e3:10.3f} ms", flush=True)
         for name, seconds in measured.items():
@@ -211,6 +227,7 @@ def metadata(args, argv, load_before, load_after):
         "tf_lowprec": getattr(lp, "__version__", "unknown"),
         "avx512_loops": "yes" if _avx512_available() else "no (portable loops)",
         "repeats": args.repeats,
+        "order": args.order,
         "warmup": args.warmup,
         "statistic": "median",
         "bytes_counted": "read + written = 2 x tensor size",
