@@ -27,6 +27,7 @@ role, e.g. per-layer loss scales or under/overflow statistics.
 """
 
 import functools
+import importlib
 import random
 import weakref
 import zlib
@@ -346,7 +347,7 @@ def accumulator_gemm(accumulator, name):
         return None
     module_name, prefix = _ACCUMULATOR_GEMMS[accumulator]
     try:
-        module = __import__(f"tf_lowprec.{module_name}", fromlist=[module_name])
+        module = importlib.import_module(f"tf_lowprec.{module_name}")
     except ImportError:
         return None
     return getattr(module, prefix + name, None)

@@ -32,6 +32,7 @@
 #include <cstring>
 
 #include "bf16_gemm.h"
+#include "rounding.h"  // FloatBits, BitsFloat
 
 #if TF_LOWPREC_BF16_NATIVE
 #include <immintrin.h>
@@ -54,17 +55,6 @@ constexpr int64_t kStreamOutBytes = int64_t{8} << 20;  // streaming stores from 
 
 inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
 inline int64_t CeilDiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
-
-inline uint32_t FloatBits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  return u;
-}
-inline float BitsFloat(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 // FP32 bits -> BF16 bits as the GEMM uses them: round to nearest even (NaN
 // becomes the quiet NaN with its sign, as round_to_format(x, BF16) does),
