@@ -29,6 +29,12 @@ _FORMATS = {
     "bf16_intel": lp.BF16_INTEL,  # no subnormals, flushes input denormals
     "e3m0_nan_overflow": lp.FloatFormat(3, 0, overflow="nan", name="e3m0"),
     "e8m22": lp.FloatFormat(8, 22, name="e8m22"),
+    # Tiny magnitudes (below the subnormal step) that are normal float32,
+    # with nearest-even by the integer form (the float form would overflow).
+    "e7m2_bias0": lp.FloatFormat(7, 2, exponent_bias=0, name="e7m2_bias0"),
+    # Tiny results flushed (no subnormals) and input denormals flushed.
+    "e4m3_flush": lp.FloatFormat(4, 3, subnormals=False, input_denormals="flush",
+                                 name="e4m3_flush"),
     "fp32": lp.FP32,  # mantissa_bits 23: nothing is rounded but specials
 }
 

@@ -85,6 +85,7 @@ struct FloatGrid16 {
   __m512i flush_result_below;  // min_normal_bits without subnormals, else 0
   __m512i max_bits;
   __m512i overflow_bits[3];    // per Rounding value
+  bool saturates[3];           // overflow_bits[r] == max_bits: a min does the clamp
   __m512i inf_result;          // result magnitude of an infinite input
   __mmask16 keep_zero_sign;    // 0xFFFF when the format has -0
   bool plain;                  // subnormals, -0, input denormals kept
@@ -105,7 +106,20 @@ struct FloatGrid16 {
   bool fast_half_left;         // mantissa_bits <= 7: d >= 16 in every lane
   __m512i fast_dropped_base;   // (min_exponent + 127) + 23 - mantissa_bits
   __m512i fast_dropped_min;    // 23 - mantissa_bits
-  __m512i slow_below_minus_one;  // lanes with 1 <= a < slow_below need the full form
+  __m512i fast_half_base;      // fast_dropped_base - 16
+  __m512i fast_half_min;       // fast_dropped_min - 16
+  __m512i fast_half_keep;      // -1 << 16
+  // Lanes with 0 < a <= low_lanes_max[rounding] (see FastFormLanes16): the
+  // format's tiny magnitudes (below its subnormal step s, which the fast form
+  // takes by RoundTinyMagnitude16) where low_lanes_are_tiny[rounding], else
+  // the lanes that must take the full form (float32 denormals, or none).
+  __m512i low_lanes_max[3];
+  bool low_lanes_are_tiny[3];
+  // RoundTinyMagnitude16 (only where tiny magnitudes exist: slow_biased >= 2).
+  __m512i tiny_step_bits;      // float32 bits of s = 2^(min_exponent - mantissa_bits)
+  __m512i tiny_half_bits;      // float32 bits of s / 2
+  __m512i tiny_half_shift_base;  // slow_biased + 7
+  __m512i tiny_word_shift_base;  // slow_biased - 9
   // Nearest-even by float addition in the fast form (see RoundToFloatFormatFast16).
   bool magic_ok;               // M below is finite and the grid lies in normal float32
   __m512i magic_cap_bits;      // float32 bits of 2^(max exponent + 1)
@@ -126,6 +140,9 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.overflow_bits[static_cast<int>(Rounding::kNearestEven)] = Splat(unsaturated);
   c.overflow_bits[static_cast<int>(Rounding::kStochastic)] = Splat(unsaturated);
   c.overflow_bits[static_cast<int>(Rounding::kTowardZero)] = Splat(g.max_bits);
+  c.saturates[static_cast<int>(Rounding::kNearestEven)] = unsaturated == g.max_bits;
+  c.saturates[static_cast<int>(Rounding::kStochastic)] = unsaturated == g.max_bits;
+  c.saturates[static_cast<int>(Rounding::kTowardZero)] = true;
   c.inf_result = Splat(g.infinities ? kInfBits
                                     : (g.overflow == Overflow::kNan ? kQuietNanBits : g.max_bits));
   c.keep_zero_sign = g.negative_zero ? 0xFFFF : 0;
@@ -148,18 +165,49 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   const int32_t min_biased = g.min_exponent + 127;  // >= 1 for every valid grid
   c.fast_dropped_base = SplatInt(min_biased + 23 - g.mantissa_bits);
   c.fast_dropped_min = SplatInt(23 - g.mantissa_bits);
+  c.fast_half_base = SplatInt(min_biased + 7 - g.mantissa_bits);
+  c.fast_half_min = SplatInt(7 - g.mantissa_bits);
+  c.fast_half_keep = Splat(0xFFFF0000u);
+  // The format's subnormal step s = 2^(min_exponent - m) has biased
+  // exponent slow_biased.  With slow_biased >= 2 the magnitudes in (0, s)
+  // ("tiny": rounding.h's `big` case, dropped > 23) include normal float32
+  // values; with slow_biased <= 1 only float32 denormals lie below s, and
+  // there dropped <= 23 still (s is 2^-126 or a float32 denormal itself).
   const int32_t slow_biased = min_biased - g.mantissa_bits;
-  // With slow_biased <= 1 no lane needs the full form (0 makes the test fail).
-  c.slow_below_minus_one =
-      Splat(slow_biased >= 2 ? (static_cast<uint32_t>(slow_biased) << 23) - 1u : 0u);
+  const bool has_tiny = slow_biased >= 2;
+  const uint32_t tiny_max = has_tiny ? (static_cast<uint32_t>(slow_biased) << 23) - 1u : 0u;
+  c.tiny_step_bits = Splat(has_tiny ? static_cast<uint32_t>(slow_biased) << 23 : 0u);
+  c.tiny_half_bits = Splat(has_tiny ? static_cast<uint32_t>(slow_biased - 1) << 23 : 0u);
+  c.tiny_half_shift_base = SplatInt(slow_biased + 7);
+  c.tiny_word_shift_base = SplatInt(slow_biased - 9);
   const int32_t cap_biased = static_cast<int32_t>(g.max_bits >> 23) + 1;
-  // slow_biased >= 2: float32 denormals (which DAZ would read as zero) take
-  // the full form, and every grid point is a normal float32 or zero.
-  c.magic_ok = g.mantissa_bits <= 22 && cap_biased + 23 - g.mantissa_bits <= 254 &&
-               slow_biased >= 2;
+  // slow_biased >= 2: every grid point is a normal float32 or zero, so the
+  // float operations are exact; float32 denormals (which DAZ would read as
+  // zero) take the full form.
+  c.magic_ok = g.mantissa_bits <= 22 && cap_biased + 23 - g.mantissa_bits <= 254 && has_tiny;
   c.magic_cap_bits = Splat(static_cast<uint32_t>(cap_biased) << 23);
   c.magic_offset = Splat(static_cast<uint32_t>(23 - g.mantissa_bits) << 23);
+  // Which low lanes the fast form cannot take.  The integer forms take b =
+  // a >> 23 as the lane's binade, which is one off for float32 denormals
+  // (rounding.h uses max(b, 1)): with tiny magnitudes, denormals are tiny
+  // and RoundTinyMagnitude16 takes them; without, they take the full form.
+  // The float form (magic) takes tiny magnitudes itself, but not denormals.
+  constexpr uint32_t kDenormalMax = 0x007FFFFFu;
+  for (int r = 0; r < 3; ++r) {
+    const bool magic = r == static_cast<int>(Rounding::kNearestEven) && c.magic_ok;
+    c.low_lanes_are_tiny[r] = has_tiny && !magic;
+    c.low_lanes_max[r] = Splat(c.low_lanes_are_tiny[r] ? tiny_max : kDenormalMax);
+  }
   return c;
+}
+
+// Magnitudes above the format's largest finite one become overflow_bits
+// (the largest one itself when the format saturates: then a min does it).
+template <Rounding kRounding>
+inline __m512i ClampOverflow16(__m512i r, const FloatGrid16& c) {
+  constexpr int kR = static_cast<int>(kRounding);
+  if (c.saturates[kR]) return _mm512_min_epu32(r, c.max_bits);
+  return _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits), c.overflow_bits[kR]);
 }
 
 // How a stochastic rounding's random bits reach the float-format forms below:
@@ -179,8 +227,7 @@ inline __m512i RandomWord16(__m512i random) {
 template <Rounding kRounding>
 inline __m512i FinishFloatFormat16(__m512i u, __m512i a, __m512i r, const FloatGrid16& c) {
   r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
-                            c.overflow_bits[static_cast<int>(kRounding)]);
+  r = ClampOverflow16<kRounding>(r, c);
   r = _mm512_mask_mov_epi32(r, _mm512_cmpeq_epi32_mask(a, Splat(kInfBits)), c.inf_result);
   const __m512i sign = _mm512_and_si512(u, Splat(kSignMask));
   const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
@@ -207,41 +254,88 @@ inline __m512i RoundToFloatFormat16(__m512i u, const FloatGrid16& c, __m512i ran
   return FinishFloatFormat16<kRounding>(u, a, r, c);
 }
 
-// Lanes that RoundToFloatFormatFast16 does not cover: Inf and NaN, and the
-// nonzero magnitudes (after the input flush) below 2^(min_exponent -
-// mantissa_bits), the format's subnormal step, whose grid step exceeds the
-// value itself (dropped > 23 in rounding.h): biased exponent < min_biased - m.
-inline bool AnyNeedsFullForm16(__m512i a, const FloatGrid16& c) {
-  const __mmask16 tiny =
-      _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, SplatInt(1)), c.slow_below_minus_one);
+// Which lanes of a vector RoundToFloatFormatFast16 takes: returns false
+// when some lane needs the full form (Inf, NaN, and the low lanes, 0 < a <=
+// low_lanes_max, when they are not tiny), else true with *tiny set to the
+// lanes that are the format's tiny magnitudes (usually none).
+template <Rounding kRounding>
+inline bool FastFormLanes16(__m512i a, const FloatGrid16& c, __mmask16* tiny) {
+  constexpr int r = static_cast<int>(kRounding);
   const __mmask16 non_finite = _mm512_cmpge_epu32_mask(a, Splat(kInfBits));
-  return _kortestz_mask16_u8(tiny, non_finite) == 0;
+  const __mmask16 low =
+      _mm512_mask_cmple_epu32_mask(_mm512_test_epi32_mask(a, a), a, c.low_lanes_max[r]);
+  if (c.low_lanes_are_tiny[r]) {
+    *tiny = low;
+    return _ktestz_mask16_u8(non_finite, non_finite) != 0;
+  }
+  *tiny = 0;
+  return _kortestz_mask16_u8(low, non_finite) != 0;
 }
 
-// RoundToFloatFormat for finite lanes where rounding.h's `dropped` is in
-// 1..23, or the magnitude is 0, given mantissa_bits <= 22 (c.fast_ok), i.e.
-// lanes that AnyNeedsFullForm16 lets through.  Then `big` is false and
-// d == dropped in RoundMagnitudeToGrid:
+// rounding.h's magnitude for tiny lanes, 0 < a < s = 2^(min_exponent - m)
+// (`big` with dropped > 23): the kept multiple is 0 and the step is s, so
+// the result is s or 0.
+//   nearest_even  s iff a > s / 2 (a tie goes to 0, the even multiple)
+//   stochastic    s iff fraction + U >= 2^32, fraction = floor(a / s * 2^32),
+//                 which for a = sig * 2^(b' - 150) (b' = max(b, 1), sig the
+//                 significand with its implicit bit) is sig shifted left by
+//                 b' + 9 - slow_biased (at most 8; negative: right,
+//                 truncating); with U = h << 16, iff (fraction >> 16) + h >=
+//                 2^16, and fraction >> 16 is sig >> (slow_biased + 7 - b').
+//   toward_zero   0
+template <Rounding kRounding, RandomForm kForm>
+inline __m512i RoundTinyMagnitude16(__m512i a, const FloatGrid16& c, __m512i random) {
+  if (kRounding == Rounding::kNearestEven) {
+    return _mm512_maskz_mov_epi32(_mm512_cmpgt_epu32_mask(a, c.tiny_half_bits), c.tiny_step_bits);
+  }
+  if (kRounding != Rounding::kStochastic) return _mm512_setzero_si512();
+  const __m512i biased = _mm512_srli_epi32(a, 23);
+  const __m512i biased_or_one = _mm512_max_epi32(biased, SplatInt(1));
+  const __m512i mantissa = _mm512_and_si512(a, Splat(0x7FFFFFu));
+  const __m512i significand =
+      _mm512_mask_or_epi32(mantissa, _mm512_test_epi32_mask(biased, biased), mantissa,
+                           Splat(0x800000u));
+  __mmask16 up;
+  if (kForm == RandomForm::kHalf) {
+    const __m512i fraction_top = _mm512_srlv_epi32(
+        significand, _mm512_sub_epi32(c.tiny_half_shift_base, biased_or_one));
+    up = _mm512_cmpge_epu32_mask(_mm512_add_epi32(fraction_top, random), Splat(0x10000u));
+  } else {
+    const __m512i left = _mm512_sub_epi32(biased_or_one, c.tiny_word_shift_base);
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i fraction =
+        _mm512_srlv_epi32(_mm512_sllv_epi32(significand, _mm512_max_epi32(left, zero)),
+                          _mm512_max_epi32(_mm512_sub_epi32(zero, left), zero));
+    up = _mm512_cmplt_epu32_mask(_mm512_add_epi32(random, fraction), random);
+  }
+  return _mm512_maskz_mov_epi32(up, c.tiny_step_bits);
+}
+
+// RoundToFloatFormat for the lanes that FastFormLanes16 lets through,
+// given mantissa_bits <= 22 (c.fast_ok): finite lanes where rounding.h's
+// `dropped` is in 1..23, zeros, and the `tiny` lanes (RoundTinyMagnitude16).
+// For the others `big` is false and d == dropped in RoundMagnitudeToGrid:
 //   dropped = max(min_exponent - exponent, 0) + 23 - mantissa_bits
-//           = max(min_biased + 23 - m - max(biased, 1), 23 - m)
-// and the rounding is the bias-and-clear of RoundNormalRange16 with a
-// per-lane d; the parity bit d may now be 23, where the significand has
-// the implicit bit (set for float32 normals) instead of a's exponent lsb.
-// A zero lane rounds to zero whatever d (every term is 0 or masked off).
+//           = max(min_biased + 23 - m - b, 23 - m)
+// with b = a >> 23 (b >= 1: denormals are tiny or take the full form), and
+// the rounding is the bias-and-clear of RoundNormalRange16 with a per-lane
+// d; the parity bit d may now be 23, where the significand has the implicit
+// bit instead of a's exponent lsb.  A zero lane has b = 0 and rounds to zero
+// whatever d: every term added is below 2^d, and the clear removes it (a
+// shift by 32 or more gives 0).
 //
 // kPlain: the format has subnormals and -0 and keeps input denormals
 // (c.plain), which makes the flush and the zero-sign steps no-ops.
 //
 // Stochastic: the term added to a is U >> (32 - d) (see RoundNormalRange16),
-// which for U = h << 16 is h << (d - 16) when d >= 16 (c.fast_half_left).
+// which for U = h << 16 is h << (d - 16) when d >= 16 (c.fast_half_left);
+// there the loop takes e = d - 16 directly, and the clear mask -1 << d as
+// (-1 << 16) << e.
 template <Rounding kRounding, bool kPlain, RandomForm kForm = RandomForm::kWord>
 inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16& c,
-                                        __m512i random) {
-  const __m512i biased_or_one = _mm512_max_epi32(_mm512_srli_epi32(a, 23), SplatInt(1));
-  const __m512i d =
-      _mm512_max_epi32(_mm512_sub_epi32(c.fast_dropped_base, biased_or_one), c.fast_dropped_min);
-  const __m512i keep = _mm512_sllv_epi32(SplatInt(-1), d);
-  __m512i biased_a;
+                                        __m512i random, __mmask16 tiny) {
+  const __m512i biased = _mm512_srli_epi32(a, 23);
+  __m512i r;
   if (kRounding == Rounding::kNearestEven && c.magic_ok) {
     // The same rounding in three float operations: with G = 2^g the grid
     // step's binade (g = max(e, min_exponent) for a in [2^e, 2^(e+1))) and
@@ -250,44 +344,52 @@ inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16&
     // plays no part) and subtracting M (exact) is rounding.h's
     // nearest-even.  M's lsb-free significand leaves the parity to a's kept
     // bits, and a carry into the next binade gives 2^(e+1) as the integer
-    // form does.  Magnitudes of 2^(max exponent + 1) and more take G capped
-    // there: their result, whatever it is, exceeds max_bits and saturates
-    // below.  Lanes here are zero or normal float32 (AnyNeedsFullForm16
-    // sends denormals away), so FTZ/DAZ cannot touch a, M or the result.
+    // form does; a tiny magnitude rounds to 0 or s with ties to 0, as
+    // RoundTinyMagnitude16 does.  Magnitudes of 2^(max exponent + 1) and
+    // more take G capped there: their result, whatever it is, exceeds
+    // max_bits and saturates below.  Lanes here are zero or normal float32
+    // (FastFormLanes16 sends denormals away), so FTZ/DAZ cannot touch a, M
+    // or the result.
     const __m512i binade = _mm512_min_epu32(
         _mm512_max_epu32(_mm512_and_si512(a, Splat(0x7F800000u)), c.min_normal_bits),
         c.magic_cap_bits);
     const __m512 magic = _mm512_castsi512_ps(_mm512_add_epi32(binade, c.magic_offset));
     constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), magic, kNearest);
-    __m512i r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
-    if (!kPlain) r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
-                              c.overflow_bits[static_cast<int>(kRounding)]);
-    if (kPlain) return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
-    const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
-    return _mm512_mask_or_epi32(r, keep_sign, r, _mm512_and_si512(u, Splat(kSignMask)));
-  } else if (kRounding == Rounding::kNearestEven) {
-    // 2^(d-1) - 1, and bit d of the significand (a with bit 23 set for normals).
-    const __m512i half_minus_one = _mm512_srli_epi32(_mm512_andnot_si512(keep, SplatInt(-1)), 1);
-    const __m512i significand_bits = _mm512_mask_or_epi32(
-        a, _mm512_cmpge_epu32_mask(a, Splat(0x800000u)), a, Splat(0x800000u));
-    const __m512i odd = _mm512_and_si512(_mm512_srlv_epi32(significand_bits, d), SplatInt(1));
-    biased_a = _mm512_add_epi32(_mm512_add_epi32(a, half_minus_one), odd);
-  } else if (kRounding == Rounding::kStochastic) {
-    const __m512i term =
-        kForm == RandomForm::kHalf && c.fast_half_left
-            ? _mm512_sllv_epi32(random, _mm512_sub_epi32(d, SplatInt(16)))
-            : _mm512_srlv_epi32(RandomWord16<kForm>(random), _mm512_sub_epi32(SplatInt(32), d));
-    biased_a = _mm512_add_epi32(a, term);
+    r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
+  } else if (kRounding == Rounding::kStochastic && kForm == RandomForm::kHalf &&
+             c.fast_half_left) {
+    const __m512i e = _mm512_max_epi32(_mm512_sub_epi32(c.fast_half_base, biased), c.fast_half_min);
+    const __m512i keep = _mm512_sllv_epi32(c.fast_half_keep, e);
+    r = _mm512_and_si512(_mm512_add_epi32(a, _mm512_sllv_epi32(random, e)), keep);
   } else {
-    biased_a = a;
+    const __m512i d =
+        _mm512_max_epi32(_mm512_sub_epi32(c.fast_dropped_base, biased), c.fast_dropped_min);
+    const __m512i keep = _mm512_sllv_epi32(SplatInt(-1), d);
+    __m512i biased_a;
+    if (kRounding == Rounding::kNearestEven) {
+      // 2^(d-1) - 1, and bit d of the significand (a with bit 23 set for normals).
+      const __m512i half_minus_one = _mm512_srli_epi32(_mm512_andnot_si512(keep, SplatInt(-1)), 1);
+      const __m512i significand_bits = _mm512_mask_or_epi32(
+          a, _mm512_cmpge_epu32_mask(a, Splat(0x800000u)), a, Splat(0x800000u));
+      const __m512i odd = _mm512_and_si512(_mm512_srlv_epi32(significand_bits, d), SplatInt(1));
+      biased_a = _mm512_add_epi32(_mm512_add_epi32(a, half_minus_one), odd);
+    } else if (kRounding == Rounding::kStochastic) {
+      const __m512i term = _mm512_srlv_epi32(RandomWord16<kForm>(random),
+                                             _mm512_sub_epi32(SplatInt(32), d));
+      biased_a = _mm512_add_epi32(a, term);
+    } else {
+      biased_a = a;
+    }
+    r = _mm512_and_si512(biased_a, keep);
   }
-  __m512i r = _mm512_and_si512(biased_a, keep);
+  // Rare: tiny lanes (a branch, so that vectors without them pay nothing).
+  if (tiny != 0) {
+    r = _mm512_mask_mov_epi32(r, tiny, RoundTinyMagnitude16<kRounding, kForm>(a, c, random));
+  }
   // The finite-input part of FinishFloatFormat16.
   if (!kPlain) r = _mm512_maskz_mov_epi32(_mm512_cmpge_epu32_mask(r, c.flush_result_below), r);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
-                            c.overflow_bits[static_cast<int>(kRounding)]);
+  r = ClampOverflow16<kRounding>(r, c);
   if (kPlain) return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);  // r | (u & sign)
   const __mmask16 keep_sign = _mm512_test_epi32_mask(r, r) | c.keep_zero_sign;
   return _mm512_mask_or_epi32(r, keep_sign, r, _mm512_and_si512(u, Splat(kSignMask)));
@@ -342,8 +444,7 @@ inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c, __
     biased_a = a;
   }
   __m512i r = _mm512_and_si512(biased_a, c.normal_keep);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmpgt_epu32_mask(r, c.max_bits),
-                            c.overflow_bits[static_cast<int>(kRounding)]);
+  r = ClampOverflow16<kRounding>(r, c);
   // sign | r  (0xF8: a | (b & c))
   return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
 }

@@ -207,18 +207,39 @@ inline __mmask16 TailMask(int64_t lanes) {
                      : static_cast<__mmask16>((1u << lanes) - 1u);
 }
 
-// Lanes the shorter forms do not cover (rare: Inf, NaN, magnitudes below
-// the format's subnormal step): the full transcription of rounding.h, out
-// of line so that the hot loop keeps its constants in registers.
+// Lanes the shorter forms do not cover (rare: Inf, NaN, some float32
+// denormals): the full transcription of rounding.h, out of line so that the
+// hot loop keeps its constants in registers.
 template <Rounding kRounding, simd::RandomForm kForm>
 __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::FloatGrid16& c,
                                                       __m512i random) {
   return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
 }
 
+// One vector by the per-lane fast form where it covers every lane, else by
+// the full form.
+template <Rounding kRounding, bool kPlain, simd::RandomForm kForm>
+inline __m512i RoundFloatVectorPerLane(__m512i u, __m512i a, const simd::FloatGrid16& c,
+                                       __m512i random) {
+  __mmask16 tiny;
+  if (c.fast_ok && simd::FastFormLanes16<kRounding>(a, c, &tiny)) {
+    return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random, tiny);
+  }
+  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
+}
+
+// The same, out of line: the normal-form loop's rare misses.
+template <Rounding kRounding, bool kPlain, simd::RandomForm kForm>
+__attribute__((noinline)) __m512i RoundFloatVectorMiss(__m512i u, __m512i a,
+                                                      const simd::FloatGrid16& c,
+                                                      __m512i random) {
+  return RoundFloatVectorPerLane<kRounding, kPlain, kForm>(u, a, c, random);
+}
+
 // One vector, by the shortest form valid for all of its lanes.  With
 // kTryNormalForm the loop expects whole vectors in the format's normal range
-// (bf16, fp16 on most data) and tests for that first; without, it goes
+// (bf16, fp16 on most data) and tests for that first, keeping the other
+// forms out of line so that the hot loop stays small; without, it goes
 // straight to the per-lane form (fp8 formats, whose subnormal range holds a
 // few percent of typical values: a per-vector choice there would mispredict
 // often).  All give the same bits.
@@ -232,11 +253,9 @@ inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i r
       return simd::RoundNormalRange16<kRounding, kForm>(u, a, c, random);
     }
     ++*misses;
+    return RoundFloatVectorMiss<kRounding, kPlain, kForm>(u, a, c, random);
   }
-  if (c.fast_ok && !simd::AnyNeedsFullForm16(a, c)) {
-    return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random);
-  }
-  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
+  return RoundFloatVectorPerLane<kRounding, kPlain, kForm>(u, a, c, random);
 }
 
 // Rounds one chunk of m elements; returns how many vectors missed the
