@@ -17,6 +17,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "number_formats.h"
@@ -109,7 +110,7 @@ struct FloatGrid16 {
   __m512i fast_half_base;      // fast_dropped_base - 16
   __m512i fast_half_min;       // fast_dropped_min - 16
   __m512i fast_half_keep;      // -1 << 16
-  // Lanes with 0 < a <= low_lanes_max[rounding] (see FastFormLanes16): the
+  // Lanes with 0 < a <= low_lanes_max[rounding] (see FindSpecialLanes16): the
   // format's tiny magnitudes (below its subnormal step s, which the fast form
   // takes by RoundTinyMagnitude16) where low_lanes_are_tiny[rounding], else
   // the lanes that must take the full form (float32 denormals, or none).
@@ -122,7 +123,7 @@ struct FloatGrid16 {
   __m512i tiny_word_shift_base;  // slow_biased - 9
   // Nearest-even by float addition in the fast form (see RoundToFloatFormatFast16).
   bool magic_ok;               // M below is finite and the grid lies in normal float32
-  __m512i magic_cap_bits;      // float32 bits of 2^(max exponent + 1)
+  __m512i magic_cap_bits;      // float32 bits of 2^max(max exponent + 1, min_exponent)
   __m512i magic_offset;        // (23 - m) << 23: scales 2^e to 2^(e + 23 - m)
 };
 
@@ -180,7 +181,10 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.tiny_half_bits = Splat(has_tiny ? static_cast<uint32_t>(slow_biased - 1) << 23 : 0u);
   c.tiny_half_shift_base = SplatInt(slow_biased + 7);
   c.tiny_word_shift_base = SplatInt(slow_biased - 9);
-  const int32_t cap_biased = static_cast<int32_t>(g.max_bits >> 23) + 1;
+  // At least the smallest normal's binade, which tiny magnitudes take (a
+  // format with no normal numbers, e.g. exponent_bits 1 and no mantissa,
+  // has max_bits below it).
+  const int32_t cap_biased = std::max(static_cast<int32_t>(g.max_bits >> 23) + 1, min_biased);
   // slow_biased >= 2: every grid point is a normal float32 or zero, so the
   // float operations are exact; float32 denormals (which DAZ would read as
   // zero) take the full form.
@@ -254,22 +258,21 @@ inline __m512i RoundToFloatFormat16(__m512i u, const FloatGrid16& c, __m512i ran
   return FinishFloatFormat16<kRounding>(u, a, r, c);
 }
 
-// Which lanes of a vector RoundToFloatFormatFast16 takes: returns false
-// when some lane needs the full form (Inf, NaN, and the low lanes, 0 < a <=
-// low_lanes_max, when they are not tiny), else true with *tiny set to the
-// lanes that are the format's tiny magnitudes (usually none).
+// The lanes of a vector that RoundToFloatFormatFast16 needs to know about:
+// Inf and NaN (never its own), and the low lanes, 0 < a <= low_lanes_max,
+// which are the format's tiny magnitudes where low_lanes_are_tiny (the fast
+// form takes them) and else lanes for the full form.  Both are usually
+// empty.
+struct SpecialLanes16 {
+  __mmask16 non_finite;
+  __mmask16 low;
+};
+
 template <Rounding kRounding>
-inline bool FastFormLanes16(__m512i a, const FloatGrid16& c, __mmask16* tiny) {
-  constexpr int r = static_cast<int>(kRounding);
-  const __mmask16 non_finite = _mm512_cmpge_epu32_mask(a, Splat(kInfBits));
-  const __mmask16 low =
-      _mm512_mask_cmple_epu32_mask(_mm512_test_epi32_mask(a, a), a, c.low_lanes_max[r]);
-  if (c.low_lanes_are_tiny[r]) {
-    *tiny = low;
-    return _ktestz_mask16_u8(non_finite, non_finite) != 0;
-  }
-  *tiny = 0;
-  return _kortestz_mask16_u8(low, non_finite) != 0;
+inline SpecialLanes16 FindSpecialLanes16(__m512i a, const FloatGrid16& c) {
+  return {_mm512_cmpge_epu32_mask(a, Splat(kInfBits)),
+          _mm512_mask_cmple_epu32_mask(_mm512_test_epi32_mask(a, a), a,
+                                       c.low_lanes_max[static_cast<int>(kRounding)])};
 }
 
 // rounding.h's magnitude for tiny lanes, 0 < a < s = 2^(min_exponent - m)
@@ -311,7 +314,7 @@ inline __m512i RoundTinyMagnitude16(__m512i a, const FloatGrid16& c, __m512i ran
   return _mm512_maskz_mov_epi32(up, c.tiny_step_bits);
 }
 
-// RoundToFloatFormat for the lanes that FastFormLanes16 lets through,
+// RoundToFloatFormat for the lanes that FindSpecialLanes16 lets through,
 // given mantissa_bits <= 22 (c.fast_ok): finite lanes where rounding.h's
 // `dropped` is in 1..23, zeros, and the `tiny` lanes (RoundTinyMagnitude16).
 // For the others `big` is false and d == dropped in RoundMagnitudeToGrid:
@@ -348,7 +351,7 @@ inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16&
     // RoundTinyMagnitude16 does.  Magnitudes of 2^(max exponent + 1) and
     // more take G capped there: their result, whatever it is, exceeds
     // max_bits and saturates below.  Lanes here are zero or normal float32
-    // (FastFormLanes16 sends denormals away), so FTZ/DAZ cannot touch a, M
+    // (FindSpecialLanes16 sends denormals away), so FTZ/DAZ cannot touch a, M
     // or the result.
     const __m512i binade = _mm512_min_epu32(
         _mm512_max_epu32(_mm512_and_si512(a, Splat(0x7F800000u)), c.min_normal_bits),

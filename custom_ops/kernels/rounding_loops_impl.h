@@ -216,14 +216,32 @@ __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::Fl
   return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
 }
 
-// One vector by the per-lane fast form where it covers every lane, else by
-// the full form.
+// Vectors with tiny lanes (simd::FindSpecialLanes16), out of line: the
+// fast form with its tiny-lane step, or the full form.
+// (The lanes are found again here: passing them would cost the hot loop
+// the moves of the masks into call registers.)
+template <Rounding kRounding, bool kPlain, simd::RandomForm kForm>
+__attribute__((noinline)) __m512i RoundFloatVectorSpecial(__m512i u, __m512i a,
+                                                         const simd::FloatGrid16& c,
+                                                         __m512i random) {
+  const simd::SpecialLanes16 lanes = simd::FindSpecialLanes16<kRounding>(a, c);
+  if (c.low_lanes_are_tiny[static_cast<int>(kRounding)] && lanes.non_finite == 0) {
+    return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random, lanes.low);
+  }
+  return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
+}
+
+// One vector by the per-lane fast form where it covers every lane (one test
+// and branch for the common case), else out of line.
 template <Rounding kRounding, bool kPlain, simd::RandomForm kForm>
 inline __m512i RoundFloatVectorPerLane(__m512i u, __m512i a, const simd::FloatGrid16& c,
                                        __m512i random) {
-  __mmask16 tiny;
-  if (c.fast_ok && simd::FastFormLanes16<kRounding>(a, c, &tiny)) {
-    return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random, tiny);
+  if (c.fast_ok) {
+    const simd::SpecialLanes16 lanes = simd::FindSpecialLanes16<kRounding>(a, c);
+    if (_kortestz_mask16_u8(lanes.low, lanes.non_finite) != 0) {
+      return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random, 0);
+    }
+    return RoundFloatVectorSpecial<kRounding, kPlain, kForm>(u, a, c, random);
   }
   return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
 }
