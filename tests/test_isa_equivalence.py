@@ -69,7 +69,11 @@ def patterns():
     # Normal-looking data too, so the loops' common-case shortcuts see whole
     # vectors of ordinary values, mixed with the occasional small one.
     gaussian = rng.standard_normal(65_536).astype(np.float32).view(np.uint32)
-    bits = np.concatenate([_special_bits(), random, gaussian])
+    # Small data (gradients): whole vectors of FP8 subnormals and of values
+    # below FP8's subnormal step, then of float32 denormals.
+    small = [(rng.standard_normal(16_384) * scale).astype(np.float32).view(np.uint32)
+             for scale in (1e-3, 1e-6, 1e-39)]
+    bits = np.concatenate([_special_bits(), random, gaussian, *small])
     return tf.constant(bits.view(np.float32))
 
 

@@ -121,6 +121,9 @@ struct FloatGrid16 {
   __m512i tiny_half_bits;      // float32 bits of s / 2
   __m512i tiny_half_shift_base;  // slow_biased + 7
   __m512i tiny_word_shift_base;  // slow_biased - 9
+  bool tiny_float_ok;          // 33 <= slow_biased <= 143 (see RoundTinyMagnitude16)
+  __m512 tiny_scale_half;      // 2^16 / s
+  __m512 tiny_scale_word;      // 2^32 / s
   // Nearest-even by float addition in the fast form (see RoundToFloatFormatFast16).
   bool magic_ok;               // M below is finite and the grid lies in normal float32
   __m512i magic_cap_bits;      // float32 bits of 2^max(max exponent + 1, min_exponent)
@@ -181,6 +184,11 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.tiny_half_bits = Splat(has_tiny ? static_cast<uint32_t>(slow_biased - 1) << 23 : 0u);
   c.tiny_half_shift_base = SplatInt(slow_biased + 7);
   c.tiny_word_shift_base = SplatInt(slow_biased - 9);
+  c.tiny_float_ok = slow_biased >= 33 && slow_biased <= 143;
+  c.tiny_scale_half = _mm512_castsi512_ps(
+      Splat(c.tiny_float_ok ? static_cast<uint32_t>(270 - slow_biased) << 23 : 0u));
+  c.tiny_scale_word = _mm512_castsi512_ps(
+      Splat(c.tiny_float_ok ? static_cast<uint32_t>(286 - slow_biased) << 23 : 0u));
   // At least the smallest normal's binade, which tiny magnitudes take (a
   // format with no normal numbers, e.g. exponent_bits 1 and no mantissa,
   // has max_bits below it).
@@ -286,12 +294,30 @@ inline SpecialLanes16 FindSpecialLanes16(__m512i a, const FloatGrid16& c) {
 //                 truncating); with U = h << 16, iff (fraction >> 16) + h >=
 //                 2^16, and fraction >> 16 is sig >> (slow_biased + 7 - b').
 //   toward_zero   0
+// The stochastic fraction also comes out of two float operations, where
+// 2^-94 <= s <= 2^16 (c.tiny_float_ok; E4M3, E5M2 and FP16 all are): a * (2^32
+// / s) (or 2^16 / s) only scales a by a power of two of at least 2^16, so
+// for a normal float32 it is exact and normal (FTZ/DAZ play no part), below
+// 2^32 since a < s, and truncating it to an integer is the floor; for a
+// float32 denormal the true fraction is 0 (a / s * 2^32 < 2^-126 * 2^126),
+// which the product gives too, flushed or not.
 template <Rounding kRounding, RandomForm kForm>
 inline __m512i RoundTinyMagnitude16(__m512i a, const FloatGrid16& c, __m512i random) {
   if (kRounding == Rounding::kNearestEven) {
     return _mm512_maskz_mov_epi32(_mm512_cmpgt_epu32_mask(a, c.tiny_half_bits), c.tiny_step_bits);
   }
   if (kRounding != Rounding::kStochastic) return _mm512_setzero_si512();
+  if (c.tiny_float_ok) {
+    constexpr int kExact = _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC;
+    const __m512 scale = kForm == RandomForm::kHalf ? c.tiny_scale_half : c.tiny_scale_word;
+    const __m512i fraction = _mm512_cvtt_roundps_epu32(
+        _mm512_mul_round_ps(_mm512_castsi512_ps(a), scale, kExact), _MM_FROUND_NO_EXC);
+    const __mmask16 up =
+        kForm == RandomForm::kHalf
+            ? _mm512_cmpge_epu32_mask(_mm512_add_epi32(fraction, random), Splat(0x10000u))
+            : _mm512_cmplt_epu32_mask(_mm512_add_epi32(random, fraction), random);
+    return _mm512_maskz_mov_epi32(up, c.tiny_step_bits);
+  }
   const __m512i biased = _mm512_srli_epi32(a, 23);
   const __m512i biased_or_one = _mm512_max_epi32(biased, SplatInt(1));
   const __m512i mantissa = _mm512_and_si512(a, Splat(0x7FFFFFu));
