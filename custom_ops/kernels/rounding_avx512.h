@@ -492,6 +492,66 @@ inline __m512i RoundToDfpGrid16(__m512i u, __m512i shared_exponent, __m512i rand
   return _mm512_mask_blend_epi32(passthrough, r, special);
 }
 
+// The lanes RoundToDfpGridFast16 takes, for grid exponents k: zeros, and
+// 2^max(k, -126) <= a < 2^(k + 23) for -149 <= k <= 104 (as float32 bits:
+// a - low < span, unsigned).  There a is a normal float32 whose grid step
+// 2^k lies inside its significand (1 <= dropped <= 23 in rounding.h, with no
+// max(b, 1) subtlety), and 2^(k + 23) is a normal float32.  DFP's exponents
+// put every finite nonzero value of a tensor or block there but those below
+// one grid step (rare) and, for k < -126, float32 denormals.
+struct DfpFastRange16 {
+  __m512i low, span;
+};
+
+inline DfpFastRange16 MakeDfpFastRange16(__m512i k) {
+  const __mmask16 valid = _mm512_cmpge_epi32_mask(k, SplatInt(-149)) &
+                          _mm512_cmple_epi32_mask(k, SplatInt(104));
+  const __m512i low = _mm512_slli_epi32(
+      _mm512_add_epi32(_mm512_max_epi32(k, SplatInt(-126)), SplatInt(127)), 23);
+  // k + 23 >= -126 for valid lanes, so 2^(k + 23) is normal: (k + 150) << 23.
+  const __m512i high = _mm512_slli_epi32(_mm512_add_epi32(k, SplatInt(150)), 23);
+  return {low, _mm512_maskz_sub_epi32(valid, high, low)};
+}
+
+// True when every lane is one RoundToDfpGridFast16 takes.
+inline bool AllInDfpFastRange16(__m512i a, const DfpFastRange16& range) {
+  const __mmask16 inside =
+      _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, range.low), range.span);
+  const __mmask16 zero = _mm512_testn_epi32_mask(a, a);
+  return _kortestc_mask16_u8(inside, zero) != 0;
+}
+
+// RoundToDfpGrid (rounding.h) for the lanes of AllInDfpFastRange16: with
+// d = dropped = k + 150 - (a >> 23) in 1..23 the rounding is the
+// bias-and-clear of RoundNormalRange16 with a per-lane d, and nearest-even
+// is the float form of RoundToFloatFormatFast16 with M = 2^(k + 23), whose
+// ulp is the grid step (a < M, so a + M is below 2M); the results are
+// normal float32 or zero (a >= 2^-126 rounds to at least 2^-126, a
+// multiple of the step), so FTZ/DAZ play no part.  A zero lane stays zero
+// with its sign: M - M, or a term below 2^d that the clear removes (a shift
+// by 32 or more gives 0).  `word` is U (RandomForm::kWord).
+template <Rounding kRounding>
+inline __m512i RoundToDfpGridFast16(__m512i u, __m512i a, __m512i k, __m512i word) {
+  __m512i r;
+  const __m512i k150 = _mm512_add_epi32(k, SplatInt(150));
+  if (kRounding == Rounding::kNearestEven) {
+    const __m512 magic = _mm512_castsi512_ps(_mm512_slli_epi32(k150, 23));
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), magic, kNearest);
+    r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
+  } else {
+    const __m512i d = _mm512_sub_epi32(k150, _mm512_srli_epi32(a, 23));
+    const __m512i keep = _mm512_sllv_epi32(SplatInt(-1), d);
+    if (kRounding == Rounding::kStochastic) {
+      const __m512i term = _mm512_srlv_epi32(word, _mm512_sub_epi32(SplatInt(32), d));
+      r = _mm512_and_si512(_mm512_add_epi32(a, term), keep);
+    } else {
+      r = _mm512_and_si512(a, keep);
+    }
+  }
+  return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);  // r | (u & sign)
+}
+
 }  // namespace simd
 }  // namespace tf_lowprec
 

@@ -359,6 +359,24 @@ void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
   RoundFloatWith<kRounding, false>(in, out, n, first_index, c, random);
 }
 
+// Vectors of RoundDfpLoop that the fast form does not cover (Inf, NaN,
+// magnitudes below one grid step, float32 denormals), out of line.
+template <Rounding kRounding>
+__attribute__((noinline)) __m512i RoundDfpVectorFull(__m512i u, __m512i k, __m512i word) {
+  return simd::RoundToDfpGrid16<kRounding>(u, k, word);
+}
+
+// One vector of DFP rounding, by the shortest form valid for all its lanes.
+template <Rounding kRounding>
+inline __m512i RoundDfpVector(__m512i u, __m512i k, const simd::DfpFastRange16& range,
+                              __m512i word) {
+  const __m512i a = _mm512_and_si512(u, simd::Splat(kAbsMask));
+  if (simd::AllInDfpFastRange16(a, range)) {
+    return simd::RoundToDfpGridFast16<kRounding>(u, a, k, word);
+  }
+  return RoundDfpVectorFull<kRounding>(u, k, word);
+}
+
 template <Rounding kRounding, bool kHalfWords>
 void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
                   const int32_t* k, int64_t k_stride, const RandomStream& random) {
@@ -366,6 +384,7 @@ void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
                                       ? simd::MakePhiloxKeys16(random.philox)
                                       : simd::PhiloxKeys16{};
   const __m512i shared = simd::SplatInt(k[0]);
+  const simd::DfpFastRange16 shared_range = simd::MakeDfpFastRange16(shared);
   alignas(64) uint32_t buffer[kWordBuffer];
   for (int64_t start = 0, end; start < n; start = end) {
     end = ChunkEnd(first_index, start, n, ChunkElements<kHalfWords>());
@@ -383,9 +402,14 @@ void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
       const __m512i word = kRounding == Rounding::kStochastic
                                ? LoadRandomWords16<kHalfWords>(words, i, lanes)
                                : _mm512_setzero_si512();
-      const __m512i exponent = k_stride == 0 ? shared : _mm512_maskz_loadu_epi32(lanes, ks + i);
-      _mm512_mask_storeu_epi32(dst + i, lanes,
-                               simd::RoundToDfpGrid16<kRounding>(u, exponent, word));
+      __m512i r;
+      if (k_stride == 0) {
+        r = RoundDfpVector<kRounding>(u, shared, shared_range, word);
+      } else {
+        const __m512i exponent = _mm512_maskz_loadu_epi32(lanes, ks + i);
+        r = RoundDfpVector<kRounding>(u, exponent, simd::MakeDfpFastRange16(exponent), word);
+      }
+      _mm512_mask_storeu_epi32(dst + i, lanes, r);
     }
   }
 }
