@@ -216,10 +216,10 @@ __attribute__((noinline)) __m512i RoundFloatVectorFull(__m512i u, const simd::Fl
   return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
 }
 
-// Vectors with tiny lanes (simd::FindSpecialLanes16), out of line: the
-// fast form with its tiny-lane step, or the full form.
-// (The lanes are found again here: passing them would cost the hot loop
-// the moves of the masks into call registers.)
+// Vectors with special lanes (simd::FindSpecialLanes16), out of line: the
+// fast form with its tiny-lane step when only tiny lanes are special, else
+// the full form.  (The lanes are found again here: passing them would cost
+// the hot loop the moves of the masks into call registers.)
 template <Rounding kRounding, bool kPlain, simd::RandomForm kForm>
 __attribute__((noinline)) __m512i RoundFloatVectorSpecial(__m512i u, __m512i a,
                                                          const simd::FloatGrid16& c,
@@ -228,7 +228,7 @@ __attribute__((noinline)) __m512i RoundFloatVectorSpecial(__m512i u, __m512i a,
   if (c.low_lanes_are_tiny[static_cast<int>(kRounding)] && lanes.non_finite == 0) {
     return simd::RoundToFloatFormatFast16<kRounding, kPlain, kForm>(u, a, c, random, lanes.low);
   }
-  return simd::RoundToFloatFormat16<kRounding>(u, c, simd::RandomWord16<kForm>(random));
+  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
 }
 
 // One vector by the per-lane fast form where it covers every lane (one test
