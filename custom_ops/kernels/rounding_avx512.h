@@ -296,11 +296,11 @@ inline SpecialLanes16 FindSpecialLanes16(__m512i a, const FloatGrid16& c) {
 //   toward_zero   0
 // The stochastic fraction also comes out of two float operations, where
 // 2^-94 <= s <= 2^16 (c.tiny_float_ok; E4M3, E5M2 and FP16 all are): a * (2^32
-// / s) (or 2^16 / s) only scales a by a power of two of at least 2^16, so
-// for a normal float32 it is exact and normal (FTZ/DAZ play no part), below
-// 2^32 since a < s, and truncating it to an integer is the floor; for a
-// float32 denormal the true fraction is 0 (a / s * 2^32 < 2^-126 * 2^126),
-// which the product gives too, flushed or not.
+// / s) (or 2^16 / s) only scales a by a power of two of at least 1, so for a
+// normal float32 it is exact and normal (FTZ/DAZ play no part), below 2^32
+// since a < s, and truncating it to an integer is the floor; for a float32
+// denormal the true fraction is 0 (a * 2^32 / s < 2^-126 * 2^126), which
+// the product gives too, flushed or not.
 template <Rounding kRounding, RandomForm kForm>
 inline __m512i RoundTinyMagnitude16(__m512i a, const FloatGrid16& c, __m512i random) {
   if (kRounding == Rounding::kNearestEven) {
