@@ -73,29 +73,28 @@ inline void PhiloxCounters16(const PhiloxState& state, uint64_t first_block, __m
 }
 
 // Transposes the four state words of 16 blocks (lane j = block j) into
-// element order and stores the 64 words.
+// element order and stores the 64 words: eight two-source permutes (the
+// unpack-and-shuffle form takes sixteen, and Philox is bound by the count
+// of vector operations).
 inline void StoreInElementOrder16(__m512i c0, __m512i c1, __m512i c2, __m512i c3,
                                   uint32_t* words) {
-  // A 4x4 transpose inside each 128-bit lane L: r_j holds block 4L + j's
-  // four words in lane L.
-  const __m512i t0 = _mm512_unpacklo_epi32(c0, c1);
-  const __m512i t1 = _mm512_unpackhi_epi32(c0, c1);
-  const __m512i t2 = _mm512_unpacklo_epi32(c2, c3);
-  const __m512i t3 = _mm512_unpackhi_epi32(c2, c3);
-  const __m512i r0 = _mm512_unpacklo_epi64(t0, t2);
-  const __m512i r1 = _mm512_unpackhi_epi64(t0, t2);
-  const __m512i r2 = _mm512_unpacklo_epi64(t1, t3);
-  const __m512i r3 = _mm512_unpackhi_epi64(t1, t3);
-  // Then a 4x4 transpose of the 128-bit lanes: output vector L holds blocks
-  // 4L .. 4L + 3, i.e. lane L of r0, r1, r2, r3.
-  const __m512i s0 = _mm512_shuffle_i32x4(r0, r1, 0x44);  // r0.L0 r0.L1 r1.L0 r1.L1
-  const __m512i s1 = _mm512_shuffle_i32x4(r2, r3, 0x44);  // r2.L0 r2.L1 r3.L0 r3.L1
-  const __m512i s2 = _mm512_shuffle_i32x4(r0, r1, 0xEE);  // r0.L2 r0.L3 r1.L2 r1.L3
-  const __m512i s3 = _mm512_shuffle_i32x4(r2, r3, 0xEE);
-  _mm512_storeu_si512(words + 0, _mm512_shuffle_i32x4(s0, s1, 0x88));
-  _mm512_storeu_si512(words + 16, _mm512_shuffle_i32x4(s0, s1, 0xDD));
-  _mm512_storeu_si512(words + 32, _mm512_shuffle_i32x4(s2, s3, 0x88));
-  _mm512_storeu_si512(words + 48, _mm512_shuffle_i32x4(s2, s3, 0xDD));
+  // t0 = c0[0] c1[0] c0[1] c1[1] ... c0[7] c1[7]; t1 the same for lanes 8..15;
+  // t2, t3 likewise from c2, c3.
+  const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i high =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const __m512i t0 = _mm512_permutex2var_epi32(c0, low, c1);
+  const __m512i t1 = _mm512_permutex2var_epi32(c0, high, c1);
+  const __m512i t2 = _mm512_permutex2var_epi32(c2, low, c3);
+  const __m512i t3 = _mm512_permutex2var_epi32(c2, high, c3);
+  // Then 64-bit pairs alternate: block j's words c0 c1 (from t0/t1), c2 c3
+  // (from t2/t3); each output vector holds four blocks.
+  const __m512i first = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+  const __m512i second = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+  _mm512_storeu_si512(words + 0, _mm512_permutex2var_epi64(t0, first, t2));
+  _mm512_storeu_si512(words + 16, _mm512_permutex2var_epi64(t0, second, t2));
+  _mm512_storeu_si512(words + 32, _mm512_permutex2var_epi64(t1, first, t3));
+  _mm512_storeu_si512(words + 48, _mm512_permutex2var_epi64(t1, second, t3));
 }
 
 // Counters of blocks first_block .. first_block + 16 * kGroups - 1, group g
