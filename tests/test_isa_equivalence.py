@@ -69,11 +69,17 @@ def patterns():
     # Normal-looking data too, so the loops' common-case shortcuts see whole
     # vectors of ordinary values, mixed with the occasional small one.
     gaussian = rng.standard_normal(65_536).astype(np.float32).view(np.uint32)
-    # Small data (gradients): whole vectors of FP8 subnormals and of values
-    # below FP8's subnormal step, then of float32 denormals.
-    small = [(rng.standard_normal(16_384) * scale).astype(np.float32).view(np.uint32)
-             for scale in (1e-3, 1e-6, 1e-39)]
-    bits = np.concatenate([_special_bits(), random, gaussian, *small])
+    # Whole vectors at other scales: FP8 subnormals, values below FP8's
+    # subnormal step, float32 denormals (small data, gradients); and values
+    # near 2^111 and float32's largest, where the float-addition forms'
+    # sums approach float32's range.
+    scaled = [(rng.standard_normal(16_384) * scale).astype(np.float32).view(np.uint32)
+              for scale in (1e-3, 1e-6, 1e-39, 2e33, 5e37)]
+    # Whole vectors of the 16 largest significands of each binade: rounding
+    # carries into the next binade, and near float32's top, out of its range.
+    binade_tops = ((np.arange(1, 254, dtype=np.uint32)[:, None] << 23)
+                   | (0x7FFFFF - np.arange(16, dtype=np.uint32))).ravel()
+    bits = np.concatenate([_special_bits(), random, gaussian, *scaled, binade_tops])
     return tf.constant(bits.view(np.float32))
 
 

@@ -97,7 +97,11 @@ struct FloatGrid16 {
   __m512i normal_half_minus_one;  // 2^(dropped - 1) - 1
   __m512i normal_keep;         // clears the dropped bits
   __m512i min_normal_bits;     // float32 bits of the format's smallest normal
-  __m512i normal_range;        // kInfBits - min_normal_bits
+  // Width of the normal form's range [min_normal, top] per rounding:
+  // top = max_bits, and below 2^(104 + m) for nearest-even by float
+  // addition (normal_magic), whose sums must stay finite; 0 without normals.
+  __m512i normal_range[3];
+  bool normal_magic;           // nearest-even of the normal form by float addition
   __mmask16 zero_in_normal_form;  // 0xFFFF when zeros may take that form too
   // The normal form's stochastic term from a half word h (RandomForm::kHalf).
   __m128i normal_half_shift;   // |normal_dropped - 16|
@@ -159,7 +163,17 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
       Splat(c.normal_ok ? (uint32_t{1} << (normal_dropped - 1)) - 1u : 0u);
   c.normal_keep = Splat(c.normal_ok ? ~((uint32_t{1} << normal_dropped) - 1u) : 0u);
   c.min_normal_bits = Splat(g.min_normal_bits);
-  c.normal_range = Splat(kInfBits - g.min_normal_bits);
+  const uint32_t normal_top = g.max_bits;
+  // a + M, M = 2^(e + 23 - m), may round up to 2M = 2^(e + 24 - m), finite for
+  // e <= 103 + m: magnitudes below 2^(104 + m).
+  const uint32_t magic_top =
+      std::min<uint32_t>(normal_top, (static_cast<uint32_t>(104 + 127 + g.mantissa_bits) << 23) - 1u);
+  c.normal_magic = c.normal_ok;
+  for (int r = 0; r < 3; ++r) {
+    const bool magic = r == static_cast<int>(Rounding::kNearestEven) && c.normal_magic;
+    const uint32_t top = magic ? magic_top : normal_top;
+    c.normal_range[r] = Splat(top >= g.min_normal_bits ? top - g.min_normal_bits + 1 : 0u);
+  }
   c.zero_in_normal_form = g.negative_zero ? 0xFFFF : 0;
   c.normal_half_shift = _mm_cvtsi32_si128(normal_dropped >= 16 ? normal_dropped - 16
                                                                : 16 - normal_dropped);
@@ -425,11 +439,13 @@ inline __m512i RoundToFloatFormatFast16(__m512i u, __m512i a, const FloatGrid16&
 }
 
 // True when every lane may take RoundNormalRange16: magnitudes (after the
-// input flush) in the format's normal range [min_normal, Inf), or zero when
-// the format has -0.
+// input flush) in the format's normal range [min_normal, max] (for
+// nearest-even by float addition, below 2^(104 + m) too), or zero when the
+// format has -0.
+template <Rounding kRounding>
 inline bool AllInNormalRange16(__m512i a, const FloatGrid16& c) {
-  const __mmask16 normal =
-      _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, c.min_normal_bits), c.normal_range);
+  const __mmask16 normal = _mm512_cmplt_epu32_mask(
+      _mm512_sub_epi32(a, c.min_normal_bits), c.normal_range[static_cast<int>(kRounding)]);
   const __mmask16 zero = _mm512_mask_testn_epi32_mask(c.zero_in_normal_form, a, a);
   return _kortestc_mask16_u8(normal, zero) != 0;
 }
@@ -445,7 +461,8 @@ inline bool AllInNormalRange16(__m512i a, const FloatGrid16& c) {
 //                 (the low 32-d bits of the sum are w's alone: no carry)
 // so adding the bias to a and clearing the dropped bits rounds (a carry out
 // of the mantissa increments the exponent, as in rounding.h).  The result is
-// at least min_normal (no flush to zero), finite inputs only (no Inf/NaN
+// at least min_normal (no flush to zero) and at most max, a point of the grid
+// that a does not exceed (no overflow), finite inputs only (no Inf/NaN
 // handling), and a zero input gives zero, which keeps its sign when the
 // format has -0 (the only case in which zeros come here).
 //
@@ -454,6 +471,18 @@ inline bool AllInNormalRange16(__m512i a, const FloatGrid16& c) {
 template <Rounding kRounding, RandomForm kForm = RandomForm::kWord>
 inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c, __m512i random) {
   __m512i biased_a;
+  if (kRounding == Rounding::kNearestEven && c.normal_magic) {
+    // As in RoundToFloatFormatFast16, with G = a's own binade (a is a normal
+    // of the format): a + M, M = G * 2^(23 - m), has the grid step as its
+    // ulp; every operand and result is a normal float32 (a zero lane gives
+    // 0 + M - M = 0).
+    const __m512 magic = _mm512_castsi512_ps(
+        _mm512_add_epi32(_mm512_and_si512(a, Splat(0x7F800000u)), c.magic_offset));
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), magic, kNearest);
+    const __m512i r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
+    return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
+  }
   if (kRounding == Rounding::kNearestEven) {
     const __m512i odd = _mm512_and_si512(_mm512_srl_epi32(a, c.normal_dropped), SplatInt(1));
     biased_a = _mm512_add_epi32(_mm512_add_epi32(a, c.normal_half_minus_one), odd);
@@ -472,8 +501,7 @@ inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c, __
   } else {
     biased_a = a;
   }
-  __m512i r = _mm512_and_si512(biased_a, c.normal_keep);
-  r = ClampOverflow16<kRounding>(r, c);
+  const __m512i r = _mm512_and_si512(biased_a, c.normal_keep);
   // sign | r  (0xF8: a | (b & c))
   return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
 }

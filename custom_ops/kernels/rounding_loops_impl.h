@@ -267,7 +267,7 @@ inline __m512i RoundFloatVector(__m512i u, const simd::FloatGrid16& c, __m512i r
   const __m512i a = kPlain ? _mm512_and_si512(u, simd::Splat(kAbsMask))
                            : simd::FloatFormatMagnitude16(u, c);
   if (kTryNormalForm) {
-    if (simd::AllInNormalRange16(a, c)) {
+    if (simd::AllInNormalRange16<kRounding>(a, c)) {
       return simd::RoundNormalRange16<kRounding, kForm>(u, a, c, random);
     }
     ++*misses;
