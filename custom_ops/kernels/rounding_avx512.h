@@ -92,20 +92,17 @@ struct FloatGrid16 {
   bool plain;                  // subnormals, -0, input denormals kept
   // Normal-range form (see RoundNormalRange16).
   bool normal_ok;              // 1 <= mantissa_bits <= 22
-  __m128i normal_dropped;      // 23 - mantissa_bits, as a shift count
   __m128i normal_fraction_shift;  // 32 - (23 - mantissa_bits)
-  __m512i normal_half_minus_one;  // 2^(dropped - 1) - 1
   __m512i normal_keep;         // clears the dropped bits
   __m512i min_normal_bits;     // float32 bits of the format's smallest normal
   // Width of the normal form's range [min_normal, top] per rounding:
-  // top = max_bits, and below 2^(104 + m) for nearest-even by float
-  // addition (normal_magic), whose sums must stay finite; 0 without normals.
+  // top = max_bits, and below 2^(104 + m) for nearest-even (by float
+  // addition, whose sums must stay finite); 0 without normals.
   __m512i normal_range[3];
-  bool normal_magic;           // nearest-even of the normal form by float addition
   __mmask16 zero_in_normal_form;  // 0xFFFF when zeros may take that form too
   // The normal form's stochastic term from a half word h (RandomForm::kHalf).
-  __m128i normal_half_shift;   // |normal_dropped - 16|
-  int normal_half_direction;   // sign of normal_dropped - 16
+  __m128i normal_half_shift;   // |23 - mantissa_bits - 16|
+  int normal_half_direction;   // sign of 23 - mantissa_bits - 16
   // Fast form (see RoundToFloatFormatFast16).
   bool fast_ok;                // mantissa_bits <= 22
   bool fast_half_left;         // mantissa_bits <= 7: d >= 16 in every lane
@@ -157,10 +154,7 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   c.plain = g.subnormals && g.negative_zero && !g.flush_input_denormals;
   const int32_t normal_dropped = 23 - g.mantissa_bits;
   c.normal_ok = g.mantissa_bits >= 1 && g.mantissa_bits <= 22;
-  c.normal_dropped = _mm_cvtsi32_si128(normal_dropped);
   c.normal_fraction_shift = _mm_cvtsi32_si128(32 - normal_dropped);
-  c.normal_half_minus_one =
-      Splat(c.normal_ok ? (uint32_t{1} << (normal_dropped - 1)) - 1u : 0u);
   c.normal_keep = Splat(c.normal_ok ? ~((uint32_t{1} << normal_dropped) - 1u) : 0u);
   c.min_normal_bits = Splat(g.min_normal_bits);
   const uint32_t normal_top = g.max_bits;
@@ -168,10 +162,8 @@ inline FloatGrid16 MakeFloatGrid16(const FloatGrid& g) {
   // e <= 103 + m: magnitudes below 2^(104 + m).
   const uint32_t magic_top =
       std::min<uint32_t>(normal_top, (static_cast<uint32_t>(104 + 127 + g.mantissa_bits) << 23) - 1u);
-  c.normal_magic = c.normal_ok;
   for (int r = 0; r < 3; ++r) {
-    const bool magic = r == static_cast<int>(Rounding::kNearestEven) && c.normal_magic;
-    const uint32_t top = magic ? magic_top : normal_top;
+    const uint32_t top = r == static_cast<int>(Rounding::kNearestEven) ? magic_top : normal_top;
     c.normal_range[r] = Splat(top >= g.min_normal_bits ? top - g.min_normal_bits + 1 : 0u);
   }
   c.zero_in_normal_form = g.negative_zero ? 0xFFFF : 0;
@@ -453,39 +445,34 @@ inline bool AllInNormalRange16(__m512i a, const FloatGrid16& c) {
 // RoundToFloatFormat for lanes accepted by AllInNormalRange16, given
 // c.normal_ok.  For a normal magnitude of the format, rounding.h has
 // exponent >= min_exponent, so k = exponent - m and dropped = d = 23 - m
-// (1..22) for every lane, `big` is false, and the parity bit d lies inside
-// the mantissa field.  With f the dropped field (d bits) of a:
-//   nearest_even  up iff f > 2^(d-1) or (f == 2^(d-1) and bit d of a is 1)
-//                 iff f + 2^(d-1) - 1 + bit_d >= 2^d
-//   stochastic    up iff (f << (32-d)) + w >= 2^32 iff f + (w >> (32-d)) >= 2^d
-//                 (the low 32-d bits of the sum are w's alone: no carry)
-// so adding the bias to a and clearing the dropped bits rounds (a carry out
-// of the mantissa increments the exponent, as in rounding.h).  The result is
-// at least min_normal (no flush to zero) and at most max, a point of the grid
-// that a does not exceed (no overflow), finite inputs only (no Inf/NaN
-// handling), and a zero input gives zero, which keeps its sign when the
-// format has -0 (the only case in which zeros come here).
-//
-// With U = h << 16 (RandomForm::kHalf), w >> (32 - d) is h shifted left by
-// d - 16 or right by 16 - d (truncating, as the shift of U does).
+// (1..22) for every lane, and `big` is false.  The result is at least
+// min_normal (no flush to zero) and at most max, a point of the grid that a
+// does not exceed (no overflow); inputs are finite (no Inf/NaN handling),
+// and a zero input gives zero, which keeps its sign when the format has -0
+// (the only case in which zeros come here).
+//   nearest_even  as in RoundToFloatFormatFast16, with G = a's own binade:
+//                 a + M, M = G * 2^(23 - m), has the grid step as its ulp;
+//                 every operand and result is a normal float32 (a zero lane
+//                 gives 0 + M - M = 0), and the sum stays finite because a
+//                 is below 2^(104 + m).
+//   stochastic    with f the dropped field (d bits) of a, up iff
+//                 (f << (32-d)) + w >= 2^32 iff f + (w >> (32-d)) >= 2^d
+//                 (the low 32-d bits of the sum are w's alone: no carry), so
+//                 adding that term to a and clearing the dropped bits rounds
+//                 (a carry out of the mantissa increments the exponent, as in
+//                 rounding.h).  With U = h << 16 (RandomForm::kHalf),
+//                 w >> (32 - d) is h shifted left by d - 16 or right by
+//                 16 - d (truncating, as the shift of U does).
+//   toward_zero   the clear alone.
 template <Rounding kRounding, RandomForm kForm = RandomForm::kWord>
 inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c, __m512i random) {
-  __m512i biased_a;
-  if (kRounding == Rounding::kNearestEven && c.normal_magic) {
-    // As in RoundToFloatFormatFast16, with G = a's own binade (a is a normal
-    // of the format): a + M, M = G * 2^(23 - m), has the grid step as its
-    // ulp; every operand and result is a normal float32 (a zero lane gives
-    // 0 + M - M = 0).
+  __m512i r;
+  if (kRounding == Rounding::kNearestEven) {
     const __m512 magic = _mm512_castsi512_ps(
         _mm512_add_epi32(_mm512_and_si512(a, Splat(0x7F800000u)), c.magic_offset));
     constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), magic, kNearest);
-    const __m512i r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
-    return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
-  }
-  if (kRounding == Rounding::kNearestEven) {
-    const __m512i odd = _mm512_and_si512(_mm512_srl_epi32(a, c.normal_dropped), SplatInt(1));
-    biased_a = _mm512_add_epi32(_mm512_add_epi32(a, c.normal_half_minus_one), odd);
+    r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));
   } else if (kRounding == Rounding::kStochastic) {
     __m512i term;
     if (kForm == RandomForm::kWord) {
@@ -497,11 +484,10 @@ inline __m512i RoundNormalRange16(__m512i u, __m512i a, const FloatGrid16& c, __
     } else {
       term = random;  // bf16: 16 dropped bits, h is the term
     }
-    biased_a = _mm512_add_epi32(a, term);
+    r = _mm512_and_si512(_mm512_add_epi32(a, term), c.normal_keep);
   } else {
-    biased_a = a;
+    r = _mm512_and_si512(a, c.normal_keep);
   }
-  const __m512i r = _mm512_and_si512(biased_a, c.normal_keep);
   // sign | r  (0xF8: a | (b & c))
   return _mm512_ternarylogic_epi32(r, u, Splat(kSignMask), 0xF8);
 }
