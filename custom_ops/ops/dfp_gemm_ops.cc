@@ -128,6 +128,21 @@ void RunGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm::P
   g_recomputed.fetch_add(stats.recomputed_tiles, std::memory_order_relaxed);
 }
 
+// The attributes both GEMM ops share: the overflow-check chunk size, and
+// the kernel set named by `isa`.
+Status CheckChunkSizeAndSelectKernels(int64_t chunk_size, const std::string& isa,
+                                      const dfp_gemm::Kernels** kernels) {
+  if (chunk_size < 2 || chunk_size % 2 != 0 || chunk_size > (1 << 20)) {
+    return InvalidArgument("chunk_size must be an even number in 2..2^20, got ", chunk_size);
+  }
+  *kernels = dfp_gemm::SelectKernels(isa.c_str());
+  if (*kernels == nullptr) {
+    return InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
+                           "kernel needs AVX512_VNNI); use 'auto' or 'portable'");
+  }
+  return Status();
+}
+
 class DfpMatmulOp : public OpKernel {
  public:
   explicit DfpMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -140,13 +155,7 @@ class DfpMatmulOp : public OpKernel {
     OP_REQUIRES(ctx, block_size_ >= 0,
                 InvalidArgument("block_size must be 0 (one block) or positive, got ",
                                 block_size_));
-    OP_REQUIRES(ctx, chunk_size_ >= 2 && chunk_size_ % 2 == 0 && chunk_size_ <= (1 << 20),
-                InvalidArgument("chunk_size must be an even number in 2..2^20, got ",
-                                chunk_size_));
-    kernels_ = dfp_gemm::SelectKernels(isa.c_str());
-    OP_REQUIRES(ctx, kernels_ != nullptr,
-                InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
-                                "kernel needs AVX512_VNNI); use 'auto' or 'portable'"));
+    OP_REQUIRES_OK(ctx, CheckChunkSizeAndSelectKernels(chunk_size_, isa, &kernels_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -248,13 +257,7 @@ class DfpMatmulFusedOp : public OpKernel {
     OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
     OP_REQUIRES(ctx, spec_.bits <= 16,
                 InvalidArgument("bits must be at most 16 for the INT16 GEMM, got ", spec_.bits));
-    OP_REQUIRES(ctx, chunk_size_ >= 2 && chunk_size_ % 2 == 0 && chunk_size_ <= (1 << 20),
-                InvalidArgument("chunk_size must be an even number in 2..2^20, got ",
-                                chunk_size_));
-    kernels_ = dfp_gemm::SelectKernels(isa.c_str());
-    OP_REQUIRES(ctx, kernels_ != nullptr,
-                InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
-                                "kernel needs AVX512_VNNI); use 'auto' or 'portable'"));
+    OP_REQUIRES_OK(ctx, CheckChunkSizeAndSelectKernels(chunk_size_, isa, &kernels_));
     loops_ = SelectRoundingLoops(isa == "portable" ? "portable" : "auto");
   }
 
