@@ -493,9 +493,9 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
   "addq $24, %[a]\n\t" \
   "addq $128, %[b]\n\t"
 
-// zmm20 = lane-wise max over the accumulators of |S| (unsigned: |INT32_MIN|
-// reads as 2^31, above every threshold).
-#define DFP_ABS_MAX_2 \
+// The accumulators zmm0..zmm11 as |S| folded lane-wise into zmm20, zmm21
+// and zmm22: the common start of DFP_ABS_MAX_2 and DFP_ABS_MAX_3.
+#define DFP_ABS_MAX_FOLD_0_11 \
   "vpabsd %%zmm0, %%zmm20\n\t" \
   "vpabsd %%zmm1, %%zmm21\n\t" \
   "vpabsd %%zmm2, %%zmm22\n\t" \
@@ -516,7 +516,12 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
   "vpabsd %%zmm10, %%zmm24\n\t" \
   "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
   "vpabsd %%zmm11, %%zmm25\n\t" \
-  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t"
+
+// zmm20 = lane-wise max over the accumulators of |S| (unsigned: |INT32_MIN|
+// reads as 2^31, above every threshold).
+#define DFP_ABS_MAX_2 \
+  DFP_ABS_MAX_FOLD_0_11 \
   "vpmaxud %%zmm21, %%zmm20, %%zmm20\n\t" \
   "vpmaxud %%zmm22, %%zmm20, %%zmm20\n\t"
 
@@ -619,27 +624,7 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 // zmm20 = lane-wise max over the accumulators of |S| (unsigned: |INT32_MIN|
 // reads as 2^31, above every threshold).
 #define DFP_ABS_MAX_3 \
-  "vpabsd %%zmm0, %%zmm20\n\t" \
-  "vpabsd %%zmm1, %%zmm21\n\t" \
-  "vpabsd %%zmm2, %%zmm22\n\t" \
-  "vpabsd %%zmm3, %%zmm23\n\t" \
-  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
-  "vpabsd %%zmm4, %%zmm24\n\t" \
-  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
-  "vpabsd %%zmm5, %%zmm25\n\t" \
-  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
-  "vpabsd %%zmm6, %%zmm23\n\t" \
-  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
-  "vpabsd %%zmm7, %%zmm24\n\t" \
-  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
-  "vpabsd %%zmm8, %%zmm25\n\t" \
-  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
-  "vpabsd %%zmm9, %%zmm23\n\t" \
-  "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
-  "vpabsd %%zmm10, %%zmm24\n\t" \
-  "vpmaxud %%zmm24, %%zmm21, %%zmm21\n\t" \
-  "vpabsd %%zmm11, %%zmm25\n\t" \
-  "vpmaxud %%zmm25, %%zmm22, %%zmm22\n\t" \
+  DFP_ABS_MAX_FOLD_0_11 \
   "vpabsd %%zmm12, %%zmm23\n\t" \
   "vpmaxud %%zmm23, %%zmm20, %%zmm20\n\t" \
   "vpabsd %%zmm13, %%zmm24\n\t" \
