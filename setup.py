@@ -8,8 +8,8 @@ without isolation:
     pip install --no-build-isolation -e .
 
 Supported: TensorFlow 2.21 (tensorflow or tensorflow-cpu) with Keras 3.15,
-Python 3.11, x86-64 Linux with g++ >= 9.  The AVX-512 kernels are compiled
-alongside portable ones and chosen at run time.
+Python 3.11, x86-64 Linux with g++ >= 9.  AVX2 and AVX-512 kernels are
+compiled alongside portable ones and chosen at run time.
 """
 
 import concurrent.futures
@@ -29,18 +29,23 @@ OPS_DIR = os.path.join("custom_ops")
 # Translation units, each with the kind of flags it needs:
 #   "tf"       includes TensorFlow headers (slow to compile: keep them few)
 #   "portable" header-only numerics, baseline instruction set
-#   "avx512"   the same numerics compiled for AVX-512 (dispatched at run time)
+#   "avx2"     the same numerics compiled for AVX2 + FMA + F16C
+#   "avx512"   the same numerics compiled for AVX-512
+# (the tiers are chosen at run time: custom_ops/kernels/cpu_features.h)
 OP_SOURCES = [
     ("custom_ops/ops/rounding_ops.cc", "tf"),
     ("custom_ops/kernels/rounding_kernels.cc", "tf"),
     ("custom_ops/kernels/cpu_dispatch.cc", "portable"),
     ("custom_ops/kernels/rounding_loops_portable.cc", "portable"),
+    ("custom_ops/kernels/rounding_loops_avx2.cc", "avx2"),
     ("custom_ops/kernels/rounding_loops_avx512.cc", "avx512"),
     ("custom_ops/ops/dfp_gemm_ops.cc", "tf"),
     ("custom_ops/kernels/dfp_gemm_portable.cc", "portable"),
+    ("custom_ops/kernels/dfp_gemm_avx2.cc", "avx2"),
     ("custom_ops/kernels/dfp_gemm_avx512.cc", "avx512"),
     ("custom_ops/ops/bf16_gemm_ops.cc", "tf"),
     ("custom_ops/kernels/bf16_gemm_portable.cc", "portable"),
+    ("custom_ops/kernels/bf16_gemm_avx2.cc", "avx2"),
     ("custom_ops/kernels/bf16_gemm_avx512.cc", "avx512"),
 ]
 HEADER_DIRS = ["custom_ops/kernels", "custom_ops/ops"]
@@ -106,6 +111,7 @@ class BuildTensorFlowOps(build_ext):
         isa_flags = {
             "tf": tf_flags,
             "portable": [],
+            "avx2": ["-mavx2", "-mfma", "-mf16c"] if x86 else [],
             "avx512": (
                 ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
                  "-mprefer-vector-width=512"]

@@ -15,22 +15,14 @@ import tf_lowprec as lp
 from tf_lowprec import reference
 
 # (implementation, isa) pairs of the TF-side implementations.
-TF_SIDE = (("op", "portable"), ("op", "avx512"), ("tf", "auto"))
-
-
-@functools.lru_cache(maxsize=None)
-def avx512_supported():
-    """Whether the op's avx512 loops run on this CPU (the op refuses them otherwise)."""
-    try:
-        lp.round_to_format(tf.zeros([1]), lp.BF16, implementation="op", isa="avx512")
-        return True
-    except tf.errors.InvalidArgumentError:
-        return False
+TF_SIDE = (("op", "portable"), ("op", "avx2"), ("op", "avx512"), ("tf", "auto"))
 
 
 def tf_side():
-    """The (implementation, isa) pairs that can run here."""
-    return [p for p in TF_SIDE if p[1] != "avx512" or avx512_supported()]
+    """The (implementation, isa) pairs that can run here: every tier of the
+    rounding loops this CPU runs (tests/test_kernel_tiers.py checks which)."""
+    tiers = lp.kernel_tiers()["rounding"]["available"]
+    return [p for p in TF_SIDE if p[0] == "tf" or p[1] in tiers]
 
 
 def label(implementation, isa):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kernel_tiers
 import tf_lowprec as lp
 from tf_lowprec import reference
 from tf_lowprec._op_library import load
@@ -26,15 +27,8 @@ DEFAULT_NAN = np.uint32(0xFFC00000)
 QUIET_BIT = np.uint32(0x00400000)
 
 
-def _has_avx512_bf16():
-    try:
-        load().lowprec_bf16_matmul(tf.zeros([1, 1, 2]), tf.zeros([1, 2, 1]), isa="avx512")
-        return True
-    except tf.errors.InvalidArgumentError:
-        return False
-
-
-ISAS = ["portable", "avx512"] if _has_avx512_bf16() else ["portable"]
+# Every tier of the kernel this CPU runs; they must agree bit for bit.
+ISAS = kernel_tiers.available("bf16_gemm")
 
 
 def bf16_operand(x):
@@ -238,14 +232,13 @@ def test_adversarial_values(isa, kind):
         assert (np.abs(expected) >= 2.0**-126).any()
 
 
-def test_isas_agree_on_larger_problem():
-    if len(ISAS) < 2:
-        pytest.skip("the CPU has no AVX512_BF16")
+@pytest.mark.parametrize("isa", kernel_tiers.params("bf16_gemm", kernel_tiers.ACCELERATED))
+def test_isas_agree_on_larger_problem(isa):
     rng = np.random.default_rng(7)
     a = adversarial(rng, (2, 100, 301))
     b = bottom_of_range(rng, (301, 90)) * np.float32(2.0**60)
-    outs = [lp.bf16_matmul(a, b, isa=isa).numpy() for isa in ISAS]
-    assert_bits_equal(outs[0], outs[1])
+    assert_bits_equal(lp.bf16_matmul(a, b, isa=isa).numpy(),
+                      lp.bf16_matmul(a, b, isa="portable").numpy())
 
 
 _THREADS_SCRIPT = """
@@ -332,16 +325,17 @@ def test_bad_input():
     with pytest.raises(ValueError, match="float32"):
         lp.bf16_matmul(a, tf.ones((3, 2), tf.float64))
     with pytest.raises(ValueError, match="isa must be one of"):
-        lp.bf16_matmul(a, a.T, isa="avx2")
+        lp.bf16_matmul(a, a.T, isa="sse4")
     with pytest.raises(ValueError, match="implementation must be one of 'auto', 'op', 'tf'"):
         lp.bf16_matmul(a, a.T, implementation="xla")
     with pytest.raises(ValueError, match="transpose_a and transpose_b"):
         lp.bf16_matmul(a, a, transpose_b=1)
     with pytest.raises(ValueError, match="rank >= 2"):
         lp.bf16_matmul(np.ones(3, np.float32), a)
-    if "avx512" not in ISAS:
-        with pytest.raises(tf.errors.InvalidArgumentError, match="AVX512_BF16"):
-            lp.bf16_matmul(a, a.T, isa="avx512")
+    for isa in ("avx2", "avx512"):
+        if isa not in ISAS:
+            with pytest.raises(tf.errors.InvalidArgumentError, match="not supported by this CPU"):
+                lp.bf16_matmul(a, a.T, isa=isa)
 
 
 # --- conv2d -----------------------------------------------------------------

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kernel_tiers
 import tf_lowprec as lp
 from tf_lowprec import dfp_gemm, reference_gemm
 from tf_lowprec._op_library import load
@@ -11,18 +12,8 @@ from tf_lowprec._op_library import load
 MAX_MANTISSA_VALUE = np.float32(32767 / 32768)  # DFP16 mantissa 32767, exponent -15
 
 
-def _has_vnni():
-    try:
-        load().lowprec_dfp_matmul(
-            tf.zeros([1, 1, 2]), tf.zeros([1, 1, 1], tf.int32), tf.zeros([1, 2, 1]),
-            tf.zeros([1, 1, 1], tf.int32), isa="avx512")
-        return True
-    except tf.errors.InvalidArgumentError:
-        return False
-
-
-# Both kernels where the CPU has AVX512_VNNI; they must agree bit for bit.
-ISAS = ["portable", "avx512"] if _has_vnni() else ["portable"]
+# Every tier of the kernel this CPU runs; they must agree bit for bit.
+ISAS = kernel_tiers.available("dfp_gemm")
 
 
 def bits(x):

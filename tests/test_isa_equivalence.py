@@ -1,8 +1,10 @@
-"""The AVX-512 loops of the rounding ops give the same bits as the portable ones.
+"""The AVX2 and AVX-512 loops of the rounding ops give the same bits as the portable ones.
 
 The portable loops compile rounding.h's per-element functions as written;
-the AVX-512 loops are hand-written intrinsics (rounding_avx512.h,
-philox_avx512.h) with shortcuts for common lanes.  Both run on the same
+the AVX2 and AVX-512 loops are hand-written intrinsics (rounding_avx2.h,
+rounding_avx512.h, philox_*.h) with shortcuts for common lanes.  Every tier
+this CPU runs is compared with the portable loops (a tier it cannot run is
+reported as a skip, with the reason).  They run on the same
 inputs here: a million random bit patterns (every exponent, sign and
 mantissa pattern, NaN payloads, subnormals) plus the special values and
 rounding boundaries of each format, for several formats and every rounding
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kernel_tiers
 import tf_lowprec as lp
 
 _ROUNDINGS = ("nearest_even", "stochastic", "toward_zero")
@@ -39,17 +42,10 @@ _FORMATS = {
 }
 
 
-def _avx512_supported():
-    try:
-        lp.round_to_format(tf.zeros([1]), lp.BF16, implementation="op", isa="avx512")
-        return True
-    except tf.errors.InvalidArgumentError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(
-    not _avx512_supported(), reason="the CPU does not run the AVX-512 loops"
-)
+@pytest.fixture(params=kernel_tiers.params("rounding", kernel_tiers.ACCELERATED))
+def tier(request):
+    """An accelerated tier of the rounding loops, compared with "portable"."""
+    return request.param
 
 
 def _special_bits():
@@ -83,37 +79,37 @@ def patterns():
     return tf.constant(bits.view(np.float32))
 
 
-def _assert_same_bits(portable, avx512, what):
+def _assert_same_bits(portable, accelerated, what, tier):
     p = portable.numpy().view(np.uint32)
-    a = avx512.numpy().view(np.uint32)
+    a = accelerated.numpy().view(np.uint32)
     diff = np.flatnonzero(p != a)
     assert diff.size == 0, (
         f"{what}: {diff.size} elements differ, e.g. index {diff[0]}: portable "
-        f"{p[diff[0]]:#010x}, avx512 {a[diff[0]]:#010x}"
+        f"{p[diff[0]]:#010x}, {tier} {a[diff[0]]:#010x}"
     )
 
 
 @pytest.mark.parametrize("rounding", _ROUNDINGS)
 @pytest.mark.parametrize("name", sorted(_FORMATS))
-def test_float_formats(patterns, name, rounding):
+def test_float_formats(patterns, tier, name, rounding):
     fmt = _FORMATS[name]
     # An odd start (stochastic words not aligned to Philox's 4-word blocks).
     x = patterns[3:]
     results = [
         lp.round_to_format(x, fmt, rounding, seed=(12345, -6789), implementation="op", isa=isa)
-        for isa in ("portable", "avx512")
+        for isa in ("portable", tier)
     ]
-    _assert_same_bits(*results, f"{name} {rounding}")
+    _assert_same_bits(*results, f"{name} {rounding}", tier)
 
 
 @pytest.mark.parametrize("random_bits", [1, 3, 16, 17, 23])  # half words up to 16, then words
-def test_stochastic_random_bits(patterns, random_bits):
+def test_stochastic_random_bits(patterns, tier, random_bits):
     results = [
         lp.round_to_format(patterns, lp.E5M2, "stochastic", seed=7, random_bits=random_bits,
                            implementation="op", isa=isa)
-        for isa in ("portable", "avx512")
+        for isa in ("portable", tier)
     ]
-    _assert_same_bits(*results, f"e5m2 stochastic random_bits={random_bits}")
+    _assert_same_bits(*results, f"e5m2 stochastic random_bits={random_bits}", tier)
 
 
 def _dfp_inputs(patterns, scale_exponents):
@@ -144,34 +140,34 @@ def _dfp_inputs(patterns, scale_exponents):
 )
 @pytest.mark.parametrize("scales", [(-3, 0, 5), (-140, -130, -120), (100, 120, 127)],
                          ids=["ordinary", "subnormal", "huge"])
-def test_dfp(patterns, fmt, rounding, scales):
+def test_dfp(patterns, tier, fmt, rounding, scales):
     x = tf.reshape(_dfp_inputs(patterns, scales), [-1, 7])  # inner rows of 7: odd offsets
     results = [
         lp.quantize_dfp(x, fmt, rounding, seed=(3, 4), implementation="op", isa=isa)
-        for isa in ("portable", "avx512")
+        for isa in ("portable", tier)
     ]
-    _assert_same_bits(*results, f"{fmt} {rounding}")
+    _assert_same_bits(*results, f"{fmt} {rounding}", tier)
 
 
 @pytest.mark.parametrize("random_bits", [16, 32])
-def test_dfp_stochastic_odd_offsets(patterns, random_bits):
+def test_dfp_stochastic_odd_offsets(patterns, tier, random_bits):
     """Blocks along axis 0 of rows of 7: the kernel's calls start at odd element indices,
     so half-word streams start in the middle of a word."""
     x = tf.reshape(_dfp_inputs(patterns, (-3, 0, 5)), [-1, 7])
     results = [
         lp.quantize_dfp(x, lp.DfpFormat(12, block_size=5, axis=0), "stochastic", seed=(3, 4),
                         random_bits=random_bits, implementation="op", isa=isa)
-        for isa in ("portable", "avx512")
+        for isa in ("portable", tier)
     ]
-    _assert_same_bits(*results, f"dfp12 blocks stochastic random_bits={random_bits}")
+    _assert_same_bits(*results, f"dfp12 blocks stochastic random_bits={random_bits}", tier)
 
 
-def test_dfp_random_bit_patterns(patterns):
+def test_dfp_random_bit_patterns(patterns, tier):
     """Per-tensor DFP over arbitrary bit patterns (the shared exponent is set by the largest)."""
     for rounding in _ROUNDINGS:
         results = [
             lp.quantize_dfp(patterns[1:], lp.DfpFormat(24), rounding, seed=9,
                             implementation="op", isa=isa)
-            for isa in ("portable", "avx512")
+            for isa in ("portable", tier)
         ]
-        _assert_same_bits(*results, f"dfp24 {rounding} over random bit patterns")
+        _assert_same_bits(*results, f"dfp24 {rounding} over random bit patterns", tier)

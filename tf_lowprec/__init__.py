@@ -6,7 +6,7 @@ array([3.140625], dtype=float32)
 """
 
 from tf_lowprec import formats
-from tf_lowprec._op_library import OpLibraryError
+from tf_lowprec._op_library import OpLibraryError, kernel_tiers
 from tf_lowprec.formats import (
     BF16,
     BF16_INTEL,
@@ -64,6 +64,7 @@ __all__ = [
     "dfp_gemm_counters",
     "dfp_matmul",
     "formats",
+    "kernel_tiers",
     "layers",
     "precision_stats",
     "quantize",

@@ -6,6 +6,7 @@ build records its TensorFlow version inside the library, and `load()` checks
 it before calling `tf.load_op_library`.
 """
 
+import ctypes
 import glob
 import json
 import os
@@ -82,6 +83,36 @@ def load():
         if _error is not None:
             raise OpLibraryError(str(_error))
         return _library
+
+
+# Kernel tiers an op's `isa` argument names (custom_ops/kernels/cpu_features.h):
+# "auto" is the fastest tier this CPU runs.
+ISAS = ("auto", "portable", "avx2", "avx512")
+
+
+def check_isa(isa):
+    """Raises ValueError unless `isa` names a kernel tier."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(map(repr, ISAS))}; got {isa!r}")
+
+
+_tiers = None
+
+
+def kernel_tiers():
+    """The CPU's features and, per op, the tier `isa="auto"` runs and those available.
+
+    Returns a dict such as ``{"cpu": {"avx2": True, "avx512": False, ...},
+    "rounding": {"auto": "avx2", "available": ["portable", "avx2"]},
+    "dfp_gemm": {...}, "bf16_gemm": {...}}``, read from the loaded library.
+    """
+    global _tiers
+    if _tiers is None:
+        load()  # the library is mapped into the process: ctypes finds the same copy
+        function = ctypes.CDLL(library_path()).tf_lowprec_kernel_tiers
+        function.restype = ctypes.c_char_p
+        _tiers = json.loads(function().decode())
+    return _tiers
 
 
 def available():

@@ -23,14 +23,9 @@ import tensorflow as tf
 from tf_lowprec import _gemm_common
 from tf_lowprec import rounding as rounding_lib
 from tf_lowprec import tf_bf16_gemm
+from tf_lowprec._op_library import ISAS
+from tf_lowprec._op_library import check_isa as _check_isa
 from tf_lowprec._op_library import load as _load_ops
-
-ISAS = ("auto", "portable", "avx512")
-
-
-def _check_isa(isa):
-    if isa not in ISAS:
-        raise ValueError(f"isa must be one of {', '.join(map(repr, ISAS))}; got {isa!r}")
 
 
 def _check_transposes(transpose_a, transpose_b):
@@ -84,9 +79,11 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto",
       a, b: float32 tensors `[..., m, k]` and `[..., k, n]` (before the
         transposes); batch dimensions broadcast as in `tf.linalg.matmul`.
       transpose_a, transpose_b: as in `tf.linalg.matmul`.
-      isa: "auto" (VDPBF16PS where the CPU has AVX512_BF16, else the portable
-        kernel), "portable" (the emulation, any CPU) or "avx512" (the
-        instruction; an error on CPUs without it).  All give the same bits.
+      isa: "auto" (the fastest tier the CPU runs: VDPBF16PS where the CPU has
+        AVX512_BF16, else the AVX2 emulation, else the portable one),
+        "portable" (scalar emulation, any CPU), "avx2" (AVX2+FMA emulation) or
+        "avx512" (the instruction); a tier the CPU lacks is an error.  All
+        give the same bits.
       implementation: "auto" (the C++ kernel on CPU; where it cannot run —
         a visible GPU, XLA — the stock-TF twin `tf_bf16_gemm`), "op" or "tf"
         (the twin: the same bits, without the op library, but a loop of K

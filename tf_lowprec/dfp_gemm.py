@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lowprec import _gemm_common
+from tf_lowprec import _op_library
 from tf_lowprec import formats as formats_lib
 from tf_lowprec import rounding as rounding_lib
 from tf_lowprec import tf_dfp_gemm
@@ -32,7 +33,6 @@ _batch_shape = _gemm_common.batch_shape
 _to_rank3 = _gemm_common.to_rank3
 _check_inner_dims = _gemm_common.check_inner_dims
 _reduce_to_shape = _gemm_common.reduce_to_shape
-_ISAS = ("auto", "portable", "avx512")
 
 
 def _check_format(fmt):
@@ -57,8 +57,7 @@ def _check_options(rounding, backward_rounding, chunk_size, isa):
         or chunk_size > 2**20
     ):
         raise ValueError(f"chunk_size must be an even int in 2..2^20, got {chunk_size!r}")
-    if isa not in _ISAS:
-        raise ValueError(f"isa must be one of {', '.join(map(repr, _ISAS))}; got {isa!r}")
+    _op_library.check_isa(isa)
 
 
 def _offset_seed(seed, offset):
@@ -174,7 +173,8 @@ def dfp_matmul(
       backward_rounding: rounding of the error in the gradient.
       chunk_size: elements per INT32 chain (even); part of the arithmetic:
         chunk sums are added in FP32.
-      isa: "auto", "portable" or "avx512" (the VNNI kernel).
+      isa: "auto" (the fastest tier the CPU runs), "portable", "avx2" (the
+        vpmaddwd kernel) or "avx512" (the VNNI kernel); all give the same bits.
       implementation: "auto", "op" (the C++ kernels) or "tf" (stock TF ops,
         bit-identical; used for SavedModel export, XLA and GPUs).
       return_overflow_count: also return an int64 scalar, how many (output,

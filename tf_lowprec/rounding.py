@@ -132,9 +132,7 @@ def check_random_bits(random_bits):
         raise ValueError(f"random_bits must be an int in 1..32, got {random_bits!r}")
 
 
-def _check_isa(isa):
-    if isa not in ("auto", "portable", "avx512"):
-        raise ValueError(f"isa must be 'auto', 'portable' or 'avx512'; got {isa!r}")
+_check_isa = _op_library.check_isa
 
 
 def _straight_through(forward, x):
@@ -272,8 +270,9 @@ def round_to_format(
         (float or DFP) the incoming gradient is rounded to.
       backward_rounding: rounding mode of the backward pass.
       implementation: "auto", "op" (C++ kernel) or "tf" (stock TF ops).
-      isa: "auto", "portable" or "avx512": which kernel loops run (tests
-        and benchmarks); ignored by the "tf" implementation.
+      isa: "auto" (the fastest tier the CPU runs), "portable", "avx2" or
+        "avx512": which kernel loops run (tests and benchmarks; all give the
+        same bits); ignored by the "tf" implementation.
 
     Returns:
       float32 tensor of `x`'s shape holding values of the format.

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "cpu_features.h"
 #include "parallel_for.h"
 
 namespace tf_lowprec {
@@ -54,15 +55,16 @@ struct Kernels {
 namespace portable {
 extern const Kernels kKernels;
 }
+namespace avx2 {
+extern const Kernels kKernels;
+}
 namespace avx512bf16 {
 extern const Kernels kKernels;
 }
 
-// True when the CPU and the OS support AVX-512 F/BW/DQ/VL and AVX512_BF16.
-bool CpuSupportsAvx512Bf16();
-
-// "portable", "avx512" (the VDPBF16PS kernel) or "auto" (that kernel where
-// supported); nullptr for an unknown or unsupported name.
+// "portable", "avx2", "avx512" (the VDPBF16PS kernel) or "auto" (the fastest the CPU
+// runs); nullptr for an unknown or unsupported name.  Defined in
+// cpu_dispatch.cc (cpu_features.h).
 const Kernels* SelectKernels(const char* isa);
 
 }  // namespace bf16_gemm

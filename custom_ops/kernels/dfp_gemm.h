@@ -24,6 +24,7 @@
 
 #include <cstdint>
 
+#include "cpu_features.h"
 #include "parallel_for.h"
 
 namespace tf_lowprec {
@@ -86,12 +87,12 @@ struct Kernels {
 namespace portable {
 extern const Kernels kKernels;
 }
+namespace avx2 {
+extern const Kernels kKernels;
+}
 namespace avx512vnni {
 extern const Kernels kKernels;
 }
-
-// True when the CPU and the OS support AVX-512 F/BW/DQ/VL and AVX512_VNNI.
-bool CpuSupportsAvx512Vnni();
 
 // Scratch memory (64-byte aligned) for the packed operands, kept between
 // calls: fresh multi-megabyte buffers would be page-faulted in on every call
@@ -102,8 +103,9 @@ constexpr int64_t kWorkspaceCacheBytes = int64_t{512} << 20;
 void* AcquireWorkspace(int64_t bytes, int64_t* capacity);
 void ReleaseWorkspace(void* block, int64_t capacity);
 
-// "portable", "avx512" (the VNNI kernel) or "auto" (VNNI where supported);
-// nullptr for an unknown or unsupported name.
+// "portable", "avx2", "avx512" (the VNNI kernel) or "auto" (the fastest the CPU
+// runs); nullptr for an unknown or unsupported name.  Defined in
+// cpu_dispatch.cc (cpu_features.h).
 const Kernels* SelectKernels(const char* isa);
 
 }  // namespace dfp_gemm

@@ -1,5 +1,6 @@
 // Portable INT16 shared-exponent GEMM (baseline instruction set): every chunk
-// sum is computed in INT64.  Also the run-time choice of the kernel.
+// sum is computed in INT64.  Also the workspace cache shared by all tiers
+// (the run-time choice of the kernel is in cpu_dispatch.cc).
 #define TF_LOWPREC_DFP_ISA portable
 #define TF_LOWPREC_DFP_ISA_NAME "portable"
 #define TF_LOWPREC_DFP_VNNI 0
@@ -11,19 +12,6 @@
 
 namespace tf_lowprec {
 namespace dfp_gemm {
-
-bool CpuSupportsAvx512Vnni() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  // __builtin_cpu_supports also checks that the OS saves the zmm state.
-  static const bool supported =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512vnni");
-  return supported;
-#else
-  return false;
-#endif
-}
 
 namespace {
 
@@ -92,18 +80,6 @@ void ReleaseWorkspace(void* block, int64_t capacity) {
     }
   }
   std::free(block);
-}
-
-const Kernels* SelectKernels(const char* isa) {
-  if (std::strcmp(isa, "portable") == 0) return &portable::kKernels;
-#if defined(__x86_64__)
-  const bool vnni = CpuSupportsAvx512Vnni();
-  if (std::strcmp(isa, "avx512") == 0) return vnni ? &avx512vnni::kKernels : nullptr;
-  if (std::strcmp(isa, "auto") == 0) return vnni ? &avx512vnni::kKernels : &portable::kKernels;
-#else
-  if (std::strcmp(isa, "auto") == 0) return &portable::kKernels;
-#endif
-  return nullptr;
 }
 
 }  // namespace dfp_gemm

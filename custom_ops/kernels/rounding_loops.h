@@ -1,15 +1,16 @@
 // Loops of the rounding kernels, compiled once per instruction set.
 //
-// rounding_loops_portable.cc and rounding_loops_avx512.cc each define
-// TF_LOWPREC_ISA (the namespace) and include rounding_loops_impl.h with
-// different compiler flags; kernels pick one set at run time
-// (CpuSupportsAvx512, SelectRoundingLoops).  Both sets are compiled from the
-// same source, and tests check they are bit-identical.
+// rounding_loops_portable.cc, rounding_loops_avx2.cc and
+// rounding_loops_avx512.cc each define TF_LOWPREC_ISA (the namespace) and
+// include rounding_loops_impl.h with different compiler flags; kernels pick
+// one set at run time (SelectRoundingLoops, cpu_features.h).  All sets are
+// compiled from the same source, and tests check they are bit-identical.
 #ifndef TF_LOWPREC_KERNELS_ROUNDING_LOOPS_H_
 #define TF_LOWPREC_KERNELS_ROUNDING_LOOPS_H_
 
 #include <cstdint>
 
+#include "cpu_features.h"
 #include "number_formats.h"
 #include "philox.h"
 
@@ -44,16 +45,15 @@ struct RoundingLoops {
 namespace portable {
 extern const RoundingLoops kRoundingLoops;
 }
+namespace avx2 {
+extern const RoundingLoops kRoundingLoops;
+}
 namespace avx512 {
 extern const RoundingLoops kRoundingLoops;
 }
 
-// True when the CPU (and the OS) support the AVX-512 subsets the avx512
-// loops are compiled for.
-bool CpuSupportsAvx512();
-
-// "auto" picks avx512 where supported, else portable.  Returns nullptr for
-// an unknown or unsupported name.
+// "portable", "avx2", "avx512" or "auto" (the fastest the CPU runs); nullptr
+// for an unknown or unsupported name.  Defined in cpu_dispatch.cc.
 const RoundingLoops* SelectRoundingLoops(const char* isa);
 
 }  // namespace tf_lowprec

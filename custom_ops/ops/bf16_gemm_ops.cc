@@ -36,7 +36,7 @@ REGISTER_OP("LowprecBf16Matmul")
     .Output("product: float")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
-    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status { return BatchedGemmShape(c, 1); })
     .Doc(R"doc(
 BF16 GEMM with a defined summation order: product[i] = op(a[i]) @ op(b[i])
@@ -58,8 +58,9 @@ class Bf16MatmulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
     kernels_ = bf16_gemm::SelectKernels(isa.c_str());
     OP_REQUIRES(ctx, kernels_ != nullptr,
-                InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
-                                "kernel needs AVX512_BF16); use 'auto' or 'portable'"));
+                InvalidArgument("isa='", isa, "' is not supported by this CPU (avx2 needs "
+                                "AVX2, FMA and F16C; avx512 needs AVX512_BF16); use "
+                                "'auto' or 'portable'"));
   }
 
   void Compute(OpKernelContext* ctx) override {

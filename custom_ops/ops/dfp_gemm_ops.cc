@@ -57,7 +57,7 @@ REGISTER_OP("LowprecDfpMatmul")
     .Attr("transpose_b: bool = false")
     .Attr("block_size: int = 0")
     .Attr("chunk_size: int = 64")
-    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status {
       TF_RETURN_IF_ERROR(DfpMatmulShape(c, 2));
       return ::tensorflow::OkStatus();
@@ -83,7 +83,7 @@ REGISTER_OP("LowprecDfpMatmulFused")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
     .Attr("chunk_size: int = 64")
-    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status { return DfpMatmulShape(c); })
     .Doc(R"doc(
 LowprecDfpMatmul of LowprecQuantizeDfp(a) and LowprecQuantizeDfp(b), each
@@ -137,8 +137,9 @@ Status CheckChunkSizeAndSelectKernels(int64_t chunk_size, const std::string& isa
   }
   *kernels = dfp_gemm::SelectKernels(isa.c_str());
   if (*kernels == nullptr) {
-    return InvalidArgument("isa='", isa, "' is not supported by this CPU (the avx512 "
-                           "kernel needs AVX512_VNNI); use 'auto' or 'portable'");
+    return InvalidArgument("isa='", isa, "' is not supported by this CPU (avx2 needs "
+                           "AVX2, FMA and F16C; avx512 needs AVX512_VNNI); use 'auto' "
+                           "or 'portable'");
   }
   return Status();
 }
@@ -258,7 +259,7 @@ class DfpMatmulFusedOp : public OpKernel {
     OP_REQUIRES(ctx, spec_.bits <= 16,
                 InvalidArgument("bits must be at most 16 for the INT16 GEMM, got ", spec_.bits));
     OP_REQUIRES_OK(ctx, CheckChunkSizeAndSelectKernels(chunk_size_, isa, &kernels_));
-    loops_ = SelectRoundingLoops(isa == "portable" ? "portable" : "auto");
+    loops_ = SelectRoundingLoops(isa.c_str());  // supported wherever kernels_ is
   }
 
   void Compute(OpKernelContext* ctx) override {

@@ -35,7 +35,7 @@ REGISTER_OP("LowprecRoundToFloatFormat")
     .Attr("flush_input_denormals: bool = false")
     .Attr("rounding: {'nearest_even', 'stochastic', 'toward_zero'} = 'nearest_even'")
     .Attr("random_bits: int = 32")
-    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(CheckSeedShape(c, 1));
       c->set_output(0, c->input(0));
@@ -60,7 +60,7 @@ REGISTER_OP("LowprecQuantizeDfp")
     .Attr("axis: int = -1")
     .Attr("rounding: {'nearest_even', 'stochastic', 'toward_zero'} = 'nearest_even'")
     .Attr("random_bits: int = 32")
-    .Attr("isa: {'auto', 'portable', 'avx512'} = 'auto'")
+    .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(CheckSeedShape(c, 1));
       c->set_output(0, c->input(0));
