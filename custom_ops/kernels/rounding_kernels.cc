@@ -177,12 +177,21 @@ class QuantizeDfpOp : public OpKernel {
       const int axis = axis_ < 0 ? axis_ + rank : axis_;
       outer = 1;
       inner = 1;
-      for (int i = 0; i < axis; ++i) outer *= x.dim_size(i);
-      for (int i = axis + 1; i < rank; ++i) inner *= x.dim_size(i);
       length = x.dim_size(axis);
       block = block_size_;
+      // The products of dimensions are at most NumElements() when x holds
+      // elements; a tensor without elements may have dimensions whose
+      // product overflows, and needs no [outer, length, inner] view.
+      if (x.NumElements() > 0) {
+        for (int i = 0; i < axis; ++i) outer *= x.dim_size(i);
+        for (int i = axis + 1; i < rank; ++i) inner *= x.dim_size(i);
+      }
       for (int i = 0; i < rank; ++i) {
-        exponent_shape.AddDim(i == axis ? (length + block - 1) / block : x.dim_size(i));
+        // Blocks along the axis, written so that a block_size near INT64_MAX
+        // cannot overflow.
+        const int64_t dim = i == axis ? (length == 0 ? 0 : 1 + (length - 1) / block)
+                                      : x.dim_size(i);
+        OP_REQUIRES_OK(ctx, exponent_shape.AddDimWithStatus(dim));
       }
     }
     Tensor* y = nullptr;

@@ -12,6 +12,7 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/lib/core/threadpool.h"
+#include "tensorflow/core/util/overflow.h"
 
 namespace tf_lowprec {
 
@@ -34,6 +35,10 @@ inline ::tensorflow::Status BatchedGemmShape(::tensorflow::shape_inference::Infe
   TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
   DimensionHandle batch = c->Dim(a, 0);
   if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
+  // Checked like the kernel (CheckGemmShape): Multiply fails on overflow.
+  DimensionHandle elements;
+  TF_RETURN_IF_ERROR(c->Multiply(batch, m, &elements));
+  TF_RETURN_IF_ERROR(c->Multiply(elements, n, &elements));
   c->set_output(0, c->MakeShape({batch, m, n}));
   return ::tensorflow::OkStatus();
 }
@@ -72,6 +77,15 @@ inline bool CheckGemmShape(::tensorflow::OpKernelContext* ctx, const ::tensorflo
     return false;
   }
   shape->batch = shape->batch_a == 1 ? shape->batch_b : shape->batch_a;
+  // With k = 0 the operands hold no elements whatever m and n are, so the
+  // output's element count can exceed int64 (TensorShape would abort the
+  // process): refuse it.
+  if (::tensorflow::MultiplyWithoutOverflow(shape->batch, shape->m) < 0 ||
+      ::tensorflow::MultiplyWithoutOverflow(shape->batch * shape->m, shape->n) < 0) {
+    ctx->CtxFailure(InvalidArgument("the product would have ", shape->batch, " x ", shape->m,
+                                    " x ", shape->n, " elements, more than int64 can count"));
+    return false;
+  }
   return true;
 }
 

@@ -74,6 +74,10 @@ REGISTER_OP("LowprecQuantizeDfp")
       TF_RETURN_IF_ERROR(c->GetAttr("block_size", &block_size));
       TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
       std::vector<DimensionHandle> dims;
+      if (block_size < 0) {
+        return absl::InvalidArgumentError(
+            "block_size must be 0 (one exponent per tensor) or positive");
+      }
       if (block_size == 0) {  // one exponent per tensor, kept with rank
         for (int i = 0; i < rank; ++i) dims.push_back(c->MakeDim(1));
       } else {
@@ -85,7 +89,8 @@ REGISTER_OP("LowprecQuantizeDfp")
           DimensionHandle d = c->Dim(x, i);
           if (i == axis) {
             if (c->ValueKnown(d)) {
-              d = c->MakeDim((c->Value(d) + block_size - 1) / block_size);
+              const int64_t length = c->Value(d);  // ceil(length / block_size), no overflow
+              d = c->MakeDim(length == 0 ? 0 : 1 + (length - 1) / block_size);
             } else {
               d = c->UnknownDim();
             }
