@@ -12,6 +12,7 @@
 #ifndef TF_LOWPREC_KERNELS_NUMBER_FORMATS_H_
 #define TF_LOWPREC_KERNELS_NUMBER_FORMATS_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -74,6 +75,13 @@ inline std::string DeriveFloatGrid(const FloatFormatSpec& spec, FloatGrid* grid)
   if (spec.overflow == Overflow::kNan && spec.nan_encoding == NanEncoding::kNone) {
     return "overflow='nan' needs a format with a NaN encoding; use 'saturate'";
   }
+  // The same range as lp.FloatFormat's (formats.py), checked first so that
+  // the exponent arithmetic below cannot overflow.
+  constexpr int32_t kMaxAbsBias = 1 << 20;
+  if (spec.exponent_bias < -kMaxAbsBias || spec.exponent_bias > kMaxAbsBias) {
+    return "exponent_bias must be an integer in -1048576..1048576, got " +
+           std::to_string(spec.exponent_bias);
+  }
   const int32_t min_exponent = 1 - spec.exponent_bias;
   if (min_exponent < -126) {
     return "exponent_bias too large: the smallest normal 2^" +
@@ -97,6 +105,16 @@ inline std::string DeriveFloatGrid(const FloatFormatSpec& spec, FloatGrid* grid)
     case NanEncoding::kNegativeZero:
     case NanEncoding::kNone:
       break;
+  }
+  // As lp.FloatFormat.max_exponent: the exponent of the top finite code, at
+  // least that of the smallest normal, must be a float32 exponent (also
+  // where the format has no finite non-zero value, so that the op and the
+  // Python class accept the same formats).
+  const int32_t max_exponent = std::max(top_code, 1) - spec.exponent_bias;
+  if (max_exponent > 127) {
+    return "exponent_bias too small: the largest finite value 2^" +
+           std::to_string(max_exponent) + " exceeds float32's range (exponent_bias must be "
+           "at least " + std::to_string(std::max(top_code, 1) - 127) + ")";
   }
   // Value of the largest finite code as (integer significand) * 2^scale.
   int64_t significand;
