@@ -3,7 +3,7 @@
 // Header-only declarations, free of TensorFlow includes: the per-ISA
 // translation units (bf16_gemm_portable.cc, bf16_gemm_avx512.cc) include
 // bf16_gemm_impl.h with their own compiler flags, and the TensorFlow kernel
-// (custom_ops/ops/bf16_gemm_ops.cc) picks one at run time.
+// (custom_ops/kernels/bf16_gemm_kernels.cc) picks one at run time.
 //
 // What is computed (docs/bf16_gemm.md has the full statement and the probe
 // that established it): both operands are rounded to BF16 (nearest even,

@@ -3,7 +3,7 @@
 // Header-only declarations, free of TensorFlow includes: the per-ISA
 // translation units (dfp_gemm_portable.cc, dfp_gemm_avx512.cc) include
 // dfp_gemm_impl.h with their own compiler flags, and the TensorFlow kernel
-// (custom_ops/ops/dfp_gemm_ops.cc) picks one at run time.
+// (custom_ops/kernels/dfp_gemm_kernels.cc) picks one at run time.
 //
 // What is computed (docs/dfp_gemm.md has the full statement):
 //   a, b hold DFP values I * 2^E as produced by quantize_dfp (|I| <= 32767).

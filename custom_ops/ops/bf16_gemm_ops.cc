@@ -1,34 +1,14 @@
-// LowprecBf16Matmul: BF16 GEMM with the VDPBF16PS summation order.
-//
-// Registration and CPU kernel in one translation unit (TensorFlow headers
-// compile slowly).  The arithmetic is in custom_ops/kernels/bf16_gemm_impl.h;
-// this file checks shapes, picks the instruction set and runs the GEMM on
-// TensorFlow's intra-op thread pool.
-#include <cstdint>
-#include <string>
-
-#include "batched_gemm_common.h"
-#include "bf16_gemm.h"
-#include "tensorflow/core/framework/common_shape_fns.h"
+// Registration and shape function of LowprecBf16Matmul (BF16 GEMM with the
+// VDPBF16PS summation order).  The kernel lives in
+// kernels/bf16_gemm_kernels.cc; the Python wrapper in tf_lowprec.
+#include "batched_gemm_shape.h"
 #include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/lib/core/threadpool.h"
 
 namespace tf_lowprec {
 
-using ::tensorflow::DEVICE_CPU;
-using ::tensorflow::OpKernel;
-using ::tensorflow::OpKernelConstruction;
-using ::tensorflow::OpKernelContext;
 using ::tensorflow::Status;
-using ::tensorflow::Tensor;
-using ::tensorflow::TensorShape;
-using ::tensorflow::errors::InvalidArgument;
-using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
-using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("LowprecBf16Matmul")
     .Input("a: float")
@@ -46,56 +26,5 @@ of VDPBF16PS does (odd element first; DAZ, FTZ, nearest even).  The
 AVX512_BF16 kernel runs the instruction, the portable kernel emulates it
 bit for bit (docs/bf16_gemm.md).  batch_a and batch_b are equal or 1.
 )doc");
-
-namespace {
-
-class Bf16MatmulOp : public OpKernel {
- public:
-  explicit Bf16MatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_a", &transpose_a_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("transpose_b", &transpose_b_));
-    std::string isa;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
-    kernels_ = bf16_gemm::SelectKernels(isa.c_str());
-    OP_REQUIRES(ctx, kernels_ != nullptr,
-                InvalidArgument("isa='", isa, "' is not supported by this CPU (avx2 needs "
-                                "AVX2, FMA and F16C; avx512 needs AVX512_BF16); use "
-                                "'auto' or 'portable'"));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& a = ctx->input(0);
-    const Tensor& b = ctx->input(1);
-    GemmShape shape;
-    if (!CheckGemmShape(ctx, a, b, transpose_a_, transpose_b_, &shape)) return;
-    const int64_t batch_a = shape.batch_a, batch_b = shape.batch_b, batch = shape.batch;
-    const int64_t m = shape.m, n = shape.n, k = shape.k;
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, m, n}), &out));
-    if (batch == 0 || m == 0 || n == 0) return;
-
-    bf16_gemm::Problem p;
-    p.batch = batch;
-    p.m = m;
-    p.n = n;
-    p.k = k;
-    p.a = a.flat<float>().data();
-    p.a_batch_stride = batch_a == 1 ? 0 : m * k;
-    p.transpose_a = transpose_a_;
-    p.b = b.flat<float>().data();
-    p.b_batch_stride = batch_b == 1 ? 0 : k * n;
-    p.transpose_b = transpose_b_;
-    p.out = out->flat<float>().data();
-    kernels_->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/true));
-  }
-
- private:
-  bool transpose_a_ = false, transpose_b_ = false;
-  const bf16_gemm::Kernels* kernels_ = nullptr;
-};
-
-}  // namespace
-
-REGISTER_KERNEL_BUILDER(Name("LowprecBf16Matmul").Device(DEVICE_CPU), Bf16MatmulOp);
 
 }  // namespace tf_lowprec

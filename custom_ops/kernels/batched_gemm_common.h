@@ -1,47 +1,20 @@
-// What the GEMM ops (LowprecDfpMatmul*, LowprecBf16Matmul) share on the
-// TensorFlow side: the [batch, rows, cols] operand convention with its shape
-// function and checks, and the bridge from the header-only kernels'
-// ParallelFor to the op's intra-op thread pool.  Included only by op files.
-#ifndef TF_LOWPREC_OPS_BATCHED_GEMM_COMMON_H_
-#define TF_LOWPREC_OPS_BATCHED_GEMM_COMMON_H_
+// What the GEMM kernels (LowprecDfpMatmul*, LowprecBf16Matmul) share on the
+// TensorFlow side: the checks of the [batch, rows, cols] operand convention
+// (ops/batched_gemm_shape.h is its shape function), and the bridge from the
+// header-only kernels' ParallelFor to the op's intra-op thread pool.
+// Included only by the *_kernels.cc files.
+#ifndef TF_LOWPREC_KERNELS_BATCHED_GEMM_COMMON_H_
+#define TF_LOWPREC_KERNELS_BATCHED_GEMM_COMMON_H_
 
 #include <cstdint>
 
 #include "parallel_for.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/lib/core/threadpool.h"
 #include "tensorflow/core/util/overflow.h"
 
 namespace tf_lowprec {
-
-// Output 0 of a GEMM op: a (input 0) is [batch_a, m, k] (or [batch_a, k, m]
-// with transpose_a), b (input b_index) is [batch_b, k, n] (or [batch_b, n, k]
-// with transpose_b); batch_a and batch_b are equal or 1.
-inline ::tensorflow::Status BatchedGemmShape(::tensorflow::shape_inference::InferenceContext* c,
-                                             int b_index) {
-  using ::tensorflow::shape_inference::DimensionHandle;
-  using ::tensorflow::shape_inference::ShapeHandle;
-  ShapeHandle a, b;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &a));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(b_index), 3, &b));
-  bool ta, tb;
-  TF_RETURN_IF_ERROR(c->GetAttr("transpose_a", &ta));
-  TF_RETURN_IF_ERROR(c->GetAttr("transpose_b", &tb));
-  DimensionHandle m = c->Dim(a, ta ? 2 : 1), ka = c->Dim(a, ta ? 1 : 2);
-  DimensionHandle kb = c->Dim(b, tb ? 2 : 1), n = c->Dim(b, tb ? 1 : 2);
-  DimensionHandle k;
-  TF_RETURN_IF_ERROR(c->Merge(ka, kb, &k));
-  DimensionHandle batch = c->Dim(a, 0);
-  if (c->ValueKnown(batch) && c->Value(batch) == 1) batch = c->Dim(b, 0);
-  // Checked like the kernel (CheckGemmShape): Multiply fails on overflow.
-  DimensionHandle elements;
-  TF_RETURN_IF_ERROR(c->Multiply(batch, m, &elements));
-  TF_RETURN_IF_ERROR(c->Multiply(elements, n, &elements));
-  c->set_output(0, c->MakeShape({batch, m, n}));
-  return ::tensorflow::OkStatus();
-}
 
 // m, n, k and the batches of a GEMM of a ([batch_a, m, k] or transposed) and
 // b ([batch_b, k, n] or transposed).
@@ -121,4 +94,4 @@ inline ParallelFor IntraOpParallelFor(::tensorflow::OpKernelContext* ctx, bool c
 
 }  // namespace tf_lowprec
 
-#endif  // TF_LOWPREC_OPS_BATCHED_GEMM_COMMON_H_
+#endif  // TF_LOWPREC_KERNELS_BATCHED_GEMM_COMMON_H_
