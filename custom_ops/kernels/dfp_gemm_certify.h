@@ -10,7 +10,7 @@
 
 #include "dfp_gemm_layout.h"
 
-#if TF_LOWPREC_DFP_VNNI
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
 #include <immintrin.h>
 #endif
 
@@ -34,6 +34,21 @@ inline void LaneSquares(const int32_t* words, int64_t q0, int64_t count, uint64_
     for (int v = 0; v < 3; ++v) {
       const __m512i x = _mm512_loadu_si512(w + 16 * v);
       _mm512_store_si512(sq + 16 * v, _mm512_madd_epi16(x, x));
+    }
+    for (int q = 0; q < kSegPairs; ++q) {
+      for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
+    }
+    return;
+  }
+#elif TF_LOWPREC_DFP_AVX2
+  if (kWidth == kMr && count == kSegPairs) {
+    // 8 pairs of 6 lanes = 48 consecutive words = 6 vectors (as above).
+    static_assert(kSegPairs * kMr == 48, "six vectors per full A segment");
+    alignas(32) uint32_t sq[48];
+    const int32_t* w = words + q0 * kWidth;
+    for (int v = 0; v < 6; ++v) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8 * v));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sq + 8 * v), _mm256_madd_epi16(x, x));
     }
     for (int q = 0; q < kSegPairs; ++q) {
       for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
@@ -80,6 +95,11 @@ void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const Segm
     _mm512_storeu_pd(norm + e, _mm512_mul_pd(_mm512_sqrt_pd(_mm512_loadu_pd(norm + e)),
                                              _mm512_set1_pd(kSqrtUp)));
   }
+#elif TF_LOWPREC_DFP_AVX2
+  for (; e + 4 <= segs.per_panel; e += 4) {
+    _mm256_storeu_pd(norm + e, _mm256_mul_pd(_mm256_sqrt_pd(_mm256_loadu_pd(norm + e)),
+                                             _mm256_set1_pd(kSqrtUp)));
+  }
 #endif
   for (; e < segs.per_panel; ++e) norm[e] = __builtin_sqrt(norm[e]) * kSqrtUp;
 }
@@ -95,11 +115,42 @@ void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const Segm
 // max-|S| reduction per segment boundary (a checkpoint) proves the chunk
 // overflow-free, instead of tracking every step.  Where a checkpoint fails
 // (~7 % of Gaussian full-scale chunks of 64, mostly at the last one) the
-// accumulators are still exact, and the rest of the chunk runs with exact
-// saturation tracking after every step.
+// accumulators are still exact, and the rest of the chunk runs with an exact
+// overflow test after every step (saturation for VNNI, sign tests for AVX2).
 constexpr double kInt32MaxD = 2147483647.0;
 constexpr double kBoundUp = 1.0 + 1.0 / (1ull << 40);  // covers the roundings of the products
 constexpr double kMergeLimit = 4.6116860e18;  // < (INT32_MAX - 1)^2
+
+
+// The proof of one chunk of nseg segments, from its segment norms an, bn
+// (SegmentData): returns `first`, the segments [0, first) merged into a
+// first piece while their joint bound sqrt(sum an_j^2) * sqrt(sum bn_j^2)
+// stays <= INT32_MAX - 1 (no check needed: the sums start at 0); sets
+// *good >= first, the end of the run of segments after it that are proved
+// one at a time, and for those thr[j] = floor(INT32_MAX - B_j) - 1, the
+// largest |S| that may enter segment j.  (The VNNI micro-kernel computes
+// the same with AVX-512.)
+inline int64_t PlanChunkProof(const double* an, const double* bn, int64_t nseg, int32_t* thr,
+                              int64_t* good) {
+  int64_t first = 0;
+  double a2 = 0.0, b2 = 0.0;
+  while (first < nseg) {
+    a2 += an[first] * an[first];
+    b2 += bn[first] * bn[first];
+    if (!(a2 * b2 * kBoundUp <= kMergeLimit)) break;
+    ++first;
+  }
+  int64_t j = first;
+  if (first > 0) {
+    for (; j < nseg; ++j) {
+      const double room = kInt32MaxD - (an[j] * bn[j]) * kBoundUp;
+      if (!(room >= 1.0)) break;
+      thr[j] = static_cast<int32_t>(room) - 1;
+    }
+  }
+  *good = j;
+  return first;
+}
 
 }  // namespace
 }  // namespace TF_LOWPREC_DFP_ISA

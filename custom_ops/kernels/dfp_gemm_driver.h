@@ -74,7 +74,7 @@ int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out,
   const int64_t invalid = PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0,
                                          Min64(kMr, p.m - row0), out,
                                          plan.a_nonfinite + batch * p.m + row0);
-#if TF_LOWPREC_DFP_VNNI
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
   MeasureSegments<kMr>(out, plan.layout, plan.segs, norm);
 #else
   (void)norm;
@@ -105,7 +105,7 @@ void PackB(void* arg, int64_t begin, int64_t end) {
     int32_t* panel = plan.packed_b + u * plan.b_panel_words;
     invalid += PackPanel<kNr>(ViewOfB(p, batch), plan.layout, col0, Min64(kNr, p.n - col0),
                               panel, plan.b_nonfinite + batch * p.n + col0);
-#if TF_LOWPREC_DFP_VNNI
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
     MeasureSegments<kNr>(panel, plan.layout, plan.segs, plan.b_norm + u * plan.segs.per_panel);
 #endif
   }
@@ -366,12 +366,15 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   ReleaseWorkspace(workspace, capacity);
 }
 
-// The tile width: the narrowest padding of n to whole micro-panels, and 48
-// columns for wide matrices (the tuned case; 64-column tiles would need a
+// The tile width: 16 columns for AVX2; for the others the narrowest padding
+// of n to whole micro-panels, and 48 columns for wide matrices (the tuned case; 64-column tiles would need a
 // shorter K piece to keep the B micro-panel in L1).
 void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   *stats = Stats();
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+#if TF_LOWPREC_DFP_AVX2
+  GemmWith<1>(p, parallel, stats);  // tiles of 6 x 16: 12 of the 16 ymm registers
+#else
   const int64_t padded2 = CeilDiv(p.n, 32) * 32, padded3 = CeilDiv(p.n, 48) * 48,
                 padded4 = CeilDiv(p.n, 64) * 64;
   if (p.n <= 256 && padded4 < padded3 && padded4 <= padded2) {
@@ -381,6 +384,7 @@ void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   } else {
     GemmWith<3>(p, parallel, stats);
   }
+#endif
 }
 
 }  // namespace

@@ -1,9 +1,9 @@
 // INT16 shared-exponent GEMM, compiled once per instruction set.
 //
 // dfp_gemm_portable.cc, dfp_gemm_avx2.cc and dfp_gemm_avx512.cc define
-// TF_LOWPREC_DFP_ISA (the namespace), TF_LOWPREC_DFP_ISA_NAME and
-// TF_LOWPREC_DFP_VNNI (0 or 1) and include this file with their own compiler
-// flags.  Everything in it and in the headers it includes is in that
+// TF_LOWPREC_DFP_ISA (the namespace), TF_LOWPREC_DFP_ISA_NAME,
+// TF_LOWPREC_DFP_AVX2 and TF_LOWPREC_DFP_VNNI (0 or 1: which micro-kernel) and
+// include this file with their own compiler flags.  Everything in it and in the headers it includes is in that
 // namespace (and no standard-library templates are instantiated), so the
 // copies never merge at link time.
 //
@@ -13,7 +13,7 @@
 //   dfp_gemm_pack.h        packing a and b into INT16 K-pair panels
 //   dfp_gemm_certify.h     segment norms and the overflow proof
 //   dfp_gemm_exact.h       exact INT64 chunk sums and overflow counts
-//   dfp_gemm_microkernel_{portable,vnni}.h   the tier's MicroKernel<kNv>
+//   dfp_gemm_microkernel_{portable,avx2,vnni}.h   the tier's MicroKernel<kNv>
 //   dfp_gemm_driver.h      work items, block scaling, NaN rows / columns
 //
 // Structure (a packed, cache-blocked GEMM in the GotoBLAS style):
@@ -53,6 +53,8 @@
 
 #if TF_LOWPREC_DFP_VNNI
 #include "dfp_gemm_microkernel_vnni.h"
+#elif TF_LOWPREC_DFP_AVX2
+#include "dfp_gemm_microkernel_avx2.h"
 #else
 #include "dfp_gemm_microkernel_portable.h"
 #endif

@@ -448,6 +448,7 @@ static_assert(kMr == 6, "the VNNI micro-kernels are written for tiles of 6 rows"
 
 #define DFP_ABS_REG_4 "28"
 #define DFP_MAX_REG_4 "28"
+#define DFP_MIN_REG_4 "29"
 
 // The INT32 limits, as memory operands of the assembly.
 static const int32_t kInt32MaxScalar = 0x7FFFFFFF;

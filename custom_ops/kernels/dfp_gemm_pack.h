@@ -12,9 +12,12 @@
 #include "dfp_gemm_layout.h"
 #include "number_formats.h"
 
-#if TF_LOWPREC_DFP_VNNI
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
 #include <immintrin.h>
 #endif
+
+// Whether the tier has a vectorized ConvertContiguous.
+#define DFP_CONVERT_CONTIGUOUS (TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2)
 
 namespace tf_lowprec {
 namespace dfp_gemm {
@@ -103,6 +106,48 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
   *nonfinite |= nf ? 1 : 0;
   return invalid;
 }
+#elif TF_LOWPREC_DFP_AVX2
+// ConvertRun for stride 1, with AVX2 (the same values and counts; the
+// compiler does not vectorize the plain loop well).  sstride is 0 (one
+// scale) or 1 (one per value).
+inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, const float* s2,
+                                 int64_t sstride, bool round, int16_t* out, int32_t* nonfinite) {
+  int32_t invalid = 0;
+  __m256i nf = _mm256_setzero_si256();
+  const __m256 lo_clamp = _mm256_set1_ps(-40000.0f), hi_clamp = _mm256_set1_ps(40000.0f);
+  const __m256i max_m = _mm256_set1_epi32(kMaxMantissa);
+  const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 y = _mm256_loadu_ps(x + i);
+    const __m256 a = sstride ? _mm256_loadu_ps(s1 + i) : _mm256_set1_ps(s1[0]);
+    const __m256 b = sstride ? _mm256_loadu_ps(s2 + i) : _mm256_set1_ps(s2[0]);
+    const __m256i bad =  // NaN or Inf: all exponent bits set
+        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(y), exponent), exponent);
+    nf = _mm256_or_si256(nf, bad);
+    const __m256 v = _mm256_andnot_ps(_mm256_castsi256_ps(bad), _mm256_mul_ps(_mm256_mul_ps(y, a), b));
+    const __m256 clamped = _mm256_min_ps(_mm256_max_ps(v, lo_clamp), hi_clamp);
+    // vroundps with an explicit mode: nearest even whatever MXCSR says.
+    const __m256i m = _mm256_cvttps_epi32(
+        round ? _mm256_round_ps(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) : clamped);
+    const __m256i inexact =
+        round ? _mm256_setzero_si256()
+              : _mm256_castps_si256(_mm256_cmp_ps(_mm256_cvtepi32_ps(m), v, _CMP_NEQ_UQ));
+    const __m256i wrong = _mm256_or_si256(inexact, _mm256_cmpgt_epi32(_mm256_abs_epi32(m), max_m));
+    invalid += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(wrong))));
+    // int16: the low halves (as the scalar cast), packed within 128-bit
+    // lanes, then the two lanes' first quarters joined.
+    const __m256i low = _mm256_srai_epi32(_mm256_slli_epi32(m, 16), 16);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, low), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm256_castsi256_si128(packed));
+  }
+  *nonfinite |= _mm256_testz_si256(nf, nf) ? 0 : 1;
+  if (i < n) {
+    invalid += ConvertRun(x + i, 1, n - i, s1 + (sstride ? i : 0), s2 + (sstride ? i : 0), sstride,
+                          round, out + i, nonfinite);
+  }
+  return invalid;
+}
 #endif
 
 inline int32_t PairWord(int16_t lo, int16_t hi) {
@@ -139,7 +184,7 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
         const float* x = src.data + (lane0 + l) * src.lane_stride + k0;
         for (int64_t r0 = 0; r0 < len; r0 += kRun) {
           const int64_t n = Min64(kRun, len - r0);
-#if TF_LOWPREC_DFP_VNNI
+#if DFP_CONVERT_CONTIGUOUS
           invalid += ConvertContiguous(x + r0, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
 #else
           invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
@@ -160,7 +205,7 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
       int32_t nf = 0;
       for (int64_t kk = 0; kk < len; kk += 2) {
         const float* x0 = src.data + (k0 + kk) * src.k_stride + lane0 * src.lane_stride;
-#if TF_LOWPREC_DFP_VNNI
+#if DFP_CONVERT_CONTIGUOUS
         if (src.lane_stride == 1) {
           invalid += ConvertContiguous(x0, lanes, s1, s2, 1, src.round, lo, &nf);
         } else {
@@ -186,6 +231,15 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
           const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, hi + l));
           _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
         }
+#elif TF_LOWPREC_DFP_AVX2
+        int64_t l = 0;
+        for (; l + 8 <= lanes; l += 8) {  // pair words: lo | hi << 16
+          const __m128i wlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + l));
+          const __m128i whi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi + l));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l), _mm_unpacklo_epi16(wlo, whi));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l + 4), _mm_unpackhi_epi16(wlo, whi));
+        }
+        for (; l < lanes; ++l) o[l] = PairWord(lo[l], hi[l]);
 #else
         for (int64_t l = 0; l < lanes; ++l) o[l] = PairWord(lo[l], hi[l]);
 #endif
@@ -213,5 +267,7 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
 }  // namespace TF_LOWPREC_DFP_ISA
 }  // namespace dfp_gemm
 }  // namespace tf_lowprec
+
+#undef DFP_CONVERT_CONTIGUOUS
 
 #endif  // TF_LOWPREC_KERNELS_DFP_GEMM_PACK_H_

@@ -1,0 +1,177 @@
+// INT16 DFP GEMM: the AVX2 micro-kernel (vpmaddwd + vpaddd chains,
+// certified or tracked; see dfp_gemm_impl.h, "Overflow").
+// Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
+// namespace TF_LOWPREC_DFP_ISA; see there).
+//
+// Tiles of 6 rows x 16 columns: 12 ymm accumulators of 8 INT32 lanes, the
+// two B vectors of the current K pair, the broadcast A word and one product
+// register fill the 16 ymm registers.  One K pair costs 2 B loads, 6
+// broadcasts from memory and 12 x (vpmaddwd + vpaddd); the B micro-panel
+// (KcPairs(1) pairs x 64 bytes = 24 KB) stays in L1.  The operands are the
+// packing's K-pair words (low half: even k, high half: odd k), so vpmaddwd
+// of a broadcast A word with a B vector gives each lane's pair sum
+// I_a[2q] I_b[2q] + I_a[2q+1] I_b[2q+1], exact in INT32 (|t| <= 2 * 32767^2).
+//
+// vpaddd wraps instead of saturating, so the tracked part of a chunk tests
+// every step for signed overflow: s + t overflows exactly when s and t have
+// the same sign and the sum has the other one.  The accumulators are exact
+// up to the first overflow of a chain, so the first step at which some
+// prefix leaves INT32 is the first step the test fires; a chunk where it
+// fired is recomputed exactly in INT64 (ExactChunkAvx2), which also counts
+// the overflowed chains with the portable definition.
+#ifndef TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
+#define TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "dfp_gemm.h"
+#include "dfp_gemm_certify.h"
+#include "dfp_gemm_exact.h"
+#include "dfp_gemm_layout.h"
+
+namespace tf_lowprec {
+namespace dfp_gemm {
+namespace TF_LOWPREC_DFP_ISA {
+namespace {
+
+static_assert(kMr == 6, "the AVX2 micro-kernel is written for tiles of 6 rows");
+
+#define DFP_AVX2_INLINE inline __attribute__((always_inline))
+
+// The tile's accumulators: row r, columns 8h .. 8h + 7 in acc[2r + h].
+using Avx2Accumulators = __m256i[2 * kMr];
+
+// n K pairs of the chains: acc += the pair sums; a and b advance.
+DFP_AVX2_INLINE void Avx2Steps(const int32_t*& a, const int32_t*& b, int64_t n,
+                               Avx2Accumulators& acc) {
+#pragma GCC unroll 2
+  for (int64_t q = 0; q < n; ++q) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 8));
+#pragma GCC unroll 6
+    for (int r = 0; r < kMr; ++r) {
+      const __m256i ar = _mm256_set1_epi32(a[r]);
+      acc[2 * r] = _mm256_add_epi32(acc[2 * r], _mm256_madd_epi16(ar, b0));
+      acc[2 * r + 1] = _mm256_add_epi32(acc[2 * r + 1], _mm256_madd_epi16(ar, b1));
+    }
+    a += kMr;
+    b += 16;
+  }
+}
+
+// Whether some accumulator has |S| > threshold (a failed checkpoint).  The
+// accumulators are exact and |S| <= INT32_MAX here, so vpabsd and the
+// signed comparison are exact.
+DFP_AVX2_INLINE bool Avx2AnyAbove(const Avx2Accumulators& acc, int32_t threshold) {
+  __m256i m0 = _mm256_abs_epi32(acc[0]), m1 = _mm256_abs_epi32(acc[1]);
+#pragma GCC unroll 5
+  for (int i = 1; i < kMr; ++i) {
+    m0 = _mm256_max_epi32(m0, _mm256_abs_epi32(acc[2 * i]));
+    m1 = _mm256_max_epi32(m1, _mm256_abs_epi32(acc[2 * i + 1]));
+  }
+  const __m256i above = _mm256_cmpgt_epi32(_mm256_max_epi32(m0, m1), _mm256_set1_epi32(threshold));
+  return !_mm256_testz_si256(above, above);
+}
+
+// tile = float(S) (init) or tile = tile + float(S); float() rounds to nearest even.
+DFP_AVX2_INLINE void Avx2AddToTile(const __m256i* sums, bool init, float* tile) {
+#pragma GCC unroll 12
+  for (int i = 0; i < 2 * kMr; ++i) {
+    const __m256 s = _mm256_cvtepi32_ps(sums[i]);
+    float* t = tile + 8 * i;
+    _mm256_storeu_ps(t, init ? s : _mm256_add_ps(_mm256_loadu_ps(t), s));
+  }
+}
+
+// The rest of a chunk, n pairs from a and b, on the exact sums[2 kMr] with
+// the overflow test after every step (row by row: two chains and their
+// flags).  Returns whether some chain overflowed; sums are then not exact.
+inline bool Avx2TrackedSteps(const int32_t* a, const int32_t* b, int64_t n, __m256i* sums) {
+  __m256i overflow = _mm256_setzero_si256();
+  for (int r = 0; r < kMr; ++r) {
+    __m256i s0 = sums[2 * r], s1 = sums[2 * r + 1];
+    __m256i f0 = _mm256_setzero_si256(), f1 = _mm256_setzero_si256();
+    for (int64_t q = 0; q < n; ++q) {
+      const __m256i ar = _mm256_set1_epi32(a[q * kMr + r]);
+      const __m256i t0 = _mm256_madd_epi16(
+          ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16)));
+      const __m256i t1 = _mm256_madd_epi16(
+          ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16 + 8)));
+      const __m256i n0 = _mm256_add_epi32(s0, t0), n1 = _mm256_add_epi32(s1, t1);
+      // Sign bit set where s, t have equal signs and the sum another one.
+      f0 = _mm256_or_si256(f0, _mm256_andnot_si256(_mm256_xor_si256(s0, t0),
+                                                   _mm256_xor_si256(s0, n0)));
+      f1 = _mm256_or_si256(f1, _mm256_andnot_si256(_mm256_xor_si256(s1, t1),
+                                                   _mm256_xor_si256(s1, n1)));
+      s0 = n0;
+      s1 = n1;
+    }
+    sums[2 * r] = s0;
+    sums[2 * r + 1] = s1;
+    overflow = _mm256_or_si256(overflow, _mm256_or_si256(f0, f1));
+  }
+  return _mm256_movemask_ps(_mm256_castsi256_ps(overflow)) != 0;
+}
+
+// The micro-kernel: npairs K pairs of an A panel (ap) and a B panel (bp),
+// chunk by chunk; each chunk's sums are added to the FP32 tile (stored
+// there for the first chunk of the first call of a K sweep).
+template <int kNv>
+void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
+                 const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
+                 bool first_call, Stats* stats) {
+  static_assert(kNv == 1, "the AVX2 tier uses tiles of 16 columns");
+  constexpr int kNr = 16;
+  int64_t c = 0;
+  for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs, ++c) {
+    const int64_t pairs = Min64(chunk_pairs, npairs - q0);
+    const int32_t* a = ap + q0 * kMr;
+    const int32_t* b = bp + q0 * kNr;
+    const int64_t nseg = Min64(CeilDiv(pairs, kSegPairs), kMaxSegments);
+    int32_t thr[kMaxSegments];
+    int64_t good;
+    const int64_t first =
+        PlanChunkProof(sa.norm + c * sa.per_chunk, sb.norm + c * sb.per_chunk, nseg, thr, &good);
+    const bool init = first_call && c == 0;  // the tile holds nothing yet
+    Avx2Accumulators acc;
+    for (int i = 0; i < 2 * kMr; ++i) acc[i] = _mm256_setzero_si256();
+    const int32_t* a_at = a;
+    const int32_t* b_at = b;
+    // The first piece, then one checkpoint per proved segment.
+    int64_t done = Min64(pairs, first * kSegPairs);
+    Avx2Steps(a_at, b_at, done, acc);
+    const int64_t proved = Min64(pairs, good * kSegPairs);
+    for (int64_t j = first; done < proved; ++j) {
+      if (Avx2AnyAbove(acc, thr[j])) break;
+      const int64_t n = Min64(kSegPairs, pairs - done);
+      Avx2Steps(a_at, b_at, n, acc);
+      done += n;
+    }
+    if (done == pairs) {
+      Avx2AddToTile(acc, init, tile);
+      continue;
+    }
+    __m256i sums[2 * kMr];  // (a copy: acc stays in registers)
+    for (int i = 0; i < 2 * kMr; ++i) sums[i] = acc[i];
+    if (!Avx2TrackedSteps(a_at, b_at, pairs - done, sums)) {
+      Avx2AddToTile(sums, init, tile);
+      continue;
+    }
+    // Rare: some chain left INT32.  Recompute exactly.
+    if (init) std::memset(tile, 0, sizeof(float) * kMr * kNr);
+    stats->overflowed_chunks += ExactChunkAvx2(a, b, pairs, tile);
+    stats->recomputed_tiles += 1;
+  }
+}
+
+#undef DFP_AVX2_INLINE
+
+}  // namespace
+}  // namespace TF_LOWPREC_DFP_ISA
+}  // namespace dfp_gemm
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
