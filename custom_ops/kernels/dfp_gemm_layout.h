@@ -20,8 +20,10 @@ constexpr int kMr = 6;          // rows of a micro-tile
 constexpr int64_t kMc = 96;     // rows of a work item (multiple of kMr)
 constexpr int64_t kNcPanels = 10;  // B panels (of 16 * kNv columns) per work item
 // K pairs per micro-kernel call (before rounding to chunks): the B
-// micro-panel (kKcPairs * 64 * kNv bytes, 24 KB) stays in L1.
-constexpr int64_t KcPairs(int nv) { return 384 / nv; }
+// micro-panel (KcPairs * 64 * kNv bytes, 24 KB) stays in L1.  For the 16
+// columns of AVX2, 16 KB: with the A panel streamed beside it (6 KB) it
+// fits a 32 KB L1.
+constexpr int64_t KcPairs(int nv) { return nv == 1 ? 256 : 384 / nv; }
 constexpr int64_t kSegPairs = 8;   // K pairs per overflow-certification segment
 constexpr int64_t kMaxSegments = 64;  // proved per chunk (a multiple of 8); the rest is tracked
 

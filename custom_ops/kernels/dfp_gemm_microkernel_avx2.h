@@ -7,7 +7,7 @@
 // two B vectors of the current K pair, the broadcast A word and one product
 // register fill the 16 ymm registers.  One K pair costs 2 B loads, 6
 // broadcasts from memory and 12 x (vpmaddwd + vpaddd); the B micro-panel
-// (KcPairs(1) pairs x 64 bytes = 24 KB) stays in L1.  The operands are the
+// (KcPairs(1) pairs x 64 bytes = 16 KB) stays in L1.  The operands are the
 // packing's K-pair words (low half: even k, high half: odd k), so vpmaddwd
 // of a broadcast A word with a B vector gives each lane's pair sum
 // I_a[2q] I_b[2q] + I_a[2q+1] I_b[2q+1], exact in INT32 (|t| <= 2 * 32767^2).
@@ -125,6 +125,26 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                  bool first_call, Stats* stats) {
   static_assert(kNv == 1, "the AVX2 tier uses tiles of 16 columns");
   constexpr int kNr = 16;
+  // First, for every chunk, whether the whole chunk merges into one proved
+  // piece (the common case: the segment norms' sums of squares over the
+  // chunk, summed in PlanChunkProof's order, pass its merge test).  The
+  // chunks are independent, so these short serial sums overlap, instead of
+  // each delaying its chunk's chains.
+  constexpr int64_t kMaxChunks = 64;
+  uint64_t whole = 0;  // bit c: chunk c is proved whole (chunks < kMaxChunks)
+  const int64_t nchunks = CeilDiv(npairs, chunk_pairs);
+  for (int64_t c = 0; c < Min64(nchunks, kMaxChunks); ++c) {
+    const int64_t nseg =
+        Min64(CeilDiv(Min64(chunk_pairs, npairs - c * chunk_pairs), kSegPairs), kMaxSegments);
+    const double* an = sa.norm + c * sa.per_chunk;
+    const double* bn = sb.norm + c * sb.per_chunk;
+    double a2 = 0.0, b2 = 0.0;
+    for (int64_t j = 0; j < nseg; ++j) {
+      a2 += an[j] * an[j];
+      b2 += bn[j] * bn[j];
+    }
+    whole |= static_cast<uint64_t>(a2 * b2 * kBoundUp <= kMergeLimit) << c;
+  }
   int64_t c = 0;
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs, ++c) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
@@ -132,9 +152,11 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     const int32_t* b = bp + q0 * kNr;
     const int64_t nseg = Min64(CeilDiv(pairs, kSegPairs), kMaxSegments);
     int32_t thr[kMaxSegments];
-    int64_t good;
-    const int64_t first =
-        PlanChunkProof(sa.norm + c * sa.per_chunk, sb.norm + c * sb.per_chunk, nseg, thr, &good);
+    int64_t good = nseg, first = nseg;
+    if (c >= kMaxChunks || !((whole >> c) & 1)) {
+      first = PlanChunkProof(sa.norm + c * sa.per_chunk, sb.norm + c * sb.per_chunk, nseg, thr,
+                             &good);
+    }
     const bool init = first_call && c == 0;  // the tile holds nothing yet
     Avx2Accumulators acc;
     for (int i = 0; i < 2 * kMr; ++i) acc[i] = _mm256_setzero_si256();
