@@ -411,3 +411,19 @@ def test_tier_adversarial_k_65536_exact_and_counted(isa):
             for c in range(chunks.shape[-1]):
                 acc = acc + chunks[..., c].astype(np.float32)
             np.testing.assert_array_equal(np.asarray(got), acc * np.float32(2.0**-30))
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("block_size", [None, 32])
+def test_wide_b_packed_in_groups_of_panels(tb, block_size):
+    """b is packed several panels at a time (128+ columns): groups with a
+    partial last panel and a partial last group, per-column exponents."""
+    fmt = lp.DfpFormat(16, block_size=block_size)
+    a = rand((13, 150), 27)
+    b = rand((261, 150) if tb else (150, 261), 28)
+    b[..., 200:] *= 1e-3  # columns of very different magnitudes
+    b[(250, 7) if tb else (7, 250)] = np.nan  # a column of the last group
+    want = reference(a, b, fmt, tb=tb)
+    for isa in ISAS:
+        got = lp.dfp_matmul(a, b, fmt, transpose_b=tb, isa=isa)
+        np.testing.assert_array_equal(bits(got), bits(want))

@@ -25,6 +25,7 @@ struct Plan {
   int64_t chunk_pairs, kc_pairs;
   int64_t a_batches, b_batches;
   int64_t a_panels, b_panels;  // per batch
+  int64_t b_groups;  // per batch: groups of BGroup(kNv) B panels, packed together
   int64_t a_panel_words, b_panel_words;
   SegmentLayout segs;
   // Every A panel is used by one work item only (one column item, A not
@@ -93,30 +94,39 @@ void PackA(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
+// Unit u packs group u % b_groups of batch u / b_groups: BGroup(kNv) B
+// panels (fewer in the last group).
 template <int kNv>
 void PackB(void* arg, int64_t begin, int64_t end) {
   constexpr int kNr = 16 * kNv;
+  constexpr int kGroup = BGroup(kNv);
   Plan& plan = *static_cast<Plan*>(arg);
   const Problem& p = *plan.p;
   int64_t invalid = 0;
   for (int64_t u = begin; u < end; ++u) {
-    const int64_t batch = u / plan.b_panels;
-    const int64_t col0 = (u % plan.b_panels) * kNr;
-    int32_t* panel = plan.packed_b + u * plan.b_panel_words;
-    invalid += PackPanel<kNr>(ViewOfB(p, batch), plan.layout, col0, Min64(kNr, p.n - col0),
-                              panel, plan.b_nonfinite + batch * p.n + col0);
+    const int64_t batch = u / plan.b_groups;
+    const int64_t first = (u % plan.b_groups) * kGroup;  // panel
+    const int64_t col0 = first * kNr;
+    const int64_t ub = batch * plan.b_panels + first;
+    int32_t* panel = plan.packed_b + ub * plan.b_panel_words;
+    invalid += PackPanels<kNr, kGroup>(ViewOfB(p, batch), plan.layout, col0,
+                                       Min64(kGroup * kNr, p.n - col0), panel,
+                                       plan.b_panel_words, plan.b_nonfinite + batch * p.n + col0);
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
-    MeasureSegments<kNr>(panel, plan.layout, plan.segs, plan.b_norm + u * plan.segs.per_panel);
+    for (int64_t j = 0; j < Min64(kGroup, plan.b_panels - first); ++j) {
+      MeasureSegments<kNr>(panel + j * plan.b_panel_words, plan.layout, plan.segs,
+                           plan.b_norm + (ub + j) * plan.segs.per_panel);
+    }
 #endif
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
-// Units [0, B panels) pack B, the rest pack A.
+// Units [0, B groups) pack B, the rest pack A.
 template <int kNv>
 void PackBoth(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<Plan*>(arg);
-  const int64_t b_units = plan.b_batches * plan.b_panels;
+  const int64_t b_units = plan.b_batches * plan.b_groups;
   if (begin < b_units) PackB<kNv>(arg, begin, Min64(end, b_units));
   if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);  // (none if in items)
 }
@@ -281,6 +291,7 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
   plan.a_panels = CeilDiv(p.m, kMr);
   plan.b_panels = CeilDiv(p.n, kNr);
+  plan.b_groups = CeilDiv(plan.b_panels, BGroup(kNv));
   plan.a_panel_words = plan.layout.total_pairs * kMr;
   plan.b_panel_words = plan.layout.total_pairs * kNr;
   // Work items: at most kMc x kNc (and no larger than the matrix), made
@@ -340,8 +351,9 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   const int64_t k = Max64(p.k, 1);
   // One parallel region packs both (B's wider panels first, so that the
   // pool's dynamic scheduling evens out the unequal unit costs).
-  parallel.run(parallel.context, b_units + a_units,
-               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_units + a_units),
+  const int64_t b_group_units = plan.b_batches * plan.b_groups;
+  parallel.run(parallel.context, b_group_units + a_units,
+               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_group_units + a_units),
                PackBoth<kNv>, &plan);
   parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
                plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems<kNv>, &plan);

@@ -24,6 +24,8 @@ constexpr int64_t kNcPanels = 10;  // B panels (of 16 * kNv columns) per work it
 // columns of AVX2, 16 KB: with the A panel streamed beside it (6 KB) it
 // fits a 32 KB L1.
 constexpr int64_t KcPairs(int nv) { return nv == 1 ? 256 : 384 / nv; }
+// B panels packed together (PackPanels): 128 columns or more per group.
+constexpr int BGroup(int nv) { return nv == 1 ? 8 : nv == 2 ? 4 : 2; }
 constexpr int64_t kSegPairs = 8;   // K pairs per overflow-certification segment
 constexpr int64_t kMaxSegments = 64;  // proved per chunk (a multiple of 8); the rest is tracked
 

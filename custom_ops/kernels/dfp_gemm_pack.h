@@ -155,24 +155,35 @@ inline int32_t PairWord(int16_t lo, int16_t hi) {
                               (static_cast<uint32_t>(static_cast<uint16_t>(hi)) << 16));
 }
 
-// Packs lanes [lane0, lane0 + lanes) (lanes <= width; the rest of the panel
-// is zero) into panel[total_pairs][width].  Sets nonfinite[l] for lanes with
-// NaN or Inf; returns the number of invalid elements.
-template <int kWidth>
-int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lane0,
-                  int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
+// Packs lanes [lane0, lane0 + lanes) into consecutive panels of kWidth lanes
+// each, panel p at panel + p * panel_words, as [total_pairs][kWidth] (lanes
+// <= kGroup * kWidth; lanes past `lanes` are zero).  Sets nonfinite[l] for
+// lanes with NaN or Inf; returns the number of invalid elements.  Where the
+// lanes are contiguous in memory (b not transposed), a group of panels reads
+// kGroup * kWidth consecutive floats per k instead of kWidth: the rows of a
+// wide b are pages apart, and one panel at a time touched a new page (a TLB
+// miss) for every 64 bytes.
+template <int kWidth, int kGroup = 1>
+int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t lane0,
+                   int64_t lanes, int32_t* panel, int64_t panel_words, uint8_t* nonfinite) {
+  constexpr int kLanes = kWidth * kGroup;
+  const int64_t panels = CeilDiv(lanes, kWidth);
   int64_t invalid = 0;
   int32_t scale_invalid = 0;
-  std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
-  int32_t lane_nonfinite[kWidth] = {};
+  // Every pair word of the lanes is written below (odd block lengths get a
+  // zero high half); only a partial last panel needs its other lanes zeroed.
+  if (lanes % kWidth != 0) {
+    std::memset(panel + (panels - 1) * panel_words, 0,
+                sizeof(int32_t) * layout.total_pairs * kWidth);
+  }
+  int32_t lane_nonfinite[kLanes] = {};
   constexpr int64_t kRun = 1024;  // K values converted at a time (even)
   alignas(64) int16_t run[kRun + 2];
-  alignas(64) int16_t lo[kWidth], hi[kWidth];
+  alignas(64) int16_t lo[kLanes], hi[kLanes];
   for (int64_t blk = 0; blk < layout.blocks; ++blk) {
     const int64_t k0 = layout.Start(blk), len = layout.Length(blk);
-    int32_t* out = panel + layout.PairOffset(blk) * kWidth;
-    float s1[kWidth], s2[kWidth];
-    for (int64_t l = 0; l < kWidth; ++l) s1[l] = s2[l] = 0.0f;
+    float s1[kLanes], s2[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) s1[l] = s2[l] = 0.0f;
     for (int64_t l = 0; l < lanes; ++l) {
       ScaleFactors(src.exponents[(lane0 + l) * src.e_lane_stride + blk * src.e_block_stride],
                    &s1[l], &s2[l], &scale_invalid);
@@ -182,6 +193,7 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
       // pair words (an int16 run read as int32 words is exactly the pairs).
       for (int64_t l = 0; l < lanes; ++l) {
         const float* x = src.data + (lane0 + l) * src.lane_stride + k0;
+        int32_t* out = panel + (l / kWidth) * panel_words + layout.PairOffset(blk) * kWidth;
         for (int64_t r0 = 0; r0 < len; r0 += kRun) {
           const int64_t n = Min64(kRun, len - r0);
 #if DFP_CONVERT_CONTIGUOUS
@@ -190,7 +202,7 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
           invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
 #endif
           run[n] = 0;  // odd tail: the pair's high half is zero padding
-          int32_t* o = out + (r0 / 2) * kWidth + l;
+          int32_t* o = out + (r0 / 2) * kWidth + l % kWidth;
           for (int64_t q = 0; q < (n + 1) / 2; ++q) {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
             std::memcpy(o + q * kWidth, run + 2 * q, 4);  // two int16 = the pair word
@@ -222,27 +234,32 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
         } else {
           for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;
         }
-        int32_t* o = out + (kk / 2) * kWidth;
+        for (int64_t p = 0; p < panels; ++p) {
+          int32_t* o = panel + p * panel_words + (layout.PairOffset(blk) + kk / 2) * kWidth;
+          const int16_t* plo = lo + p * kWidth;
+          const int16_t* phi = hi + p * kWidth;
+          const int64_t plane = Min64(kWidth, lanes - p * kWidth);
 #if TF_LOWPREC_DFP_VNNI
-        for (int64_t l = 0; l < lanes; l += 16) {  // pair words: lo | hi << 16
-          const __mmask16 live =
-              lanes - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (lanes - l)) - 1);
-          const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, lo + l));
-          const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, hi + l));
-          _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
-        }
+          for (int64_t l = 0; l < plane; l += 16) {  // pair words: lo | hi << 16
+            const __mmask16 live =
+                plane - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (plane - l)) - 1);
+            const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, plo + l));
+            const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, phi + l));
+            _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
+          }
 #elif TF_LOWPREC_DFP_AVX2
-        int64_t l = 0;
-        for (; l + 8 <= lanes; l += 8) {  // pair words: lo | hi << 16
-          const __m128i wlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + l));
-          const __m128i whi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi + l));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l), _mm_unpacklo_epi16(wlo, whi));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l + 4), _mm_unpackhi_epi16(wlo, whi));
-        }
-        for (; l < lanes; ++l) o[l] = PairWord(lo[l], hi[l]);
+          int64_t l = 0;
+          for (; l + 8 <= plane; l += 8) {  // pair words: lo | hi << 16
+            const __m128i wlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(plo + l));
+            const __m128i whi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(phi + l));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l), _mm_unpacklo_epi16(wlo, whi));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l + 4), _mm_unpackhi_epi16(wlo, whi));
+          }
+          for (; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
 #else
-        for (int64_t l = 0; l < lanes; ++l) o[l] = PairWord(lo[l], hi[l]);
+          for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
 #endif
+        }
         if (nf) {  // rare: find which lanes
           for (int64_t l = 0; l < lanes; ++l) {
             const float v0 = x0[l * src.lane_stride];
@@ -261,6 +278,13 @@ int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lan
   invalid += scale_invalid;
   for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nonfinite[l] ? 1 : 0;
   return invalid;
+}
+
+// One panel: lanes [lane0, lane0 + lanes), lanes <= kWidth.
+template <int kWidth>
+int64_t PackPanel(const OperandView& src, const BlockLayout& layout, int64_t lane0,
+                  int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
+  return PackPanels<kWidth>(src, layout, lane0, lanes, panel, 0, nonfinite);
 }
 
 }  // namespace
