@@ -5,12 +5,13 @@
 // to +-32767, exponent -15): 3660 is like the benchmark's operands, 6180 is
 // full scale (largest mantissa ~32700), 12000 overflows most chains.
 //
-// Build (from the repository root) and run:
-//   K=custom_ops/kernels
-//   g++ -std=c++17 -O3 -DNDEBUG -I$K -c $K/dfp_gemm_portable.cc -o /tmp/p.o
-//   V="-mavx512f -mavx512bw -mavx512dq -mavx512vl -mprefer-vector-width=512"
-//   g++ -std=c++17 -O3 -DNDEBUG $V -I$K -c $K/dfp_gemm_avx512.cc -o /tmp/a.o
-//   g++ -std=c++17 -O3 -I$K benchmarks/dfp_gemm_kernel_timing.cc /tmp/p.o /tmp/a.o -lpthread -o /tmp/dfp_gemm_timing
+// Build (from the repository root, after `python setup.py build_ext
+// --inplace`, whose objects it links: the tiers and cpu_dispatch.cc's
+// SelectKernels) and run:
+//   T=build/temp.linux-x86_64-cpython-311/tf_lowprec_ops   # (your Python's)
+//   O=$(echo $T/cpu_dispatch.cc.o $T/rounding_loops_*.o $T/{dfp,bf16}_gemm_{portable,avx2,avx512}.cc.o)
+//   g++ -std=c++17 -O3 -Icustom_ops/kernels benchmarks/dfp_gemm_kernel_timing.cc $O
+//       -lpthread -o /tmp/dfp_gemm_timing      (one line)
 //   /tmp/dfp_gemm_timing M K N [threads=1] [scale=6180] [isa=avx512] [reps=5] [chunk_size=64]
 // Prints the best GOP/s (2 M N K per second), the overflow counters and a
 // checksum of the output (equal across ISAs and code versions: the results
