@@ -1,6 +1,6 @@
 // INT16 DFP GEMM: exact chunk sums in INT64, with the count of the INT32
 // chains that would have overflowed (the portable micro-kernel, and the
-// recomputation of the chunks the INT32 kernels could not certify).
+// VNNI kernel's recomputation of the chunks where a chain saturated).
 // Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
 // namespace TF_LOWPREC_DFP_ISA; see there).
 #ifndef TF_LOWPREC_KERNELS_DFP_GEMM_EXACT_H_
@@ -11,7 +11,7 @@
 
 #include "dfp_gemm_layout.h"
 
-#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
+#if TF_LOWPREC_DFP_VNNI
 #include <immintrin.h>
 #endif
 
@@ -103,49 +103,6 @@ int64_t ExactChunkVector(const int32_t* ap, const int32_t* bp, int64_t pairs, fl
 }
 
 #endif  // TF_LOWPREC_DFP_VNNI
-
-#if TF_LOWPREC_DFP_AVX2
-
-// ExactChunk with AVX2 for tiles of 6 x 16 (the same results and counts):
-// per row, the pair sums of vpmaddwd (exact in INT32: |t| <= 2 * 32767^2 <
-// 2^31) are widened and added to INT64 running sums; a lane whose running
-// sum leaves [INT32_MIN, INT32_MAX] after some step is counted.
-inline int64_t ExactChunkAvx2(const int32_t* ap, const int32_t* bp, int64_t pairs, float* tile) {
-  constexpr int kNr = 16;
-  const __m256i int32_max = _mm256_set1_epi64x(2147483647LL);
-  const __m256i int32_min = _mm256_set1_epi64x(-2147483648LL);
-  int64_t count = 0;
-  for (int r = 0; r < kMr; ++r) {
-    __m256i sum[4], out[4];  // INT64 sums of columns 4v .. 4v + 3
-    for (int v = 0; v < 4; ++v) sum[v] = out[v] = _mm256_setzero_si256();
-    for (int64_t q = 0; q < pairs; ++q) {
-      const __m256i a = _mm256_set1_epi32(ap[q * kMr + r]);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i t = _mm256_madd_epi16(
-            a, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + q * kNr + 8 * h)));
-        const __m256i wide[2] = {_mm256_cvtepi32_epi64(_mm256_castsi256_si128(t)),
-                                 _mm256_cvtepi32_epi64(_mm256_extracti128_si256(t, 1))};
-        for (int i = 0; i < 2; ++i) {
-          __m256i& s = sum[2 * h + i];
-          s = _mm256_add_epi64(s, wide[i]);
-          out[2 * h + i] = _mm256_or_si256(
-              out[2 * h + i], _mm256_or_si256(_mm256_cmpgt_epi64(s, int32_max),
-                                              _mm256_cmpgt_epi64(int32_min, s)));
-        }
-      }
-    }
-    alignas(32) int64_t sums[kNr];
-    for (int v = 0; v < 4; ++v) {
-      _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 4 * v), sum[v]);
-      count += __builtin_popcount(_mm256_movemask_pd(_mm256_castsi256_pd(out[v])));
-    }
-    float* t = tile + r * kNr;
-    for (int c = 0; c < kNr; ++c) t[c] = t[c] + static_cast<float>(sums[c]);
-  }
-  return count;
-}
-
-#endif  // TF_LOWPREC_DFP_AVX2
 
 }  // namespace
 }  // namespace TF_LOWPREC_DFP_ISA

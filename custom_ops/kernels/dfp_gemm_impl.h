@@ -20,7 +20,7 @@
 //   1. pack: a and b are converted to INT16 mantissas I = y * 2^-E (exact:
 //      y comes from quantize_dfp; or rounded to nearest even here, for the
 //      fused path, Problem::round_inputs) and laid out as K-pairs, the
-//      operand format of vpdpwssd: a in panels of kMr rows, b in panels of
+//      operand format of vpdpwssd and vpmaddwd: a in panels of kMr rows, b in panels of
 //      16 * kNv columns, each panel [pairs][lanes] of int32 words (low half:
 //      even k, high: odd k).  Every exponent block is padded to an even
 //      length with zeros.  Each panel also gets its segment norms (below).
@@ -41,9 +41,12 @@
 // a chunk whose proof fails runs with running max/min registers after every
 // step, and a chunk where a lane reached either limit is recomputed exactly
 // in INT64 (the portable code), so the chunk sum is exact in every case.
-// The portable path computes every chunk in INT64 directly.  Both count the
-// (element, chunk) pairs whose INT32 chain would have overflowed, with the
-// same definition.
+// The AVX2 path (vpmaddwd + vpaddd, which wraps) uses the same proof; its
+// tracked steps test every step for signed overflow and count the wraps, so
+// the exact sums come out of the tracked pass itself
+// (dfp_gemm_microkernel_avx2.h).  The portable path computes every chunk in
+// INT64 directly.  All count the (element, chunk) pairs whose INT32 chain
+// would have overflowed, with the same definition.
 #include <cstdint>
 #include "dfp_gemm.h"
 #include "dfp_gemm_certify.h"

@@ -16,9 +16,10 @@
 // every step for signed overflow: s + t overflows exactly when s and t have
 // the same sign and the sum has the other one.  The accumulators are exact
 // up to the first overflow of a chain, so the first step at which some
-// prefix leaves INT32 is the first step the test fires; a chunk where it
-// fired is recomputed exactly in INT64 (ExactChunkAvx2), which also counts
-// the overflowed chains with the portable definition.
+// prefix leaves INT32 is the first step the test fires: the chains it fired
+// for are the overflowed chains of the portable definition.  Each firing
+// also records the wrap (+-2^32), so the exact sum of every chain comes out
+// of the same pass, without an INT64 recomputation.
 #ifndef TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
 #define TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
 
@@ -29,7 +30,6 @@
 
 #include "dfp_gemm.h"
 #include "dfp_gemm_certify.h"
-#include "dfp_gemm_exact.h"
 #include "dfp_gemm_layout.h"
 
 namespace tf_lowprec {
@@ -86,34 +86,62 @@ DFP_AVX2_INLINE void Avx2AddToTile(const __m256i* sums, bool init, float* tile) 
   }
 }
 
-// The rest of a chunk, n pairs from a and b, on the exact sums[2 kMr] with
-// the overflow test after every step (row by row: two chains and their
-// flags).  Returns whether some chain overflowed; sums are then not exact.
-inline bool Avx2TrackedSteps(const int32_t* a, const int32_t* b, int64_t n, __m256i* sums) {
-  __m256i overflow = _mm256_setzero_si256();
+// The rest of a chunk, n pairs from a and b, from sums[2 kMr] (exact: the
+// chunk's proved part), row by row with the overflow test after every step
+// and a count of wraps per lane: a step that overflows wrapped the sum by
+// 2^32, downwards when the pair sum t > 0 and upwards when t < 0, so the
+// exact sum is the wrapped one plus 2^32 times the count.  Adds float(exact
+// sum) to the tile (stores it: init) and returns how many chains overflowed
+// (a lane overflows at the first step at which its prefix leaves INT32: the
+// sums are exact until then).
+inline int64_t Avx2TrackedSteps(const int32_t* a, const int32_t* b, int64_t n,
+                                const __m256i* sums, bool init, float* tile) {
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t overflowed = 0;
   for (int r = 0; r < kMr; ++r) {
-    __m256i s0 = sums[2 * r], s1 = sums[2 * r + 1];
-    __m256i f0 = _mm256_setzero_si256(), f1 = _mm256_setzero_si256();
+    __m256i s[2] = {sums[2 * r], sums[2 * r + 1]};
+    __m256i flag[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    __m256i wraps[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int64_t q = 0; q < n; ++q) {
       const __m256i ar = _mm256_set1_epi32(a[q * kMr + r]);
-      const __m256i t0 = _mm256_madd_epi16(
-          ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16)));
-      const __m256i t1 = _mm256_madd_epi16(
-          ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16 + 8)));
-      const __m256i n0 = _mm256_add_epi32(s0, t0), n1 = _mm256_add_epi32(s1, t1);
-      // Sign bit set where s, t have equal signs and the sum another one.
-      f0 = _mm256_or_si256(f0, _mm256_andnot_si256(_mm256_xor_si256(s0, t0),
-                                                   _mm256_xor_si256(s0, n0)));
-      f1 = _mm256_or_si256(f1, _mm256_andnot_si256(_mm256_xor_si256(s1, t1),
-                                                   _mm256_xor_si256(s1, n1)));
-      s0 = n0;
-      s1 = n1;
+      for (int h = 0; h < 2; ++h) {
+        const __m256i t = _mm256_madd_epi16(
+            ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16 + 8 * h)));
+        const __m256i sum = _mm256_add_epi32(s[h], t);
+        // Sign bit set where s and t have equal signs and the sum another one.
+        const __m256i over = _mm256_andnot_si256(_mm256_xor_si256(s[h], t),
+                                                 _mm256_xor_si256(s[h], sum));
+        const __m256i direction = _mm256_or_si256(_mm256_srai_epi32(t, 31), one);  // +-1
+        wraps[h] = _mm256_add_epi32(wraps[h],
+                                    _mm256_and_si256(_mm256_srai_epi32(over, 31), direction));
+        flag[h] = _mm256_or_si256(flag[h], over);
+        s[h] = sum;
+      }
     }
-    sums[2 * r] = s0;
-    sums[2 * r + 1] = s1;
-    overflow = _mm256_or_si256(overflow, _mm256_or_si256(f0, f1));
+    float* row = tile + r * 16;
+    const int mask0 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[0]));
+    const int mask1 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[1]));
+    if ((mask0 | mask1) == 0) {  // exact in INT32
+      for (int h = 0; h < 2; ++h) {
+        const __m256 v = _mm256_cvtepi32_ps(s[h]);
+        _mm256_storeu_ps(row + 8 * h, init ? v : _mm256_add_ps(_mm256_loadu_ps(row + 8 * h), v));
+      }
+      continue;
+    }
+    overflowed += __builtin_popcount(static_cast<unsigned>(mask0)) +
+                  __builtin_popcount(static_cast<unsigned>(mask1));
+    alignas(32) int32_t low[16], count[16];
+    for (int h = 0; h < 2; ++h) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(low + 8 * h), s[h]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(count + 8 * h), wraps[h]);
+    }
+    for (int c = 0; c < 16; ++c) {
+      const int64_t exact = int64_t{low[c]} + static_cast<int64_t>(
+                                                  static_cast<uint64_t>(int64_t{count[c]}) << 32);
+      row[c] = init ? static_cast<float>(exact) : row[c] + static_cast<float>(exact);
+    }
   }
-  return _mm256_movemask_ps(_mm256_castsi256_ps(overflow)) != 0;
+  return overflowed;
 }
 
 // The micro-kernel: npairs K pairs of an A panel (ap) and a B panel (bp),
@@ -178,14 +206,7 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     }
     __m256i sums[2 * kMr];  // (a copy: acc stays in registers)
     for (int i = 0; i < 2 * kMr; ++i) sums[i] = acc[i];
-    if (!Avx2TrackedSteps(a_at, b_at, pairs - done, sums)) {
-      Avx2AddToTile(sums, init, tile);
-      continue;
-    }
-    // Rare: some chain left INT32.  Recompute exactly.
-    if (init) std::memset(tile, 0, sizeof(float) * kMr * kNr);
-    stats->overflowed_chunks += ExactChunkAvx2(a, b, pairs, tile);
-    stats->recomputed_tiles += 1;
+    stats->overflowed_chunks += Avx2TrackedSteps(a_at, b_at, pairs - done, sums, init, tile);
   }
 }
 
