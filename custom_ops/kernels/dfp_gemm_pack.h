@@ -188,7 +188,39 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
       ScaleFactors(src.exponents[(lane0 + l) * src.e_lane_stride + blk * src.e_block_stride],
                    &s1[l], &s2[l], &scale_invalid);
     }
-    if (src.k_stride == 1) {
+    if (src.k_stride == 1 && src.lane_stride == len && src.e_lane_stride == 0 &&
+        lanes * len <= kRun) {
+      // Short K, one exponent for all lanes, and the lanes' rows back to back
+      // (a row-major a with one exponent block): one run converts them all,
+      // instead of one short run per lane (the CNN shapes: K = 27 .. 170).
+      const float* x = src.data + lane0 * src.lane_stride + k0;
+      int32_t nf = 0;
+#if DFP_CONVERT_CONTIGUOUS
+      invalid += ConvertContiguous(x, lanes * len, s1, s2, 0, src.round, run, &nf);
+#else
+      invalid += ConvertRun(x, 1, lanes * len, s1, s2, 0, src.round, run, &nf);
+#endif
+      for (int64_t l = 0; l < lanes; ++l) {
+        const int16_t* values = run + l * len;
+        int32_t* o = panel + (l / kWidth) * panel_words + layout.PairOffset(blk) * kWidth +
+                     l % kWidth;
+        for (int64_t q = 0; q < len / 2; ++q) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+          std::memcpy(o + q * kWidth, values + 2 * q, 4);  // two int16 = the pair word
+#else
+          o[q * kWidth] = PairWord(values[2 * q], values[2 * q + 1]);
+#endif
+        }
+        if (len % 2 != 0) o[(len / 2) * kWidth] = PairWord(values[len - 1], 0);  // zero padding
+        if (nf) {  // rare: find which lanes
+          for (int64_t i = 0; i < len; ++i) {
+            uint32_t bits;
+            std::memcpy(&bits, x + l * len + i, 4);
+            lane_nonfinite[l] |= (bits & 0x7F800000u) == 0x7F800000u;
+          }
+        }
+      }
+    } else if (src.k_stride == 1) {
       // K contiguous within a lane: convert runs of a lane, then scatter the
       // pair words (an int16 run read as int32 words is exactly the pairs).
       for (int64_t l = 0; l < lanes; ++l) {
