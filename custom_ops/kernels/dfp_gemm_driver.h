@@ -379,8 +379,9 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
 }
 
 // The tile width: 16 columns for AVX2; for the others the narrowest padding
-// of n to whole micro-panels, and 48 columns for wide matrices (the tuned case; 64-column tiles would need a
-// shorter K piece to keep the B micro-panel in L1).
+// of n to whole micro-panels, and 48 columns for wide matrices (the tuned
+// case; 64-column tiles would need a shorter K piece to keep the B
+// micro-panel in L1).
 void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   *stats = Stats();
   if (p.batch == 0 || p.m == 0 || p.n == 0) return;
