@@ -5,13 +5,14 @@
 // to +-32767, exponent -15): 3660 is like the benchmark's operands, 6180 is
 // full scale (largest mantissa ~32700), 12000 overflows most chains.
 //
-// Build (from the repository root) and run:
-//   K=custom_ops/kernels
-//   g++ -std=c++17 -O3 -DNDEBUG -I$K -c $K/dfp_gemm_portable.cc -o /tmp/p.o
-//   V="-mavx512f -mavx512bw -mavx512dq -mavx512vl -mprefer-vector-width=512"
-//   g++ -std=c++17 -O3 -DNDEBUG $V -I$K -c $K/dfp_gemm_avx512.cc -o /tmp/a.o
-//   g++ -std=c++17 -O3 -I$K benchmarks/dfp_gemm_kernel_timing.cc /tmp/p.o /tmp/a.o -lpthread -o /tmp/dfp_gemm_timing
-//   /tmp/dfp_gemm_timing M K N [threads=1] [scale=6180] [isa=avx512] [reps=5]
+// Build (from the repository root, after `python setup.py build_ext
+// --inplace`, whose objects it links: the tiers and cpu_dispatch.cc's
+// SelectKernels) and run:
+//   T=build/temp.linux-x86_64-cpython-311/tf_lowprec_ops   # (your Python's)
+//   O=$(echo $T/cpu_dispatch.cc.o $T/rounding_loops_*.o $T/{dfp,bf16}_gemm_{portable,avx2,avx512}.cc.o)
+//   g++ -std=c++17 -O3 -Icustom_ops/kernels benchmarks/dfp_gemm_kernel_timing.cc $O
+//       -lpthread -o /tmp/dfp_gemm_timing      (one line)
+//   /tmp/dfp_gemm_timing M K N [threads=1] [scale=6180] [isa=avx512] [reps=5] [chunk_size=64]
 // Prints the best GOP/s (2 M N K per second), the overflow counters and a
 // checksum of the output (equal across ISAs and code versions: the results
 // are defined bit for bit).
@@ -57,7 +58,7 @@ double Seconds(clockid_t clock) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s M K N [threads] [scale] [isa] [reps]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s M K N [threads] [scale] [isa] [reps] [chunk_size]\n", argv[0]);
     return 2;
   }
   const int64_t m = std::atol(argv[1]), k = std::atol(argv[2]), n = std::atol(argv[3]);
@@ -65,6 +66,7 @@ int main(int argc, char** argv) {
   const double scale = argc > 5 ? std::atof(argv[5]) : 6180.0;
   const char* isa = argc > 6 ? argv[6] : "avx512";
   const int reps = argc > 7 ? std::atoi(argv[7]) : 5;
+  const int64_t chunk_size = argc > 8 ? std::atol(argv[8]) : 64;
   const Kernels* kernels = tf_lowprec::dfp_gemm::SelectKernels(isa);
   if (kernels == nullptr) {
     std::fprintf(stderr, "isa %s is not available here\n", isa);
@@ -89,6 +91,7 @@ int main(int argc, char** argv) {
   p.ea = &exponent;
   p.eb = &exponent;
   p.block_size = k > 0 ? k : 1;
+  p.chunk_size = chunk_size;
   p.out = out.data();
   ParallelFor parallel;
   parallel.run = RunSplit;

@@ -294,3 +294,136 @@ def test_counters():
     assert c == {"calls": 1, "chains": 2 * 2 * 4, "overflowed": 16,
                  "recomputed_tiles": c["recomputed_tiles"]}
     assert dfp_gemm.dfp_gemm_counters()["calls"] == 0
+
+
+# ---------------------------------------------------------------------------
+# The accelerated tiers against portable, where their code differs from it:
+# micro-tile edges (avx2: 6 x 16 tiles; avx512: 6 x 32/48/64), certified,
+# tracked and recomputed chunks, the vectorized packing and fused rounding.
+
+ACCELERATED = kernel_tiers.params("dfp_gemm", kernel_tiers.ACCELERATED)
+
+
+def _both_paths(a, b, isa, ta=False, tb=False, chunk_size=64, fmt=lp.DFP16):
+    """(bits, overflow count) of the unfused GEMM (quantize_dfp, then the op)
+    and, for per-tensor formats, of the fused one (rounding in the packing)."""
+    aq, ea = dfp_gemm.quantize_operand(tf.constant(a), fmt, -2 if ta else -1)
+    bq, eb = dfp_gemm.quantize_operand(tf.constant(b), fmt, -1 if tb else -2)
+    runs = [dfp_gemm.gemm_quantized(aq, ea, bq, eb, fmt, transpose_a=ta, transpose_b=tb,
+                                    chunk_size=chunk_size, isa=isa)]
+    if fmt.block_size is None:
+        runs.append(dfp_gemm.gemm_fused(tf.constant(a), tf.constant(b), fmt, transpose_a=ta,
+                                        transpose_b=tb, chunk_size=chunk_size, isa=isa))
+    return [(bits(out), int(count)) for out, count in runs]
+
+
+def _assert_tier_matches_portable(a, b, isa, **kwargs):
+    for (got, got_count), (want, want_count) in zip(_both_paths(a, b, isa, **kwargs),
+                                                    _both_paths(a, b, "portable", **kwargs)):
+        np.testing.assert_array_equal(got, want)
+        assert got_count == want_count
+
+
+def _full_scale(shape, seed):
+    """Uniform mantissas up to full scale: many INT32 chains of 64 overflow,
+    others are certified or need their checkpoints."""
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_matches_portable_on_every_tile_edge(isa):
+    a, b = _full_scale((13, 131), 21), _full_scale((131, 33), 22)
+    a[4, :] *= 1e-3  # small rows: certified chains beside overflowing ones
+    shapes = [(m, 33, 131) for m in range(1, 14)] + [(13, n, 131) for n in range(1, 34)]
+    shapes += [(m, n, k) for m in (1, 6, 7) for n in (1, 15, 16, 17) for k in (1, 2, 3, 63, 65, 130)]
+    for m, n, k in shapes:
+        _assert_tier_matches_portable(a[:m, :k].copy(), b[:k, :n].copy(), isa)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_matches_portable_with_transposes_blocks_chunks_and_batches(isa):
+    a, b = _full_scale((2, 1, 19, 150), 23), _full_scale((3, 150, 37), 24)
+    a[..., 40:80] *= 1e-4  # blocks of very different magnitudes
+    for ta, tb in [(False, False), (True, False), (False, True), (True, True)]:
+        x = np.swapaxes(a, -1, -2).copy() if ta else a
+        y = np.swapaxes(b, -1, -2).copy() if tb else b
+        _assert_tier_matches_portable(x, y, isa, ta=ta, tb=tb)
+    for block_size in (7, 32, 100):
+        for chunk_size in (2, 6, 64, 512):
+            _assert_tier_matches_portable(a[0], b[1], isa, chunk_size=chunk_size,
+                                          fmt=lp.DfpFormat(16, block_size=block_size))
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_matches_portable_with_subnormal_scales_nan_and_inf(isa):
+    a, b = rand((13, 70), 25), rand((70, 33), 26, scale=1e-3)
+    for scale in (1e-38, 1e-41):  # E below -126; below -125: the fused path falls back
+        _assert_tier_matches_portable(a * np.float32(scale), b, isa)
+    a[6, 69] = np.nan  # first row of the second 6-row tile
+    b[0, 16] = np.inf  # first column of the second 16-column tile
+    b[35, 32] = -np.inf  # the last column alone in its tile
+    _assert_tier_matches_portable(a, b, isa)
+    out = np.asarray(lp.dfp_matmul(a, b, isa=isa))
+    assert np.isnan(out[6]).all() and np.isnan(out[:, [16, 32]]).all()
+    assert np.isfinite(np.delete(np.delete(out, 6, 0), [16, 32], 1)).all()
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_adversarial_k_65536_exact_and_counted(isa):
+    """Mantissas all +-32767 of one sign along whole rows and columns: the
+    INT32 chains overflow (once per chunk of 64, and many times over when a
+    chunk is all of K); the sums must still be exact."""
+    k = 65536
+    signs_a = np.ones((7, k), np.int64)
+    signs_a[1] = -1
+    signs_a[2, : k // 2] = -1  # climbs past INT32 and comes back down
+    signs_a[3, 1::2] = -1
+    signs_a[4, k // 3:] = 0
+    signs_a[6, ::3] = -1
+    signs_b = np.ones((k, 17), np.int64)
+    signs_b[:, 1] = -1
+    signs_b[1::2, 2] = -1
+    signs_b[: k // 4, 3] = 0
+    signs_b[k // 2:, 16] = -1  # the column alone in its 16-column tile
+    ia, ib = 32767 * signs_a, 32767 * signs_b
+    a = (ia * 2.0**-15).astype(np.float32)  # quantize_dfp keeps these: E = -15
+    b = (ib * 2.0**-15).astype(np.float32)
+    exact = ia @ ib  # INT64: |S| <= 65536 * 32767^2 < 2^47
+    for chunk_size in (64, k):
+        got, count = lp.dfp_matmul(a, b, isa=isa, chunk_size=chunk_size,
+                                   return_overflow_count=True)
+        want, want_count = lp.dfp_matmul(a, b, isa="portable", chunk_size=chunk_size,
+                                         return_overflow_count=True)
+        np.testing.assert_array_equal(bits(got), bits(want))
+        assert int(count) == int(want_count) > 0
+        if chunk_size == k:  # one chunk: out = float32(S) * 2^-30, exactly
+            np.testing.assert_array_equal(np.asarray(got),
+                                          exact.astype(np.float32) * np.float32(2.0**-30))
+            # ...and the count is that of the chains some prefix of which leaves INT32.
+            overflowed = 0
+            for j in range(ib.shape[1]):
+                prefix = np.cumsum(ia * ib[:, j], axis=1)
+                overflowed += int(np.any((prefix > 2**31 - 1) | (prefix < -(2**31)), axis=1).sum())
+            assert int(count) == overflowed
+        else:  # dfp_gemm.h: FP32 sum, in chunk order, of float32(exact chunk sum)
+            chunks = np.einsum("icq,jcq->ijc", ia.reshape(7, -1, 64), ib.T.reshape(17, -1, 64))
+            acc = np.zeros((7, 17), np.float32)
+            for c in range(chunks.shape[-1]):
+                acc = acc + chunks[..., c].astype(np.float32)
+            np.testing.assert_array_equal(np.asarray(got), acc * np.float32(2.0**-30))
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("block_size", [None, 32])
+def test_wide_b_packed_in_groups_of_panels(tb, block_size):
+    """b is packed several panels at a time (128+ columns): groups with a
+    partial last panel and a partial last group, per-column exponents."""
+    fmt = lp.DfpFormat(16, block_size=block_size)
+    a = rand((13, 150), 27)
+    b = rand((261, 150) if tb else (150, 261), 28)
+    b[..., 200:] *= 1e-3  # columns of very different magnitudes
+    b[(250, 7) if tb else (7, 250)] = np.nan  # a column of the last group
+    want = reference(a, b, fmt, tb=tb)
+    for isa in ISAS:
+        got = lp.dfp_matmul(a, b, fmt, transpose_b=tb, isa=isa)
+        np.testing.assert_array_equal(bits(got), bits(want))

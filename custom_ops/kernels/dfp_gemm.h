@@ -1,9 +1,10 @@
 // INT16 shared-exponent GEMM (DFP16, Das et al. 2018): interface.
 //
 // Header-only declarations, free of TensorFlow includes: the per-ISA
-// translation units (dfp_gemm_portable.cc, dfp_gemm_avx512.cc) include
-// dfp_gemm_impl.h with their own compiler flags, and the TensorFlow kernel
-// (custom_ops/kernels/dfp_gemm_kernels.cc) picks one at run time.
+// translation units (dfp_gemm_portable.cc, dfp_gemm_avx2.cc,
+// dfp_gemm_avx512.cc) include dfp_gemm_impl.h with their own compiler flags,
+// and the TensorFlow kernel (custom_ops/kernels/dfp_gemm_kernels.cc) picks one
+// at run time (SelectKernels).
 //
 // What is computed (docs/dfp_gemm.md has the full statement):
 //   a, b hold DFP values I * 2^E as produced by quantize_dfp (|I| <= 32767).
@@ -15,8 +16,9 @@
 //     v_b   = float(acc_b * 2^(Ea_b + Eb_b))            (exact product, one rounding)
 //     out   = v_0, then out = out + v_b in FP32 for b = 1, 2, ...
 //   float(S) rounds to nearest even.  S_c is exact whatever its size: the
-//   INT32 chain that computes it is checked for overflow and recomputed in
-//   INT64 where it would have overflowed.
+//   INT32 chain that computes it is proved or checked overflow-free, and
+//   where it would have overflowed it is recomputed in INT64 (VNNI) or its
+//   wraps are counted (AVX2); the portable kernel sums in INT64.
 //   A row of a (or column of b) with a NaN or Inf anywhere along K makes its
 //   whole output row (column) NaN.
 #ifndef TF_LOWPREC_KERNELS_DFP_GEMM_H_

@@ -7,12 +7,14 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define TF_LOWPREC_DFP_ISA avx512vnni
 #define TF_LOWPREC_DFP_ISA_NAME "avx512"
+#define TF_LOWPREC_DFP_AVX2 0
 #define TF_LOWPREC_DFP_VNNI 1
 #include "dfp_gemm_impl.h"
 #else
 // Not x86-64: no VNNI kernel (SelectKernels never returns it).
 #define TF_LOWPREC_DFP_ISA avx512vnni
 #define TF_LOWPREC_DFP_ISA_NAME "avx512"
+#define TF_LOWPREC_DFP_AVX2 0
 #define TF_LOWPREC_DFP_VNNI 0
 #include "dfp_gemm_impl.h"
 #endif

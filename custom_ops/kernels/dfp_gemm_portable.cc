@@ -3,6 +3,7 @@
 // (the run-time choice of the kernel is in cpu_dispatch.cc).
 #define TF_LOWPREC_DFP_ISA portable
 #define TF_LOWPREC_DFP_ISA_NAME "portable"
+#define TF_LOWPREC_DFP_AVX2 0
 #define TF_LOWPREC_DFP_VNNI 0
 #include "dfp_gemm_impl.h"
 

@@ -1,0 +1,160 @@
+// INT16 DFP GEMM: overflow certification of the INT32 chains from the
+// segment norms of the packed panels (Cauchy-Schwarz).
+// Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
+// namespace TF_LOWPREC_DFP_ISA; see there).
+#ifndef TF_LOWPREC_KERNELS_DFP_GEMM_CERTIFY_H_
+#define TF_LOWPREC_KERNELS_DFP_GEMM_CERTIFY_H_
+
+#include <cstdint>
+#include <cstring>
+
+#include "dfp_gemm_layout.h"
+
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
+#include <immintrin.h>
+#endif
+
+namespace tf_lowprec {
+namespace dfp_gemm {
+namespace TF_LOWPREC_DFP_ISA {
+namespace {
+
+// Sum over the pairs [q0, q0 + count) of a packed panel of each lane's
+// squared mantissas, lo^2 + hi^2 (exact: at most 2^31 per pair).
+template <int kWidth>
+inline void LaneSquares(const int32_t* words, int64_t q0, int64_t count, uint64_t* squares) {
+  for (int l = 0; l < kWidth; ++l) squares[l] = 0;
+#if TF_LOWPREC_DFP_VNNI
+  if (kWidth == kMr && count == kSegPairs) {
+    // 8 pairs of 6 lanes = 48 consecutive words = 3 vectors; vpmaddwd gives
+    // every word's lo^2 + hi^2, then 6 strided sums.
+    static_assert(kSegPairs * kMr == 48, "three vectors per full A segment");
+    alignas(64) uint32_t sq[48];
+    const int32_t* w = words + q0 * kWidth;
+    for (int v = 0; v < 3; ++v) {
+      const __m512i x = _mm512_loadu_si512(w + 16 * v);
+      _mm512_store_si512(sq + 16 * v, _mm512_madd_epi16(x, x));
+    }
+    for (int q = 0; q < kSegPairs; ++q) {
+      for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
+    }
+    return;
+  }
+#elif TF_LOWPREC_DFP_AVX2
+  if (kWidth == kMr && count == kSegPairs) {
+    // 8 pairs of 6 lanes = 48 consecutive words = 6 vectors (as above).
+    static_assert(kSegPairs * kMr == 48, "six vectors per full A segment");
+    alignas(32) uint32_t sq[48];
+    const int32_t* w = words + q0 * kWidth;
+    for (int v = 0; v < 6; ++v) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8 * v));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(sq + 8 * v), _mm256_madd_epi16(x, x));
+    }
+    for (int q = 0; q < kSegPairs; ++q) {
+      for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
+    }
+    return;
+  }
+#endif
+  for (int64_t q = q0; q < q0 + count; ++q) {
+    for (int l = 0; l < kWidth; ++l) {
+      const int32_t w = words[q * kWidth + l];
+      const int32_t lo = static_cast<int16_t>(static_cast<uint32_t>(w) & 0xFFFFu);
+      const int32_t hi = w >> 16;
+      squares[l] += static_cast<uint32_t>(lo * lo) + static_cast<uint32_t>(hi * hi);
+    }
+  }
+}
+
+// The segment norms of a packed panel (SegmentData::norm): per segment, an
+// upper bound of the square root of the largest sum of squares of one
+// lane's mantissas (the sums are exact, in 64 bits).
+template <int kWidth>
+void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const SegmentLayout& segs,
+                     double* norm) {
+  constexpr double kSqrtUp = 1.0 + 1.0 / (1ull << 50);  // sqrt is correctly rounded
+  std::memset(norm, 0, sizeof(double) * segs.per_panel);
+  for (int64_t blk = 0; blk < layout.blocks; ++blk) {
+    const int32_t* words = panel + layout.PairOffset(blk) * kWidth;
+    const int64_t pairs = layout.Pairs(blk);
+    for (int64_t c0 = 0; c0 < pairs; c0 += segs.chunk_pairs) {
+      const int64_t c1 = Min64(pairs, c0 + segs.chunk_pairs);
+      for (int64_t s0 = c0; s0 < c1; s0 += kSegPairs) {
+        uint64_t squares[kWidth];
+        LaneSquares<kWidth>(words, s0, Min64(c1, s0 + kSegPairs) - s0, squares);
+        uint64_t best = 0;
+        for (int l = 0; l < kWidth; ++l) best = squares[l] > best ? squares[l] : best;
+        norm[segs.Index(blk, s0)] = static_cast<double>(best);  // exact (< 2^53)
+      }
+    }
+  }
+  // Square roots, rounded up (slots of segments that do not exist hold 0).
+  int64_t e = 0;
+#if TF_LOWPREC_DFP_VNNI
+  for (; e + 8 <= segs.per_panel; e += 8) {
+    _mm512_storeu_pd(norm + e, _mm512_mul_pd(_mm512_sqrt_pd(_mm512_loadu_pd(norm + e)),
+                                             _mm512_set1_pd(kSqrtUp)));
+  }
+#elif TF_LOWPREC_DFP_AVX2
+  for (; e + 4 <= segs.per_panel; e += 4) {
+    _mm256_storeu_pd(norm + e, _mm256_mul_pd(_mm256_sqrt_pd(_mm256_loadu_pd(norm + e)),
+                                             _mm256_set1_pd(kSqrtUp)));
+  }
+#endif
+  for (; e < segs.per_panel; ++e) norm[e] = __builtin_sqrt(norm[e]) * kSqrtUp;
+}
+
+// Overflow proof by segments (Cauchy-Schwarz).  The packing records, for
+// every segment of kSegPairs K pairs of every panel (segments start at each
+// chunk start), an upper bound on the largest Euclidean norm of one lane's
+// mantissas over the segment (SegmentData::norm).  For a micro-tile chunk,
+// B_j = norm_a[j] * norm_b[j] bounds |sum of I_a * I_b| over every prefix of
+// segment j, for every (row, column) of the tile.  So if B_0 <= INT32_MAX no
+// chain leaves INT32 in segment 0, and if after segment j - 1 every
+// accumulator has |S| <= INT32_MAX - B_j, none leaves it in segment j: one
+// max-|S| reduction per segment boundary (a checkpoint) proves the chunk
+// overflow-free, instead of tracking every step.  Where a checkpoint fails
+// (~7 % of Gaussian full-scale chunks of 64, mostly at the last one) the
+// accumulators are still exact, and the rest of the chunk runs with an exact
+// overflow test after every step (saturation for VNNI, sign tests for AVX2).
+constexpr double kInt32MaxD = 2147483647.0;
+constexpr double kBoundUp = 1.0 + 1.0 / (1ull << 40);  // covers the roundings of the products
+constexpr double kMergeLimit = 4.6116860e18;  // < (INT32_MAX - 1)^2
+
+
+// The proof of one chunk of nseg segments, from its segment norms an, bn
+// (SegmentData): returns `first`, the segments [0, first) merged into a
+// first piece while their joint bound sqrt(sum an_j^2) * sqrt(sum bn_j^2)
+// stays <= INT32_MAX - 1 (no check needed: the sums start at 0); sets
+// *good >= first, the end of the run of segments after it that are proved
+// one at a time, and for those thr[j] = floor(INT32_MAX - B_j) - 1, the
+// largest |S| that may enter segment j.  (The VNNI micro-kernel computes
+// the same with AVX-512.)
+inline int64_t PlanChunkProof(const double* an, const double* bn, int64_t nseg, int32_t* thr,
+                              int64_t* good) {
+  int64_t first = 0;
+  double a2 = 0.0, b2 = 0.0;
+  while (first < nseg) {
+    a2 += an[first] * an[first];
+    b2 += bn[first] * bn[first];
+    if (!(a2 * b2 * kBoundUp <= kMergeLimit)) break;
+    ++first;
+  }
+  int64_t j = first;
+  if (first > 0) {
+    for (; j < nseg; ++j) {
+      const double room = kInt32MaxD - (an[j] * bn[j]) * kBoundUp;
+      if (!(room >= 1.0)) break;
+      thr[j] = static_cast<int32_t>(room) - 1;
+    }
+  }
+  *good = j;
+  return first;
+}
+
+}  // namespace
+}  // namespace TF_LOWPREC_DFP_ISA
+}  // namespace dfp_gemm
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_DFP_GEMM_CERTIFY_H_

@@ -1,0 +1,408 @@
+// INT16 DFP GEMM: the driver (work items, packing pass, micro-kernel calls,
+// block scaling, NaN rows and columns).
+// Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
+// namespace TF_LOWPREC_DFP_ISA; see there).
+// Expects the tier's MicroKernel<kNv> to be defined before it.
+#ifndef TF_LOWPREC_KERNELS_DFP_GEMM_DRIVER_H_
+#define TF_LOWPREC_KERNELS_DFP_GEMM_DRIVER_H_
+
+#include <cstdint>
+#include <cstring>
+
+#include "dfp_gemm.h"
+#include "dfp_gemm_certify.h"
+#include "dfp_gemm_layout.h"
+#include "dfp_gemm_pack.h"
+
+namespace tf_lowprec {
+namespace dfp_gemm {
+namespace TF_LOWPREC_DFP_ISA {
+namespace {
+
+struct Plan {
+  const Problem* p;
+  BlockLayout layout;
+  int64_t chunk_pairs, kc_pairs;
+  int64_t a_batches, b_batches;
+  int64_t a_panels, b_panels;  // per batch
+  int64_t b_groups;  // per batch: groups of BGroup(kNv) B panels, packed together
+  int64_t a_panel_words, b_panel_words;
+  SegmentLayout segs;
+  // Every A panel is used by one work item only (one column item, A not
+  // broadcast over the batch): the items pack their own A panels, into a
+  // per-thread buffer that stays in cache, instead of a packing pass.
+  bool pack_a_in_items;
+  int32_t* packed_a;
+  int32_t* packed_b;
+  double* a_norm;  // [a_batches][a_panels][segs.per_panel] (SegmentData)
+  double* b_norm;
+  uint8_t* a_nonfinite;  // [a_batches][m]
+  uint8_t* b_nonfinite;  // [b_batches][n]
+  int64_t mc, nc;  // rows and columns of a work item (<= kMc, kNc)
+  int64_t row_items, col_items;
+  Stats* stats;
+};
+
+OperandView ViewOfA(const Problem& p, int64_t batch) {
+  OperandView v;
+  v.data = p.a + batch * p.a_batch_stride;
+  v.lane_stride = p.transpose_a ? 1 : p.k;
+  v.k_stride = p.transpose_a ? p.m : 1;
+  v.exponents = p.ea + batch * p.ea_batch_stride;
+  v.e_lane_stride = p.ea_row_stride;
+  v.e_block_stride = p.ea_block_stride;
+  v.round = p.round_inputs;
+  return v;
+}
+
+OperandView ViewOfB(const Problem& p, int64_t batch) {
+  OperandView v;
+  v.data = p.b + batch * p.b_batch_stride;
+  v.lane_stride = p.transpose_b ? p.k : 1;
+  v.k_stride = p.transpose_b ? 1 : p.n;
+  v.exponents = p.eb + batch * p.eb_batch_stride;
+  v.e_lane_stride = p.eb_col_stride;
+  v.e_block_stride = p.eb_block_stride;
+  v.round = p.round_inputs;
+  return v;
+}
+
+// Packs A panel `panel` of batch `batch` into out (and its segment norms
+// into norm); returns the number of invalid elements.
+int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out, double* norm) {
+  const Problem& p = *plan.p;
+  const int64_t row0 = panel * kMr;
+  const int64_t invalid = PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0,
+                                         Min64(kMr, p.m - row0), out,
+                                         plan.a_nonfinite + batch * p.m + row0);
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
+  MeasureSegments<kMr>(out, plan.layout, plan.segs, norm);
+#else
+  (void)norm;
+#endif
+  return invalid;
+}
+
+void PackA(void* arg, int64_t begin, int64_t end) {
+  Plan& plan = *static_cast<Plan*>(arg);
+  int64_t invalid = 0;
+  for (int64_t u = begin; u < end; ++u) {
+    invalid += PackAPanel(plan, u / plan.a_panels, u % plan.a_panels,
+                          plan.packed_a + u * plan.a_panel_words,
+                          plan.a_norm + u * plan.segs.per_panel);
+  }
+  AtomicAdd(&plan.stats->invalid_inputs, invalid);
+}
+
+// Unit u packs group u % b_groups of batch u / b_groups: BGroup(kNv) B
+// panels (fewer in the last group).
+template <int kNv>
+void PackB(void* arg, int64_t begin, int64_t end) {
+  constexpr int kNr = 16 * kNv;
+  constexpr int kGroup = BGroup(kNv);
+  Plan& plan = *static_cast<Plan*>(arg);
+  const Problem& p = *plan.p;
+  int64_t invalid = 0;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t batch = u / plan.b_groups;
+    const int64_t first = (u % plan.b_groups) * kGroup;  // panel
+    const int64_t col0 = first * kNr;
+    const int64_t ub = batch * plan.b_panels + first;
+    int32_t* panel = plan.packed_b + ub * plan.b_panel_words;
+    invalid += PackPanels<kNr, kGroup>(ViewOfB(p, batch), plan.layout, col0,
+                                       Min64(kGroup * kNr, p.n - col0), panel,
+                                       plan.b_panel_words, plan.b_nonfinite + batch * p.n + col0);
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
+    for (int64_t j = 0; j < Min64(kGroup, plan.b_panels - first); ++j) {
+      MeasureSegments<kNr>(panel + j * plan.b_panel_words, plan.layout, plan.segs,
+                           plan.b_norm + (ub + j) * plan.segs.per_panel);
+    }
+#endif
+  }
+  AtomicAdd(&plan.stats->invalid_inputs, invalid);
+}
+
+// Units [0, B groups) pack B, the rest pack A.
+template <int kNv>
+void PackBoth(void* arg, int64_t begin, int64_t end) {
+  const Plan& plan = *static_cast<Plan*>(arg);
+  const int64_t b_units = plan.b_batches * plan.b_groups;
+  if (begin < b_units) PackB<kNv>(arg, begin, Min64(end, b_units));
+  if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);  // (none if in items)
+}
+
+// One work item: rows [i0, i0 + mc) x columns [j0, j0 + nc) of one batch.
+template <int kNv>
+void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
+                 double* scale_b, int32_t* local_a, double* local_a_norm, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
+  const Problem& p = *plan.p;
+  const int64_t per_batch = plan.row_items * plan.col_items;
+  const int64_t batch = item / per_batch;
+  const int64_t ri = (item % per_batch) / plan.col_items, ci = item % plan.col_items;
+  const int64_t i0 = ri * plan.mc, i1 = Min64(p.m, i0 + plan.mc);
+  const int64_t j0 = ci * plan.nc, j1 = Min64(p.n, j0 + plan.nc);
+  const int64_t ab = plan.a_batches == 1 ? 0 : batch, bb = plan.b_batches == 1 ? 0 : batch;
+  const int64_t ip0 = i0 / kMr, ip1 = CeilDiv(i1, kMr);
+  const int64_t jp0 = j0 / kNr, jp1 = CeilDiv(j1, kNr);
+  const int64_t njp = jp1 - jp0;
+  const int32_t* ea = p.ea + ab * p.ea_batch_stride;
+  const int32_t* eb = p.eb + bb * p.eb_batch_stride;
+  float* out = p.out + batch * p.m * p.n;
+  // A panel ip is at a_words + (ip - a_first) * a_panel_words (norms likewise).
+  const int32_t* a_words = plan.packed_a + ab * plan.a_panels * plan.a_panel_words;
+  const double* a_norms = plan.a_norm + ab * plan.a_panels * plan.segs.per_panel;
+  int64_t a_first = 0;
+  if (plan.pack_a_in_items) {
+    int64_t invalid = 0;
+    for (int64_t ip = ip0; ip < ip1; ++ip) {
+      invalid += PackAPanel(plan, ab, ip, local_a + (ip - ip0) * plan.a_panel_words,
+                            local_a_norm + (ip - ip0) * plan.segs.per_panel);
+    }
+    stats->invalid_inputs += invalid;
+    a_words = local_a;
+    a_norms = local_a_norm;
+    a_first = ip0;
+  }
+  for (int64_t blk = 0; blk < plan.layout.blocks; ++blk) {
+    const int64_t pair0 = plan.layout.PairOffset(blk), pairs = plan.layout.Pairs(blk);
+    for (int64_t q = 0; q < pairs; q += plan.kc_pairs) {
+      const int64_t np = Min64(plan.kc_pairs, pairs - q);
+      for (int64_t jp = jp0; jp < jp1; ++jp) {
+        const int32_t* bpanel =
+            plan.packed_b + (bb * plan.b_panels + jp) * plan.b_panel_words + (pair0 + q) * kNr;
+        for (int64_t ip = ip0; ip < ip1; ++ip) {
+          const int32_t* apanel =
+              a_words + (ip - a_first) * plan.a_panel_words + (pair0 + q) * kMr;
+          float* tile = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr);
+          const int64_t ub = bb * plan.b_panels + jp;
+          const int64_t seg = plan.segs.Index(blk, q);
+          const SegmentData sa = {a_norms + (ip - a_first) * plan.segs.per_panel + seg,
+                                  plan.segs.per_chunk};
+          const SegmentData sb = {plan.b_norm + ub * plan.segs.per_panel + seg,
+                                  plan.segs.per_chunk};
+          MicroKernel<kNv>(apanel, bpanel, sa, sb, np, plan.chunk_pairs, tile, q == 0, stats);
+        }
+      }
+    }
+    // End of the exponent block: out (+)= float(acc_b * 2^Ea * 2^Eb).
+    if (p.ea_row_stride == 0 && p.eb_col_stride == 0) {
+      // One exponent pair for the whole block: acc_b (0 or an integer of
+      // magnitude in [1, 2^(32 + bit length of K))) times 2^s is a normal
+      // float for s in [-126, kMaxShift]: exact in FP32, so the same value
+      // as the double product rounded once.
+      const int64_t s = int64_t{ea[blk * p.ea_block_stride]} + eb[blk * p.eb_block_stride];
+      const int64_t max_shift = 126 - 32 - (64 - __builtin_clzll(static_cast<uint64_t>(p.k) | 1));
+      if (s >= -126 && s <= max_shift) {
+        const float scale = FloatPow2(static_cast<int32_t>(s));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t ip = i / kMr, r = i % kMr;
+          float* o = out + i * p.n;
+          for (int64_t jp = jp0; jp < jp1; ++jp) {
+            const float* t = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr) + r * kNr;
+            const int64_t ja = jp * kNr, jb = Min64(j1, ja + kNr);
+            float* oo = o + ja;
+            if (blk == 0) {
+              for (int64_t c = 0; c < jb - ja; ++c) oo[c] = t[c] * scale;
+            } else {
+              for (int64_t c = 0; c < jb - ja; ++c) oo[c] = oo[c] + t[c] * scale;
+            }
+          }
+        }
+        continue;
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      scale_a[i - i0] = DoublePow2(ea[i * p.ea_row_stride + blk * p.ea_block_stride]);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+      scale_b[j - j0] = DoublePow2(eb[blk * p.eb_block_stride + j * p.eb_col_stride]);
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t ip = i / kMr, r = i % kMr;
+      const double sa = scale_a[i - i0];
+      float* o = out + i * p.n;
+      for (int64_t jp = jp0; jp < jp1; ++jp) {
+        const float* t = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr) + r * kNr;
+        const int64_t ja = jp * kNr, jb = Min64(j1, ja + kNr);
+        const double* sb = scale_b + (ja - j0);
+        float* oo = o + ja;
+        if (blk == 0) {
+          for (int64_t c = 0; c < jb - ja; ++c) {
+            oo[c] = static_cast<float>((static_cast<double>(t[c]) * sa) * sb[c]);
+          }
+        } else {
+          for (int64_t c = 0; c < jb - ja; ++c) {
+            oo[c] = oo[c] + static_cast<float>((static_cast<double>(t[c]) * sa) * sb[c]);
+          }
+        }
+      }
+    }
+  }
+  if (plan.layout.blocks == 0) {  // k == 0: an empty sum
+    for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t j = j0; j < j1; ++j) out[i * p.n + j] = 0.0f;
+    }
+  }
+}
+
+template <int kNv>
+void ComputeItems(void* arg, int64_t begin, int64_t end) {
+  constexpr int kNr = 16 * kNv;
+  constexpr int64_t kNc = kNcPanels * kNr;
+  const Plan& plan = *static_cast<Plan*>(arg);
+  const int64_t tile_floats = (kMc / kMr + 1) * (kNc / kNr + 1) * kMr * kNr;
+  // Per thread: the FP32 tiles, the scales, and (pack_a_in_items) the item's
+  // A panels and their norms.
+  const int64_t item_panels = plan.pack_a_in_items ? CeilDiv(plan.mc, kMr) : 0;
+  const int64_t a_bytes = 4 * item_panels * plan.a_panel_words;
+  const int64_t tile_bytes = (sizeof(float) * tile_floats + 63) / 64 * 64;
+  const int64_t scale_bytes = sizeof(double) * (kMc + kNc);
+  const int64_t norm_bytes = sizeof(double) * item_panels * plan.segs.per_panel;
+  int64_t capacity = 0;
+  char* block = static_cast<char*>(
+      AcquireWorkspace(tile_bytes + (a_bytes + 63) / 64 * 64 + scale_bytes + norm_bytes, &capacity));
+  float* tiles = reinterpret_cast<float*>(block);
+  int32_t* local_a = reinterpret_cast<int32_t*>(block + tile_bytes);
+  double* scale_a = reinterpret_cast<double*>(block + tile_bytes + (a_bytes + 63) / 64 * 64);
+  double* scale_b = scale_a + kMc;
+  double* local_a_norm = scale_a + kMc + kNc;
+  Stats stats;
+  for (int64_t u = begin; u < end; ++u) {
+    ComputeItem<kNv>(plan, u, tiles, scale_a, scale_b, local_a, local_a_norm, &stats);
+  }
+  ReleaseWorkspace(block, capacity);
+  AtomicAdd(&plan.stats->invalid_inputs, stats.invalid_inputs);
+  AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
+  AtomicAdd(&plan.stats->recomputed_tiles, stats.recomputed_tiles);
+}
+
+template <int kNv>
+void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
+  constexpr int64_t kNc = kNcPanels * kNr;
+  Plan plan;
+  plan.p = &p;
+  plan.stats = stats;
+  plan.layout = MakeLayout(p.k, p.block_size);
+  plan.chunk_pairs = Max64(1, p.chunk_size / 2);
+  plan.kc_pairs = plan.chunk_pairs * Max64(1, KcPairs(kNv) / plan.chunk_pairs);
+  plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
+  plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
+  plan.a_panels = CeilDiv(p.m, kMr);
+  plan.b_panels = CeilDiv(p.n, kNr);
+  plan.b_groups = CeilDiv(plan.b_panels, BGroup(kNv));
+  plan.a_panel_words = plan.layout.total_pairs * kMr;
+  plan.b_panel_words = plan.layout.total_pairs * kNr;
+  // Work items: at most kMc x kNc (and no larger than the matrix), made
+  // smaller until there are enough of them to keep every thread of the pool
+  // busy.  More row items re-read B, more column items re-read A: split the
+  // side whose extra re-reads are smaller (columns when m < n), and for a
+  // square matrix the longer side of the item.
+  constexpr int64_t kMinItems = 6;
+  plan.mc = Min64(kMc, CeilDiv(p.m, kMr) * kMr);
+  plan.nc = Min64(kNc, CeilDiv(p.n, kNr) * kNr);
+  while (p.batch * CeilDiv(p.m, plan.mc) * CeilDiv(p.n, plan.nc) < kMinItems) {
+    const bool can_m = plan.mc >= 4 * kMr;
+    const bool can_n = plan.nc >= 2 * kNr;
+    const bool prefer_n = p.m != p.n ? p.m < p.n : plan.nc > 2 * plan.mc;
+    if (can_n && (prefer_n || !can_m)) {
+      plan.nc = CeilDiv(plan.nc / 2, kNr) * kNr;
+    } else if (can_m) {
+      plan.mc = CeilDiv(plan.mc / 2, kMr) * kMr;
+    } else {
+      break;
+    }
+  }
+  plan.row_items = CeilDiv(p.m, plan.mc);
+  plan.col_items = CeilDiv(p.n, plan.nc);
+  plan.mc = CeilDiv(CeilDiv(p.m, plan.row_items), kMr) * kMr;  // balanced
+  plan.nc = CeilDiv(CeilDiv(p.n, plan.col_items), kNr) * kNr;
+  plan.row_items = CeilDiv(p.m, plan.mc);
+  plan.col_items = CeilDiv(p.n, plan.nc);
+
+  plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch);
+  plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
+  // A panels packed by the packing pass (none when the items pack their own).
+  const int64_t a_units = plan.pack_a_in_items ? 0 : plan.a_batches * plan.a_panels;
+  const int64_t b_units = plan.b_batches * plan.b_panels;
+  // One workspace for everything, cut into 64-byte aligned pieces.
+  int64_t bytes = 0;
+  auto piece = [&bytes](int64_t size) {
+    const int64_t at = bytes;
+    bytes += (size + 63) / 64 * 64;
+    return at;
+  };
+  const int64_t at_packed_a = piece(4 * a_units * plan.a_panel_words);
+  const int64_t at_packed_b = piece(4 * b_units * plan.b_panel_words);
+  const int64_t at_a_norm = piece(8 * a_units * plan.segs.per_panel);
+  const int64_t at_b_norm = piece(8 * b_units * plan.segs.per_panel);
+  const int64_t at_a_nonfinite = piece(plan.a_batches * p.m);
+  const int64_t at_b_nonfinite = piece(plan.b_batches * p.n);
+  int64_t capacity = 0;
+  char* workspace = static_cast<char*>(AcquireWorkspace(bytes, &capacity));
+  plan.packed_a = reinterpret_cast<int32_t*>(workspace + at_packed_a);
+  plan.packed_b = reinterpret_cast<int32_t*>(workspace + at_packed_b);
+  plan.a_norm = reinterpret_cast<double*>(workspace + at_a_norm);
+  plan.b_norm = reinterpret_cast<double*>(workspace + at_b_norm);
+  plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
+  plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
+  std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
+  const int64_t k = Max64(p.k, 1);
+  // One parallel region packs both (B's wider panels first, so that the
+  // pool's dynamic scheduling evens out the unequal unit costs).
+  const int64_t b_group_units = plan.b_batches * plan.b_groups;
+  parallel.run(parallel.context, b_group_units + a_units,
+               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_group_units + a_units),
+               PackBoth<kNv>, &plan);
+  parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
+               plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems<kNv>, &plan);
+
+  // Rows of a / columns of b with NaN or Inf: their outputs are NaN.
+  const float nan = __builtin_nanf("");
+  for (int64_t batch = 0; batch < p.batch; ++batch) {
+    float* out = p.out + batch * p.m * p.n;
+    const uint8_t* rows = plan.a_nonfinite + (plan.a_batches == 1 ? 0 : batch) * p.m;
+    const uint8_t* cols = plan.b_nonfinite + (plan.b_batches == 1 ? 0 : batch) * p.n;
+    for (int64_t i = 0; i < p.m; ++i) {
+      if (rows[i]) {
+        for (int64_t j = 0; j < p.n; ++j) out[i * p.n + j] = nan;
+      }
+    }
+    for (int64_t j = 0; j < p.n; ++j) {
+      if (cols[j]) {
+        for (int64_t i = 0; i < p.m; ++i) out[i * p.n + j] = nan;
+      }
+    }
+  }
+  ReleaseWorkspace(workspace, capacity);
+}
+
+// The tile width: 16 columns for AVX2; for the others the narrowest padding
+// of n to whole micro-panels, and 48 columns for wide matrices (the tuned
+// case; 64-column tiles would need a shorter K piece to keep the B
+// micro-panel in L1).
+void Gemm(const Problem& p, const ParallelFor& parallel, Stats* stats) {
+  *stats = Stats();
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+#if TF_LOWPREC_DFP_AVX2
+  GemmWith<1>(p, parallel, stats);  // tiles of 6 x 16: 12 of the 16 ymm registers
+#else
+  const int64_t padded2 = CeilDiv(p.n, 32) * 32, padded3 = CeilDiv(p.n, 48) * 48,
+                padded4 = CeilDiv(p.n, 64) * 64;
+  if (p.n <= 256 && padded4 < padded3 && padded4 <= padded2) {
+    GemmWith<4>(p, parallel, stats);
+  } else if (p.n <= 256 && padded2 < padded3) {
+    GemmWith<2>(p, parallel, stats);
+  } else {
+    GemmWith<3>(p, parallel, stats);
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace TF_LOWPREC_DFP_ISA
+}  // namespace dfp_gemm
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_DFP_GEMM_DRIVER_H_
