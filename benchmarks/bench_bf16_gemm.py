@@ -6,7 +6,9 @@ machine hits all alike), the median time of:
   tf_bf16      tf.linalg.matmul on bfloat16 inputs (cast beforehand, not
                timed; BF16 output, oneDNN's summation order)
   bf16_matmul  lp.bf16_matmul on float32 inputs: rounding of both operands,
-               packing, the VDPBF16PS GEMM (isa="auto"), FP32 output
+               packing, the GEMM of the kernel tier chosen by --isa (default
+               "auto": VDPBF16PS with AVX512_BF16, else the AVX2 FMA kernel),
+               FP32 output
 GOP/s counts 2*m*n*k operations per second of wall time, and per second of
 this process's CPU time (all threads; steadier when other processes load the
 machine).  GEMMs under 0.1 GOP run CHAIN times in a row inside one
@@ -16,10 +18,13 @@ to benchmarks/results/bf16_gemm.{json,md}.
 
     python benchmarks/bench_bf16_gemm.py            # all shapes (~1 min)
     python benchmarks/bench_bf16_gemm.py --quick    # 512^3 and 2048^3 only
+    python benchmarks/bench_bf16_gemm.py --out benchmarks/results/avx2_zen3  # per CPU
+The CPU model and the kernel tier that ran are recorded with the results.
 """
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
@@ -78,7 +83,21 @@ def _timer(fn, args):
     return once
 
 
-def measure(m, k, n, ta, tb, reps):
+def cpu_model():
+    """`lscpu`'s model name with the x86 family and model numbers (Zen 3: 25, 1)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')})")
+
+
+def measure(m, k, n, ta, tb, reps, isa):
     rng = np.random.default_rng(0)
     a = tf.constant(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
     b = tf.constant((rng.standard_normal((n, k) if tb else (k, n)) * 0.05).astype(np.float32))
@@ -87,7 +106,7 @@ def measure(m, k, n, ta, tb, reps):
     matmul = tf.function(_chained(
         lambda x, y: tf.linalg.matmul(x, y, transpose_a=ta, transpose_b=tb), chain))
     ours = tf.function(_chained(
-        lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb), chain))
+        lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb, isa=isa), chain))
     timers = {
         "fp32": _timer(matmul, (a, b)),
         "tf_bf16": _timer(matmul, (a16, b16)),
@@ -109,6 +128,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512^3 and 2048^3 only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--isa", default="auto", choices=("auto", "portable", "avx2", "avx512"),
+                        help="kernel tier of bf16_matmul (default: the fastest this CPU runs)")
     args = parser.parse_args()
     shapes = {f"{s}^3": (s, s, s, False, False) for s in ([512, 2048] if args.quick else SQUARE)}
     if not args.quick:
@@ -117,7 +138,7 @@ def main():
     for label, (m, k, n, ta, tb) in shapes.items():
         ops = 2.0 * m * n * k
         reps = int(min(40, max(5, 4e10 / ops)))
-        r = measure(m, k, n, ta, tb, reps)
+        r = measure(m, k, n, ta, tb, reps, args.isa)
         op = ("a^T" if ta else "a") + " @ " + ("b^T" if tb else "b")
         r.update(shape=label, m=m, k=k, n=n, op=op, reps=reps)
         r["vs_fp32"] = r["bf16_matmul"] / r["fp32"]
@@ -127,7 +148,9 @@ def main():
         print(f"{label:>28} {op:>9}  fp32 {r['fp32']:6.1f}  tf_bf16 {r['tf_bf16']:6.1f}  "
               f"bf16_matmul {r['bf16_matmul']:6.1f} GOP/s   vs fp32 {r['vs_fp32']:.2f}  "
               f"(per CPU-s {r['vs_fp32_per_cpu_s']:.2f})", flush=True)
-    meta = results_io.metadata(tensorflow=tf.__version__,
+    tiers = lp.kernel_tiers()["bf16_gemm"]
+    tier = tiers["auto"] if args.isa == "auto" else args.isa
+    meta = results_io.metadata(tensorflow=tf.__version__, cpu=cpu_model(), kernel_tier=tier,
                                load_average_at_end=os.getloadavg()[0])
     lines = [
         "# bf16_matmul throughput (GOP/s, median of interleaved runs)",
@@ -135,6 +158,9 @@ def main():
         f"Command: `{meta['command']}` ({meta['date']}; TensorFlow {tf.__version__}, "
         f"{os.cpu_count()} CPUs; load average at the end {meta['load_average_at_end']:.1f}, "
         "shared machine).",
+        "",
+        f"CPU: {meta['cpu']}; bf16_matmul kernel tier: `{tier}` (available: "
+        f"{', '.join(tiers['available'])}).",
         "",
         "bf16_matmul includes rounding both float32 operands to BF16 and packing them; "
         "tf_bf16 is `tf.linalg.matmul` on bfloat16 tensors cast beforehand (its output is "

@@ -385,13 +385,15 @@ def test_long_k_adversarial_matches_portable(isa):
 @pytest.mark.parametrize("isa", ACCELERATED)
 def test_sparse_specials_match_portable(isa):
     """Mostly ordinary data with a few NaN, Inf, tiny and subnormal entries: most
-    outputs on the FMA path, the affected rows and columns recomputed."""
+    outputs on the FMA path, the affected rows and columns recomputed.  (n =
+    290: more than one column block, a converted once; with one column block,
+    a is converted per work item: the tile-edge and long-K tests.)"""
     rng = np.random.default_rng(35)
     a = rng.standard_normal((90, 301)).astype(np.float32)
-    b = rng.standard_normal((301, 70)).astype(np.float32)
+    b = rng.standard_normal((301, 290)).astype(np.float32)
     a[3, 7], a[10, 300], a[11, 0] = np.nan, -np.inf, -np.nan
     a[20, 5], a[21, 6] = 2.0**-100, -(2.0**-130)
-    b[9, 2], b[100, 33], b[7, 69] = np.inf, np.nan, 2.0**-90
+    b[9, 2], b[100, 33], b[7, 269] = np.inf, np.nan, 2.0**-90
     a[30] = 0.0
     b[:, 40] = -0.0
     for ta, tb in [(False, False), (True, True)]:
