@@ -3,9 +3,9 @@
 Its GEMMs run `bf16_matmul` / `bf16_conv2d` (forward and both backward
 GEMMs), so a model gets identical outputs and gradients from the default
 kernel of the CPU (VDPBF16PS with AVX512_BF16, else the AVX2 FMA kernel), the
-portable emulation and the stock-TF twin (XLA, export).  Layer-by-layer equality with the explicit reference is in
-test_policy_layers.py; this file checks the routing and the whole-model
-identity.  Runtime ~15 s.
+portable emulation and the stock-TF twin (XLA, export).  Layer-by-layer
+equality with the explicit reference is in test_policy_layers.py; this file
+checks the routing and the whole-model identity.  Runtime ~15 s.
 """
 
 import functools

@@ -6,48 +6,59 @@
 // bf16_gemm_avx2.cc defines TF_LOWPREC_BF16_ISA and TF_LOWPREC_BF16_ISA_NAME
 // and includes this file with -mavx2 -mfma.
 //
-// Why one FMA is one step.  A step is acc + x * y rounded once to FP32
-// (nearest even), then FTZ, with x, y BF16 values (DAZ applied).
-// vfmadd231ps computes x * y + acc exactly and rounds once in the MXCSR
-// rounding mode, which the kernel sets to nearest even (below).  So the two
-// agree except possibly where
+// Why one FMA is one step.  A step is acc + x * y (x, y BF16 values, DAZ
+// applied by the packing) rounded once to FP32, nearest even, overflow to
+// ±Inf, then FTZ, then the NaN rule.  vfmadd231ps computes x * y + acc
+// exactly and rounds once in the MXCSR rounding mode, which the kernel sets
+// to nearest even (below).  (The intrinsics are plain vfmadd instructions:
+// no -ffast-math, so no contraction or reassociation; the compiler may
+// interleave the FMAs of different accumulators, never two of one.)  So the
+// two agree except possibly where
 //   (a) the definition flushes: the sum, rounded to 24 bits with unbounded
-//       exponent, is below 2^-126 (a nonzero "tiny" sum);
+//       exponent, is below 2^-126 (a nonzero "tiny" sum), and where the CPU
+//       would see a subnormal operand or produce one;
 //   (b) the result is NaN: x86 propagates NaN payloads by operand position,
-//       not by the definition's x, y, acc rule.
-// The packing excludes both, per output element, by two facts it records
+//       not by the definition's x, then y, then acc rule.
+// The packing rules out both, per output element, by two facts it records
 // for every row of a and every column of b:
 //   * nonfinite: the row (column) holds an Inf or NaN.  With finite operands
-//     no step gives NaN: a product of two finite BF16 values is finite, so
-//     an invalid operation needs acc = ±Inf and a product of the other sign
-//     and infinite, which cannot be; once acc overflows to ±Inf it stays so
-//     (Inf + finite), in both.
+//     no step gives NaN: the exact product of two finite values is finite, so
+//     an invalid operation would need acc = ±Inf and an infinite product;
+//     and once acc has overflowed to ±Inf it stays so (Inf + finite = Inf), in
+//     both.
 //   * min_exponent: the least biased exponent field of the row's (column's)
 //     nonzero operands (255 if none).  Write a nonzero BF16 value as
 //     M * 2^(E - 7), M an integer in [128, 255]: x * y is an integer multiple
 //     of Q = 2^(Ea + Eb - 14), Ea, Eb the least exponents of the row of a and
-//     the column of b.  Every accumulator is then a multiple of Q (or ±Inf):
-//     true for the initial +0; the exact sum s = acc + x * y is a multiple of
-//     Q; if ulp(s) >= Q, s rounds to a multiple of ulp(s) (or to the next
-//     power of two), itself a multiple of Q; if ulp(s) < Q, s is a multiple
-//     of ulp(s), so exact in FP32 and not rounded.  Hence when Q >= 2^-126,
-//     i.e. Ea + Eb >= -112, i.e. the exponent fields add up to >= 142, every
-//     nonzero sum is at least 2^-126 in magnitude: no tiny sum, neither
-//     before nor after rounding, so FTZ never acts (in the definition or in
-//     the CPU) and no subnormal ever arises (MXCSR's FTZ and DAZ bits make no
-//     difference).  Signed zeros follow IEEE 754 in both (+0 for an exact
-//     cancellation in nearest even, -0 only from -0 + -0).
+//     the column of b (a zero product too).  Every accumulator is then a
+//     multiple of Q (or ±Inf): true for the initial +0; the exact sum
+//     s = acc + x * y is a multiple of Q; if ulp(s) >= Q, s rounds to a
+//     multiple of ulp(s) (or to the next power of two), itself a multiple of
+//     Q; if ulp(s) < Q, s is a multiple of ulp(s), so exact in FP32: not
+//     rounded.  Hence when Q >= 2^-126, i.e. Ea + Eb >= -112, i.e. the
+//     exponent fields add up to >= 142 (kSafeExponentSum), every nonzero sum
+//     is at least 2^-126 in magnitude: no tiny sum, before or after rounding,
+//     so FTZ never acts, in the definition or in the CPU, and no subnormal is
+//     ever produced or consumed (the accumulator reloaded from `out` between K
+//     pieces is an earlier result): MXCSR's FTZ and DAZ bits make no
+//     difference.  Signed zeros follow IEEE 754 in both (+0 for an exact
+//     cancellation in nearest even, -0 only from -0 + -0), and overflow gives
+//     ±Inf in both.
 // So an output (i, j) whose row of a and column of b are finite and whose
-// exponent fields add up to >= 142 is exactly the FMA chain; the kernel runs
+// exponent fields add up to >= 142 is exactly the FMA chain.  The kernel runs
 // all outputs through the FMAs (NaN and tiny sums there are harmless garbage)
-// and then recomputes the others with bf16_gemm_step.h.  Typical data (any
-// values whose magnitudes are above 2^-56 or so) never takes that path.
+// and then recomputes the others with bf16_gemm_step.h (the portable
+// kernel's arithmetic).  Data whose nonzero magnitudes are all above 2^-56
+// never takes that path; rows or columns with Inf, NaN or tiny values run at
+// the portable kernel's speed.
 //
 // MXCSR: the compute and fix-up ranges run with MXCSR = 0x1F80 (nearest
 // even, all exceptions masked, FTZ and DAZ off) and restore the caller's
-// register, flags included, on every thread that runs them (TensorFlow's
-// pool threads run with FTZ and DAZ set; the rounding mode is what matters).
-//
+// register, flags included, on every thread that runs them.  Under
+// TensorFlow this changes nothing (it runs every kernel with nearest even,
+// FTZ and DAZ), but the proof above needs only nearest even, and no caller's
+// rounding mode can leak in.
+
 // Structure (GotoBLAS / BLIS style, 6 x 16 FP32 micro-tile):
 //   1. pack, in parallel: every element of a and b is rounded to BF16 and
 //      DAZ'd, and stored as the FP32 value it is (BF16 bits in the high
@@ -233,7 +244,8 @@ inline void TransposeConvert8x8(const float* src, int64_t src_stride, int64_t ro
   __m256i r[8];
   if (rows >= 8 && cols >= 8) {
     for (int i = 0; i < 8; ++i) {
-      r[i] = ToBf16DazFp32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * src_stride)));
+      r[i] = ToBf16DazFp32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i * src_stride)));
     }
   } else {
     for (int i = 0; i < 8; ++i) {
@@ -589,7 +601,9 @@ void FixUpRange(void* arg, int64_t begin, int64_t end) {
         ExactRowPanel(a_row, panel, plan.kp, out + q * kNr, cols);
       } else {
         for (int j = 0; j < cols; ++j) {
-          if (Unproved(a, b_facts[q * kNr + j])) out[q * kNr + j] = ExactOutput(a_row, panel, j, plan.kp);
+          if (Unproved(a, b_facts[q * kNr + j])) {
+            out[q * kNr + j] = ExactOutput(a_row, panel, j, plan.kp);
+          }
         }
       }
     }

@@ -42,7 +42,8 @@ inline bool IsNanBf16(uint32_t h) { return (h & 0x7FFFu) > 0x7F80u; }
 // for a sum).
 inline float Step(float acc, uint32_t x, uint32_t y) {
   const double v = static_cast<double>(acc) +
-                   static_cast<double>(BitsFloat(x << 16)) * static_cast<double>(BitsFloat(y << 16));
+                   static_cast<double>(BitsFloat(x << 16)) *
+                       static_cast<double>(BitsFloat(y << 16));
   if (v != v) {
     // x's NaN, else y's, else the accumulator's (quiet); else an invalid
     // operation (Inf * 0, Inf - Inf): the default NaN.
