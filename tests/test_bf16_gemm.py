@@ -3,9 +3,10 @@
 The reference below is written from the definition in docs/bf16_gemm.md
 (which a probe of the real instruction established), independently of the
 C++ kernels: operands rounded by the NumPy rounding reference, then a loop
-over K vectorised over the outputs.  Both kernels (the VDPBF16PS one where
-the CPU has AVX512_BF16, and the portable emulation) must equal it bit for
-bit, NaN payloads and signed zeros included.  Runtime ~10 s.
+over K vectorised over the outputs.  Every kernel tier the CPU runs (the
+VDPBF16PS one where the CPU has AVX512_BF16, the AVX2 FMA one, the portable
+emulation) must equal it bit for bit, NaN payloads and signed zeros included,
+and the accelerated tiers must equal portable on larger and nastier inputs.  Runtime ~1 min.
 """
 
 import os
