@@ -6,7 +6,8 @@ C++ kernels: operands rounded by the NumPy rounding reference, then a loop
 over K vectorised over the outputs.  Every kernel tier the CPU runs (the
 VDPBF16PS one where the CPU has AVX512_BF16, the AVX2 FMA one, the portable
 emulation) must equal it bit for bit, NaN payloads and signed zeros included,
-and the accelerated tiers must equal portable on larger and nastier inputs.  Runtime ~1 min.
+and the accelerated tiers must equal portable on larger and nastier inputs.
+Runtime ~1 min.
 """
 
 import os
