@@ -6,7 +6,9 @@ machine hits all alike), the median time of:
   tf_bf16      tf.linalg.matmul on bfloat16 inputs (cast beforehand, not
                timed; BF16 output, oneDNN's summation order)
   bf16_matmul  lp.bf16_matmul on float32 inputs: rounding of both operands,
-               packing, the VDPBF16PS GEMM (isa="auto"), FP32 output
+               packing, the GEMM of the kernel tier chosen by --isa (default
+               "auto": VDPBF16PS with AVX512_BF16, else the AVX2 FMA kernel),
+               FP32 output
 GOP/s counts 2*m*n*k operations per second of wall time, and per second of
 this process's CPU time (all threads; steadier when other processes load the
 machine).  GEMMs under 0.1 GOP run CHAIN times in a row inside one
@@ -16,10 +18,13 @@ to benchmarks/results/bf16_gemm.{json,md}.
 
     python benchmarks/bench_bf16_gemm.py            # all shapes (~1 min)
     python benchmarks/bench_bf16_gemm.py --quick    # 512^3 and 2048^3 only
+    python benchmarks/bench_bf16_gemm.py --rounds 3 --out benchmarks/results/avx2_zen3
+The CPU model and the kernel tier that ran are recorded with the results.
 """
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
@@ -78,7 +83,21 @@ def _timer(fn, args):
     return once
 
 
-def measure(m, k, n, ta, tb, reps):
+def cpu_model():
+    """`lscpu`'s model name with the x86 family and model numbers (Zen 3: 25, 1)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or platform.machine()
+    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, "
+            f"model {fields.get('model', '?')})")
+
+
+def measure(m, k, n, ta, tb, reps, isa):
     rng = np.random.default_rng(0)
     a = tf.constant(rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32))
     b = tf.constant((rng.standard_normal((n, k) if tb else (k, n)) * 0.05).astype(np.float32))
@@ -87,7 +106,7 @@ def measure(m, k, n, ta, tb, reps):
     matmul = tf.function(_chained(
         lambda x, y: tf.linalg.matmul(x, y, transpose_a=ta, transpose_b=tb), chain))
     ours = tf.function(_chained(
-        lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb), chain))
+        lambda x, y: lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb, isa=isa), chain))
     timers = {
         "fp32": _timer(matmul, (a, b)),
         "tf_bf16": _timer(matmul, (a16, b16)),
@@ -109,25 +128,44 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512^3 and 2048^3 only")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the whole measurement; figures are medians over rounds")
+    parser.add_argument("--isa", default="auto", choices=("auto", "portable", "avx2", "avx512"),
+                        help="kernel tier of bf16_matmul (default: the fastest this CPU runs)")
     args = parser.parse_args()
     shapes = {f"{s}^3": (s, s, s, False, False) for s in ([512, 2048] if args.quick else SQUARE)}
     if not args.quick:
         shapes.update(LAYERS)
+    rounds = {label: [] for label in shapes}
+    for round_index in range(args.rounds):
+        for label, (m, k, n, ta, tb) in shapes.items():
+            ops = 2.0 * m * n * k
+            reps = int(min(40, max(5, 4e10 / ops)))
+            r = measure(m, k, n, ta, tb, reps, args.isa)
+            op = ("a^T" if ta else "a") + " @ " + ("b^T" if tb else "b")
+            r.update(shape=label, m=m, k=k, n=n, op=op, reps=reps)
+            r["vs_fp32"] = r["bf16_matmul"] / r["fp32"]
+            r["vs_tf_bf16"] = r["bf16_matmul"] / r["tf_bf16"]
+            r["vs_fp32_per_cpu_s"] = r["bf16_matmul_per_cpu_s"] / r["fp32_per_cpu_s"]
+            rounds[label].append(r)
+            print(f"{label:>28} {op:>9}  fp32 {r['fp32']:6.1f}  tf_bf16 {r['tf_bf16']:6.1f}  "
+                  f"bf16_matmul {r['bf16_matmul']:6.1f} GOP/s   vs fp32 {r['vs_fp32']:.2f}  "
+                  f"(per CPU-s {r['vs_fp32_per_cpu_s']:.2f})  [round {round_index + 1}]",
+                  flush=True)
+    # Per shape, the median over rounds of every figure (each round's figure
+    # itself a median of interleaved repeats); the rounds' ratios are kept.
     rows = []
-    for label, (m, k, n, ta, tb) in shapes.items():
-        ops = 2.0 * m * n * k
-        reps = int(min(40, max(5, 4e10 / ops)))
-        r = measure(m, k, n, ta, tb, reps)
-        op = ("a^T" if ta else "a") + " @ " + ("b^T" if tb else "b")
-        r.update(shape=label, m=m, k=k, n=n, op=op, reps=reps)
-        r["vs_fp32"] = r["bf16_matmul"] / r["fp32"]
-        r["vs_tf_bf16"] = r["bf16_matmul"] / r["tf_bf16"]
-        r["vs_fp32_per_cpu_s"] = r["bf16_matmul_per_cpu_s"] / r["fp32_per_cpu_s"]
-        rows.append(r)
-        print(f"{label:>28} {op:>9}  fp32 {r['fp32']:6.1f}  tf_bf16 {r['tf_bf16']:6.1f}  "
-              f"bf16_matmul {r['bf16_matmul']:6.1f} GOP/s   vs fp32 {r['vs_fp32']:.2f}  "
-              f"(per CPU-s {r['vs_fp32_per_cpu_s']:.2f})", flush=True)
-    meta = results_io.metadata(tensorflow=tf.__version__,
+    for label, results in rounds.items():
+        row = dict(results[0])
+        for key, value in results[0].items():
+            if isinstance(value, float):
+                row[key] = statistics.median(r[key] for r in results)
+        row["rounds"] = len(results)
+        row["vs_fp32_rounds"] = [r["vs_fp32"] for r in results]
+        rows.append(row)
+    tiers = lp.kernel_tiers()["bf16_gemm"]
+    tier = tiers["auto"] if args.isa == "auto" else args.isa
+    meta = results_io.metadata(tensorflow=tf.__version__, cpu=cpu_model(), kernel_tier=tier,
                                load_average_at_end=os.getloadavg()[0])
     lines = [
         "# bf16_matmul throughput (GOP/s, median of interleaved runs)",
@@ -136,22 +174,28 @@ def main():
         f"{os.cpu_count()} CPUs; load average at the end {meta['load_average_at_end']:.1f}, "
         "shared machine).",
         "",
+        f"CPU: {meta['cpu']}; bf16_matmul kernel tier: `{tier}` (available: "
+        f"{', '.join(tiers['available'])}).",
+        "",
         "bf16_matmul includes rounding both float32 operands to BF16 and packing them; "
         "tf_bf16 is `tf.linalg.matmul` on bfloat16 tensors cast beforehand (its output is "
         "BF16 and its summation order oneDNN's).  GOP = 2 m n k / 1e9.  The last column is "
         "the bf16_matmul / fp32 ratio of GOP per CPU-second of the process.  GEMMs under "
-        f"0.1 GOP run {CHAIN} times in a row in one tf.function (column 'chain').",
+        f"0.1 GOP run {CHAIN} times in a row in one tf.function (column 'chain').  "
+        f"{args.rounds} round(s) of the whole measurement: every figure is the median over "
+        "rounds; the last column lists each round's vs fp32.",
         "",
         "| shape | m | k | n | op | chain | fp32 | tf_bf16 | bf16_matmul | vs fp32 | vs tf_bf16 "
-        "| vs fp32 per CPU-s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs fp32 per CPU-s | vs fp32 per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['m']} | {r['k']} | {r['n']} | {r['op']} | {r['chain']} | "
             f"{r['fp32']:.1f} | "
             f"{r['tf_bf16']:.1f} | {r['bf16_matmul']:.1f} | {r['vs_fp32']:.2f} | "
-            f"{r['vs_tf_bf16']:.2f} | {r['vs_fp32_per_cpu_s']:.2f} |")
+            f"{r['vs_tf_bf16']:.2f} | {r['vs_fp32_per_cpu_s']:.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in r['vs_fp32_rounds'])} |")
     results_io.write(args.out, "bf16_gemm_quick" if args.quick else "bf16_gemm", meta, rows,
                      lines)
 

@@ -3,9 +3,11 @@
 The reference below is written from the definition in docs/bf16_gemm.md
 (which a probe of the real instruction established), independently of the
 C++ kernels: operands rounded by the NumPy rounding reference, then a loop
-over K vectorised over the outputs.  Both kernels (the VDPBF16PS one where
-the CPU has AVX512_BF16, and the portable emulation) must equal it bit for
-bit, NaN payloads and signed zeros included.  Runtime ~10 s.
+over K vectorised over the outputs.  Every kernel tier the CPU runs (the
+VDPBF16PS one where the CPU has AVX512_BF16, the AVX2 FMA one, the portable
+emulation) must equal it bit for bit, NaN payloads and signed zeros included,
+and the accelerated tiers must equal portable on larger and nastier inputs.
+Runtime ~1 min.
 """
 
 import os
@@ -241,6 +243,176 @@ def test_isas_agree_on_larger_problem(isa):
                       lp.bf16_matmul(a, b, isa="portable").numpy())
 
 
+# --- accelerated tiers against portable ---------------------------------------
+# The avx2 tier is an FP32 FMA GEMM (6 x 16 micro-tiles, K pieces of 256) that
+# is exact only where the packing proves no tiny sum and no NaN can arise
+# (bf16_gemm_fma_impl.h); the other outputs are recomputed by the definition.
+# These tests aim at both paths, their boundary, and every tile edge.
+ACCELERATED = kernel_tiers.params("bf16_gemm", kernel_tiers.ACCELERATED)
+
+
+def _bits(x):
+    return np.asarray(x, np.float32).view(np.uint32)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_every_tile_edge_matches_portable(isa):
+    """m 1..13, n 1..33 (two 6 x 16 tiles and one more), K around the piece sizes."""
+    rng = np.random.default_rng(31)
+    ks = [1, 2, 3, 5, 8, 17, 255, 256, 257, 511, 513, 1025]
+    case = 0
+    for m in range(1, 14):
+        for n in range(1, 34):
+            k = ks[case % len(ks)]
+            ta, tb = bool(case & 1), bool(case & 2)
+            case += 1
+            scale = np.exp2(rng.integers(-30, 30)).astype(np.float32)
+            a = (rng.standard_normal((k, m) if ta else (m, k)) * scale).astype(np.float32)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+            out = lp.bf16_matmul(a, b, transpose_a=ta, transpose_b=tb, isa=isa)
+            want = lp.bf16_matmul(a, b, transpose_a=ta, transpose_b=tb, isa="portable")
+            assert_bits_equal(out, want)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_batches_and_transposes_match_portable(isa):
+    rng = np.random.default_rng(32)
+    a = rng.standard_normal((3, 1, 70, 40)).astype(np.float32)  # [.., k, m] for transpose_a
+    b = rng.standard_normal((4, 50, 70)).astype(np.float32)     # [.., n, k] for transpose_b
+    for ta, tb in [(True, True), (True, False), (False, True)]:
+        x = a if ta else np.swapaxes(a, -1, -2)
+        y = b if tb else np.swapaxes(b, -1, -2)
+        out = lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb, isa=isa)
+        assert out.shape == (3, 4, 40, 50)
+        assert_bits_equal(out, lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb,
+                                              isa="portable"))
+
+
+def _cancelling_pairs(rng, count):
+    """`count` K pairs (x0, x1), (y0, y1) of BF16 mantissas (integers 128..255,
+    signed) with x1 * y1 + x0 * y0 = a random one of 0, ±1, ±2, ±3: after the
+    odd element's step, the even one cancels it down to a few units."""
+    products = {}
+    for m1 in range(128, 256):
+        for m2 in range(128, 256):
+            products.setdefault(m1 * m2, (m1, m2))
+    pairs = [(products[p + d], products[p]) for p in sorted(products) for d in (0, 1, 2, 3)
+             if p + d in products]
+    x, y = np.empty((count, 2)), np.empty((count, 2))
+    for row, idx in enumerate(rng.choice(len(pairs), size=count)):
+        (mx1, my1), (mx0, my0) = pairs[idx]
+        sign = rng.choice([-1.0, 1.0])
+        x[row] = [mx0 * sign, mx1 * sign]
+        y[row] = [-my0, my1]
+    return x, y
+
+
+def _exponent_window_operands(rng, a_exponent, b_exponent, size):
+    """a [size, 2] and b [2, size] at fixed exponents; the diagonal outputs are
+    cancelling pairs (a few units of 2^(a_exponent + b_exponent - 14)), the
+    others random."""
+    a, b_t = _cancelling_pairs(rng, size)
+    a = np.where(rng.random(a.shape) < 0.3, rng.integers(128, 256, a.shape), a)
+    a *= np.exp2(a_exponent - 7.0)
+    b = b_t.T * np.exp2(b_exponent - 7.0)
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+@pytest.mark.parametrize("exponent_sum", [-112, -113])
+def test_fast_path_boundary(isa, exponent_sum):
+    """Exponents adding up to -112 (fields to 142): the FMA path, sums down to
+    exactly 2^-126 and +0; one less: sums of 2^-127 that must be flushed,
+    recomputed by the definition."""
+    rng = np.random.default_rng(33)
+    a, b = _exponent_window_operands(rng, -56, exponent_sum + 56, 40)
+    out = lp.bf16_matmul(a, b, isa=isa).numpy()
+    expected = reference_matmul(a, b)
+    assert_bits_equal(out, expected)
+    assert_bits_equal(out, lp.bf16_matmul(a, b, isa="portable"))
+    diagonal = np.abs(np.diag(expected).astype(np.float64))
+    if exponent_sum == -112:
+        assert (diagonal == 2.0**-126).any() and (diagonal == 0).any()
+        assert (diagonal < 2.0**-124).sum() >= 10
+    else:
+        assert (diagonal == 0).sum() >= 10 and (diagonal == 2.0**-126).any()
+
+
+def _long_k_operands(rng, m, k, n):
+    """Rows and columns for K = 65,536: cancellations and the FTZ boundary."""
+    a = np.empty((m, k), np.float32)
+    a[0] = rng.standard_normal(k) * 2.0**20
+    a[0, ::997] = rng.choice([2.0**60, -(2.0**60)], size=len(range(0, k, 997)))
+    r = rng.standard_normal(k // 2) * 2.0**10
+    a[1] = 1.0
+    a[1, 0:2 * (k // 2):2], a[1, 1::2] = r, -r * (1 + 2.0**-8 * rng.integers(-1, 2, k // 2))
+    # Rows 2, 3 against column 2: K/2 cancelling pairs, the accumulator a few
+    # units of 2^-126 after every pair (row 2: exponents adding up to -112, the
+    # FMA path) or of 2^-127 (row 3: flushed sums, recomputed).
+    x, y = _cancelling_pairs(rng, k // 2)
+    a[2], a[2, :2 * (k // 2)] = 2.0**-56, x.ravel() * 2.0**-63
+    a[3] = a[2] * 0.5
+    a[4] = rng.standard_normal(k)
+    a[4, k // 2] = np.nan
+    a[5] = bottom_of_range(rng, (k,))
+    b = np.empty((k, n), np.float32)
+    b[:, 0] = 1.0
+    b[:, 1] = -0.0
+    b[:, 2] = 0.0
+    b[:2 * (k // 2), 2] = y.ravel() * 2.0**-63
+    for j in range(3, 12):  # a random walk against rows 2 and 3
+        b[:, j] = rng.choice([-1, 1], k) * rng.integers(128, 256, k) * 2.0**-63
+    b[:, 12:20] = rng.standard_normal((k, 8))
+    b[:, 20:] = bottom_of_range(rng, (k, n - 20))
+    b[k // 3, 13] = np.inf
+    b[1000:1010, 14] = 2.0**-140  # BF16 subnormals: zero after DAZ
+    return a, b
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_long_k_adversarial_matches_portable(isa):
+    rng = np.random.default_rng(34)
+    m, k, n = 7, 65537, 40  # odd K past 256 pieces
+    a, b = _long_k_operands(rng, m - 1, k, n)
+    a = np.concatenate([a, rng.standard_normal((1, k)).astype(np.float32) * 1e-20])
+    out = lp.bf16_matmul(a, b, isa=isa).numpy()
+    want = lp.bf16_matmul(a, b, isa="portable").numpy()
+    assert_bits_equal(out, want)
+    # The cases did occur: NaN, Inf, flushed sums, results near 2^-126.
+    assert np.isnan(want[4]).all() and np.isinf(want[:, 13]).any()
+    assert 0 < np.abs(want[2, 2]) < 2.0**-115 and np.abs(want[3, 2]) < 2.0**-115
+    assert np.isfinite(want[:4]).mean() > 0.5
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_sparse_specials_match_portable(isa):
+    """Mostly ordinary data with a few NaN, Inf, tiny and subnormal entries: most
+    outputs on the FMA path, the affected rows and columns recomputed.  (n =
+    290: more than one column block, a converted once; with one column block,
+    a is converted per work item: the tile-edge and long-K tests.)"""
+    rng = np.random.default_rng(35)
+    a = rng.standard_normal((90, 301)).astype(np.float32)
+    b = rng.standard_normal((301, 290)).astype(np.float32)
+    a[3, 7], a[10, 300], a[11, 0] = np.nan, -np.inf, -np.nan
+    a[20, 5], a[21, 6] = 2.0**-100, -(2.0**-130)
+    b[9, 2], b[100, 33], b[7, 269] = np.inf, np.nan, 2.0**-90
+    a[30] = 0.0
+    b[:, 40] = -0.0
+    for ta, tb in [(False, False), (True, True)]:
+        x = a.T.copy() if ta else a
+        y = b.T.copy() if tb else b
+        out = lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb, isa=isa).numpy()
+        assert_bits_equal(out, lp.bf16_matmul(x, y, transpose_a=ta, transpose_b=tb,
+                                              isa="portable"))
+        assert_bits_equal(out, reference_matmul(a, b))
+
+
+# No test of the kernel's MXCSR guard (nearest even whatever the caller set):
+# TensorFlow runs every kernel with round-to-nearest and FTZ/DAZ set
+# (ScopedSetRound, ScopedFlushDenormal), so a caller's fesetround never
+# reaches it through the op.
+
+
 _THREADS_SCRIPT = """
 import sys, numpy as np, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -248,6 +420,7 @@ import tf_lowprec as lp
 rng = np.random.default_rng(3)
 a = rng.standard_normal((300, 257)).astype(np.float32)
 b = rng.standard_normal((257, 200)).astype(np.float32)
+a[5, 9], a[77, 0], b[3, 150], a[200, 100] = np.nan, np.inf, -np.nan, 2.0**-110
 np.save(sys.argv[1], lp.bf16_matmul(a, b, isa=sys.argv[2]).numpy())
 """
 
@@ -258,6 +431,8 @@ def test_one_thread_equals_two(tmp_path):
     rng = np.random.default_rng(3)
     a = rng.standard_normal((300, 257)).astype(np.float32)
     b = rng.standard_normal((257, 200)).astype(np.float32)
+    # Rows and a column off the FMA path (avx2), recomputed in parallel too.
+    a[5, 9], a[77, 0], b[3, 150], a[200, 100] = np.nan, np.inf, -np.nan, 2.0**-110
     isa = ISAS[-1]
     path = str(tmp_path / "one_thread.npy")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -32,6 +32,7 @@
 #include <cstring>
 
 #include "bf16_gemm.h"
+#include "bf16_gemm_step.h"  // ToBf16Daz, Step, StepFinite, ...
 #include "rounding.h"  // FloatBits, BitsFloat
 
 #if TF_LOWPREC_BF16_NATIVE
@@ -53,18 +54,6 @@ constexpr int64_t kMinWorkItems = 8;  // smaller work items below this many
 constexpr double kInlineMacs = 1 << 23;  // fewer multiply-adds: no thread pool (~60 us)
 constexpr int64_t kStreamOutBytes = int64_t{8} << 20;  // streaming stores from 8 MiB of output
 
-inline int64_t Min64(int64_t x, int64_t y) { return x < y ? x : y; }
-inline int64_t CeilDiv(int64_t x, int64_t y) { return (x + y - 1) / y; }
-
-// FP32 bits -> BF16 bits as the GEMM uses them: round to nearest even (NaN
-// becomes the quiet NaN with its sign, as round_to_format(x, BF16) does),
-// then a subnormal BF16 becomes zero with its sign (the instruction's DAZ).
-inline uint32_t ToBf16Daz(uint32_t u) {
-  uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) r = ((u >> 16) & 0x8000u) | 0x7FC0u;
-  if ((r & 0x7F80u) == 0) r &= 0x8000u;
-  return r;
-}
 
 // Panels of kR lanes: x(lane, k) = src[lane * lane_stride + k * k_stride]
 // for lane < lanes, k < k_total; the panel is [pairs][kR] words.
@@ -241,42 +230,6 @@ inline void PackRow(const float* src, int64_t k_total, int64_t pairs, uint32_t* 
   PackRowScalar(src, k_total, pairs, out);
 }
 
-inline bool IsNanBf16(uint32_t h) { return (h & 0x7FFFu) > 0x7F80u; }
-
-// One step acc + x * y of bf16_gemm.h; x, y are BF16 bits (DAZ applied).
-// The product of two BF16 values is exact in binary64, and rounding the sum
-// to binary64 and then to FP32 is the same as rounding it once (at most 24
-// significant bits each, and 53 >= 2 * 24 + 2: double rounding is innocuous
-// for a sum).
-inline float Step(float acc, uint32_t x, uint32_t y) {
-  const double v = static_cast<double>(acc) +
-                   static_cast<double>(BitsFloat(x << 16)) * static_cast<double>(BitsFloat(y << 16));
-  if (v != v) {
-    // x's NaN, else y's, else the accumulator's (quiet); else an invalid
-    // operation (Inf * 0, Inf - Inf): the default NaN.
-    if (IsNanBf16(x)) return BitsFloat((x << 16) | 0x00400000u);
-    if (IsNanBf16(y)) return BitsFloat((y << 16) | 0x00400000u);
-    if (acc != acc) return BitsFloat(FloatBits(acc) | 0x00400000u);
-    return BitsFloat(0xFFC00000u);
-  }
-  // FTZ: the 24-bit rounding of v (exponent unbounded) is below 2^-126
-  // exactly when |v| is below the midpoint between 2^-126 and its 24-bit
-  // predecessor (the tie rounds to the even 2^-126).  v is exact here, or
-  // rounded in binary64 far from that threshold.
-  constexpr double kFlushBelow = 0x1p-126 - 0x1p-151;
-  if (std::fabs(v) < kFlushBelow) return std::signbit(v) ? -0.0f : 0.0f;
-  return static_cast<float>(v);
-}
-
-// Step without the NaN rule (a NaN result comes out as some NaN), written so
-// that the compiler can vectorise it: callers redo rows that produced NaN.
-inline float StepFinite(float acc, double x, double y) {
-  const double v = static_cast<double>(acc) + x * y;
-  constexpr double kFlushBelow = 0x1p-126 - 0x1p-151;
-  const float r = static_cast<float>(v);
-  return std::fabs(v) < kFlushBelow ? std::copysign(0.0f, r) : r;
-}
-
 template <int64_t kAPairStep>
 void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pairs, float* c,
           int64_t ldc, int rows, int cols, bool load_c, bool /*stream_out*/) {
@@ -317,11 +270,6 @@ void Tile(const uint32_t* ap, int64_t a_row_step, const uint32_t* bp, int64_t pa
 }
 
 #endif  // TF_LOWPREC_BF16_NATIVE
-
-void* AlignedAlloc(int64_t bytes) {
-  const int64_t rounded = bytes <= 0 ? 64 : (bytes + 63) / 64 * 64;
-  return std::aligned_alloc(64, static_cast<size_t>(rounded));
-}
 
 // Words per row of an a block in the row layout: at least `pairs`, and an
 // odd number of cache lines, so that the kMr rows the micro-kernel reads side
