@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "float_environment.h"
 #include "parallel_for.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -74,7 +75,10 @@ void RunOnIntraOpPool(void* context, int64_t n, int64_t cost_per_unit,
                       void (*fn)(void* arg, int64_t begin, int64_t end), void* arg) {
   auto* ctx = static_cast<::tensorflow::OpKernelContext*>(context);
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  auto run = [fn, arg](int64_t begin, int64_t end) { fn(arg, begin, end); };
+  auto run = [fn, arg](int64_t begin, int64_t end) {
+    const ScopedIeeeFloatEnvironment ieee;  // the pool threads flush denormals
+    fn(arg, begin, end);
+  };
   if (kCoarseBlocks && cost_per_unit >= kCoarseUnitCycles) {
     const int64_t blocks = 4 * (pool->NumThreads() + 1);
     const int64_t block_size = (n + blocks - 1) / blocks;

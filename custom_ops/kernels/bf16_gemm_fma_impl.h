@@ -87,6 +87,7 @@
 
 #include "bf16_gemm.h"
 #include "bf16_gemm_step.h"  // ToBf16Daz, Step, StepFinite, Min64, CeilDiv, AlignedAlloc
+#include "float_environment.h"  // ScopedIeeeFloatEnvironment
 
 namespace tf_lowprec {
 namespace bf16_gemm {
@@ -120,18 +121,6 @@ inline void* AllocatePacked(int64_t bytes) {
   return memory;
 }
 
-// MXCSR for the FMA chain: nearest even, every exception masked, FTZ and DAZ
-// off.  Saved and restored around each range run on a thread.
-class ScopedMxcsr {
- public:
-  ScopedMxcsr() : saved_(_mm_getcsr()) { _mm_setcsr(0x1F80u); }
-  ~ScopedMxcsr() { _mm_setcsr(saved_); }
-  ScopedMxcsr(const ScopedMxcsr&) = delete;
-  ScopedMxcsr& operator=(const ScopedMxcsr&) = delete;
-
- private:
-  unsigned saved_;
-};
 
 // ToBf16Daz on 8 lanes, as FP32 bits (the BF16 value; low half zero).
 inline __m256i ToBf16DazFp32(__m256i u) {
@@ -458,7 +447,7 @@ void PackRange(void* arg, int64_t begin, int64_t end) {
 void ComputeRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
-  const ScopedMxcsr mxcsr;
+  const ScopedIeeeFloatEnvironment ieee;  // MXCSR 0x1F80 on this thread
   const int64_t blocks = plan.row_blocks * plan.col_blocks;
   const int64_t a_panels = plan.a_rows / kMr;
   // Without packed_a: the item's rows for one K piece, and their facts.
@@ -570,7 +559,7 @@ float ExactOutput(const float* a_row, const float* panel, int j, int64_t kp) {
 void FixUpRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
-  const ScopedMxcsr mxcsr;
+  const ScopedIeeeFloatEnvironment ieee;  // MXCSR 0x1F80 on this thread
   float* row_buffer =
       plan.packed_a == nullptr ? static_cast<float*>(AlignedAlloc(4 * plan.lda)) : nullptr;
   for (int64_t u = begin; u < end; ++u) {

@@ -7,6 +7,7 @@
 
 #include "batched_gemm_common.h"
 #include "bf16_gemm.h"
+#include "float_environment.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/lib/core/threadpool.h"
@@ -38,6 +39,7 @@ class Bf16MatmulOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& a = ctx->input(0);
     const Tensor& b = ctx->input(1);
     GemmShape shape;

@@ -11,6 +11,7 @@
 
 #include "batched_gemm_common.h"
 #include "dfp_gemm.h"
+#include "float_environment.h"
 #include "number_formats.h"
 #include "rounding_loops.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -81,6 +82,7 @@ class DfpMatmulOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& a = ctx->input(0);
     const Tensor& ea = ctx->input(1);
     const Tensor& b = ctx->input(2);
@@ -184,6 +186,7 @@ class DfpMatmulFusedOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& a = ctx->input(0);
     const Tensor& b = ctx->input(1);
     GemmShape shape;
