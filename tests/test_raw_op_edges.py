@@ -28,6 +28,15 @@ CASES = {
         "tf.zeros([1, 0, 1], tf.int32))", [(1, _HUGE, 0), (1, 0, _HUGE)], True),
     "dfp_matmul_fused_huge_empty": (
         "ops.lowprec_dfp_matmul_fused(x[0], x[1])", [(1, _HUGE, 0), (1, 0, _HUGE)], True),
+    # block_size near INT64_MAX: one block along k, so empty exponents are refused
+    # (ceil(k / block_size) once overflowed to 0 blocks and computed as if E = 0).
+    "dfp_matmul_block_size_near_int64_max": (
+        "ops.lowprec_dfp_matmul(x[0], tf.zeros([1, 2, 0], tf.int32), x[1], "
+        "tf.zeros([1, 0, 3], tf.int32), block_size=2**63 - 2)", [(1, 2, 4), (1, 4, 3)], True),
+    # An exponent of INT32_MIN is not a DFP exponent (and -E must not overflow).
+    "dfp_matmul_exponent_int32_min": (
+        "ops.lowprec_dfp_matmul(x[0], tf.fill([1, 1, 1], tf.int32.min), x[1], "
+        "tf.zeros([1, 1, 1], tf.int32))", [(1, 2, 4), (1, 4, 3)], True),
     # An empty tensor whose dimensions multiply past int64: nothing to round,
     # and no overflow in the kernel's [outer, length, inner] view.
     "quantize_dfp_empty_huge_dims": (

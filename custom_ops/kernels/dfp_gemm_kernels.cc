@@ -92,14 +92,14 @@ class DfpMatmulOp : public OpKernel {
     const int64_t batch_a = shape.batch_a, batch_b = shape.batch_b, batch = shape.batch;
     const int64_t m = shape.m, n = shape.n, k = shape.k;
     const int64_t block = block_size_ == 0 ? (k > 0 ? k : 1) : block_size_;
-    const int64_t blocks = k == 0 ? 0 : (k + block - 1) / block;
+    const int64_t blocks = k == 0 ? 0 : 1 + (k - 1) / block;  // no overflow near INT64_MAX
     // Exponents: [batch_a or 1, m or 1, blocks] and [batch_b or 1, blocks, n or 1].
     auto check_exponents = [&](const Tensor& e, int64_t d0, int64_t d1, int64_t d2,
                                const char* name) -> bool {
       bool ok = e.dims() == 3 && (e.dim_size(0) == d0 || e.dim_size(0) == 1) &&
                 (e.dim_size(1) == d1 || e.dim_size(1) == 1) &&
                 (e.dim_size(2) == d2 || e.dim_size(2) == 1) &&
-                (e.NumElements() > 0 || blocks == 0 || d0 * d1 * d2 == 0);
+                (e.NumElements() > 0 || d0 == 0 || d1 == 0 || d2 == 0);
       if (!ok) {
         ctx->CtxFailure(InvalidArgument(name, " must have shape [", d0, " or 1, ", d1,
                                         " or 1, ", d2, " or 1], got ",

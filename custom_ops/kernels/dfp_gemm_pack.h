@@ -41,10 +41,12 @@ inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
     *s1 = *s2 = 1.0f;
     return;
   }
-  int32_t t = -e;
-  if (t < -250 || t > 250) {
+  // Range first: -e overflows for e = INT32_MIN (a raw op's exponent input).
+  int32_t t = 0;
+  if (e < -250 || e > 250) {
     *invalid += 1;
-    t = 0;
+  } else {
+    t = -e;
   }
   int32_t h = t / 2;
   *s1 = FloatPow2(t - h);
