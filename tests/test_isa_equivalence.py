@@ -241,3 +241,28 @@ def test_dfp_every_upper_half(every_upper_half, tier, fmt, rounding):
     ]
     _assert_same_bits(*results, f"{fmt} {rounding} over every upper half", tier)
 
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize("bits", [2, 8, 24])
+def test_dfp_zero_vectors_beside_extreme_exponents(tier, bits, rounding):
+    """Whole vectors of signed zeros in blocks whose exponent lies outside the fast
+    form's range (maxima near float32's largest and smallest values, and blocks of
+    zeros, Inf and NaN only, which have no exponent): the zeros must stay zeros."""
+    zeros = np.zeros(64, np.float32)
+    zeros[1::3] = -0.0
+    blocks = []
+    for largest in (3.4e38, 1.7e38, 1e-45, 1e-40, 1.0):
+        block = zeros.copy()
+        block[37] = largest
+        blocks.append(block)
+    special = zeros.copy()
+    special[[5, 40]] = [np.inf, np.nan]
+    blocks.append(special)
+    x = tf.constant(np.stack(blocks))
+    for fmt in (lp.DfpFormat(bits), lp.DfpFormat(bits, block_size=1, axis=0)):
+        results = [
+            lp.quantize_dfp(x, fmt, rounding, seed=(1, 2), implementation="op", isa=isa)
+            for isa in ("portable", tier)
+        ]
+        _assert_same_bits(*results, f"{fmt} {rounding} zeros beside extreme exponents", tier)

@@ -539,7 +539,10 @@ inline __m256i RoundToDfpGridFast8(__m256i u, __m256i a, __m256i k, __m256i word
   __m256i r;
   const __m256i k150 = _mm256_add_epi32(k, SplatInt(150));
   if (kRounding == Rounding::kNearestEven) {
-    r = AddSubtractMagic8(a, _mm256_slli_epi32(k150, 23));
+    // k + 150 clamped to 1..254, a no-op where the range is valid
+    // (k <= 104); elsewhere only zero lanes come here, and they need M
+    // finite and normal to stay zero (2^(k + 23) would be Inf or worse).
+    r = AddSubtractMagic8(a, _mm256_slli_epi32(ClampInt8(k150, 1, 254), 23));
   } else {
     const __m256i d = _mm256_sub_epi32(k150, _mm256_srli_epi32(a, 23));
     const __m256i keep = _mm256_sllv_epi32(SplatInt(-1), d);

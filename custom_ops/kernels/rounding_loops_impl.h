@@ -126,13 +126,16 @@ void MaxAbsBits(const float* in, int64_t rows, int64_t width, int64_t stride,
 }
 
 uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(in);
+  // Column maxima of rows of 16 (MaxAbsBits), then their maximum: compilers
+  // vectorise the column loop with baseline SSE2 (compare and select), but
+  // not a single running maximum (SSE2 has no 32-bit max to reduce with).
+  constexpr int64_t kWidth = 16;
+  uint32_t columns[kWidth] = {};
+  const int64_t rows = n / kWidth;
+  MaxAbsBits(in, rows, kWidth, kWidth, columns);
+  MaxAbsBits(in + rows * kWidth, 1, n - rows * kWidth, 0, columns);
   uint32_t result = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t a = src[i] & kAbsMask;
-    const uint32_t finite = a < kInfBits ? a : 0u;
-    result = finite > result ? finite : result;
-  }
+  for (const uint32_t m : columns) result = m > result ? m : result;
   return result;
 }
 #elif defined(TF_LOWPREC_AVX512_INTRINSICS)
@@ -421,8 +424,6 @@ void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
 template <Rounding kRounding>
 void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
                   const int32_t* k, int64_t k_stride, const RandomStream& random) {
-  // Nearest-even rounds by float addition (rounding_avx2.h).
-  const simd_avx2::RoundToNearestScope round_to_nearest;
   if (kRounding == Rounding::kStochastic && random.half_words) {
     return RoundDfpLoop<kRounding, true>(in, out, n, first_index, k, k_stride, random);
   }
