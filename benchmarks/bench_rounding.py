@@ -171,14 +171,21 @@ def time_cases(named_fns, repeats, warmup, order="interleaved"):
 
 
 def cpu_model():
+    """The model name, with family and model numbers (a VM's name may omit the generation:
+    "AMD EPYC" family 25 model 1 is Zen 3, family 25 model 17 is Zen 4)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+    return fields["model name"]
 
 
 def run(args):
