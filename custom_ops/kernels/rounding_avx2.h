@@ -181,6 +181,7 @@ struct FloatGrid8 {
   // a + kLowOffset < low_lanes_limit, kLowOffset = INT32_MAX (zero maps to
   // INT32_MAX, a >= 1 to INT32_MIN + a - 1).
   __m256i low_lanes_limit[3];
+  bool has_low_lanes[3];       // low_lanes_max[rounding] > 0
   bool low_lanes_are_tiny[3];
   // RoundTinyMagnitude8 (only where tiny magnitudes exist: slow_biased >= 2).
   __m256i tiny_step_bits;      // float32 bits of s = 2^(min_exponent - mantissa_bits)
@@ -276,6 +277,7 @@ inline FloatGrid8 MakeFloatGrid8(const FloatGrid& g) {
     c.low_lanes_are_tiny[r] = has_tiny && !magic;
     const uint32_t low_max = magic ? 0u : (c.low_lanes_are_tiny[r] ? tiny_max : kDenormalMax);
     c.low_lanes_limit[r] = Splat(0x80000000u + low_max);
+    c.has_low_lanes[r] = low_max != 0;
   }
   return c;
 }
@@ -349,6 +351,19 @@ inline SpecialLanes8 FindSpecialLanes8(__m256i a, const FloatGrid8& c) {
   const __m256i low = _mm256_cmpgt_epi32(c.low_lanes_limit[static_cast<int>(kRounding)],
                                          _mm256_add_epi32(a, Splat(kLowOffset)));
   return {LaneBits8(non_finite), LaneBits8(low), low};
+}
+
+// Nonzero when FindSpecialLanes8 would report any lane: the hot loop's one
+// test (one movemask; no low-lane compare where there are none, as for
+// nearest-even by float addition).
+template <Rounding kRounding>
+inline int AnySpecialLanes8(__m256i a, const FloatGrid8& c) {
+  constexpr int kR = static_cast<int>(kRounding);
+  const __m256i non_finite = _mm256_cmpgt_epi32(a, Splat(kInfBits - 1u));
+  if (!c.has_low_lanes[kR]) return LaneBits8(non_finite);
+  const __m256i low =
+      _mm256_cmpgt_epi32(c.low_lanes_limit[kR], _mm256_add_epi32(a, Splat(kLowOffset)));
+  return LaneBits8(_mm256_or_si256(non_finite, low));
 }
 
 // rounding.h's magnitude for tiny lanes, 0 < a < s = 2^(min_exponent - m):

@@ -584,8 +584,7 @@ template <Rounding kRounding, bool kPlain, simd_avx2::RandomForm kForm>
 inline __m256i RoundFloatVectorPerLane(__m256i u, __m256i a, const simd_avx2::FloatGrid8& c,
                                        __m256i random) {
   if (c.fast_ok) {
-    const simd_avx2::SpecialLanes8 lanes = simd_avx2::FindSpecialLanes8<kRounding>(a, c);
-    if ((lanes.low | lanes.non_finite) == 0) {
+    if (simd_avx2::AnySpecialLanes8<kRounding>(a, c) == 0) {
       return simd_avx2::RoundToFloatFormatFast8<kRounding, kPlain, kForm>(
           u, a, c, random, 0, _mm256_setzero_si256());
     }
