@@ -15,7 +15,8 @@
 // run it inside a RoundToNearestScope, which sets round-to-nearest for the
 // duration of the call where the caller's thread has another mode.
 // (TensorFlow's threads keep the default mode and change only FTZ/DAZ, which
-// these forms never meet, so the scope normally costs one MXCSR read.)
+// cannot change these forms' results, see MakeFloatGrid8; so the scope
+// normally costs one MXCSR read.)
 // Included only by the AVX2 translation unit.
 #ifndef TF_LOWPREC_KERNELS_ROUNDING_AVX2_H_
 #define TF_LOWPREC_KERNELS_ROUNDING_AVX2_H_
