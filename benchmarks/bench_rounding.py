@@ -29,6 +29,10 @@ TensorFlow's own memory-bound element-wise op" and higher is faster.
     python benchmarks/bench_rounding.py
     python benchmarks/bench_rounding.py --sizes-mb 16,64 --repeats 5 \\
         --out benchmarks/results/rounding.md
+    python benchmarks/bench_rounding.py --isa portable --out /tmp/portable.md
+
+`--isa` picks the kernel tier of the op cases (default "auto", the fastest
+this CPU runs); the results record the tier that ran (`lp.kernel_tiers()`).
 
 Results go to the Markdown file given by --out and to a JSON file next to
 it (same name, .json), with the command line, CPU model, thread count and
@@ -80,6 +84,8 @@ def parse_args(argv=None):
                         help="TensorFlow intra-op threads (0: TensorFlow's default, all cores)")
     parser.add_argument("--order", choices=("interleaved", "blocked"), default="interleaved",
                         help="cases take turns call by call, or run their calls back to back")
+    parser.add_argument("--isa", choices=_op_library.ISAS, default="auto",
+                        help="kernel tier of the lp.* and raw op cases")
     parser.add_argument("--out", default="benchmarks/results/rounding.md",
                         help="Markdown output; the JSON goes next to it")
     args = parser.parse_args(argv)
@@ -88,7 +94,7 @@ def parse_args(argv=None):
     return args
 
 
-def cases(x, ops, seed, tf_path):
+def cases(x, ops, seed, tf_path, isa="auto"):
     """(name, zero-argument callable) pairs, all on tensor x."""
     src = x.numpy()
     dst = np.empty_like(src)
@@ -106,19 +112,20 @@ def cases(x, ops, seed, tf_path):
         for rounding in ("nearest_even", "stochastic"):
             result.append((
                 f"op {fmt.name} {rounding}",
-                lambda fmt=fmt, rounding=rounding: lp.round_to_format(x, fmt, rounding, seed=seed),
+                lambda fmt=fmt, rounding=rounding: lp.round_to_format(x, fmt, rounding, seed=seed,
+                                                                      isa=isa),
             ))
     for rounding in ("nearest_even", "stochastic"):
         result.append((
             f"op dfp16 per-tensor {rounding}",
-            lambda rounding=rounding: lp.quantize_dfp(x, lp.DFP16, rounding, seed=seed),
+            lambda rounding=rounding: lp.quantize_dfp(x, lp.DFP16, rounding, seed=seed, isa=isa),
         ))
     # The kernel without the Python wrapper's per-call overhead (argument
     # checks, seed tensor, name scope): what a tf.function graph pays.
     result.append((
         "raw op bf16 nearest_even",
         lambda: ops.lowprec_round_to_float_format(
-            x, seed, exponent_bits=8, mantissa_bits=7, exponent_bias=127),
+            x, seed, exponent_bits=8, mantissa_bits=7, exponent_bias=127, isa=isa),
     ))
     if tf_path:
         for rounding in ("nearest_even", "stochastic"):
@@ -164,14 +171,21 @@ def time_cases(named_fns, repeats, warmup, order="interleaved"):
 
 
 def cpu_model():
+    """The model name, with family and model numbers (a VM's name may omit the generation:
+    "AMD EPYC" family 25 model 1 is Zen 3, family 25 model 17 is Zen 4)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
+    return fields["model name"]
 
 
 def run(args):
@@ -186,7 +200,7 @@ def run(args):
         x = tf.constant(rng.standard_normal(n, dtype=np.float32))
         tf_path = size_mb <= args.tf_path_max_mb
         fast, slow = [], []
-        for name, fn in cases(x, ops, seed, tf_path):
+        for name, fn in cases(x, ops, seed, tf_path, args.isa):
             if name.startswith("tf path"):  # after the others: it sweeps the caches
                 slow.append((name, fn, min(args.repeats, 3), min(args.warmup, 1)))
             else:
@@ -225,7 +239,7 @@ def metadata(args, argv, load_before, load_after):
         "intra_op_threads": args.threads or "default (all cores)",
         "tensorflow": tf.__version__,
         "tf_lowprec": getattr(lp, "__version__", "unknown"),
-        "avx512_loops": "yes" if _avx512_available() else "no (portable loops)",
+        "rounding_tier": _tier(args.isa),
         "repeats": args.repeats,
         "order": args.order,
         "warmup": args.warmup,
@@ -236,12 +250,12 @@ def metadata(args, argv, load_before, load_after):
     }
 
 
-def _avx512_available():
-    try:
-        lp.round_to_format(tf.zeros([1]), lp.BF16, implementation="op", isa="avx512")
-        return True
-    except tf.errors.InvalidArgumentError:
-        return False
+def _tier(isa):
+    """The rounding ops' kernel tier that `isa` runs here, e.g. "avx2 (auto)"."""
+    tiers = lp.kernel_tiers()["rounding"]
+    if isa == "auto":
+        return f"{tiers['auto']} (auto; available: {', '.join(tiers['available'])})"
+    return isa
 
 
 def markdown(meta, rows):

@@ -6,13 +6,9 @@
 // rounded `passes` times per repetition so that small sizes measure the
 // kernel on cached data.
 //
-// Build (from the repository root) and run:
-//   K=custom_ops/kernels
-//   V="-mavx512f -mavx512bw -mavx512dq -mavx512vl -mprefer-vector-width=512"
-//   g++ -std=c++17 -O3 -DNDEBUG -I$K -c $K/rounding_loops_portable.cc -o /tmp/rp.o
-//   g++ -std=c++17 -O3 -DNDEBUG $V -I$K -c $K/rounding_loops_avx512.cc -o /tmp/ra.o
-//   g++ -std=c++17 -O3 -I$K benchmarks/rounding_kernel_timing.cc /tmp/rp.o /tmp/ra.o -o /tmp/rounding_timing
-//   /tmp/rounding_timing [format=e4m3] [rounding=stochastic] [mbytes=1] [isa=avx512] [reps=7]
+// Built (with every kernel tier, which cpu_dispatch.cc links) and run by
+// benchmarks/rounding_kernel_timing.sh; by hand:
+//   timing [format=e4m3] [rounding=stochastic] [mbytes=1] [isa=auto] [reps=7] [sigma=1]
 // format: bf16, fp16, e4m3, e5m2; rounding: nearest_even, stochastic,
 // toward_zero, or copy (a plain copy loop: the baseline).  Prints ns per
 // element and a checksum of the output (equal across ISAs and code
@@ -66,7 +62,7 @@ int main(int argc, char** argv) {
   const std::string format = argc > 1 ? argv[1] : "e4m3";
   const std::string rounding_name = argc > 2 ? argv[2] : "stochastic";
   const double mbytes = argc > 3 ? std::atof(argv[3]) : 1.0;
-  const std::string isa = argc > 4 ? argv[4] : "avx512";
+  const std::string isa = argc > 4 ? argv[4] : "auto";
   const int reps = argc > 5 ? std::atoi(argv[5]) : 7;
   const float scale = argc > 6 ? std::atof(argv[6]) : 1.0f;
 
@@ -93,7 +89,7 @@ int main(int argc, char** argv) {
   }
   const tf_lowprec::RoundingLoops* loops = tf_lowprec::SelectRoundingLoops(isa.c_str());
   if (loops == nullptr) {
-    std::fprintf(stderr, "isa must be portable, avx512 or auto (and supported), got %s\n",
+    std::fprintf(stderr, "isa must be portable, avx2, avx512 or auto (and supported), got %s\n",
                  isa.c_str());
     return 2;
   }
@@ -129,7 +125,7 @@ int main(int argc, char** argv) {
     std::memcpy(&bits, &out[i], 4);
     checksum = (checksum ^ bits) * 0x100000001B3ull;  // FNV-1a style
   }
-  std::printf("%s %s %s %.2f MB: %.4f ns/element, checksum %016llx\n", isa.c_str(),
+  std::printf("%s %s %s %.2f MB: %.4f ns/element, checksum %016llx\n", loops->isa,
               format.c_str(), rounding_name.c_str(), mbytes, 1e9 * best / n,
               static_cast<unsigned long long>(checksum));
   return 0;

@@ -7,10 +7,13 @@ this CPU runs is compared with the portable loops (a tier it cannot run is
 reported as a skip, with the reason).  They run on the same
 inputs here: a million random bit patterns (every exponent, sign and
 mantissa pattern, NaN payloads, subnormals) plus the special values and
-rounding boundaries of each format, for several formats and every rounding
-mode, and for dynamic fixed point with one exponent per tensor and per block.
-Lengths and offsets are chosen so that vector tails and stochastic words that
-do not start on a Philox block are exercised too.
+rounding boundaries of each format, and every one of the 65,536 upper halves
+of a float32 (every sign, exponent and top 7 mantissa bits: each bf16 value,
+each binade of every format) with several lower halves, for several formats
+and every rounding mode, and for dynamic fixed point with one exponent per
+tensor and per block.  Lengths and offsets are chosen so that vector tails
+(of 8 and 16 lanes) and stochastic words that do not start on a Philox block
+are exercised too.
 """
 
 import numpy as np
@@ -79,9 +82,30 @@ def patterns():
     return tf.constant(bits.view(np.float32))
 
 
+# Lower halves combined with every upper half: zero, the smallest and the
+# largest, the half-way point and its neighbours (ties and near-ties of
+# every format that drops 16 bits), all ones; plus a random one per upper
+# half.
+_LOWER_HALVES = (0x0000, 0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF)
+
+
+@pytest.fixture(scope="module")
+def every_upper_half():
+    """All 65,536 upper halves, each with the lower halves above and a random one."""
+    upper = np.arange(1 << 16, dtype=np.uint32) << 16
+    random_lower = np.random.default_rng(65536).integers(0, 1 << 16, 1 << 16).astype(np.uint32)
+    lower = np.concatenate(
+        [np.broadcast_to(np.array(_LOWER_HALVES, np.uint32), (1 << 16, len(_LOWER_HALVES))),
+         random_lower[:, None]], axis=1)
+    # Upper-major, 7 lower halves per upper: vectors of 8 (or 16) lanes hold
+    # neighbouring upper halves, so special lanes mix with ordinary ones.
+    bits = (upper[:, None] | lower).ravel()
+    return tf.constant(bits.view(np.float32))
+
+
 def _assert_same_bits(portable, accelerated, what, tier):
-    p = portable.numpy().view(np.uint32)
-    a = accelerated.numpy().view(np.uint32)
+    p = portable.numpy().view(np.uint32).ravel()
+    a = accelerated.numpy().view(np.uint32).ravel()
     diff = np.flatnonzero(p != a)
     assert diff.size == 0, (
         f"{what}: {diff.size} elements differ, e.g. index {diff[0]}: portable "
@@ -100,6 +124,34 @@ def test_float_formats(patterns, tier, name, rounding):
         for isa in ("portable", tier)
     ]
     _assert_same_bits(*results, f"{name} {rounding}", tier)
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize("name", sorted(_FORMATS))
+def test_float_formats_every_upper_half(every_upper_half, tier, name, rounding):
+    fmt = _FORMATS[name]
+    x = every_upper_half[5:]  # 458,747 elements: not a multiple of 8 or 16
+    results = [
+        lp.round_to_format(x, fmt, rounding, seed=(2026, 12), implementation="op", isa=isa)
+        for isa in ("portable", tier)
+    ]
+    _assert_same_bits(*results, f"{name} {rounding} over every upper half", tier)
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize("name", ["bf16", "fp16", "e4m3", "e4m3_flush"])
+def test_float_formats_every_short_length(patterns, tier, name, rounding):
+    """Lengths 1..40: vectors with every tail length, alone and after whole vectors,
+    and Philox groups cut anywhere; the windows start among the special values."""
+    fmt = _FORMATS[name]
+    for length in range(1, 41):
+        x = patterns[37 * length:38 * length]
+        results = [
+            lp.round_to_format(x, fmt, rounding, seed=(5, length), implementation="op",
+                               isa=isa)
+            for isa in ("portable", tier)
+        ]
+        _assert_same_bits(*results, f"{name} {rounding} length {length}", tier)
 
 
 @pytest.mark.parametrize("random_bits", [1, 3, 16, 17, 23])  # half words up to 16, then words
@@ -171,3 +223,46 @@ def test_dfp_random_bit_patterns(patterns, tier):
             for isa in ("portable", tier)
         ]
         _assert_same_bits(*results, f"dfp24 {rounding} over random bit patterns", tier)
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize(
+    "fmt",
+    [lp.DfpFormat(16, block_size=13, axis=-1), lp.DfpFormat(8, block_size=1, axis=0)],
+    ids=["dfp16_block13_last", "dfp8_block1_axis0"],
+)
+def test_dfp_every_upper_half(every_upper_half, tier, fmt, rounding):
+    """Blocks of 13 along rows of 112 (calls of 13 elements and of 8 at odd offsets),
+    and blocks of one row of 112 (per-lane exponents), over every upper half."""
+    x = tf.reshape(every_upper_half, [-1, 112])
+    results = [
+        lp.quantize_dfp(x, fmt, rounding, seed=(6, 7), implementation="op", isa=isa)
+        for isa in ("portable", tier)
+    ]
+    _assert_same_bits(*results, f"{fmt} {rounding} over every upper half", tier)
+
+
+
+@pytest.mark.parametrize("rounding", _ROUNDINGS)
+@pytest.mark.parametrize("bits", [2, 8, 24])
+def test_dfp_zero_vectors_beside_extreme_exponents(tier, bits, rounding):
+    """Whole vectors of signed zeros in blocks whose exponent lies outside the fast
+    form's range (maxima near float32's largest and smallest values, and blocks of
+    zeros, Inf and NaN only, which have no exponent): the zeros must stay zeros."""
+    zeros = np.zeros(64, np.float32)
+    zeros[1::3] = -0.0
+    blocks = []
+    for largest in (3.4e38, 1.7e38, 1e-45, 1e-40, 1.0):
+        block = zeros.copy()
+        block[37] = largest
+        blocks.append(block)
+    special = zeros.copy()
+    special[[5, 40]] = [np.inf, np.nan]
+    blocks.append(special)
+    x = tf.constant(np.stack(blocks))
+    for fmt in (lp.DfpFormat(bits), lp.DfpFormat(bits, block_size=1, axis=0)):
+        results = [
+            lp.quantize_dfp(x, fmt, rounding, seed=(1, 2), implementation="op", isa=isa)
+            for isa in ("portable", tier)
+        ]
+        _assert_same_bits(*results, f"{fmt} {rounding} zeros beside extreme exponents", tier)

@@ -549,7 +549,10 @@ inline __m512i RoundToDfpGridFast16(__m512i u, __m512i a, __m512i k, __m512i wor
   __m512i r;
   const __m512i k150 = _mm512_add_epi32(k, SplatInt(150));
   if (kRounding == Rounding::kNearestEven) {
-    const __m512 magic = _mm512_castsi512_ps(_mm512_slli_epi32(k150, 23));
+    // k + 150 clamped to 1..254, a no-op where the range is valid
+    // (k <= 104); elsewhere only zero lanes come here, and they need M
+    // finite and normal to stay zero (2^(k + 23) would be Inf or worse).
+    const __m512 magic = _mm512_castsi512_ps(_mm512_slli_epi32(ClampInt16(k150, 1, 254), 23));
     constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m512 sum = _mm512_add_round_ps(_mm512_castsi512_ps(a), magic, kNearest);
     r = _mm512_castps_si512(_mm512_sub_round_ps(sum, magic, kNearest));

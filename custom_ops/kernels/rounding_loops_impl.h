@@ -6,10 +6,11 @@
 // The scalar loops below, written on rounding.h's per-element functions,
 // are the reference.  With TF_LOWPREC_AVX512_INTRINSICS defined (the AVX-512
 // translation unit) the same loops run on 16 lanes with explicit intrinsics
-// instead (rounding_avx512.h, philox_avx512.h): compilers do not vectorise
-// the scalar form (Philox's 32x32->64 products, the shift-count selects), and
-// the intrinsics are 10-30 times faster.  Both are bit-identical
-// (tests/test_isa_equivalence.py).
+// instead (rounding_avx512.h, philox_avx512.h), and with
+// TF_LOWPREC_AVX2_INTRINSICS (the AVX2 one) on 8 lanes (rounding_avx2.h,
+// philox_avx2.h): compilers do not vectorise the scalar form well (Philox's
+// 32x32->64 products, the shift-count selects), and the intrinsics are 5-30
+// times faster.  All are bit-identical (tests/test_isa_equivalence.py).
 #ifndef TF_LOWPREC_ISA
 #error "define TF_LOWPREC_ISA before including rounding_loops_impl.h"
 #endif
@@ -25,13 +26,16 @@
 #if defined(TF_LOWPREC_AVX512_INTRINSICS)
 #include "philox_avx512.h"
 #include "rounding_avx512.h"
+#elif defined(TF_LOWPREC_AVX2_INTRINSICS)
+#include "philox_avx2.h"
+#include "rounding_avx2.h"
 #endif
 
 namespace tf_lowprec {
 namespace TF_LOWPREC_ISA {
 namespace {
 
-#if !defined(TF_LOWPREC_AVX512_INTRINSICS)
+#if !defined(TF_LOWPREC_AVX512_INTRINSICS) && !defined(TF_LOWPREC_AVX2_INTRINSICS)
 
 // ---- Scalar reference loops (rounding.h, philox.h) ----
 
@@ -122,16 +126,19 @@ void MaxAbsBits(const float* in, int64_t rows, int64_t width, int64_t stride,
 }
 
 uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
-  const uint32_t* src = reinterpret_cast<const uint32_t*>(in);
+  // Column maxima of rows of 16 (MaxAbsBits), then their maximum: compilers
+  // vectorise the column loop with baseline SSE2 (compare and select), but
+  // not a single running maximum (SSE2 has no 32-bit max to reduce with).
+  constexpr int64_t kWidth = 16;
+  uint32_t columns[kWidth] = {};
+  const int64_t rows = n / kWidth;
+  MaxAbsBits(in, rows, kWidth, kWidth, columns);
+  MaxAbsBits(in + rows * kWidth, 1, n - rows * kWidth, 0, columns);
   uint32_t result = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t a = src[i] & kAbsMask;
-    const uint32_t finite = a < kInfBits ? a : 0u;
-    result = finite > result ? finite : result;
-  }
+  for (const uint32_t m : columns) result = m > result ? m : result;
   return result;
 }
-#else  // TF_LOWPREC_AVX512_INTRINSICS
+#elif defined(TF_LOWPREC_AVX512_INTRINSICS)
 
 // ---- The same loops on 16 lanes (rounding_avx512.h, philox_avx512.h) ----
 
@@ -460,7 +467,376 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
                                                   _mm512_max_epu32(m2, m3)));
 }
 
-#endif  // TF_LOWPREC_AVX512_INTRINSICS
+#else  // TF_LOWPREC_AVX2_INTRINSICS
+
+// ---- The same loops on 8 lanes (rounding_avx2.h, philox_avx2.h) ----
+
+// Elements per chunk: those of 64 Philox blocks (256 stream words), as in
+// the AVX-512 loops; chunks are aligned to multiples of this size in global
+// element index.
+template <bool kHalfWords>
+constexpr int64_t ChunkElements() {
+  return kHalfWords ? 512 : 256;
+}
+// Stream words of a buffer: a chunk lies inside one aligned run of 64
+// blocks, and FillRandomWords8 fills whole groups of 8 blocks from the
+// chunk's first block, which stay inside that run too.
+constexpr int64_t kWordBuffer = 4 * 64;
+
+// End (local index) of the chunk that starts at local index `start`.
+inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t chunk) {
+  const int64_t global = first_index + start;
+  return std::min(n, (global / chunk + 1) * chunk - first_index);
+}
+
+// The random words of elements [first, first + n) (within one chunk) as
+// they lie in `buffer` (kWordBuffer words, 32-byte aligned): uint32 or
+// (kHalfWords) uint16 i is element first + i's, masked to its top
+// random_bits bits (see the AVX-512 loops).
+template <bool kHalfWords>
+inline const uint8_t* FillRandomWords8(const RandomStream& random,
+                                       const simd_avx2::PhiloxKeys8& keys, int64_t first,
+                                       int64_t n, uint32_t* buffer) {
+  const int64_t first_word = kHalfWords ? first >> 1 : first;
+  const int64_t last_word = kHalfWords ? (first + n - 1) >> 1 : first + n - 1;
+  const int64_t first_block = first_word >> 2;
+  const int64_t blocks = (last_word >> 2) - first_block + 1;
+  int64_t b = 0;
+  for (; b + 16 <= blocks; b += 16) {
+    simd_avx2::PhiloxBlocks8<2>(random.philox, keys, static_cast<uint64_t>(first_block + b),
+                                buffer + 4 * b);
+  }
+  for (; b < blocks; b += 8) {
+    simd_avx2::PhiloxBlocks8<1>(random.philox, keys, static_cast<uint64_t>(first_block + b),
+                                buffer + 4 * b);
+  }
+  // Both halves of a stream word take the 16-bit mask.
+  const uint32_t mask = kHalfWords ? (random.mask >> 16) * 0x10001u : random.mask;
+  if (mask != 0xFFFFFFFFu) {
+    for (int64_t w = 0; w < 4 * b; w += 8) {
+      auto* p = reinterpret_cast<__m256i*>(buffer + w);
+      _mm256_store_si256(p, _mm256_and_si256(_mm256_load_si256(p), simd_avx2::Splat(mask)));
+    }
+  }
+  const int64_t skipped = first - (kHalfWords ? 8 : 4) * first_block;
+  return reinterpret_cast<const uint8_t*>(buffer) + (kHalfWords ? 2 : 4) * skipped;
+}
+
+// RandomWordOfElement (philox.h), masked, for the 8 elements from `i` on of
+// a FillRandomWords8 result: U (RandomForm::kWord); with half words and
+// RandomForm::kHalf, h = U >> 16 instead.
+template <bool kHalfWords, simd_avx2::RandomForm kForm = simd_avx2::RandomForm::kWord>
+inline __m256i LoadRandomWords8(const uint8_t* words, int64_t i) {
+  if (kHalfWords) {
+    const __m256i h = _mm256_cvtepu16_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(words + 2 * i)));
+    return kForm == simd_avx2::RandomForm::kHalf ? h : _mm256_slli_epi32(h, 16);
+  }
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + 4 * i));
+}
+
+// The last `lanes` < 8 elements of a run go through a zero-padded copy of 8
+// (AVX2 has masked loads of 32-bit lanes only, and the random words may be
+// 16-bit): `Tail8` copies them in and out around `round(u, random)`.
+template <bool kHalfWords, Rounding kRounding, typename Round>
+inline void Tail8(const uint32_t* src, uint32_t* dst, int64_t lanes, const uint8_t* words,
+                  const Round& round) {
+  alignas(32) uint32_t in[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  alignas(32) uint32_t out[8];
+  alignas(32) uint32_t random[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::memcpy(in, src, 4 * lanes);
+  if (kRounding == Rounding::kStochastic) {
+    std::memcpy(random, words, (kHalfWords ? 2 : 4) * lanes);
+  }
+  const uint8_t* padded = reinterpret_cast<const uint8_t*>(random);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(out),
+                     round(_mm256_load_si256(reinterpret_cast<const __m256i*>(in)), padded));
+  std::memcpy(dst, out, 4 * lanes);
+}
+
+// Lanes the shorter forms do not cover (rare: Inf, NaN, some float32
+// denormals): the full transcription of rounding.h, out of line so that the
+// hot loop keeps its constants in registers.
+template <Rounding kRounding, simd_avx2::RandomForm kForm>
+__attribute__((noinline)) __m256i RoundFloatVectorFull(__m256i u, const simd_avx2::FloatGrid8& c,
+                                                      __m256i random) {
+  return simd_avx2::RoundToFloatFormat8<kRounding>(u, c, simd_avx2::RandomWord8<kForm>(random));
+}
+
+// Vectors with special lanes (FindSpecialLanes8), out of line: the fast form
+// with its tiny-lane step when only tiny lanes are special, else the full
+// form.
+template <Rounding kRounding, bool kPlain, simd_avx2::RandomForm kForm>
+__attribute__((noinline)) __m256i RoundFloatVectorSpecial(__m256i u, __m256i a,
+                                                         const simd_avx2::FloatGrid8& c,
+                                                         __m256i random) {
+  const simd_avx2::SpecialLanes8 lanes = simd_avx2::FindSpecialLanes8<kRounding>(a, c);
+  if (c.low_lanes_are_tiny[static_cast<int>(kRounding)] && lanes.non_finite == 0) {
+    return simd_avx2::RoundToFloatFormatFast8<kRounding, kPlain, kForm>(u, a, c, random,
+                                                                       lanes.low, lanes.low_mask);
+  }
+  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
+}
+
+// One vector by the per-lane fast form where it covers every lane, else out
+// of line.
+template <Rounding kRounding, bool kPlain, simd_avx2::RandomForm kForm>
+inline __m256i RoundFloatVectorPerLane(__m256i u, __m256i a, const simd_avx2::FloatGrid8& c,
+                                       __m256i random) {
+  if (c.fast_ok) {
+    if (simd_avx2::AnySpecialLanes8<kRounding>(a, c) == 0) {
+      return simd_avx2::RoundToFloatFormatFast8<kRounding, kPlain, kForm>(
+          u, a, c, random, 0, _mm256_setzero_si256());
+    }
+    return RoundFloatVectorSpecial<kRounding, kPlain, kForm>(u, a, c, random);
+  }
+  return RoundFloatVectorFull<kRounding, kForm>(u, c, random);
+}
+
+// The same, out of line: the normal-form loop's rare misses.
+template <Rounding kRounding, bool kPlain, simd_avx2::RandomForm kForm>
+__attribute__((noinline)) __m256i RoundFloatVectorMiss(__m256i u, __m256i a,
+                                                      const simd_avx2::FloatGrid8& c,
+                                                      __m256i random) {
+  return RoundFloatVectorPerLane<kRounding, kPlain, kForm>(u, a, c, random);
+}
+
+// One vector, by the shortest form valid for all of its lanes (the choice
+// between the normal-range and the per-lane loops is the AVX-512 loops').
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm, simd_avx2::RandomForm kForm>
+inline __m256i RoundFloatVector(__m256i u, const simd_avx2::FloatGrid8& c, __m256i random,
+                                int64_t* misses) {
+  const __m256i a = kPlain ? _mm256_and_si256(u, simd_avx2::Splat(kAbsMask))
+                           : simd_avx2::FloatFormatMagnitude8(u, c);
+  if (kTryNormalForm) {
+    if (simd_avx2::AllInNormalRange8<kRounding>(a, c)) {
+      return simd_avx2::RoundNormalRange8<kRounding, kForm>(u, a, c, random);
+    }
+    ++*misses;
+    return RoundFloatVectorMiss<kRounding, kPlain, kForm>(u, a, c, random);
+  }
+  return RoundFloatVectorPerLane<kRounding, kPlain, kForm>(u, a, c, random);
+}
+
+// Rounds one chunk of m elements; returns how many vectors missed the
+// normal form (only counted with kTryNormalForm).
+template <Rounding kRounding, bool kPlain, bool kTryNormalForm, bool kHalfWords>
+inline int64_t RoundFloatChunk(const uint32_t* src, uint32_t* dst, int64_t m,
+                               const uint8_t* words, const simd_avx2::FloatGrid8& c) {
+  constexpr simd_avx2::RandomForm kForm = kHalfWords ? simd_avx2::RandomForm::kHalf
+                                                     : simd_avx2::RandomForm::kWord;
+  int64_t misses = 0;
+  const auto round = [&](__m256i u, const uint8_t* w, int64_t i) {
+    const __m256i random = kRounding == Rounding::kStochastic
+                               ? LoadRandomWords8<kHalfWords, kForm>(w, i)
+                               : _mm256_setzero_si256();
+    return RoundFloatVector<kRounding, kPlain, kTryNormalForm, kForm>(u, c, random, &misses);
+  };
+  int64_t i = 0;
+  for (; i + 8 <= m; i += 8) {
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), round(u, words, i));
+  }
+  if (i < m) {
+    const uint8_t* tail_words =
+        kRounding == Rounding::kStochastic ? words + (kHalfWords ? 2 : 4) * i : nullptr;
+    Tail8<kHalfWords, kRounding>(src + i, dst + i, m - i, tail_words,
+                                 [&](__m256i u, const uint8_t* w) { return round(u, w, 0); });
+  }
+  return misses;
+}
+
+template <Rounding kRounding, bool kPlain, bool kHalfWords>
+void RoundFloatLoop(const float* in, float* out, int64_t n, int64_t first_index,
+                    const simd_avx2::FloatGrid8& c, const RandomStream& random) {
+  const simd_avx2::PhiloxKeys8 keys = kRounding == Rounding::kStochastic
+                                          ? simd_avx2::MakePhiloxKeys8(random.philox)
+                                          : simd_avx2::PhiloxKeys8{};
+  alignas(32) uint32_t buffer[kWordBuffer];
+  // Which loop the next chunk takes: the normal-form one while chunks are
+  // (nearly) all normal; after a chunk with several misses, the per-lane
+  // one for a while, then try again.
+  constexpr int64_t kRetryChunks = 16;
+  int64_t per_lane_chunks = 0;
+  for (int64_t start = 0, end; start < n; start = end) {
+    end = ChunkEnd(first_index, start, n, ChunkElements<kHalfWords>());
+    const int64_t m = end - start;
+    const uint8_t* words = nullptr;
+    if (kRounding == Rounding::kStochastic) {
+      words = FillRandomWords8<kHalfWords>(random, keys, first_index + start, m, buffer);
+    }
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
+    if (c.normal_ok && per_lane_chunks == 0) {
+      const int64_t misses =
+          RoundFloatChunk<kRounding, kPlain, true, kHalfWords>(src, dst, m, words, c);
+      if (misses > 1) per_lane_chunks = kRetryChunks;
+    } else {
+      RoundFloatChunk<kRounding, kPlain, false, kHalfWords>(src, dst, m, words, c);
+      if (per_lane_chunks > 0) --per_lane_chunks;
+    }
+  }
+}
+
+template <Rounding kRounding, bool kHalfWords>
+void RoundFloatWith(const float* in, float* out, int64_t n, int64_t first_index,
+                    const simd_avx2::FloatGrid8& c, const RandomStream& random) {
+  if (c.plain) {
+    return RoundFloatLoop<kRounding, true, kHalfWords>(in, out, n, first_index, c, random);
+  }
+  RoundFloatLoop<kRounding, false, kHalfWords>(in, out, n, first_index, c, random);
+}
+
+template <Rounding kRounding>
+void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
+                    const FloatGrid& grid, const RandomStream& random) {
+  const simd_avx2::FloatGrid8 c = simd_avx2::MakeFloatGrid8(grid);
+  // Nearest-even rounds by float addition (rounding_avx2.h).
+  const simd_avx2::RoundToNearestScope round_to_nearest;
+  if (kRounding == Rounding::kStochastic && random.half_words) {
+    return RoundFloatWith<kRounding, true>(in, out, n, first_index, c, random);
+  }
+  RoundFloatWith<kRounding, false>(in, out, n, first_index, c, random);
+}
+
+// Vectors of RoundDfpLoop that the fast form does not cover (Inf, NaN,
+// magnitudes below one grid step, float32 denormals), out of line.
+template <Rounding kRounding>
+__attribute__((noinline)) __m256i RoundDfpVectorFull(__m256i u, __m256i k, __m256i word) {
+  return simd_avx2::RoundToDfpGrid8<kRounding>(u, k, word);
+}
+
+// One vector of DFP rounding, by the shortest form valid for all its lanes.
+template <Rounding kRounding>
+inline __m256i RoundDfpVector(__m256i u, __m256i k, const simd_avx2::DfpFastRange8& range,
+                              __m256i word) {
+  const __m256i a = _mm256_and_si256(u, simd_avx2::Splat(kAbsMask));
+  if (simd_avx2::AllInDfpFastRange8(a, range)) {
+    return simd_avx2::RoundToDfpGridFast8<kRounding>(u, a, k, word);
+  }
+  return RoundDfpVectorFull<kRounding>(u, k, word);
+}
+
+template <Rounding kRounding, bool kHalfWords>
+void RoundDfpLoop(const float* in, float* out, int64_t n, int64_t first_index,
+                  const int32_t* k, int64_t k_stride, const RandomStream& random) {
+  const simd_avx2::PhiloxKeys8 keys = kRounding == Rounding::kStochastic
+                                          ? simd_avx2::MakePhiloxKeys8(random.philox)
+                                          : simd_avx2::PhiloxKeys8{};
+  const __m256i shared = simd_avx2::SplatInt(k[0]);
+  const simd_avx2::DfpFastRange8 shared_range = simd_avx2::MakeDfpFastRange8(shared);
+  alignas(32) uint32_t buffer[kWordBuffer];
+  const auto round = [&](__m256i u, const uint8_t* w, int64_t i, const int32_t* ks) {
+    const __m256i word = kRounding == Rounding::kStochastic
+                             ? LoadRandomWords8<kHalfWords>(w, i)
+                             : _mm256_setzero_si256();
+    if (k_stride == 0) {
+      return RoundDfpVector<kRounding>(u, shared, shared_range, word);
+    }
+    const __m256i exponent = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ks + i));
+    return RoundDfpVector<kRounding>(u, exponent, simd_avx2::MakeDfpFastRange8(exponent), word);
+  };
+  for (int64_t start = 0, end; start < n; start = end) {
+    end = ChunkEnd(first_index, start, n, ChunkElements<kHalfWords>());
+    const int64_t m = end - start;
+    const uint8_t* words = nullptr;
+    if (kRounding == Rounding::kStochastic) {
+      words = FillRandomWords8<kHalfWords>(random, keys, first_index + start, m, buffer);
+    }
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(in + start);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(out + start);
+    const int32_t* ks = k + start;
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8) {
+      const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), round(u, words, i, ks));
+    }
+    if (i < m) {
+      // Exponents of the tail, padded (only read with k_stride 1).
+      alignas(32) int32_t tail_k[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (k_stride != 0) std::memcpy(tail_k, ks + i, 4 * (m - i));
+      const uint8_t* tail_words =
+          kRounding == Rounding::kStochastic ? words + (kHalfWords ? 2 : 4) * i : nullptr;
+      Tail8<kHalfWords, kRounding>(
+          src + i, dst + i, m - i, tail_words,
+          [&](__m256i u, const uint8_t* w) { return round(u, w, 0, tail_k); });
+    }
+  }
+}
+
+template <Rounding kRounding>
+void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
+                  const int32_t* k, int64_t k_stride, const RandomStream& random) {
+  // Nearest-even rounds by float addition (rounding_avx2.h).
+  const simd_avx2::RoundToNearestScope round_to_nearest;
+  if (kRounding == Rounding::kStochastic && random.half_words) {
+    return RoundDfpLoop<kRounding, true>(in, out, n, first_index, k, k_stride, random);
+  }
+  RoundDfpLoop<kRounding, false>(in, out, n, first_index, k, k_stride, random);
+}
+
+// |x| bits with NaN and Inf mapped to 0.
+inline __m256i FiniteMagnitude8(__m256i u) {
+  const __m256i a = _mm256_and_si256(u, simd_avx2::Splat(kAbsMask));
+  return _mm256_and_si256(_mm256_cmpgt_epi32(simd_avx2::Splat(kInfBits), a), a);
+}
+
+// Lanes j < lanes of a masked load or store (vpmaskmovd).
+inline __m256i TailMask8(int64_t lanes) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(lanes, 8))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+void MaxAbsBits(const float* in, int64_t rows, int64_t width, int64_t stride,
+                uint32_t* max_bits) {
+  const int64_t whole = width - width % 8;
+  const __m256i tail = TailMask8(width - whole);
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(in + r * stride);
+    for (int64_t j = 0; j < whole; j += 8) {
+      auto* current = reinterpret_cast<__m256i*>(max_bits + j);
+      const __m256i a =
+          FiniteMagnitude8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + j)));
+      _mm256_storeu_si256(current, _mm256_max_epi32(a, _mm256_loadu_si256(current)));
+    }
+    if (whole < width) {
+      auto* current = reinterpret_cast<int*>(max_bits + whole);
+      const __m256i a = FiniteMagnitude8(
+          _mm256_maskload_epi32(reinterpret_cast<const int*>(row + whole), tail));
+      _mm256_maskstore_epi32(current, tail,
+                             _mm256_max_epi32(a, _mm256_maskload_epi32(current, tail)));
+    }
+  }
+}
+
+uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(in);
+  const auto load = [src](int64_t i) {
+    return FiniteMagnitude8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+  };
+  // Four accumulators hide the latency of the max; magnitudes are below
+  // 2^31, so the signed max is the unsigned one.
+  __m256i m0 = _mm256_setzero_si256(), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm256_max_epi32(m0, load(i));
+    m1 = _mm256_max_epi32(m1, load(i + 8));
+    m2 = _mm256_max_epi32(m2, load(i + 16));
+    m3 = _mm256_max_epi32(m3, load(i + 24));
+  }
+  for (; i + 8 <= n; i += 8) m0 = _mm256_max_epi32(m0, load(i));
+  if (i < n) {
+    m1 = _mm256_max_epi32(m1, FiniteMagnitude8(_mm256_maskload_epi32(
+                                  reinterpret_cast<const int*>(src + i), TailMask8(n - i))));
+  }
+  const __m256i m = _mm256_max_epi32(_mm256_max_epi32(m0, m1), _mm256_max_epi32(m2, m3));
+  __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(h));
+}
+
+#endif  // TF_LOWPREC_AVX512_INTRINSICS / TF_LOWPREC_AVX2_INTRINSICS
 
 void RoundFloat(const float* in, float* out, int64_t n, int64_t first_index,
                 const FloatGrid& grid, Rounding rounding, const RandomStream& random) {
