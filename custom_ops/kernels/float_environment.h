@@ -9,6 +9,11 @@
 // exception masked, FTZ and DAZ off, restored on scope exit.  Each thread has
 // its own MXCSR, so the scope is opened on the op's thread and in every work
 // item run on the pool (kernels/batched_gemm_common.h).
+//
+// The rounding loops are written to give the same bits with or without FTZ
+// and DAZ (rounding.h); their float-addition forms need only the rounding
+// mode to be nearest even, which ScopedRoundToNearest ensures without
+// touching the rest of the register.
 #ifndef TF_LOWPREC_KERNELS_FLOAT_ENVIRONMENT_H_
 #define TF_LOWPREC_KERNELS_FLOAT_ENVIRONMENT_H_
 
@@ -36,6 +41,25 @@ class ScopedIeeeFloatEnvironment {
  private:
   unsigned saved_;
 };
+// MXCSR with round-to-nearest for the lifetime of the scope: the rounding
+// control field (bits 13-14) cleared, FTZ/DAZ and the exception masks kept;
+// the caller's MXCSR is restored on exit.  Free when the mode is already
+// nearest (TensorFlow's threads): one read of the register.
+class ScopedRoundToNearest {
+ public:
+  ScopedRoundToNearest() : saved_(_mm_getcsr()) {
+    if ((saved_ & kRoundingControl) != 0) _mm_setcsr(saved_ & ~kRoundingControl);
+  }
+  ~ScopedRoundToNearest() {
+    if ((saved_ & kRoundingControl) != 0) _mm_setcsr(saved_);
+  }
+  ScopedRoundToNearest(const ScopedRoundToNearest&) = delete;
+  ScopedRoundToNearest& operator=(const ScopedRoundToNearest&) = delete;
+
+ private:
+  static constexpr unsigned kRoundingControl = 0x6000u;
+  unsigned saved_;
+};
 #else
 // Other architectures: TensorFlow's flush-denormal mode (FPCR.FZ on aarch64)
 // is not changed here; the portable kernels then flush subnormal results
@@ -43,6 +67,10 @@ class ScopedIeeeFloatEnvironment {
 class ScopedIeeeFloatEnvironment {
  public:
   ScopedIeeeFloatEnvironment() {}
+};
+class ScopedRoundToNearest {
+ public:
+  ScopedRoundToNearest() {}
 };
 #endif
 

@@ -12,7 +12,7 @@
 //
 // Nearest-even by float addition (RoundNormalRange8, the fast forms) rounds
 // with MXCSR's rounding mode, as AVX2 has no embedded rounding: the loops
-// run it inside a RoundToNearestScope, which sets round-to-nearest for the
+// run it inside a ScopedRoundToNearest (float_environment.h), which sets round-to-nearest for the
 // duration of the call where the caller's thread has another mode.
 // (TensorFlow's threads keep the default mode and change only FTZ/DAZ, which
 // cannot change these forms' results, see MakeFloatGrid8; so the scope
@@ -57,26 +57,7 @@ inline __m256i GreaterUnsigned8(__m256i a, __m256i b) {
 // One bit per lane (bit j: lane j's top bit).
 inline int LaneBits8(__m256i mask) { return _mm256_movemask_ps(_mm256_castsi256_ps(mask)); }
 
-// MXCSR with round-to-nearest for the lifetime of the scope: its
-// rounding-control field (bits 13-14) cleared, FTZ/DAZ and the exception
-// masks kept; the caller's MXCSR is restored on exit.
-class RoundToNearestScope {
- public:
-  RoundToNearestScope() : saved_(_mm_getcsr()) {
-    if ((saved_ & kRoundingControl) != 0) _mm_setcsr(saved_ & ~kRoundingControl);
-  }
-  ~RoundToNearestScope() {
-    if ((saved_ & kRoundingControl) != 0) _mm_setcsr(saved_);
-  }
-  RoundToNearestScope(const RoundToNearestScope&) = delete;
-  RoundToNearestScope& operator=(const RoundToNearestScope&) = delete;
-
- private:
-  static constexpr unsigned kRoundingControl = 0x6000u;
-  unsigned saved_;
-};
-
-// a + M - M in float32, rounded to nearest even inside a RoundToNearestScope.
+// a + M - M in float32, rounded to nearest even inside a ScopedRoundToNearest (float_environment.h).
 inline __m256i AddSubtractMagic8(__m256i a, __m256i magic_bits) {
   const __m256 magic = _mm256_castsi256_ps(magic_bits);
   return _mm256_castps_si256(

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "float_environment.h"
 #include "philox.h"
 #include "rounding.h"
 #include "rounding_loops.h"
@@ -692,7 +693,7 @@ void RoundFloatImpl(const float* in, float* out, int64_t n, int64_t first_index,
                     const FloatGrid& grid, const RandomStream& random) {
   const simd_avx2::FloatGrid8 c = simd_avx2::MakeFloatGrid8(grid);
   // Nearest-even rounds by float addition (rounding_avx2.h).
-  const simd_avx2::RoundToNearestScope round_to_nearest;
+  const ScopedRoundToNearest round_to_nearest;  // float_environment.h
   if (kRounding == Rounding::kStochastic && random.half_words) {
     return RoundFloatWith<kRounding, true>(in, out, n, first_index, c, random);
   }
@@ -768,7 +769,7 @@ template <Rounding kRounding>
 void RoundDfpImpl(const float* in, float* out, int64_t n, int64_t first_index,
                   const int32_t* k, int64_t k_stride, const RandomStream& random) {
   // Nearest-even rounds by float addition (rounding_avx2.h).
-  const simd_avx2::RoundToNearestScope round_to_nearest;
+  const ScopedRoundToNearest round_to_nearest;  // float_environment.h
   if (kRounding == Rounding::kStochastic && random.half_words) {
     return RoundDfpLoop<kRounding, true>(in, out, n, first_index, k, k_stride, random);
   }
