@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import dfp_gemm
+from tf_lowprec.gemm import dfp as dfp_gemm
 
 SQUARE = [256, 512, 1024, 2048, 4096]
 # GEMM shapes (m, k, n) of a small CNN (batch 128, 32x32x3 input): conv 3x3

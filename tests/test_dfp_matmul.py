@@ -6,7 +6,8 @@ import tensorflow as tf
 
 import kernel_tiers
 import tf_lowprec as lp
-from tf_lowprec import dfp_gemm, reference_gemm
+from tf_lowprec.gemm import dfp as dfp_gemm
+from tf_lowprec.gemm import reference as reference_gemm
 from tf_lowprec._op_library import load
 
 MAX_MANTISSA_VALUE = np.float32(32767 / 32768)  # DFP16 mantissa 32767, exponent -15
