@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import dfp_gemm
+from tf_lowprec.gemm import dfp as dfp_gemm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import results_io  # noqa: E402  (benchmarks/results_io.py, beside this script)

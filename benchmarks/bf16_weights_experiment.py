@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 import tf_lowprec as lp  # noqa: E402
 import results_io  # noqa: E402  (benchmarks/results_io.py, beside this script)
-from tf_lowprec import datasets  # noqa: E402
+from tf_lowprec.cli import datasets  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import _keras_hooks, emulation
+from tf_lowprec.keras import adapter
+from tf_lowprec.keras import emulation
 
 
 def rounded(x, entry):
@@ -61,12 +62,12 @@ def role_of(x):
 @contextlib.contextmanager
 def explicit_backend(spec):
     """Replaces the routed backend GEMMs by explicit reference functions."""
-    numpy_module, nn_module = _keras_hooks._backend_modules()
-    matmul = _keras_hooks.original("numpy", "matmul")
-    einsum = _keras_hooks.original("numpy", "einsum")
-    conv = _keras_hooks.original("nn", "conv")
-    depthwise = _keras_hooks.original("nn", "depthwise_conv")
-    transpose = _keras_hooks.original("nn", "conv_transpose")
+    numpy_module, nn_module = adapter._backend_modules()
+    matmul = adapter.original("numpy", "matmul")
+    einsum = adapter.original("numpy", "einsum")
+    conv = adapter.original("nn", "conv")
+    depthwise = adapter.original("nn", "depthwise_conv")
+    transpose = adapter.original("nn", "conv_transpose")
 
     def gemm(op, *xs):
         return error(op(*[operand(x, spec, role_of(x)) for x in xs]), spec)

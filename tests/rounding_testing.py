@@ -2,7 +2,7 @@
 
 Every rounding result is checked on three implementations at once: the C++
 op (both instruction sets of its loops), the pure-TF path and the NumPy
-reference (`tf_lowprec.reference`, written from the definitions in value
+reference (`tf_lowprec.numerics.reference`, written from the definitions in value
 arithmetic, not from the kernels' bit tricks).
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import reference
+from tf_lowprec.numerics import reference
 
 # (implementation, isa) pairs of the TF-side implementations.
 TF_SIDE = (("op", "portable"), ("op", "avx2"), ("op", "avx512"), ("tf", "auto"))

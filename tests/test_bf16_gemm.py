@@ -20,7 +20,7 @@ import tensorflow as tf
 
 import kernel_tiers
 import tf_lowprec as lp
-from tf_lowprec import reference
+from tf_lowprec.numerics import reference
 from tf_lowprec._op_library import load
 
 MIN_NORMAL = np.float64(2.0**-126)

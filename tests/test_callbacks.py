@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec.callbacks import PolicySchedule, PrecisionMonitor
+from tf_lowprec.training.callbacks import PolicySchedule, PrecisionMonitor
 
 SPEC = lp.PrecisionSpec(activations="e4m3", weights="e4m3", errors="e5m2",
                         weight_gradients="e5m2")
@@ -95,7 +95,7 @@ def test_monitor_works_with_csv_logger_and_removes_its_hook(tmp_path):
               callbacks=[PrecisionMonitor(every_n_steps=1), keras.callbacks.CSVLogger(str(csv))])
     header = csv.read_text().splitlines()[0]
     assert "activations/underflow" in header
-    from tf_lowprec import emulation
+    from tf_lowprec.keras import emulation
 
     assert all(not isinstance(getattr(h, "__self__", None), PrecisionMonitor)
                for h in emulation._role_hooks)
@@ -159,3 +159,22 @@ def test_policy_schedule_switches_at_epoch_boundaries():
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_monitor_watches_recurrent_layers(kind):
+    """Statistics of errors computed inside a recurrent loop's gradient reach the monitor."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5, 3)),
+                              getattr(keras.layers, kind)(4, dtype=lp.Policy("bf16")),
+                              keras.layers.Dense(2, dtype=lp.Policy("bf16"))])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    monitor = PrecisionMonitor(every_n_steps=1)
+    x = np.random.default_rng(0).normal(size=(8, 5, 3)).astype(np.float32)
+    history = model.fit(x, np.zeros((8, 2), np.float32), epochs=1, verbose=0,
+                        callbacks=[monitor])
+    assert np.all(np.isfinite(history.history["loss"]))
+    cell = [key for key in monitor.latest if f"/{kind.lower()}_cell/errors/underflow" in key]
+    assert cell, sorted(monitor.latest)
+    for key in cell:
+        assert 0.0 <= monitor.latest[key] <= 1.0

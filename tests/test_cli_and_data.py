@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from tf_lowprec import datasets
+from tf_lowprec.cli import datasets
 
 
 def _run(*args):
@@ -25,7 +25,7 @@ def test_formats_command_prints_table():
 
 def _main_in_process(args, capsys):
     """(exit status, stderr) of `tf-lowprec ARGS` run in this process (no TF start-up cost)."""
-    from tf_lowprec.__main__ import main
+    from tf_lowprec.cli.main import main
 
     try:
         status = main(args)
@@ -88,7 +88,7 @@ def test_compare_usage_and_data_errors(capsys):
 
 
 def test_helpfull_lists_every_command(capsys):
-    from tf_lowprec.__main__ import main
+    from tf_lowprec.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--helpfull"])

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import reference_gemm
+from tf_lowprec.gemm import reference as reference_gemm
 
 
 def rand(shape, seed, scale=1.0):

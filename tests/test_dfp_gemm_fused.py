@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import dfp_gemm
+from tf_lowprec.gemm import dfp as dfp_gemm
 from tf_lowprec._op_library import load
 from test_dfp_matmul import ISAS, bits, rand, reference
 

@@ -6,8 +6,10 @@ import tensorflow as tf
 
 import kernel_tiers
 import tf_lowprec as lp
-from tf_lowprec import dfp_gemm, reference_gemm
 from tf_lowprec._op_library import load
+from tf_lowprec.gemm import dfp as dfp_gemm
+from tf_lowprec.gemm import reference as reference_gemm
+from tf_lowprec.numerics import rounding as rounding_lib
 
 MAX_MANTISSA_VALUE = np.float32(32767 / 32768)  # DFP16 mantissa 32767, exponent -15
 
@@ -28,7 +30,7 @@ def logical(x, transposed):
 def reference(a, b, fmt=lp.DFP16, ta=False, tb=False, rounding="nearest_even", seed=None,
               chunk_size=64, count=False):
     """Reference built from quantize_dfp's own outputs (the same mantissas)."""
-    seed_t = lp.rounding.seed_tensor(seed, rounding)
+    seed_t = rounding_lib.seed_tensor(seed, rounding)
     aq, ea = dfp_gemm.quantize_operand(a, fmt, -2 if ta else -1, rounding, seed_t)
     bq, eb = dfp_gemm.quantize_operand(b, fmt, -1 if tb else -2, rounding,
                                        seed_t + tf.constant([0, 1], tf.int64))

@@ -11,7 +11,7 @@ import pytest
 
 import tf_lowprec as lp
 from rounding_testing import as_bits, float32_from_bits, quantize_dfp_everywhere
-from tf_lowprec import reference
+from tf_lowprec.numerics import reference
 
 DfpFormat = lp.DfpFormat
 ROUNDINGS = ["nearest_even", "stochastic", "toward_zero"]

@@ -26,7 +26,7 @@ from rounding_testing import (
     tie_points,
     ulp_neighbourhood,
 )
-from tf_lowprec import reference
+from tf_lowprec.numerics import reference
 
 FloatFormat = lp.FloatFormat
 

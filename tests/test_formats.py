@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import formats
+from tf_lowprec.numerics import formats
 
 FloatFormat, DfpFormat = lp.FloatFormat, lp.DfpFormat
 
@@ -291,3 +291,38 @@ def test_extreme_valid_biases():
 def test_eight_exponent_bits_without_infinities_has_no_valid_bias():
     with pytest.raises(ValueError, match="no exponent_bias makes this format fit in float32"):
         lp.FloatFormat(8, 3, infinities=False)
+
+
+@pytest.mark.parametrize("fmt", [formats.BF16, formats.E4M3, formats.DFP16,
+                                 formats.DfpFormat(8, block_size=4)])
+def test_formats_are_immutable_values(fmt):
+    import copy
+    import pickle
+
+    with pytest.raises(AttributeError, match="immutable"):
+        fmt.name = "changed"
+    with pytest.raises(AttributeError, match="immutable"):
+        del fmt.name
+    assert formats.get(fmt.name or formats.serialize(fmt)) == fmt
+    for clone in (copy.deepcopy(fmt), pickle.loads(pickle.dumps(fmt))):
+        assert clone == fmt and hash(clone) == hash(fmt) and clone.name == fmt.name
+    assert fmt.replace(name="other") == fmt  # the name is a label: a changed copy, equal numerics
+
+
+def test_every_format_kind_is_declared_once():
+    from tf_lowprec.numerics import rounding
+
+    assert set(formats.KINDS) == set(rounding.QUANTIZERS) == {"float", "dfp"}
+    for preset in formats.PRESETS.values():
+        kind = formats.KINDS[preset.kind]
+        assert isinstance(preset, kind.cls)
+        assert formats.get(formats.serialize(preset)) == preset  # tagged config
+        assert formats.get(preset.get_config()) == preset  # bare config, told by its key field
+        assert isinstance(preset.fixed_range, bool) and isinstance(preset.integer_mantissas, bool)
+        assert isinstance(preset.needs_loss_scaling, bool)
+    assert formats.FP16.needs_loss_scaling and formats.E5M2.needs_loss_scaling
+    assert not formats.BF16.needs_loss_scaling and not formats.DFP16.needs_loss_scaling
+    with pytest.raises(ValueError, match="already registered"):
+        formats.register_kind(formats.FormatKind("float", formats.FloatFormat, "exponent_bits"))
+    with pytest.raises(ValueError, match="unknown format class 'MxFormat'.*DfpFormat, FloatFormat"):
+        formats.get({"class_name": "MxFormat", "config": {}})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_lowprec import _gemm_common
+from tf_lowprec.gemm import common as _gemm_common
 
 CASES = list(itertools.product([(5, 6), (8, 7)], [1, 3], [1, 2], [1, 2], ["VALID", "SAME"]))
 

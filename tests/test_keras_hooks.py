@@ -1,4 +1,4 @@
-"""Guards for the Keras internals `tf_lowprec._keras_hooks` relies on.
+"""Guards for the Keras internals `tf_lowprec.keras.adapter` relies on.
 
 If a Keras upgrade moves or reshapes one of them, these tests fail with the
 name of the broken assumption, instead of the policies silently not emulating.
@@ -11,25 +11,25 @@ import numpy as np
 import pytest
 
 import tf_lowprec as lp
-from tf_lowprec import _keras_hooks
+from tf_lowprec.keras import adapter
 from keras.src.backend.tensorflow import nn as tf_nn
 from keras.src.backend.tensorflow import numpy as tf_numpy
 
 
 def test_supported_version_check():
-    _keras_hooks.check_keras_version()  # the installed Keras is supported
+    adapter.check_keras_version()  # the installed Keras is supported
     for version in ("3.16.0", "2.15.0", "4.0.0"):
-        with pytest.raises(_keras_hooks.UnsupportedKerasVersionError, match=version):
-            _keras_hooks.check_keras_version(version)
+        with pytest.raises(adapter.UnsupportedKerasVersionError, match=version):
+            adapter.check_keras_version(version)
 
 
 def test_install_is_idempotent():
-    lp.Policy("bf16")  # installs
+    assert adapter.installed()  # `import tf_lowprec` installed it
     routed = {name: getattr(tf_numpy, name) for name in ("matmul", "einsum")}
-    _keras_hooks.install()
-    _keras_hooks._installed = False  # force the install path again
-    _keras_hooks.install()
-    assert _keras_hooks.installed()
+    adapter.install()
+    adapter._installed = False  # force the install path again
+    adapter.install()
+    assert adapter.installed()
     for name, function in routed.items():
         assert getattr(tf_numpy, name) is function
         original = function._lowprec_original
@@ -68,7 +68,7 @@ def test_layer_call_pushes_a_name_scope_with_the_layer_as_caller():
 
     class Probe(keras.layers.Layer):
         def call(self, x):
-            seen.append([layer for layer, _ in _keras_hooks.current_callers()])
+            seen.append([layer for layer, _ in adapter.current_callers()])
             return x
 
     probe = Probe()
@@ -78,7 +78,7 @@ def test_layer_call_pushes_a_name_scope_with_the_layer_as_caller():
 
 
 def test_from_config_still_turns_float_policies_into_names():
-    # The reason dtype_policies.get is wrapped (see _keras_hooks docstring).
+    # The reason dtype_policies.get is wrapped (see the adapter's docstring).
     layer = keras.layers.Dense(2, dtype=lp.Policy("fp8"))
     config = keras.layers.serialize(layer)
     restored = keras.layers.deserialize(config)
@@ -102,3 +102,19 @@ def test_multi_head_attention_uses_dot_product_attention():
     finally:
         tf_nn._dot_product_attention_xla = routed
     assert calls
+
+
+def test_constructing_a_policy_installs_nothing(monkeypatch):
+    def fail():
+        raise AssertionError("a Policy must not patch Keras")
+
+    monkeypatch.setattr(adapter, "install", fail)
+    policy = lp.Policy("fp8", rounding="stochastic")
+    keras.layers.Dense(2, dtype=policy)
+
+
+def test_a_failed_install_is_reported_by_policies(monkeypatch):
+    error = adapter.UnsupportedKerasVersionError("keras 9.0 is not supported")
+    monkeypatch.setattr(adapter, "_install_error", error)
+    with pytest.raises(adapter.UnsupportedKerasVersionError, match="9.0"):
+        lp.Policy("bf16")

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import loss_scaling
+from tf_lowprec.keras import emulation
+from tf_lowprec.training import loss_scaling
 
 
 def _erfinv(p):
@@ -141,15 +142,19 @@ def test_layer_scale_is_applied_to_errors_and_undone_on_gradients():
     x = tf.constant(rng.normal(size=(16, 8)).astype(np.float32))
     u = tf.constant(rng.normal(size=(16, 4)).astype(np.float32))
     layer = keras.layers.Dense(4, use_bias=False, dtype=lp.Policy("fp16"))
-    layer.build((None, 8))
+    # The layer scales its errors because the model is compiled with the optimizer.
+    model = keras.Sequential([keras.Input((8,)), layer])
     opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0**15)
-    opt.build(layer.trainable_variables)
+    model.compile(opt, "mse")
+    opt.build(model.trainable_variables)
     tiny = 1e-7  # errors ~1e-7: a quarter of them underflow FP16 unscaled
     with tf.GradientTape() as tape:
         tape.watch(x)
-        loss = tf.reduce_sum(layer(x) * u) * tiny
+        loss = tf.reduce_sum(model(x) * u) * tiny
         scaled = opt.scale_loss(loss)
     dx, dw = tape.gradient(scaled, [x, layer.kernel])
+    wq = lp.round_to_format(layer.kernel, lp.FP16)
+    opt.apply([dw], [layer.kernel])  # records the layer's scale
     # The reference, written out: the true error is tiny * u, its RMS picks alpha.
     sigma = float(np.sqrt(np.mean(np.square(tiny * u.numpy()))))
     absolute = float(loss_scaling.layer_scale(sigma, float(np.max(np.abs(tiny * u.numpy()))),
@@ -160,7 +165,6 @@ def test_layer_scale_is_applied_to_errors_and_undone_on_gradients():
     alpha = absolute / 2.0**15
     q = lp.round_to_format(dy * alpha, lp.FP16)
     xq = lp.round_to_format(x, lp.FP16)
-    wq = lp.round_to_format(layer.kernel, lp.FP16)
     dw_ref = lp.round_to_format(tf.matmul(xq, q, transpose_a=True), lp.FP16) / alpha
     dx_ref = tf.matmul(q, wq, transpose_b=True) / alpha
     np.testing.assert_array_equal(dw.numpy(), dw_ref.numpy())
@@ -206,3 +210,73 @@ def test_compile_without_loss_scaling_warns_once_per_policy():
             model = keras.Sequential([keras.Input((3,)),
                                       keras.layers.Dense(2, dtype=lp.Policy(name))])
             model.compile(optimizer=opt, loss="mse")
+
+
+def _count_scaled_gemms(monkeypatch):
+    calls = []
+    scale_errors = emulation.ErrorScaling.scale_errors
+
+    def counting(self, y):
+        calls.append(self.context.layer.name)
+        return scale_errors(self, y)
+
+    monkeypatch.setattr(emulation.ErrorScaling, "scale_errors", counting)
+    return calls
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "global", "adaptive=False"])
+def test_layer_scaling_is_only_built_for_models_compiled_with_it(monkeypatch, optimizer):
+    calls = _count_scaled_gemms(monkeypatch)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype=lp.Policy("fp16")),
+                              keras.layers.Dense(1, dtype=lp.Policy("fp16"))])
+    opt = {"sgd": lambda: keras.optimizers.SGD(0.1),
+           "global": lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+           "adaptive=False": lambda: lp.AdaptiveLossScaleOptimizer(
+               keras.optimizers.SGD(0.1), adaptive=False)}[optimizer]()
+    model.compile(opt, "mse")
+    model.fit(np.ones((8, 4), np.float32), np.zeros((8, 1), np.float32), verbose=0)
+    assert calls == []
+    model.compile(lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.1)), "mse")
+    model.fit(np.ones((8, 4), np.float32), np.zeros((8, 1), np.float32), verbose=0)
+    assert calls  # the same model, compiled with layer-wise scaling
+
+
+def _recurrent(kind, return_sequences):
+    if kind == "Bidirectional":
+        return keras.layers.Bidirectional(
+            keras.layers.LSTM(6, return_sequences=return_sequences), name="recurrent")
+    return getattr(keras.layers, kind)(6, return_sequences=return_sequences, name="recurrent")
+
+
+@pytest.mark.parametrize("kind, return_sequences, policy", [
+    ("GRU", False, "fp16"), ("GRU", True, "fp8"),
+    ("LSTM", False, "hfp8"), ("LSTM", True, "fp16"),
+    ("SimpleRNN", False, "fp8"), ("SimpleRNN", True, "hfp8"),
+    ("Bidirectional", False, "fp16"), ("Bidirectional", True, "fp8"),
+])
+def test_recurrent_layers_train_with_layer_wise_scaling(kind, return_sequences, policy):
+    """The error scales of a recurrent layer's GEMMs are computed per timestep, inside the
+    tf.while_loop of its backward pass, and leave it as values (issue: InaccessibleTensorError)."""
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(lp.Policy(policy))
+    try:
+        layers = [keras.Input((5,), dtype="int32"), keras.layers.Embedding(20, 4),
+                  _recurrent(kind, return_sequences)]
+        if return_sequences:
+            layers.append(keras.layers.GlobalAveragePooling1D())
+        model = keras.Sequential(layers + [keras.layers.Dense(20)])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.Adam(1e-3))
+    # A tiny loss: errors of ~1e-9 need scales above 1 in FP16 / E5M2.
+    model.compile(opt, lambda y, p: 1e-6 * keras.losses.sparse_categorical_crossentropy(
+        y, p, from_logits=True))
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 20, (16, 5)), rng.integers(0, 20, (16,))
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    recurrent = {path: float(v) for path, v in opt.layer_scales.items() if "recurrent" in path}
+    assert recurrent and max(recurrent.values()) > 1.0, recurrent

@@ -50,7 +50,7 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
 
 
 def test_load_mnist_falls_back_to_the_bundled_sample_without_tfds(monkeypatch):
-    from tf_lowprec import datasets  # noqa: PLC0415
+    from tf_lowprec.cli import datasets  # noqa: PLC0415
 
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
     (x, y), (x_test, _), source = datasets.load_mnist(return_source=True)
@@ -59,7 +59,7 @@ def test_load_mnist_falls_back_to_the_bundled_sample_without_tfds(monkeypatch):
 
 
 def test_load_mnist_uses_tfds_when_it_loads(monkeypatch):
-    from tf_lowprec import datasets  # noqa: PLC0415
+    from tf_lowprec.cli import datasets  # noqa: PLC0415
 
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
     labels = np.array([3, 7], np.int64)

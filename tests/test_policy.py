@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import emulation
+from tf_lowprec.keras import emulation
 from policy_reference import assert_bitwise_equal
 
 ONE_PLUS = np.array([[1.0 + 2.0**-9]], "float32")  # rounds to 1.0 in bf16 and coarser

@@ -8,6 +8,7 @@ equality with the explicit reference is in test_policy_layers.py; this file
 checks the routing and the whole-model identity.  Runtime ~15 s.
 """
 
+import dataclasses
 import functools
 from unittest import mock
 
@@ -17,7 +18,9 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import bf16_gemm, emulation
+from tf_lowprec.gemm import bf16 as bf16_gemm
+from tf_lowprec.gemm import registry as gemm_registry
+from tf_lowprec.keras import emulation
 from policy_reference import assert_bitwise_equal
 
 
@@ -61,7 +64,10 @@ def test_gemms_run_on_bf16_matmul():
 
     model = _model(lp.Policy("bf16_native"))
     x = np.random.RandomState(0).randn(2, 6, 6, 2).astype("float32")
-    with mock.patch.object(bf16_gemm, "bf16_matmul", counting):
+    # The registry's entry is what the emulation runs; bf16_conv2d calls the module's function.
+    entry = dataclasses.replace(gemm_registry.get("bf16_dot"), matmul=counting)
+    with mock.patch.object(bf16_gemm, "bf16_matmul", counting), mock.patch.dict(
+            gemm_registry.ACCUMULATORS, {"bf16_dot": entry}):
         _outputs_and_gradients(model, x)
     # Conv2D (im2col), the LSTM's input and recurrent GEMMs, the Dense: all of them.
     assert len(calls) >= 4

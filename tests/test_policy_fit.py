@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tf_lowprec as lp
-from tf_lowprec import datasets
+from tf_lowprec.cli import datasets
 
 PRESETS = ["fp32", "bf16", "fp16", "fp8", "hfp8", "dfp16", "bf16_native"]
 

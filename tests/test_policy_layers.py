@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import _keras_hooks
+from tf_lowprec.keras import adapter
 from policy_reference import (
     assert_bitwise_equal,
     error,
@@ -162,9 +162,9 @@ def test_custom_layer_ops_are_emulated(policy_name):
 
     spec = policy.spec
     # The FP32 ops are the backend's own (unrouted) functions.
-    matmul = _keras_hooks.original("numpy", "matmul")
-    einsum = _keras_hooks.original("numpy", "einsum")
-    conv = _keras_hooks.original("nn", "conv")
+    matmul = adapter.original("numpy", "matmul")
+    einsum = adapter.original("numpy", "einsum")
+    conv = adapter.original("nn", "conv")
 
     def ref(x):
         h = error(matmul(operand(x, spec, "activations"), operand(layer.w, spec, "weights")), spec)
@@ -214,7 +214,7 @@ def test_fp32_preset_is_the_unrounded_control():
 
 
 def test_dfp16_runs_dense_and_conv2d_on_the_int16_gemm():
-    """With tf_lowprec.dfp_gemm present, dfp16 GEMMs are its INT16 GEMMs (INT32 chains)."""
+    """With tf_lowprec.gemm.dfp present, dfp16 GEMMs are its INT16 GEMMs (INT32 chains)."""
     policy = lp.Policy("dfp16")
     x = _inputs([(4, 6)])[0]
     dense = keras.layers.Dense(3, dtype=policy)

@@ -32,7 +32,8 @@ from rounding_testing import (
     specials,
     tf_side,
 )
-from tf_lowprec import reference, tf_rounding
+from tf_lowprec.numerics import reference
+from tf_lowprec.numerics import tf_rounding
 
 DRAWS = 10**6
 SIGMAS = 5

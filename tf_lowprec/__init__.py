@@ -1,13 +1,27 @@
 """tf_lowprec: emulated low-precision training for Keras 3 on TensorFlow.
 
+The package is layered (docs/architecture.md); each layer imports only the
+ones below it:
+
+- `numerics`: number formats, rounding (C++ kernels and their stock-TF
+  twins), NumPy references, statistics;
+- `gemm`: the GEMMs with their own accumulation (INT16 DFP, BF16 VDPBF16PS
+  order) and their stock-TF twins;
+- `keras`: dtype policies, the emulated GEMMs, and the adapter, the one
+  module that touches Keras internals;
+- `training`: adaptive loss scaling, 16-bit weight updates, callbacks, layers;
+- `export` (SavedModel without custom ops) and `cli` (the `tf-lowprec` command).
+
 >>> import tensorflow as tf, tf_lowprec as lp
 >>> lp.round_to_format(tf.constant([3.14159]), lp.BF16).numpy()
 array([3.140625], dtype=float32)
 """
 
-from tf_lowprec import formats
+import sys
+
+from tf_lowprec.numerics import formats
 from tf_lowprec._op_library import OpLibraryError, kernel_tiers
-from tf_lowprec.formats import (
+from tf_lowprec.numerics.formats import (
     BF16,
     BF16_INTEL,
     DFP16,
@@ -22,19 +36,36 @@ from tf_lowprec.formats import (
     DfpFormat,
     FloatFormat,
 )
-from tf_lowprec import callbacks, layers, loss_scaling
+from tf_lowprec.training import callbacks
+from tf_lowprec.training import layers
+from tf_lowprec.training import loss_scaling
 from tf_lowprec.export import export_saved_model
-from tf_lowprec.bf16_gemm import bf16_conv2d, bf16_matmul
-from tf_lowprec.dfp_gemm import dfp_conv2d, dfp_gemm_counters, dfp_matmul
-from tf_lowprec.rounding import quantize, quantize_dfp, round_gradient, round_to_format
-from tf_lowprec.policy import Policy, PrecisionSpec
-from tf_lowprec.loss_scaling import AdaptiveLossScaleOptimizer
-from tf_lowprec.stats import precision_stats
-from tf_lowprec.weight_updates import LowPrecisionWeights
+from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
+from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
+from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
+from tf_lowprec.keras.policy import Policy, PrecisionSpec
+from tf_lowprec.training.loss_scaling import AdaptiveLossScaleOptimizer
+from tf_lowprec.numerics.stats import precision_stats
+from tf_lowprec.training.weight_updates import LowPrecisionWeights
+from tf_lowprec.keras import adapter as _adapter
+from tf_lowprec.keras import emulation as _emulation  # noqa: F401 (its listeners)
+
+# The one step that patches Keras (idempotent).  On an unsupported Keras the
+# numerics still import; constructing a Policy raises the adapter's error.
+try:
+    _adapter.install()
+except _adapter.UnsupportedKerasVersionError:
+    pass
+
+# The public submodules of the flat layout keep their import paths
+# (`from tf_lowprec.callbacks import PrecisionMonitor`).
+for _module in (formats, callbacks, layers, loss_scaling):
+    sys.modules[f"{__name__}.{_module.__name__.rsplit('.', 1)[1]}"] = _module
+del _module
 
 __version__ = "0.1.0"
 SUPPORTED_TENSORFLOW = "2.21"
-SUPPORTED_KERAS = "3.15"
+SUPPORTED_KERAS = _adapter.SUPPORTED_KERAS_VERSIONS[-1]
 
 __all__ = [
     "AdaptiveLossScaleOptimizer",

@@ -4,12 +4,13 @@ The C++ kernels are not part of stock TensorFlow, so an exported graph must not
 contain them.  `export_saved_model` traces the model with either
 
 - numerics="emulated": every rounding lowered to the pure-TensorFlow path
-  (`tf_lowprec.tf_rounding`, bit-identical to the kernels), so the served
+  (`tf_lowprec.numerics.tf_rounding`, bit-identical to the kernels), so the served
   model computes exactly what `model.predict` computes under its policies; or
 - numerics="float32": the emulation stripped, plain FP32 layers.
 
 `keras.Model.export(path, format="tf_saved_model")` of a model under a policy
-takes the "emulated" route too (see `_keras_hooks`), so it is safe as well.
+takes the "emulated" route too (the adapter's "export" listener), so it is
+safe as well.
 
 >>> import keras, numpy as np, tf_lowprec as lp
 >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy("fp8"))])
@@ -25,7 +26,8 @@ import threading
 
 import keras
 
-from tf_lowprec import policy as policy_lib
+from tf_lowprec.keras import adapter
+from tf_lowprec.keras import policy as policy_lib
 
 NUMERICS = ("emulated", "float32")
 _state = threading.local()
@@ -37,7 +39,7 @@ def in_traced_numerics():
 
 
 def _policy_layers(model):
-    return [layer for layer in [model] + list(model._flatten_layers(include_self=False))
+    return [layer for layer in adapter.model_layers(model)
             if isinstance(layer.dtype_policy, policy_lib.Policy)]
 
 
@@ -81,3 +83,11 @@ def export_saved_model(model, path, numerics="emulated", *, input_signature=None
     with traced_numerics(model, numerics):
         model.export(path, format="tf_saved_model", input_signature=input_signature,
                      verbose=verbose)
+
+
+def _export_numerics(model):
+    """The adapter's "export" listener: `Model.export` traces with pure-TF rounding."""
+    return None if in_traced_numerics() else traced_numerics(model, "emulated")
+
+
+adapter.set_listener("export", _export_numerics)

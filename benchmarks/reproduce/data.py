@@ -19,7 +19,7 @@ import sysconfig
 
 import numpy as np
 
-from tf_lowprec import datasets
+from tf_lowprec.cli import datasets
 
 # Characters of the text task: printable ASCII, newline and tab; anything else
 # (non-ASCII letters in a few docstrings) maps to one "other" id.

@@ -1,4 +1,4 @@
-"""The papers' headline figures, as /work/shared/docs/papers.md records them.
+"""The papers' headline figures, as docs/papers.md records them.
 
 `verified` is False where papers.md could only recall the number (it had no
 full text of the paper); those are printed with "(unverified)".

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
-from tf_lowprec import dfp_gemm
+from tf_lowprec.gemm import dfp as dfp_gemm
 
 SIZES = (256, 512, 1024, 2048)
 QUICK_SIZES = (128, 256)

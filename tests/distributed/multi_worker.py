@@ -35,6 +35,8 @@ def main():
         optimizer = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.05 * 2.0**16),
                                                   initial_scale=2.0**10)
         optimizer.build(model.trainable_variables)
+        # The layers find their error scaler as the model's optimizer.
+        model.compile(optimizer=optimizer)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     global_batch = 16
     options = tf.data.Options()

@@ -1,14 +1,14 @@
 """NumPy reference of the rounding ops, written from the definitions.
 
 The C++ kernels (custom_ops/kernels/rounding.h) and the pure-TF path
-(`tf_lowprec.tf_rounding`) manipulate float32 bit patterns.  This module
+(`tf_lowprec.numerics.tf_rounding`) manipulate float32 bit patterns.  This module
 does not: it works with values in float64, where every float32 and every
 product of one with a power of two in float32's range is exact, so that
 `|x| / 2^k`, its floor and its fractional part are computed without error by
 `np.ldexp` and `np.floor`.  Agreement between the three is therefore evidence
 that the bit tricks implement the definitions below, not a copy of them.
 
-Definitions (see `FloatFormat` and `DfpFormat` in `tf_lowprec.formats`):
+Definitions (see `FloatFormat` and `DfpFormat` in `tf_lowprec.numerics.formats`):
 
 * Grid of a float format at x: step `2^k` with
   `k = max(floor(log2 |x|), min_exponent) - mantissa_bits`.
@@ -21,7 +21,8 @@ Definitions (see `FloatFormat` and `DfpFormat` in `tf_lowprec.formats`):
   iff `F + U >= 2^32`.
 
 >>> import numpy as np
->>> from tf_lowprec import reference, BF16
+>>> from tf_lowprec import BF16
+>>> from tf_lowprec.numerics import reference
 >>> reference.round_to_format(np.float32([1 + 2**-8, 1 + 3 * 2**-8]), BF16)
 array([1.      , 1.015625], dtype=float32)
 >>> values, exponents = reference.quantize_dfp(np.float32([3.0, 1e-5]), reference.DFP16)
@@ -31,7 +32,7 @@ array([1.      , 1.015625], dtype=float32)
 
 import numpy as np
 
-from tf_lowprec.formats import DFP16, ROUNDING_MODES, DfpFormat, FloatFormat  # noqa: F401
+from tf_lowprec.numerics.formats import DFP16, ROUNDING_MODES, DfpFormat, FloatFormat  # noqa: F401
 
 # Shared exponent of a DFP block with no finite non-zero value.
 DFP_NO_SCALE = -1024

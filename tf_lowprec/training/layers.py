@@ -13,8 +13,8 @@ model's input.
 import keras
 import tensorflow as tf
 
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import rounding as rounding_lib
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import rounding as rounding_lib
 
 
 @keras.saving.register_keras_serializable(package="tf_lowprec")

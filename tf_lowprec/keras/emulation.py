@@ -14,10 +14,17 @@ rounds dY before it reaches both backward GEMMs.
 
 A `LayerContext` holds what the rounding of one layer call needs: the layer,
 its policy, the spec in force (the first/last-layer override included), the
-implementation and the seeds.  `_keras_hooks` builds one for each routed
-backend op, and every rounding goes through `LayerContext.round`, where
-role hooks (`add_role_hook`) can observe or transform tensors per layer and
-role, e.g. per-layer loss scales or under/overflow statistics.
+implementation and the seeds.  The Keras adapter (`tf_lowprec.keras.adapter`)
+hands every routed backend op to `route_gemm`, which builds one when the
+innermost layer has a `Policy`; every rounding goes through
+`LayerContext.round`, where role hooks (`add_role_hook`) can observe tensors
+per layer and role (the `PrecisionMonitor`'s statistics).
+
+Per-layer loss scaling is not a hook: a GEMM scales its error only for a
+model compiled with an optimizer that offers a `gemm_error_scaler`
+(`tf_lowprec.AdaptiveLossScaleOptimizer`), and everything that passes
+between the gradient functions of one GEMM travels as data in the gradient
+graph (see `ErrorScaling`).
 
 >>> import keras, numpy as np, tf_lowprec as lp
 >>> layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones",
@@ -27,17 +34,21 @@ role, e.g. per-layer loss scales or under/overflow statistics.
 """
 
 import functools
-import importlib
+import math
 import random
 import weakref
 import zlib
 
+import keras
 import tensorflow as tf
 
-from tf_lowprec import rounding as rounding_lib
+from tf_lowprec.gemm import registry as gemm_registry
+from tf_lowprec.keras import adapter
+from tf_lowprec.keras.policy import ROLES, Policy
+from tf_lowprec.numerics import rounding as rounding_lib
 
 # Salts that make the seeds of the roles of one layer call independent.
-_ROLE_IDS = {"activations": 1, "weights": 2, "errors": 3, "weight_gradients": 4, "storage": 5}
+_ROLE_IDS = {role: index + 1 for index, role in enumerate(ROLES)}
 _role_hooks = []
 _process_seed = None
 # GEMM-bearing layers of each model: first and last (for first_last specs).
@@ -62,9 +73,7 @@ def add_role_hook(hook):
 
 
 def _global_seed():
-    from keras.src.backend.common import global_state  # noqa: PLC0415
-
-    seed = global_state.get_global_attribute("global_random_seed")
+    seed = adapter.keras_global_seed()
     if seed is not None:
         return int(seed)
     # Keras keeps its seed per thread, and tf.distribute traces replicas in
@@ -89,15 +98,11 @@ def _replica_id():
 
 
 def _is_variable(x):
-    import keras  # noqa: PLC0415
-
     return isinstance(x, (keras.Variable, tf.Variable))
 
 
 def _gemm_layers(model):
     """Leaf layers with a weight matrix (or kernel) in execution order, Embedding excluded."""
-    import keras  # noqa: PLC0415
-
     found = []
 
     def visit(layer):
@@ -143,8 +148,6 @@ class LayerContext:
     """
 
     def __init__(self, layer, policy, callers, scope=None, outer_scope=None):
-        import keras  # noqa: PLC0415
-
         self.layer = layer
         self.policy = policy
         self.callers = callers
@@ -255,8 +258,12 @@ class LayerContext:
         """`op(*rounded operands)` with the output's gradient rounded as an error.
 
         `operands` is a list of (tensor, role) pairs; the result is None when an
-        operand is not float32 (the caller then runs the op unemulated).
+        operand is not float32 (the caller then runs the op unemulated).  For a
+        model compiled with an error-scaling optimizer, the error is scaled
+        before it is rounded and the operands' gradients are unscaled
+        (`ErrorScaling`).
         """
+        scaling = ErrorScaling.for_context(self)
         tensors = []
         for x, role in operands:
             if role == "weights" and _is_variable(x) and _in_while_body():
@@ -266,18 +273,22 @@ class LayerContext:
                 rounded = self._round_weights_before_loop(x)
                 if rounded is None:
                     return None
-                tensors.append(rounded)
+                # Unscaled inside the loop: each timestep has its own scale.
+                tensors.append(rounded if scaling is None else scaling.unscale(rounded))
                 continue
             x = tf.convert_to_tensor(x)
             if x.dtype != tf.float32:
                 return None
+            if scaling is not None:
+                # Before the operand's quantizer, so that a weight gradient it
+                # rounds is rounded while still scaled.
+                x = scaling.unscale(x)
             tensors.append(self.round(x, role))
-        return self.round(op(*tensors), "errors")
+        y = self.round(op(*tensors), "errors")
+        return y if scaling is None else scaling.scale_errors(y)
 
     def _round_weights_before_loop(self, variable):
-        outer = tf.compat.v1.get_default_graph()
-        while _in_while_body(outer):
-            outer = outer.outer_graph
+        outer = _outer_graph()
         cache = _hoisted_weights.setdefault(outer, {})
         key = (id(variable), self._call_index()[0])
         if key not in cache:
@@ -297,13 +308,10 @@ class LayerContext:
 def round_layer_outputs(layer, policy, outputs):
     """Rounds a layer's float32 outputs to the policy's `storage` format.
 
-    Called by `_keras_hooks` after `Layer.__call__`; symbolic (KerasTensor)
-    and non-float32 outputs pass unchanged.
+    The adapter's "layer_outputs" listener (after `Layer.__call__`); symbolic
+    (KerasTensor) and non-float32 outputs pass unchanged.
     """
-    from tf_lowprec import _keras_hooks  # noqa: PLC0415
-    import keras  # noqa: PLC0415
-
-    callers = [c for c, _ in _keras_hooks.current_callers()] + [layer]
+    callers = [c for c, _ in adapter.current_callers()] + [layer]
     context = LayerContext(layer, policy, callers)
     if context.spec.role("storage") is None:
         return outputs
@@ -318,6 +326,158 @@ def round_layer_outputs(layer, policy, outputs):
     return keras.tree.map_structure(round_one, outputs)
 
 
+def _error_scaler(model):
+    """What `gemm_error_scaler()` of `model`'s optimizer (or of one it wraps) gives, or None."""
+    optimizer = getattr(model, "optimizer", None) if model is not None else None
+    while optimizer is not None:
+        method = getattr(optimizer, "gemm_error_scaler", None)
+        if method is not None:
+            return method()
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+    return None
+
+
+class ErrorScaling:
+    """Per-layer error scaling of one emulated GEMM; its state is data in the graph.
+
+    Used for a model whose optimizer (or one it wraps) has a
+    `gemm_error_scaler()` method that returns a scaler
+    (`tf_lowprec.AdaptiveLossScaleOptimizer`), on layers
+    whose errors round to a float format.  The scaler offers three methods:
+
+    - `global_error_scale()`: the float32 scale the errors already carry
+      (read in the forward pass);
+    - `error_scale(errors, global_scale, fmt)`: the absolute power-of-two
+      scale for `errors`, a pure function of values;
+    - `collect_error_scales(layer_path, statistics)`: receives, as a value
+      in the graph of the training step, the sum over the layer's scaled
+      errors of [log2(absolute scale), 1]; the scaler assigns its variables
+      from it outside the gradient computation.
+
+    Forward, for y = op(Q_a(a), Q_w(w)) the GEMM builds
+
+        y' = scale(Q_e(op(Q_a(unscale(a)), Q_w(unscale(w)))), global, probe, links)
+
+    where each `unscale` has a second output, a zero scalar "link", that
+    feeds `scale`.  Backward, `scale`'s gradient function computes alpha from
+    dY's statistics and returns alpha * dY for y, alpha as the gradient of
+    each link and the statistics as the gradient of the probe.  So every
+    `unscale` gradient function receives alpha with its incoming gradient
+    (dv / alpha) whatever order TensorFlow runs them in, and inside a
+    recurrent loop, where each timestep has its own alpha.
+
+    The probe is a zero [2] tensor made outside any tf.while_loop from a
+    trainable variable of the layer, so that TensorFlow computes its
+    gradient (summed over timesteps); its gradient function, in the graph of
+    the training step, hands that sum to the scaler.  A layer without
+    trainable variables is scaled without statistics.
+    """
+
+    def __init__(self, context, scaler, fmt):
+        self.context = context
+        self.scaler = scaler
+        self.fmt = fmt
+        self.links = []
+
+    @classmethod
+    def for_context(cls, context):
+        """An ErrorScaling for one GEMM of `context`, or None where errors are not scaled."""
+        entry = context.spec.role("errors")
+        if entry is None or not entry[0].fixed_range:
+            return None
+        scaler = _error_scaler(context.model)
+        if scaler is None:
+            return None
+        return cls(context, scaler, entry[0])
+
+    def unscale(self, x):
+        """Identity on x whose gradient is divided by the alpha its link receives."""
+        @tf.custom_gradient
+        def unscale(v):
+            def grad(dv, alpha):
+                # alpha is 0 only when the GEMM's output got no gradient (dv is 0 then too).
+                return tf.math.divide_no_nan(dv, alpha)
+
+            return (tf.identity(v), tf.zeros([], tf.float32)), grad
+
+        value, link = unscale(x)
+        self.links.append(link)
+        return value
+
+    def _step_inputs(self):
+        """(global scale, probe or None), made outside any tf.while_loop."""
+        layer = self.context.layer
+        path = layer.path or layer.name
+        scaler = self.scaler
+        if not _in_while_body():
+            global_scale = scaler.global_error_scale()
+        else:
+            with _outer_graph().as_default():
+                global_scale = scaler.global_error_scale()
+        probe = gradient_probe(layer, 2, lambda total: scaler.collect_error_scales(path, total))
+        return global_scale, probe
+
+    def scale_errors(self, y):
+        """Identity on the GEMM's (error-rounded) output; its gradient scales dY."""
+        global_scale, probe = self._step_inputs()
+        scaler, fmt, links = self.scaler, self.fmt, self.links
+        extra = [] if probe is None else [probe]
+
+        @tf.custom_gradient
+        def scale(v, carried_scale, *rest):
+            def grad(dy):
+                absolute = scaler.error_scale(dy, carried_scale, fmt)
+                alpha = absolute / carried_scale
+                grads = [dy * alpha, tf.zeros_like(carried_scale)]
+                if extra:
+                    exponent = tf.round(tf.math.log(absolute) / math.log(2.0))
+                    grads.append(tf.stack([exponent, tf.ones_like(exponent)]))
+                return grads + [alpha] * len(links)
+
+            return tf.identity(v), grad
+
+        return scale(y, global_scale, *extra, *links)
+
+
+def gradient_probe(layer, size, deliver):
+    """A zero float32 [size] tensor whose gradient is handed to `deliver`, or None.
+
+    The way values computed in gradient functions leave the gradient graph:
+    pass the probe into a `tf.custom_gradient` function of the forward pass
+    and return the values as the probe's gradient.  The probe is made
+    outside any tf.while_loop from a trainable variable of `layer`, so
+    TensorFlow computes its gradient (the sum of the values over every use
+    and every timestep of a recurrent loop) and calls `deliver(total)` in
+    the graph of the training step.  None when `layer` has no trainable
+    float variable.
+    """
+    sources = [w for w in layer.trainable_weights
+               if tf.as_dtype(w.dtype).is_floating] if layer.trainable else []
+    if not sources:
+        return None
+
+    @tf.custom_gradient
+    def probe(v):
+        def grad(total):
+            deliver(total)
+            return tf.zeros_like(v)
+
+        return tf.zeros([size], tf.float32), grad
+
+    if not _in_while_body():
+        return probe(tf.convert_to_tensor(sources[0]))
+    with _outer_graph().as_default():
+        return probe(tf.convert_to_tensor(sources[0]))
+
+
+def _outer_graph():
+    """The graph around the current (nested) tf.while_loop bodies."""
+    outer = tf.compat.v1.get_default_graph()
+    while _in_while_body(outer):
+        outer = outer.outer_graph
+    return outer
+
+
 def _in_while_body(graph=None):
     """Whether `graph` (default: the current one) is the body of a tf.while_loop."""
     graph = graph if graph is not None else tf.compat.v1.get_default_graph()
@@ -329,28 +489,13 @@ def operand_role(x):
     return "weights" if _is_variable(x) else "activations"
 
 
-# The GEMM modules that implement the accumulators other than "fp32", and the
-# prefix of their functions: "int32" -> dfp_gemm.dfp_matmul / dfp_conv2d.
-_ACCUMULATOR_GEMMS = {"int32": ("dfp_gemm", "dfp_"), "bf16_dot": ("bf16_gemm", "bf16_")}
-
-
 def accumulator_gemm(accumulator, name):
     """The op that runs `name` ("matmul", "conv2d") with `accumulator`, or None.
 
-    The one place that routes policies whose accumulator is not "fp32" to a
-    GEMM of their own: "int32" (DFP operands) to `tf_lowprec.dfp_gemm`'s INT16
-    GEMM, "bf16_dot" to `tf_lowprec.bf16_gemm` (VDPBF16PS order).  None when
-    the accumulator is "fp32" or its module is not installed; the rounded
-    operands are then multiplied by the FP32 op.
+    The registered kernel of `tf_lowprec.gemm.registry` (None for "fp32":
+    the rounded operands are then multiplied by the FP32 op).
     """
-    if accumulator not in _ACCUMULATOR_GEMMS:
-        return None
-    module_name, prefix = _ACCUMULATOR_GEMMS[accumulator]
-    try:
-        module = importlib.import_module(f"tf_lowprec.{module_name}")
-    except ImportError:
-        return None
-    return getattr(module, prefix + name, None)
+    return getattr(gemm_registry.get(accumulator), name)
 
 
 # Emulated backend functions.  Each takes the LayerContext and the backend's
@@ -377,7 +522,8 @@ def matmul(context, original, x1, x2):
     op = original
     gemm = accumulator_gemm(context.spec.accumulator, "matmul")
     if gemm is not None and len(x1.shape) >= 2 and len(x2.shape) >= 2 and (
-        context.spec.accumulator == "bf16_dot" or (len(x1.shape) == 2 and len(x2.shape) == 2)
+        gemm_registry.get(context.spec.accumulator).batched_matmul
+        or (len(x1.shape) == 2 and len(x2.shape) == 2)
     ):
         op = _flattened_matmul(functools.partial(gemm, implementation=context.implementation))
     y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
@@ -394,8 +540,6 @@ def einsum(context, original, subscripts, *operands, **kwargs):
 
 def _accumulator_conv2d(context, inputs, args, kwargs):
     """The accumulator's conv2d bound to Keras conv arguments, or None where it does not apply."""
-    import keras  # noqa: PLC0415
-
     conv2d = accumulator_gemm(context.spec.accumulator, "conv2d")
     names = ("strides", "padding", "data_format", "dilation_rate")
     options = dict(zip(names, args), **kwargs)
@@ -426,8 +570,7 @@ conv_transpose = _conv_like("conv_transpose")
 
 
 def separable_conv(context, original, inputs, depthwise_kernel, pointwise_kernel, strides=1,
-                   padding="valid", data_format=None, dilation_rate=1, *,
-                   depthwise_original, conv_original):
+                   padding="valid", data_format=None, dilation_rate=1):
     """Two emulated GEMMs: the depthwise conv, then the 1x1 pointwise conv.
 
     The depthwise output is an activation entering the pointwise GEMM, so it
@@ -435,13 +578,13 @@ def separable_conv(context, original, inputs, depthwise_kernel, pointwise_kernel
     would be.
     """
     del original  # tf.nn.separable_conv2d fuses the two GEMMs; they are run one by one
-    hidden = depthwise_conv(context, depthwise_original, inputs, depthwise_kernel,
+    hidden = depthwise_conv(context, adapter.original("nn", "depthwise_conv"), inputs, depthwise_kernel,
                             strides, padding, data_format, dilation_rate)
-    return conv(context, conv_original, hidden, pointwise_kernel, 1, "valid", data_format, 1)
+    return conv(context, adapter.original("nn", "conv"), hidden, pointwise_kernel, 1, "valid", data_format, 1)
 
 
 def dot_product_attention_core(context, original, query, key, value, bias, mask, is_causal,
-                               scale, *, nn_module):
+                               scale):
     """The TF backend's attention core with both einsums emulated; softmax in FP32."""
     def einsum_op(equation):
         return lambda a, b: tf.einsum(equation, a, b, optimize="optimal")
@@ -453,7 +596,45 @@ def dot_product_attention_core(context, original, query, key, value, bias, mask,
     logits = tf.multiply(logits, tf.cast(scale, logits.dtype))
     if bias is not None:
         logits = tf.add(logits, tf.cast(bias, logits.dtype))
-    padded_logits = nn_module._apply_masks(logits, mask, is_causal)
+    padded_logits = adapter.apply_attention_masks(logits, mask, is_causal)
     probs = tf.nn.softmax(padded_logits, axis=-1)
     return context.gemm(einsum_op("BNTS,BSNH->BTNH"),
                         [(probs, "activations"), (value, "activations")])
+
+
+# The emulated twin of each routed backend function.
+_EMULATED = {
+    "matmul": matmul,
+    "einsum": einsum,
+    "conv": conv,
+    "depthwise_conv": depthwise_conv,
+    "conv_transpose": conv_transpose,
+    "separable_conv": separable_conv,
+    "_dot_product_attention_xla": dot_product_attention_core,
+}
+
+
+def active_context(callers):
+    """A `LayerContext` when the innermost of `callers` has an emulating `Policy`, else None.
+
+    `callers`: (layer, name-scope entry) pairs, outermost first, as
+    `adapter.current_callers()` gives them.
+    """
+    layer, entry = callers[-1]
+    policy = adapter.layer_policy(layer)
+    if not isinstance(policy, Policy) or not policy.spec.emulates:
+        return None
+    return LayerContext(layer, policy, [c for c, _ in callers], scope=entry,
+                        outer_scope=callers[0][1])
+
+
+def route_gemm(name, original, callers, args, kwargs):
+    """The adapter's "gemm" listener: runs the backend function `name` emulated, or declines."""
+    context = active_context(callers)
+    if context is None:
+        return NotImplemented
+    return _EMULATED[name](context, original, *args, **kwargs)
+
+
+adapter.set_listener("gemm", route_gemm)
+adapter.set_listener("layer_outputs", round_layer_outputs)

@@ -7,7 +7,7 @@ file order, which is sorted by label, so the split is stratified: in each
 class the first 400 images (file order) are for training and the last 100 for
 testing.  Training images are then shuffled with a fixed permutation.
 
->>> from tf_lowprec import datasets
+>>> from tf_lowprec.cli import datasets
 >>> (x_train, y_train), (x_test, y_test) = datasets.load_mnist_5k()
 >>> x_train.shape, x_test.shape, x_train.dtype
 ((4000, 28, 28), (1000, 28, 28), dtype('float32'))
@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+# The sample ships in tf_lowprec/data (package data of the top-level package).
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
 MNIST_5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
 TRAIN_PER_CLASS = 400
 
@@ -57,7 +58,7 @@ def load_mnist(prefer_tfds=True, normalize=True, return_source=False):
       normalize: scale pixels to [0, 1] float32 (else uint8 0..255).
       return_source: also return "tensorflow_datasets" or "bundled mnist_5k".
 
-    >>> from tf_lowprec import datasets
+    >>> from tf_lowprec.cli import datasets
     >>> (x, y), _, source = datasets.load_mnist(prefer_tfds=False, return_source=True)
     >>> x.shape, source
     ((4000, 28, 28), 'bundled mnist_5k')

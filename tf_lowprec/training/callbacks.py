@@ -25,19 +25,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_lowprec import emulation
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import policy as policy_lib
-from tf_lowprec import stats as stats_lib
+from tf_lowprec.keras import emulation
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.keras import adapter
+from tf_lowprec.keras import policy as policy_lib
+from tf_lowprec.numerics import stats as stats_lib
 
-ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
+ROLES = policy_lib.ROLES
 STATS = ("underflow", "overflow", "subnormal")
 
 
 def _emulated_layers(model):
     """Layers (the model's own included) whose dtype policy is an emulating lp.Policy."""
     found = []
-    for layer in [model] + list(model._flatten_layers(include_self=False)):
+    for layer in adapter.model_layers(model):
         policy = layer.dtype_policy
         if isinstance(policy, policy_lib.Policy) and policy.spec.emulates:
             found.append(layer)
@@ -110,15 +111,37 @@ class PrecisionMonitor(keras.callbacks.Callback):
             variables[name].assign(values[name])
 
     def _observe_gradient(self, context, role, fmt, y):
+        """Identity on y whose gradient's statistics leave the gradient graph as values.
+
+        A recurrent layer computes its gradients inside a tf.while_loop, where
+        no variable of the step can be assigned: the statistics of every
+        timestep are summed into the gradient of a probe
+        (`emulation.gradient_probe`) and assigned (as means) in the graph of
+        the training step.
+        """
+        key = (_layer_key(context.layer), role)
+        variables = self._variables.get(key)
+        if variables is None:
+            return y
+
+        def assign_means(total):  # [sum of each statistic..., count]
+            for index, name in enumerate(STATS):
+                variables[name].assign(total[index] / total[len(STATS)])
+
+        probe = emulation.gradient_probe(context.layer, len(STATS) + 1, assign_means)
+        if probe is None:
+            return y
+        self._observed.add(key)
+
         @tf.custom_gradient
-        def observe(v):
+        def observe(v, unused_probe):
             def grad(dy):
-                self._record(context, role, fmt, dy)
-                return dy
+                values = stats_lib.precision_stats(dy, fmt, implementation=context.implementation)
+                return dy, tf.stack([values[name] for name in STATS] + [tf.ones([])])
 
             return tf.identity(v), grad
 
-        return observe(y)
+        return observe(y, probe)
 
     def _hook(self, context, role, x, round_fn):
         if not self._tracing_sampler:
@@ -272,7 +295,7 @@ class PolicySchedule(keras.callbacks.Callback):
         policy = self._policy_for(epoch)
         if policy is None:
             return
-        for layer in self.model._flatten_layers(include_self=False):
+        for layer in adapter.model_layers(self.model)[1:]:
             chosen = (self.layers(layer) if self.layers is not None else
                       isinstance(layer.dtype_policy, policy_lib.Policy) or id(layer) in
                       self._switched)

@@ -1,7 +1,7 @@
 """The INT16 DFP GEMM written with stock TensorFlow ops only.
 
 Bit-identical to the LowprecDfpMatmul kernel (and to
-`tf_lowprec.reference_gemm`, which states the arithmetic): integer mantissas,
+`tf_lowprec.gemm.reference`, which states the arithmetic): integer mantissas,
 exact chunk sums, FP32 accumulation of the chunk sums in K order, one scaling
 per exponent block, NaN rows/columns for non-finite operands.  It is the path
 used where the custom op cannot go (SavedModels for TF Serving, XLA, GPUs),

@@ -8,7 +8,7 @@ chunks of `chunk_size` elements; each chunk's integer sum is exact (INT32
 chains, checked for overflow and recomputed in INT64 where a chain would have
 overflowed), chunk sums are added in FP32 in K order and the total is scaled
 by 2^(Ea + Eb) once per exponent block.  docs/dfp_gemm.md states the
-arithmetic precisely; `tf_lowprec.reference_gemm` reproduces it in NumPy.
+arithmetic precisely; `tf_lowprec.gemm.reference` reproduces it in NumPy.
 
 >>> import tensorflow as tf, tf_lowprec as lp
 >>> a = tf.constant([[1.0, 2.0], [3.0, 4.0]])
@@ -20,11 +20,11 @@ array([[ 7., 10.],
 import numpy as np
 import tensorflow as tf
 
-from tf_lowprec import _gemm_common
+from tf_lowprec.gemm import common as _gemm_common
 from tf_lowprec import _op_library
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import rounding as rounding_lib
-from tf_lowprec import tf_dfp_gemm
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import rounding as rounding_lib
+from tf_lowprec.gemm import tf_dfp as tf_dfp_gemm
 from tf_lowprec._op_library import load as _load_ops
 
 MAX_BITS = 16  # the mantissas must fit INT16
@@ -94,7 +94,7 @@ def gemm_quantized(aq, ea, bq, eb, fmt, *, transpose_a=False, transpose_b=False,
     `aq, ea` and `bq, eb` are `quantize_operand` outputs.  Returns
     `(product, overflowed_chunks)`.  With implementation "tf" (or "auto" where
     the kernel cannot run: a GPU, XLA) the bit-identical stock-TF twin in
-    `tf_lowprec.tf_dfp_gemm` runs instead; it does not count overflows.
+    `tf_lowprec.gemm.tf_dfp` runs instead; it does not count overflows.
     """
     per_block = fmt.block_size is not None
     batch = tf.broadcast_dynamic_shape(_batch_shape(aq), _batch_shape(bq))

@@ -1,11 +1,11 @@
-"""NumPy reference of the DFP16 INT16 GEMM (`tf_lowprec.dfp_gemm`), bit for bit.
+"""NumPy reference of the DFP16 INT16 GEMM (`tf_lowprec.gemm.dfp`), bit for bit.
 
 It does the same integer arithmetic as the kernels, written plainly: INT16
 mantissas, exact int64 chunk sums, FP32 accumulation of the chunk sums in K
 order, one scaling per exponent block.  docs/dfp_gemm.md states the rules.
 
 >>> import numpy as np
->>> from tf_lowprec import reference_gemm
+>>> from tf_lowprec.gemm import reference as reference_gemm
 >>> a = np.array([[1.0, 2.0]], np.float32); b = np.array([[3.0], [4.0]], np.float32)
 >>> e = np.zeros((1, 1, 1), np.int32)
 >>> reference_gemm.dfp_matmul_quantized(a, e, b, e)

@@ -29,8 +29,8 @@ array([1., 1., 1.], dtype=float32)
 import keras
 import tensorflow as tf
 
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import rounding as rounding_lib
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import rounding as rounding_lib
 
 UPDATE_ROUNDINGS = ("nearest_even", "stochastic", "kahan")
 

@@ -21,15 +21,15 @@ than the kernel; it exists so that a model whose policy uses the "bf16_dot"
 accumulator computes the same numbers wherever TensorFlow runs.
 
 >>> import tensorflow as tf
->>> from tf_lowprec import tf_bf16_gemm
+>>> from tf_lowprec.gemm import tf_bf16 as tf_bf16_gemm
 >>> tf_bf16_gemm.matmul(tf.constant([[1.0, 2.0]]), tf.constant([[3.0], [4.0]])).numpy()
 array([[11.]], dtype=float32)
 """
 
 import tensorflow as tf
 
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import tf_rounding
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import tf_rounding
 
 _MIN_NORMAL = 2.0**-126
 # Tininess is detected after rounding to 24 bits with an unbounded exponent:

@@ -4,8 +4,17 @@
 `exponent_bits`, `mantissa_bits` and an exponent bias; `DfpFormat` describes
 dynamic fixed point (integer mantissas with one shared exponent per tensor or
 per block).  The C++ kernels receive these fields as op attributes, the
-pure-TensorFlow path (`tf_lowprec.tf_rounding`) and the NumPy reference
-(`tf_lowprec.reference`) read the derived quantities below.
+pure-TensorFlow path (`tf_lowprec.numerics.tf_rounding`) and the NumPy reference
+(`tf_lowprec.numerics.reference`) read the derived quantities below.
+
+Formats are immutable values (`replace` makes changed copies), so the
+presets below can be shared.  Every kind of format (a class: float, DFP)
+declares here what the rest of the package asks of it, as class attributes
+and properties: `kind`, `fixed_range` (a largest finite value and a smallest
+normal: overflow and subnormal statistics, per-layer loss scales),
+`integer_mantissas` (integer GEMMs) and `needs_loss_scaling`; `register_kind`
+makes its configs loadable by `get`.  Its rounding is the kind's entry in
+`tf_lowprec.numerics.rounding.QUANTIZERS`.  See docs/architecture.md.
 
 Example:
 
@@ -18,6 +27,7 @@ True
 30.0
 """
 
+import dataclasses
 import math
 
 ROUNDING_MODES = ("nearest_even", "stochastic", "toward_zero")
@@ -46,7 +56,24 @@ def check_rounding(rounding, name="rounding"):
     _check_choice(name, rounding, ROUNDING_MODES)
 
 
-class FloatFormat:
+class _Immutable:
+    """Attributes are set once, in `__init__` (through `_set`)."""
+
+    def _set(self, **fields):
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(
+            f"{type(self).__name__} is immutable (presets are shared); "
+            f"use .replace({name}=...) for a changed copy"
+        )
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+
+class FloatFormat(_Immutable):
     """A binary floating-point format, emulated on float32.
 
     Values are `(-1)^s * 2^(e - bias) * 1.m` for exponent codes `e >= 1` and
@@ -122,15 +149,9 @@ class FloatFormat:
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, got {name!r}")
 
-        self.exponent_bits = exponent_bits
-        self.mantissa_bits = mantissa_bits
-        self.exponent_bias = exponent_bias
-        self.subnormals = subnormals
-        self.infinities = infinities
-        self.nan = nan
-        self.overflow = overflow
-        self.input_denormals = input_denormals
-        self.name = name
+        self._set(exponent_bits=exponent_bits, mantissa_bits=mantissa_bits,
+                  exponent_bias=exponent_bias, subnormals=subnormals, infinities=infinities,
+                  nan=nan, overflow=overflow, input_denormals=input_denormals, name=name)
 
         # Every value must be a float32: bias <= 127 keeps the smallest normal
         # at or above 2^-126; the largest value needs bias >= lowest_bias.
@@ -154,6 +175,16 @@ class FloatFormat:
                 f"2^{self.max_exponent}, beyond float32's range: exponent_bias must be at "
                 f"least {lowest_bias}"
             )
+
+    # What the package asks of a kind of format.
+    kind = "float"
+    fixed_range = True
+    integer_mantissas = False
+
+    @property
+    def needs_loss_scaling(self):
+        """Whether errors in this format underflow without loss scaling (FP16's range or less)."""
+        return self.exponent_bits <= 5
 
     # Derived quantities (the C++ twin is DeriveFloatGrid in number_formats.h).
 
@@ -273,7 +304,7 @@ class FloatFormat:
         return f"FloatFormat({', '.join(parts)})"
 
 
-class DfpFormat:
+class DfpFormat(_Immutable):
     """Dynamic fixed point: integer mantissas with a shared power-of-two exponent.
 
     A block of values x is stored as integers I with |I| <= 2^(bits-1) - 1 and
@@ -320,11 +351,15 @@ class DfpFormat:
         _check_int("extra_shift", extra_shift, 0, bits - 2)
         if name is not None and not isinstance(name, str):
             raise ValueError(f"name must be a string or None, got {name!r}")
-        self.bits = bits
-        self.block_size = block_size
-        self.axis = axis
-        self.extra_shift = extra_shift
-        self.name = name
+        self._set(bits=bits, block_size=block_size, axis=axis, extra_shift=extra_shift,
+                  name=name)
+
+    # What the package asks of a kind of format: the exponent follows the
+    # data, so nothing overflows or needs a loss scale.
+    kind = "dfp"
+    fixed_range = False
+    integer_mantissas = True
+    needs_loss_scaling = False
 
     @property
     def max_mantissa(self):
@@ -373,6 +408,30 @@ class DfpFormat:
         return f"DfpFormat({', '.join(parts)})"
 
 
+@dataclasses.dataclass(frozen=True)
+class FormatKind:
+    """A kind of number format: its class, and the field that marks its bare configs."""
+
+    name: str
+    cls: type
+    config_key: str
+
+
+KINDS = {}
+
+
+def register_kind(kind):
+    """Makes the formats of `kind` (a `FormatKind`) known to `get` and `serialize`."""
+    if kind.name in KINDS:
+        raise ValueError(f"format kind {kind.name!r} is already registered")
+    KINDS[kind.name] = kind
+    return kind
+
+
+register_kind(FormatKind("float", FloatFormat, "exponent_bits"))
+register_kind(FormatKind("dfp", DfpFormat, "bits"))
+
+
 # Presets.  Each follows the format's standard or paper; see docs/formats.md.
 FP32 = FloatFormat(8, 23, name="fp32")
 BF16 = FloatFormat(8, 7, name="bf16")
@@ -415,7 +474,7 @@ def get(identifier):
     >>> lp.formats.get("bf16") is lp.BF16
     True
     """
-    if isinstance(identifier, (FloatFormat, DfpFormat)):
+    if isinstance(identifier, tuple(kind.cls for kind in KINDS.values())):
         return identifier
     if isinstance(identifier, str):
         if identifier not in PRESETS:
@@ -425,14 +484,15 @@ def get(identifier):
         return PRESETS[identifier]
     if isinstance(identifier, dict):
         if "class_name" in identifier:
-            cls = {"FloatFormat": FloatFormat, "DfpFormat": DfpFormat}.get(identifier["class_name"])
+            classes = {kind.cls.__name__: kind.cls for kind in KINDS.values()}
+            cls = classes.get(identifier["class_name"])
             if cls is None:
-                raise ValueError(f"unknown format class {identifier['class_name']!r}")
+                raise ValueError(f"unknown format class {identifier['class_name']!r}; "
+                                 f"known: {', '.join(sorted(classes))}")
             return cls.from_config(identifier["config"])
-        if "exponent_bits" in identifier:
-            return FloatFormat.from_config(identifier)
-        if "bits" in identifier:
-            return DfpFormat.from_config(identifier)
+        for kind in KINDS.values():  # a bare config, told apart by its key field
+            if kind.config_key in identifier:
+                return kind.cls.from_config(identifier)
     raise ValueError(
         f"cannot interpret {identifier!r} as a number format: pass a FloatFormat, a "
         f"DfpFormat, a preset name ({', '.join(sorted(PRESETS))}) or a config dict"

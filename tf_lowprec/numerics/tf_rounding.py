@@ -115,7 +115,7 @@ def round_to_format(x, fmt, rounding="nearest_even", seed=None, random_bits=16):
     """Pure-TF twin of the LowprecRoundToFloatFormat kernel.
 
     `x` float32; `seed` int64[2] (stochastic rounding only).  Arguments are
-    assumed validated by `tf_lowprec.rounding.round_to_format`.
+    assumed validated by `tf_lowprec.numerics.rounding.round_to_format`.
     """
     band = tf.bitwise.bitwise_and
     u = _to_bits(x)

@@ -17,8 +17,8 @@ import functools
 import tensorflow as tf
 
 from tf_lowprec import _op_library
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import tf_rounding
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import tf_rounding
 
 IMPLEMENTATIONS = ("auto", "op", "tf")
 _ZERO_SEED = (0, 0)
@@ -350,12 +350,15 @@ def quantize_dfp(
         return _with_gradient(forward, x, seed, backward)
 
 
+# The rounding function of each kind of format (`formats.KINDS`).
+QUANTIZERS = {"float": round_to_format, "dfp": quantize_dfp}
+
+
 def quantize(x, fmt, rounding="nearest_even", **kwargs):
-    """`round_to_format` for a FloatFormat, `quantize_dfp` for a DfpFormat."""
+    """Rounds `x` with its kind's function: `round_to_format` for a FloatFormat,
+    `quantize_dfp` for a DfpFormat."""
     fmt = formats_lib.get(fmt)
-    if isinstance(fmt, formats_lib.DfpFormat):
-        return quantize_dfp(x, fmt, rounding, **kwargs)
-    return round_to_format(x, fmt, rounding, **kwargs)
+    return QUANTIZERS[fmt.kind](x, fmt, rounding, **kwargs)
 
 
 def round_gradient(x, fmt, rounding="nearest_even", *, seed=None, random_bits=16,

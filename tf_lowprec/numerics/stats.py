@@ -10,8 +10,8 @@ Used by the `PrecisionMonitor` callback and useful on its own:
 
 import tensorflow as tf
 
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import rounding as rounding_lib
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import rounding as rounding_lib
 
 STAT_NAMES = ("underflow", "overflow", "subnormal", "nonfinite")
 
@@ -45,7 +45,7 @@ def precision_stats(x, fmt, rounding="nearest_even", *, implementation="auto"):
         return tf.math.divide_no_nan(tf.reduce_sum(tf.cast(mask, tf.float32)), denominator)
 
     underflow = tf.logical_and(nonzero, tf.equal(y, 0.0))
-    if isinstance(fmt, formats_lib.FloatFormat):
+    if fmt.fixed_range:
         overflow = tf.logical_and(finite, tf.abs(x) > fmt.max_value)
         abs_y = tf.abs(y)
         subnormal = tf.logical_and(

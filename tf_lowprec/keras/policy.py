@@ -5,7 +5,7 @@ float32 (FP32 master weights, FP32 non-GEMM ops) and which carries a
 `PrecisionSpec`: the number format and rounding mode of each tensor role of
 a GEMM or convolution.  While a layer with such a policy runs, the TensorFlow
 backend's matmul / einsum / conv ops round their operands and the incoming
-error as the spec says (see `tf_lowprec.emulation` and docs/design.md).
+error as the spec says (see `tf_lowprec.keras.emulation` and docs/design.md).
 
 Tensor roles (the columns of the papers' tables):
 
@@ -17,7 +17,7 @@ Tensor roles (the columns of the papers' tables):
 - `weight_gradients`: the output dW of the backward weight GEMM.
 
 Each role is None (left in FP32) or a `(format, rounding)` pair; `format` is a
-`FloatFormat`/`DfpFormat` or a preset name of `tf_lowprec.formats`.
+`FloatFormat`/`DfpFormat` or a preset name of `tf_lowprec.numerics.formats`.
 
 >>> import keras, tf_lowprec as lp
 >>> policy = lp.Policy("bf16")
@@ -30,13 +30,13 @@ Each role is None (left in FP32) or a `(format, rounding)` pair; `format` is a
 
 import keras
 
-from tf_lowprec import formats as formats_lib
-from tf_lowprec import rounding as rounding_lib
+from tf_lowprec.gemm import registry as gemm_registry
+from tf_lowprec.keras import adapter
+from tf_lowprec.numerics import formats as formats_lib
+from tf_lowprec.numerics import rounding as rounding_lib
 
 ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
-ACCUMULATORS = ("fp32", "int32", "bf16_dot")
-# Roles whose tensors enter a GEMM as operands (the "bf16_dot" GEMM rounds them to BF16).
-GEMM_ROLES = ("activations", "weights", "errors")
+ACCUMULATORS = tuple(gemm_registry.ACCUMULATORS)
 
 
 def _format_name(fmt):
@@ -63,7 +63,7 @@ def _parse_role(role, value):
     except ValueError as error:
         raise ValueError(f"{role}: {error}") from None
     formats_lib.check_rounding(rounding, f"{role} rounding")
-    if fmt == formats_lib.FP32 and isinstance(fmt, formats_lib.FloatFormat):
+    if fmt == formats_lib.FP32:
         return None  # rounding float32 onto float32 is the identity
     return fmt, rounding
 
@@ -81,7 +81,7 @@ class PrecisionSpec:
         one memory-bound rounding pass per layer output.
       accumulator: "fp32" (the FP32 op accumulates the rounded operands),
         "int32" (integer accumulation of DFP operands, run by
-        `tf_lowprec.dfp_gemm` where that module is installed; needs DFP
+        `tf_lowprec.gemm.dfp` where that module is installed; needs DFP
         activations and weights) or "bf16_dot" (FP32 accumulation in the
         fixed order of the AVX512_BF16 instruction VDPBF16PS, run by
         `tf_lowprec.bf16_matmul` / `bf16_conv2d`: native instructions where
@@ -107,28 +107,8 @@ class PrecisionSpec:
             "weight_gradients": _parse_role("weight_gradients", weight_gradients),
             "storage": _parse_role("storage", storage),
         }
-        if accumulator not in ACCUMULATORS:
-            raise ValueError(
-                f"accumulator must be one of {', '.join(map(repr, ACCUMULATORS))}; "
-                f"got {accumulator!r}"
-            )
-        if accumulator == "int32" and not all(
-            self._roles[r] is not None and isinstance(self._roles[r][0], formats_lib.DfpFormat)
-            for r in ("activations", "weights")
-        ):
-            raise ValueError(
-                "accumulator='int32' needs DfpFormat activations and weights (integer "
-                "mantissas); use accumulator='fp32' for float formats"
-            )
-        if accumulator == "bf16_dot" and not all(
-            self._roles[r] is not None and self._roles[r][0] == formats_lib.BF16
-            for r in GEMM_ROLES
-        ):
-            raise ValueError(
-                "accumulator='bf16_dot' needs BF16 activations, weights and errors (the "
-                "VDPBF16PS GEMM multiplies BF16 operands); use accumulator='fp32' for "
-                "other formats"
-            )
+        gemm_registry.get(accumulator).check(
+            {role: None if entry is None else entry[0] for role, entry in self._roles.items()})
         self.accumulator = accumulator
         if first_last is not None:
             first_last = get_spec(first_last)
@@ -283,9 +263,9 @@ class PolicyName(str):
     """A policy's name that still knows its policy.
 
     Keras' `Operation.from_config` replaces a deserialized float policy by its
-    `name` before constructing the layer; `_keras_hooks` lets
-    `dtype_policies.get` turn this name back into the policy, so custom specs
-    survive `load_model`.
+    `name` before constructing the layer; the adapter's "policy_from_name"
+    listener (`_policy_from_name`) lets `dtype_policies.get` turn this name
+    back into the policy, so custom specs survive `load_model`.
     """
 
     def __new__(cls, text, policy):
@@ -347,9 +327,8 @@ class Policy(keras.DTypePolicy):
         self._lowprec_storage = any(
             s.role("storage") is not None
             for s in [spec] + ([spec.first_last] if spec.first_last else []))
-        from tf_lowprec import _keras_hooks  # noqa: PLC0415 (circular at import time)
-
-        _keras_hooks.install()
+        if adapter.install_error() is not None:
+            raise adapter.install_error()
 
     @property
     def name(self):
@@ -387,3 +366,11 @@ class Policy(keras.DTypePolicy):
 
     def __hash__(self):
         return hash((self._name, self._spec))
+
+
+def _policy_from_name(identifier):
+    """The policy a `PolicyName` carries (the adapter's "policy_from_name" listener)."""
+    return identifier.policy if isinstance(identifier, PolicyName) else None
+
+
+adapter.set_listener("policy_from_name", _policy_from_name)

@@ -29,9 +29,13 @@ own scale applies, so no scale needs to travel: each layer's error gets the
 scale its own statistics call for, and the weight gradients the optimizer
 sees are unscaled before the update.  See docs/loss_scaling.md.
 
-The emulated layers (tf_lowprec.emulation) ask `current_error_scaler()` for
-the optimizer of the step being traced; `scale_loss` makes an
-`AdaptiveLossScaleOptimizer` current and `apply` releases it.
+Only models compiled with an `AdaptiveLossScaleOptimizer` scale their
+layers' errors: the emulated GEMMs (`tf_lowprec.keras.emulation.ErrorScaling`)
+find the optimizer as the model's `optimizer`, compute each scale inside the
+gradient graph as a value, and pass it between the gradient functions as
+data; the scales leave the gradient graph as values (`collect_error_scales`)
+and `apply` assigns them to `layer_scales`, outside it.  So recurrent layers,
+whose backward pass runs inside a tf.while_loop, scale per timestep.
 
 >>> import keras, tf_lowprec as lp
 >>> opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.1))
@@ -41,25 +45,16 @@ the optimizer of the step being traced; `scale_loss` makes an
 
 import math
 import threading
-import weakref
+import warnings
 
 import keras
 import tensorflow as tf
 
-from tf_lowprec import formats as formats_lib
+from tf_lowprec.keras import adapter
+from tf_lowprec.keras import policy as policy_lib
+from tf_lowprec.numerics import formats as formats_lib
 
 DEFAULT_UNDERFLOW_RATE = 1e-3
-_state = threading.local()
-
-
-def current_error_scaler():
-    """The AdaptiveLossScaleOptimizer whose step is being built, or None."""
-    ref = getattr(_state, "scaler", None)
-    return ref() if ref is not None else None
-
-
-def _set_current(optimizer):
-    _state.scaler = weakref.ref(optimizer) if optimizer is not None else None
 
 
 def _erfinv(p):
@@ -84,7 +79,7 @@ def layer_scale(sigma, max_abs, fmt, *, underflow_rate=DEFAULT_UNDERFLOW_RATE,
     and for DFP formats, whose shared exponent already follows the data.
     """
     fmt = formats_lib.get(fmt)
-    if isinstance(fmt, formats_lib.DfpFormat):
+    if not fmt.fixed_range:
         return tf.constant(1.0)
     sigma = tf.cast(sigma, tf.float64)
     max_abs = tf.cast(max_abs, tf.float64)
@@ -135,6 +130,8 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     The layer scales of the last step are kept in `layer_scales` (a dict from
     layer path to a variable) for callbacks and checkpoints; they are
     optimizer variables, so `model.save` and `tf.train.Checkpoint` keep them.
+    A layer that scaled several errors in the step (a recurrent layer, one
+    per timestep) records their geometric mean, rounded to a power of two.
     """
 
     def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000,
@@ -156,6 +153,11 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         self.max_scale = float(max_scale)
         self.adaptive = adaptive
         self.layer_scales = {}
+        # Scale statistics of the steps being computed, per (graph, replica):
+        # {layer path: [sum of log2 scales, count]}, handed over as values by
+        # the gradient computation and assigned in `apply`.
+        self._collected = {}
+        self._collected_lock = threading.Lock()
 
     def build(self, var_list):
         super().build(var_list)
@@ -169,33 +171,50 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                     name="layer_scale_" + path.replace("/", "_"),
                 )
 
-    def scale_loss(self, loss):
-        # The backward pass of this step is traced after scale_loss: make this
-        # optimizer the one emulated layers consult for their error scales.
-        _set_current(self if self.adaptive else None)
-        return super().scale_loss(loss)
+    # The error scaler of the emulated GEMMs (tf_lowprec.keras.emulation.ErrorScaling).
+
+    def gemm_error_scaler(self):
+        """This optimizer, when it scales layer errors (adaptive), else None.
+
+        A method, not a property: Keras' saving walks an optimizer's attributes.
+        """
+        return self if self.adaptive else None
+
+    def global_error_scale(self):
+        """float32 scalar: the global loss scale the errors carry (read in the forward pass)."""
+        scale = self.dynamic_scale if self.built else self.initial_scale
+        return tf.cast(tf.convert_to_tensor(scale), tf.float32)
+
+    def error_scale(self, errors, global_scale, fmt):
+        """The absolute power-of-two scale for `errors`, which carry `global_scale`.
+
+        A value computed inside the gradient graph; the layer rounds
+        `errors * scale / global_scale` and divides its GEMM gradients by
+        `scale / global_scale`.
+        """
+        rms, max_abs = error_statistics(errors)
+        return layer_scale(rms / global_scale, max_abs / global_scale, fmt,
+                           underflow_rate=self.underflow_rate, min_scale=self.min_scale,
+                           max_scale=self.max_scale, upper_bound=global_scale)
+
+    def collect_error_scales(self, layer_path, statistics):
+        """Receives [sum of log2 scales, count] of a layer, in the training step's graph."""
+        key = _trace_key()
+        with self._collected_lock:
+            step = self._collected.setdefault(key, {})
+            step[layer_path] = statistics + step[layer_path] if layer_path in step else statistics
 
     def apply(self, grads, trainable_variables=None):
-        _set_current(None)
-        return super().apply(grads, trainable_variables)
-
-    def error_scale(self, layer_path, errors, fmt):
-        """Relative factor for `errors` (which carry the global scale) at a layer.
-
-        Called by the emulation inside the gradient graph.  Returns a float32
-        power of two alpha: the layer rounds alpha * errors and divides its
-        GEMM outputs by alpha.  Records the layer's absolute scale.
-        """
-        global_scale = self.dynamic_scale if self.built else tf.constant(self.initial_scale)
-        global_scale = tf.cast(global_scale, tf.float32)
-        rms, max_abs = error_statistics(errors)
-        absolute = layer_scale(rms / global_scale, max_abs / global_scale, fmt,
-                               underflow_rate=self.underflow_rate, min_scale=self.min_scale,
-                               max_scale=self.max_scale, upper_bound=global_scale)
-        variable = self.layer_scales.get(layer_path)
-        if variable is not None:
-            variable.assign(absolute)
-        return absolute / global_scale
+        result = super().apply(grads, trainable_variables)
+        # After the gradient computation, in the step's own graph: record the
+        # scales the layers used.
+        with self._collected_lock:
+            step = self._collected.pop(_trace_key(), {})
+        for path, statistics in step.items():
+            variable = self.layer_scales.get(path)
+            if variable is not None:
+                variable.assign(tf.pow(2.0, tf.round(statistics[0] / statistics[1])))
+        return result
 
     def get_config(self):
         config = super().get_config()
@@ -215,18 +234,23 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 _warned = set()
 
 
+def _trace_key():
+    """The graph being built (None when eager) and the replica being traced."""
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+    context = tf.distribute.get_replica_context()
+    replica = None if context is None else tf.get_static_value(
+        context.replica_id_in_sync_group)
+    return graph, None if replica is None else int(replica)
+
+
 def _needs_loss_scaling(policy):
     """Whether a policy rounds errors to a format with at most FP16's range."""
-    from tf_lowprec import policy as policy_lib  # noqa: PLC0415
-
     if not isinstance(policy, policy_lib.Policy):
         return False
     specs = [policy.spec] + ([policy.spec.first_last] if policy.spec.first_last else [])
     for spec in specs:
         entry = spec.role("errors")
-        if entry is not None and isinstance(entry[0], formats_lib.FloatFormat) and (
-            entry[0].exponent_bits <= 5
-        ):
+        if entry is not None and entry[0].needs_loss_scaling:
             return True
     return False
 
@@ -234,7 +258,7 @@ def _needs_loss_scaling(policy):
 def warn_if_unscaled(model):
     """Warns once per policy name when `model` needs loss scaling and has none.
 
-    Called after `Model.compile` (see `_keras_hooks`).
+    The adapter's "compiled" listener (after `Model.compile`).
     """
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -244,15 +268,13 @@ def warn_if_unscaled(model):
     inner = getattr(optimizer, "inner_optimizer", None)  # e.g. LowPrecisionWeights
     if isinstance(inner, keras.optimizers.LossScaleOptimizer):
         return
-    layers = [model] + list(model._flatten_layers(include_self=False))
+    layers = adapter.model_layers(model)
     names = sorted({layer.dtype_policy.name for layer in layers
                     if _needs_loss_scaling(layer.dtype_policy)})
     new = [n for n in names if n not in _warned]
     if not new:
         return
     _warned.update(new)
-    import warnings  # noqa: PLC0415
-
     warnings.warn(
         f"tf_lowprec: policies {', '.join(map(repr, new))} round backward errors to a format "
         "with FP16's range or less, and the optimizer has no loss scaling, so small "
@@ -264,71 +286,4 @@ def warn_if_unscaled(model):
     )
 
 
-# The backward-pass side: a role hook of tf_lowprec.emulation ---------------
-#
-# For one emulated GEMM the hook builds, in the forward pass,
-#     y = scale_errors(round_errors(op(unscale(Q_a(a)), unscale(Q_w(w)))))
-# (with unscale applied before each operand quantizer, so that a weight
-# gradient rounded by Q_w's backward format is rounded while still scaled).
-# Backward: scale_errors computes alpha from dY's statistics (when an
-# AdaptiveLossScaleOptimizer is current) and multiplies; round_errors rounds
-# alpha * dY; the FP32 GEMM gradients are divided by alpha in `unscale`.
-# alpha travels from the first gradient function to the others in a cell of
-# the call's LayerContext: TensorFlow runs them in that order (data
-# dependence), in eager mode and when tracing alike.
-
-
-def _scaled_error_format(context):
-    entry = context.spec.role("errors")
-    if entry is None or not isinstance(entry[0], formats_lib.FloatFormat):
-        return None
-    return entry[0]
-
-
-def _cell(context):
-    cell = getattr(context, "_lowprec_error_scale", None)
-    if cell is None:
-        cell = context._lowprec_error_scale = {}
-    return cell
-
-
-def _error_scale_hook(context, role, x, round_fn):
-    fmt = _scaled_error_format(context)
-    if fmt is None or role not in ("activations", "weights", "errors"):
-        return round_fn(x)
-    cell = _cell(context)
-    if role == "errors":
-
-        @tf.custom_gradient
-        def scale_errors(v):
-            def grad(dy):
-                scaler = current_error_scaler()
-                if scaler is None:
-                    cell["alpha"] = None
-                    return dy
-                alpha = scaler.error_scale(context.layer.path or context.layer.name, dy, fmt)
-                cell["alpha"] = alpha
-                return dy * alpha
-
-            return tf.identity(v), grad
-
-        return scale_errors(round_fn(x))
-
-    @tf.custom_gradient
-    def unscale(v):
-        def grad(dy):
-            alpha = cell.get("alpha")
-            return dy if alpha is None else dy / alpha
-
-        return tf.identity(v), grad
-
-    return round_fn(unscale(x))
-
-
-def _install_hook():
-    from tf_lowprec import emulation  # noqa: PLC0415
-
-    emulation.add_role_hook(_error_scale_hook)
-
-
-_install_hook()
+adapter.set_listener("compiled", warn_if_unscaled)

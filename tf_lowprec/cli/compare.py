@@ -10,7 +10,7 @@ reports test accuracy and loss, the training-step time relative to the first
 entry (measured in the same run), and the under/overflow rates that
 `PrecisionMonitor` saw.
 
->>> from tf_lowprec import compare
+>>> from tf_lowprec.cli import compare
 >>> compare.parse_entry("fp16+als")
 ('fp16', None, 'als')
 """
@@ -22,10 +22,10 @@ import time
 import keras
 import numpy as np
 
-from tf_lowprec import callbacks as callbacks_lib
-from tf_lowprec import datasets
-from tf_lowprec import loss_scaling
-from tf_lowprec import policy as policy_lib
+from tf_lowprec.training import callbacks as callbacks_lib
+from tf_lowprec.cli import datasets
+from tf_lowprec.training import loss_scaling
+from tf_lowprec.keras import policy as policy_lib
 
 DEFAULT_POLICIES = ("fp32", "bf16", "fp16+als", "hfp8", "dfp16")
 MODELS = ("cnn", "mlp")

@@ -1,0 +1,107 @@
+"""The accumulators a `PrecisionSpec` can name, each declared once with its GEMMs.
+
+An accumulator says how the products of a policy's rounded operands are
+summed.  "fp32" leaves that to TensorFlow's FP32 ops; the others have GEMM
+kernels of their own in this package, and constrain the operand formats:
+
+- "int32": INT16 x INT16 -> INT32 dynamic-fixed-point GEMM and Conv2D
+  (`tf_lowprec.gemm.dfp`, docs/dfp_gemm.md);
+- "bf16_dot": FP32 accumulation in the fixed order of the AVX512_BF16
+  instruction VDPBF16PS (`tf_lowprec.gemm.bf16`, docs/bf16_gemm.md).
+
+A new kernel is one `register(Accumulator(...))` here (and its module);
+`PrecisionSpec` validates against the entry, the emulation runs its
+`matmul` / `conv2d`.
+
+>>> from tf_lowprec.gemm import registry
+>>> sorted(registry.ACCUMULATORS)
+['bf16_dot', 'fp32', 'int32']
+>>> registry.get("int32").operand_roles
+('activations', 'weights')
+"""
+
+import dataclasses
+import typing
+
+from tf_lowprec.gemm import bf16 as bf16_gemm
+from tf_lowprec.gemm import dfp as dfp_gemm
+from tf_lowprec.numerics import formats as formats_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Accumulator:
+    """One accumulator: its GEMM kernels and the operand formats they accept.
+
+    Attributes:
+      name: what `PrecisionSpec(accumulator=...)` says.
+      matmul: `matmul(a, b, *, implementation)` on the rounded operands, or
+        None (TensorFlow's FP32 op multiplies them).
+      conv2d: `conv2d(x, filters, *, strides, padding, dilations,
+        implementation)` (NHWC), or None.
+      batched_matmul: whether `matmul` broadcasts [..., k] @ [k, n]; if not,
+        only 2-D products run on it.
+      operand_roles: roles that must have a format `operand_format` accepts.
+      operand_format: predicate on a format object.
+      requirement: the error message when a spec breaks the constraint.
+    """
+
+    name: str
+    matmul: typing.Optional[typing.Callable] = None
+    conv2d: typing.Optional[typing.Callable] = None
+    batched_matmul: bool = False
+    operand_roles: tuple = ()
+    operand_format: typing.Optional[typing.Callable] = None
+    requirement: str = ""
+
+    def check(self, role_formats):
+        """Raises ValueError unless every operand role has an accepted format.
+
+        `role_formats` maps a role to its format object, or None (FP32).
+        """
+        for role in self.operand_roles:
+            fmt = role_formats.get(role)
+            if fmt is None or not self.operand_format(fmt):
+                raise ValueError(self.requirement)
+
+
+ACCUMULATORS = {}
+
+
+def register(accumulator):
+    """Adds an `Accumulator` (its name must be new)."""
+    if accumulator.name in ACCUMULATORS:
+        raise ValueError(f"accumulator {accumulator.name!r} is already registered")
+    ACCUMULATORS[accumulator.name] = accumulator
+    return accumulator
+
+
+def get(name):
+    """The registered `Accumulator` called `name`."""
+    if name not in ACCUMULATORS:
+        raise ValueError(
+            f"accumulator must be one of {', '.join(map(repr, ACCUMULATORS))}; got {name!r}"
+        )
+    return ACCUMULATORS[name]
+
+
+register(Accumulator("fp32"))
+register(Accumulator(
+    "int32",
+    matmul=dfp_gemm.dfp_matmul,
+    conv2d=dfp_gemm.dfp_conv2d,
+    operand_roles=("activations", "weights"),
+    operand_format=lambda fmt: fmt.integer_mantissas,
+    requirement=("accumulator='int32' needs DfpFormat activations and weights (integer "
+                 "mantissas); use accumulator='fp32' for float formats"),
+))
+register(Accumulator(
+    "bf16_dot",
+    matmul=bf16_gemm.bf16_matmul,
+    conv2d=bf16_gemm.bf16_conv2d,
+    batched_matmul=True,
+    operand_roles=("activations", "weights", "errors"),
+    operand_format=lambda fmt: fmt == formats_lib.BF16,
+    requirement=("accumulator='bf16_dot' needs BF16 activations, weights and errors (the "
+                 "VDPBF16PS GEMM multiplies BF16 operands); use accumulator='fp32' for "
+                 "other formats"),
+))
