@@ -24,7 +24,6 @@ The CPU model and the kernel tier that ran are recorded with the results.
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -82,19 +81,6 @@ def _timer(fn, args):
 
     return once
 
-
-def cpu_model():
-    """`lscpu`'s model name with the x86 family and model numbers (Zen 3: 25, 1)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    return (f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, "
-            f"model {fields.get('model', '?')})")
 
 
 def measure(m, k, n, ta, tb, reps, isa):
@@ -165,7 +151,7 @@ def main():
         rows.append(row)
     tiers = lp.kernel_tiers()["bf16_gemm"]
     tier = tiers["auto"] if args.isa == "auto" else args.isa
-    meta = results_io.metadata(tensorflow=tf.__version__, cpu=cpu_model(), kernel_tier=tier,
+    meta = results_io.metadata(tensorflow=tf.__version__, kernel_tier=tier,
                                load_average_at_end=os.getloadavg()[0])
     lines = [
         "# bf16_matmul throughput (GOP/s, median of interleaved runs)",

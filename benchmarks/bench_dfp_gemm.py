@@ -95,19 +95,6 @@ def measure(m, k, n, reps, isa):
     return result
 
 
-def cpu_model():
-    """lscpu's model name with family and model ("AMD EPYC (family 25, model 1)")."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown"
-    return (f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')}, "
-            f"model {fields.get('model', '?')})")
-
 
 def register_peak():
     """Compiles and runs benchmarks/avx2_register_peak.cc on 1 and all CPUs;
@@ -146,7 +133,7 @@ def main():
     peak = register_peak() if args.register_peak else None
     all_cores = os.cpu_count()
     if peak:
-        print(f"register peak (GOP/s; per wall s / per CPU s): " + ", ".join(
+        print("register peak (GOP/s; per wall s / per CPU s): " + ", ".join(
             f"{n} threads: int16 {p['int16_wall']:.1f} / {p['int16_cpu']:.1f}, "
             f"fp32 {p['fp32_wall']:.1f} / {p['fp32_cpu']:.1f}" for n, p in peak.items()),
             flush=True)
@@ -174,7 +161,7 @@ def main():
                  f"{r['dfp16_per_cpu_s_of_int16_peak']:.2f})" if peak else ""),
               flush=True)
     counters = lp.dfp_gemm_counters()
-    meta = results_io.metadata(cpu=cpu_model(), tier=tier, tensorflow=tf.__version__,
+    meta = results_io.metadata(tier=tier, tensorflow=tf.__version__,
                                load_average_at_end=os.getloadavg()[0], counters=counters,
                                register_peak=peak)
     lines = [

@@ -43,7 +43,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -57,6 +56,9 @@ import tensorflow as tf  # noqa: E402
 
 import tf_lowprec as lp  # noqa: E402
 from tf_lowprec import _op_library  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results_io  # noqa: E402  (benchmarks/results_io.py, beside this script)
 
 REFERENCE = "x * 1.0"
 SEED = (20261123, 7)
@@ -170,23 +172,6 @@ def time_cases(named_fns, repeats, warmup, order="interleaved"):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def cpu_model():
-    """The model name, with family and model numbers (a VM's name may omit the generation:
-    "AMD EPYC" family 25 model 1 is Zen 3, family 25 model 17 is Zen 4)."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    if "model name" not in fields:
-        return platform.processor() or platform.machine()
-    if "cpu family" in fields and "model" in fields:
-        return f"{fields['model name']} (family {fields['cpu family']}, model {fields['model']})"
-    return fields["model name"]
-
 
 def run(args):
     if args.threads:
@@ -234,7 +219,7 @@ def metadata(args, argv, load_before, load_after):
     return {
         "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1]] + argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(),
+        "cpu": results_io.cpu_model(),
         "cpu_count": os.cpu_count(),
         "intra_op_threads": args.threads or "default (all cores)",
         "tensorflow": tf.__version__,

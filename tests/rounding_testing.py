@@ -6,7 +6,6 @@ reference (`tf_lowprec.numerics.reference`, written from the definitions in valu
 arithmetic, not from the kernels' bit tricks).
 """
 
-import functools
 
 import numpy as np
 import tensorflow as tf

@@ -21,7 +21,6 @@ import tensorflow as tf
 import kernel_tiers
 import tf_lowprec as lp
 from tf_lowprec.numerics import reference
-from tf_lowprec._op_library import load
 
 MIN_NORMAL = np.float64(2.0**-126)
 FLUSH_BELOW = np.float64(2.0**-126 - 2.0**-151)  # 24-bit rounding below 2^-126

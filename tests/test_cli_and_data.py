@@ -96,3 +96,18 @@ def test_helpfull_lists_every_command(capsys):
     out = capsys.readouterr().out
     assert "--- tf-lowprec compare ---" in out and "--policies" in out
     assert "--- tf-lowprec formats ---" in out and "--rounding" in out
+
+
+def test_info_prints_the_tier_each_op_runs(capsys):
+    import tf_lowprec as lp
+    from tf_lowprec.cli.main import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    tiers = lp.kernel_tiers()
+    for op, name in (("rounding", "round_to_format"), ("dfp_gemm", "dfp_matmul"),
+                     ("bf16_gemm", "bf16_matmul")):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert line.split()[-1 - len(tiers[op]["available"])] == tiers[op]["auto"]
+        assert line.endswith(", ".join(tiers[op]["available"]))
+    assert "TensorFlow 2.21" in out and "CPU:" in out

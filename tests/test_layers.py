@@ -1,8 +1,5 @@
 """lp.layers.Quantize against the rounding functions it wraps."""
 
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np

@@ -36,6 +36,30 @@ namespace tf_lowprec {
 namespace TF_LOWPREC_ISA {
 namespace {
 
+#if defined(TF_LOWPREC_AVX512_INTRINSICS) || defined(TF_LOWPREC_AVX2_INTRINSICS)
+// ---- Chunking shared by the vector loops below ----
+
+// Elements per chunk of the vector loops: those of 64 Philox blocks (256
+// stream words: one PhiloxBlocks<4> call of the AVX-512 loops, four
+// PhiloxBlocks8<2> calls of the AVX2 ones).  Chunks are aligned to multiples of this size in global element
+// index, so every chunk but the first and the last of a call takes exactly
+// those 64 blocks.
+template <bool kHalfWords>
+constexpr int64_t ChunkElements() {
+  return kHalfWords ? 512 : 256;
+}
+// Stream words of a buffer: a chunk lies inside one aligned run of 64
+// blocks, and the fill functions take whole groups of 16 (AVX-512) or 8
+// (AVX2) blocks from the chunk's first block, which stay inside that run.
+constexpr int64_t kWordBuffer = 4 * 64;
+
+// End (local index) of the chunk that starts at local index `start`.
+inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t chunk) {
+  const int64_t global = first_index + start;
+  return std::min(n, (global / chunk + 1) * chunk - first_index);
+}
+#endif
+
 #if !defined(TF_LOWPREC_AVX512_INTRINSICS) && !defined(TF_LOWPREC_AVX2_INTRINSICS)
 
 // ---- Scalar reference loops (rounding.h, philox.h) ----
@@ -143,24 +167,6 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
 
 // ---- The same loops on 16 lanes (rounding_avx512.h, philox_avx512.h) ----
 
-
-// Elements per chunk of the AVX-512 loops: those of 64 Philox blocks (256
-// stream words), one call of PhiloxBlocks<4>.  Chunks are aligned to
-// multiples of this size in global element index, so every chunk but the
-// first and the last of a call takes exactly those 64 blocks.
-template <bool kHalfWords>
-constexpr int64_t ChunkElements() {
-  return kHalfWords ? 512 : 256;
-}
-// Stream words of a buffer: a chunk lies inside one aligned run of 64
-// blocks, so it never needs more (a partial chunk takes whole groups of 16).
-constexpr int64_t kWordBuffer = 4 * 64;
-
-// End (local index) of the chunk that starts at local index `start`.
-inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t chunk) {
-  const int64_t global = first_index + start;
-  return std::min(n, (global / chunk + 1) * chunk - first_index);
-}
 
 // The random words of elements [first, first + n) (within one chunk) as
 // they lie in `buffer` (kWordBuffer words, 64-byte aligned) after
@@ -471,24 +477,6 @@ uint32_t MaxAbsBitsAll(const float* in, int64_t n) {
 #else  // TF_LOWPREC_AVX2_INTRINSICS
 
 // ---- The same loops on 8 lanes (rounding_avx2.h, philox_avx2.h) ----
-
-// Elements per chunk: those of 64 Philox blocks (256 stream words), as in
-// the AVX-512 loops; chunks are aligned to multiples of this size in global
-// element index.
-template <bool kHalfWords>
-constexpr int64_t ChunkElements() {
-  return kHalfWords ? 512 : 256;
-}
-// Stream words of a buffer: a chunk lies inside one aligned run of 64
-// blocks, and FillRandomWords8 fills whole groups of 8 blocks from the
-// chunk's first block, which stay inside that run too.
-constexpr int64_t kWordBuffer = 4 * 64;
-
-// End (local index) of the chunk that starts at local index `start`.
-inline int64_t ChunkEnd(int64_t first_index, int64_t start, int64_t n, int64_t chunk) {
-  const int64_t global = first_index + start;
-  return std::min(n, (global / chunk + 1) * chunk - first_index);
-}
 
 // The random words of elements [first, first + n) (within one chunk) as
 // they lie in `buffer` (kWordBuffer words, 32-byte aligned): uint32 or

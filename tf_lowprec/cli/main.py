@@ -2,6 +2,7 @@
 
     tf-lowprec compare [--policies=fp32,bf16,fp16+als,hfp8,dfp16] [--epochs=3] ...
     tf-lowprec formats [--formats=bf16,fp16,...] [--rounding=nearest_even]
+    tf-lowprec info
 
 `compare` (the main job) trains one model on the bundled MNIST sample (or a
 local TFDS data set) under several precision policies and prints a table of
@@ -12,8 +13,13 @@ rates; it writes the learning curves as a PNG and the numbers as JSON.
 weight matrix and the layer's pre-activations) to each number format and
 prints what the format does to them: relative RMS error, the fraction of
 non-zero values that underflow to zero, and the fraction that saturate or
-overflow.  (Speed is measured in benchmarks/, not here.)  Usage errors exit with status 2, like TensorFlow's
-tools.
+overflow.  (Speed is measured in benchmarks/, not here.)
+
+`info` prints the versions the op library was built against, the CPU's
+instruction sets and, for each op, the kernel tier `isa="auto"` runs
+(avx512, avx2 or portable) and the tiers available.
+
+Usage errors exit with status 2, like TensorFlow's tools.
 """
 
 import argparse
@@ -75,6 +81,12 @@ def _parser():
         help="rounding mode (default: nearest_even)",
     )
     formats.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
+    commands.add_parser(
+        "info",
+        help="print the build, the CPU's instruction sets and the kernel tier of each op",
+        description="Print the TensorFlow/Keras the ops were built against, the CPU's "
+        "instruction sets and, per op, the kernel tier isa='auto' runs.",
+    )
     return parser
 
 
@@ -169,6 +181,40 @@ def _run_formats(args):
     return 0
 
 
+_OP_NAMES = {"rounding": "round_to_format / quantize_dfp", "dfp_gemm": "dfp_matmul (INT16 GEMM)",
+             "bf16_gemm": "bf16_matmul (BF16 GEMM)"}
+
+
+def _run_info(args):
+    import platform  # noqa: PLC0415
+
+    import tf_lowprec as lp  # noqa: PLC0415
+    from tf_lowprec import _op_library  # noqa: PLC0415
+
+    build = _op_library.build_info() or {}
+    tiers = lp.kernel_tiers()
+    print(f"tf_lowprec {lp.__version__}; ops built against TensorFlow "
+          f"{build.get('tensorflow_version', '?')}, Keras {build.get('keras_version', '?')} "
+          f"({build.get('compiler', '?')})")
+    cpu = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in tiers["cpu"].items())
+    print(f"CPU: {_cpu_model() or platform.machine()}; {cpu}")
+    print(f"{'op':<36}{'auto runs':<11}available tiers")
+    for op, name in _OP_NAMES.items():
+        print(f"{name:<36}{tiers[op]['auto']:<11}{', '.join(tiers[op]['available'])}")
+    return 0
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 class _UsageError(Exception):
     pass
 
@@ -197,7 +243,8 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return {"compare": _run_compare, "formats": _run_formats}[args.command](args)
+        commands = {"compare": _run_compare, "formats": _run_formats, "info": _run_info}
+        return commands[args.command](args)
     except _UsageError as e:
         parser.error(str(e))  # exits with status 2
 

@@ -23,7 +23,6 @@ import tensorflow as tf
 from tf_lowprec.gemm import common as _gemm_common
 from tf_lowprec.numerics import rounding as rounding_lib
 from tf_lowprec.gemm import tf_bf16 as tf_bf16_gemm
-from tf_lowprec._op_library import ISAS
 from tf_lowprec._op_library import check_isa as _check_isa
 from tf_lowprec._op_library import load as _load_ops
 
