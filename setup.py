@@ -16,6 +16,7 @@ import concurrent.futures
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,14 @@ OP_SOURCES = [
 ]
 HEADER_DIRS = ["custom_ops/kernels", "custom_ops/ops"]
 
-SUPPORTED_TF = "2.21"
+def _supported_tensorflow():
+    """tf_lowprec._op_library.SUPPORTED_TENSORFLOW, read without importing the package."""
+    with open(os.path.join(HERE, "tf_lowprec", "_op_library.py")) as f:
+        match = re.search(r'^SUPPORTED_TENSORFLOW = "([0-9.]+)"', f.read(), re.M)
+    return match.group(1)
+
+
+SUPPORTED_TF = _supported_tensorflow()
 
 
 def _tensorflow():

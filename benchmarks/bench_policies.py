@@ -17,7 +17,7 @@ emulation) has the goal < 1.0x.
 
 import argparse
 import os
-import platform
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,6 +27,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_lowprec as lp  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import results_io  # noqa: E402  (benchmarks/results_io.py, beside this script)
 
 MODES = {
     "fp32": None,
@@ -106,8 +109,10 @@ def main():
         "# Training-step time of emulated policies relative to FP32",
         "",
         f"`python benchmarks/bench_policies.py --steps {args.steps} --repeats {args.repeats}`; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}. Fastest of {args.repeats} "
+        f"{results_io.cpu_model()}, {os.cpu_count()} cores, kernel tiers "
+        f"{', '.join(f'{op} {tier}' for op, tier in results_io.metadata()['kernel_tiers'].items())}, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f} at the start. Fastest of {args.repeats} "
         f"interleaved rounds of {args.steps} steps per mode (tracing round discarded). Ratio = step time / FP32 "
         "step time of the same model in the same run.",
         "",

@@ -20,6 +20,7 @@ array([3.140625], dtype=float32)
 import sys
 
 from tf_lowprec.numerics import formats
+from tf_lowprec import _op_library
 from tf_lowprec._op_library import OpLibraryError, kernel_tiers
 from tf_lowprec.numerics.formats import (
     BF16,
@@ -64,7 +65,7 @@ for _module in (formats, callbacks, layers, loss_scaling):
 del _module
 
 __version__ = "0.1.0"
-SUPPORTED_TENSORFLOW = "2.21"
+SUPPORTED_TENSORFLOW = _op_library.SUPPORTED_TENSORFLOW
 SUPPORTED_KERAS = _adapter.SUPPORTED_KERAS_VERSIONS[-1]
 
 __all__ = [

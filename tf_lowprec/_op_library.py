@@ -15,6 +15,10 @@ import threading
 
 import tensorflow as tf
 
+# The TensorFlow version (major.minor) the ops are written and tested against;
+# setup.py reads it from here (the one place it is spelled).
+SUPPORTED_TENSORFLOW = "2.21"
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REBUILD = (
     "Rebuild the ops against the installed TensorFlow from the tf_lowprec source "
