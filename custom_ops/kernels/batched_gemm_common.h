@@ -63,6 +63,24 @@ inline bool CheckGemmShape(::tensorflow::OpKernelContext* ctx, const ::tensorflo
   return true;
 }
 
+// The operand fields that the kernels' Problem structs (dfp_gemm.h,
+// bf16_gemm.h) share: sizes, the row-major data of a and b (the tensors' or
+// copies of them), batch strides (0 broadcasts a batch of 1) and transposes.
+template <typename Problem>
+void SetGemmOperands(const GemmShape& shape, const float* a, const float* b, bool transpose_a,
+                     bool transpose_b, Problem* p) {
+  p->batch = shape.batch;
+  p->m = shape.m;
+  p->n = shape.n;
+  p->k = shape.k;
+  p->a = a;
+  p->a_batch_stride = shape.batch_a == 1 ? 0 : shape.m * shape.k;
+  p->transpose_a = transpose_a;
+  p->b = b;
+  p->b_batch_stride = shape.batch_b == 1 ? 0 : shape.k * shape.n;
+  p->transpose_b = transpose_b;
+}
+
 // ParallelFor::run on the intra-op pool of the OpKernelContext `context`.
 // With coarse_blocks, work of cost_per_unit >= kCoarseUnitCycles (GEMM work
 // items of uneven cost) goes out in about four blocks per thread, handed out

@@ -44,23 +44,14 @@ class Bf16MatmulOp : public OpKernel {
     const Tensor& b = ctx->input(1);
     GemmShape shape;
     if (!CheckGemmShape(ctx, a, b, transpose_a_, transpose_b_, &shape)) return;
-    const int64_t batch_a = shape.batch_a, batch_b = shape.batch_b, batch = shape.batch;
-    const int64_t m = shape.m, n = shape.n, k = shape.k;
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, m, n}), &out));
-    if (batch == 0 || m == 0 || n == 0) return;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.batch, shape.m, shape.n}),
+                                             &out));
+    if (shape.batch == 0 || shape.m == 0 || shape.n == 0) return;
 
     bf16_gemm::Problem p;
-    p.batch = batch;
-    p.m = m;
-    p.n = n;
-    p.k = k;
-    p.a = a.flat<float>().data();
-    p.a_batch_stride = batch_a == 1 ? 0 : m * k;
-    p.transpose_a = transpose_a_;
-    p.b = b.flat<float>().data();
-    p.b_batch_stride = batch_b == 1 ? 0 : k * n;
-    p.transpose_b = transpose_b_;
+    SetGemmOperands(shape, a.flat<float>().data(), b.flat<float>().data(), transpose_a_,
+                    transpose_b_, &p);
     p.out = out->flat<float>().data();
     kernels_->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/true));
   }

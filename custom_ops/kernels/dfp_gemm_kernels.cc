@@ -121,16 +121,8 @@ class DfpMatmulOp : public OpKernel {
     if (batch == 0 || m == 0 || n == 0) return;
 
     dfp_gemm::Problem p;
-    p.batch = batch;
-    p.m = m;
-    p.n = n;
-    p.k = k;
-    p.a = a.flat<float>().data();
-    p.a_batch_stride = batch_a == 1 ? 0 : m * k;
-    p.transpose_a = transpose_a_;
-    p.b = b.flat<float>().data();
-    p.b_batch_stride = batch_b == 1 ? 0 : k * n;
-    p.transpose_b = transpose_b_;
+    SetGemmOperands(shape, a.flat<float>().data(), b.flat<float>().data(), transpose_a_,
+                    transpose_b_, &p);
     auto stride = [](const Tensor& e, int dim) -> int64_t {
       if (e.dim_size(dim) == 1) return 0;
       int64_t s = 1;
@@ -217,16 +209,7 @@ class DfpMatmulFusedOp : public OpKernel {
     }
 
     dfp_gemm::Problem p;
-    p.batch = shape.batch;
-    p.m = shape.m;
-    p.n = shape.n;
-    p.k = shape.k;
-    p.a = a_data;
-    p.a_batch_stride = shape.batch_a == 1 ? 0 : shape.m * shape.k;
-    p.transpose_a = transpose_a_;
-    p.b = b_data;
-    p.b_batch_stride = shape.batch_b == 1 ? 0 : shape.k * shape.n;
-    p.transpose_b = transpose_b_;
+    SetGemmOperands(shape, a_data, b_data, transpose_a_, transpose_b_, &p);
     p.ea = &ea;  // strides 0: one exponent
     p.eb = &eb;
     p.block_size = shape.k > 0 ? shape.k : 1;
