@@ -110,7 +110,7 @@ def main():
         "",
         f"`python benchmarks/bench_policies.py --steps {args.steps} --repeats {args.repeats}`; "
         f"{results_io.cpu_model()}, {os.cpu_count()} cores, kernel tiers "
-        f"{', '.join(f'{op} {tier}' for op, tier in results_io.metadata()['kernel_tiers'].items())}, "
+        f"{', '.join(f'{op} {tier}' for op, tier in results_io.kernel_tiers().items())}, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
         f"load average {os.getloadavg()[0]:.1f} at the start. Fastest of {args.repeats} "
         f"interleaved rounds of {args.steps} steps per mode (tracing round discarded). Ratio = step time / FP32 "

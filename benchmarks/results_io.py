@@ -37,7 +37,7 @@ def metadata(**extra):
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": platform.processor() or platform.machine(),
         "cpu": cpu_model(),
-        "kernel_tiers": _kernel_tiers(),
+        "kernel_tiers": kernel_tiers(),
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg()[0],
     }
@@ -45,7 +45,8 @@ def metadata(**extra):
     return meta
 
 
-def _kernel_tiers():
+def kernel_tiers():
+    """The kernel tier `isa="auto"` runs for each op (or why that is unknown)."""
     try:
         import tf_lowprec as lp  # noqa: PLC0415 (benchmarks import it anyway)
 
