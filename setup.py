@@ -50,6 +50,11 @@ OP_SOURCES = [
     ("custom_ops/kernels/bf16_gemm_portable.cc", "portable"),
     ("custom_ops/kernels/bf16_gemm_avx2.cc", "avx2"),
     ("custom_ops/kernels/bf16_gemm_avx512.cc", "avx512"),
+    ("custom_ops/ops/accumulation_gemm_ops.cc", "tf"),
+    ("custom_ops/kernels/accumulation_gemm_kernels.cc", "tf"),
+    ("custom_ops/kernels/accumulation_gemm_portable.cc", "portable"),
+    ("custom_ops/kernels/accumulation_gemm_avx2.cc", "avx2"),
+    ("custom_ops/kernels/accumulation_gemm_avx512.cc", "avx512"),
 ]
 HEADER_DIRS = ["custom_ops/kernels", "custom_ops/ops"]
 

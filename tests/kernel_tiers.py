@@ -12,11 +12,11 @@ import tf_lowprec as lp
 ACCELERATED = ("avx2", "avx512")
 # What each op's avx512 tier needs beyond AVX2 (cpu_features.h).
 _AVX512_NEEDS = {"rounding": "AVX-512 F/BW/DQ/VL", "dfp_gemm": "AVX512_VNNI",
-                 "bf16_gemm": "AVX512_BF16"}
+                 "bf16_gemm": "AVX512_BF16", "accumulation_gemm": "AVX-512 F/BW/DQ/VL"}
 
 
 def available(op):
-    """Tiers of `op` ("rounding", "dfp_gemm", "bf16_gemm") that this CPU runs."""
+    """Tiers of `op` ("rounding", "dfp_gemm", "bf16_gemm", "accumulation_gemm") this CPU runs."""
     return list(lp.kernel_tiers()[op]["available"])
 
 

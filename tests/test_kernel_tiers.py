@@ -14,10 +14,10 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 
-OPS = ("rounding", "dfp_gemm", "bf16_gemm")
+OPS = ("rounding", "dfp_gemm", "bf16_gemm", "accumulation_gemm")
 _AVX512 = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}
 _OP_AVX512_EXTRA = {"rounding": set(), "dfp_gemm": {"avx512_vnni"},
-                    "bf16_gemm": {"avx512_bf16"}}
+                    "bf16_gemm": {"avx512_bf16"}, "accumulation_gemm": set()}
 
 
 def _cpu_flags():
@@ -64,6 +64,8 @@ def test_an_unsupported_tier_is_a_clear_error(op):
         "rounding": lambda isa: lp.round_to_format(x, lp.BF16, implementation="op", isa=isa),
         "dfp_gemm": lambda isa: lp.dfp_matmul(x, x, implementation="op", isa=isa),
         "bf16_gemm": lambda isa: lp.bf16_matmul(x, x, implementation="op", isa=isa),
+        "accumulation_gemm": lambda isa: lp.matmul(x, x, accumulator=lp.FP16,
+                                                   implementation="op", isa=isa),
     }[op]
     for isa in missing:
         with pytest.raises(tf.errors.InvalidArgumentError, match=f"isa='{isa}' is not supported"):

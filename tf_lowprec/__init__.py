@@ -6,7 +6,7 @@ ones below it:
 - `numerics`: number formats, rounding (C++ kernels and their stock-TF
   twins), NumPy references, statistics;
 - `gemm`: the GEMMs with their own accumulation (INT16 DFP, BF16 VDPBF16PS
-  order) and their stock-TF twins;
+  order, low-precision float accumulators: `matmul`) and their stock-TF twins;
 - `keras`: dtype policies, the emulated GEMMs, and the adapter, the one
   module that touches Keras internals;
 - `training`: adaptive loss scaling, 16-bit weight updates, callbacks, layers;
@@ -41,6 +41,7 @@ from tf_lowprec.training import callbacks
 from tf_lowprec.training import layers
 from tf_lowprec.training import loss_scaling
 from tf_lowprec.export import export_saved_model
+from tf_lowprec.gemm.accumulation import Accumulator, matmul
 from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
 from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
@@ -69,6 +70,7 @@ SUPPORTED_TENSORFLOW = _op_library.SUPPORTED_TENSORFLOW
 SUPPORTED_KERAS = _adapter.SUPPORTED_KERAS_VERSIONS[-1]
 
 __all__ = [
+    "Accumulator",
     "AdaptiveLossScaleOptimizer",
     "LowPrecisionWeights",
     "callbacks",
@@ -98,6 +100,7 @@ __all__ = [
     "formats",
     "kernel_tiers",
     "layers",
+    "matmul",
     "precision_stats",
     "quantize",
     "quantize_dfp",

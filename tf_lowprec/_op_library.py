@@ -108,7 +108,8 @@ def kernel_tiers():
 
     Returns a dict such as ``{"cpu": {"avx2": True, "avx512": False, ...},
     "rounding": {"auto": "avx2", "available": ["portable", "avx2"]},
-    "dfp_gemm": {...}, "bf16_gemm": {...}}``, read from the loaded library.
+    "dfp_gemm": {...}, "bf16_gemm": {...}, "accumulation_gemm": {...}}``, read from the
+    loaded library.
     """
     global _tiers
     if _tiers is None:

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <string>
 
+#include "accumulation_gemm.h"
 #include "bf16_gemm.h"
 #include "cpu_features.h"
 #include "dfp_gemm.h"
@@ -73,6 +74,13 @@ const Kernels* SelectKernels(const char* isa) {
 }
 }  // namespace bf16_gemm
 
+namespace accumulation_gemm {
+const Kernels* SelectKernels(const char* isa) {
+  return SelectTier<Kernels>(
+      isa, {&portable::kKernels, &avx2::kKernels, &avx512::kKernels, CpuSupportsAvx512()});
+}
+}  // namespace accumulation_gemm
+
 namespace {
 
 template <typename Table, typename Select>
@@ -101,6 +109,8 @@ std::string KernelTiersJson() {
   json += "}, \"rounding\": " + OpTiers<RoundingLoops>(SelectRoundingLoops);
   json += ", \"dfp_gemm\": " + OpTiers<dfp_gemm::Kernels>(dfp_gemm::SelectKernels);
   json += ", \"bf16_gemm\": " + OpTiers<bf16_gemm::Kernels>(bf16_gemm::SelectKernels);
+  json += ", \"accumulation_gemm\": " +
+          OpTiers<accumulation_gemm::Kernels>(accumulation_gemm::SelectKernels);
   return json + "}";
 }
 

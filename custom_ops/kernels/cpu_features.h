@@ -1,7 +1,8 @@
 // CPU detection and the run-time choice of kernel tier, for every op.
 //
-// Each op (rounding loops, DFP16 GEMM, BF16 GEMM) is compiled once per tier,
-// in translation units of its own with that tier's compiler flags (setup.py):
+// Each op (rounding loops, DFP16 GEMM, BF16 GEMM, accumulation GEMM) is
+// compiled once per tier, in translation units of its own with that tier's
+// compiler flags (setup.py):
 //   portable  baseline instruction set of the target (SSE2 on x86-64)
 //   avx2      AVX2 + FMA + F16C (Intel Haswell and later, AMD Zen 1-3, ...)
 //   avx512    AVX-512 F/BW/DQ/VL plus what the op needs (VNNI for the DFP16

@@ -7,7 +7,11 @@ kernels of their own in this package, and constrain the operand formats:
 - "int32": INT16 x INT16 -> INT32 dynamic-fixed-point GEMM and Conv2D
   (`tf_lowprec.gemm.dfp`, docs/dfp_gemm.md);
 - "bf16_dot": FP32 accumulation in the fixed order of the AVX512_BF16
-  instruction VDPBF16PS (`tf_lowprec.gemm.bf16`, docs/bf16_gemm.md).
+  instruction VDPBF16PS (`tf_lowprec.gemm.bf16`, docs/bf16_gemm.md);
+- an `lp.Accumulator(format, chunk_size, rounding)` object: sums rounded
+  to a float format at every addition, optionally in chunks
+  (`tf_lowprec.gemm.accumulation`, docs/accumulation.md).  Its entry is
+  made on demand by `get` (any operand formats).
 
 A new kernel is one `register(Accumulator(...))` here (and its module);
 `PrecisionSpec` validates against the entry, the emulation runs its
@@ -21,8 +25,10 @@ A new kernel is one `register(Accumulator(...))` here (and its module);
 """
 
 import dataclasses
+import functools
 import typing
 
+from tf_lowprec.gemm import accumulation as accumulation_gemm
 from tf_lowprec.gemm import bf16 as bf16_gemm
 from tf_lowprec.gemm import dfp as dfp_gemm
 from tf_lowprec.numerics import formats as formats_lib
@@ -75,11 +81,25 @@ def register(accumulator):
     return accumulator
 
 
+@functools.lru_cache(maxsize=None)
+def _float_accumulator(accumulator):
+    """The entry of an `lp.Accumulator`: `lp.matmul` / conv2d with it bound."""
+    return Accumulator(
+        accumulator.name,
+        matmul=functools.partial(accumulation_gemm.matmul, accumulator=accumulator),
+        conv2d=functools.partial(accumulation_gemm.conv2d, accumulator=accumulator),
+        batched_matmul=True,
+    )
+
+
 def get(name):
-    """The registered `Accumulator` called `name`."""
-    if name not in ACCUMULATORS:
+    """The registered `Accumulator` called `name`, or the entry of an `lp.Accumulator`."""
+    if isinstance(name, accumulation_gemm.Accumulator):
+        return _float_accumulator(name)
+    if not isinstance(name, str) or name not in ACCUMULATORS:
         raise ValueError(
-            f"accumulator must be one of {', '.join(map(repr, ACCUMULATORS))}; got {name!r}"
+            f"accumulator must be one of {', '.join(map(repr, ACCUMULATORS))} or an "
+            f"lp.Accumulator(format, chunk_size, rounding); got {name!r}"
         )
     return ACCUMULATORS[name]
 

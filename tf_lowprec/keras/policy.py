@@ -30,6 +30,7 @@ Each role is None (left in FP32) or a `(format, rounding)` pair; `format` is a
 
 import keras
 
+from tf_lowprec.gemm import accumulation as accumulation_gemm
 from tf_lowprec.gemm import registry as gemm_registry
 from tf_lowprec.keras import adapter
 from tf_lowprec.numerics import formats as formats_lib
@@ -86,7 +87,13 @@ class PrecisionSpec:
         fixed order of the AVX512_BF16 instruction VDPBF16PS, run by
         `tf_lowprec.bf16_matmul` / `bf16_conv2d`: native instructions where
         the CPU has them, a bit-identical emulation elsewhere; needs BF16
-        activations, weights and errors — docs/bf16_gemm.md).
+        activations, weights and errors — docs/bf16_gemm.md), or an
+        `lp.Accumulator(format, chunk_size=..., rounding=...)`: every
+        emulated matmul (Dense, batched matmul) and Conv2D (NHWC, via image
+        patches) sums its products rounded to that float format at every
+        addition, in chunks (`lp.matmul`, docs/accumulation.md); einsum,
+        attention, depthwise/transposed convolutions and RNN cells keep
+        FP32 accumulation.
       first_last: None, or a spec (a preset name or a `PrecisionSpec`) used
         instead of this one for the first and the last GEMM-bearing layer of
         the model being called, as HFP8 keeps those at higher precision.
@@ -107,6 +114,8 @@ class PrecisionSpec:
             "weight_gradients": _parse_role("weight_gradients", weight_gradients),
             "storage": _parse_role("storage", storage),
         }
+        if isinstance(accumulator, dict):
+            accumulator = accumulation_gemm.Accumulator.from_config(accumulator)
         gemm_registry.get(accumulator).check(
             {role: None if entry is None else entry[0] for role, entry in self._roles.items()})
         self.accumulator = accumulator
@@ -165,7 +174,9 @@ class PrecisionSpec:
         for role in ROLES:
             entry = self._roles[role]
             config[role] = None if entry is None else [_format_name(entry[0]), entry[1]]
-        config["accumulator"] = self.accumulator
+        config["accumulator"] = (self.accumulator.get_config()
+                                 if isinstance(self.accumulator, accumulation_gemm.Accumulator)
+                                 else self.accumulator)
         config["first_last"] = None if self.first_last is None else self.first_last.get_config()
         return config
 
@@ -230,6 +241,14 @@ def _presets():
         # instructions where the CPU has them and bit-identical elsewhere.
         "bf16_native": PrecisionSpec(activations=bf16, weights=bf16, errors=bf16,
                                      accumulator="bf16_dot"),
+        # Wang et al. 2018: FP8 1-5-2 operands, errors and weight gradients;
+        # FP16 accumulation in chunks of 64 (the paper's CL).  FP16 weight
+        # updates with stochastic rounding are the optimizer's part:
+        # lp.LowPrecisionWeights(optimizer, "fp16", "stochastic").  What
+        # could not be verified: docs/accumulation.md.
+        "fp8_wang": PrecisionSpec(
+            activations="e5m2", weights="e5m2", errors="e5m2", weight_gradients="e5m2",
+            accumulator=accumulation_gemm.Accumulator(formats_lib.FP16, chunk_size=64)),
         # Das et al. 2018: INT16 dynamic fixed point operands and errors (one
         # shared exponent per tensor), INT32 accumulation, FP32 weight gradients.
         "dfp16": PrecisionSpec(activations="dfp16", weights="dfp16", errors="dfp16",
@@ -282,7 +301,8 @@ class Policy(keras.DTypePolicy):
     """A float32 Keras dtype policy whose GEMMs and convolutions run emulated.
 
     Args:
-      name: a preset ("fp32", "bf16", "fp16", "hfp8", "fp8", "dfp16") or, with
+      name: a preset ("fp32", "bf16", "fp16", "hfp8", "fp8", "bf16_native",
+        "fp8_wang", "dfp16") or, with
         `spec`, any label for a custom policy (default "custom").
       spec: a `PrecisionSpec` (or its config dict) for a custom policy.
       rounding: optional rounding mode applied to every rounded role of the

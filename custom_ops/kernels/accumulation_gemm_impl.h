@@ -1,0 +1,412 @@
+// GEMM with a low-precision accumulator, compiled once per tier.
+//
+// Included by accumulation_gemm_{portable,avx2,avx512}.cc, which define
+// TF_LOWPREC_ACC_ISA (the namespace of this copy), TF_LOWPREC_ACC_ISA_NAME
+// and TF_LOWPREC_ACC_VECTOR (1: the AVX2/F16C/FMA kernel below is compiled).
+//
+// Two ways to compute the same bits (accumulation_gemm.h states them):
+//
+// - ExactRows: every step by accumulation_step.h (double arithmetic, one
+//   output element at a time).  All rounding modes; every tier has it, and
+//   it is the whole portable tier.
+// - FastGemm (vector tiers, nearest-even, formats with subnormals and without
+//   input flushing): 8 output columns per vector, each lane's running sum a
+//   float32 register holding a value of the format:
+//       f  = fma(a, b, acc)          round-to-nearest float32 of acc + a*b
+//       h  = fmt(f)                  F16C for IEEE FP16, else integer code
+//   fmt(f) equals fmt(acc + a*b) unless f is a midpoint of the format's grid
+//   (then the float32 rounding may have decided the tie) or the step
+//   overflows (the exact sum may lie below float32's overflow but f is Inf).
+//   Midpoints are found without knowing the grid: with t = f - h (exact),
+//   f is a midpoint iff t != 0 and f + t (the other neighbour, exact) is a
+//   value of the format.  Such lanes, and lanes whose f or h is not a finite
+//   value of the format, are recomputed by AccumulateStep: the result is
+//   accumulation_step.h's in every lane.  (The format's grid is at least
+//   twice as fine as float32's wherever it rounds, so its midpoints are
+//   float32 values: a midpoint cannot be missed.)
+#ifndef TF_LOWPREC_ACC_ISA
+#error "define TF_LOWPREC_ACC_ISA before including accumulation_gemm_impl.h"
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "accumulation_gemm.h"
+#include "accumulation_step.h"
+#include "number_formats.h"
+#include "rounding.h"
+
+#if TF_LOWPREC_ACC_VECTOR
+#include <immintrin.h>
+#endif
+
+namespace tf_lowprec {
+namespace accumulation_gemm {
+namespace TF_LOWPREC_ACC_ISA {
+namespace {
+
+using accumulation::AccumulateStep;
+using accumulation::StepRandom;
+
+// a(i, k) = a[i * a_row + k * a_col], b(k, j) = b[k * b_row + j * b_col].
+struct Operands {
+  const float* a;
+  int64_t a_row, a_col;
+  const float* b;
+  int64_t b_row, b_col;
+};
+
+Operands BatchOperands(const Problem& p, int64_t batch) {
+  Operands o;
+  o.a = p.a + batch * p.a_batch_stride;
+  o.a_row = p.transpose_a ? 1 : p.k;
+  o.a_col = p.transpose_a ? p.m : 1;
+  o.b = p.b + batch * p.b_batch_stride;
+  o.b_row = p.transpose_b ? 1 : p.n;
+  o.b_col = p.transpose_b ? p.k : 1;
+  return o;
+}
+
+int64_t ChunkLength(const Problem& p) {
+  return p.chunk_size > 0 && p.chunk_size < p.k ? p.chunk_size : p.k;
+}
+
+// One output element by the definition; its step t draws random word
+// first_index + t.
+template <Rounding kRounding>
+float ExactElement(const Problem& p, const Operands& o, int64_t i, int64_t j,
+                   uint64_t first_index, StepRandom* random) {
+  const int64_t k_total = p.k;
+  const int64_t chunk = ChunkLength(p);
+  float total = 0.0f;
+  int64_t chunk_index = 0;
+  for (int64_t c0 = 0; c0 < k_total; c0 += chunk, ++chunk_index) {
+    const int64_t c1 = std::min(k_total, c0 + chunk);
+    float acc = 0.0f;
+    for (int64_t k = c0; k < c1; ++k) {
+      const double product = static_cast<double>(o.a[i * o.a_row + k * o.a_col]) *
+                             static_cast<double>(o.b[k * o.b_row + j * o.b_col]);
+      const uint32_t word =
+          kRounding == Rounding::kStochastic ? random->Word(first_index + k) : 0u;
+      acc = AccumulateStep<kRounding>(acc, product, p.grid, word);
+    }
+    if (chunk_index == 0) {
+      total = acc;
+    } else {
+      const uint32_t word = kRounding == Rounding::kStochastic
+                                ? random->Word(first_index + k_total + chunk_index - 1)
+                                : 0u;
+      total = AccumulateStep<kRounding>(total, static_cast<double>(acc), p.grid, word);
+    }
+  }
+  return total;
+}
+
+struct ExactJob {
+  const Problem* p;
+  int64_t steps;
+};
+
+// Output rows [begin, end) of the flattened [batch * m] rows.
+template <Rounding kRounding>
+void ExactRows(void* arg, int64_t begin, int64_t end) {
+  const ExactJob& job = *static_cast<const ExactJob*>(arg);
+  const Problem& p = *job.p;
+  StepRandom random(p.philox);
+  for (int64_t row = begin; row < end; ++row) {
+    const Operands o = BatchOperands(p, row / p.m);
+    const int64_t i = row % p.m;
+    float* out = p.out + row * p.n;
+    for (int64_t j = 0; j < p.n; ++j) {
+      const uint64_t first = static_cast<uint64_t>(row * p.n + j) * static_cast<uint64_t>(job.steps);
+      out[j] = ExactElement<kRounding>(p, o, i, j, first, &random);
+    }
+  }
+}
+
+void RunExact(const Problem& p, const ParallelFor& parallel) {
+  ExactJob job{&p, StepsPerElement(p.k, p.chunk_size)};
+  void (*fn)(void*, int64_t, int64_t) =
+      p.rounding == Rounding::kStochastic   ? ExactRows<Rounding::kStochastic>
+      : p.rounding == Rounding::kTowardZero ? ExactRows<Rounding::kTowardZero>
+                                            : ExactRows<Rounding::kNearestEven>;
+  // About 60 cycles per step and element (double arithmetic, branches).
+  const int64_t cost = std::max<int64_t>(1, p.n * std::max<int64_t>(p.k, 1) * 60);
+  parallel.run(parallel.context, p.batch * p.m, cost, fn, &job);
+}
+
+#if TF_LOWPREC_ACC_VECTOR
+
+constexpr int kLanes = 8;
+constexpr int kMaxRows = 4;     // rows of an output tile
+constexpr int kMaxVectors = 2;  // vectors of 8 columns of an output tile
+
+// The format's constants as vectors, for the generic nearest-even rounding.
+struct Format8 {
+  __m256i min_exponent, mantissa_bits, max_bits, overflow_bits, keep_zero_sign;
+  __m256 max_value, infinity, zero;
+  FloatGrid grid;
+};
+
+Format8 MakeFormat8(const FloatGrid& g) {
+  Format8 c;
+  c.min_exponent = _mm256_set1_epi32(g.min_exponent);
+  c.mantissa_bits = _mm256_set1_epi32(g.mantissa_bits);
+  c.max_bits = _mm256_set1_epi32(static_cast<int>(g.max_bits));
+  const uint32_t overflow = g.overflow == Overflow::kSaturate ? g.max_bits
+                            : g.overflow == Overflow::kInfinity ? kInfBits
+                                                                : kQuietNanBits;
+  c.overflow_bits = _mm256_set1_epi32(static_cast<int>(overflow));
+  c.keep_zero_sign = _mm256_set1_epi32(g.negative_zero ? -1 : 0);
+  c.max_value = _mm256_set1_ps(BitsFloat(g.max_bits));
+  c.infinity = _mm256_set1_ps(BitsFloat(kInfBits));
+  c.zero = _mm256_setzero_ps();
+  c.grid = g;
+  return c;
+}
+
+// Nearest-even rounding of finite float32 lanes onto a format with
+// subnormals and without input flushing (rounding.h's RoundToFloatFormat;
+// lanes holding Inf or NaN give unspecified values, which the caller
+// recomputes).
+inline __m256 RoundGeneric8(__m256 f, const Format8& c) {
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i sign = _mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(kSignMask)));
+  const __m256i a = _mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  const __m256i biased = _mm256_srli_epi32(a, 23);
+  const __m256i exponent =
+      _mm256_sub_epi32(_mm256_max_epi32(biased, _mm256_set1_epi32(1)), _mm256_set1_epi32(127));
+  const __m256i k = _mm256_sub_epi32(_mm256_max_epi32(exponent, c.min_exponent), c.mantissa_bits);
+  // Significand bits below the grid step: >= 0 for every valid format.
+  const __m256i dropped = _mm256_sub_epi32(k, _mm256_sub_epi32(exponent, _mm256_set1_epi32(23)));
+  const __m256i one = _mm256_set1_epi32(1);
+  // 1 <= dropped <= 23: add half a step minus one plus the kept lsb, clear.
+  const __m256i normal_lanes = _mm256_cmpgt_epi32(biased, _mm256_setzero_si256());
+  const __m256i parity_source =
+      _mm256_or_si256(a, _mm256_and_si256(normal_lanes, _mm256_set1_epi32(0x800000)));
+  const __m256i lsb = _mm256_and_si256(_mm256_srlv_epi32(parity_source, dropped), one);
+  const __m256i half_minus_one =
+      _mm256_sub_epi32(_mm256_sllv_epi32(one, _mm256_sub_epi32(dropped, one)), one);
+  const __m256i keep = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_sllv_epi32(one, dropped));
+  const __m256i rounded_in = _mm256_and_si256(
+      _mm256_add_epi32(_mm256_add_epi32(a, half_minus_one), lsb), keep);
+  // dropped >= 24: a < 2^k; the neighbours are 0 and 2^k (k >= -148 here),
+  // up iff a > 2^(k-1) (the tie goes to the even 0).
+  const __m256i k_minus_one = _mm256_sub_epi32(k, one);
+  const __m256i normal_k = _mm256_cmpgt_epi32(k, _mm256_set1_epi32(-127));
+  const __m256i step_bits = _mm256_blendv_epi8(
+      _mm256_sllv_epi32(one, _mm256_add_epi32(k, _mm256_set1_epi32(149))),
+      _mm256_slli_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(127)), 23), normal_k);
+  const __m256i normal_half = _mm256_cmpgt_epi32(k_minus_one, _mm256_set1_epi32(-127));
+  const __m256i half_bits = _mm256_blendv_epi8(
+      _mm256_sllv_epi32(one, _mm256_add_epi32(k_minus_one, _mm256_set1_epi32(149))),
+      _mm256_slli_epi32(_mm256_add_epi32(k_minus_one, _mm256_set1_epi32(127)), 23), normal_half);
+  const __m256i rounded_big =
+      _mm256_and_si256(_mm256_cmpgt_epi32(a, half_bits), step_bits);
+  const __m256i big = _mm256_cmpgt_epi32(dropped, _mm256_set1_epi32(23));
+  const __m256i none = _mm256_cmpeq_epi32(dropped, _mm256_setzero_si256());
+  __m256i r = _mm256_blendv_epi8(_mm256_blendv_epi8(rounded_in, rounded_big, big), a, none);
+  r = _mm256_blendv_epi8(r, c.overflow_bits, _mm256_cmpgt_epi32(r, c.max_bits));
+  // -0 only where the format has it.
+  const __m256i zero_result = _mm256_cmpeq_epi32(r, _mm256_setzero_si256());
+  const __m256i signed_r = _mm256_or_si256(
+      r, _mm256_andnot_si256(_mm256_andnot_si256(c.keep_zero_sign, zero_result), sign));
+  return _mm256_castsi256_ps(signed_r);
+}
+
+template <bool kHalf>
+inline __m256 RoundFormat8(__m256 f, const Format8& c) {
+  if (kHalf) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  return RoundGeneric8(f, c);
+}
+
+// The lanes in `bad` recomputed by the definition (rare: ties of the
+// float32 rounding, overflow, NaN/Inf).
+__attribute__((noinline)) __m256 FixLanes(__m256 acc, __m256 a, __m256 b, __m256 h, int bad,
+                                          const FloatGrid& grid) {
+  alignas(32) float acc_lanes[kLanes], a_lanes[kLanes], b_lanes[kLanes], h_lanes[kLanes];
+  _mm256_store_ps(acc_lanes, acc);
+  _mm256_store_ps(a_lanes, a);
+  _mm256_store_ps(b_lanes, b);
+  _mm256_store_ps(h_lanes, h);
+  for (int lane = 0; lane < kLanes; ++lane) {
+    if ((bad >> lane) & 1) {
+      const double product =
+          static_cast<double>(a_lanes[lane]) * static_cast<double>(b_lanes[lane]);
+      h_lanes[lane] = AccumulateStep<Rounding::kNearestEven>(acc_lanes[lane], product, grid, 0u);
+    }
+  }
+  return _mm256_load_ps(h_lanes);
+}
+
+// fmt(acc + a * b) on 8 lanes, nearest-even (see the top of this file).
+template <bool kHalf>
+inline __m256 FastStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
+  const __m256 f = _mm256_fmadd_ps(a, b, acc);
+  const __m256 h = RoundFormat8<kHalf>(f, c);
+  const __m256 t = _mm256_sub_ps(f, h);
+  const __m256 g = _mm256_add_ps(f, t);
+  const __m256 tie = _mm256_and_ps(_mm256_cmp_ps(t, c.zero, _CMP_NEQ_OQ),
+                                   _mm256_cmp_ps(g, RoundFormat8<kHalf>(g, c), _CMP_EQ_OQ));
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  const __m256 not_finite_value =
+      _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
+                   _mm256_cmp_ps(_mm256_and_ps(f, abs_mask), c.infinity, _CMP_NLT_UQ));
+  const int bad = _mm256_movemask_ps(_mm256_or_ps(tie, not_finite_value));
+  if (__builtin_expect(bad != 0, 0)) return FixLanes(acc, a, b, h, bad, c.grid);
+  return h;
+}
+
+struct FastJob {
+  const Problem* p;
+  const float* b_panels;     // per distinct b batch: [k, ldb] row-major, zero padded
+  int64_t b_panel_stride;    // 0 when one b serves every batch
+  int64_t ldb;
+  int64_t row_blocks, column_blocks;
+  Format8 format;
+};
+
+template <bool kHalf, int kRows, int kVectors>
+void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
+  const Problem& p = *job.p;
+  const Format8& c = job.format;
+  const Operands o = BatchOperands(p, batch);
+  const float* b_panel = job.b_panels + batch * job.b_panel_stride + j0;
+  const int64_t chunk = ChunkLength(p);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 total[kRows][kVectors];
+  __m256 acc[kRows][kVectors];
+  for (int r = 0; r < kRows; ++r)
+    for (int v = 0; v < kVectors; ++v) total[r][v] = _mm256_setzero_ps();
+  for (int64_t c0 = 0; c0 < p.k; c0 += chunk) {
+    const int64_t c1 = std::min(p.k, c0 + chunk);
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_setzero_ps();
+    for (int64_t k = c0; k < c1; ++k) {
+      __m256 b[kVectors];
+      for (int v = 0; v < kVectors; ++v) b[v] = _mm256_loadu_ps(b_panel + k * job.ldb + v * kLanes);
+      for (int r = 0; r < kRows; ++r) {
+        const __m256 a = _mm256_broadcast_ss(o.a + (i0 + r) * o.a_row + k * o.a_col);
+        for (int v = 0; v < kVectors; ++v) acc[r][v] = FastStep8<kHalf>(acc[r][v], a, b[v], c);
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        total[r][v] = c0 == 0 ? acc[r][v] : FastStep8<kHalf>(total[r][v], one, acc[r][v], c);
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    float* out = p.out + (batch * p.m + i0 + r) * p.n;
+    for (int v = 0; v < kVectors; ++v) {
+      const int64_t j = j0 + v * kLanes;
+      if (j + kLanes <= p.n) {
+        _mm256_storeu_ps(out + j, total[r][v]);
+      } else if (j < p.n) {
+        alignas(32) float lanes[kLanes];
+        _mm256_store_ps(lanes, total[r][v]);
+        std::memcpy(out + j, lanes, sizeof(float) * (p.n - j));
+      }
+    }
+  }
+}
+
+template <bool kHalf, int kVectors>
+void TileRows(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
+  switch (std::min<int64_t>(kMaxRows, job.p->m - i0)) {
+    case 4: return Tile<kHalf, 4, kVectors>(job, batch, i0, j0);
+    case 3: return Tile<kHalf, 3, kVectors>(job, batch, i0, j0);
+    case 2: return Tile<kHalf, 2, kVectors>(job, batch, i0, j0);
+    default: return Tile<kHalf, 1, kVectors>(job, batch, i0, j0);
+  }
+}
+
+// Work unit u = ((batch * column_blocks) + column_block) * row_blocks +
+// row_block: consecutive units share a b panel.
+template <bool kHalf>
+void FastUnits(void* arg, int64_t begin, int64_t end) {
+  const FastJob& job = *static_cast<const FastJob*>(arg);
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t row_block = u % job.row_blocks;
+    const int64_t column_block = (u / job.row_blocks) % job.column_blocks;
+    const int64_t batch = u / (job.row_blocks * job.column_blocks);
+    const int64_t i0 = row_block * kMaxRows;
+    const int64_t j0 = column_block * kMaxVectors * kLanes;
+    if (job.ldb - j0 >= kMaxVectors * kLanes) {
+      TileRows<kHalf, kMaxVectors>(job, batch, i0, j0);
+    } else {
+      TileRows<kHalf, 1>(job, batch, i0, j0);
+    }
+  }
+}
+
+bool IsIeeeHalf(const FloatGrid& g) {
+  return g.min_exponent == -14 && g.mantissa_bits == 10 && g.max_bits == 0x477FE000u &&
+         g.subnormals && g.infinities && g.has_nan && g.negative_zero &&
+         !g.flush_input_denormals && g.overflow == Overflow::kInfinity;
+}
+
+void RunFast(const Problem& p, const ParallelFor& parallel) {
+  const int64_t ldb = (p.n + kLanes - 1) / kLanes * kLanes;
+  const int64_t b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
+  // b as [k, ldb] panels (transposed and zero padded where needed; the zero
+  // columns' sums are discarded).
+  std::vector<float> packed;
+  const float* panels = p.b;
+  int64_t panel_stride = p.b_batch_stride;
+  if (p.transpose_b || ldb != p.n) {
+    packed.assign(static_cast<size_t>(b_batches * p.k * ldb), 0.0f);
+    for (int64_t batch = 0; batch < b_batches; ++batch) {
+      const Operands o = BatchOperands(p, batch);
+      float* panel = packed.data() + batch * p.k * ldb;
+      for (int64_t k = 0; k < p.k; ++k)
+        for (int64_t j = 0; j < p.n; ++j) panel[k * ldb + j] = o.b[k * o.b_row + j * o.b_col];
+    }
+    panels = packed.data();
+    panel_stride = p.b_batch_stride == 0 ? 0 : p.k * ldb;
+  }
+  FastJob job;
+  job.p = &p;
+  job.b_panels = panels;
+  job.b_panel_stride = panel_stride;
+  job.ldb = ldb;
+  job.row_blocks = (p.m + kMaxRows - 1) / kMaxRows;
+  job.column_blocks = (ldb + kMaxVectors * kLanes - 1) / (kMaxVectors * kLanes);
+  job.format = MakeFormat8(p.grid);
+  const bool half = IsIeeeHalf(p.grid);
+  // About 1.5 (FP16, F16C) or 4 (other formats) cycles per lane and step.
+  const int64_t cost = kMaxRows * kMaxVectors * kLanes * std::max<int64_t>(p.k, 1) * (half ? 2 : 4);
+  parallel.run(parallel.context, p.batch * job.column_blocks * job.row_blocks, cost,
+               half ? FastUnits<true> : FastUnits<false>, &job);
+}
+
+bool FastApplies(const Problem& p) {
+  return p.rounding == Rounding::kNearestEven && p.grid.subnormals &&
+         !p.grid.flush_input_denormals && p.k > 0;
+}
+
+#endif  // TF_LOWPREC_ACC_VECTOR
+
+void Gemm(const Problem& p, const ParallelFor& parallel) {
+  if (p.batch == 0 || p.m == 0 || p.n == 0) return;
+#if TF_LOWPREC_ACC_VECTOR
+  if (FastApplies(p)) {
+    RunFast(p, parallel);
+    return;
+  }
+#endif
+  RunExact(p, parallel);
+}
+
+}  // namespace
+
+extern const Kernels kKernels;
+const Kernels kKernels = {TF_LOWPREC_ACC_ISA_NAME, Gemm};
+
+}  // namespace TF_LOWPREC_ACC_ISA
+}  // namespace accumulation_gemm
+}  // namespace tf_lowprec
