@@ -52,11 +52,11 @@ def test_swamping_in_the_tf_twin():
     """BF16 sums of ones stall at 2^8 = 256 (the twin's K-step loop is slow: a short K)."""
     @tf.function
     def twin(chunk_size):
-        return lp.matmul(tf.ones([1, 512]), tf.ones([512, 1]), accumulator=lp.BF16,
+        return lp.matmul(tf.ones([1, 300]), tf.ones([300, 1]), accumulator=lp.BF16,
                          chunk_size=chunk_size, implementation="tf")
 
     assert twin(None).numpy().tolist() == [[256.0]]
-    assert twin(64).numpy().tolist() == [[512.0]]
+    assert twin(64).numpy().tolist() == [[300.0]]
 
 
 # (format, chunk_size, transpose_a, transpose_b, a batch, b batch, m, k, n)
@@ -137,6 +137,23 @@ def test_long_sums_with_many_ties_agree_across_tiers_and_reference(isa):
     a[:, ::2] = _operands(rng, (1, 2, 160), spread=2)
     b = _operands(rng, (1, 160, 12), spread=2)
     for fmt, chunk in ((lp.FP16, 16), (lp.BF16, None)):
+        actual = lp.matmul(a, b, accumulator=fmt, chunk_size=chunk, isa=isa,
+                           implementation="op")
+        _assert_same_bits(actual, reference.matmul(a, b, fmt, chunk))
+
+
+@pytest.mark.parametrize("isa", TIERS)
+def test_short_operands_match_the_reference(isa):
+    """FP8/BF16-valued operands (exact float32 products: the kernels' round-to-odd path)."""
+    rng = np.random.default_rng(13)
+    a = lp.round_to_format(_operands(rng, (2, 5, 40), spread=4), lp.E5M2).numpy()
+    b = lp.round_to_format(_operands(rng, (1, 40, 10), spread=4), lp.BF16).numpy()
+    a[0, 0, :] = 64.0                   # exact FP16 ties beyond 2048
+    a[0, 1, :] = 30000.0                # FP16 overflow to Inf
+    a[0, 2, :] = 2.0**-20               # FP16 subnormal sums
+    a[1, 0, ::2], a[1, 0, 1::2] = -0.0, 0.0
+    b[0, :, 0] = 1.0
+    for fmt, chunk in ((lp.FP16, None), (lp.FP16, 16), (lp.BF16, 7), (lp.E5M2, None)):
         actual = lp.matmul(a, b, accumulator=fmt, chunk_size=chunk, isa=isa,
                            implementation="op")
         _assert_same_bits(actual, reference.matmul(a, b, fmt, chunk))

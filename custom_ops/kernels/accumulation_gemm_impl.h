@@ -142,6 +142,7 @@ void RunExact(const Problem& p, const ParallelFor& parallel) {
 constexpr int kLanes = 8;
 constexpr int kMaxRows = 4;     // rows of an output tile
 constexpr int kMaxVectors = 2;  // vectors of 8 columns of an output tile
+constexpr int kPanelWidth = kMaxVectors * kLanes;
 
 // The format's constants as vectors, for the generic nearest-even rounding.
 struct Format8 {
@@ -243,6 +244,37 @@ __attribute__((noinline)) __m256 FixLanes(__m256 acc, __m256 a, __m256 b, __m256
   return _mm256_load_ps(h_lanes);
 }
 
+// The lanes of FastStep8 that need a second look: `tie` (f is a midpoint)
+// and `not_finite` lanes.  A tie is what the format's rounding of f says
+// when f is the exact sum (then h, nearest-even of the exact midpoint, is
+// right): exact where the product a * b is a float32 (its FMA error
+// fma(a, b, -p) is 0, the product not so small that the error could
+// underflow) and TwoSum's error of acc + p is 0.  Operands with short
+// significands (FP8, BF16) make exact ties common.  Other lanes are
+// recomputed by the definition.
+__attribute__((noinline)) __m256 ResolveLanes(__m256 acc, __m256 a, __m256 b, __m256 h,
+                                              __m256 tie, __m256 not_finite,
+                                              const FloatGrid& grid) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 p = _mm256_mul_ps(a, b);
+  const __m256 p_error = _mm256_fmsub_ps(a, b, p);
+  const __m256 s = _mm256_add_ps(acc, p);
+  const __m256 p_part = _mm256_sub_ps(s, acc);
+  const __m256 s_error = _mm256_add_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p_part)),
+                                       _mm256_sub_ps(p, p_part));
+  const __m256 product_zero =
+      _mm256_or_ps(_mm256_cmp_ps(a, zero, _CMP_EQ_OQ), _mm256_cmp_ps(b, zero, _CMP_EQ_OQ));
+  const __m256 product_large = _mm256_cmp_ps(_mm256_and_ps(p, abs_mask),
+                                             _mm256_set1_ps(0x1p-100f), _CMP_GE_OQ);
+  const __m256 exact = _mm256_and_ps(
+      _mm256_and_ps(_mm256_cmp_ps(p_error, zero, _CMP_EQ_OQ),
+                    _mm256_cmp_ps(s_error, zero, _CMP_EQ_OQ)),
+      _mm256_or_ps(product_zero, product_large));
+  const int bad = _mm256_movemask_ps(_mm256_or_ps(_mm256_andnot_ps(exact, tie), not_finite));
+  return bad == 0 ? h : FixLanes(acc, a, b, h, bad, grid);
+}
+
 // fmt(acc + a * b) on 8 lanes, nearest-even (see the top of this file).
 template <bool kHalf>
 inline __m256 FastStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
@@ -256,47 +288,106 @@ inline __m256 FastStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
   const __m256 not_finite_value =
       _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
                    _mm256_cmp_ps(_mm256_and_ps(f, abs_mask), c.infinity, _CMP_NLT_UQ));
-  const int bad = _mm256_movemask_ps(_mm256_or_ps(tie, not_finite_value));
+  const int look = _mm256_movemask_ps(_mm256_or_ps(tie, not_finite_value));
+  if (__builtin_expect(look != 0, 0)) {
+    return ResolveLanes(acc, a, b, h, tie, not_finite_value, c.grid);
+  }
+  return h;
+}
+
+// fmt(acc + a * b) on 8 lanes, nearest-even, for operands whose products
+// are float32 values (ShortOperands): the sum acc + p is rounded to odd at
+// 24 bits (TwoSum's error says whether, and on which side, the float32 sum
+// s is inexact; where it is and s is even, s moves one ulp toward the exact
+// sum), and rounding that to a format of at most 22 significand bits is
+// rounding the exact sum (accumulation_step.h's argument at float32
+// precision; RoundToOddApplies states the conditions).  No ties to look at.
+template <bool kHalf>
+inline __m256 ShortStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
+  const __m256 p = _mm256_mul_ps(a, b);
+  const __m256 s = _mm256_add_ps(acc, p);
+  const __m256 p_part = _mm256_sub_ps(s, acc);
+  const __m256 e = _mm256_add_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p_part)),
+                                 _mm256_sub_ps(p, p_part));
+  const __m256i s_bits = _mm256_castps_si256(s);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(s_bits, one), _mm256_setzero_si256());
+  const __m256i inexact = _mm256_castps_si256(_mm256_cmp_ps(e, c.zero, _CMP_NEQ_UQ));
+  // +1 where e has the sign of s (the exact sum is larger in magnitude), else -1.
+  const __m256i direction = _mm256_or_si256(
+      _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), one);
+  const __m256 odd = _mm256_castsi256_ps(_mm256_add_epi32(
+      s_bits, _mm256_and_si256(_mm256_and_si256(even, inexact), direction)));
+  const __m256 h = RoundFormat8<kHalf>(odd, c);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  // Overflow and NaN/Inf lanes (s or e not finite, h beyond the format's
+  // finite values) are recomputed by the definition.
+  const __m256 not_finite_value =
+      _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
+                   _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), c.infinity, _CMP_NLT_UQ));
+  const int bad = _mm256_movemask_ps(not_finite_value);
   if (__builtin_expect(bad != 0, 0)) return FixLanes(acc, a, b, h, bad, c.grid);
   return h;
 }
 
+template <bool kHalf, bool kShort>
+inline __m256 Step8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
+  return kShort ? ShortStep8<kHalf>(acc, a, b, c) : FastStep8<kHalf>(acc, a, b, c);
+}
+
 struct FastJob {
   const Problem* p;
-  const float* b_panels;     // per distinct b batch: [k, ldb] row-major, zero padded
+  // Per distinct b batch, [column_blocks, k, kPanelWidth]: each 16-column
+  // panel contiguous (zero columns beyond n, whose sums are discarded).
+  const float* b_panels;
   int64_t b_panel_stride;    // 0 when one b serves every batch
-  int64_t ldb;
   int64_t row_blocks, column_blocks;
   Format8 format;
 };
 
-template <bool kHalf, int kRows, int kVectors>
+template <bool kHalf, bool kShort, int kRows, int kVectors>
 void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   const Problem& p = *job.p;
   const Format8& c = job.format;
   const Operands o = BatchOperands(p, batch);
-  const float* b_panel = job.b_panels + batch * job.b_panel_stride + j0;
+  const float* b_panel =
+      job.b_panels + batch * job.b_panel_stride + (j0 / kPanelWidth) * p.k * kPanelWidth;
   const int64_t chunk = ChunkLength(p);
   const __m256 one = _mm256_set1_ps(1.0f);
   __m256 total[kRows][kVectors];
   __m256 acc[kRows][kVectors];
+#pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
     for (int v = 0; v < kVectors; ++v) total[r][v] = _mm256_setzero_ps();
   for (int64_t c0 = 0; c0 < p.k; c0 += chunk) {
     const int64_t c1 = std::min(p.k, c0 + chunk);
+#pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
       for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_setzero_ps();
     for (int64_t k = c0; k < c1; ++k) {
       __m256 b[kVectors];
-      for (int v = 0; v < kVectors; ++v) b[v] = _mm256_loadu_ps(b_panel + k * job.ldb + v * kLanes);
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) {
+        b[v] = _mm256_loadu_ps(b_panel + k * kPanelWidth + v * kLanes);
+      }
+#pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r) {
         const __m256 a = _mm256_broadcast_ss(o.a + (i0 + r) * o.a_row + k * o.a_col);
-        for (int v = 0; v < kVectors; ++v) acc[r][v] = FastStep8<kHalf>(acc[r][v], a, b[v], c);
+#pragma GCC unroll 2
+        for (int v = 0; v < kVectors; ++v) {
+          acc[r][v] = Step8<kHalf, kShort>(acc[r][v], a, b[v], c);
+        }
       }
     }
+#pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 2
       for (int v = 0; v < kVectors; ++v) {
-        total[r][v] = c0 == 0 ? acc[r][v] : FastStep8<kHalf>(total[r][v], one, acc[r][v], c);
+        // 1 * chunk sum: a product that is a float32 in either mode.
+        total[r][v] =
+            c0 == 0 ? acc[r][v] : Step8<kHalf, kShort>(total[r][v], one, acc[r][v], c);
       }
     }
   }
@@ -315,19 +406,19 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   }
 }
 
-template <bool kHalf, int kVectors>
+template <bool kHalf, bool kShort, int kVectors>
 void TileRows(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   switch (std::min<int64_t>(kMaxRows, job.p->m - i0)) {
-    case 4: return Tile<kHalf, 4, kVectors>(job, batch, i0, j0);
-    case 3: return Tile<kHalf, 3, kVectors>(job, batch, i0, j0);
-    case 2: return Tile<kHalf, 2, kVectors>(job, batch, i0, j0);
-    default: return Tile<kHalf, 1, kVectors>(job, batch, i0, j0);
+    case 4: return Tile<kHalf, kShort, 4, kVectors>(job, batch, i0, j0);
+    case 3: return Tile<kHalf, kShort, 3, kVectors>(job, batch, i0, j0);
+    case 2: return Tile<kHalf, kShort, 2, kVectors>(job, batch, i0, j0);
+    default: return Tile<kHalf, kShort, 1, kVectors>(job, batch, i0, j0);
   }
 }
 
 // Work unit u = ((batch * column_blocks) + column_block) * row_blocks +
 // row_block: consecutive units share a b panel.
-template <bool kHalf>
+template <bool kHalf, bool kShort>
 void FastUnits(void* arg, int64_t begin, int64_t end) {
   const FastJob& job = *static_cast<const FastJob*>(arg);
   for (int64_t u = begin; u < end; ++u) {
@@ -335,12 +426,7 @@ void FastUnits(void* arg, int64_t begin, int64_t end) {
     const int64_t column_block = (u / job.row_blocks) % job.column_blocks;
     const int64_t batch = u / (job.row_blocks * job.column_blocks);
     const int64_t i0 = row_block * kMaxRows;
-    const int64_t j0 = column_block * kMaxVectors * kLanes;
-    if (job.ldb - j0 >= kMaxVectors * kLanes) {
-      TileRows<kHalf, kMaxVectors>(job, batch, i0, j0);
-    } else {
-      TileRows<kHalf, 1>(job, batch, i0, j0);
-    }
+    TileRows<kHalf, kShort, kMaxVectors>(job, batch, i0, column_block * kPanelWidth);
   }
 }
 
@@ -350,38 +436,65 @@ bool IsIeeeHalf(const FloatGrid& g) {
          !g.flush_input_denormals && g.overflow == Overflow::kInfinity;
 }
 
+// Whether every element of the n values at x (stride 1) has at most 12
+// significant bits and is 0 or within [2^-60, 2^60]: then every product of
+// two of them is a normal float32 (at most 24 bits), i.e. exact.  FP8,
+// FP16 and BF16 operands (what policies pass) qualify.
+bool ShortValues(const float* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const uint32_t a = FloatBits(x[i]) & kAbsMask;
+    if (a == 0) continue;
+    if (a < 0x1D800000u || a > 0x5D800000u) return false;  // 2^-60 .. 2^60
+    if ((a & 0x7FFu) != 0) return false;  // more than 12 significant bits
+  }
+  return true;
+}
+
+// The conditions of ShortStep8: round-to-odd at 24 bits, then nearest-even
+// to the format, is nearest-even of the exact value when the format has at
+// most 22 significand bits wherever it rounds (Boldo & Melquiond: 24 >=
+// 22 + 2), also in float32's subnormal range (the format's smallest step at
+// least 2^-147, four float32 subnormal steps).
+bool RoundToOddApplies(const FloatGrid& g) {
+  return g.mantissa_bits <= 21 && g.min_exponent - g.mantissa_bits >= -147;
+}
+
 void RunFast(const Problem& p, const ParallelFor& parallel) {
-  const int64_t ldb = (p.n + kLanes - 1) / kLanes * kLanes;
+  const int64_t column_blocks = (p.n + kPanelWidth - 1) / kPanelWidth;
   const int64_t b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
-  // b as [k, ldb] panels (transposed and zero padded where needed; the zero
-  // columns' sums are discarded).
-  std::vector<float> packed;
-  const float* panels = p.b;
-  int64_t panel_stride = p.b_batch_stride;
-  if (p.transpose_b || ldb != p.n) {
-    packed.assign(static_cast<size_t>(b_batches * p.k * ldb), 0.0f);
-    for (int64_t batch = 0; batch < b_batches; ++batch) {
-      const Operands o = BatchOperands(p, batch);
-      float* panel = packed.data() + batch * p.k * ldb;
-      for (int64_t k = 0; k < p.k; ++k)
-        for (int64_t j = 0; j < p.n; ++j) panel[k * ldb + j] = o.b[k * o.b_row + j * o.b_col];
+  const int64_t batch_panels = column_blocks * p.k * kPanelWidth;
+  std::vector<float> packed(static_cast<size_t>(b_batches * batch_panels), 0.0f);
+  for (int64_t batch = 0; batch < b_batches; ++batch) {
+    const Operands o = BatchOperands(p, batch);
+    for (int64_t block = 0; block < column_blocks; ++block) {
+      float* panel = packed.data() + batch * batch_panels + block * p.k * kPanelWidth;
+      const int64_t width = std::min<int64_t>(kPanelWidth, p.n - block * kPanelWidth);
+      for (int64_t k = 0; k < p.k; ++k) {
+        for (int64_t j = 0; j < width; ++j) {
+          panel[k * kPanelWidth + j] = o.b[k * o.b_row + (block * kPanelWidth + j) * o.b_col];
+        }
+      }
     }
-    panels = packed.data();
-    panel_stride = p.b_batch_stride == 0 ? 0 : p.k * ldb;
   }
   FastJob job;
   job.p = &p;
-  job.b_panels = panels;
-  job.b_panel_stride = panel_stride;
-  job.ldb = ldb;
+  job.b_panels = packed.data();
+  job.b_panel_stride = p.b_batch_stride == 0 ? 0 : batch_panels;
   job.row_blocks = (p.m + kMaxRows - 1) / kMaxRows;
-  job.column_blocks = (ldb + kMaxVectors * kLanes - 1) / (kMaxVectors * kLanes);
+  job.column_blocks = column_blocks;
   job.format = MakeFormat8(p.grid);
   const bool half = IsIeeeHalf(p.grid);
+  const int64_t a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
+  const bool short_operands =
+      RoundToOddApplies(p.grid) && ShortValues(p.a, a_batches * p.m * p.k) &&
+      ShortValues(packed.data(), static_cast<int64_t>(packed.size()));
   // About 1.5 (FP16, F16C) or 4 (other formats) cycles per lane and step.
   const int64_t cost = kMaxRows * kMaxVectors * kLanes * std::max<int64_t>(p.k, 1) * (half ? 2 : 4);
-  parallel.run(parallel.context, p.batch * job.column_blocks * job.row_blocks, cost,
-               half ? FastUnits<true> : FastUnits<false>, &job);
+  void (*units)(void*, int64_t, int64_t) =
+      half ? (short_operands ? FastUnits<true, true> : FastUnits<true, false>)
+           : (short_operands ? FastUnits<false, true> : FastUnits<false, false>);
+  parallel.run(parallel.context, p.batch * job.column_blocks * job.row_blocks, cost, units,
+               &job);
 }
 
 bool FastApplies(const Problem& p) {
