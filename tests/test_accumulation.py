@@ -51,12 +51,14 @@ def test_swamping_and_its_cure_exactly(isa):
 def test_swamping_in_the_tf_twin():
     """BF16 sums of ones stall at 2^8 = 256 (the twin's K-step loop is slow: a short K)."""
     @tf.function
-    def twin(chunk_size):
-        return lp.matmul(tf.ones([1, 300]), tf.ones([300, 1]), accumulator=lp.BF16,
-                         chunk_size=chunk_size, implementation="tf")
+    def twin():
+        ones_row, ones_column = tf.ones([1, 300]), tf.ones([300, 1])
+        return [lp.matmul(ones_row, ones_column, accumulator=lp.BF16, chunk_size=chunk_size,
+                          implementation="tf") for chunk_size in (None, 64)]
 
-    assert twin(None).numpy().tolist() == [[256.0]]
-    assert twin(64).numpy().tolist() == [[300.0]]
+    unchunked, chunked = twin()
+    assert unchunked.numpy().tolist() == [[256.0]]
+    assert chunked.numpy().tolist() == [[300.0]]
 
 
 # (format, chunk_size, transpose_a, transpose_b, a batch, b batch, m, k, n)
@@ -272,3 +274,23 @@ def test_precision_spec_takes_an_accumulator_and_fp8_wang_runs_it():
                                                    "stochastic"), loss="mse")
     history = model.fit(x, np.zeros((5, 4), np.float32), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_conv2d_layer_accumulates_in_the_policy_format():
+    import keras
+
+    spec = lp.PrecisionSpec(activations="bf16", weights="bf16",
+                            accumulator=lp.Accumulator(lp.BF16, chunk_size=4))
+    layer = keras.layers.Conv2D(2, 3, use_bias=False, dtype=lp.Policy("acc", spec=spec))
+    rng = np.random.default_rng(1)
+    x = _operands(rng, (1, 5, 5, 3), spread=2)
+    y = layer(x).numpy()
+    xr = lp.round_to_format(x, lp.BF16)
+    wr = lp.round_to_format(layer.kernel, lp.BF16)
+    expected = lp.gemm.accumulation.conv2d(xr, wr, accumulator=spec.accumulator,
+                                           implementation="tf").numpy()
+    _assert_same_bits(y, expected)
+    # The patches (kh, kw, C) of output (0, 0, 0) summed by the reference.
+    patch = xr.numpy()[0, :3, :3, :].reshape(1, 1, 27)
+    column = wr.numpy()[:, :, :, 0].reshape(1, 27, 1)
+    _assert_same_bits(y[0, 0, 0, 0], reference.matmul(patch, column, lp.BF16, 4)[0, 0, 0])

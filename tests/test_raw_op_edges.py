@@ -23,6 +23,15 @@ CASES = {
         "ops.lowprec_bf16_matmul(x[0], x[1])", [(1, _HUGE, 0), (1, 0, _HUGE)], True),
     "bf16_matmul_huge_batch": (
         "ops.lowprec_bf16_matmul(x[0], x[1])", [(1, _HUGE, 0), (_HUGE, 0, 2**30)], True),
+    "accumulation_matmul_huge_empty": (
+        "ops.lowprec_accumulation_matmul(x[0], x[1], SEED, exponent_bits=5, mantissa_bits=10, "
+        "exponent_bias=15)", [(1, _HUGE, 0), (1, 0, _HUGE)], True),
+    "accumulation_matmul_huge_batch": (
+        "ops.lowprec_accumulation_matmul(x[0], x[1], SEED, exponent_bits=5, mantissa_bits=10, "
+        "exponent_bias=15)", [(1, _HUGE, 0), (_HUGE, 0, 2**30)], True),
+    "accumulation_matmul_negative_chunk_size": (
+        "ops.lowprec_accumulation_matmul(x[0], x[1], SEED, exponent_bits=5, mantissa_bits=10, "
+        "exponent_bias=15, chunk_size=-1)", [(1, 2, 4), (1, 4, 3)], True),
     "dfp_matmul_huge_empty": (
         "ops.lowprec_dfp_matmul(x[0], tf.zeros([1, 1, 0], tf.int32), x[1], "
         "tf.zeros([1, 0, 1], tf.int32))", [(1, _HUGE, 0), (1, 0, _HUGE)], True),

@@ -182,7 +182,8 @@ def _run_formats(args):
 
 
 _OP_NAMES = {"rounding": "round_to_format / quantize_dfp", "dfp_gemm": "dfp_matmul (INT16 GEMM)",
-             "bf16_gemm": "bf16_matmul (BF16 GEMM)"}
+             "bf16_gemm": "bf16_matmul (BF16 GEMM)",
+             "accumulation_gemm": "matmul (low-precision accumulation)"}
 
 
 def _run_info(args):

@@ -241,6 +241,10 @@ def _presets():
         # instructions where the CPU has them and bit-identical elsewhere.
         "bf16_native": PrecisionSpec(activations=bf16, weights=bf16, errors=bf16,
                                      accumulator="bf16_dot"),
+        # Das et al. 2018: INT16 dynamic fixed point operands and errors (one
+        # shared exponent per tensor), INT32 accumulation, FP32 weight gradients.
+        "dfp16": PrecisionSpec(activations="dfp16", weights="dfp16", errors="dfp16",
+                               accumulator="int32"),
         # Wang et al. 2018: FP8 1-5-2 operands, errors and weight gradients;
         # FP16 accumulation in chunks of 64 (the paper's CL).  FP16 weight
         # updates with stochastic rounding are the optimizer's part:
@@ -249,10 +253,6 @@ def _presets():
         "fp8_wang": PrecisionSpec(
             activations="e5m2", weights="e5m2", errors="e5m2", weight_gradients="e5m2",
             accumulator=accumulation_gemm.Accumulator(formats_lib.FP16, chunk_size=64)),
-        # Das et al. 2018: INT16 dynamic fixed point operands and errors (one
-        # shared exponent per tensor), INT32 accumulation, FP32 weight gradients.
-        "dfp16": PrecisionSpec(activations="dfp16", weights="dfp16", errors="dfp16",
-                               accumulator="int32"),
     }
 
 
@@ -302,7 +302,7 @@ class Policy(keras.DTypePolicy):
 
     Args:
       name: a preset ("fp32", "bf16", "fp16", "hfp8", "fp8", "bf16_native",
-        "fp8_wang", "dfp16") or, with
+        "dfp16", "fp8_wang") or, with
         `spec`, any label for a custom policy (default "custom").
       spec: a `PrecisionSpec` (or its config dict) for a custom policy.
       rounding: optional rounding mode applied to every rounded role of the
