@@ -29,6 +29,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -148,6 +149,11 @@ constexpr int kPanelWidth = kMaxVectors * kLanes;
 struct Format8 {
   __m256i min_exponent, mantissa_bits, max_bits, overflow_bits, keep_zero_sign;
   __m256 max_value, infinity, zero;
+  // ShortStep8's rounding by float addition (RoundByMagic8).
+  __m256i magic_min_bits;   // float32 exponent field of 2^min_exponent
+  __m256i magic_offset;     // (23 - mantissa_bits) << 23, plus the 0.5 of 1.5
+  __m256i zero_sign_mask;   // the sign bit where the format has -0, else 0
+  __m256 short_limit;       // sums at or above it take the definition's path
   FloatGrid grid;
 };
 
@@ -164,6 +170,13 @@ Format8 MakeFormat8(const FloatGrid& g) {
   c.max_value = _mm256_set1_ps(BitsFloat(g.max_bits));
   c.infinity = _mm256_set1_ps(BitsFloat(kInfBits));
   c.zero = _mm256_setzero_ps();
+  c.magic_min_bits = _mm256_set1_epi32((g.min_exponent + 127) << 23);
+  c.magic_offset = _mm256_set1_epi32(((23 - g.mantissa_bits) << 23) | 0x400000);
+  c.zero_sign_mask = _mm256_set1_epi32(g.negative_zero ? static_cast<int>(kSignMask) : 0);
+  // RoundByMagic8's constant 1.5 * 2^(e + 23 - m) must be finite: e + 23 - m <= 127.
+  const int32_t limit_exponent = std::min(128, 127 - (23 - g.mantissa_bits));
+  c.short_limit = _mm256_set1_ps(limit_exponent >= 128 ? BitsFloat(kInfBits)
+                                                       : std::ldexp(1.0f, limit_exponent));
   c.grid = g;
   return c;
 }
@@ -330,6 +343,50 @@ inline __m256 ShortStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
   return h;
 }
 
+// Nearest-even rounding of x onto a format with at most 21 mantissa bits and
+// subnormals, by float addition: with E = max(floor(log2|x|), min_exponent)
+// and C = 1.5 * 2^(E + 23 - m), x + C lies in C's binade, whose float32 ulp
+// is the format's step 2^(E - m) at x, so (x + C) - C is x rounded to that
+// step, nearest-even (MXCSR's mode: the kernels run in round-to-nearest,
+// float_environment.h).  Zero results take x's sign where the format has
+// -0.  Valid for |x| below c.short_limit (C finite); results beyond the
+// format's largest value are left to the caller's check.
+inline __m256 RoundByMagic8(__m256 x, const Format8& c) {
+  const __m256i bits = _mm256_castps_si256(x);
+  const __m256i exponent_field =
+      _mm256_max_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7F800000)), c.magic_min_bits);
+  const __m256 magic = _mm256_castsi256_ps(_mm256_add_epi32(exponent_field, c.magic_offset));
+  const __m256 rounded = _mm256_sub_ps(_mm256_add_ps(x, magic), magic);
+  return _mm256_or_ps(rounded, _mm256_and_ps(x, _mm256_castsi256_ps(c.zero_sign_mask)));
+}
+
+// ShortStep8 without the per-step test: lanes whose sum is not finite,
+// reaches c.short_limit or rounds beyond the format's finite values are
+// or-ed into *bad, and the caller recomputes the whole chunk of those
+// tiles by the definition (ShortChunkFallback).
+inline __m256 ShortStepDeferred8(__m256 acc, __m256 a, __m256 b, const Format8& c,
+                                 __m256* bad) {
+  const __m256 p = _mm256_mul_ps(a, b);
+  const __m256 s = _mm256_add_ps(acc, p);
+  const __m256 p_part = _mm256_sub_ps(s, acc);
+  const __m256 e = _mm256_add_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p_part)),
+                                 _mm256_sub_ps(p, p_part));
+  const __m256i s_bits = _mm256_castps_si256(s);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(s_bits, one), _mm256_setzero_si256());
+  const __m256i inexact = _mm256_castps_si256(_mm256_cmp_ps(e, c.zero, _CMP_NEQ_UQ));
+  const __m256i direction = _mm256_or_si256(
+      _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), one);
+  const __m256 odd = _mm256_castsi256_ps(_mm256_add_epi32(
+      s_bits, _mm256_and_si256(_mm256_and_si256(even, inexact), direction)));
+  const __m256 h = RoundByMagic8(odd, c);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  *bad = _mm256_or_ps(
+      *bad, _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
+                         _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), c.short_limit, _CMP_NLT_UQ)));
+  return h;
+}
+
 template <bool kHalf, bool kShort>
 inline __m256 Step8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
   return kShort ? ShortStep8<kHalf>(acc, a, b, c) : FastStep8<kHalf>(acc, a, b, c);
@@ -344,6 +401,32 @@ struct FastJob {
   int64_t row_blocks, column_blocks;
   Format8 format;
 };
+
+// The chunk sums [c0, c1) of a tile by the definition (every lane), into
+// acc[rows][vectors]: where ShortStepDeferred8 reported a lane it cannot
+// round (overflow, Inf, NaN: rare), the chunk is recomputed from its +0.
+__attribute__((noinline)) void ChunkByDefinition(const FastJob& job, const Operands& o,
+                                                 const float* b_panel, int64_t i0, int64_t j0,
+                                                 int rows, int vectors, int64_t c0, int64_t c1,
+                                                 __m256* acc) {
+  const Problem& p = *job.p;
+  for (int r = 0; r < rows; ++r) {
+    for (int v = 0; v < vectors; ++v) {
+      alignas(32) float lanes[kLanes];
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const int64_t column = j0 + v * kLanes + lane - (j0 / kPanelWidth) * kPanelWidth;
+        float sum = 0.0f;
+        for (int64_t k = c0; k < c1; ++k) {
+          const double product = static_cast<double>(o.a[(i0 + r) * o.a_row + k * o.a_col]) *
+                                 static_cast<double>(b_panel[k * kPanelWidth + column]);
+          sum = AccumulateStep<Rounding::kNearestEven>(sum, product, p.grid, 0u);
+        }
+        lanes[lane] = sum;
+      }
+      acc[r * vectors + v] = _mm256_load_ps(lanes);
+    }
+  }
+}
 
 template <bool kHalf, bool kShort, int kRows, int kVectors>
 void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
@@ -366,6 +449,7 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
     for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
       for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_setzero_ps();
+    __m256 bad = _mm256_setzero_ps();
     for (int64_t k = c0; k < c1; ++k) {
       __m256 b[kVectors];
 #pragma GCC unroll 2
@@ -377,9 +461,13 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
         const __m256 a = _mm256_broadcast_ss(o.a + (i0 + r) * o.a_row + k * o.a_col);
 #pragma GCC unroll 2
         for (int v = 0; v < kVectors; ++v) {
-          acc[r][v] = Step8<kHalf, kShort>(acc[r][v], a, b[v], c);
+          acc[r][v] = kShort ? ShortStepDeferred8(acc[r][v], a, b[v], c, &bad)
+                             : Step8<kHalf, kShort>(acc[r][v], a, b[v], c);
         }
       }
+    }
+    if (kShort && __builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) {
+      ChunkByDefinition(job, o, b_panel, i0, j0, kRows, kVectors, c0, c1, &acc[0][0]);
     }
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
