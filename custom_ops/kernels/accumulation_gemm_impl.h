@@ -74,35 +74,42 @@ int64_t ChunkLength(const Problem& p) {
   return p.chunk_size > 0 && p.chunk_size < p.k ? p.chunk_size : p.k;
 }
 
-// One output element by the definition; its step t draws random word
-// first_index + t.
-template <Rounding kRounding>
-float ExactElement(const Problem& p, const Operands& o, int64_t i, int64_t j,
-                   uint64_t first_index, StepRandom* random) {
+// kGroup output elements (i, j .. j + kGroup - 1) by the definition; element
+// j + g's step t draws random word first[g] + t.  Several independent sums
+// at once let the CPU overlap their dependent chains of double operations.
+template <Rounding kRounding, int kGroup>
+void ExactElements(const Problem& p, const Operands& o, int64_t i, int64_t j,
+                   const uint64_t* first, StepRandom* random, float* out) {
   const int64_t k_total = p.k;
   const int64_t chunk = ChunkLength(p);
-  float total = 0.0f;
+  float total[kGroup], acc[kGroup];
+  for (int g = 0; g < kGroup; ++g) total[g] = 0.0f;
   int64_t chunk_index = 0;
   for (int64_t c0 = 0; c0 < k_total; c0 += chunk, ++chunk_index) {
     const int64_t c1 = std::min(k_total, c0 + chunk);
-    float acc = 0.0f;
+    for (int g = 0; g < kGroup; ++g) acc[g] = 0.0f;
     for (int64_t k = c0; k < c1; ++k) {
-      const double product = static_cast<double>(o.a[i * o.a_row + k * o.a_col]) *
-                             static_cast<double>(o.b[k * o.b_row + j * o.b_col]);
-      const uint32_t word =
-          kRounding == Rounding::kStochastic ? random->Word(first_index + k) : 0u;
-      acc = AccumulateStep<kRounding>(acc, product, p.grid, word);
+      const double a = static_cast<double>(o.a[i * o.a_row + k * o.a_col]);
+      for (int g = 0; g < kGroup; ++g) {
+        const double product = a * static_cast<double>(o.b[k * o.b_row + (j + g) * o.b_col]);
+        const uint32_t word =
+            kRounding == Rounding::kStochastic ? random[g].Word(first[g] + k) : 0u;
+        acc[g] = AccumulateStep<kRounding>(acc[g], product, p.grid, word);
+      }
     }
-    if (chunk_index == 0) {
-      total = acc;
-    } else {
-      const uint32_t word = kRounding == Rounding::kStochastic
-                                ? random->Word(first_index + k_total + chunk_index - 1)
-                                : 0u;
-      total = AccumulateStep<kRounding>(total, static_cast<double>(acc), p.grid, word);
+    for (int g = 0; g < kGroup; ++g) {
+      if (chunk_index == 0) {
+        total[g] = acc[g];
+      } else {
+        const uint32_t word = kRounding == Rounding::kStochastic
+                                  ? random[g].Word(first[g] + k_total + chunk_index - 1)
+                                  : 0u;
+        total[g] = AccumulateStep<kRounding>(total[g], static_cast<double>(acc[g]), p.grid,
+                                             word);
+      }
     }
   }
-  return total;
+  for (int g = 0; g < kGroup; ++g) out[g] = total[g];
 }
 
 struct ExactJob {
@@ -115,19 +122,68 @@ template <Rounding kRounding>
 void ExactRows(void* arg, int64_t begin, int64_t end) {
   const ExactJob& job = *static_cast<const ExactJob*>(arg);
   const Problem& p = *job.p;
-  StepRandom random(p.philox);
+  constexpr int kGroup = 4;
+  StepRandom random[kGroup] = {StepRandom(p.philox), StepRandom(p.philox),
+                               StepRandom(p.philox), StepRandom(p.philox)};
   for (int64_t row = begin; row < end; ++row) {
     const Operands o = BatchOperands(p, row / p.m);
     const int64_t i = row % p.m;
     float* out = p.out + row * p.n;
-    for (int64_t j = 0; j < p.n; ++j) {
-      const uint64_t first = static_cast<uint64_t>(row * p.n + j) * static_cast<uint64_t>(job.steps);
-      out[j] = ExactElement<kRounding>(p, o, i, j, first, &random);
+    uint64_t first[kGroup];
+    int64_t j = 0;
+    for (; j + kGroup <= p.n; j += kGroup) {
+      for (int g = 0; g < kGroup; ++g) {
+        first[g] = static_cast<uint64_t>(row * p.n + j + g) * static_cast<uint64_t>(job.steps);
+      }
+      ExactElements<kRounding, kGroup>(p, o, i, j, first, random, out + j);
+    }
+    for (; j < p.n; ++j) {
+      first[0] = static_cast<uint64_t>(row * p.n + j) * static_cast<uint64_t>(job.steps);
+      ExactElements<kRounding, 1>(p, o, i, j, first, random, out + j);
     }
   }
 }
 
-void RunExact(const Problem& p, const ParallelFor& parallel) {
+// Copies of a as [m, k] and b as [n, k] (k contiguous for both, as
+// ExactElement reads them), where the operands are laid out otherwise.
+struct KContiguous {
+  std::vector<float> a, b;
+};
+
+Problem WithKContiguousOperands(const Problem& p, KContiguous* copies) {
+  Problem q = p;
+  if (p.transpose_a) {
+    const int64_t batches = p.a_batch_stride == 0 ? 1 : p.batch;
+    copies->a.resize(static_cast<size_t>(batches * p.m * p.k));
+    for (int64_t batch = 0; batch < batches; ++batch) {
+      const float* src = p.a + batch * p.a_batch_stride;  // [k, m]
+      float* dst = copies->a.data() + batch * p.m * p.k;
+      for (int64_t k = 0; k < p.k; ++k)
+        for (int64_t i = 0; i < p.m; ++i) dst[i * p.k + k] = src[k * p.m + i];
+    }
+    q.a = copies->a.data();
+    q.a_batch_stride = p.a_batch_stride == 0 ? 0 : p.m * p.k;
+    q.transpose_a = false;
+  }
+  if (!p.transpose_b) {
+    const int64_t batches = p.b_batch_stride == 0 ? 1 : p.batch;
+    copies->b.resize(static_cast<size_t>(batches * p.n * p.k));
+    for (int64_t batch = 0; batch < batches; ++batch) {
+      const float* src = p.b + batch * p.b_batch_stride;  // [k, n]
+      float* dst = copies->b.data() + batch * p.n * p.k;
+      for (int64_t k = 0; k < p.k; ++k)
+        for (int64_t j = 0; j < p.n; ++j) dst[j * p.k + k] = src[k * p.n + j];
+    }
+    q.b = copies->b.data();
+    q.b_batch_stride = p.b_batch_stride == 0 ? 0 : p.n * p.k;
+    q.transpose_b = true;
+  }
+  return q;
+}
+
+void RunExact(const Problem& problem, const ParallelFor& parallel) {
+  KContiguous copies;
+  const Problem p = WithKContiguousOperands(problem, &copies);
   ExactJob job{&p, StepsPerElement(p.k, p.chunk_size)};
   void (*fn)(void*, int64_t, int64_t) =
       p.rounding == Rounding::kStochastic   ? ExactRows<Rounding::kStochastic>

@@ -71,13 +71,14 @@ inline double SumRoundedToOdd(double acc, double p) {
   const double s = acc + p;
   const double p_part = s - acc;
   const double e = (acc - (s - p_part)) + (p - p_part);
-  uint64_t bits = DoubleBits(s);
-  if ((bits & kDoubleAbs) < kDoubleInf && e != 0.0 && (bits & 1u) == 0) {
-    // e has the sign of s: the exact sum is larger in magnitude.
-    const bool away = ((DoubleBits(e) ^ bits) & kDoubleSign) == 0;
-    bits = away ? bits + 1 : bits - 1;
-  }
-  return BitsDouble(bits);
+  const uint64_t bits = DoubleBits(s);
+  // Without branches (the conditions are data dependent, about even odds):
+  // adjust where s is finite, inexact and even; one ulp up in magnitude
+  // where e has the sign of s (the exact sum is larger), else down.
+  const uint64_t adjust = static_cast<uint64_t>((bits & kDoubleAbs) < kDoubleInf) &
+                          static_cast<uint64_t>(e != 0.0) & (~bits & 1u);
+  const uint64_t away = static_cast<uint64_t>(((DoubleBits(e) ^ bits) & kDoubleSign) == 0);
+  return BitsDouble(bits + adjust * (2 * away - 1));
 }
 
 // Rounds the double x onto the float format `grid` (float32 bits of the
@@ -116,7 +117,7 @@ inline uint32_t RoundDoubleToFloatFormat(double x, const FloatGrid& grid, uint32
     bool up;
     if (kRounding == Rounding::kNearestEven) {
       constexpr uint64_t kHalf = uint64_t{1} << 63;
-      up = fraction > kHalf || (fraction == kHalf && (kept & 1u) != 0);
+      up = (fraction > kHalf) | ((fraction == kHalf) & ((kept & 1u) != 0));
     } else if (kRounding == Rounding::kStochastic) {
       const uint32_t fraction32 = static_cast<uint32_t>(fraction >> 32);
       up = static_cast<uint32_t>(random_word + fraction32) < random_word;
