@@ -4,14 +4,21 @@
 // TF_LOWPREC_ACC_ISA (the namespace of this copy), TF_LOWPREC_ACC_ISA_NAME
 // and TF_LOWPREC_ACC_VECTOR (1: the AVX2/F16C/FMA kernel below is compiled).
 //
-// Two ways to compute the same bits (accumulation_gemm.h states them):
+// Three ways to compute the same bits (accumulation_gemm.h states them):
 //
-// - ExactRows: every step by accumulation_step.h (double arithmetic, one
-//   output element at a time).  All rounding modes; every tier has it, and
+// - ExactRows: every step by accumulation_step.h (double arithmetic, four
+//   output elements at a time).  All rounding modes; every tier has it, and
 //   it is the whole portable tier.
-// - FastGemm (vector tiers, nearest-even, formats with subnormals and without
-//   input flushing): 8 output columns per vector, each lane's running sum a
-//   float32 register holding a value of the format:
+// - RunFast with short operands (vector tiers, nearest-even, formats of at
+//   most 21 mantissa bits with subnormals and without input flushing, every
+//   operand 0 or within 2^+-60 with at most 12 significant bits, so that
+//   every product is a float32): ShortStepDeferred8 rounds the float32 sum to
+//   odd (TwoSum) and then to the format by float addition; lanes that
+//   overflow or are not finite make the tile's chunk be recomputed by the
+//   definition.
+// - RunFast otherwise (vector tiers, nearest-even, formats with subnormals
+//   and without input flushing): 8 output columns per vector, each lane's
+//   running sum a float32 register holding a value of the format:
 //       f  = fma(a, b, acc)          round-to-nearest float32 of acc + a*b
 //       h  = fmt(f)                  F16C for IEEE FP16, else integer code
 //   fmt(f) equals fmt(acc + a*b) unless f is a midpoint of the format's grid
@@ -19,11 +26,12 @@
 //   overflows (the exact sum may lie below float32's overflow but f is Inf).
 //   Midpoints are found without knowing the grid: with t = f - h (exact),
 //   f is a midpoint iff t != 0 and f + t (the other neighbour, exact) is a
-//   value of the format.  Such lanes, and lanes whose f or h is not a finite
-//   value of the format, are recomputed by AccumulateStep: the result is
-//   accumulation_step.h's in every lane.  (The format's grid is at least
-//   twice as fine as float32's wherever it rounds, so its midpoints are
-//   float32 values: a midpoint cannot be missed.)
+//   value of the format.  Midpoints the FMA computed exactly are kept; the
+//   others, and lanes whose f or h is not a finite value of the format, are
+//   recomputed by AccumulateStep: the result is accumulation_step.h's in
+//   every lane.  (The format's grid is at least twice as fine as float32's
+//   wherever it rounds, so its midpoints are float32 values: a midpoint
+//   cannot be missed.)
 #ifndef TF_LOWPREC_ACC_ISA
 #error "define TF_LOWPREC_ACC_ISA before including accumulation_gemm_impl.h"
 #endif
@@ -145,7 +153,7 @@ void ExactRows(void* arg, int64_t begin, int64_t end) {
 }
 
 // Copies of a as [m, k] and b as [n, k] (k contiguous for both, as
-// ExactElement reads them), where the operands are laid out otherwise.
+// ExactElements reads them), where the operands are laid out otherwise.
 struct KContiguous {
   std::vector<float> a, b;
 };
