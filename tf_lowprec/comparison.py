@@ -29,10 +29,10 @@ docs/loss_scaling.md).
 """
 
 import dataclasses
-import importlib
 import inspect
 import json
 import os
+import pkgutil
 import platform
 import sys
 import time
@@ -111,18 +111,21 @@ def build_builtin(kind, data):
 
 
 def _import_builder(spec):
+    """The function named by "module:function" (the standard library's resolve_name)."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise CompareError(f"--model={spec}: give module:function, e.g. my_models:build")
     try:
-        module = importlib.import_module(module_name)
+        builder = pkgutil.resolve_name(spec)
     except ModuleNotFoundError as e:
         raise CompareError(f"--model={spec}: cannot import module {module_name!r} ({e}); run "
                            "from the folder that holds it or put it on PYTHONPATH") from e
-    builder = getattr(module, function_name, None)
-    if not callable(builder):
+    except AttributeError as e:
         raise CompareError(f"--model={spec}: module {module_name!r} has no function "
-                           f"{function_name!r}")
+                           f"{function_name!r}") from e
+    if not callable(builder):
+        raise CompareError(f"--model={spec}: {function_name!r} in {module_name!r} is not a "
+                           "function")
     return builder
 
 
