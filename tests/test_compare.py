@@ -180,10 +180,13 @@ def test_command_runs_module_function_on_an_npz(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_model_and_data_get_messages_that_name_the_problem(tmp_path, capsys):
+    not_a_model = tmp_path / "notes.keras"
+    not_a_model.write_text("not a zip file")
     for args, message in (
             (["--model=no_such_module_xyz:build"], "cannot import module 'no_such_module_xyz'"),
             (["--model=json:no_such_function"], "module 'json' has no function"),
             ([f"--model={tmp_path / 'missing.keras'}"], "no such file"),
+            ([f"--model={not_a_model}"], "Keras cannot load it"),
             (["--model=resnet"], "model must be a built-in"),
             (["--model=lstm"], "--model=lstm reads integer token sequences"),
             ([f"--dataset={tmp_path / 'none.npz'}"], "no such file")):

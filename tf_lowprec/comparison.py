@@ -36,6 +36,7 @@ import pkgutil
 import platform
 import sys
 import time
+import zipfile
 
 import keras
 import numpy as np
@@ -132,7 +133,10 @@ def _import_builder(spec):
 def _load_model_file(path):
     if not os.path.exists(path):
         raise CompareError(f"--model={path}: no such file")
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise CompareError(f"--model={path}: Keras cannot load it ({type(e).__name__}: {e})") from e
 
 
 def _call_builder(builder, data):
@@ -513,12 +517,11 @@ def plot(comparison, path):
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    spread = f", band: min–max over {seeds} seeds" if seeds > 1 else ""
+    end = f"{scale * base['test_metric']:.2f}{' %' if scale == 100.0 else ''}"
     axes[0, 0].set_title(f"Test {metric}: difference to {comparison.baseline} "
-                         f"({scale * base['test_metric']:.2f}{'%' if scale == 100 else ''} "
-                         f"at the end){spread}", fontsize=10)
+                         f"(which ends at {end})", fontsize=10)
     axes[0, 1].set_title(f"Test loss: difference to {comparison.baseline} "
-                         f"({base['test_loss']:.4f} at the end){spread}", fontsize=10)
+                         f"(which ends at {base['test_loss']:.4f})", fontsize=10)
 
     ax = axes[1, 0]
     ratios = [summary[e]["step_time_ratio"] for e in comparison.entries]
@@ -558,8 +561,9 @@ def plot(comparison, path):
                 va="center", transform=ax.transAxes)
         ax.set_axis_off()
     ax.set_title("Layers and roles with the most underflow / overflow", fontsize=10)
+    spread = f"; bands and whiskers: min–max over {seeds} seeds" if seeds > 1 else ""
     fig.suptitle(f"{comparison.settings['model']} on {comparison.settings['dataset']}: "
-                 f"each policy against {comparison.baseline}", fontsize=12)
+                 f"each policy against {comparison.baseline}{spread}", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
