@@ -57,17 +57,23 @@ def load_mnist_5k(normalize=True):
     )
 
 
-def load_mnist(prefer_tfds=True, normalize=True, return_source=False):
-    """Full MNIST from `tensorflow_datasets` when it can be had, else the bundled sample.
+def load_mnist(prefer_tfds=True, normalize=True, return_source=False, download=False,
+               data_dir=None):
+    """Full MNIST from `tensorflow_datasets` when it is prepared, else the bundled sample.
 
     Notebooks and examples call this so the same code runs on Colab (60,000 /
-    10,000 images, downloaded once) and offline (`load_mnist_5k`, 4,000 / 1,000).
+    10,000 images, downloaded once with `download=True`) and offline
+    (`load_mnist_5k`, 4,000 / 1,000).
 
     Args:
-      prefer_tfds: try `tensorflow_datasets.load("mnist")` first; any failure
-        (not installed, no network) falls back to the bundled sample.
+      prefer_tfds: use TFDS' "mnist" when tensorflow_datasets is installed and
+        the set is prepared in `data_dir` (or `download` prepares it).
       normalize: scale pixels to [0, 1] float32 (else uint8 0..255).
       return_source: also return "tensorflow_datasets" or "bundled mnist_5k".
+      download: download and prepare the TFDS set when it is not prepared
+        (needs a network; its errors are raised, not hidden).  Without it,
+        nothing is downloaded.
+      data_dir: the TFDS data_dir (default: TFDS' own).
 
     >>> from tf_lowprec import datasets
     >>> (x, y), _, source = datasets.load_mnist(prefer_tfds=False, return_source=True)
@@ -75,19 +81,24 @@ def load_mnist(prefer_tfds=True, normalize=True, return_source=False):
     ((4000, 28, 28), 'bundled mnist_5k')
     """
     result, source = None, "bundled mnist_5k"
+    tfds = None
     if prefer_tfds:
         try:
-            import tensorflow_datasets as tfds  # noqa: PLC0415 (optional dependency)
-
-            splits = tfds.as_numpy(tfds.load("mnist", split=["train", "test"], batch_size=-1,
-                                             as_supervised=True))
+            import tensorflow_datasets as tfds  # noqa: PLC0415 (imported only when asked for)
+        except ImportError:
+            tfds = None
+    if tfds is not None:
+        builder = tfds.builder("mnist", data_dir=data_dir)
+        if download and not builder.is_prepared():
+            builder.download_and_prepare()
+        if builder.is_prepared():
+            splits = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1,
+                                                      as_supervised=True))
             result = tuple((images[..., 0], labels.astype(np.int64))
                            for images, labels in splits)
             if normalize:
                 result = tuple((x.astype(np.float32) / 255.0, y) for x, y in result)
             source = "tensorflow_datasets"
-        except Exception:  # noqa: BLE001 (not installed, no network, ...: use the sample)
-            result = None
     if result is None:
         result = load_mnist_5k(normalize)
     return (*result, source) if return_source else result
