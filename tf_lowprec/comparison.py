@@ -463,10 +463,12 @@ def _environment():
 
     from tf_lowprec import _op_library  # noqa: PLC0415
 
+    tiers = _op_library.kernel_tiers()
     return {"python": sys.version.split()[0], "tensorflow": tf.__version__,
             "keras": keras.__version__, "machine": platform.machine(),
-            "kernel_tiers": {op: tiers["auto"] for op, tiers in _op_library.kernel_tiers().items()
-                             if isinstance(tiers, dict) and "auto" in tiers}}
+            "processor": platform.processor(), "cpu_features": tiers.get("cpu"),
+            "kernel_tiers": {op: t["auto"] for op, t in tiers.items()
+                             if isinstance(t, dict) and "auto" in t}}
 
 
 def _deltas(comparison, entry, key):
@@ -587,8 +589,9 @@ def compare(model=None, data="mnist_5k", policies=DEFAULT_POLICIES, *, epochs=3,
       policies: entries `NAME[:ROUNDING][+als|+ls|+none]`; the first is the
         baseline of every difference and ratio.
       epochs, batch_size: of each run.
-      seeds: runs per entry, with seeds `seed, seed + 1, ...`; the plot shows
-        their spread.
+      seeds: runs per entry, with seeds `seed, seed + 1, ...` (the initial
+        weights, where the model is built here, and the batches' order); the
+        plot shows their spread.
       train_samples: use only the first N training examples.
       loss, metrics, optimizer, learning_rate: override (or, where the model
         has no compile configuration, give) what `compile` gets.
