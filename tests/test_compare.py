@@ -86,13 +86,15 @@ def test_tfds_errors_say_what_is_wrong(tfds_dir):
         datasets.load("no_such_set_here", data_dir=tfds_dir)
     with pytest.raises(datasets.DataError, match="'mnist' is not prepared.*download_and_prepare"):
         datasets.load("mnist", data_dir=tfds_dir)
-    with pytest.raises(datasets.DataError,
-                       match=r"no supervised keys.*image \(Image.*coarse \(ClassLabel.*"
-                             r"--features=INPUT,LABEL"):
+    with pytest.raises(datasets.DataError, match="no supervised keys") as error:
         datasets.load("tiny_two_labels", data_dir=tfds_dir)
+    for part in ("image (Image", "coarse (ClassLabel", "label (ClassLabel",
+                 "--features=INPUT,LABEL"):
+        assert part in str(error.value)
     data = datasets.load("tiny_two_labels", data_dir=tfds_dir, features=("image", "coarse"))
     assert data.num_classes == 2
-    with pytest.raises(datasets.DataError, match="no feature 'img'.*its features: image"):
+    with pytest.raises(datasets.DataError,
+                       match="no feature 'img'; its features: .*image \\(Image"):
         datasets.load("tiny_two_labels", data_dir=tfds_dir, features=("img", "label"))
     with pytest.raises(datasets.DataError, match="no split 'validation'.*--splits=TRAIN,TEST"):
         datasets.load("tiny_digits", data_dir=tfds_dir, splits=("train", "validation"))

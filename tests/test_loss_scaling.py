@@ -222,7 +222,8 @@ def test_compile_adds_loss_scaling_where_the_policy_needs_it():
 
 def test_automatic_loss_scaling_modes():
     def compiled_with(mode):
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy("fp16"))])
+        model = keras.Sequential([keras.Input((3,)),
+                                  keras.layers.Dense(2, dtype=lp.Policy("fp16"))])
         with loss_scaling.automatic_loss_scaling_mode(mode):
             model.compile(optimizer={"class_name": "SGD", "config": {"learning_rate": 0.5}},
                           loss="mse")

@@ -202,9 +202,11 @@ def load_npz(path):
 
 
 def _describe_features(features):
-    return ", ".join(f"{name} ({type(feature).__name__}"
-                     f"{', shape ' + str(tuple(feature.shape)) if hasattr(feature, 'shape') else ''})"
-                     for name, feature in features.items())
+    described = []
+    for name, feature in features.items():
+        shape = f", shape {tuple(feature.shape)}" if hasattr(feature, "shape") else ""
+        described.append(f"{name} ({type(feature).__name__}{shape})")
+    return ", ".join(described)
 
 
 def _tfds_input_and_label(name, info, features):
@@ -217,8 +219,9 @@ def _tfds_input_and_label(name, info, features):
             raise DataError(f"features must name two features, INPUT,LABEL; got {features!r}")
         unknown = [f for f in features if f not in available]
         if unknown:
-            raise DataError(f"TFDS data set {name!r} has no feature {', '.join(map(repr, unknown))};"
-                            f" its features: {_describe_features(available)}")
+            raise DataError(f"TFDS data set {name!r} has no feature "
+                            f"{', '.join(map(repr, unknown))}; its features: "
+                            f"{_describe_features(available)}")
         return tuple(features)
     keys = info.supervised_keys
     if keys and len(keys) == 2 and all(isinstance(k, str) for k in keys):

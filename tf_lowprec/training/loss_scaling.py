@@ -277,7 +277,8 @@ def automatic_loss_scaling_mode(mode):
     """`set_automatic_loss_scaling(mode)` inside a `with` block, the previous mode after it.
 
     >>> import keras, tf_lowprec as lp
-    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy("fp16"))])
+    >>> model = keras.Sequential([keras.Input((3,)),
+    ...                           keras.layers.Dense(2, dtype=lp.Policy("fp16"))])
     >>> with lp.loss_scaling.automatic_loss_scaling_mode(None):   # FP16 without loss scaling
     ...     model.compile(optimizer="sgd", loss="mse")
     >>> type(model.optimizer).__name__
