@@ -70,7 +70,9 @@ def run(args):
             accuracies, seconds, scales = [], [], []
             for seed in range(args.seeds):
                 model = _model(lp.Policy(policy), seed)
-                model.compile(optimizer=make_optimizer(), loss=loss, metrics=["accuracy"])
+                # Each configuration names its own loss scaling ("fp16-none" is one).
+                with lp.loss_scaling.automatic_loss_scaling_mode(None):
+                    model.compile(optimizer=make_optimizer(), loss=loss, metrics=["accuracy"])
                 start = time.perf_counter()
                 model.fit(x_train, y_train, batch_size=128, epochs=args.epochs, verbose=0)
                 seconds.append(time.perf_counter() - start)

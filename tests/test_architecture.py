@@ -22,6 +22,8 @@ LAYER_RANKS = {
     "tf_lowprec.keras": 3,
     "tf_lowprec.training": 4,
     "tf_lowprec.export": 5,
+    "tf_lowprec.datasets": 5,
+    "tf_lowprec.comparison": 5,
     "tf_lowprec": 6,  # the public API (__init__)
     "tf_lowprec.cli": 7,  # the command line uses the public API
     "tf_lowprec.__main__": 7,

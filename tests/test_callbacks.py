@@ -25,8 +25,9 @@ def _hand_built_model():
     # Errors (E5M2: subnormals below 2^-14, smallest 2^-16, max 57344):
     # dY = target weights of the loss sum(y * u).
     u = np.array([[1e-9, 1e5, 2.0**-15, 1.0]], np.float32)
-    model.compile(optimizer=keras.optimizers.SGD(0.0),
-                  loss=lambda y_true, y_pred: tf.reduce_sum(y_pred * u))
+    with lp.loss_scaling.automatic_loss_scaling_mode(None):  # the errors exactly as built
+        model.compile(optimizer=keras.optimizers.SGD(0.0),
+                      loss=lambda y_true, y_pred: tf.reduce_sum(y_pred * u))
     return model, x
 
 

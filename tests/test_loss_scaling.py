@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec.keras import emulation
+from tf_lowprec.keras import policy as policy_lib
 from tf_lowprec.training import loss_scaling
 
 
@@ -190,26 +191,90 @@ def test_without_an_adaptive_optimizer_gradients_are_unchanged():
     )
 
 
-def test_compile_without_loss_scaling_warns_once_per_policy():
-    loss_scaling._warned.clear()
-    for name in ("fp16", "fp8", "hfp8"):
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy(name))])
-        with pytest.warns(UserWarning, match="AdaptiveLossScaleOptimizer"):
-            model.compile(optimizer="sgd", loss="mse")
-        # Once: compiling again does not repeat it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            model.compile(optimizer="sgd", loss="mse")
-    # No warning with loss scaling, nor for bf16 / dfp16 (FP32's range).
-    loss_scaling._warned.clear()
+# Presets whose errors have at most FP16's range (FP16, E5M2, HFP8's 1-5-2).
+_NEEDS_LOSS_SCALING = {"fp32": False, "bf16": False, "bf16_native": False, "dfp16": False,
+                       "fp16": True, "fp8": True, "hfp8": True}
+
+
+def test_compile_adds_loss_scaling_where_the_policy_needs_it():
+    # As Keras does for "mixed_float16": fp16 / fp8 / hfp8 errors have at most
+    # FP16's range, so compile wraps the optimizer; bf16 and dfp16 do not need it.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for name, opt in [("fp16", lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD())),
-                          ("fp8", keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())),
-                          ("bf16", "sgd"), ("dfp16", "sgd")]:
+        for name in policy_lib.PRESETS:
             model = keras.Sequential([keras.Input((3,)),
                                       keras.layers.Dense(2, dtype=lp.Policy(name))])
-            model.compile(optimizer=opt, loss="mse")
+            model.compile(optimizer="adam", loss="mse")
+            needs = loss_scaling.needs_loss_scaling(lp.Policy(name))
+            assert needs == _NEEDS_LOSS_SCALING.get(name, needs), name
+            if needs:
+                assert type(model.optimizer) is lp.AdaptiveLossScaleOptimizer, name
+                assert isinstance(model.optimizer.inner_optimizer, keras.optimizers.Adam)
+            else:
+                assert type(model.optimizer) is keras.optimizers.Adam, name
+    # An optimizer that already scales, or a fixed loss_scale_factor, is kept.
+    for optimizer in (keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD()),
+                      keras.optimizers.SGD(loss_scale_factor=8.0)):
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy("fp8"))])
+        model.compile(optimizer=optimizer, loss="mse")
+        assert model.optimizer is optimizer
+
+
+def test_automatic_loss_scaling_modes():
+    def compiled_with(mode):
+        model = keras.Sequential([keras.Input((3,)),
+                                  keras.layers.Dense(2, dtype=lp.Policy("fp16"))])
+        with loss_scaling.automatic_loss_scaling_mode(mode):
+            model.compile(optimizer={"class_name": "SGD", "config": {"learning_rate": 0.5}},
+                          loss="mse")
+        return model.optimizer
+
+    assert type(compiled_with("dynamic")) is keras.optimizers.LossScaleOptimizer
+    assert type(compiled_with(None)) is keras.optimizers.SGD
+    assert lp.automatic_loss_scaling() == "adaptive"  # restored after the block
+    with pytest.raises(ValueError, match="'adaptive', 'dynamic' or None"):
+        lp.set_automatic_loss_scaling("global")
+
+
+def test_adaptive_optimizer_accepts_what_keras_optimizers_get_accepts():
+    for identifier in ("adam", {"class_name": "SGD", "config": {"learning_rate": 0.25}},
+                       keras.optimizers.RMSprop()):
+        optimizer = lp.AdaptiveLossScaleOptimizer(identifier)
+        assert optimizer.inner_optimizer is not None
+    assert isinstance(lp.AdaptiveLossScaleOptimizer("adam").inner_optimizer,
+                      keras.optimizers.Adam)
+    assert float(lp.AdaptiveLossScaleOptimizer(
+        {"class_name": "SGD", "config": {"learning_rate": 0.25}}).inner_optimizer.learning_rate
+    ) == 0.25
+    with pytest.raises(ValueError):
+        lp.AdaptiveLossScaleOptimizer("no_such_optimizer")
+
+
+def test_the_one_line_example_trains_under_every_preset():
+    # README: set the global policy, build stock layers, compile with "adam".
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    previous = keras.config.dtype_policy()
+    try:
+        for name in policy_lib.PRESETS:
+            keras.config.set_dtype_policy(lp.Policy(name))
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                              metrics=["accuracy"])
+                history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+            assert np.isfinite(history.history["loss"][0]), name
+            if loss_scaling.needs_loss_scaling(lp.Policy(name)):
+                # It trained with loss scaling: the scaled step ran and kept its scale.
+                assert isinstance(model.optimizer, lp.AdaptiveLossScaleOptimizer)
+                assert float(model.optimizer.dynamic_scale) == 2.0**15
+                assert int(model.optimizer.iterations) == 1
+                assert model.optimizer.layer_scales
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _count_scaled_gemms(monkeypatch):
@@ -234,7 +299,8 @@ def test_layer_scaling_is_only_built_for_models_compiled_with_it(monkeypatch, op
            "global": lambda: keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
            "adaptive=False": lambda: lp.AdaptiveLossScaleOptimizer(
                keras.optimizers.SGD(0.1), adaptive=False)}[optimizer]()
-    model.compile(opt, "mse")
+    with loss_scaling.automatic_loss_scaling_mode(None):  # "sgd" stays plain SGD
+        model.compile(opt, "mse")
     model.fit(np.ones((8, 4), np.float32), np.zeros((8, 1), np.float32), verbose=0)
     assert calls == []
     model.compile(lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.1)), "mse")

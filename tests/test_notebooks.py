@@ -58,29 +58,42 @@ def test_load_mnist_falls_back_to_the_bundled_sample_without_tfds(monkeypatch):
     assert x.shape == (4000, 28, 28) and x_test.shape == (1000, 28, 28)
 
 
-def test_load_mnist_uses_tfds_when_it_loads(monkeypatch):
+def test_load_mnist_uses_tfds_when_it_is_prepared_and_downloads_only_when_asked(monkeypatch):
     from tf_lowprec.cli import datasets  # noqa: PLC0415
 
     images = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)
     labels = np.array([3, 7], np.int64)
     calls = []
 
-    def load(name, split, batch_size, as_supervised):
-        calls.append((name, tuple(split), batch_size, as_supervised))
-        return [(images, labels), (images[:1], labels[:1])]
+    class Builder:
+        prepared = True
 
-    fake = types.SimpleNamespace(load=load, as_numpy=lambda tree: tree)
+        def __init__(self, name, data_dir=None):
+            calls.append(("builder", name, data_dir))
+
+        def is_prepared(self):
+            return Builder.prepared
+
+        def download_and_prepare(self):
+            calls.append("download")
+            Builder.prepared = True
+
+        def as_dataset(self, split, batch_size, as_supervised):
+            calls.append((tuple(split), batch_size, as_supervised))
+            return [(images, labels), (images[:1], labels[:1])]
+
+    fake = types.SimpleNamespace(builder=Builder, as_numpy=lambda tree: tree)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     (x, y), (x_test, y_test), source = datasets.load_mnist(return_source=True)
-    assert calls == [("mnist", ("train", "test"), -1, True)]
+    assert calls == [("builder", "mnist", None), (("train", "test"), -1, True)]
     assert source == "tensorflow_datasets"
     assert x.shape == (2, 28, 28) and x.dtype == np.float32 and x_test.shape == (1, 28, 28)
     np.testing.assert_array_equal(x * 255.0, images[..., 0].astype(np.float32))
     np.testing.assert_array_equal(y, labels)
 
-    def failing_load(*args, **kwargs):
-        raise OSError("no network")
-
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
-                        types.SimpleNamespace(load=failing_load, as_numpy=lambda t: t))
+    # Not prepared: nothing is downloaded unless asked for.
+    Builder.prepared, calls[:] = False, []
     assert datasets.load_mnist(return_source=True)[2] == "bundled mnist_5k"
+    assert "download" not in calls
+    assert datasets.load_mnist(return_source=True, download=True)[2] == "tensorflow_datasets"
+    assert "download" in calls

@@ -23,7 +23,7 @@ def _run(rounding, steps=1000, update=1e-3, n=4096):
 
 
 def test_microbenchmark_matches_papers_table():
-    # papers.md §0.6: w = 1.0 plus 1000 updates of 1e-3 in BF16.
+    # docs/papers.md §0.6: w = 1.0 plus 1000 updates of 1e-3 in BF16.
     assert np.all(_run("nearest_even") == 1.0)  # every update is cancelled
     kahan = _run("kahan")
     np.testing.assert_allclose(kahan, 2.0, atol=2.0**-7)

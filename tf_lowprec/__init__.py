@@ -46,7 +46,13 @@ from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
 from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.keras.policy import Policy, PrecisionSpec
-from tf_lowprec.training.loss_scaling import AdaptiveLossScaleOptimizer
+from tf_lowprec.training.loss_scaling import (
+    AdaptiveLossScaleOptimizer,
+    automatic_loss_scaling,
+    set_automatic_loss_scaling,
+)
+from tf_lowprec import datasets
+from tf_lowprec.comparison import compare
 from tf_lowprec.numerics.stats import precision_stats
 from tf_lowprec.training.weight_updates import LowPrecisionWeights
 from tf_lowprec.keras import adapter as _adapter
@@ -72,6 +78,10 @@ SUPPORTED_KERAS = _adapter.SUPPORTED_KERAS_VERSIONS[-1]
 __all__ = [
     "Accumulator",
     "AdaptiveLossScaleOptimizer",
+    "automatic_loss_scaling",
+    "compare",
+    "datasets",
+    "set_automatic_loss_scaling",
     "LowPrecisionWeights",
     "callbacks",
     "export_saved_model",

@@ -1,6 +1,6 @@
 """The papers' headline figures, as docs/papers.md records them.
 
-`verified` is False where papers.md could only recall the number (it had no
+`verified` is False where docs/papers.md could only recall the number (it had no
 full text of the paper); those are printed with "(unverified)".
 """
 

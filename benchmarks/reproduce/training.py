@@ -4,6 +4,7 @@ import time
 
 import keras
 import numpy as np
+import tf_lowprec as lp
 
 from . import claims as claims_lib
 
@@ -21,7 +22,9 @@ def run_cell(domain, config, seed):
         train_loss = scaled_loss
     else:
         train_loss = loss
-    model.compile(optimizer=config.optimizer(domain, seed), loss=train_loss)
+    # Each configuration names its own loss scaling ("no loss scaling" is one).
+    with lp.loss_scaling.automatic_loss_scaling_mode(None):
+        model.compile(optimizer=config.optimizer(domain, seed), loss=train_loss)
     start = time.perf_counter()
     curve = domain.fit(model)
     seconds = time.perf_counter() - start

@@ -1,13 +1,18 @@
 """The `tf-lowprec` command (also `python -m tf_lowprec`).
 
-    tf-lowprec compare [--policies=fp32,bf16,fp16+als,hfp8,dfp16] [--epochs=3] ...
-    tf-lowprec formats [--formats=bf16,fp16,...] [--rounding=nearest_even]
-    tf-lowprec info
+USAGE: tf-lowprec COMMAND [--flag=value ...]
 
-`compare` (the main job) trains one model on the bundled MNIST sample (or a
-local TFDS data set) under several precision policies and prints a table of
-accuracy, loss, step time relative to the first policy and under/overflow
-rates; it writes the learning curves as a PNG and the numbers as JSON.
+  compare   train one model under several precisions and compare them (the main
+            job): --model (cnn, mlp, lstm, a .keras file or module:function),
+            --dataset (mnist_5k, an .npz file or a TFDS set prepared in
+            --data_dir), --policies, --epochs, --seeds, --out, ...
+  formats   round real tensors to each number format and print the errors
+  info      print the build, the CPU's instruction sets and each op's kernel tier
+
+`compare` trains one model on one data set under several precision policies
+and prints a table of the test metric, loss, step time relative to the first
+policy and under/overflow rates; it writes compare.png (each policy's
+difference to the first) and compare.json (everything).
 
 `formats` rounds real tensors (the bundled MNIST images, a Glorot-initialised
 weight matrix and the layer's pre-activations) to each number format and
@@ -19,114 +24,120 @@ overflow.  (Speed is measured in benchmarks/, not here.)
 instruction sets and, for each op, the kernel tier `isa="auto"` runs
 (avx512, avx2 or portable) and the tiers available.
 
-Usage errors exit with status 2, like TensorFlow's tools.
+Flags, help (--help: this command's flags, --helpfull: all) and logging are
+absl's, as in TensorFlow's own tools; errors exit with status 1.
 """
 
-import argparse
 import sys
 
 import numpy as np
+from absl import app
+from absl import flags
 
+
+COMMANDS = ("compare", "formats", "info")
+FLAGS = flags.FLAGS
+
+# compare
+_POLICIES = flags.DEFINE_list(
+    "policies", "fp32,bf16,fp16,hfp8,dfp16",
+    "compare: comma-separated NAME[:ROUNDING][+als|+ls|+none] entries, e.g. bf16:stochastic "
+    "or fp16+als; without a suffix compile adds loss scaling where the policy needs it. The "
+    "first entry is the baseline of every difference and ratio.")
+_MODEL = flags.DEFINE_string(
+    "model", None,
+    "compare: cnn, mlp, lstm, a .keras file (cloned per policy, from its weights) or "
+    "module:function returning a new Keras model (called under each policy; it may take "
+    "input_shape and num_classes). Default: cnn for images, lstm for token sequences, mlp "
+    "otherwise.")
+_DATASET = flags.DEFINE_string(
+    "dataset", "mnist_5k",
+    "compare: mnist_5k (bundled), an .npz file with x_train, y_train, x_test, y_test, or the "
+    "name of a TFDS data set prepared in --data_dir (nothing is downloaded)")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "compare: the TFDS data_dir")
+_FEATURES = flags.DEFINE_list(
+    "features", None,
+    "compare: INPUT,LABEL features of a TFDS set without supervised keys (default: its one "
+    "ClassLabel feature and its one other feature)")
+_SPLITS = flags.DEFINE_list("splits", ["train", "test"],
+                            "compare: TRAIN,TEST splits of a TFDS set, e.g. "
+                            "train[:80%],train[80%:]")
+_EPOCHS = flags.DEFINE_integer("epochs", 3, "compare: epochs per run", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "compare: batch size", lower_bound=1)
+_TRAIN_SAMPLES = flags.DEFINE_integer("train_samples", None,
+                                      "compare: use only the first N training examples",
+                                      lower_bound=1)
+_SEEDS = flags.DEFINE_integer("seeds", 1, "compare: runs per policy (seeds --seed, --seed+1, "
+                              "...); the plot shows their spread", lower_bound=1)
+_LOSS = flags.DEFINE_string("loss", None, "compare: loss (default: the model's compile "
+                            "configuration; the built-ins use sparse categorical "
+                            "cross-entropy on logits)")
+_METRICS = flags.DEFINE_list("metrics", None, "compare: metrics (default: the model's, else "
+                             "accuracy)")
+_OPTIMIZER = flags.DEFINE_string("optimizer", None, "compare: optimizer name (default: the "
+                                 "model's, else adam)")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", None,
+                                    "compare: learning rate (default: the optimizer's)")
+_MONITOR_EVERY = flags.DEFINE_integer("monitor_every", 20,
+                                      "compare: PrecisionMonitor sampling interval in steps",
+                                      lower_bound=1)
+_OUT = flags.DEFINE_string("out", "tf_lowprec_compare",
+                           "compare: output folder for compare.json and compare.png")
+# formats
 DEFAULT_FORMATS = "bf16,fp16,e4m3,e5m2,hfp8_forward,hfp8_backward,dfp16"
+_FORMATS = flags.DEFINE_list("formats", DEFAULT_FORMATS,
+                             "formats: comma-separated format preset names")
+_ROUNDING = flags.DEFINE_enum("rounding", "nearest_even",
+                              ["nearest_even", "stochastic", "toward_zero"],
+                              "formats: rounding mode")
+# both
+_SEED = flags.DEFINE_integer("seed", 0, "compare: the first seed; formats: the seed of "
+                             "stochastic rounding")
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="tf-lowprec",
-        description="Emulated low-precision numerics for Keras 3 / TensorFlow.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    compare = commands.add_parser(
-        "compare",
-        help="train one model under several precisions and compare them (the main job)",
-        description="Train one model under several precision policies on the bundled MNIST "
-        "sample (or a local TFDS data set); print accuracy, loss, relative step time and "
-        "under/overflow rates; write compare.png and compare.json.",
-    )
-    compare.add_argument(
-        "--policies", default="fp32,bf16,fp16+als,hfp8,dfp16",
-        help="comma-separated NAME[:ROUNDING][+als|+ls] entries, e.g. bf16:stochastic or "
-        "fp16+als (default: fp32,bf16,fp16+als,hfp8,dfp16); the first is the time baseline",
-    )
-    compare.add_argument("--dataset", default="mnist_5k",
-                         help="mnist_5k (bundled, default) or a TFDS image data set prepared "
-                         "in --data_dir (no download)")
-    compare.add_argument("--data_dir", default=None, help="TFDS data_dir")
-    compare.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
-    compare.add_argument("--epochs", type=_positive_int, default=3)
-    compare.add_argument("--batch_size", type=_positive_int, default=64)
-    compare.add_argument("--train_samples", type=_positive_int, default=None,
-                         help="use only the first N training images")
-    compare.add_argument("--learning_rate", type=float, default=1e-3)
-    compare.add_argument("--seed", type=int, default=0)
-    compare.add_argument("--monitor_every", type=_positive_int, default=20,
-                         help="PrecisionMonitor sampling interval in steps")
-    compare.add_argument("--out", default="tf_lowprec_compare",
-                         help="output folder for compare.json and compare.png")
-    formats = commands.add_parser(
-        "formats",
-        help="round real tensors to each format and print the error statistics",
-        description="Round the bundled MNIST images, a dense layer's weights and its "
-        "pre-activations to each number format; print errors, underflow and overflow.",
-    )
-    formats.add_argument(
-        "--formats",
-        default=DEFAULT_FORMATS,
-        help=f"comma-separated preset names (default: {DEFAULT_FORMATS})",
-    )
-    formats.add_argument(
-        "--rounding",
-        default="nearest_even",
-        choices=["nearest_even", "stochastic", "toward_zero"],
-        help="rounding mode (default: nearest_even)",
-    )
-    formats.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
-    commands.add_parser(
-        "info",
-        help="print the build, the CPU's instruction sets and the kernel tier of each op",
-        description="Print the TensorFlow/Keras the ops were built against, the CPU's "
-        "instruction sets and, per op, the kernel tier isa='auto' runs.",
-    )
-    return parser
+@flags.validator("policies", "give comma-separated NAME[:ROUNDING][+als|+ls|+none] entries")
+def _check_policies(entries):
+    from tf_lowprec import comparison  # noqa: PLC0415
+
+    if not entries:
+        raise flags.ValidationError("give at least one policy")
+    for entry in entries:
+        try:
+            comparison.parse_entry(entry)
+        except comparison.CompareError as e:
+            raise flags.ValidationError(str(e)) from e
+    return True
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+@flags.validator("formats", "give comma-separated format preset names")
+def _check_formats(names):
+    from tf_lowprec.numerics import formats  # noqa: PLC0415
+
+    if not names:
+        raise flags.ValidationError("give at least one format")
+    for name in names:
+        try:
+            formats.get(name)
+        except ValueError as e:
+            raise flags.ValidationError(str(e)) from e
+    return True
 
 
-def _run_compare(args):
+def _run_compare():
     from tf_lowprec.cli import compare  # noqa: PLC0415
 
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if not policies:
-        raise _UsageError("--policies: give at least one policy")
-    try:
-        for entry in policies:
-            compare.parse_entry(entry)
-    except compare.CompareError as e:
-        raise _UsageError(f"--policies: {e}") from e
-    try:
-        compare.compare(
-            policies, dataset=args.dataset, data_dir=args.data_dir, model=args.model,
-            epochs=args.epochs, batch_size=args.batch_size, train_samples=args.train_samples,
-            seed=args.seed, learning_rate=args.learning_rate,
-            monitor_every=args.monitor_every, out_dir=args.out,
-        )
-    except compare.CompareError as e:
-        print(f"tf-lowprec compare: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return compare.run(
+        policies=_POLICIES.value, model=_MODEL.value, dataset=_DATASET.value,
+        data_dir=_DATA_DIR.value, features=_FEATURES.value, splits=_SPLITS.value,
+        epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value, train_samples=_TRAIN_SAMPLES.value,
+        seeds=_SEEDS.value, seed=_SEED.value, loss=_LOSS.value, metrics=_METRICS.value,
+        optimizer=_OPTIMIZER.value, learning_rate=_LEARNING_RATE.value,
+        monitor_every=_MONITOR_EVERY.value, out_dir=_OUT.value)
 
 
 def _tensors():
     """Real activations, weights and pre-activations (float32 numpy arrays)."""
-    from tf_lowprec.cli import datasets  # noqa: PLC0415
+    from tf_lowprec import datasets  # noqa: PLC0415
 
     (x_train, _), _ = datasets.load_mnist_5k()
     images = x_train[:1000].reshape(1000, -1)
@@ -154,27 +165,21 @@ def _statistics(original, rounded, fmt):
     return rel_rms, underflow, overflow
 
 
-def _run_formats(args):
+def _run_formats():
     import tensorflow as tf  # noqa: PLC0415
 
     import tf_lowprec as lp  # noqa: PLC0415
 
-    names = [n.strip() for n in args.formats.split(",") if n.strip()]
-    try:
-        chosen = [(name, lp.formats.get(name)) for name in names]
-    except ValueError as e:
-        raise _UsageError(f"--formats: {e}") from e
-    if not chosen:
-        raise _UsageError("--formats: give at least one format")
+    chosen = [(name, lp.formats.get(name)) for name in _FORMATS.value]
     tensors = {k: tf.constant(v) for k, v in _tensors().items()}
     print(f"tf_lowprec {lp.__version__}: rounding real tensors (MNIST 5k sample), "
-          f"rounding={args.rounding}")
+          f"rounding={_ROUNDING.value}")
     header = f"{'format':<14}{'tensor':<17}{'rel. RMS error':>15}{'underflow':>11}{'overflow':>10}"
     print(header)
     print("-" * len(header))
     for name, fmt in chosen:
         for tensor_name, x in tensors.items():
-            y = lp.quantize(x, fmt, args.rounding, seed=args.seed)
+            y = lp.quantize(x, fmt, _ROUNDING.value, seed=_SEED.value)
             rel_rms, underflow, overflow = _statistics(x.numpy(), y.numpy(), fmt)
             print(f"{name:<14}{tensor_name:<17}{rel_rms:>15.3e}{underflow:>11.2%}"
                   f"{overflow:>10.2%}")
@@ -186,7 +191,7 @@ _OP_NAMES = {"rounding": "round_to_format / quantize_dfp", "dfp_gemm": "dfp_matm
              "accumulation_gemm": "matmul (low-precision accumulation)"}
 
 
-def _run_info(args):
+def _run_info():
     import platform  # noqa: PLC0415
 
     import tf_lowprec as lp  # noqa: PLC0415
@@ -216,43 +221,45 @@ def _cpu_model():
     return None
 
 
-class _UsageError(Exception):
-    pass
+def _main(argv):
+    """absl's main: `argv` is the command line without the flags."""
+    if len(argv) < 2:
+        raise app.UsageError(f"give a command: {', '.join(COMMANDS)}")
+    if argv[1] not in COMMANDS:
+        raise app.UsageError(f"unknown command {argv[1]!r}; commands: {', '.join(COMMANDS)}")
+    if len(argv) > 2:
+        raise app.UsageError(f"unexpected arguments {' '.join(argv[2:])!r} (flags are "
+                             "--name=value)")
+    return {"compare": _run_compare, "formats": _run_formats, "info": _run_info}[argv[1]]()
 
 
-class _HelpFull(argparse.Action):
-    """--helpfull, as absl-based TensorFlow tools have: help of every command."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
-                         help="show the help of every command and exit")
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.print_help()
-        for action in parser._subparsers._group_actions:
-            for name, subparser in action.choices.items():
-                print(f"\n--- tf-lowprec {name} ---")
-                subparser.print_help()
-        parser.exit()
+def _parse_flags(argv):
+    # Every call parses from the defaults (main() may run several times in one process).
+    FLAGS.unparse_flags()
+    return app.parse_flags_with_usage(argv)
 
 
 def main(argv=None):
-    parser = _parser()
-    parser.add_argument("--helpfull", action=_HelpFull)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        commands = {"compare": _run_compare, "formats": _run_formats, "info": _run_info}
-        return commands[args.command](args)
-    except _UsageError as e:
-        parser.error(str(e))  # exits with status 2
+    """Runs `tf-lowprec ARGV` (default: sys.argv[1:]) through absl.app; exits with its status."""
+    # absl's --help prints the __main__ module's docstring and the key flags of
+    # the program: for the console script, whose __main__ has neither, give it ours.
+    program = sys.modules.get("__main__")
+    if program is not None and not getattr(program, "__doc__", None):
+        program.__doc__ = __doc__
+    for name in _KEY_FLAGS:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+    argv = ["tf-lowprec"] + list(sys.argv[1:] if argv is None else argv)
+    app.run(_main, argv=argv, flags_parser=_parse_flags)
+
+
+_KEY_FLAGS = ("policies", "model", "dataset", "data_dir", "features", "splits", "epochs",
+              "batch_size", "train_samples", "seeds", "loss", "metrics", "optimizer",
+              "learning_rate", "monitor_every", "out", "formats", "rounding", "seed")
 
 
 def run():
     """Console-script entry point."""
-    sys.exit(main())
+    main()
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ own function when there is none or the listener declines (returns
   innermost layer has a `tf_lowprec.Policy`.
 - "layer_outputs": `listener(layer, policy, outputs)` after `Layer.__call__`
   of a layer whose dtype policy has a true `_lowprec_storage` attribute.
-- "compiled": `listener(model)` after `Model.compile` (loss-scaling warning).
+- "compiling": `listener(model, optimizer)` -> the optimizer to compile
+  with, before `Model.compile` (`optimizer` as the caller gave it: a name,
+  a dict, an instance; automatic loss scaling).
 - "export": `listener(model)` -> a context manager around
   `Model.export(format="tf_saved_model")`, or None.
 - "policy_from_name": `listener(identifier)` -> a dtype policy or None,
@@ -42,6 +44,7 @@ True
 
 import contextlib
 import functools
+import inspect
 import threading
 
 import keras
@@ -53,7 +56,7 @@ SUPPORTED_KERAS_VERSIONS = ("3.15",)
 _NUMPY_FUNCTIONS = ("matmul", "einsum")
 _NN_FUNCTIONS = ("conv", "depthwise_conv", "separable_conv", "conv_transpose",
                  "_dot_product_attention_xla")
-EVENTS = ("gemm", "layer_outputs", "compiled", "export", "policy_from_name")
+EVENTS = ("gemm", "layer_outputs", "compiling", "export", "policy_from_name")
 _lock = threading.Lock()
 _installed = False
 _install_error = None
@@ -205,7 +208,7 @@ def _wrap_layer_and_model_methods():
     - `Layer.__call__`: afterwards, a layer whose policy has a true
       `_lowprec_storage` attribute hands its outputs to "layer_outputs" (a
       one-attribute check on the fast path).
-    - `compile`: afterwards, "compiled" sees the model.
+    - `compile`: first, "compiling" may replace the optimizer argument.
     - `export(format="tf_saved_model")`: runs inside the context manager
       that "export" returns for the model.
     """
@@ -233,14 +236,18 @@ def _wrap_layer_and_model_methods():
     model_class = keras.Model
     if not hasattr(Trainer.compile, "_lowprec_original"):
         compile_original = Trainer.compile
+        default_optimizer = inspect.signature(compile_original).parameters["optimizer"].default
 
         @functools.wraps(compile_original)
         def compile(self, *args, **kwargs):
-            result = compile_original(self, *args, **kwargs)
-            listener = _listeners["compiled"]
+            listener = _listeners["compiling"]
             if listener is not None:
-                listener(self)
-            return result
+                if args:
+                    args = (listener(self, args[0]),) + args[1:]
+                else:
+                    kwargs["optimizer"] = listener(self, kwargs.get("optimizer",
+                                                                    default_optimizer))
+            return compile_original(self, *args, **kwargs)
 
         compile._lowprec_original = compile_original
         Trainer.compile = compile

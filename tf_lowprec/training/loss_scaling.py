@@ -43,9 +43,9 @@ whose backward pass runs inside a tf.while_loop, scale per timestep.
 256.0
 """
 
+import contextlib
 import math
 import threading
-import warnings
 
 import keras
 import tensorflow as tf
@@ -117,7 +117,8 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Keras' dynamic loss scaling plus a scale per emulated layer.
 
     Args:
-      inner_optimizer: any Keras optimizer (SGD, Adam, AdamW, ...).
+      inner_optimizer: any Keras optimizer (SGD, Adam, AdamW, ...), or what
+        `keras.optimizers.get` accepts: a name ("adam") or a config dict.
       initial_scale: initial global loss scale: the upper bound of every
         layer's scale and the fallback when gradients overflow.
       dynamic_growth_steps: finite steps before the global scale doubles.
@@ -137,7 +138,7 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000,
                  underflow_rate=DEFAULT_UNDERFLOW_RATE, min_scale=2.0**-24,
                  max_scale=2.0**24, adaptive=True, name=None, **kwargs):
-        super().__init__(inner_optimizer, initial_scale=initial_scale,
+        super().__init__(keras.optimizers.get(inner_optimizer), initial_scale=initial_scale,
                          dynamic_growth_steps=dynamic_growth_steps, name=name, **kwargs)
         if not 0.0 < underflow_rate < 1.0:
             raise ValueError(f"underflow_rate must be in (0, 1), got {underflow_rate!r}")
@@ -229,9 +230,11 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return config
 
 
-# Warning when loss scaling is missing --------------------------------------
+# Automatic loss scaling at compile ---------------------------------------
 
-_warned = set()
+AUTOMATIC_MODES = ("adaptive", "dynamic", None)
+# Process-wide, as Keras' own global dtype policy is.
+_automatic = {"mode": "adaptive"}
 
 
 def _trace_key():
@@ -243,7 +246,53 @@ def _trace_key():
     return graph, None if replica is None else int(replica)
 
 
-def _needs_loss_scaling(policy):
+def set_automatic_loss_scaling(mode):
+    """Chooses what `Model.compile` adds for policies whose errors need loss scaling.
+
+    Args:
+      mode: "adaptive" (the default: `AdaptiveLossScaleOptimizer`), "dynamic"
+        (Keras' global `keras.optimizers.LossScaleOptimizer`) or None (leave
+        the optimizer as given).
+
+    >>> import tf_lowprec as lp
+    >>> lp.set_automatic_loss_scaling("dynamic")
+    >>> lp.automatic_loss_scaling()
+    'dynamic'
+    >>> lp.set_automatic_loss_scaling("adaptive")
+    """
+    if mode not in AUTOMATIC_MODES:
+        raise ValueError(
+            f"mode must be one of 'adaptive', 'dynamic' or None; got {mode!r}"
+        )
+    _automatic["mode"] = mode
+
+
+def automatic_loss_scaling():
+    """The mode `set_automatic_loss_scaling` set: "adaptive", "dynamic" or None."""
+    return _automatic["mode"]
+
+
+@contextlib.contextmanager
+def automatic_loss_scaling_mode(mode):
+    """`set_automatic_loss_scaling(mode)` inside a `with` block, the previous mode after it.
+
+    >>> import keras, tf_lowprec as lp
+    >>> model = keras.Sequential([keras.Input((3,)),
+    ...                           keras.layers.Dense(2, dtype=lp.Policy("fp16"))])
+    >>> with lp.loss_scaling.automatic_loss_scaling_mode(None):   # FP16 without loss scaling
+    ...     model.compile(optimizer="sgd", loss="mse")
+    >>> type(model.optimizer).__name__
+    'SGD'
+    """
+    previous = automatic_loss_scaling()
+    set_automatic_loss_scaling(mode)
+    try:
+        yield
+    finally:
+        set_automatic_loss_scaling(previous)
+
+
+def needs_loss_scaling(policy):
     """Whether a policy rounds errors to a format with at most FP16's range."""
     if not isinstance(policy, policy_lib.Policy):
         return False
@@ -255,35 +304,38 @@ def _needs_loss_scaling(policy):
     return False
 
 
-def warn_if_unscaled(model):
-    """Warns once per policy name when `model` needs loss scaling and has none.
-
-    The adapter's "compiled" listener (after `Model.compile`).
-    """
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None or isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return
+def _has_loss_scaling(optimizer):
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return True
     if getattr(optimizer, "loss_scale_factor", None):
-        return  # a fixed scale is a deliberate choice
+        return True  # a fixed scale is a deliberate choice
     inner = getattr(optimizer, "inner_optimizer", None)  # e.g. LowPrecisionWeights
-    if isinstance(inner, keras.optimizers.LossScaleOptimizer):
-        return
-    layers = adapter.model_layers(model)
-    names = sorted({layer.dtype_policy.name for layer in layers
-                    if _needs_loss_scaling(layer.dtype_policy)})
-    new = [n for n in names if n not in _warned]
-    if not new:
-        return
-    _warned.update(new)
-    warnings.warn(
-        f"tf_lowprec: policies {', '.join(map(repr, new))} round backward errors to a format "
-        "with FP16's range or less, and the optimizer has no loss scaling, so small "
-        "gradients will underflow. Wrap it: optimizer=lp.AdaptiveLossScaleOptimizer(opt) "
-        "(layer-wise, Zhao et al. 2019) or keras.optimizers.LossScaleOptimizer(opt) "
-        "(global dynamic); Keras only does this itself for 'mixed_float16'.",
-        UserWarning,
-        stacklevel=3,
-    )
+    return isinstance(inner, keras.optimizers.LossScaleOptimizer)
 
 
-adapter.set_listener("compiled", warn_if_unscaled)
+def with_automatic_loss_scaling(model, optimizer):
+    """The optimizer `model` compiles with: wrapped when its policies need loss scaling.
+
+    The adapter's "compiling" listener (before `Model.compile`), as Keras
+    wraps the optimizer for "mixed_float16": when a layer's `lp.Policy`
+    rounds backward errors to a format with FP16's range or less (fp16,
+    fp8, hfp8, ...) and the optimizer has no loss scaling of its own, it is
+    wrapped in `AdaptiveLossScaleOptimizer` (or Keras' `LossScaleOptimizer`,
+    per `set_automatic_loss_scaling`).  `optimizer` is what the caller gave
+    `compile`: a name, a config dict or an instance.
+    """
+    mode = _automatic["mode"]
+    if mode is None or optimizer is None:
+        return optimizer
+    if not any(needs_loss_scaling(adapter.layer_policy(layer))
+               for layer in adapter.model_layers(model)):
+        return optimizer
+    optimizer = keras.optimizers.get(optimizer)
+    if _has_loss_scaling(optimizer):
+        return optimizer
+    if mode == "adaptive":
+        return AdaptiveLossScaleOptimizer(optimizer)
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
+adapter.set_listener("compiling", with_automatic_loss_scaling)

@@ -13,7 +13,7 @@ the update in FP32 (its state stays FP32), then the new weight is rounded to
 - "nearest_even": `w <- round(w + u)`.
 - "stochastic":   `w <- SR(w + u)`, bits from (seed, step, variable index).
 - "kahan":        `y = round(u - c); s = round(w + y); c = round(round(s - w) - y);
-  w <- s` with `c` a per-weight buffer in the same format (papers.md §0.6).
+  w <- s` with `c` a per-weight buffer in the same format (docs/papers.md §0.6).
 
 The weights are rounded to `format` when the optimizer is built, so they
 hold representable values from the first step.
