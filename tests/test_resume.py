@@ -35,7 +35,7 @@ def _model(name):
 
 def _fit(model, epochs, initial_epoch=0, callbacks=()):
     x, y = _data()
-    model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
+    return model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
               verbose=0, callbacks=list(callbacks))
 
 
@@ -60,6 +60,28 @@ def test_checkpoint_resume_is_bit_identical_under_stochastic_rounding(tmp_path):
     before = np.asarray(resumed(x))
     resumed.optimizer.iterations.assign(resumed.optimizer.iterations + 1)
     assert not np.array_equal(np.asarray(resumed(x)), before)
+
+
+class _StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+
+def test_backup_and_restore_resume_is_bit_identical_under_stochastic_rounding(tmp_path):
+    keras.backend.clear_session()
+    uninterrupted = _model("run")
+    _fit(uninterrupted, epochs=2)
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), double_checkpoint=True)
+    keras.backend.clear_session()
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model("run"), epochs=2, callbacks=[backup, _StopAfterFirstEpoch()])
+    keras.backend.clear_session()
+    resumed = _model("run")
+    history = _fit(resumed, epochs=2, callbacks=[backup])
+    assert history.epoch == [1]  # restored the epoch-1 backup, ran epoch 2 only
+    for want, got in zip(uninterrupted.get_weights(), resumed.get_weights()):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.parametrize("nested", [False, True])

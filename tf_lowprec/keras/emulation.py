@@ -304,7 +304,9 @@ class LayerContext:
     def _round_weights_before_loop(self, variable):
         outer = _outer_graph()
         cache = _hoisted_weights.setdefault(outer, {})
-        key = (id(variable), self._call_index()[0])
+        # Per replica: MirroredStrategy traces its replicas in one graph, and
+        # each must read its own copy of the variable (or it gets no gradient).
+        key = (id(variable), self._call_index()[0], _replica_id())
         if key not in cache:
             # The step (read for stochastic-rounding seeds) is cached per
             # context; read it again in the outer graph, then restore it.
