@@ -8,7 +8,8 @@ Test tooling, not part of the default test suite (the build takes minutes):
 The sanitized library is built out of tree (setup.py with
 TF_LOWPREC_SANITIZE=address,undefined, into build/sanitize/) next to a copy
 of the `tf_lowprec` package, so the library in the source tree is left
-alone.  pytest then runs with that copy first on PYTHONPATH and:
+alone.  pytest then runs with that copy first on PYTHONPATH (and
+PYTHONSAFEPATH=1, so that the current directory does not shadow it) and:
 
 - LD_PRELOAD of the compiler's libasan.so, then its libstdc++.so: ASan's
   runtime must be loaded before anything else (python is not built with
@@ -85,7 +86,19 @@ def main(argv=None):
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=1",
         UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
         TF_CPP_MIN_LOG_LEVEL="2",
+        # Python 3.11: no current directory at the front of sys.path (`-m`,
+        # `-c`), in pytest and the subprocesses the tests start, so that the
+        # copy under `lib` is what they import, not the source tree.
+        PYTHONSAFEPATH="1",
     )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import tf_lowprec._op_library as o; print(o.library_path())"],
+        cwd=ROOT, env=env, capture_output=True, text=True)
+    loaded = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else ""
+    if not loaded.startswith(os.path.abspath(lib)):
+        raise SystemExit(f"the tests would load {loaded or probe.stderr[-2000:]}, not the "
+                         f"sanitized library under {lib}")
+    print("sanitized library:", loaded, flush=True)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args.tests]
     print("running:", " ".join(command), flush=True)
     return subprocess.call(command, cwd=ROOT, env=env)
