@@ -107,3 +107,18 @@ def test_strip_policies_keeps_a_stock_training_configuration(tmp_path):
         config = json.loads(f.read("config.json"))
     assert config["compile_config"]["optimizer"]["class_name"] == "SGD"
     assert "tf_lowprec" not in json.dumps(config)
+
+
+def test_strip_policies_of_a_model_gives_a_float32_copy():
+    keras.backend.clear_session()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy("fp8"))])
+    stock = lp.strip_policies(model)
+    assert stock is not model and stock.layers[0].dtype_policy.name == "float32"
+    assert model.layers[0].dtype_policy == lp.Policy("fp8")  # the original is untouched
+    for a, b in zip(model.get_weights(), stock.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    np.testing.assert_allclose(stock(x), x @ model.get_weights()[0] + model.get_weights()[1],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="new_path"):
+        lp.strip_policies("model.keras")  # a file needs new_path

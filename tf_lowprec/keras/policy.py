@@ -439,7 +439,7 @@ def _strip(config, found):
     return config
 
 
-def strip_policies(path, new_path):
+def strip_policies(path, new_path=None):
     """Writes a copy of a `.keras` file that loads with stock Keras (no tf_lowprec).
 
     Every `tf_lowprec.Policy` in the file becomes the float32 policy, so the
@@ -450,11 +450,13 @@ def strip_policies(path, new_path):
     them is refused with a ValueError naming them.
 
     Args:
-      path: the `.keras` file to read.
-      new_path: where to write the copy (must differ from `path`).
+      path: the `.keras` file to read, or a `keras.Model` (then the result
+        is the stripped model itself, through a temporary file).
+      new_path: where to write the copy (must differ from `path`); not
+        used with a model.
 
     Returns:
-      `new_path`.
+      `new_path`, or the stripped model.
 
     >>> import keras, os, tempfile, tf_lowprec as lp
     >>> folder = tempfile.mkdtemp()
@@ -467,8 +469,17 @@ def strip_policies(path, new_path):
     """
     import json  # noqa: PLC0415
     import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
     import zipfile  # noqa: PLC0415
 
+    if isinstance(path, keras.Model):
+        with tempfile.TemporaryDirectory() as folder:
+            saved = os.path.join(folder, "model.keras")
+            path.save(saved)
+            return keras.saving.load_model(
+                strip_policies(saved, os.path.join(folder, "stock.keras")))
+    if new_path is None:
+        raise ValueError("new_path (where to write the stock-Keras copy) is required for a file")
     if os.path.abspath(path) == os.path.abspath(new_path):
         raise ValueError(f"new_path must differ from path, got {new_path!r} for both")
     if not zipfile.is_zipfile(path):
