@@ -7,6 +7,13 @@ without isolation:
     pip install -r requirements.txt
     pip install --no-build-isolation -e .
 
+Sanitized build (test tooling, tools/sanitize_ops.py): with the environment
+variable TF_LOWPREC_SANITIZE set to a -fsanitize= list such as
+"address,undefined", every translation unit is compiled and linked with it
+(-O1 -g, and -fno-sanitize-recover so that undefined behaviour aborts; a few
+pointer checks are left out where TensorFlow's headers are included, see
+_SANITIZE_TF_EXCLUSIONS).
+
 Supported: TensorFlow 2.21 (tensorflow or tensorflow-cpu) with Keras 3.15,
 Python 3.11, x86-64 Linux with g++ >= 9.  AVX2 and AVX-512 kernels are
 compiled alongside portable ones and chosen at run time.
@@ -92,6 +99,28 @@ def _headers():
     return paths
 
 
+def _sanitize_flags():
+    """Compiler and linker flags of a sanitized build (TF_LOWPREC_SANITIZE), else []."""
+    checks = os.environ.get("TF_LOWPREC_SANITIZE", "").strip()
+    if not checks:
+        return []
+    if not re.fullmatch(r"[a-z]+(,[a-z]+)*", checks):
+        raise ValueError(
+            "TF_LOWPREC_SANITIZE must be a -fsanitize= list such as 'address,undefined', "
+            f"got {checks!r}")
+    # -O1 after -O3 wins; frame pointers and -g give readable reports.
+    return [f"-fsanitize={checks}", f"-fno-sanitize-recover={checks}", "-O1", "-g",
+            "-fno-omit-frame-pointer"]
+
+
+# UBSan checks left out of the translation units that include TensorFlow's
+# headers: with them g++ 12 rejects constexpr code in absl ("is not a
+# constant expression").  The header-only numerics keep every check.
+_SANITIZE_TF_EXCLUSIONS = [
+    "-fno-sanitize=vptr,null,nonnull-attribute,returns-nonnull-attribute,alignment,"
+    "object-size,pointer-overflow,builtin"]
+
+
 class BuildTensorFlowOps(build_ext):
     """Compiles custom_ops/ into one shared library loadable by tf.load_op_library."""
 
@@ -120,6 +149,8 @@ class BuildTensorFlowOps(build_ext):
 
         cxx = os.environ.get("CXX", "g++")
         common = ["-std=c++17", "-O3", "-fPIC", "-DNDEBUG", "-Wall"]
+        sanitize = _sanitize_flags()
+        common += sanitize
         common += [f"-I{os.path.join(HERE, d)}" for d in HEADER_DIRS]
         tf_flags = tf.sysconfig.get_compile_flags() + ["-Wno-deprecated-declarations"]
         x86 = platform.machine() in ("x86_64", "AMD64")
@@ -156,6 +187,8 @@ class BuildTensorFlowOps(build_ext):
             obj = os.path.join(tmp, os.path.basename(source) + ".o")
             src = os.path.join(HERE, source)
             extra = [build_info_define] if source.endswith("cpu_dispatch.cc") else []
+            if sanitize and kind == "tf":
+                extra += _SANITIZE_TF_EXCLUSIONS
             cmd = [cxx, *common, *isa_flags[kind], *extra, "-c", src, "-o", obj]
             print(" ".join(cmd))
             subprocess.check_call(cmd)
@@ -167,7 +200,8 @@ class BuildTensorFlowOps(build_ext):
         # Link to a temporary name and rename: processes that have the old
         # library mapped keep their copy instead of crashing mid-test.
         partial = output + ".partial"
-        link = [cxx, "-shared", *objects, "-o", partial, *tf.sysconfig.get_link_flags()]
+        link = [cxx, "-shared", *sanitize, *objects, "-o", partial,
+                *tf.sysconfig.get_link_flags()]
         print(" ".join(link))
         subprocess.check_call(link)
         os.replace(partial, output)

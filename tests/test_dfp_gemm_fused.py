@@ -57,6 +57,21 @@ def test_fused_falls_back_outside_the_exact_exponent_range(isa):
     assert_same(fused(zeros, normal, lp.DFP16, isa=isa), two_step(zeros, normal, lp.DFP16, isa=isa))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_saturates_as_quantize_dfp_near_float32_max(isa):
+    """A row holding FLT_MAX: quantize_dfp saturates it to 16383 * 2^114
+    (not Inf), and the fused packing clamps its mantissa to the same 16383,
+    so both paths give the same finite products."""
+    a = rand((3, 20), 8)
+    a[1, 4] = np.finfo(np.float32).max
+    a[2, 7] = -np.finfo(np.float32).max
+    b = rand((20, 5), 9, scale=1e-30)
+    want = two_step(a, b, lp.DFP16, isa=isa)
+    assert np.all(np.isfinite(np.asarray(want[0])))
+    assert_same(fused(a, b, lp.DFP16, isa=isa), want)
+    np.testing.assert_array_equal(bits(want[0]), bits(reference(a, b)))
+
+
 def test_full_scale_gaussian_long_k_matches_reference():
     """Full-scale Gaussian operands: most chunk proofs need their checkpoints,
     some fail and finish with tracked steps; some chunks really overflow."""

@@ -178,21 +178,39 @@ def test_repeated_maxima_and_per_tensor_adversarial(rounding):
         assert_mantissas_fit(x, y, e, DfpFormat(bits))
 
 
-def test_float32_overflow_of_the_rounded_maximum():
-    """I * 2^E can exceed float32 even though I fits: then the result is Inf.
+FLT_MAX = np.finfo(np.float32).max  # (2^24 - 1) * 2^104
 
-    float32's largest value (2 - 2^-23) * 2^127 rounds to 2^14 * 2^114 = 2^128
-    for DFP16 (nearest_even): the mantissa 16384 fits in 16 bits, the float32
-    does not.  toward_zero stays finite.
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_rounding_saturates_below_float32_overflow(rounding):
+    """A finite input never becomes Inf: I * 2^E past FLT_MAX saturates.
+
+    FLT_MAX = (2 - 2^-23) * 2^127 has E = 114 in DFP16 and rounds (nearest
+    even) to 2^14 * 2^114 = 2^128: the mantissa 16384 fits in 16 bits, the
+    float32 does not.  The result is the largest value of the block's grid
+    that is at most FLT_MAX, 16383 * 2^114, with the input's sign, on every
+    tier, the pure-TF twin and the NumPy reference (quantize_dfp_everywhere);
+    also inside vectors of 8 and 16 lanes and per block.
     """
-    x = np.float32([3.4028235e38, 1.0])
-    y, e = quantize_dfp_everywhere(x, lp.DFP16)
-    assert e.tolist() == [114] and y[0] == np.inf
-    y, _ = quantize_dfp_everywhere(x, lp.DFP16, "toward_zero")
-    assert y[0] == np.float32(16383 * 2.0**114)
-    # bits=2 puts the exponent at 2^128 for any maximum above 2^127.
-    y, e = quantize_dfp_everywhere(np.float32([2.0**127 * 1.5]), DfpFormat(2))
-    assert e.tolist() == [128] and y[0] == np.inf
+    saturated = np.float32(16383 * 2.0**114)
+    x = np.float32([FLT_MAX, 1.0, -FLT_MAX, np.nextafter(FLT_MAX, 0, dtype=np.float32)] * 9)
+    seeds = [(0, 1), (2, 3), (4, 5)] if rounding == "stochastic" else [(0, 0)]
+    for seed in seeds:
+        y, e = quantize_dfp_everywhere(x, lp.DFP16, rounding, seed=seed)
+        assert e.tolist() == [114]
+        assert np.all(np.isfinite(y))
+        assert np.all(np.abs(y[0::4]) == saturated) and np.all(y[2::4] < 0)
+        y, e = quantize_dfp_everywhere(x.reshape(4, 9), DfpFormat(16, block_size=2, axis=0),
+                                       rounding, seed=seed)
+        assert np.all(np.isfinite(y)) and np.abs(y).max() == saturated
+    # DFP24: E = 106, the largest grid value (2^22 - 1) * 2^106.
+    y, e = quantize_dfp_everywhere(np.float32([FLT_MAX, 3.0]), DfpFormat(24), rounding)
+    assert e.tolist() == [106] and y[0] == np.float32((2**22 - 1) * 2.0**106)
+    # bits=2 puts the exponent at 2^128 for any maximum above 1.5 * 2^127:
+    # the grid {0, ±2^128} has no nonzero float32, so the values saturate to 0.
+    y, e = quantize_dfp_everywhere(np.float32([2.0**127 * 1.75, -(2.0**127)]), DfpFormat(2),
+                                   rounding)
+    assert e.tolist() == [128] and as_bits(y).tolist() == [0, 0x80000000]
 
 
 # ----------------------------------------------------------------------------

@@ -39,6 +39,24 @@ def test_mirrored_strategy_two_replicas():
     assert out["sr_per_replica_matches_single"]
 
 
+def test_mirrored_strategy_loss_scaling_of_a_recurrent_layer():
+    """ALS with a GRU on two replicas.  Each replica scales the errors of its
+    while-loop gradient itself (tf.distribute cannot all-reduce inside control
+    flow: this once raised "merge_call called while defining a new graph"),
+    and reads its own copy of the hoisted recurrent weights (the second
+    replica once got no gradient for them)."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "distributed", "mirrored_recurrent_worker.py")],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _result(proc.stdout)
+    assert out["max_weight_diff"] < 1e-4
+    mirrored, single = list(out["mirrored_scales"].values()), list(out["single_scales"].values())
+    assert mirrored and mirrored == single
+    assert max(out["mirrored_scales"].values()) > 1.0
+    assert out["replicas_agree"]
+
+
 def _free_ports(n):
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:

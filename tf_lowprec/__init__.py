@@ -45,7 +45,7 @@ from tf_lowprec.gemm.accumulation import Accumulator, matmul
 from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
 from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
-from tf_lowprec.keras.policy import Policy, PrecisionSpec
+from tf_lowprec.keras.policy import Policy, PrecisionSpec, strip_policies
 from tf_lowprec.training.loss_scaling import (
     AdaptiveLossScaleOptimizer,
     automatic_loss_scaling,
@@ -116,4 +116,5 @@ __all__ = [
     "quantize_dfp",
     "round_gradient",
     "round_to_format",
+    "strip_policies",
 ]

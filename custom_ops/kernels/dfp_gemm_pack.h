@@ -35,11 +35,21 @@ struct OperandView {
 
 // Mantissas: I = y * 2^-E with 2^-E = s1 * s2 (two factors so that every
 // intermediate stays a normal float: |E| can exceed 126).  Exact for y from
-// quantize_dfp; anything else is counted as invalid.
-inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
+// quantize_dfp; anything else is counted as invalid.  |I| is clamped to
+// *bound before the conversion: 40000 (above kMaxMantissa, so that larger
+// values still count as invalid) or, where 2^E exceeds float32's ulp at
+// FLT_MAX (E > 104), the largest mantissa whose value is at most FLT_MAX:
+// the fused path's rounding then saturates exactly as quantize_dfp does
+// (DfpGridMaxBits in rounding.h), since rounding to nearest even commutes
+// with clamping to an integer bound.
+inline void ScaleFactors(int32_t e, float* s1, float* s2, float* bound, int32_t* invalid) {
+  *bound = 40000.0f;
   if (e == kDfpNoScale) {  // block of zeros (and non-finite values)
     *s1 = *s2 = 1.0f;
     return;
+  }
+  if (e > 104) {  // (2^24 - 1) >> (e - 104); 0 from e = 128 on
+    *bound = e >= 128 ? 0.0f : static_cast<float>(Min64(40000, ((1 << 24) - 1) >> (e - 104)));
   }
   // Range first: -e overflows for e = INT32_MIN (a raw op's exponent input).
   int32_t t = 0;
@@ -58,8 +68,8 @@ inline void ScaleFactors(int32_t e, float* s1, float* s2, int32_t* invalid) {
 // reductions so that the compiler vectorizes it.  Returns the number of
 // invalid values; *nonfinite |= 1 if any value is NaN or Inf.
 inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float* s1,
-                          const float* s2, int64_t sstride, bool round, int16_t* out,
-                          int32_t* nonfinite) {
+                          const float* s2, const float* bound, int64_t sstride, bool round,
+                          int16_t* out, int32_t* nonfinite) {
   int32_t invalid = 0, nf = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float y = x[i * stride];
@@ -67,7 +77,8 @@ inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float
     std::memcpy(&bits, &y, sizeof bits);
     const int32_t finite = (bits & 0x7F800000u) != 0x7F800000u;
     const float v = finite ? (y * s1[i * sstride]) * s2[i * sstride] : 0.0f;
-    const float clamped = v < -40000.0f ? -40000.0f : (v > 40000.0f ? 40000.0f : v);
+    const float c = bound[i * sstride];
+    const float clamped = v < -c ? -c : (v > c ? c : v);
     const int32_t m = static_cast<int32_t>(round ? __builtin_roundevenf(clamped) : clamped);
     invalid += (!round & (static_cast<float>(m) != v)) | (m > kMaxMantissa) | (m < -kMaxMantissa);
     nf |= 1 - finite;
@@ -81,10 +92,10 @@ inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float
 // ConvertRun for stride 1, with AVX-512 (the compiler does not vectorize the
 // plain loop well).  sstride is 0 (one scale) or 1 (one per value).
 inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, const float* s2,
-                                 int64_t sstride, bool round, int16_t* out, int32_t* nonfinite) {
+                                 const float* bound, int64_t sstride, bool round, int16_t* out,
+                                 int32_t* nonfinite) {
   int32_t invalid = 0;
   __mmask16 nf = 0;
-  const __m512 lo_clamp = _mm512_set1_ps(-40000.0f), hi_clamp = _mm512_set1_ps(40000.0f);
   const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
   int64_t i = 0;
   for (; i < n; i += 16) {
@@ -92,6 +103,9 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
     const __m512 y = _mm512_maskz_loadu_ps(live, x + i);
     const __m512 a = sstride ? _mm512_maskz_loadu_ps(live, s1 + i) : _mm512_set1_ps(s1[0]);
     const __m512 b = sstride ? _mm512_maskz_loadu_ps(live, s2 + i) : _mm512_set1_ps(s2[0]);
+    const __m512 hi_clamp =
+        sstride ? _mm512_maskz_loadu_ps(live, bound + i) : _mm512_set1_ps(bound[0]);
+    const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
     const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
     nf |= bad;
     const __m512 v = _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
@@ -113,10 +127,10 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
 // compiler does not vectorize the plain loop well).  sstride is 0 (one
 // scale) or 1 (one per value).
 inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, const float* s2,
-                                 int64_t sstride, bool round, int16_t* out, int32_t* nonfinite) {
+                                 const float* bound, int64_t sstride, bool round, int16_t* out,
+                                 int32_t* nonfinite) {
   int32_t invalid = 0;
   __m256i nf = _mm256_setzero_si256();
-  const __m256 lo_clamp = _mm256_set1_ps(-40000.0f), hi_clamp = _mm256_set1_ps(40000.0f);
   const __m256i max_m = _mm256_set1_epi32(kMaxMantissa);
   const __m256i exponent = _mm256_set1_epi32(0x7F800000);
   int64_t i = 0;
@@ -124,6 +138,8 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
     const __m256 y = _mm256_loadu_ps(x + i);
     const __m256 a = sstride ? _mm256_loadu_ps(s1 + i) : _mm256_set1_ps(s1[0]);
     const __m256 b = sstride ? _mm256_loadu_ps(s2 + i) : _mm256_set1_ps(s2[0]);
+    const __m256 hi_clamp = sstride ? _mm256_loadu_ps(bound + i) : _mm256_set1_ps(bound[0]);
+    const __m256 lo_clamp = _mm256_sub_ps(_mm256_setzero_ps(), hi_clamp);
     const __m256i bad =  // NaN or Inf: all exponent bits set
         _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(y), exponent), exponent);
     nf = _mm256_or_si256(nf, bad);
@@ -145,8 +161,8 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
   }
   *nonfinite |= _mm256_testz_si256(nf, nf) ? 0 : 1;
   if (i < n) {
-    invalid += ConvertRun(x + i, 1, n - i, s1 + (sstride ? i : 0), s2 + (sstride ? i : 0), sstride,
-                          round, out + i, nonfinite);
+    invalid += ConvertRun(x + i, 1, n - i, s1 + (sstride ? i : 0), s2 + (sstride ? i : 0),
+                          bound + (sstride ? i : 0), sstride, round, out + i, nonfinite);
   }
   return invalid;
 }
@@ -184,11 +200,11 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
   alignas(64) int16_t lo[kLanes], hi[kLanes];
   for (int64_t blk = 0; blk < layout.blocks; ++blk) {
     const int64_t k0 = layout.Start(blk), len = layout.Length(blk);
-    float s1[kLanes], s2[kLanes];
-    for (int64_t l = 0; l < kLanes; ++l) s1[l] = s2[l] = 0.0f;
+    float s1[kLanes], s2[kLanes], bound[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) s1[l] = s2[l] = bound[l] = 0.0f;
     for (int64_t l = 0; l < lanes; ++l) {
       ScaleFactors(src.exponents[(lane0 + l) * src.e_lane_stride + blk * src.e_block_stride],
-                   &s1[l], &s2[l], &scale_invalid);
+                   &s1[l], &s2[l], &bound[l], &scale_invalid);
     }
     if (src.k_stride == 1 && src.lane_stride == len && src.e_lane_stride == 0 &&
         lanes * len <= kRun) {
@@ -198,9 +214,9 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
       const float* x = src.data + lane0 * src.lane_stride + k0;
       int32_t nf = 0;
 #if DFP_CONVERT_CONTIGUOUS
-      invalid += ConvertContiguous(x, lanes * len, s1, s2, 0, src.round, run, &nf);
+      invalid += ConvertContiguous(x, lanes * len, s1, s2, bound, 0, src.round, run, &nf);
 #else
-      invalid += ConvertRun(x, 1, lanes * len, s1, s2, 0, src.round, run, &nf);
+      invalid += ConvertRun(x, 1, lanes * len, s1, s2, bound, 0, src.round, run, &nf);
 #endif
       for (int64_t l = 0; l < lanes; ++l) {
         const int16_t* values = run + l * len;
@@ -231,9 +247,9 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
         for (int64_t r0 = 0; r0 < len; r0 += kRun) {
           const int64_t n = Min64(kRun, len - r0);
 #if DFP_CONVERT_CONTIGUOUS
-          invalid += ConvertContiguous(x + r0, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
+          invalid += ConvertContiguous(x + r0, n, &s1[l], &s2[l], &bound[l], 0, src.round, run, &lane_nonfinite[l]);
 #else
-          invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], 0, src.round, run, &lane_nonfinite[l]);
+          invalid += ConvertRun(x + r0, 1, n, &s1[l], &s2[l], &bound[l], 0, src.round, run, &lane_nonfinite[l]);
 #endif
           run[n] = 0;  // odd tail: the pair's high half is zero padding
           int32_t* o = out + (r0 / 2) * kWidth + l % kWidth;
@@ -253,18 +269,18 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
         const float* x0 = src.data + (k0 + kk) * src.k_stride + lane0 * src.lane_stride;
 #if DFP_CONVERT_CONTIGUOUS
         if (src.lane_stride == 1) {
-          invalid += ConvertContiguous(x0, lanes, s1, s2, 1, src.round, lo, &nf);
+          invalid += ConvertContiguous(x0, lanes, s1, s2, bound, 1, src.round, lo, &nf);
         } else {
-          invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, src.round, lo, &nf);
+          invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, bound, 1, src.round, lo, &nf);
         }
         if (kk + 1 < len && src.lane_stride == 1) {
-          invalid += ConvertContiguous(x0 + src.k_stride, lanes, s1, s2, 1, src.round, hi, &nf);
+          invalid += ConvertContiguous(x0 + src.k_stride, lanes, s1, s2, bound, 1, src.round, hi, &nf);
         } else if (kk + 1 < len) {
 #else
-        invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, 1, src.round, lo, &nf);
+        invalid += ConvertRun(x0, src.lane_stride, lanes, s1, s2, bound, 1, src.round, lo, &nf);
         if (kk + 1 < len) {
 #endif
-          invalid += ConvertRun(x0 + src.k_stride, src.lane_stride, lanes, s1, s2, 1, src.round, hi, &nf);
+          invalid += ConvertRun(x0 + src.k_stride, src.lane_stride, lanes, s1, s2, bound, 1, src.round, hi, &nf);
         } else {
           for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;
         }

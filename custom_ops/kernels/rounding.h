@@ -134,14 +134,30 @@ inline uint32_t RoundToFloatFormat(uint32_t u, const FloatGrid& grid, uint32_t r
   return a > kInfBits ? (sign | kQuietNanBits) : signed_r;  // NaN stays NaN, sign kept
 }
 
+// float32 bits of the largest multiple of 2^k that is at most FLT_MAX =
+// (2^24 - 1) * 2^104: FLT_MAX itself for k <= 104, FLT_MAX with its low
+// k - 104 significand bits cleared for 105 <= k <= 127, and 0 for k >= 128
+// (the grid's next value, 2^128, is not a float32).
+inline uint32_t DfpGridMaxBits(int32_t k) {
+  constexpr uint32_t kMaxFiniteBits = 0x7F7FFFFFu;
+  const int32_t cleared = ClampInt(k - 104, 0, 24);
+  return cleared >= 24 ? 0u : (kMaxFiniteBits >> cleared) << cleared;
+}
+
 // Rounds one float32 value (as bits) onto a DFP block grid of spacing
 // 2^shared_exponent.  Non-finite values pass through (NaN made quiet); the
 // shared exponent guarantees the result's mantissa fits (number_formats.h).
+// Saturation: a finite value never becomes Inf.  Where rounding would carry
+// it past FLT_MAX (a block maximum near FLT_MAX, whose grid step exceeds
+// float32's ulp there), the result is the largest grid value <= FLT_MAX,
+// DfpGridMaxBits(shared_exponent), with the value's sign.
 template <Rounding kRounding>
 inline uint32_t RoundToDfpGrid(uint32_t u, int32_t shared_exponent, uint32_t random_word) {
   const uint32_t sign = u & kSignMask;
   const uint32_t a = u & kAbsMask;
-  const uint32_t r = sign | RoundMagnitudeToGrid<kRounding>(a, shared_exponent, random_word);
+  const uint32_t rounded = RoundMagnitudeToGrid<kRounding>(a, shared_exponent, random_word);
+  const uint32_t limit = DfpGridMaxBits(shared_exponent);
+  const uint32_t r = sign | (rounded < limit ? rounded : limit);
   const uint32_t special = a > kInfBits ? (sign | kQuietNanBits) : u;
   return (a >= kInfBits || a == 0) ? special : r;
 }

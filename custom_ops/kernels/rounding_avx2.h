@@ -489,8 +489,15 @@ template <Rounding kRounding>
 inline __m256i RoundToDfpGrid8(__m256i u, __m256i shared_exponent, __m256i random_word) {
   const __m256i sign = _mm256_and_si256(u, Splat(kSignMask));
   const __m256i a = _mm256_and_si256(u, Splat(kAbsMask));
+  // Saturation at DfpGridMaxBits (rounding.h): FLT_MAX with its low
+  // k - 104 bits cleared; a shift by 32 (k >= 128) gives 0.
+  const __m256i cleared = ClampInt8(_mm256_sub_epi32(shared_exponent, SplatInt(104)), 0, 24);
+  const __m256i count = _mm256_add_epi32(
+      cleared, _mm256_and_si256(_mm256_cmpeq_epi32(cleared, SplatInt(24)), SplatInt(8)));
+  const __m256i limit = _mm256_sllv_epi32(_mm256_srlv_epi32(Splat(0x7F7FFFFFu), count), count);
   const __m256i r = _mm256_or_si256(
-      sign, RoundMagnitudeToGrid8<kRounding>(a, shared_exponent, random_word));
+      sign, _mm256_min_epu32(RoundMagnitudeToGrid8<kRounding>(a, shared_exponent, random_word),
+                             limit));
   const __m256i nan = _mm256_cmpgt_epi32(a, Splat(kInfBits));
   const __m256i special = Select8(nan, _mm256_or_si256(sign, Splat(kQuietNanBits)), u);
   const __m256i passthrough = _mm256_or_si256(_mm256_cmpgt_epi32(a, Splat(kInfBits - 1u)),

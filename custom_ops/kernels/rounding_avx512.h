@@ -497,8 +497,15 @@ template <Rounding kRounding>
 inline __m512i RoundToDfpGrid16(__m512i u, __m512i shared_exponent, __m512i random_word) {
   const __m512i sign = _mm512_and_si512(u, Splat(kSignMask));
   const __m512i a = _mm512_and_si512(u, Splat(kAbsMask));
+  // Saturation at DfpGridMaxBits (rounding.h): FLT_MAX with its low
+  // k - 104 bits cleared; a shift by 32 (k >= 128) gives 0.
+  const __m512i cleared = ClampInt16(_mm512_sub_epi32(shared_exponent, SplatInt(104)), 0, 24);
+  const __m512i count =
+      _mm512_mask_mov_epi32(cleared, _mm512_cmpeq_epi32_mask(cleared, SplatInt(24)), SplatInt(32));
+  const __m512i limit = _mm512_sllv_epi32(_mm512_srlv_epi32(Splat(0x7F7FFFFFu), count), count);
   const __m512i r = _mm512_or_si512(
-      sign, RoundMagnitudeToGrid16<kRounding>(a, shared_exponent, random_word));
+      sign, _mm512_min_epu32(RoundMagnitudeToGrid16<kRounding>(a, shared_exponent, random_word),
+                             limit));
   const __m512i special = _mm512_mask_or_epi32(u, _mm512_cmpgt_epu32_mask(a, Splat(kInfBits)),
                                                sign, Splat(kQuietNanBits));
   const __mmask16 passthrough =

@@ -10,7 +10,8 @@ functions of the TensorFlow backend with wrappers:
   `separable_conv`, `conv_transpose`, and `_dot_product_attention_xla` (the
   core of `ops.dot_product_attention`, which calls `tf.einsum` directly);
 - `Layer.__call__` (outputs of layers whose policy has `_lowprec_storage`),
-  `Trainer.compile`, `Model.export`, and `keras.src.dtype_policies.get`.
+  `Trainer.compile`, `Model.export`, and `keras.src.dtype_policies.get` and
+  `.serialize`.
 
 The wrappers know nothing of policies or training: they hand each event to
 the listener a feature registered for it (`set_listener`), and run Keras'
@@ -33,6 +34,8 @@ own function when there is none or the listener declines (returns
   asked by `dtype_policies.get` first.  `Operation.from_config` turns a
   deserialized float policy back into its name before constructing the
   layer (keras/src/ops/operation.py), which would lose a `Policy`.
+- "policy_config": `listener(policy, config)` -> the config to save, after
+  `dtype_policies.serialize` (what `Layer.get_config` saves as "dtype").
 
 `install()` is one explicit, idempotent step (`import tf_lowprec` takes it);
 it checks the Keras version first.  Listeners can be set before or after it.
@@ -56,7 +59,7 @@ SUPPORTED_KERAS_VERSIONS = ("3.15",)
 _NUMPY_FUNCTIONS = ("matmul", "einsum")
 _NN_FUNCTIONS = ("conv", "depthwise_conv", "separable_conv", "conv_transpose",
                  "_dot_product_attention_xla")
-EVENTS = ("gemm", "layer_outputs", "compiling", "export", "policy_from_name")
+EVENTS = ("gemm", "layer_outputs", "compiling", "export", "policy_from_name", "policy_config")
 _lock = threading.Lock()
 _installed = False
 _install_error = None
@@ -142,7 +145,7 @@ def _route(name, original):
 
 
 def install():
-    """Routes the TF backend's GEMM functions and four Keras entry points to listeners.
+    """Routes the TF backend's GEMM functions and the Keras entry points above to listeners.
 
     Idempotent.  Raises UnsupportedKerasVersionError (and remembers it for
     `install_error`) when Keras is not a supported version.
@@ -200,6 +203,17 @@ def _wrap_policy_lookup():
 
     get._lowprec_original = get_original
     dtype_policies.get = get
+
+    serialize_original = dtype_policies.serialize
+
+    @functools.wraps(serialize_original)
+    def serialize(dtype_policy):
+        config = serialize_original(dtype_policy)
+        listener = _listeners["policy_config"]
+        return config if listener is None else listener(dtype_policy, config)
+
+    serialize._lowprec_original = serialize_original
+    dtype_policies.serialize = serialize
 
 
 def _wrap_layer_and_model_methods():

@@ -204,11 +204,25 @@ class LayerContext:
                 self._step = tf.cast(tf.convert_to_tensor(iterations), tf.int64)
         return self._step
 
+    def layer_key(self):
+        """The layer's name chain below the outermost model, e.g. "block/dense_1".
+
+        What the seeds hash to tell layers apart: the names of the layers
+        being called, without the outermost model's, are saved with the model
+        and unique within each model level, so they survive save/load (where
+        `layer.path` changes: "sequential/dense" is "dense" after
+        `load_model`) and renaming the model, and an exact resume from a
+        checkpoint draws the uninterrupted run's stochastic roundings.
+        """
+        chain = list(self.callers)
+        if len(chain) > 1 and isinstance(chain[0], keras.Model):
+            chain = chain[1:]
+        return "/".join(c.name for c in chain if c is not None)
+
     def seed(self, role):
         """int64[2] stateless seed from the global Keras seed, layer, call, role and step."""
         call, gemm = self._call_index()
-        name = getattr(self.layer, "path", None) or self.layer.name
-        layer_hash = zlib.crc32(name.encode())
+        layer_hash = zlib.crc32(self.layer_key().encode())
         high = (_global_seed() * 1000003 + layer_hash) & 0x7FFFFFFFFFFFFFFF
         low = (((call * 4096 + gemm) * 8 + _ROLE_IDS[role]) * 0x9E3779B1) & 0x7FFFFFFFFFFFFFFF
         base = tf.constant([high, low], tf.int64)
@@ -290,7 +304,9 @@ class LayerContext:
     def _round_weights_before_loop(self, variable):
         outer = _outer_graph()
         cache = _hoisted_weights.setdefault(outer, {})
-        key = (id(variable), self._call_index()[0])
+        # Per replica: MirroredStrategy traces its replicas in one graph, and
+        # each must read its own copy of the variable (or it gets no gradient).
+        key = (id(variable), self._call_index()[0], _replica_id())
         if key not in cache:
             # The step (read for stochastic-rounding seeds) is cached per
             # context; read it again in the outer graph, then restore it.

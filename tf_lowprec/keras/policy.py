@@ -394,3 +394,132 @@ def _policy_from_name(identifier):
 
 
 adapter.set_listener("policy_from_name", _policy_from_name)
+
+
+# ----------------------------------------------------------------------------
+# Saved files: a clear error without tf_lowprec, and stock-Keras copies.
+
+_REGISTERED_NAME = "tf_lowprec>Policy"
+
+
+def _needs_tf_lowprec_class_name():
+    """The class name a saved `Policy` config carries: Keras' error text without tf_lowprec.
+
+    Keras looks a saved object up by its registered name first, so with
+    tf_lowprec imported the name below is never read; without it,
+    `load_model` raises "Cannot deserialize object of type `<this>`" (or
+    "Could not locate class '<this>'" inside a DTypePolicyMap) instead of
+    an AttributeError on a string.
+    """
+    import sys  # noqa: PLC0415
+
+    version = getattr(sys.modules.get("tf_lowprec"), "__version__", "unknown")
+    return (f"tf_lowprec.Policy (this file was saved with tf_lowprec {version}: import "
+            "tf_lowprec before loading it, or write a stock-Keras copy with "
+            "tf_lowprec.strip_policies(path, new_path))")
+
+
+def _mark_saved_policies(config):
+    """Rewrites the saved configs of `Policy` objects inside `config` (in place)."""
+    if isinstance(config, dict):
+        if config.get("registered_name") == _REGISTERED_NAME:
+            config["module"] = None
+            config["class_name"] = _needs_tf_lowprec_class_name()
+        for value in config.values():
+            _mark_saved_policies(value)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            _mark_saved_policies(value)
+    return config
+
+
+def _saved_policy_config(policy, config):
+    """The adapter's "policy_config" listener: marks the Policy configs a layer saves."""
+    del policy
+    return _mark_saved_policies(config)
+
+
+adapter.set_listener("policy_config", _saved_policy_config)
+
+_FLOAT32_POLICY = {"module": "keras", "class_name": "DTypePolicy",
+                   "config": {"name": "float32"}, "registered_name": None}
+
+
+def _strip(config, found):
+    """`config` with every Policy config replaced by float32; other tf_lowprec objects in `found`."""
+    if isinstance(config, dict):
+        registered = config.get("registered_name")
+        if registered == _REGISTERED_NAME:
+            return dict(_FLOAT32_POLICY, config=dict(_FLOAT32_POLICY["config"]))
+        if isinstance(registered, str) and registered.startswith("tf_lowprec>"):
+            found.append(registered.partition(">")[2])
+        return {key: _strip(value, found) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_strip(value, found) for value in config]
+    return config
+
+
+def strip_policies(path, new_path=None):
+    """Writes a copy of a `.keras` file that loads with stock Keras (no tf_lowprec).
+
+    Every `tf_lowprec.Policy` in the file becomes the float32 policy, so the
+    copy computes in float32 with the same weights.  A training configuration
+    (`compile`) that uses a tf_lowprec object (`AdaptiveLossScaleOptimizer`)
+    is left out: the copy loads uncompiled.  Layers of tf_lowprec
+    (`tf_lowprec.layers.Quantize`, ...) cannot be stripped: a file with
+    them is refused with a ValueError naming them.
+
+    Args:
+      path: the `.keras` file to read, or a `keras.Model` (then the result
+        is the stripped model itself, through a temporary file).
+      new_path: where to write the copy (must differ from `path`); not
+        used with a model.
+
+    Returns:
+      `new_path`, or the stripped model.
+
+    >>> import keras, os, tempfile, tf_lowprec as lp
+    >>> folder = tempfile.mkdtemp()
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype=lp.Policy("bf16"))])
+    >>> model.save(os.path.join(folder, "bf16.keras"))
+    >>> copy = lp.strip_policies(os.path.join(folder, "bf16.keras"),
+    ...                          os.path.join(folder, "float32.keras"))
+    >>> keras.saving.load_model(copy).layers[0].dtype_policy
+    <DTypePolicy "float32">
+    """
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    if isinstance(path, keras.Model):
+        with tempfile.TemporaryDirectory() as folder:
+            saved = os.path.join(folder, "model.keras")
+            path.save(saved)
+            return keras.saving.load_model(
+                strip_policies(saved, os.path.join(folder, "stock.keras")))
+    if new_path is None:
+        raise ValueError("new_path (where to write the stock-Keras copy) is required for a file")
+    if os.path.abspath(path) == os.path.abspath(new_path):
+        raise ValueError(f"new_path must differ from path, got {new_path!r} for both")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"path must be a .keras file (a zip archive), got {path!r}")
+    with zipfile.ZipFile(path) as source:
+        config = json.loads(source.read("config.json"))
+        compile_found = []
+        compile_config = _strip(config.pop("compile_config", None), compile_found)
+        found = []
+        config = _strip(config, found)
+        if found:
+            raise ValueError(
+                f"{path} holds tf_lowprec objects other than policies "
+                f"({', '.join(sorted(set(found)))}); it cannot load without tf_lowprec")
+        if compile_config is not None and not compile_found:
+            config["compile_config"] = compile_config
+        with zipfile.ZipFile(new_path, "w", zipfile.ZIP_DEFLATED) as target:
+            for item in source.infolist():
+                if item.filename == "config.json":
+                    target.writestr(item, json.dumps(config))
+                else:
+                    target.writestr(item, source.read(item.filename))
+    return new_path

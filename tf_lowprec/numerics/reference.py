@@ -40,6 +40,7 @@ _QUIET_NAN_BITS = 0x7FC00000
 _SIGN_BIT = 0x80000000
 _TWO_32 = 2.0**32
 _FLOAT32_MIN_NORMAL = 2.0**-126
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # (2^24 - 1) * 2^104
 
 # Philox4x32-10 constants (Salmon et al. 2011) and TensorFlow's seed key.
 _PHILOX_M0 = 0xD2511F53
@@ -304,7 +305,12 @@ def quantize_dfp(x, fmt=DFP16, rounding="nearest_even", random_words=None, rando
         exponents = np.moveaxis(block_exponents, -1, axis)
 
     scaled = (finite_abs > 0) & (k != DFP_NO_SCALE)
-    r = _round_to_grid(finite_abs, np.where(scaled, k, 0), rounding, u)
+    grid_k = np.where(scaled, k, 0)
+    r = _round_to_grid(finite_abs, grid_k, rounding, u)
+    # Saturation: a finite value never becomes Inf.  Rounding that carries
+    # past FLT_MAX gives the largest multiple of 2^k that is at most FLT_MAX.
+    largest = np.ldexp(np.floor(np.ldexp(_FLOAT32_MAX, -grid_k)), grid_k)
+    r = np.minimum(r, largest)
     values = np.where(scaled, _with_sign(r, negative), x)
     values = np.where(is_nan, _quiet_nan(negative), values)
     return values.astype(np.float32), exponents.astype(np.int32)

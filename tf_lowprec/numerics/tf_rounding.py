@@ -201,8 +201,18 @@ def quantize_dfp(x, fmt, rounding="nearest_even", seed=None, random_bits=16):
         k = tf.transpose(k_moved, inverse)
         exponents = tf.transpose(moved_exponents, inverse)
     words = random_words(tf.shape(x), seed, random_bits) if rounding == "stochastic" else None
-    r = round_magnitude_to_grid(a, tf.broadcast_to(k, tf.shape(a, out_type=tf.int64)), rounding,
-                                words)
+    k = tf.broadcast_to(k, tf.shape(a, out_type=tf.int64))
+    r = round_magnitude_to_grid(a, k, rounding, words)
+    # Saturation (DfpGridMaxBits of rounding.h): rounding that carries past
+    # FLT_MAX gives FLT_MAX with its low k - 104 bits cleared (0 for k >= 128).
+    cleared = tf.clip_by_value(k - 104, 0, 24)
+    largest = tf.where(
+        cleared >= 24,
+        tf.zeros_like(a),
+        tf.bitwise.left_shift(tf.bitwise.right_shift(tf.constant(0x7F7FFFFF, tf.int64), cleared),
+                              cleared),
+    )
+    r = tf.minimum(r, largest)
     signed = tf.bitwise.bitwise_or(sign, r)
     nan = tf.bitwise.bitwise_or(sign, _QUIET_NAN)
     special = tf.where(a > _INF, nan, u)

@@ -105,7 +105,13 @@ def error_statistics(errors):
     mean_square = tf.reduce_mean(tf.square(finite))
     max_abs = tf.reduce_max(tf.abs(finite)) if x.shape.num_elements() != 0 else tf.constant(0.0)
     context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
+    # Inside control flow (a recurrent layer's while-loop gradient, one
+    # timestep at a time) tf.distribute cannot synchronise replicas: there
+    # each replica scales its own errors.  The scales are powers of two,
+    # divided out of the gradients exactly, so replicas stay consistent; only
+    # which tiny values underflow can differ from one device.
+    in_control_flow = getattr(tf.compat.v1.get_default_graph(), "is_control_flow_graph", False)
+    if context is not None and context.num_replicas_in_sync > 1 and not in_control_flow:
         # Every replica must choose the same scale: combine their statistics.
         mean_square = context.all_reduce(tf.distribute.ReduceOp.MEAN, mean_square)
         max_abs = tf.reduce_max(context.all_gather(tf.reshape(max_abs, [1]), axis=0))
