@@ -45,6 +45,13 @@ from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
 from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.keras.policy import Policy, PrecisionSpec
+from tf_lowprec.keras.coverage import (
+    UnemulatedGemmError,
+    UnemulatedGemmWarning,
+    set_unemulated_gemm_action,
+    unemulated_gemm_action,
+    unemulated_gemms,
+)
 from tf_lowprec.training.loss_scaling import AdaptiveLossScaleOptimizer
 from tf_lowprec.numerics.stats import precision_stats
 from tf_lowprec.training.weight_updates import LowPrecisionWeights
@@ -103,4 +110,9 @@ __all__ = [
     "quantize_dfp",
     "round_gradient",
     "round_to_format",
+    "set_unemulated_gemm_action",
+    "unemulated_gemm_action",
+    "unemulated_gemms",
+    "UnemulatedGemmError",
+    "UnemulatedGemmWarning",
 ]
