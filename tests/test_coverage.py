@@ -1,0 +1,244 @@
+"""The coverage table of docs/design.md, cell by cell, and the report of unemulated GEMMs.
+
+Each row of the table ("Coverage of the GEMMs") is a stock Keras layer, a
+`keras.ops` GEMM or a raw TensorFlow GEMM in a custom layer; each column a
+preset.  `test_coverage_cell` reads the cell from the document and checks it
+on tiny tensors with one forward and backward call:
+
+- "emulated": output and gradients differ from the same layer's unemulated
+  (FP32) run, and stay close to it; no INT16 GEMM runs;
+- "INT16 GEMM" / "BF16 GEMM": the same, and the accumulator's kernel runs in
+  the forward pass and again in the backward pass;
+- "reported": traced, the layer warns (UnemulatedGemmWarning) and its
+  output is the FP32 one, bit for bit.
+"""
+
+import os
+import warnings
+from unittest import mock
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec.gemm import bf16 as bf16_gemm
+from tf_lowprec.keras import emulation
+
+L = keras.layers
+DESIGN = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "design.md")
+PRESETS = ("bf16", "fp16", "hfp8", "fp8", "bf16_native", "dfp16")
+# Largest |emulated - FP32| / max|FP32| accepted, by preset (a few roundings of the format).
+TOLERANCE = {"bf16": 0.05, "fp16": 0.01, "hfp8": 0.5, "fp8": 0.5, "bf16_native": 0.05,
+             "dfp16": 0.01}
+
+
+class OpLayer(L.Layer):
+    """A custom layer whose GEMM is `fn(x, w)` with a weight of `weight_shape`."""
+
+    def __init__(self, fn, weight_shape, inner=None, **kwargs):
+        super().__init__(**kwargs)
+        self.fn, self.weight_shape, self.inner = fn, weight_shape, inner
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=self.weight_shape, initializer="glorot_uniform")
+
+    def call(self, x):
+        return self.fn(x, self.w)
+
+
+def op_row(fn, weight_shape, input_shape):
+    return lambda: OpLayer(fn, weight_shape), input_shape
+
+
+def attention(layer):
+    """Self-attention as a one-input layer."""
+    return OpLayer(lambda x, w: layer(x, x) if not isinstance(layer, L.Attention)
+                   else layer([x, x * w]), (1,), inner=layer)
+
+
+ops = keras.ops
+ROWS = {
+    "Dense": (lambda: L.Dense(3), (4,)),
+    "EinsumDense": (lambda: L.EinsumDense("abc,cd->abd", output_shape=(3, 3)), (3, 4)),
+    "MultiHeadAttention": (lambda: attention(L.MultiHeadAttention(2, 2)), (3, 4)),
+    "GroupedQueryAttention": (lambda: attention(L.GroupQueryAttention(2, 2, 1)), (3, 4)),
+    "Attention": (lambda: attention(L.Attention()), (3, 4)),
+    "AdditiveAttention": (lambda: attention(L.AdditiveAttention()), (3, 4)),
+    "Conv1D": (lambda: L.Conv1D(3, 3), (6, 2)),
+    "Conv2D": (lambda: L.Conv2D(3, 3), (5, 5, 2)),
+    "Conv2D(groups=2)": (lambda: L.Conv2D(4, 3, groups=2), (5, 5, 4)),
+    "Conv3D": (lambda: L.Conv3D(2, 2), (3, 3, 3, 2)),
+    "DepthwiseConv1D": (lambda: L.DepthwiseConv1D(3), (6, 2)),
+    "DepthwiseConv2D": (lambda: L.DepthwiseConv2D(3), (5, 5, 2)),
+    "SeparableConv1D": (lambda: L.SeparableConv1D(3, 3), (6, 2)),
+    "SeparableConv2D": (lambda: L.SeparableConv2D(3, 3), (5, 5, 2)),
+    "Conv1DTranspose": (lambda: L.Conv1DTranspose(2, 3), (4, 2)),
+    "Conv2DTranspose": (lambda: L.Conv2DTranspose(2, 3), (3, 3, 2)),
+    "Conv3DTranspose": (lambda: L.Conv3DTranspose(2, 2), (2, 2, 2, 2)),
+    "SimpleRNN": (lambda: L.SimpleRNN(3), (2, 2)),
+    "LSTM": (lambda: L.LSTM(3), (2, 2)),
+    "GRU": (lambda: L.GRU(3), (2, 2)),
+    "Bidirectional(LSTM)": (lambda: L.Bidirectional(L.LSTM(2)), (2, 2)),
+    "ConvLSTM1D": (lambda: L.ConvLSTM1D(2, 2), (1, 3, 2)),
+    "ConvLSTM2D": (lambda: L.ConvLSTM2D(2, 2), (1, 3, 3, 2)),
+    "ConvLSTM3D": (lambda: L.ConvLSTM3D(2, 2), (1, 2, 2, 2, 2)),
+    "ops.matmul": op_row(ops.matmul, (4, 3), (4,)),
+    "ops.matmul, 1-D operand": op_row(lambda x, w: ops.matmul(w[:, 0], x), (3, 2), (3, 4)),
+    "ops.matmul, broadcast batch": op_row(lambda x, w: ops.matmul(x[:, None], w), (2, 4, 3),
+                                          (3, 4)),
+    "ops.einsum": op_row(lambda x, w: ops.einsum("bti,bsi->bts", x, x * w), (4,), (3, 4)),
+    "ops.einsum, ellipsis": op_row(lambda x, w: ops.einsum("...i,ij->...j", x, w), (4, 3),
+                                   (3, 4)),
+    "ops.einsum, 3 operands": op_row(lambda x, w: ops.einsum("bi,ij,jk->bk", x, w, w[:, :3]),
+                                     (4, 4), (4,)),
+    "ops.einsum, index summed in one operand": op_row(
+        lambda x, w: ops.einsum("bij,jk->bk", x, w), (4, 3), (3, 4)),
+    "ops.dot": op_row(ops.dot, (4, 3), (4,)),
+    "ops.tensordot": op_row(lambda x, w: ops.tensordot(x, w, axes=[[1, 2], [0, 1]]), (3, 4, 2),
+                            (3, 4)),
+    "ops.inner": op_row(ops.inner, (3, 4), (4,)),
+    "ops.vdot": op_row(lambda x, w: ops.vdot(x[0], w), (4,), (4,)),
+    "tf.matmul": op_row(tf.matmul, (4, 3), (4,)),
+    "tf.einsum": op_row(lambda x, w: tf.einsum("bi,ij->bj", x, w), (4, 3), (4,)),
+    "x @ w (tensors)": op_row(lambda x, w: x @ tf.convert_to_tensor(w), (4, 3), (4,)),
+    "tf.tensordot": op_row(lambda x, w: tf.tensordot(x, w, 1), (4, 3), (4,)),
+    "tf.nn.conv2d": op_row(lambda x, w: tf.nn.conv2d(x, w, 1, "VALID"), (2, 2, 2, 3),
+                           (4, 4, 2)),
+}
+
+
+def read_table():
+    """{row: {preset: cell}} of the coverage table in docs/design.md."""
+    with open(DESIGN) as f:
+        text = f.read()
+    section = text.split("## Coverage of the GEMMs", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0].strip("`")] = dict(zip(header[1:], cells[1:]))
+    return header[1:], table
+
+
+HEADER, TABLE = read_table()
+
+
+def test_table_has_every_row_and_preset():
+    assert tuple(HEADER[:len(PRESETS)]) == PRESETS
+    assert sorted(TABLE) == sorted(ROWS)
+
+
+def make_layer(row, preset):
+    make, shape = ROWS[row]
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(lp.Policy(preset))
+    try:
+        layer = make()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = tf.constant(np.random.default_rng(1).normal(size=(2,) + shape).astype(np.float32))
+    return layer, x
+
+
+def unemulated():
+    """Every routed call declines: the layer runs Keras' own FP32 ops."""
+    return mock.patch.object(emulation, "active_context", lambda callers: None)
+
+
+def forward_backward(layer, x, upstream=None, after_forward=lambda: None):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        forward = after_forward()
+        if upstream is None:
+            upstream = tf.constant(np.random.default_rng(2).normal(size=y.shape), tf.float32)
+        loss = tf.reduce_sum(y * upstream)
+    return y, upstream, tape.gradient(loss, [x] + layer.trainable_weights), forward
+
+
+_unemulated_runs = {}
+
+
+def unemulated_run(row, layer, x):
+    """(y, upstream, gradients) of the layer's FP32 run; the same for every preset's layer
+    (built from the same seed), so computed once per row."""
+    if row not in _unemulated_runs:
+        with unemulated():
+            _unemulated_runs[row] = forward_backward(layer, x)[:3]
+    return _unemulated_runs[row]
+
+
+class KernelCalls:
+    """Counts the accumulators' GEMM kernel calls (INT16 counters, BF16 `_product`)."""
+
+    def __init__(self):
+        self.bf16 = 0
+        real = bf16_gemm._product
+
+        def counting(*args, **kwargs):
+            self.bf16 += 1
+            return real(*args, **kwargs)
+
+        self._patch = mock.patch.object(bf16_gemm, "_product", counting)
+
+    def __enter__(self):
+        lp.dfp_gemm_counters(reset=True)
+        self._patch.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._patch.__exit__(*exc)
+
+    def read(self):
+        return {"INT16 GEMM": lp.dfp_gemm_counters()["calls"], "BF16 GEMM": self.bf16}
+
+
+def relative_error(a, b, scale=0.0):
+    """max |a - b| relative to max |b| (or `scale`, if larger)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.abs(a - b).max() / max(np.abs(b).max(), scale, 1e-30)
+
+
+CELLS = [(row, preset) for row in ROWS for preset in PRESETS]
+
+
+@pytest.mark.parametrize("row,preset", CELLS, ids=[f"{r}-{p}" for r, p in CELLS])
+def test_coverage_cell(row, preset):
+    cell = TABLE[row][preset]
+    layer, x = make_layer(row, preset)
+    if cell == "reported":
+        with unemulated():
+            want = layer(x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = tf.function(layer)(x)
+        assert any(issubclass(w.category, lp.UnemulatedGemmWarning) for w in caught), row
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
+        return
+    assert cell in ("emulated", "INT16 GEMM", "BF16 GEMM"), cell
+    want_y, upstream, want_grads = unemulated_run(row, layer, x)
+    with KernelCalls() as calls:
+        y, _, grads, forward = forward_backward(layer, x, upstream, calls.read)
+        total = calls.read()
+    tolerance = TOLERANCE[preset]
+    pairs = [("output", y, want_y)] + [
+        (f"gradient {i}", g, w) for i, (g, w) in enumerate(zip(grads, want_grads))
+        if g is not None or w is not None]
+    # Gradients that are ~0 in FP32 (an attention key's bias) are compared on the scale of
+    # the largest gradient.
+    scale = max(np.abs(np.asarray(w)).max() for _, _, w in pairs[1:])
+    for index, (name, got, want) in enumerate(pairs):
+        assert relative_error(got, want, scale if index else 0.0) < tolerance, name
+    changed = [not np.array_equal(np.asarray(got), np.asarray(want)) for _, got, want in pairs]
+    # The output, the input's gradient and some weight's gradient (biases are added after
+    # the GEMM: theirs is the unrounded error) differ from the FP32 run's.
+    assert changed[0] and changed[1] and (len(changed) == 2 or any(changed[2:])), changed
+    for kernel in ("INT16 GEMM", "BF16 GEMM"):
+        if cell == kernel:
+            assert forward[kernel] > 0, f"forward pass not on the {kernel}"
+            assert total[kernel] > forward[kernel], f"backward pass not on the {kernel}"
+        else:
+            assert total[kernel] == 0, f"the {kernel} ran in a cell that says {cell!r}"
