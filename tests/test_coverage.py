@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec.gemm import bf16 as bf16_gemm
+from tf_lowprec.gemm import reference as reference_gemm
 from tf_lowprec.keras import emulation
 
 L = keras.layers
@@ -242,3 +243,107 @@ def test_coverage_cell(row, preset):
             assert total[kernel] > forward[kernel], f"backward pass not on the {kernel}"
         else:
             assert total[kernel] == 0, f"the {kernel} ran in a cell that says {cell!r}"
+
+
+# Einsum / tensordot / matmul on the INT16 GEMM: bit for bit the written-out reference ------
+
+def _dfp_reference(a, b):
+    (aq, ea), (bq, eb) = (lp.quantize_dfp(v, return_exponents=True) for v in (a, b))
+    exponent = lambda e: np.full((1, 1, 1), np.asarray(e).reshape(-1)[0])  # noqa: E731
+    return reference_gemm.dfp_matmul_quantized(np.asarray(aq), exponent(ea), np.asarray(bq),
+                                               exponent(eb))
+
+
+@pytest.mark.parametrize("fn, weight_shape, reference", [
+    # EinsumDense's projection: rows (a, b), columns (d, e), K = c.
+    (lambda x, w: ops.einsum("abc,cde->abde", x, w), (4, 2, 3),
+     lambda x, w: _dfp_reference(x.reshape(6, 4), w.reshape(4, 6)).reshape(2, 3, 2, 3)),
+    # tensordot over two axes: K = axes (1, 2) of x against (0, 1) of w.
+    (lambda x, w: ops.tensordot(x, w, axes=2), (3, 4, 2),
+     lambda x, w: _dfp_reference(x.reshape(2, 12), w.reshape(12, 2))),
+    # batched matmul with a transposed operand (attention's Q K^T): batch a, K = c.
+    (lambda x, w: ops.einsum("abc,adc->abd", x, x), (1,),
+     lambda x, w: _dfp_reference(x, np.swapaxes(x, 1, 2).copy())),
+])
+def test_einsum_and_tensordot_on_the_int16_gemm_equal_the_reference(fn, weight_shape, reference):
+    """Forward bit-exact; the operands are those the policy rounded (DFP16, one exponent)."""
+    keras.utils.set_random_seed(3)
+    layer = OpLayer(fn, weight_shape, dtype=lp.Policy("dfp16"))
+    x = np.random.default_rng(4).normal(size=(2, 3, 4)).astype(np.float32)
+    layer.build(x.shape)
+    lp.dfp_gemm_counters(reset=True)
+    y = layer(x)
+    assert lp.dfp_gemm_counters()["calls"] == 1
+    np.testing.assert_array_equal(np.asarray(y), reference(x, np.asarray(layer.w)))
+
+
+# Raw TensorFlow GEMMs: reported when traced ---------------------------------------------------
+
+class Experts(L.Layer):
+    """Mixture-of-experts style: the experts' GEMM in raw tf.einsum, a Dense router."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.router = L.Dense(2, name="router")
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(2, input_shape[-1], 3))
+
+    def call(self, x):
+        gates = keras.ops.softmax(self.router(x))  # emulated: not reported
+        experts = tf.einsum("bi,eij->bej", x, self.w)  # raw: reported
+        return keras.ops.einsum("be,bej->bj", gates, experts)  # emulated
+
+
+def _experts_model(preset):
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(lp.Policy(preset))
+    try:
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, L.Dense(1)(Experts(name="experts")(inputs)))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    return model
+
+
+def test_raw_einsum_under_fp8_is_reported_once_and_logged_by_the_monitor():
+    model = _experts_model("fp8")
+    x, y = np.ones((4, 4), np.float32), np.zeros((4, 1), np.float32)
+    monitor = lp.callbacks.PrecisionMonitor(every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[monitor])
+    reports = [str(w.message) for w in caught if w.category is lp.UnemulatedGemmWarning]
+    # Two traced train steps (the monitor's plain and sampling ones), one report.
+    assert len(reports) == 1, reports
+    assert "'experts' (Experts) computes Einsum" in reports[0] and "keras.ops" in reports[0]
+    assert lp.unemulated_gemms(model) == {"experts": ["Einsum"]}
+    assert history.history["unemulated_gemms"] == [1.0, 1.0]
+    assert monitor.unemulated == {"experts": ["Einsum"]}
+
+
+def test_strict_mode_stops_fit_and_ignore_skips_the_check():
+    x, y = np.ones((2, 4), np.float32), np.zeros((2, 1), np.float32)
+    try:
+        lp.set_unemulated_gemm_action("error")
+        with pytest.raises(lp.UnemulatedGemmError, match="'experts' .* Einsum"):
+            _experts_model("fp8").fit(x, y, verbose=0)
+        lp.set_unemulated_gemm_action("ignore")
+        model = _experts_model("fp8")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", lp.UnemulatedGemmWarning)
+            model.fit(x, y, verbose=0)
+        assert lp.unemulated_gemms(model) == {}
+    finally:
+        lp.set_unemulated_gemm_action("warn")
+    with pytest.raises(ValueError, match="action must be one of 'warn', 'error', 'ignore'"):
+        lp.set_unemulated_gemm_action("strict")
+
+
+def test_layers_without_an_emulating_policy_are_not_reported():
+    model = _experts_model("fp32")  # an lp.Policy that rounds nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lp.UnemulatedGemmWarning)
+        model.predict(np.ones((2, 4), np.float32), verbose=0)
+    assert lp.unemulated_gemms(model) == {}
