@@ -347,3 +347,29 @@ def test_layers_without_an_emulating_policy_are_not_reported():
         warnings.simplefilter("error", lp.UnemulatedGemmWarning)
         model.predict(np.ones((2, 4), np.float32), verbose=0)
     assert lp.unemulated_gemms(model) == {}
+
+
+@pytest.mark.parametrize("name, make, shape, on_int16", [
+    ("Dense", lambda: L.Dense(3), (4,), True),
+    ("EinsumDense", lambda: L.EinsumDense("abc,cd->abd", output_shape=(3, 3)), (3, 4), True),
+    ("MultiHeadAttention", lambda: attention(L.MultiHeadAttention(2, 2)), (3, 4), True),
+    ("Conv1D", lambda: L.Conv1D(3, 3), (6, 2), True),
+    ("Conv2D", lambda: L.Conv2D(3, 3), (5, 5, 2), True),
+    ("DepthwiseConv2D", lambda: L.DepthwiseConv2D(3), (5, 5, 2), True),
+    ("SeparableConv2D", lambda: L.SeparableConv2D(3, 3), (5, 5, 2), True),
+    # No 3-D patch gather / transposed convolution on the INT16 GEMM yet (docs/design.md).
+    ("Conv3D", lambda: L.Conv3D(2, 2), (3, 3, 3, 2), False),
+    ("Conv2DTranspose", lambda: L.Conv2DTranspose(2, 3), (3, 3, 2), False),
+])
+def test_dfp16_train_step_of_a_one_layer_model_runs_the_int16_gemm(name, make, shape, on_int16):
+    keras.config.set_dtype_policy(lp.Policy("dfp16"))
+    try:
+        inputs = keras.Input(shape)
+        model = keras.Model(inputs, L.Flatten(dtype="float32")(make()(inputs)))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    x = np.random.default_rng(0).normal(size=(2,) + shape).astype(np.float32)
+    lp.dfp_gemm_counters(reset=True)
+    model.train_on_batch(x, np.zeros((2,) + model.output_shape[1:], np.float32))
+    assert (lp.dfp_gemm_counters()["calls"] > 0) == on_int16, name

@@ -20,9 +20,11 @@ reported once per layer and op type, as the action set with
 
 `unemulated_gemms(model)` lists what was found; `PrecisionMonitor` puts
 their number in its logs (`unemulated_gemms`).  Eager calls build no graph
-and are not checked; GEMMs inside a layer's own `tf.cond` / `tf.while_loop`
-branches (other graphs) are not seen either (stock recurrent layers call
-their cells, which are layers, inside the loop: those are checked).
+and are not checked, nor are traces under a strategy with several replicas
+(traced concurrently into one graph: check on one device); GEMMs inside a
+layer's own `tf.cond` / `tf.while_loop` branches (other graphs) are not seen
+either (stock recurrent layers call their cells, which are layers, inside
+the loop: those are checked).
 
 >>> import warnings, keras, numpy as np, tensorflow as tf, tf_lowprec as lp
 >>> class Raw(keras.layers.Layer):
@@ -175,6 +177,10 @@ class _LayerCall:
 def check_layer_call(layer):
     """The adapter's "layer_call" listener: a `_LayerCall` for a traced call, else None."""
     if _action == "ignore":
+        return None
+    if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        # Replicas are traced concurrently, in threads, into one graph: the ops one call
+        # adds cannot be told from another replica's.
         return None
     graph, start = _graph_position()
     if graph is None:

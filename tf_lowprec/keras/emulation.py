@@ -538,15 +538,23 @@ def matmul(context, original, x1, x2):
     """
     op = original
     kernel, batched = _accumulator_matmul(context)
-    rank1, rank2 = len(x1.shape), len(x2.shape)
-    if kernel is not None and (batched or rank2 <= 2) and min(rank1, rank2) >= 1:
+    rank1, rank2 = _rank(x1), _rank(x2)
+    if kernel is not None and None not in (rank1, rank2) and (batched or rank2 <= 2) and (
+            min(rank1, rank2) >= 1):
         op = lambda a, b: gemm_common.matmul_any_rank(kernel, a, b)  # noqa: E731
     y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
     return original(x1, x2) if y is None else y
 
 
 def _rank(x):
-    return len(x.shape) if hasattr(x, "shape") else tf.convert_to_tensor(x).shape.rank
+    """x's rank, or None when unknown."""
+    shape = x.shape if hasattr(x, "shape") else tf.convert_to_tensor(x).shape
+    return shape.rank if isinstance(shape, tf.TensorShape) else len(shape)
+
+
+def _all_operands_rounded(context, original_call, operands):
+    """`original_call(*rounded operands)` as one emulated GEMM (FP32 op), or None."""
+    return context.gemm(original_call, [(x, operand_role(x)) for x in operands])
 
 
 def _pair_product(context, fallback, equation, a, b, roles):
@@ -582,8 +590,10 @@ def einsum(context, original, subscripts, *operands, **kwargs):
         return original(subscripts, *operands, **kwargs)
     try:
         inputs, output = gemm_common.parse_einsum(subscripts, [_rank(x) for x in operands])
-    except ValueError:
-        return original(subscripts, *operands, **kwargs)  # Keras' own error message
+    except ValueError:  # unknown ranks with '...' (or a bad equation: Keras' own error)
+        y = _all_operands_rounded(
+            context, lambda *ops: original(subscripts, *ops, **kwargs), operands)
+        return original(subscripts, *operands, **kwargs) if y is None else y
     if len(operands) == 2:
         y = _pair_product(context, lambda a, b: original(subscripts, a, b, **kwargs), subscripts,
                           operands[0], operands[1], [operand_role(x) for x in operands])
@@ -604,10 +614,14 @@ def einsum(context, original, subscripts, *operands, **kwargs):
     return result
 
 
-def _tensordot_product(context, original_call, x1, x2, axes):
-    if _rank(x1) == 0 or _rank(x2) == 0:
+def _tensordot_product(context, original_call, x1, x2, axes, original=None):
+    rank1, rank2 = _rank(x1), _rank(x2)
+    if rank1 == 0 or rank2 == 0:
         return original_call()  # a scalar times a tensor: not a GEMM
-    a, b, out = gemm_common.tensordot_subscripts(_rank(x1), _rank(x2), axes)
+    if rank1 is None or rank2 is None:  # no subscripts: the FP32 op on rounded operands
+        y = _all_operands_rounded(context, original, [x1, x2])
+        return original_call() if y is None else y
+    a, b, out = gemm_common.tensordot_subscripts(rank1, rank2, axes)
     y = _pair_product(context, lambda p, q: tf.einsum(f"{a},{b}->{out}", p, q),
                       f"{a},{b}->{out}", x1, x2, [operand_role(x1), operand_role(x2)])
     return original_call() if y is None else y
@@ -615,18 +629,20 @@ def _tensordot_product(context, original_call, x1, x2, axes):
 
 def tensordot(context, original, x1, x2, axes=2):
     """`keras.ops.tensordot` as an einsum of two operands (one emulated GEMM)."""
-    return _tensordot_product(context, lambda: original(x1, x2, axes=axes), x1, x2, axes)
+    return _tensordot_product(context, lambda: original(x1, x2, axes=axes), x1, x2, axes,
+                              lambda a, b: original(a, b, axes=axes))
 
 
 def dot(context, original, x1, x2):
     """`keras.ops.dot` (and `vdot`, which calls it): NumPy's dot as a tensordot."""
     axes = [[-1], [-1]] if _rank(x2) == 1 else [[-1], [-2]]
-    return _tensordot_product(context, lambda: original(x1, x2), x1, x2, axes)
+    return _tensordot_product(context, lambda: original(x1, x2), x1, x2, axes, original)
 
 
 def inner(context, original, x1, x2):
     """`keras.ops.inner`: the last axes of both operands contracted."""
-    return _tensordot_product(context, lambda: original(x1, x2), x1, x2, [[-1], [-1]])
+    return _tensordot_product(context, lambda: original(x1, x2), x1, x2, [[-1], [-1]],
+                              original)
 
 
 def _conv_arguments(args, kwargs):
