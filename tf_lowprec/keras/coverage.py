@@ -176,15 +176,13 @@ class _LayerCall:
 
 def check_layer_call(layer):
     """The adapter's "layer_call" listener: a `_LayerCall` for a traced call, else None."""
-    if _action == "ignore":
+    if _action == "ignore" or tf.executing_eagerly():
         return None
     if tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1:
         # Replicas are traced concurrently, in threads, into one graph: the ops one call
         # adds cannot be told from another replica's.
         return None
     graph, start = _graph_position()
-    if graph is None:
-        return None
     return _LayerCall(layer, graph, start)
 
 
