@@ -250,10 +250,11 @@ def test_monitor_in_a_custom_training_loop():
             optimizer.apply(grads, model.trainable_weights)
             return loss
 
-        train_step(x, 1.0)
+        train_step(x, tf.constant(1.0))
         values = monitor.read()
-        train_step(x, 1e-4)  # below E4M3's range; the same traced step records again
+        train_step(x, tf.constant(1e-4))  # below E4M3's range; the same graph records again
         tiny = monitor.read()
+    assert train_step.experimental_get_tracing_count() == 1
     for direction in ("forward_gru", "backward_gru"):
         for role in ("activations", "weights", "errors"):
             key = f"precision/net/bidirectional/{direction}/gru_cell/{role}/underflow"
