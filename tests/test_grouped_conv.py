@@ -54,6 +54,8 @@ CASES = [
     # (x shape, filter shape, groups, strides, padding, dilations)
     ((2, 7, 6, 4), (3, 3, 2, 6), 2, (1, 1), "SAME", (1, 1)),
     ((1, 8, 7, 3), (3, 2, 1, 6), 3, (2, 1), "VALID", (1, 2)),  # depthwise, multiplier 2
+    # 8 outputs per group: the untransposed batched GEMM (conv2d_as_gemm).
+    ((1, 5, 5, 4), (2, 2, 2, 16), 2, (1, 1), "SAME", (1, 1)),
 ]
 
 

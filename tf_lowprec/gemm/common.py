@@ -200,6 +200,10 @@ def image_patches(x, kh, kw, strides, padding, dilations):
     return patches(x)
 
 
+# Below this many output channels per group, grouped convolutions multiply the transposed way.
+_FEW_OUTPUTS_PER_GROUP = 8
+
+
 def conv2d_as_gemm(matmul, x, filters, strides, padding, dilations, groups=1):
     """NHWC conv2d as matmul(patches [N*H'*W', kh*kw*C], filters [kh*kw*C, O]).
 
@@ -219,13 +223,22 @@ def conv2d_as_gemm(matmul, x, filters, strides, padding, dilations, groups=1):
         weights = tf.reshape(filters, [kh * kw * channels_in, channels_out])
         y = matmul(columns, weights)
         return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
-    # patches (.., kh*kw, groups, c) -> [groups, N*H'*W', kh*kw*c]
     columns = tf.reshape(patches, [-1, kh * kw, groups, channels_in])
+    per_group = filters.shape[3] // groups if filters.shape[3] is not None else None
+    weights = tf.reshape(filters, [kh * kw * channels_in, groups, channels_out // groups])
+    if per_group is not None and per_group < _FEW_OUTPUTS_PER_GROUP:
+        # Few outputs per group (depthwise: the multiplier): the transposed product
+        # [groups, o, K] @ [groups, K, N*H'*W'], whose long rows suit the kernels better.
+        # Each output sums the same products in the same K order: the same bits.
+        columns = tf.reshape(tf.transpose(columns, [2, 1, 3, 0]),
+                             [groups, kh * kw * channels_in, -1])
+        y = matmul(tf.transpose(weights, [1, 2, 0]), columns)  # [groups, o, N*H'*W']
+        y = tf.reshape(tf.transpose(y, [2, 0, 1]), [-1, channels_out])
+        return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
+    # patches (.., kh*kw, groups, c) -> [groups, N*H'*W', kh*kw*c]
     columns = tf.reshape(tf.transpose(columns, [2, 0, 1, 3]),
                          [groups, -1, kh * kw * channels_in])
     # filters (kh*kw*c, groups, o) -> [groups, kh*kw*c, o]
-    per_group = channels_out // groups
-    weights = tf.reshape(filters, [kh * kw * channels_in, groups, per_group])
     weights = tf.transpose(weights, [1, 0, 2])
     y = matmul(columns, weights)  # [groups, N*H'*W', o]
     y = tf.reshape(tf.transpose(y, [1, 0, 2]), [-1, channels_out])
