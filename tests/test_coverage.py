@@ -373,3 +373,51 @@ def test_dfp16_train_step_of_a_one_layer_model_runs_the_int16_gemm(name, make, s
     lp.dfp_gemm_counters(reset=True)
     model.train_on_batch(x, np.zeros((2,) + model.output_shape[1:], np.float32))
     assert (lp.dfp_gemm_counters()["calls"] > 0) == on_int16, name
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("ij,jk->ik", [(2, 3), (3, 4)]),
+    ("ij,kj", [(2, 3), (4, 3)]),  # implicit output: 'ik'
+    ("bij,bjk->bki", [(2, 3, 4), (2, 4, 5)]),
+    ("...ij,jk->...ik", [(2, 2, 3, 4), (4, 5)]),
+    ("abcd,cde->abe", [(2, 3, 4, 5), (4, 5, 6)]),  # K of two axes
+    ("i,i->", [(3,), (3,)]),
+    ("i,j->ij", [(3,), (4,)]),  # K empty: an outer product
+])
+def test_two_operand_einsums_as_one_gemm(equation, shapes):
+    from tf_lowprec.gemm import common as gemm_common
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.normal(size=s).astype(np.float32) for s in shapes)
+    (ta, tb), to = gemm_common.parse_einsum(equation, [len(s) for s in shapes])
+    calls = []
+
+    def matmul(x, y):
+        calls.append((x.shape, y.shape))
+        return tf.linalg.matmul(x, y)
+
+    y = gemm_common.einsum_pair_as_matmul(matmul, ta, tb, to, tf.constant(a), tf.constant(b))
+    assert len(calls) == 1
+    np.testing.assert_allclose(np.asarray(y), np.einsum(equation, a, b), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("equation", ["ii,ij->ij", "ij,jk->k", "bij,jk->bk"])
+def test_einsums_that_are_not_one_gemm_are_left_to_the_fp32_op(equation):
+    from tf_lowprec.gemm import common as gemm_common
+
+    a, b = tf.ones([3, 3, 3][:len(equation.split(",")[0])]), tf.ones([3, 3])
+    (ta, tb), to = gemm_common.parse_einsum(equation, [a.shape.rank, b.shape.rank])
+    assert gemm_common.einsum_pair_as_matmul(tf.linalg.matmul, ta, tb, to, a, b) is None
+
+
+def test_bad_einsum_and_tensordot_arguments():
+    from tf_lowprec.gemm import common as gemm_common
+
+    with pytest.raises(ValueError, match="names 2 operands; got 3"):
+        gemm_common.parse_einsum("ij,jk->ik", [2, 2, 2])
+    with pytest.raises(ValueError, match="subscripts must be letters"):
+        gemm_common.parse_einsum("i1,jk->ik", [2, 2])
+    with pytest.raises(ValueError, match="axes must be in 0..2"):
+        gemm_common.tensordot_subscripts(2, 3, 3)
+    with pytest.raises(ValueError, match="as many axes of a as of b"):
+        gemm_common.tensordot_subscripts(2, 3, [[0, 1], [0]])
