@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import tf_lowprec as lp
+from tf_lowprec.gemm import common as gemm_common
 from tf_lowprec.keras import adapter
 from tf_lowprec.keras import emulation
 
@@ -75,27 +76,63 @@ def explicit_backend(spec):
     own_matmul = emulation.accumulator_gemm(spec.accumulator, "matmul")
     own_conv2d = emulation.accumulator_gemm(spec.accumulator, "conv2d")
 
+    def flattened(x, y):
+        """[..., k] @ [k, n] as one GEMM of all rows (one reduction over K for dW too)."""
+        if len(x.shape) > 2 and len(y.shape) == 2:
+            rows = own_matmul(tf.reshape(x, [-1, x.shape[-1]]), y)
+            return tf.reshape(rows, list(x.shape[:-1]) + [y.shape[-1]])
+        return gemm_common.matmul_any_rank(own_matmul, x, y)
+
     def ref_matmul(a, b):
-        # The INT16 GEMM takes matrices; the BF16 GEMM any batch of them.
-        if own_matmul is not None and len(a.shape) >= 2 and len(b.shape) >= 2 and (
-                spec.accumulator == "bf16_dot" or len(a.shape) == len(b.shape) == 2):
-            return gemm(own_matmul, a, b)
+        # Both accumulators' GEMMs take batches of matrices; a 1-D operand is a row / column.
+        if own_matmul is not None and min(len(a.shape), len(b.shape)) >= 1:
+            return gemm(flattened, a, b)
         return gemm(matmul, a, b)
+
+    def pair_product(eq, fallback):
+        """A two-operand einsum: on the accumulator's GEMM when it is a matrix product."""
+        if own_matmul is None:
+            return fallback
+        def product(a, b):
+            (ta, tb), to = gemm_common.parse_einsum(eq, [len(a.shape), len(b.shape)])
+            y = gemm_common.einsum_pair_as_matmul(own_matmul, ta, tb, to, a, b)
+            return fallback(a, b) if y is None else y
+
+        return product
 
     def ref_einsum(eq, *xs, **kw):
         if len(xs) < 2:
             return einsum(eq, *xs, **kw)
+        if len(xs) == 2:
+            return gemm(pair_product(eq, lambda *v: einsum(eq, *v, **kw)), *xs)
         return gemm(lambda *v: einsum(eq, *v, **kw), *xs)
 
     def conv_ref(original):
         def ref(x, k, *args, **kw):
-            if own_conv2d is not None and original is conv and len(x.shape) == 4:
-                options = dict(zip(("strides", "padding", "data_format", "dilation_rate"),
-                                   args), **kw)
-                return error(own_conv2d(
-                    operand(x, spec, "activations"), operand(k, spec, role_of(k)),
-                    strides=options.get("strides", 1), padding=options["padding"].upper(),
-                    dilations=options.get("dilation_rate", 1)), spec)
+            options = dict(zip(("strides", "padding", "data_format", "dilation_rate"), args),
+                           **kw)
+            rank = len(x.shape)
+            if own_conv2d is not None and original in (conv, depthwise) and rank in (3, 4) and (
+                    options.get("data_format") in (None, "channels_last")):
+                xq, kq = operand(x, spec, "activations"), operand(k, spec, role_of(k))
+                channels = x.shape[-1]
+                if original is depthwise:  # groups = channels, kernel [.., C, M] -> [.., 1, C*M]
+                    groups = channels
+                    kq = tf.reshape(kq, list(k.shape[:-2]) + [1, channels * k.shape[-1]])
+                else:
+                    groups = channels // k.shape[-2]
+
+                def pair(v):
+                    v = (v,) * (rank - 2) if isinstance(v, int) else tuple(v)
+                    return v if rank == 4 else (1,) + v
+
+                if rank == 3:  # a 1-D convolution is a 2-D one of height 1
+                    xq, kq = tf.expand_dims(xq, 1), tf.expand_dims(kq, 0)
+                extra = {"groups": groups} if groups > 1 else {}
+                y = own_conv2d(xq, kq, strides=pair(options.get("strides", 1)),
+                               padding=options["padding"].upper(),
+                               dilations=pair(options.get("dilation_rate", 1)), **extra)
+                return error(tf.squeeze(y, 1) if rank == 3 else y, spec)
             return error(original(operand(x, spec, "activations"), operand(k, spec, role_of(k)),
                                   *args, **kw), spec)
         return ref
@@ -105,13 +142,15 @@ def explicit_backend(spec):
         return conv_ref(conv)(h, pk, 1, "valid", data_format, 1)
 
     def ref_attention(q, k, v, bias, mask, is_causal, scale):
-        logits = gemm(lambda a, b: tf.einsum("BTNH,BSNH->BNTS", a, b, optimize="optimal"), q, k)
+        def attention_einsum(eq):
+            return pair_product(eq, lambda a, b: tf.einsum(eq, a, b, optimize="optimal"))
+
+        logits = gemm(attention_einsum("BTNH,BSNH->BNTS"), q, k)
         logits = logits * tf.cast(scale, logits.dtype)
         if bias is not None:
             logits = logits + bias
         probs = tf.nn.softmax(nn_module._apply_masks(logits, mask, is_causal), axis=-1)
-        return gemm(lambda a, b: tf.einsum("BNTS,BSNH->BTNH", a, b, optimize="optimal"),
-                    probs, v)
+        return gemm(attention_einsum("BNTS,BSNH->BTNH"), probs, v)
 
     with contextlib.ExitStack() as stack:
         for module, name, fn in [

@@ -179,3 +179,88 @@ def test_monitor_watches_recurrent_layers(kind):
     assert cell, sorted(monitor.latest)
     for key in cell:
         assert 0.0 <= monitor.latest[key] <= 1.0
+
+
+def _covered_layers_model():
+    """SimpleRNN, Bidirectional(GRU), MultiHeadAttention and ConvLSTM2D under bf16, side by side."""
+    keras.backend.clear_session()  # the layer names below, whatever ran before
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(lp.Policy("bf16"))
+    try:
+        sequence, video = keras.Input((2, 4)), keras.Input((2, 3, 3, 2))
+        branches = [keras.layers.SimpleRNN(2)(sequence),
+                    keras.layers.Bidirectional(keras.layers.GRU(2))(sequence),
+                    keras.layers.Flatten()(keras.layers.MultiHeadAttention(2, 2)(sequence,
+                                                                                  sequence)),
+                    keras.layers.Flatten()(keras.layers.ConvLSTM2D(2, 2)(video))]
+        outputs = keras.layers.Dense(1)(keras.layers.Concatenate()(branches))
+        model = keras.Model([sequence, video], outputs, name="net")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(4, 2, 4)).astype(np.float32),
+         rng.normal(size=(4, 2, 3, 3, 2)).astype(np.float32)]
+    return model, x
+
+
+# Layers whose GEMM errors must be reported (parts of the log keys).
+_WATCHED = ("/simple_rnn_cell/errors/", "/forward_gru/gru_cell/errors/",
+            "/backward_gru/gru_cell/errors/", "/conv_lstm_cell/errors/",
+            "/multi_head_attention/query/errors/", "/multi_head_attention/errors/")
+
+
+def _check_statistics(values):
+    for part in _WATCHED:
+        assert any(part in key for key in values), (part, sorted(values))
+    statistics = [v for k, v in values.items() if k.startswith("precision/")]
+    assert statistics and all(0.0 <= v <= 1.0 for v in statistics)
+
+
+def test_monitor_covers_rnns_bidirectional_convlstm_and_attention_in_fit():
+    """Default roles; the gradient statistics of every covered layer reach the logs."""
+    model, x = _covered_layers_model()
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    monitor = PrecisionMonitor(every_n_steps=1)
+    history = model.fit(x, np.zeros((4, 1), np.float32), verbose=0, callbacks=[monitor])
+    assert np.isfinite(history.history["loss"][0])
+    _check_statistics(monitor.latest)
+    assert history.history["unemulated_gemms"] == [0.0]
+
+
+
+def test_monitor_in_a_custom_training_loop():
+    """`watch` + `read`: a step traced inside the block records statistics at each call."""
+    keras.backend.clear_session()  # the layer names below, whatever ran before
+    keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(lp.Policy("fp8"))
+    try:
+        model = keras.Sequential([keras.Input((2, 4)),
+                                  keras.layers.Bidirectional(keras.layers.GRU(2)),
+                                  keras.layers.Dense(1)], name="net")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    optimizer = keras.optimizers.SGD(0.01)
+    monitor = PrecisionMonitor()
+    x = np.random.default_rng(0).normal(size=(4, 2, 4)).astype(np.float32)
+    with monitor.watch(model):
+        @tf.function
+        def train_step(inputs, scale):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(model(inputs * scale, training=True) ** 2)
+            grads = tape.gradient(loss, model.trainable_weights)
+            optimizer.apply(grads, model.trainable_weights)
+            return loss
+
+        train_step(x, tf.constant(1.0))
+        values = monitor.read()
+        train_step(x, tf.constant(1e-4))  # below E4M3's range; the same graph records again
+        tiny = monitor.read()
+    assert train_step.experimental_get_tracing_count() == 1
+    for direction in ("forward_gru", "backward_gru"):
+        for role in ("activations", "weights", "errors"):
+            key = f"precision/net/bidirectional/{direction}/gru_cell/{role}/underflow"
+            assert 0.0 <= values[key] <= 1.0 and 0.0 <= tiny[key] <= 1.0
+    # The Dense layer's input (the GRUs' outputs, ~1e-4) now underflows in E4M3.
+    key = "precision/net/dense/activations/underflow"
+    assert values[key] < tiny[key], (values[key], tiny[key])
+    assert monitor._remove_hook is None  # the hook left with the block

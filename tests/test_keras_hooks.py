@@ -46,6 +46,9 @@ def test_ops_reach_the_routed_backend_functions():
 @pytest.mark.parametrize("module, name, parameters", [
     (tf_numpy, "matmul", ["x1", "x2"]),
     (tf_numpy, "einsum", ["subscripts", "operands", "kwargs"]),
+    (tf_numpy, "dot", ["x1", "x2"]),
+    (tf_numpy, "tensordot", ["x1", "x2", "axes"]),
+    (tf_numpy, "inner", ["x1", "x2"]),
     (tf_nn, "conv", ["inputs", "kernel", "strides", "padding", "data_format", "dilation_rate"]),
     (tf_nn, "depthwise_conv",
      ["inputs", "kernel", "strides", "padding", "data_format", "dilation_rate"]),

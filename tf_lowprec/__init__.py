@@ -46,6 +46,13 @@ from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
 from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
 from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
 from tf_lowprec.keras.policy import Policy, PrecisionSpec, strip_policies
+from tf_lowprec.keras.coverage import (
+    UnemulatedGemmError,
+    UnemulatedGemmWarning,
+    set_unemulated_gemm_action,
+    unemulated_gemm_action,
+    unemulated_gemms,
+)
 from tf_lowprec.training.loss_scaling import (
     AdaptiveLossScaleOptimizer,
     automatic_loss_scaling,
@@ -117,4 +124,9 @@ __all__ = [
     "round_gradient",
     "round_to_format",
     "strip_policies",
+    "set_unemulated_gemm_action",
+    "unemulated_gemm_action",
+    "unemulated_gemms",
+    "UnemulatedGemmError",
+    "UnemulatedGemmWarning",
 ]

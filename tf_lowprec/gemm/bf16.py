@@ -123,7 +123,7 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto",
 
 
 def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
-                implementation="auto", name=None):
+                implementation="auto", name=None, *, groups=1):
     """`tf.nn.conv2d` (NHWC) computed by `bf16_matmul` on image patches (im2col).
 
     The patches of x `[N * H' * W', kh * kw * C]` are multiplied by the
@@ -139,6 +139,10 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
       strides, dilations: an int or a pair (height, width).
       padding: "VALID" or "SAME".
       isa, implementation: as for `bf16_matmul`.
+      groups: grouped convolution: channels split into `groups` groups,
+        filters `[kh, kw, in_channels / groups, out_channels]`; one batched
+        `bf16_matmul` over the groups, each output summed over its group's
+        patch columns in the order (kh, kw, c).
 
     >>> import numpy as np, tf_lowprec as lp
     >>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((2, 2, 1, 1), np.float32)
@@ -152,9 +156,11 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
     with tf.name_scope(name or "bf16_conv2d"):
         x = _gemm_common.as_float32_operand(x, "x")
         filters = _gemm_common.as_float32_operand(filters, "filters")
-        _gemm_common.check_conv_operands(x, filters, "bf16_conv2d")
+        groups = _gemm_common.check_groups(groups)
+        _gemm_common.check_conv_operands(x, filters, "bf16_conv2d", groups)
 
         def matmul(columns, weights):
             return bf16_matmul(columns, weights, isa=isa, implementation=implementation)
 
-        return _gemm_common.conv2d_as_gemm(matmul, x, filters, strides, padding, dilations)
+        return _gemm_common.conv2d_as_gemm(matmul, x, filters, strides, padding, dilations,
+                                            groups)

@@ -113,14 +113,28 @@ def conv_options(strides, padding, dilations):
     return strides, padding.upper(), dilations
 
 
-def check_conv_operands(x, filters, name):
+def check_groups(groups):
+    """groups as an int >= 1; ValueError otherwise."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    return groups
+
+
+def check_conv_operands(x, filters, name, groups=1):
+    """Checks NHWC x against [kh, kw, in / groups, out] filters (static kh, kw)."""
     if x.shape.rank != 4 or filters.shape.rank != 4:
         raise ValueError(
             f"x must be [batch, height, width, channels] and filters [kh, kw, in, out]; "
             f"got shapes {x.shape} and {filters.shape}"
         )
-    if None not in (x.shape[3], filters.shape[2]) and x.shape[3] != filters.shape[2]:
-        raise ValueError(f"x has {x.shape[3]} channels but filters expect {filters.shape[2]}")
+    if None not in (x.shape[3], filters.shape[2]) and x.shape[3] != filters.shape[2] * groups:
+        raise ValueError(
+            f"x has {x.shape[3]} channels but filters expect {filters.shape[2]} per group "
+            f"and groups={groups}"
+        )
+    if filters.shape[3] is not None and filters.shape[3] % groups:
+        raise ValueError(
+            f"filters have {filters.shape[3]} output channels, not a multiple of groups={groups}")
     if filters.shape[0] is None or filters.shape[1] is None:
         raise ValueError(f"{name} needs the filter's height and width statically")
 
@@ -186,17 +200,228 @@ def image_patches(x, kh, kw, strides, padding, dilations):
     return patches(x)
 
 
-def conv2d_as_gemm(matmul, x, filters, strides, padding, dilations):
+# Below this many output channels per group, grouped convolutions multiply the transposed way.
+_FEW_OUTPUTS_PER_GROUP = 8
+
+
+def conv2d_as_gemm(matmul, x, filters, strides, padding, dilations, groups=1):
     """NHWC conv2d as matmul(patches [N*H'*W', kh*kw*C], filters [kh*kw*C, O]).
 
     The patches are those of `tf.image.extract_patches`, whose gradient sums
-    the patch gradients back onto x in FP32 (col2im).
+    the patch gradients back onto x in FP32 (col2im).  With `groups` > 1 (C
+    and O split into that many groups, filters [kh, kw, C / groups, O]) it
+    is one batched GEMM [groups, N*H'*W', kh*kw*C/groups] @ [groups,
+    kh*kw*C/groups, O/groups]: each output sums over its group's patch
+    columns in the order (kh, kw, c), as a convolution of that group alone.
     """
     kh, kw = filters.shape[0], filters.shape[1]
     patches = image_patches(x, kh, kw, strides, padding, dilations)
     out_spatial = tf.shape(patches)[:3]
-    columns = tf.reshape(patches, [-1, tf.shape(patches)[3]])
     channels_in, channels_out = tf.shape(filters)[2], tf.shape(filters)[3]
-    weights = tf.reshape(filters, [kh * kw * channels_in, channels_out])
-    y = matmul(columns, weights)
+    if groups == 1:
+        columns = tf.reshape(patches, [-1, tf.shape(patches)[3]])
+        weights = tf.reshape(filters, [kh * kw * channels_in, channels_out])
+        y = matmul(columns, weights)
+        return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
+    columns = tf.reshape(patches, [-1, kh * kw, groups, channels_in])
+    per_group = filters.shape[3] // groups if filters.shape[3] is not None else None
+    weights = tf.reshape(filters, [kh * kw * channels_in, groups, channels_out // groups])
+    if per_group is not None and per_group < _FEW_OUTPUTS_PER_GROUP:
+        # Few outputs per group (depthwise: the multiplier): the transposed product
+        # [groups, o, K] @ [groups, K, N*H'*W'], whose long rows suit the kernels better.
+        # Each output sums the same products in the same K order: the same bits.
+        columns = tf.reshape(tf.transpose(columns, [2, 1, 3, 0]),
+                             [groups, kh * kw * channels_in, -1])
+        y = matmul(tf.transpose(weights, [1, 2, 0]), columns)  # [groups, o, N*H'*W']
+        y = tf.reshape(tf.transpose(y, [2, 0, 1]), [-1, channels_out])
+        return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
+    # patches (.., kh*kw, groups, c) -> [groups, N*H'*W', kh*kw*c]
+    columns = tf.reshape(tf.transpose(columns, [2, 0, 1, 3]),
+                         [groups, -1, kh * kw * channels_in])
+    # filters (kh*kw*c, groups, o) -> [groups, kh*kw*c, o]
+    weights = tf.transpose(weights, [1, 0, 2])
+    y = matmul(columns, weights)  # [groups, N*H'*W', o]
+    y = tf.reshape(tf.transpose(y, [1, 0, 2]), [-1, channels_out])
     return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
+
+
+# Einsum and tensordot as (batched) GEMMs ---------------------------------------------------
+
+_EINSUM_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def parse_einsum(equation, ranks):
+    """The operands' and the output's subscripts of `equation`, "..." written out as letters.
+
+    `ranks`: the operands' ranks (an ellipsis needs them).  An implicit output
+    (no "->") is the ellipsis dimensions followed by the letters that occur
+    once, sorted, as in NumPy.  Returns `(inputs, output)`: a list of strings
+    and a string.  Raises ValueError for a malformed equation.
+
+    >>> parse_einsum("...ij,jk", [3, 2])
+    (['Zij', 'jk'], 'Zik')
+    """
+    if not isinstance(equation, str):
+        raise ValueError(f"the einsum equation must be a string, got {equation!r}")
+    compact = equation.replace(" ", "")
+    lhs, arrow, rhs = compact.partition("->")
+    inputs = lhs.split(",")
+    if len(inputs) != len(ranks):
+        raise ValueError(f"einsum equation {equation!r} names {len(inputs)} operands; got "
+                         f"{len(ranks)}")
+    for term in inputs + ([rhs] if arrow else []):
+        rest = term.replace("...", "", 1)
+        if any(c not in _EINSUM_LETTERS for c in rest):
+            raise ValueError(f"einsum equation {equation!r}: subscripts must be letters and "
+                             "at most one '...' per term")
+    counts = []
+    for term, rank in zip(inputs, ranks):
+        if "..." in term:
+            if rank is None:
+                raise ValueError(f"einsum equation {equation!r} needs the operands' ranks")
+            counts.append(rank - (len(term) - 3))
+            if counts[-1] < 0:
+                raise ValueError(f"einsum term {term!r} has more subscripts than rank {rank}")
+    used = set(compact)
+    spare = [c for c in reversed(_EINSUM_LETTERS) if c not in used]
+    ellipsis = spare[:max(counts, default=0)][::-1]  # right-aligned, as NumPy broadcasts
+
+    def expand(term, count):
+        return term.replace("...", "".join(ellipsis[len(ellipsis) - count:]))
+
+    counts_iter = iter(counts)
+    inputs = [expand(t, next(counts_iter)) if "..." in t else t for t in inputs]
+    if arrow:
+        output = expand(rhs, len(ellipsis))
+    else:
+        letters = "".join(inputs)
+        output = "".join(ellipsis) + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ellipsis))
+    return inputs, output
+
+
+def _dims(x):
+    """x's dimensions: static ints where known, else scalar tensors."""
+    dynamic = None
+    dims = []
+    for index, size in enumerate(x.shape):
+        if size is None:
+            dynamic = tf.shape(x) if dynamic is None else dynamic
+            size = dynamic[index]
+        dims.append(size)
+    return dims
+
+
+def _product_of(dims):
+    total = 1
+    for size in dims:
+        total = total * size
+    return total
+
+
+def einsum_pair_as_matmul(matmul, a_subscripts, b_subscripts, out_subscripts, a, b,
+                          batched=True):
+    """`tf.einsum` of two operands as one GEMM `matmul([.., M, K], [.., K, N])`, or None.
+
+    The letters in both operands and the output are batch dimensions, those
+    in both operands only are the reduction (K, in the order of a's
+    subscripts), the others are a's rows (M) and b's columns (N): transposes
+    and reshapes around one call of `matmul`, which therefore sums every
+    output over the same K elements as the einsum.  None where the equation
+    is not such a product: a letter repeated within a term (a diagonal), a
+    letter summed within one operand only, batch dimensions that broadcast,
+    or batch dimensions with `batched=False`.
+    """
+    terms = (a_subscripts, b_subscripts, out_subscripts)
+    if any(len(set(term)) != len(term) for term in terms):
+        return None
+    if any(c not in a_subscripts + b_subscripts for c in out_subscripts):
+        return None
+    if a.shape.rank != len(a_subscripts) or b.shape.rank != len(b_subscripts):
+        return None
+    batch = [c for c in out_subscripts if c in a_subscripts and c in b_subscripts]
+    reduced = [c for c in a_subscripts if c in b_subscripts and c not in out_subscripts]
+    rows = [c for c in a_subscripts if c not in b_subscripts]
+    columns = [c for c in b_subscripts if c not in a_subscripts]
+    if any(c not in out_subscripts for c in rows + columns):
+        return None  # summed within one operand: not a GEMM
+    if batch and not batched:
+        return None
+    for c in batch + reduced:
+        size_a, size_b = a.shape[a_subscripts.index(c)], b.shape[b_subscripts.index(c)]
+        if size_a is not None and size_b is not None and size_a != size_b:
+            return None  # broadcast along c
+    dims_a, dims_b = _dims(a), _dims(b)
+    size = {c: dims_a[a_subscripts.index(c)] for c in a_subscripts}
+    size.update({c: dims_b[b_subscripts.index(c)] for c in columns})
+
+    def arranged(x, subscripts, order, shape):
+        permutation = [subscripts.index(c) for c in order]
+        if permutation != list(range(len(permutation))):
+            x = tf.transpose(x, permutation)
+        return tf.reshape(x, shape)
+
+    batch_dims = [size[c] for c in batch]
+    m, k, n = (_product_of([size[c] for c in group]) for group in (rows, reduced, columns))
+    a3 = arranged(a, a_subscripts, batch + rows + reduced, batch_dims + [m, k])
+    b3 = arranged(b, b_subscripts, batch + reduced + columns, batch_dims + [k, n])
+    y = matmul(a3, b3)
+    order = batch + rows + columns
+    y = tf.reshape(y, [size[c] for c in order])
+    permutation = [order.index(c) for c in out_subscripts]
+    if permutation != list(range(len(permutation))):
+        y = tf.transpose(y, permutation)
+    static = {c: a.shape[a_subscripts.index(c)] for c in a_subscripts}
+    static.update({c: b.shape[b_subscripts.index(c)] for c in b_subscripts
+                   if static.get(c) is None})
+    y.set_shape([static[c] for c in out_subscripts])
+    return y
+
+
+def tensordot_subscripts(rank_a, rank_b, axes):
+    """The einsum subscripts `(a, b, output)` of `tf.tensordot(a, b, axes)`.
+
+    `axes`: an int n (a's last n axes against b's first n) or a pair of axis
+    lists (negative axes count from the end).
+
+    >>> tensordot_subscripts(3, 2, [[-1], [0]])
+    ('abc', 'ce', 'abe')
+    """
+    if isinstance(axes, int) and not isinstance(axes, bool):
+        if not 0 <= axes <= min(rank_a, rank_b):
+            raise ValueError(f"axes must be in 0..{min(rank_a, rank_b)}, got {axes}")
+        axes_a, axes_b = list(range(rank_a - axes, rank_a)), list(range(axes))
+    else:
+        try:
+            axes_a, axes_b = ([axis] if isinstance(axis, int) else list(axis) for axis in axes)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"axes must be an int or a pair of axis lists, got {axes!r}") from error
+        if len(axes_a) != len(axes_b):
+            raise ValueError(f"axes must pair as many axes of a as of b, got {axes!r}")
+        axes_a = [axis % rank_a for axis in axes_a]
+        axes_b = [axis % rank_b for axis in axes_b]
+    letters = iter(_EINSUM_LETTERS)
+    a = [next(letters) for _ in range(rank_a)]
+    b = [next(letters) for _ in range(rank_b)]
+    for axis_a, axis_b in zip(axes_a, axes_b):
+        b[axis_b] = a[axis_a]
+    output = [c for i, c in enumerate(a) if i not in axes_a] + [
+        c for i, c in enumerate(b) if i not in axes_b]
+    return "".join(a), "".join(b), "".join(output)
+
+
+def matmul_any_rank(matmul, x1, x2):
+    """`numpy.matmul(x1, x2)` with a [.., m, k] @ [.., k, n] `matmul` (1-D operands included).
+
+    A 1-D x1 is a row [1, k] and a 1-D x2 a column [k, 1], whose added
+    dimension is removed from the result, as NumPy does.
+    """
+    squeeze = []
+    if x1.shape.rank == 1:
+        x1 = x1[None, :]
+        squeeze.append(-2)
+    if x2.shape.rank == 1:
+        x2 = x2[:, None]
+        squeeze.append(-1)
+    y = matmul(x1, x2)
+    return tf.squeeze(y, squeeze) if squeeze else y

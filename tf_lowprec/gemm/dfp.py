@@ -284,6 +284,7 @@ def dfp_conv2d(
     dilations=1,
     fmt=formats_lib.DFP16,
     *,
+    groups=1,
     rounding="nearest_even",
     seed=None,
     backward_rounding="nearest_even",
@@ -306,6 +307,12 @@ def dfp_conv2d(
       strides, dilations: an int or a pair (height, width).
       padding: "VALID" or "SAME".
       fmt: a DfpFormat with one exponent per tensor (block_size None).
+      groups: grouped convolution: x's channels and the output channels
+        split into `groups` groups, filters `[kh, kw, in_channels / groups,
+        out_channels]` (a depthwise convolution with multiplier M is
+        `groups=in_channels` on filters reshaped to `[kh, kw, 1,
+        in_channels * M]`).  One batched INT16 GEMM over the groups; x and
+        the filters keep one exponent per tensor.
       Other arguments as for `dfp_matmul` (x uses seed, filters seed + [0, 1]).
 
     >>> import numpy as np, tf_lowprec as lp
@@ -325,7 +332,8 @@ def dfp_conv2d(
     with tf.name_scope(name or "dfp_conv2d"):
         x = _as_float32(x, "x")
         filters = _as_float32(filters, "filters")
-        _gemm_common.check_conv_operands(x, filters, "dfp_conv2d")
+        groups = _gemm_common.check_groups(groups)
+        _gemm_common.check_conv_operands(x, filters, "dfp_conv2d", groups)
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
         # Quantized once per tensor (straight-through gradients); the GEMM's own
@@ -340,4 +348,5 @@ def dfp_conv2d(
                               backward_rounding=backward_rounding, chunk_size=chunk_size,
                               isa=isa, implementation=implementation)
 
-        return _gemm_common.conv2d_as_gemm(matmul, xq, wq, strides, padding, dilations)
+        return _gemm_common.conv2d_as_gemm(matmul, xq, wq, strides, padding, dilations,
+                                            groups)

@@ -43,7 +43,8 @@ class Accumulator:
       matmul: `matmul(a, b, *, implementation)` on the rounded operands, or
         None (TensorFlow's FP32 op multiplies them).
       conv2d: `conv2d(x, filters, *, strides, padding, dilations,
-        implementation)` (NHWC), or None.
+        implementation)` (NHWC), or None; called with `groups=` too for a
+        grouped or depthwise convolution (filters [kh, kw, C / groups, O]).
       batched_matmul: whether `matmul` broadcasts [..., k] @ [k, n]; if not,
         only 2-D products run on it.
       operand_roles: roles that must have a format `operand_format` accepts.
@@ -109,6 +110,7 @@ register(Accumulator(
     "int32",
     matmul=dfp_gemm.dfp_matmul,
     conv2d=dfp_gemm.dfp_conv2d,
+    batched_matmul=True,
     operand_roles=("activations", "weights"),
     operand_format=lambda fmt: fmt.integer_mantissas,
     requirement=("accumulator='int32' needs DfpFormat activations and weights (integer "

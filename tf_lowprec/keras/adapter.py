@@ -5,13 +5,14 @@ Keras 3 has no public extension point for the numerics of stock layers
 are a closed set; see docs/design.md).  `install()` therefore replaces a few
 functions of the TensorFlow backend with wrappers:
 
-- `keras.src.backend.tensorflow.numpy`: `matmul`, `einsum`;
+- `keras.src.backend.tensorflow.numpy`: `matmul`, `einsum`, `dot` (which
+  `vdot` calls), `tensordot`, `inner`;
 - `keras.src.backend.tensorflow.nn`: `conv`, `depthwise_conv`,
   `separable_conv`, `conv_transpose`, and `_dot_product_attention_xla` (the
   core of `ops.dot_product_attention`, which calls `tf.einsum` directly);
-- `Layer.__call__` (outputs of layers whose policy has `_lowprec_storage`),
-  `Trainer.compile`, `Model.export`, and `keras.src.dtype_policies.get` and
-  `.serialize`.
+- `Layer.__call__` ("layer_call" around it; outputs of layers whose policy has
+  `_lowprec_storage`), `Trainer.compile`, `Model.export`, and
+  `keras.src.dtype_policies.get` and `.serialize`.
 
 The wrappers know nothing of policies or training: they hand each event to
 the listener a feature registered for it (`set_listener`), and run Keras'
@@ -25,6 +26,9 @@ own function when there is none or the listener declines (returns
   innermost layer has a `tf_lowprec.Policy`.
 - "layer_outputs": `listener(layer, policy, outputs)` after `Layer.__call__`
   of a layer whose dtype policy has a true `_lowprec_storage` attribute.
+- "layer_call": `listener(layer)` -> a context manager entered around
+  `Layer.__call__`, or None (the coverage check of `tf_lowprec.keras.coverage`:
+  raw TensorFlow GEMMs in traced layer calls).
 - "compiling": `listener(model, optimizer)` -> the optimizer to compile
   with, before `Model.compile` (`optimizer` as the caller gave it: a name,
   a dict, an instance; automatic loss scaling).
@@ -56,10 +60,11 @@ import keras
 # (major.minor).  Others fail loudly at install() instead of mis-emulating.
 SUPPORTED_KERAS_VERSIONS = ("3.15",)
 
-_NUMPY_FUNCTIONS = ("matmul", "einsum")
+_NUMPY_FUNCTIONS = ("matmul", "einsum", "dot", "tensordot", "inner")
 _NN_FUNCTIONS = ("conv", "depthwise_conv", "separable_conv", "conv_transpose",
                  "_dot_product_attention_xla")
-EVENTS = ("gemm", "layer_outputs", "compiling", "export", "policy_from_name", "policy_config")
+EVENTS = ("gemm", "layer_outputs", "layer_call", "compiling", "export", "policy_from_name",
+          "policy_config")
 _lock = threading.Lock()
 _installed = False
 _install_error = None
@@ -219,6 +224,8 @@ def _wrap_policy_lookup():
 def _wrap_layer_and_model_methods():
     """`Layer.__call__`, `Trainer.compile` and `Model.export` tell their listeners.
 
+    - `Layer.__call__`: runs inside the context manager "layer_call" returns
+      for the layer (when it returns one);
     - `Layer.__call__`: afterwards, a layer whose policy has a true
       `_lowprec_storage` attribute hands its outputs to "layer_outputs" (a
       one-attribute check on the fast path).
@@ -232,7 +239,13 @@ def _wrap_layer_and_model_methods():
 
         @functools.wraps(call_original)
         def __call__(self, *args, **kwargs):
-            outputs = call_original(self, *args, **kwargs)
+            listener = _listeners["layer_call"]
+            around = listener(self) if listener is not None else None
+            if around is None:
+                outputs = call_original(self, *args, **kwargs)
+            else:
+                with around:
+                    outputs = call_original(self, *args, **kwargs)
             policy = self.dtype_policy
             # Fast path: only layers whose lp.Policy has a storage format.
             if getattr(policy, "_lowprec_storage", False):

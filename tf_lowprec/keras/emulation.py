@@ -42,8 +42,10 @@ import zlib
 import keras
 import tensorflow as tf
 
+from tf_lowprec.gemm import common as gemm_common
 from tf_lowprec.gemm import registry as gemm_registry
 from tf_lowprec.keras import adapter
+from tf_lowprec.keras import coverage
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
 
@@ -534,45 +536,183 @@ def _flattened_matmul(op):
     return matmul
 
 
+def _accumulator_matmul(context):
+    """(the accumulator's matmul with the context's implementation, batched?) or (None, False)."""
+    accumulator = gemm_registry.get(context.spec.accumulator)
+    if accumulator.matmul is None:
+        return None, False
+    kernel = functools.partial(accumulator.matmul, implementation=context.implementation)
+    return _flattened_matmul(kernel), accumulator.batched_matmul
+
+
 def matmul(context, original, x1, x2):
+    """`keras.ops.matmul` on rounded operands; any rank on the accumulator's GEMM.
+
+    1-D operands become a row / column (NumPy's rule); batch dimensions
+    broadcast, which the accumulator's GEMM must support (`batched_matmul`)
+    unless only x1 has them (flattened into rows).
+    """
     op = original
-    gemm = accumulator_gemm(context.spec.accumulator, "matmul")
-    if gemm is not None and len(x1.shape) >= 2 and len(x2.shape) >= 2 and (
-        gemm_registry.get(context.spec.accumulator).batched_matmul
-        or (len(x1.shape) == 2 and len(x2.shape) == 2)
-    ):
-        op = _flattened_matmul(functools.partial(gemm, implementation=context.implementation))
+    kernel, batched = _accumulator_matmul(context)
+    rank1, rank2 = _rank(x1), _rank(x2)
+    if kernel is not None and None not in (rank1, rank2) and (batched or rank2 <= 2) and (
+            min(rank1, rank2) >= 1):
+        op = lambda a, b: gemm_common.matmul_any_rank(kernel, a, b)  # noqa: E731
     y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
     return original(x1, x2) if y is None else y
 
 
+def _rank(x):
+    """x's rank, or None when unknown."""
+    shape = x.shape if hasattr(x, "shape") else tf.convert_to_tensor(x).shape
+    return shape.rank if isinstance(shape, tf.TensorShape) else len(shape)
+
+
+def _all_operands_rounded(context, original_call, operands):
+    """`original_call(*rounded operands)` as one emulated GEMM (FP32 op), or None."""
+    return context.gemm(original_call, [(x, operand_role(x)) for x in operands])
+
+
+def _pair_product(context, fallback, equation, a, b, roles):
+    """One emulated GEMM of two operands given by an einsum equation (2 operands).
+
+    On the accumulator's GEMM when the equation is a (batched) matrix
+    product (`gemm_common.einsum_pair_as_matmul`), else `fallback(x, y)` (an
+    FP32 op) on the rounded operands.  None when an operand is not float32.
+    """
+    kernel, batched = _accumulator_matmul(context)
+    op = fallback
+    if kernel is not None:
+        (a_terms, b_terms), out_terms = gemm_common.parse_einsum(equation, [_rank(a), _rank(b)])
+
+        def op(x, y):
+            product = gemm_common.einsum_pair_as_matmul(kernel, a_terms, b_terms, out_terms, x,
+                                                        y, batched=batched)
+            return fallback(x, y) if product is None else product
+
+    return context.gemm(op, [(a, roles[0]), (b, roles[1])])
+
+
 def einsum(context, original, subscripts, *operands, **kwargs):
+    """`keras.ops.einsum`: each product of two operands one emulated GEMM.
+
+    Two operands: one GEMM (on the accumulator's kernel where the equation
+    is a batched matrix product).  More than two: contracted left to right,
+    each intermediate result rounded as the activation operand of the next
+    GEMM (as a chain of layers would be).  One operand (a transpose, trace
+    or sum) is not a GEMM and runs unchanged.
+    """
     if len(operands) < 2:  # a transpose or reduction, not a GEMM
         return original(subscripts, *operands, **kwargs)
-    y = context.gemm(lambda *ops: original(subscripts, *ops, **kwargs),
-                     [(x, operand_role(x)) for x in operands])
-    return original(subscripts, *operands, **kwargs) if y is None else y
+    try:
+        inputs, output = gemm_common.parse_einsum(subscripts, [_rank(x) for x in operands])
+    except ValueError:  # unknown ranks with '...' (or a bad equation: Keras' own error)
+        y = _all_operands_rounded(
+            context, lambda *ops: original(subscripts, *ops, **kwargs), operands)
+        return original(subscripts, *operands, **kwargs) if y is None else y
+    if len(operands) == 2:
+        y = _pair_product(context, lambda a, b: original(subscripts, a, b, **kwargs), subscripts,
+                          operands[0], operands[1], [operand_role(x) for x in operands])
+        return original(subscripts, *operands, **kwargs) if y is None else y
+    result, terms = operands[0], inputs[0]
+    for index in range(1, len(operands)):
+        later = "".join(inputs[index + 1:]) + output
+        pair_output = output if index == len(operands) - 1 else "".join(dict.fromkeys(
+            c for c in terms + inputs[index] if c in later))
+        equation = f"{terms},{inputs[index]}->{pair_output}"
+        roles = [operand_role(result) if index == 1 else "activations",
+                 operand_role(operands[index])]
+        y = _pair_product(context, functools.partial(tf.einsum, equation), equation, result,
+                          operands[index], roles)
+        if y is None:
+            return original(subscripts, *operands, **kwargs)
+        result, terms = y, pair_output
+    return result
 
 
-def _accumulator_conv2d(context, inputs, args, kwargs):
-    """The accumulator's conv2d bound to Keras conv arguments, or None where it does not apply."""
-    conv2d = accumulator_gemm(context.spec.accumulator, "conv2d")
+def _tensordot_product(context, original_call, x1, x2, axes, original=None):
+    rank1, rank2 = _rank(x1), _rank(x2)
+    if rank1 == 0 or rank2 == 0:
+        return original_call()  # a scalar times a tensor: not a GEMM
+    if rank1 is None or rank2 is None:  # no subscripts: the FP32 op on rounded operands
+        y = _all_operands_rounded(context, original, [x1, x2])
+        return original_call() if y is None else y
+    a, b, out = gemm_common.tensordot_subscripts(rank1, rank2, axes)
+    y = _pair_product(context, lambda p, q: tf.einsum(f"{a},{b}->{out}", p, q),
+                      f"{a},{b}->{out}", x1, x2, [operand_role(x1), operand_role(x2)])
+    return original_call() if y is None else y
+
+
+def tensordot(context, original, x1, x2, axes=2):
+    """`keras.ops.tensordot` as an einsum of two operands (one emulated GEMM)."""
+    return _tensordot_product(context, lambda: original(x1, x2, axes=axes), x1, x2, axes,
+                              lambda a, b: original(a, b, axes=axes))
+
+
+def dot(context, original, x1, x2):
+    """`keras.ops.dot` (and `vdot`, which calls it): NumPy's dot as a tensordot."""
+    axes = [[-1], [-1]] if _rank(x2) == 1 else [[-1], [-2]]
+    return _tensordot_product(context, lambda: original(x1, x2), x1, x2, axes, original)
+
+
+def inner(context, original, x1, x2):
+    """`keras.ops.inner`: the last axes of both operands contracted."""
+    return _tensordot_product(context, lambda: original(x1, x2), x1, x2, [[-1], [-1]],
+                              original)
+
+
+def _conv_arguments(args, kwargs):
     names = ("strides", "padding", "data_format", "dilation_rate")
     options = dict(zip(names, args), **kwargs)
-    data_format = options.get("data_format") or keras.config.image_data_format()
-    if conv2d is None or len(inputs.shape) != 4 or data_format != "channels_last":
+    options["data_format"] = options.get("data_format") or keras.config.image_data_format()
+    return options
+
+
+def _spatial_pair(value, rank):
+    """A Keras stride/dilation (int or tuple) as the (height, width) pair of a 2-D conv."""
+    values = (value,) * (rank - 2) if isinstance(value, int) else tuple(value)
+    return values if rank == 4 else (1,) + values
+
+
+def _accumulator_conv2d(context, inputs, kernel, options, depthwise=False):
+    """The accumulator's conv2d bound to Keras conv arguments, or None where it does not apply.
+
+    Applies to channels-last 1-D and 2-D convolutions (a 1-D one is a 2-D one
+    of height 1), grouped ones included (`groups` = input channels / the
+    kernel's input channels), and to depthwise ones (`depthwise`: groups =
+    input channels, the kernel [kh, kw, C, M] read as [kh, kw, 1, C * M]).
+    """
+    conv2d = accumulator_gemm(context.spec.accumulator, "conv2d")
+    rank = len(inputs.shape)
+    if conv2d is None or rank not in (3, 4) or options["data_format"] != "channels_last":
         return None
-    return lambda a, k: conv2d(a, k, strides=options.get("strides", 1),  # noqa: E731
-                               padding=options.get("padding", "valid").upper(),
-                               dilations=options.get("dilation_rate", 1),
-                               implementation=context.implementation)
+    channels, kernel_channels = inputs.shape[-1], kernel.shape[-2]
+    if channels is None or kernel_channels is None or None in kernel.shape[:-2]:
+        return None
+    groups = channels if depthwise else channels // kernel_channels
+    strides = _spatial_pair(options.get("strides", 1), rank)
+    dilations = _spatial_pair(options.get("dilation_rate", 1), rank)
+    padding = options.get("padding", "valid").upper()
+    extra = {"groups": groups} if groups > 1 else {}
+
+    def op(x, k):
+        if depthwise:
+            k = tf.reshape(k, list(k.shape[:-2]) + [1, channels * k.shape[-1]])
+        if rank == 3:
+            x, k = x[:, None], k[None]
+        y = conv2d(x, k, strides=strides, padding=padding, dilations=dilations,
+                   implementation=context.implementation, **extra)
+        return y[:, 0] if rank == 3 else y
+
+    return op
 
 
 def _conv_like(name):
     def emulated(context, original, inputs, kernel, *args, **kwargs):
         op = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
-        if name == "conv":
-            op = _accumulator_conv2d(context, inputs, args, kwargs) or op
+        if name in ("conv", "depthwise_conv"):
+            op = _accumulator_conv2d(context, inputs, kernel, _conv_arguments(args, kwargs),
+                                     depthwise=name == "depthwise_conv") or op
         y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))])
         return original(inputs, kernel, *args, **kwargs) if y is None else y
 
@@ -602,26 +742,29 @@ def separable_conv(context, original, inputs, depthwise_kernel, pointwise_kernel
 def dot_product_attention_core(context, original, query, key, value, bias, mask, is_causal,
                                scale):
     """The TF backend's attention core with both einsums emulated; softmax in FP32."""
-    def einsum_op(equation):
-        return lambda a, b: tf.einsum(equation, a, b, optimize="optimal")
+    def product(equation, a, b):
+        return _pair_product(
+            context, lambda x, y: tf.einsum(equation, x, y, optimize="optimal"), equation, a, b,
+            ["activations", "activations"])
 
     if query.dtype != tf.float32:
         return original(query, key, value, bias, mask, is_causal, scale)
-    logits = context.gemm(einsum_op("BTNH,BSNH->BNTS"),
-                          [(query, "activations"), (key, "activations")])
+    logits = product("BTNH,BSNH->BNTS", query, key)
     logits = tf.multiply(logits, tf.cast(scale, logits.dtype))
     if bias is not None:
         logits = tf.add(logits, tf.cast(bias, logits.dtype))
     padded_logits = adapter.apply_attention_masks(logits, mask, is_causal)
     probs = tf.nn.softmax(padded_logits, axis=-1)
-    return context.gemm(einsum_op("BNTS,BSNH->BTNH"),
-                        [(probs, "activations"), (value, "activations")])
+    return product("BNTS,BSNH->BTNH", probs, value)
 
 
 # The emulated twin of each routed backend function.
 _EMULATED = {
     "matmul": matmul,
     "einsum": einsum,
+    "dot": dot,
+    "tensordot": tensordot,
+    "inner": inner,
     "conv": conv,
     "depthwise_conv": depthwise_conv,
     "conv_transpose": conv_transpose,
@@ -649,7 +792,8 @@ def route_gemm(name, original, callers, args, kwargs):
     context = active_context(callers)
     if context is None:
         return NotImplemented
-    return _EMULATED[name](context, original, *args, **kwargs)
+    with coverage.emulated_ops():
+        return _EMULATED[name](context, original, *args, **kwargs)
 
 
 adapter.set_listener("gemm", route_gemm)

@@ -21,10 +21,13 @@ values go into `logs` (so `History`, `CSVLogger` and a later
 ['precision/net/dense/activations/underflow']
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_lowprec.keras import coverage
 from tf_lowprec.keras import emulation
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.keras import adapter
@@ -71,7 +74,31 @@ class PrecisionMonitor(keras.callbacks.Callback):
 
     Log keys: `precision/<layer path>/<role>/<stat>` (stat in underflow,
     overflow, subnormal), `loss_scale`, and `loss_scale/<layer path>` for an
-    `AdaptiveLossScaleOptimizer`.  Values are those of the latest sampled step.
+    `AdaptiveLossScaleOptimizer`, and `unemulated_gemms`: how many (layer, op
+    type) raw TensorFlow GEMMs the policies could not emulate were found in
+    the model when its steps were traced (`tf_lowprec.keras.coverage`; the
+    details in `unemulated`).  Values are those of the latest sampled step.
+
+    In a custom training loop, trace the step inside `watch(model)` and
+    read the statistics after each call with `read()`:
+
+    >>> import keras, numpy as np, tensorflow as tf, tf_lowprec as lp
+    >>> model = keras.Sequential([keras.Input((3,)),
+    ...                           keras.layers.Dense(2, dtype=lp.Policy("fp8"), name="d")],
+    ...                          name="net")
+    >>> monitor = lp.callbacks.PrecisionMonitor()
+    >>> with monitor.watch(model):
+    ...     @tf.function
+    ...     def step(x):
+    ...         with tf.GradientTape() as tape:
+    ...             loss = tf.reduce_sum(model(x) ** 2)
+    ...         return tape.gradient(loss, model.trainable_weights)
+    ...     _ = step(np.full((4, 3), 1e-4, np.float32))  # below E4M3's smallest value
+    ...     stats = monitor.read()
+    >>> stats["precision/net/d/activations/underflow"]
+    1.0
+    >>> 0.0 <= stats["precision/net/d/errors/underflow"] <= 1.0
+    True
     """
 
     def __init__(self, every_n_steps=100, roles=ROLES, log_dir=None):
@@ -96,6 +123,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
         self._plain_step = self._sampling_step = None
         self._writer = None
         self.latest = {}
+        self.unemulated = {}
 
     # Graph side -----------------------------------------------------------
 
@@ -164,7 +192,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
 
     # Callback side --------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    def _create_variables(self):
         strategy = self.model.distribute_strategy
         with strategy.scope():
             for layer in _emulated_layers(self.model):
@@ -179,6 +207,34 @@ class PrecisionMonitor(keras.callbacks.Callback):
                     }
         if self._remove_hook is None:
             self._remove_hook = emulation.add_role_hook(self._hook)
+
+    @contextlib.contextmanager
+    def watch(self, model):
+        """Monitors `model` in a custom training loop: steps traced inside record statistics.
+
+        Every function that calls the model and is traced inside the block
+        computes and stores the statistics at each call (as fit's sampled
+        steps do); `read()` returns the latest values.  The hook is removed
+        when the block ends (already traced functions keep their ops).
+        """
+        self.set_model(model)
+        self._create_variables()
+        self._tracing_sampler = True
+        try:
+            yield self
+        finally:
+            self._tracing_sampler = False
+            if self._remove_hook is not None:
+                self._remove_hook()
+                self._remove_hook = None
+
+    def read(self):
+        """The statistics of the latest monitored step, as a dict of log keys (also `latest`)."""
+        self.latest = self._read()
+        return self.latest
+
+    def on_train_begin(self, logs=None):
+        self._create_variables()
         # Two train steps, each traced on its first call: the ordinary one, and
         # the sampling one that also computes and stores the statistics.
         # on_train_batch_begin picks one per step, so the steps between samples
@@ -215,7 +271,9 @@ class PrecisionMonitor(keras.callbacks.Callback):
                 continue  # e.g. a Flatten layer under a global policy: no GEMM
             for name in STATS:
                 values[f"precision/{layer}/{role}/{name}"] = float(variables[name].numpy())
-        optimizer = self.model.optimizer
+        self.unemulated = coverage.unemulated_gemms(self.model)
+        values["unemulated_gemms"] = float(sum(len(ops) for ops in self.unemulated.values()))
+        optimizer = getattr(self.model, "optimizer", None)
         scale = getattr(optimizer, "dynamic_scale", None)
         if scale is not None:
             values["loss_scale"] = float(np.asarray(scale.numpy()))
