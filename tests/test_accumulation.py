@@ -294,3 +294,45 @@ def test_conv2d_layer_accumulates_in_the_policy_format():
     patch = xr.numpy()[0, :3, :3, :].reshape(1, 1, 27)
     column = wr.numpy()[:, :, :, 0].reshape(1, 27, 1)
     _assert_same_bits(y[0, 0, 0, 0], reference.matmul(patch, column, lp.BF16, 4)[0, 0, 0])
+
+
+@pytest.mark.parametrize("layer_kind", ["grouped", "depthwise"])
+def test_grouped_and_depthwise_conv_accumulate_per_group(layer_kind):
+    """Each output sums only its group's (kh, kw, c) products, in the accumulator's format."""
+    import keras
+
+    spec = lp.PrecisionSpec(activations="bf16", weights="bf16",
+                            accumulator=lp.Accumulator(lp.BF16, chunk_size=4))
+    policy = lp.Policy("acc", spec=spec)
+    if layer_kind == "grouped":
+        layer = keras.layers.Conv2D(4, 2, groups=2, use_bias=False, dtype=policy)
+    else:
+        layer = keras.layers.DepthwiseConv2D(2, use_bias=False, dtype=policy)
+    rng = np.random.default_rng(2)
+    x = _operands(rng, (1, 3, 3, 4), spread=3)
+    y = layer(x).numpy()
+    xr = lp.round_to_format(x, lp.BF16).numpy()
+    kernel = lp.round_to_format(
+        layer.kernel, lp.BF16).numpy()
+    if layer_kind == "depthwise":  # [kh, kw, C, 1]: group c has one input and one output channel
+        kernel = kernel.reshape(2, 2, 1, 4)
+    per_group_in = kernel.shape[2]
+    per_group_out = kernel.shape[3] // (4 // per_group_in)
+    for out_channel in range(kernel.shape[3]):
+        group = out_channel // per_group_out
+        channels = slice(group * per_group_in, (group + 1) * per_group_in)
+        patch = xr[0, 1:3, 0:2, channels].reshape(1, 1, -1)  # output (0, 1, 0)
+        column = kernel[:, :, :, out_channel].reshape(1, -1, 1)
+        expected = reference.matmul(patch, column, lp.BF16, 4)[0, 0, 0]
+        _assert_same_bits(y[0, 1, 0, out_channel], expected)
+
+
+def test_a_spec_with_only_an_accumulator_emulates():
+    """FP32 operands summed in FP16 still swamp: the accumulator alone makes a spec emulate."""
+    import keras
+
+    spec = lp.PrecisionSpec(accumulator=lp.Accumulator(lp.FP16))
+    assert spec.emulates
+    layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones",
+                               dtype=lp.Policy("fp16_sums", spec=spec))
+    assert layer(np.ones((1, 4096), np.float32)).numpy().tolist() == [[2048.0]]

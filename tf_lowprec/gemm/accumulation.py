@@ -252,15 +252,17 @@ def matmul(a, b, *, accumulator, chunk_size=None, rounding="nearest_even", seed=
         return accumulated(a, b)
 
 
-def conv2d(x, filters, *, accumulator, strides=1, padding="VALID", dilations=1, seed=None,
-           implementation="auto", isa="auto", name=None):
+def conv2d(x, filters, *, accumulator, strides=1, padding="VALID", dilations=1, groups=1,
+           seed=None, implementation="auto", isa="auto", name=None):
     """`tf.nn.conv2d` (NHWC) as `matmul` of image patches (im2col), summed in `accumulator`.
 
     The patches `[N * H' * W', kh * kw * C]` times the filters
     `[kh * kw * C, O]`: each output sums its kh * kw * C products in the
     order (kh, kw, C) with `accumulator`'s format, chunking and rounding.
     Gradients: both backward GEMMs accumulate likewise; the patch gradients
-    are then summed back onto x in FP32 (col2im).
+    are then summed back onto x in FP32 (col2im).  `groups` > 1: a grouped
+    convolution (filters `[kh, kw, C / groups, O]`), one batched GEMM over
+    the groups, as `tf_lowprec.gemm.common.conv2d_as_gemm` lays it out.
 
     >>> import numpy as np, tf_lowprec as lp
     >>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((2, 2, 1, 1), np.float32)
@@ -273,10 +275,12 @@ def conv2d(x, filters, *, accumulator, strides=1, padding="VALID", dilations=1, 
     with tf.name_scope(name or "accumulation_conv2d"):
         x = _gemm_common.as_float32_operand(x, "x")
         filters = _gemm_common.as_float32_operand(filters, "filters")
-        _gemm_common.check_conv_operands(x, filters, "conv2d")
+        groups = _gemm_common.check_groups(groups)
+        _gemm_common.check_conv_operands(x, filters, "conv2d", groups)
 
         def gemm(columns, weights):
             return matmul(columns, weights, accumulator=accumulator, seed=seed,
                           implementation=implementation, isa=isa)
 
-        return _gemm_common.conv2d_as_gemm(gemm, x, filters, strides, padding, dilations)
+        return _gemm_common.conv2d_as_gemm(gemm, x, filters, strides, padding, dilations,
+                                           groups)

@@ -141,8 +141,9 @@ class PrecisionSpec:
 
     @property
     def emulates(self):
-        """Whether any role is rounded (False for the FP32 control)."""
-        return any(v is not None for v in self._roles.values()) or self.first_last is not None
+        """Whether any role is rounded or the sums are not FP32's (False for the FP32 control)."""
+        return (any(v is not None for v in self._roles.values()) or self.first_last is not None
+                or self.accumulator != "fp32")
 
     @property
     def stochastic(self):
