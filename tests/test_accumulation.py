@@ -294,3 +294,31 @@ def test_conv2d_layer_accumulates_in_the_policy_format():
     patch = xr.numpy()[0, :3, :3, :].reshape(1, 1, 27)
     column = wr.numpy()[:, :, :, 0].reshape(1, 27, 1)
     _assert_same_bits(y[0, 0, 0, 0], reference.matmul(patch, column, lp.BF16, 4)[0, 0, 0])
+
+
+def test_stochastic_accumulator_in_a_policy_is_reproducible_from_the_keras_seed():
+    import keras
+
+    spec = lp.PrecisionSpec(activations="bf16", weights="bf16", accumulator=lp.Accumulator(
+        lp.BF16, chunk_size=8, rounding="stochastic"))
+    rng = np.random.default_rng(4)
+    x = _operands(rng, (8, 32), spread=2)
+    y = _operands(rng, (8, 4), spread=2)
+    kernel = _operands(rng, (32, 4), spread=1)
+
+    def fit_step(keras_seed, run_eagerly):
+        keras.utils.set_random_seed(keras_seed)
+        # Fixed names: the seeds hash the layer's path.
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(
+            4, use_bias=False, name="dense", dtype=lp.Policy("stochastic_sums", spec=spec))],
+            name="model")
+        model.layers[0].kernel.assign(kernel)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse", run_eagerly=run_eagerly)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return model.layers[0].kernel.numpy()
+
+    first = fit_step(7, run_eagerly=False)
+    # The sums' seeds come from the Keras seed, the layer call and the step,
+    # not from TensorFlow's stateful RNG: eager and traced steps agree.
+    _assert_same_bits(fit_step(7, run_eagerly=True), first)
+    assert np.any(_bits(fit_step(8, run_eagerly=False)) != _bits(first))

@@ -47,8 +47,9 @@ from tf_lowprec.keras import adapter
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
 
-# Salts that make the seeds of the roles of one layer call independent.
-_ROLE_IDS = {role: index + 1 for index, role in enumerate(ROLES)}
+# Salts that make the seeds of the roles of one layer call independent
+# ("accumulator": the stochastic rounding of the sums of a GEMM).
+_ROLE_IDS = {role: index + 1 for index, role in enumerate(ROLES + ("accumulator",))}
 _role_hooks = []
 _process_seed = None
 # GEMM-bearing layers of each model: first and last (for first_last specs).
@@ -498,6 +499,13 @@ def accumulator_gemm(accumulator, name):
     return getattr(gemm_registry.get(accumulator), name)
 
 
+def _gemm_options(context):
+    """The accumulator GEMM's keyword arguments: implementation, and the seed of stochastic sums."""
+    seeded = gemm_registry.get(context.spec.accumulator).stochastic
+    return dict(implementation=context.implementation,
+                **({"seed": context.seed("accumulator")} if seeded else {}))
+
+
 # Emulated backend functions.  Each takes the LayerContext and the backend's
 # original function, and has the backend function's signature after those.
 
@@ -525,7 +533,7 @@ def matmul(context, original, x1, x2):
         gemm_registry.get(context.spec.accumulator).batched_matmul
         or (len(x1.shape) == 2 and len(x2.shape) == 2)
     ):
-        op = _flattened_matmul(functools.partial(gemm, implementation=context.implementation))
+        op = _flattened_matmul(functools.partial(gemm, **_gemm_options(context)))
     y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
     return original(x1, x2) if y is None else y
 
@@ -549,7 +557,7 @@ def _accumulator_conv2d(context, inputs, args, kwargs):
     return lambda a, k: conv2d(a, k, strides=options.get("strides", 1),  # noqa: E731
                                padding=options.get("padding", "valid").upper(),
                                dilations=options.get("dilation_rate", 1),
-                               implementation=context.implementation)
+                               **_gemm_options(context))
 
 
 def _conv_like(name):
