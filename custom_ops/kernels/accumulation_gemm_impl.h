@@ -218,7 +218,6 @@ struct Format8 {
   __m256i magic_offset;     // (23 - mantissa_bits) << 23, plus the 0.5 of 1.5
   __m256i zero_sign_mask;   // the sign bit where the format has -0, else 0
   __m256 short_limit;       // sums at or above it take the definition's path
-  __m256i short_limit_below;  // bits of the float just below short_limit
   FloatGrid grid;
 };
 
@@ -242,7 +241,6 @@ Format8 MakeFormat8(const FloatGrid& g) {
   const int32_t limit_exponent = std::min(128, 127 - (23 - g.mantissa_bits));
   c.short_limit = _mm256_set1_ps(limit_exponent >= 128 ? BitsFloat(kInfBits)
                                                        : std::ldexp(1.0f, limit_exponent));
-  c.short_limit_below = _mm256_sub_epi32(_mm256_castps_si256(c.short_limit), _mm256_set1_epi32(1));
   c.grid = g;
   return c;
 }
@@ -426,43 +424,30 @@ inline __m256 RoundByMagic8(__m256 x, const Format8& c) {
   return _mm256_or_ps(rounded, _mm256_and_ps(x, _mm256_castsi256_ps(c.zero_sign_mask)));
 }
 
-// ShortStep8 without the per-step test, for the inner loop.  The sum is
-// rounded to odd as "toward zero, then the last bit set where inexact":
-// s is one ulp beyond the exact sum in magnitude where TwoSum's error has
-// the other sign (then s - 1 ulp, bitwise, is the truncation), and the odd
-// neighbour of the truncation is the truncation with its last bit set.
-// Then the format's rounding: F16C for IEEE FP16 (kHalf), else
-// RoundByMagic8.  Instead of testing every step, the lanes' largest |h| (as
-// integer bits: NaN above every number) and, where RoundByMagic8's constant
-// could overflow before the format does (kLimit), the largest |s| are kept;
-// the caller recomputes the chunk of a tile by the definition where they
-// pass the format's largest value or c.short_limit (overflow, Inf, NaN:
-// ChunkByDefinition).  Without kLimit, a sum at or above c.short_limit
-// gives a NaN or |h| >= |s| > the format's largest value (the magic constant
-// is then NaN or, wrapped past the sign bit, negligible), also caught.
-template <bool kHalf, bool kLimit>
+// ShortStep8 without the per-step test: lanes whose sum is not finite,
+// reaches c.short_limit or rounds beyond the format's finite values are
+// or-ed into *bad, and the caller recomputes the whole chunk of those
+// tiles by the definition (ShortChunkFallback).
 inline __m256 ShortStepDeferred8(__m256 acc, __m256 a, __m256 b, const Format8& c,
-                                 __m256i* h_max, __m256i* s_max) {
+                                 __m256* bad) {
   const __m256 p = _mm256_mul_ps(a, b);
   const __m256 s = _mm256_add_ps(acc, p);
-  // The error of s by Fast2Sum from the larger term in magnitude (Dekker:
-  // exact), both candidates computed at once: a shorter dependent chain
-  // than TwoSum's, and the chain through acc is what bounds this loop.
-  const __m256 abs_mask_ps = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
-  const __m256 acc_larger = _mm256_cmp_ps(_mm256_and_ps(acc, abs_mask_ps),
-                                          _mm256_and_ps(p, abs_mask_ps), _CMP_GE_OQ);
-  const __m256 e = _mm256_blendv_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p)),
-                                    _mm256_sub_ps(p, _mm256_sub_ps(s, acc)), acc_larger);
+  const __m256 p_part = _mm256_sub_ps(s, acc);
+  const __m256 e = _mm256_add_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p_part)),
+                                 _mm256_sub_ps(p, p_part));
   const __m256i s_bits = _mm256_castps_si256(s);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(s_bits, one), _mm256_setzero_si256());
   const __m256i inexact = _mm256_castps_si256(_mm256_cmp_ps(e, c.zero, _CMP_NEQ_UQ));
-  const __m256i beyond = _mm256_and_si256(
-      _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), inexact);
-  const __m256 odd = _mm256_castsi256_ps(_mm256_or_si256(_mm256_add_epi32(s_bits, beyond),
-                                                         _mm256_srli_epi32(inexact, 31)));
-  const __m256 h = kHalf ? RoundFormat8<true>(odd, c) : RoundByMagic8(odd, c);
-  const __m256i abs_mask = _mm256_set1_epi32(static_cast<int>(kAbsMask));
-  *h_max = _mm256_max_epi32(*h_max, _mm256_and_si256(_mm256_castps_si256(h), abs_mask));
-  if (kLimit) *s_max = _mm256_max_epi32(*s_max, _mm256_and_si256(s_bits, abs_mask));
+  const __m256i direction = _mm256_or_si256(
+      _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), one);
+  const __m256 odd = _mm256_castsi256_ps(_mm256_add_epi32(
+      s_bits, _mm256_and_si256(_mm256_and_si256(even, inexact), direction)));
+  const __m256 h = RoundByMagic8(odd, c);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  *bad = _mm256_or_ps(
+      *bad, _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
+                         _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), c.short_limit, _CMP_NLT_UQ)));
   return h;
 }
 
@@ -507,7 +492,7 @@ __attribute__((noinline)) void ChunkByDefinition(const FastJob& job, const Opera
   }
 }
 
-template <bool kHalf, bool kShort, bool kLimit, int kRows, int kVectors>
+template <bool kHalf, bool kShort, int kRows, int kVectors>
 void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   const Problem& p = *job.p;
   const Format8& c = job.format;
@@ -528,7 +513,7 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
     for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
       for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_setzero_ps();
-    __m256i h_max = _mm256_setzero_si256(), s_max = _mm256_setzero_si256();
+    __m256 bad = _mm256_setzero_ps();
     for (int64_t k = c0; k < c1; ++k) {
       __m256 b[kVectors];
 #pragma GCC unroll 2
@@ -540,22 +525,13 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
         const __m256 a = _mm256_broadcast_ss(o.a + (i0 + r) * o.a_row + k * o.a_col);
 #pragma GCC unroll 2
         for (int v = 0; v < kVectors; ++v) {
-          acc[r][v] = kShort ? ShortStepDeferred8<kHalf, kLimit>(acc[r][v], a, b[v], c,
-                                                                 &h_max, &s_max)
+          acc[r][v] = kShort ? ShortStepDeferred8(acc[r][v], a, b[v], c, &bad)
                              : Step8<kHalf, kShort>(acc[r][v], a, b[v], c);
         }
       }
     }
-    const __m256i bad =
-        kLimit ? _mm256_or_si256(_mm256_cmpgt_epi32(h_max, c.max_bits),
-                                 _mm256_cmpgt_epi32(s_max, c.short_limit_below))
-               : _mm256_cmpgt_epi32(h_max, c.max_bits);
-    if (kShort && __builtin_expect(!_mm256_testz_si256(bad, bad), 0)) {
-      // Through a copy: acc's address never escapes, so it stays in registers.
-      __m256 sums[kRows * kVectors];
-      ChunkByDefinition(job, o, b_panel, i0, j0, kRows, kVectors, c0, c1, sums);
-      for (int r = 0; r < kRows; ++r)
-        for (int v = 0; v < kVectors; ++v) acc[r][v] = sums[r * kVectors + v];
+    if (kShort && __builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) {
+      ChunkByDefinition(job, o, b_panel, i0, j0, kRows, kVectors, c0, c1, &acc[0][0]);
     }
 #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
@@ -582,19 +558,19 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   }
 }
 
-template <bool kHalf, bool kShort, bool kLimit, int kVectors>
+template <bool kHalf, bool kShort, int kVectors>
 void TileRows(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   switch (std::min<int64_t>(kMaxRows, job.p->m - i0)) {
-    case 4: return Tile<kHalf, kShort, kLimit, 4, kVectors>(job, batch, i0, j0);
-    case 3: return Tile<kHalf, kShort, kLimit, 3, kVectors>(job, batch, i0, j0);
-    case 2: return Tile<kHalf, kShort, kLimit, 2, kVectors>(job, batch, i0, j0);
-    default: return Tile<kHalf, kShort, kLimit, 1, kVectors>(job, batch, i0, j0);
+    case 4: return Tile<kHalf, kShort, 4, kVectors>(job, batch, i0, j0);
+    case 3: return Tile<kHalf, kShort, 3, kVectors>(job, batch, i0, j0);
+    case 2: return Tile<kHalf, kShort, 2, kVectors>(job, batch, i0, j0);
+    default: return Tile<kHalf, kShort, 1, kVectors>(job, batch, i0, j0);
   }
 }
 
 // Work unit u = ((batch * column_blocks) + column_block) * row_blocks +
 // row_block: consecutive units share a b panel.
-template <bool kHalf, bool kShort, bool kLimit>
+template <bool kHalf, bool kShort>
 void FastUnits(void* arg, int64_t begin, int64_t end) {
   const FastJob& job = *static_cast<const FastJob*>(arg);
   for (int64_t u = begin; u < end; ++u) {
@@ -602,7 +578,7 @@ void FastUnits(void* arg, int64_t begin, int64_t end) {
     const int64_t column_block = (u / job.row_blocks) % job.column_blocks;
     const int64_t batch = u / (job.row_blocks * job.column_blocks);
     const int64_t i0 = row_block * kMaxRows;
-    TileRows<kHalf, kShort, kLimit, kMaxVectors>(job, batch, i0, column_block * kPanelWidth);
+    TileRows<kHalf, kShort, kMaxVectors>(job, batch, i0, column_block * kPanelWidth);
   }
 }
 
@@ -660,10 +636,6 @@ void RunFast(const Problem& p, const ParallelFor& parallel) {
   job.column_blocks = column_blocks;
   job.format = MakeFormat8(p.grid);
   const bool half = IsIeeeHalf(p.grid);
-  // RoundByMagic8 needs the per-chunk |s| test where its constant overflows
-  // below the format's largest value (BF16); F16C needs none.
-  const bool limit = !half && _mm256_movemask_ps(_mm256_cmp_ps(
-                                  job.format.short_limit, job.format.max_value, _CMP_LE_OQ)) != 0;
   const int64_t a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   const bool short_operands =
       RoundToOddApplies(p.grid) && ShortValues(p.a, a_batches * p.m * p.k) &&
@@ -671,10 +643,8 @@ void RunFast(const Problem& p, const ParallelFor& parallel) {
   // About 1.5 (FP16, F16C) or 4 (other formats) cycles per lane and step.
   const int64_t cost = kMaxRows * kMaxVectors * kLanes * std::max<int64_t>(p.k, 1) * (half ? 2 : 4);
   void (*units)(void*, int64_t, int64_t) =
-      !short_operands ? (half ? FastUnits<true, false, false> : FastUnits<false, false, false>)
-      : half          ? FastUnits<true, true, false>
-      : limit         ? FastUnits<false, true, true>
-                      : FastUnits<false, true, false>;
+      half ? (short_operands ? FastUnits<true, true> : FastUnits<true, false>)
+           : (short_operands ? FastUnits<false, true> : FastUnits<false, false>);
   parallel.run(parallel.context, p.batch * job.column_blocks * job.row_blocks, cost, units,
                &job);
 }
