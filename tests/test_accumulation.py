@@ -162,6 +162,32 @@ def test_short_operands_match_the_reference(isa):
 
 
 @pytest.mark.parametrize("isa", TIERS)
+def test_short_operands_edges_match_the_reference(isa):
+    """The round-to-odd path's edges: inexact float32 sums with either term the larger,
+    row and column tails of the register tiles, chunks not dividing K, BF16 sums beyond
+    2^111 (where the kernel's rounding constant would overflow) and overflow mid-chunk."""
+    rng = np.random.default_rng(17)
+    a = lp.round_to_format(_operands(rng, (1, 7, 133), spread=12), lp.E5M2).numpy()
+    b = lp.round_to_format(_operands(rng, (1, 133, 21), spread=12), lp.BF16).numpy()
+    for fmt, chunk in ((lp.FP16, 10), (lp.BF16, None), (lp.E5M2, 64)):
+        actual = lp.matmul(a, b, accumulator=fmt, chunk_size=chunk, isa=isa,
+                           implementation="op")
+        _assert_same_bits(actual, reference.matmul(a, b, fmt, chunk))
+    big_a = np.full((1, 3, 300), 2.0**60, np.float32)
+    big_a[0, 1, 150:] = -(2.0**60)      # back below 2^111 after reaching 2^122
+    big_a[0, 2, :] = 2.0**59 * 1.75     # (operands within 2^60: the kernels' short path)
+    big_b = lp.round_to_format(np.abs(_operands(rng, (1, 300, 5), spread=0)) * 2.0**55,
+                               lp.BF16).numpy()
+    big_b[0, :, 4] = 2.0**60            # sums overflow BF16 inside a chunk
+    for chunk in (None, 290):
+        actual = lp.matmul(big_a, big_b, accumulator=lp.BF16, chunk_size=chunk, isa=isa,
+                           implementation="op").numpy()
+        _assert_same_bits(actual, reference.matmul(big_a, big_b, lp.BF16, chunk))
+        assert np.isinf(actual[0, [0, 2], 4]).all() and np.isfinite(actual[0, :, :4]).all()
+        assert (np.abs(actual[0, 0, :4]) > 2.0**111).all()
+
+
+@pytest.mark.parametrize("isa", TIERS)
 def test_stochastic_rounding_matches_the_reference_and_is_reproducible(isa):
     a, b = _case_operands(3, False, True, 2, 1, 3, 21, 10)
     for chunk in (None, 4):
@@ -336,3 +362,31 @@ def test_a_spec_with_only_an_accumulator_emulates():
     layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones",
                                dtype=lp.Policy("fp16_sums", spec=spec))
     assert layer(np.ones((1, 4096), np.float32)).numpy().tolist() == [[2048.0]]
+
+
+def test_stochastic_accumulator_in_a_policy_is_reproducible_from_the_keras_seed():
+    import keras
+
+    spec = lp.PrecisionSpec(activations="bf16", weights="bf16", accumulator=lp.Accumulator(
+        lp.BF16, chunk_size=8, rounding="stochastic"))
+    rng = np.random.default_rng(4)
+    x = _operands(rng, (8, 32), spread=2)
+    y = _operands(rng, (8, 4), spread=2)
+    kernel = _operands(rng, (32, 4), spread=1)
+
+    def fit_step(keras_seed, run_eagerly):
+        keras.utils.set_random_seed(keras_seed)
+        # Fixed names: the seeds hash the layer's path.
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(
+            4, use_bias=False, name="dense", dtype=lp.Policy("stochastic_sums", spec=spec))],
+            name="model")
+        model.layers[0].kernel.assign(kernel)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse", run_eagerly=run_eagerly)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        return model.layers[0].kernel.numpy()
+
+    first = fit_step(7, run_eagerly=False)
+    # The sums' seeds come from the Keras seed, the layer call and the step,
+    # not from TensorFlow's stateful RNG: eager and traced steps agree.
+    _assert_same_bits(fit_step(7, run_eagerly=True), first)
+    assert np.any(_bits(fit_step(8, run_eagerly=False)) != _bits(first))

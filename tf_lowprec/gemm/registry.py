@@ -47,6 +47,9 @@ class Accumulator:
         grouped or depthwise convolution (filters [kh, kw, C / groups, O]).
       batched_matmul: whether `matmul` broadcasts [..., k] @ [k, n]; if not,
         only 2-D products run on it.
+      stochastic: whether `matmul` and `conv2d` round randomly and take a
+        `seed` (an int64[2] stateless seed; the emulation passes one derived
+        from the layer call, so the sums are reproducible from the Keras seed).
       operand_roles: roles that must have a format `operand_format` accepts.
       operand_format: predicate on a format object.
       requirement: the error message when a spec breaks the constraint.
@@ -56,6 +59,7 @@ class Accumulator:
     matmul: typing.Optional[typing.Callable] = None
     conv2d: typing.Optional[typing.Callable] = None
     batched_matmul: bool = False
+    stochastic: bool = False
     operand_roles: tuple = ()
     operand_format: typing.Optional[typing.Callable] = None
     requirement: str = ""
@@ -90,6 +94,7 @@ def _float_accumulator(accumulator):
         matmul=functools.partial(accumulation_gemm.matmul, accumulator=accumulator),
         conv2d=functools.partial(accumulation_gemm.conv2d, accumulator=accumulator),
         batched_matmul=True,
+        stochastic=accumulator.rounding == "stochastic",
     )
 
 

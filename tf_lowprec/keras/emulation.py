@@ -49,8 +49,9 @@ from tf_lowprec.keras import coverage
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
 
-# Salts that make the seeds of the roles of one layer call independent.
-_ROLE_IDS = {role: index + 1 for index, role in enumerate(ROLES)}
+# Salts that make the seeds of the roles of one layer call independent
+# ("accumulator": the stochastic rounding of the sums of a GEMM).
+_ROLE_IDS = {role: index + 1 for index, role in enumerate(ROLES + ("accumulator",))}
 _role_hooks = []
 _process_seed = None
 # GEMM-bearing layers of each model: first and last (for first_last specs).
@@ -516,6 +517,13 @@ def accumulator_gemm(accumulator, name):
     return getattr(gemm_registry.get(accumulator), name)
 
 
+def _gemm_options(context):
+    """The accumulator GEMM's keyword arguments: implementation, and the seed of stochastic sums."""
+    seeded = gemm_registry.get(context.spec.accumulator).stochastic
+    return dict(implementation=context.implementation,
+                **({"seed": context.seed("accumulator")} if seeded else {}))
+
+
 # Emulated backend functions.  Each takes the LayerContext and the backend's
 # original function, and has the backend function's signature after those.
 
@@ -541,7 +549,7 @@ def _accumulator_matmul(context):
     accumulator = gemm_registry.get(context.spec.accumulator)
     if accumulator.matmul is None:
         return None, False
-    kernel = functools.partial(accumulator.matmul, implementation=context.implementation)
+    kernel = functools.partial(accumulator.matmul, **_gemm_options(context))
     return _flattened_matmul(kernel), accumulator.batched_matmul
 
 
@@ -701,7 +709,7 @@ def _accumulator_conv2d(context, inputs, kernel, options, depthwise=False):
         if rank == 3:
             x, k = x[:, None], k[None]
         y = conv2d(x, k, strides=strides, padding=padding, dilations=dilations,
-                   implementation=context.implementation, **extra)
+                   **_gemm_options(context), **extra)
         return y[:, 0] if rank == 3 else y
 
     return op
