@@ -23,16 +23,17 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
+from tf_lowprec.gemm import accumulation as accumulation_gemm
 from tf_lowprec.gemm import bf16 as bf16_gemm
 from tf_lowprec.gemm import reference as reference_gemm
 from tf_lowprec.keras import emulation
 
 L = keras.layers
 DESIGN = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "design.md")
-PRESETS = ("bf16", "fp16", "hfp8", "fp8", "bf16_native", "dfp16")
+PRESETS = ("bf16", "fp16", "hfp8", "fp8", "bf16_native", "dfp16", "fp8_wang")
 # Largest |emulated - FP32| / max|FP32| accepted, by preset (a few roundings of the format).
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01, "hfp8": 0.5, "fp8": 0.5, "bf16_native": 0.05,
-             "dfp16": 0.01}
+             "dfp16": 0.01, "fp8_wang": 0.5}
 
 
 class OpLayer(L.Layer):
@@ -173,28 +174,35 @@ def unemulated_run(row, layer, x):
 
 
 class KernelCalls:
-    """Counts the accumulators' GEMM kernel calls (INT16 counters, BF16 `_product`)."""
+    """Counts the accumulators' GEMM kernel calls (INT16 counters; BF16 and FP16-sum `_product`)."""
 
     def __init__(self):
-        self.bf16 = 0
-        real = bf16_gemm._product
+        self.counts = {"BF16 GEMM": 0, "FP16-sum GEMM": 0}
+        self._patches = [mock.patch.object(module, "_product", self._counting(module, kernel))
+                         for module, kernel in ((bf16_gemm, "BF16 GEMM"),
+                                                (accumulation_gemm, "FP16-sum GEMM"))]
+
+    def _counting(self, module, kernel):
+        real = module._product
 
         def counting(*args, **kwargs):
-            self.bf16 += 1
+            self.counts[kernel] += 1
             return real(*args, **kwargs)
 
-        self._patch = mock.patch.object(bf16_gemm, "_product", counting)
+        return counting
 
     def __enter__(self):
         lp.dfp_gemm_counters(reset=True)
-        self._patch.__enter__()
+        for patch in self._patches:
+            patch.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self._patch.__exit__(*exc)
+        for patch in reversed(self._patches):
+            patch.__exit__(*exc)
 
     def read(self):
-        return {"INT16 GEMM": lp.dfp_gemm_counters()["calls"], "BF16 GEMM": self.bf16}
+        return dict(self.counts, **{"INT16 GEMM": lp.dfp_gemm_counters()["calls"]})
 
 
 def relative_error(a, b, scale=0.0):
@@ -203,6 +211,7 @@ def relative_error(a, b, scale=0.0):
     return np.abs(a - b).max() / max(np.abs(b).max(), scale, 1e-30)
 
 
+KERNELS = ("INT16 GEMM", "BF16 GEMM", "FP16-sum GEMM")
 CELLS = [(row, preset) for row in ROWS for preset in PRESETS]
 
 
@@ -219,7 +228,7 @@ def test_coverage_cell(row, preset):
         assert any(issubclass(w.category, lp.UnemulatedGemmWarning) for w in caught), row
         np.testing.assert_array_equal(np.asarray(y), np.asarray(want))
         return
-    assert cell in ("emulated", "INT16 GEMM", "BF16 GEMM"), cell
+    assert cell in ("emulated",) + KERNELS, cell
     want_y, upstream, want_grads = unemulated_run(row, layer, x)
     with KernelCalls() as calls:
         y, _, grads, forward = forward_backward(layer, x, upstream, calls.read)
@@ -237,7 +246,7 @@ def test_coverage_cell(row, preset):
     # The output, the input's gradient and some weight's gradient (biases are added after
     # the GEMM: theirs is the unrounded error) differ from the FP32 run's.
     assert changed[0] and changed[1] and (len(changed) == 2 or any(changed[2:])), changed
-    for kernel in ("INT16 GEMM", "BF16 GEMM"):
+    for kernel in KERNELS:
         if cell == kernel:
             assert forward[kernel] > 0, f"forward pass not on the {kernel}"
             assert total[kernel] > forward[kernel], f"backward pass not on the {kernel}"
