@@ -9,6 +9,7 @@
 #include "accumulation_gemm.h"
 #include "batched_gemm_common.h"
 #include "float_environment.h"
+#include "float_format_attrs.h"
 #include "number_formats.h"
 #include "philox.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -31,21 +32,8 @@ class AccumulationMatmulOp : public OpKernel {
  public:
   explicit AccumulationMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     FloatFormatSpec spec;
-    std::string nan_encoding, overflow, rounding, isa;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("exponent_bits", &spec.exponent_bits));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mantissa_bits", &spec.mantissa_bits));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("exponent_bias", &spec.exponent_bias));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("subnormals", &spec.subnormals));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("nan_encoding", &nan_encoding));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("overflow", &overflow));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("flush_input_denormals", &spec.flush_input_denormals));
-    spec.nan_encoding = nan_encoding == "all_ones"        ? NanEncoding::kAllOnes
-                        : nan_encoding == "negative_zero" ? NanEncoding::kNegativeZero
-                        : nan_encoding == "none"          ? NanEncoding::kNone
-                                                          : NanEncoding::kIeee;
-    spec.overflow = overflow == "saturate" ? Overflow::kSaturate
-                    : overflow == "nan"    ? Overflow::kNan
-                                           : Overflow::kInfinity;
+    std::string rounding, isa;
+    OP_REQUIRES_OK(ctx, GetFloatFormatAttrs(ctx, &spec));
     const std::string error = DeriveFloatGrid(spec, &grid_);
     OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "float_format_attrs.h"
 #include "number_formats.h"
 #include "philox.h"
 #include "rounding_loops.h"
@@ -97,21 +98,7 @@ class RoundToFloatFormatOp : public OpKernel {
  public:
   explicit RoundToFloatFormatOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     FloatFormatSpec spec;
-    std::string nan_encoding, overflow;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("exponent_bits", &spec.exponent_bits));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("mantissa_bits", &spec.mantissa_bits));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("exponent_bias", &spec.exponent_bias));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("subnormals", &spec.subnormals));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("nan_encoding", &nan_encoding));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("overflow", &overflow));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("flush_input_denormals", &spec.flush_input_denormals));
-    spec.nan_encoding = nan_encoding == "all_ones"        ? NanEncoding::kAllOnes
-                        : nan_encoding == "negative_zero" ? NanEncoding::kNegativeZero
-                        : nan_encoding == "none"          ? NanEncoding::kNone
-                                                          : NanEncoding::kIeee;
-    spec.overflow = overflow == "saturate" ? Overflow::kSaturate
-                    : overflow == "nan"    ? Overflow::kNan
-                                           : Overflow::kInfinity;
+    OP_REQUIRES_OK(ctx, GetFloatFormatAttrs(ctx, &spec));
     const std::string error = DeriveFloatGrid(spec, &grid_);
     OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
     GetCommonAttrs(ctx, &rounding_, &random_bits_, &loops_);

@@ -3,38 +3,28 @@
 // kernels/accumulation_gemm_kernels.cc; the Python wrapper in
 // tf_lowprec/gemm/accumulation.py.
 #include "batched_gemm_shape.h"
+#include "float_format_op_def.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tf_lowprec {
 
 using ::tensorflow::Status;
-using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
-using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("LowprecAccumulationMatmul")
     .Input("a: float")
     .Input("b: float")
     .Input("seed: int64")
     .Output("product: float")
-    .Attr("exponent_bits: int")
-    .Attr("mantissa_bits: int")
-    .Attr("exponent_bias: int")
-    .Attr("subnormals: bool = true")
-    .Attr("nan_encoding: {'ieee', 'all_ones', 'negative_zero', 'none'} = 'ieee'")
-    .Attr("overflow: {'saturate', 'infinity', 'nan'} = 'infinity'")
-    .Attr("flush_input_denormals: bool = false")
+    TF_LOWPREC_FLOAT_FORMAT_ATTRS
     .Attr("chunk_size: int = 0")
     .Attr("rounding: {'nearest_even', 'stochastic', 'toward_zero'} = 'nearest_even'")
     .Attr("transpose_a: bool = false")
     .Attr("transpose_b: bool = false")
     .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle seed;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &seed));
-      DimensionHandle unused;
-      TF_RETURN_IF_ERROR(c->WithValue(c->Dim(seed, 0), 2, &unused));
+      TF_RETURN_IF_ERROR(CheckSeedShape(c, 2));
       return BatchedGemmShape(c, 1);
     })
     .Doc(R"doc(

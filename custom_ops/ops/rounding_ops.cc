@@ -1,5 +1,6 @@
 // Registration and shape functions of the rounding ops.  Kernels live in
-// kernels/rounding_kernels.cc; the Python wrappers in tf_lowprec/rounding.py.
+// kernels/rounding_kernels.cc; the Python wrappers in tf_lowprec/numerics/rounding.py.
+#include "float_format_op_def.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -10,29 +11,11 @@ using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 
-namespace {
-
-// The seed is a pair of int64, like TensorFlow's stateless random ops.
-absl::Status CheckSeedShape(InferenceContext* c, int input) {
-  ShapeHandle seed;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 1, &seed));
-  DimensionHandle unused;
-  return c->WithValue(c->Dim(seed, 0), 2, &unused);
-}
-
-}  // namespace
-
 REGISTER_OP("LowprecRoundToFloatFormat")
     .Input("x: float")
     .Input("seed: int64")
     .Output("y: float")
-    .Attr("exponent_bits: int")
-    .Attr("mantissa_bits: int")
-    .Attr("exponent_bias: int")
-    .Attr("subnormals: bool = true")
-    .Attr("nan_encoding: {'ieee', 'all_ones', 'negative_zero', 'none'} = 'ieee'")
-    .Attr("overflow: {'saturate', 'infinity', 'nan'} = 'infinity'")
-    .Attr("flush_input_denormals: bool = false")
+    TF_LOWPREC_FLOAT_FORMAT_ATTRS
     .Attr("rounding: {'nearest_even', 'stochastic', 'toward_zero'} = 'nearest_even'")
     .Attr("random_bits: int = 32")
     .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
