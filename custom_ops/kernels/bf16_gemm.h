@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "batched_gemm_operands.h"
 #include "cpu_features.h"
 #include "parallel_for.h"
 
@@ -33,17 +34,7 @@ namespace tf_lowprec {
 namespace bf16_gemm {
 
 // One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
-struct Problem {
-  int64_t batch = 1, m = 0, n = 0, k = 0;
-  // a: per batch [m, k] row-major, or [k, m] when transpose_a.  A batch
-  // stride of 0 broadcasts one matrix over the batch.
-  const float* a = nullptr;
-  int64_t a_batch_stride = 0;
-  bool transpose_a = false;
-  // b: per batch [k, n] row-major, or [n, k] when transpose_b.
-  const float* b = nullptr;
-  int64_t b_batch_stride = 0;
-  bool transpose_b = false;
+struct Problem : BatchedGemmOperands {
   float* out = nullptr;  // [batch, m, n] row-major
 };
 

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 
+#include "batched_gemm_operands.h"
 #include "cpu_features.h"
 #include "parallel_for.h"
 
@@ -35,17 +36,7 @@ namespace dfp_gemm {
 constexpr int32_t kMaxMantissa = 32767;
 
 // One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
-struct Problem {
-  int64_t batch = 1, m = 0, n = 0, k = 0;
-  // a: per batch [m, k] row-major, or [k, m] when transpose_a.  A batch
-  // stride of 0 broadcasts one matrix over the batch.
-  const float* a = nullptr;
-  int64_t a_batch_stride = 0;
-  bool transpose_a = false;
-  // b: per batch [k, n] row-major, or [n, k] when transpose_b.
-  const float* b = nullptr;
-  int64_t b_batch_stride = 0;
-  bool transpose_b = false;
+struct Problem : BatchedGemmOperands {
   // Shared exponents: ea[batch, row, block] and eb[batch, block, col], given
   // by strides (0 broadcasts).  Blocks have block_size elements along K.
   const int32_t* ea = nullptr;
