@@ -171,6 +171,37 @@ def _patches_by_slices(x, kh, kw, strides, padding, dilations):
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
 
+def patches_cover_input(x, kh, kw, strides, padding, dilations):
+    """Whether every element of NHWC `x` lies in some patch of the convolution.
+
+    False where a stride or dilation skips rows or columns (or VALID padding
+    drops the last ones), and where the spatial sizes are not static.  Where
+    True, the patches and x have the same largest magnitude.
+
+    >>> import tensorflow as tf
+    >>> x = tf.zeros([1, 5, 5, 1])
+    >>> patches_cover_input(x, 3, 3, (1, 1), "VALID", (1, 1))
+    True
+    >>> patches_cover_input(x, 1, 1, (2, 2), "VALID", (1, 1))
+    False
+    """
+    def covered(size, k, s, d):
+        span = (k - 1) * d + 1
+        if padding == "VALID":
+            out, before = max((size - span) // s + 1, 0), 0
+        else:
+            out = -(-size // s)
+            before = max((out - 1) * s + span - size, 0) // 2
+        seen = {i * s + j * d - before for i in range(out) for j in range(k)}
+        return all(p in seen for p in range(size))
+
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        return False
+    return (covered(height, kh, strides[0], dilations[0])
+            and covered(width, kw, strides[1], dilations[1]))
+
+
 def image_patches(x, kh, kw, strides, padding, dilations):
     """The patches of `tf.image.extract_patches`, with that op's gradient (col2im).
 

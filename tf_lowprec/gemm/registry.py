@@ -47,6 +47,11 @@ class Accumulator:
         grouped or depthwise convolution (filters [kh, kw, C / groups, O]).
       batched_matmul: whether `matmul` broadcasts [..., k] @ [k, n]; if not,
         only 2-D products run on it.
+      quantizing_kernels: whether `matmul` and `conv2d` also take `fmt`,
+        `rounding` and `backward_rounding` and quantize their operands (and,
+        in the gradient, the error) themselves, with straight-through
+        gradients: the emulation then hands them the unrounded operands
+        where that gives the same bits (`LayerContext.kernel_format`).
       operand_roles: roles that must have a format `operand_format` accepts.
       operand_format: predicate on a format object.
       requirement: the error message when a spec breaks the constraint.
@@ -56,6 +61,7 @@ class Accumulator:
     matmul: typing.Optional[typing.Callable] = None
     conv2d: typing.Optional[typing.Callable] = None
     batched_matmul: bool = False
+    quantizing_kernels: bool = False
     operand_roles: tuple = ()
     operand_format: typing.Optional[typing.Callable] = None
     requirement: str = ""
@@ -111,10 +117,16 @@ register(Accumulator(
     matmul=dfp_gemm.dfp_matmul,
     conv2d=dfp_gemm.dfp_conv2d,
     batched_matmul=True,
+    quantizing_kernels=True,
     operand_roles=("activations", "weights"),
-    operand_format=lambda fmt: fmt.integer_mantissas,
+    # Per-block exponents are refused: they would have to run along each GEMM's
+    # reduction axis (not fmt.axis), and the convolutions have one exponent per
+    # tensor (docs/dfp_gemm.md).
+    operand_format=lambda fmt: fmt.integer_mantissas and getattr(fmt, "block_size",
+                                                                 None) is None,
     requirement=("accumulator='int32' needs DfpFormat activations and weights (integer "
-                 "mantissas); use accumulator='fp32' for float formats"),
+                 "mantissas) with one exponent per tensor (block_size=None); use "
+                 "accumulator='fp32' for float formats and block-scaled DFP"),
 ))
 register(Accumulator(
     "bf16_dot",
