@@ -8,7 +8,8 @@ round (tracing) is discarded and the fastest round of each mode is reported:
 on a shared machine the minimum is the estimate least disturbed by others.
 
     python benchmarks/bench_policies.py                 # prints a Markdown table
-    python benchmarks/bench_policies.py --out benchmarks/results/policies.md
+    python benchmarks/bench_policies.py --out benchmarks/results/policies.md  # + .json
+    python benchmarks/bench_policies.py --models MLP,CNN --modes dfp16
 
 Targets (issue 4): bf16 <= 1.10x, fp8 <= 1.15x, stochastic rounding <= 1.25x; the
 "bf16_native" preset (BF16 GEMMs on the AVX512_BF16 instructions, bit-identical to its
@@ -135,8 +136,11 @@ def main():
         + " |",
         "|---|---|" + "---|" * (len(modes) - 1),
     ]
+    results = {}
     for name in args.models.split(","):
         result = bench_model(name, args.steps, args.repeats, modes)
+        results[name] = {mode: {"seconds_per_step": t, "ratio_to_fp32": t / result["fp32"]}
+                         for mode, t in result.items()}
         base = result["fp32"]
         cells = [f"{result[m] / base:.2f}x (<= {MODEL_TARGETS.get((m, name), TARGETS[m]):.2f})"
                  for m in modes if m != "fp32"]
@@ -144,9 +148,10 @@ def main():
         print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    if args.out:  # <stem>.md and <stem>.json (with the command, CPU and tiers)
+        stem = os.path.splitext(os.path.basename(args.out))[0]
+        results_io.write(os.path.dirname(args.out) or ".", stem, results_io.metadata(),
+                         results, lines)
 
 
 if __name__ == "__main__":
