@@ -104,7 +104,9 @@ def test_stochastic_rounding_keeps_the_explicit_rounding():
     assert any(t.startswith("LowprecQuantize") for t in _op_types(layer, (3, 5)))
 
 
-def test_block_scaled_dfp_with_int32_accumulator_is_refused():
-    block = lp.DfpFormat(16, block_size=32)
-    with pytest.raises(ValueError, match="block_size=None"):
-        lp.PrecisionSpec(activations=block, weights=block, errors=block, accumulator="int32")
+@pytest.mark.parametrize("fmt", [lp.DfpFormat(16, block_size=32), lp.DfpFormat(20)],
+                         ids=["block_scaled", "20_bits"])
+def test_dfp_the_int16_gemm_cannot_hold_is_refused_with_int32_accumulator(fmt):
+    # Both were re-quantized to per-tensor DFP16 inside the GEMM (lossy) before.
+    with pytest.raises(ValueError, match="at most 16 bits with one exponent per tensor"):
+        lp.PrecisionSpec(activations=fmt, weights=fmt, errors=fmt, accumulator="int32")

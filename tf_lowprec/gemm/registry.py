@@ -122,11 +122,12 @@ register(Accumulator(
     # Per-block exponents are refused: they would have to run along each GEMM's
     # reduction axis (not fmt.axis), and the convolutions have one exponent per
     # tensor (docs/dfp_gemm.md).
-    operand_format=lambda fmt: fmt.integer_mantissas and getattr(fmt, "block_size",
-                                                                 None) is None,
+    operand_format=lambda fmt: (fmt.integer_mantissas and fmt.bits <= dfp_gemm.MAX_BITS
+                                and getattr(fmt, "block_size", None) is None),
     requirement=("accumulator='int32' needs DfpFormat activations and weights (integer "
-                 "mantissas) with one exponent per tensor (block_size=None); use "
-                 "accumulator='fp32' for float formats and block-scaled DFP"),
+                 f"mantissas) of at most {dfp_gemm.MAX_BITS} bits with one exponent per "
+                 "tensor (block_size=None); use accumulator='fp32' for float formats, wider "
+                 "DFP and block-scaled DFP"),
 ))
 register(Accumulator(
     "bf16_dot",
