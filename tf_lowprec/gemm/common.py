@@ -171,6 +171,70 @@ def _patches_by_slices(x, kh, kw, strides, padding, dilations):
     return parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
 
 
+def patches_cover_input(x, kh, kw, strides, padding, dilations):
+    """Whether every element of NHWC `x` lies in some patch of the convolution.
+
+    False where a stride or dilation skips rows or columns (or VALID padding
+    drops the last ones), and where the spatial sizes are not static.  Where
+    True, the patches and x have the same largest magnitude.
+
+    >>> import tensorflow as tf
+    >>> x = tf.zeros([1, 5, 5, 1])
+    >>> patches_cover_input(x, 3, 3, (1, 1), "VALID", (1, 1))
+    True
+    >>> patches_cover_input(x, 1, 1, (2, 2), "VALID", (1, 1))
+    False
+    """
+    def covered(size, k, s, d):
+        span = (k - 1) * d + 1
+        if padding == "VALID":
+            out, before = max((size - span) // s + 1, 0), 0
+        else:
+            out = -(-size // s)
+            before = max((out - 1) * s + span - size, 0) // 2
+        seen = {i * s + j * d - before for i in range(out) for j in range(k)}
+        return all(p in seen for p in range(size))
+
+    height, width = x.shape[1], x.shape[2]
+    if height is None or width is None:
+        return False
+    return (covered(height, kh, strides[0], dilations[0])
+            and covered(width, kw, strides[1], dilations[1]))
+
+
+def _col2im_by_slices(dpatches, x, kh, kw, strides, padding, dilations):
+    """ExtractImagePatches' gradient (col2im) for stride 1, without its transposes; else None.
+
+    That gradient sums, for each input element, the patch gradients in the
+    order of the flattened patches (h', w', i, j): ascending h' and w' is
+    descending kernel offsets i, then j.  Here each offset's [N, H', W', C]
+    slice is padded into place and added to a running FP32 sum in that same
+    order, starting from zeros as the segment sum does: the same additions in
+    the same order, so the same bits (tests/test_gemm_common.py), with no
+    [H', W', kh, kw, N, C] transpose, index tensor or segment sum.
+    """
+    if tuple(strides) != (1, 1):
+        return None
+    (dh, dw), (height, width), channels = dilations, x.shape[1:3], x.shape[3]
+    if height is None or width is None or channels is None:
+        return None
+    out_h, out_w = dpatches.shape[1], dpatches.shape[2]
+    if out_h is None or out_w is None or out_h == 0 or out_w == 0:
+        return None
+    top = left = 0
+    padded_h, padded_w = out_h + (kh - 1) * dh, out_w + (kw - 1) * dw
+    if padding == "SAME":
+        top, left = (padded_h - height) // 2, (padded_w - width) // 2
+    total = tf.zeros(tf.stack([tf.shape(dpatches)[0], padded_h, padded_w, channels]),
+                     dpatches.dtype)
+    for i in reversed(range(kh)):
+        for j in reversed(range(kw)):
+            part = dpatches[..., (i * kw + j) * channels:(i * kw + j + 1) * channels]
+            total = total + tf.pad(part, [[0, 0], [i * dh, padded_h - out_h - i * dh],
+                                          [j * dw, padded_w - out_w - j * dw], [0, 0]])
+    return total[:, top:top + height, left:left + width, :]
+
+
 def image_patches(x, kh, kw, strides, padding, dilations):
     """The patches of `tf.image.extract_patches`, with that op's gradient (col2im).
 
@@ -188,6 +252,9 @@ def image_patches(x, kh, kw, strides, padding, dilations):
     @tf.custom_gradient
     def patches(v):
         def grad(dpatches):
+            summed = _col2im_by_slices(dpatches, v, kh, kw, strides, padding, dilations)
+            if summed is not None:
+                return summed
             with tf.GradientTape() as tape:
                 tape.watch(v)
                 # Only its op and shapes are read by the gradient: the forward

@@ -224,11 +224,17 @@ def dfp_matmul(
             overflow["count"] = overflowed
 
             def grad(dy):
-                # Per-tensor formats round the error once, here; both backward
-                # GEMMs then quantize it again, losslessly (DFP is idempotent).
-                # Per-block formats round it inside each GEMM, along that
-                # GEMM's reduction axis.
-                if fmt.block_size is None:
+                # Rounded to nearest, a per-tensor error is quantized by each
+                # backward GEMM while it packs it (the fused kernel: one
+                # quantization per GEMM, no rounded copy of dy).  Stochastic
+                # rounding draws once, here, for both GEMMs, which then
+                # quantize it again losslessly (DFP is idempotent).  Per-block
+                # formats round it inside each GEMM, along that GEMM's
+                # reduction axis.
+                if (fmt.block_size is None and backward_rounding == "nearest_even"
+                        and rounding_lib.use_kernel(implementation)):
+                    dyq, dr = dy, "nearest_even"
+                elif fmt.block_size is None:
                     dyq = quantize_operand(dy, fmt, -1, backward_rounding, seed_dy,
                                            implementation)[0]
                     dr = "nearest_even"
@@ -336,12 +342,20 @@ def dfp_conv2d(
         _gemm_common.check_conv_operands(x, filters, "dfp_conv2d", groups)
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
-        # Quantized once per tensor (straight-through gradients); the GEMM's own
-        # per-tensor quantization of the patches is then lossless.
-        xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed,
-                                       implementation=implementation)
-        wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1),
-                                       implementation=implementation)
+        kh, kw = filters.shape[0], filters.shape[1]
+        if (rounding == "nearest_even" and rounding_lib.use_kernel(implementation)
+                and _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)):
+            # Every element of x is in some patch, so the patches' largest
+            # magnitude is x's and the GEMM's per-tensor quantization (fused
+            # into its packing) is quantize_dfp(x)'s: the only one.
+            xq, wq = x, filters
+        else:
+            # Quantized once per tensor (straight-through gradients); the GEMM's
+            # own per-tensor quantization of the patches is then lossless.
+            xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed,
+                                           implementation=implementation)
+            wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1),
+                                           implementation=implementation)
 
         def matmul(columns, weights):
             return dfp_matmul(columns, weights, fmt, seed=seed,

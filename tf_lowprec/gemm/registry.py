@@ -50,6 +50,11 @@ class Accumulator:
       stochastic: whether `matmul` and `conv2d` round randomly and take a
         `seed` (an int64[2] stateless seed; the emulation passes one derived
         from the layer call, so the sums are reproducible from the Keras seed).
+      quantizing_kernels: whether `matmul` and `conv2d` also take `fmt`,
+        `rounding` and `backward_rounding` and quantize their operands (and,
+        in the gradient, the error) themselves, with straight-through
+        gradients: the emulation then hands them the unrounded operands
+        where that gives the same bits (`LayerContext.kernel_format`).
       operand_roles: roles that must have a format `operand_format` accepts.
       operand_format: predicate on a format object.
       requirement: the error message when a spec breaks the constraint.
@@ -60,6 +65,7 @@ class Accumulator:
     conv2d: typing.Optional[typing.Callable] = None
     batched_matmul: bool = False
     stochastic: bool = False
+    quantizing_kernels: bool = False
     operand_roles: tuple = ()
     operand_format: typing.Optional[typing.Callable] = None
     requirement: str = ""
@@ -116,10 +122,17 @@ register(Accumulator(
     matmul=dfp_gemm.dfp_matmul,
     conv2d=dfp_gemm.dfp_conv2d,
     batched_matmul=True,
+    quantizing_kernels=True,
     operand_roles=("activations", "weights"),
-    operand_format=lambda fmt: fmt.integer_mantissas,
+    # Per-block exponents are refused: they would have to run along each GEMM's
+    # reduction axis (not fmt.axis), and the convolutions have one exponent per
+    # tensor (docs/dfp_gemm.md).
+    operand_format=lambda fmt: (fmt.integer_mantissas and fmt.bits <= dfp_gemm.MAX_BITS
+                                and getattr(fmt, "block_size", None) is None),
     requirement=("accumulator='int32' needs DfpFormat activations and weights (integer "
-                 "mantissas); use accumulator='fp32' for float formats"),
+                 f"mantissas) of at most {dfp_gemm.MAX_BITS} bits with one exponent per "
+                 "tensor (block_size=None); use accumulator='fp32' for float formats, wider "
+                 "DFP and block-scaled DFP"),
 ))
 register(Accumulator(
     "bf16_dot",

@@ -271,16 +271,44 @@ class LayerContext:
 
         return chain(0, x)
 
-    def gemm(self, op, operands):
+    def kernel_format(self):
+        """The format the accumulator's kernels quantize to themselves, or None.
+
+        Where the accumulator's GEMMs quantize their own operands and error
+        (`quantizing_kernels`: the INT16 GEMM, which rounds to nearest while
+        packing) and that gives the bits of the explicit rounding — the
+        activations, weights and errors share one per-tensor format, all
+        rounded to nearest even, with no weight-gradient format — the
+        emulation hands the kernel the unrounded operands: one quantization
+        per operand per GEMM, no rounded copy.  None (explicit rounding) while
+        a role hook is installed, since hooks observe the rounded tensors.
+        """
+        if _role_hooks:
+            return None
+        if not gemm_registry.get(self.spec.accumulator).quantizing_kernels:
+            return None
+        entries = {self.spec.role(r) for r in ("activations", "weights", "errors")}
+        if len(entries) != 1 or self.spec.role("weight_gradients") is not None:
+            return None
+        entry = entries.pop()
+        if entry is None or entry[1] != "nearest_even":
+            return None
+        fmt = entry[0]
+        return fmt if getattr(fmt, "block_size", None) is None else None
+
+    def gemm(self, op, operands, quantized_by_kernel=False):
         """`op(*rounded operands)` with the output's gradient rounded as an error.
 
         `operands` is a list of (tensor, role) pairs; the result is None when an
         operand is not float32 (the caller then runs the op unemulated).  For a
         model compiled with an error-scaling optimizer, the error is scaled
         before it is rounded and the operands' gradients are unscaled
-        (`ErrorScaling`).
+        (`ErrorScaling`).  `quantized_by_kernel`: `op` runs the accumulator's
+        kernels bound to `kernel_format()`, which quantize the operands and
+        the error themselves, so they are not rounded here.
         """
         scaling = ErrorScaling.for_context(self)
+        quantized_by_kernel = quantized_by_kernel and self.kernel_format() is not None
         tensors = []
         for x, role in operands:
             if role == "weights" and _is_variable(x) and _in_while_body():
@@ -300,8 +328,10 @@ class LayerContext:
                 # Before the operand's quantizer, so that a weight gradient it
                 # rounds is rounded while still scaled.
                 x = scaling.unscale(x)
-            tensors.append(self.round(x, role))
-        y = self.round(op(*tensors), "errors")
+            tensors.append(x if quantized_by_kernel else self.round(x, role))
+        y = op(*tensors)
+        if not quantized_by_kernel:
+            y = self.round(y, "errors")
         return y if scaling is None else scaling.scale_errors(y)
 
     def _round_weights_before_loop(self, variable):
@@ -518,10 +548,12 @@ def accumulator_gemm(accumulator, name):
 
 
 def _gemm_options(context):
-    """The accumulator GEMM's keyword arguments: implementation, and the seed of stochastic sums."""
+    """The accumulator GEMM's keyword arguments: implementation, the seed of stochastic sums,
+    and the format a quantizing kernel rounds its operands to (`_kernel_options`)."""
     seeded = gemm_registry.get(context.spec.accumulator).stochastic
     return dict(implementation=context.implementation,
-                **({"seed": context.seed("accumulator")} if seeded else {}))
+                **({"seed": context.seed("accumulator")} if seeded else {}),
+                **_kernel_options(context))
 
 
 # Emulated backend functions.  Each takes the LayerContext and the backend's
@@ -542,6 +574,14 @@ def _flattened_matmul(op):
         return tf.reshape(y, tf.concat([tf.shape(x1)[:-1], tf.shape(x2)[-1:]], 0))
 
     return matmul
+
+
+def _kernel_options(context):
+    """Keyword arguments binding a quantizing kernel to `context.kernel_format()` (or {})."""
+    fmt = context.kernel_format()
+    if fmt is None:
+        return {}
+    return {"fmt": fmt, "rounding": "nearest_even", "backward_rounding": "nearest_even"}
 
 
 def _accumulator_matmul(context):
@@ -566,7 +606,8 @@ def matmul(context, original, x1, x2):
     if kernel is not None and None not in (rank1, rank2) and (batched or rank2 <= 2) and (
             min(rank1, rank2) >= 1):
         op = lambda a, b: gemm_common.matmul_any_rank(kernel, a, b)  # noqa: E731
-    y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))])
+    y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))],
+                     quantized_by_kernel=op is not original)
     return original(x1, x2) if y is None else y
 
 
@@ -590,15 +631,21 @@ def _pair_product(context, fallback, equation, a, b, roles):
     """
     kernel, batched = _accumulator_matmul(context)
     op = fallback
+    by_kernel = kernel is not None and context.kernel_format() is not None
     if kernel is not None:
         (a_terms, b_terms), out_terms = gemm_common.parse_einsum(equation, [_rank(a), _rank(b)])
 
         def op(x, y):
             product = gemm_common.einsum_pair_as_matmul(kernel, a_terms, b_terms, out_terms, x,
                                                         y, batched=batched)
-            return fallback(x, y) if product is None else product
+            if product is not None:
+                return product
+            if by_kernel:  # the FP32 op: it needs the rounded operands and error
+                return context.round(fallback(context.round(x, roles[0]),
+                                              context.round(y, roles[1])), "errors")
+            return fallback(x, y)
 
-    return context.gemm(op, [(a, roles[0]), (b, roles[1])])
+    return context.gemm(op, [(a, roles[0]), (b, roles[1])], quantized_by_kernel=by_kernel)
 
 
 def einsum(context, original, subscripts, *operands, **kwargs):
@@ -717,11 +764,13 @@ def _accumulator_conv2d(context, inputs, kernel, options, depthwise=False):
 
 def _conv_like(name):
     def emulated(context, original, inputs, kernel, *args, **kwargs):
-        op = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
+        fallback = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
+        op = fallback
         if name in ("conv", "depthwise_conv"):
             op = _accumulator_conv2d(context, inputs, kernel, _conv_arguments(args, kwargs),
-                                     depthwise=name == "depthwise_conv") or op
-        y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))])
+                                     depthwise=name == "depthwise_conv") or fallback
+        y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))],
+                         quantized_by_kernel=op is not fallback)
         return original(inputs, kernel, *args, **kwargs) if y is None else y
 
     emulated.__name__ = name
