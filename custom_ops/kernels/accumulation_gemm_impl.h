@@ -372,15 +372,16 @@ inline __m256 FastStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
   return h;
 }
 
-// fmt(acc + a * b) on 8 lanes, nearest-even, for operands whose products
-// are float32 values (ShortOperands): the sum acc + p is rounded to odd at
-// 24 bits (TwoSum's error says whether, and on which side, the float32 sum
-// s is inexact; where it is and s is even, s moves one ulp toward the exact
-// sum), and rounding that to a format of at most 22 significand bits is
-// rounding the exact sum (accumulation_step.h's argument at float32
-// precision; RoundToOddApplies states the conditions).  No ties to look at.
-template <bool kHalf>
-inline __m256 ShortStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
+// acc + a * b rounded to odd at float32 precision, for products that are
+// float32 values: TwoSum's error e says whether, and on which side, the
+// float32 sum s is inexact; where it is and s is even, s moves one ulp
+// toward the exact sum.  The callers round `odd` to the format and check
+// `s` for overflow and NaN.
+struct OddSum8 {
+  __m256 s, odd;  // the float32 sum, and that sum rounded to odd
+};
+
+inline OddSum8 SumRoundedToOdd8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
   const __m256 p = _mm256_mul_ps(a, b);
   const __m256 s = _mm256_add_ps(acc, p);
   const __m256 p_part = _mm256_sub_ps(s, acc);
@@ -395,7 +396,21 @@ inline __m256 ShortStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
       _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), one);
   const __m256 odd = _mm256_castsi256_ps(_mm256_add_epi32(
       s_bits, _mm256_and_si256(_mm256_and_si256(even, inexact), direction)));
-  const __m256 h = RoundFormat8<kHalf>(odd, c);
+  return {s, odd};
+}
+
+// fmt(acc + a * b) on 8 lanes, nearest-even, for operands whose products
+// are float32 values (ShortOperands): the sum acc + p is rounded to odd at
+// 24 bits (TwoSum's error says whether, and on which side, the float32 sum
+// s is inexact; where it is and s is even, s moves one ulp toward the exact
+// sum), and rounding that to a format of at most 22 significand bits is
+// rounding the exact sum (accumulation_step.h's argument at float32
+// precision; RoundToOddApplies states the conditions).  No ties to look at.
+template <bool kHalf>
+inline __m256 ShortStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
+  const OddSum8 sum = SumRoundedToOdd8(acc, a, b, c);
+  const __m256 s = sum.s;
+  const __m256 h = RoundFormat8<kHalf>(sum.odd, c);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
   // Overflow and NaN/Inf lanes (s or e not finite, h beyond the format's
   // finite values) are recomputed by the definition.
@@ -430,20 +445,9 @@ inline __m256 RoundByMagic8(__m256 x, const Format8& c) {
 // tiles by the definition (ShortChunkFallback).
 inline __m256 ShortStepDeferred8(__m256 acc, __m256 a, __m256 b, const Format8& c,
                                  __m256* bad) {
-  const __m256 p = _mm256_mul_ps(a, b);
-  const __m256 s = _mm256_add_ps(acc, p);
-  const __m256 p_part = _mm256_sub_ps(s, acc);
-  const __m256 e = _mm256_add_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p_part)),
-                                 _mm256_sub_ps(p, p_part));
-  const __m256i s_bits = _mm256_castps_si256(s);
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(s_bits, one), _mm256_setzero_si256());
-  const __m256i inexact = _mm256_castps_si256(_mm256_cmp_ps(e, c.zero, _CMP_NEQ_UQ));
-  const __m256i direction = _mm256_or_si256(
-      _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), one);
-  const __m256 odd = _mm256_castsi256_ps(_mm256_add_epi32(
-      s_bits, _mm256_and_si256(_mm256_and_si256(even, inexact), direction)));
-  const __m256 h = RoundByMagic8(odd, c);
+  const OddSum8 sum = SumRoundedToOdd8(acc, a, b, c);
+  const __m256 s = sum.s;
+  const __m256 h = RoundByMagic8(sum.odd, c);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
   *bad = _mm256_or_ps(
       *bad, _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
