@@ -161,7 +161,8 @@ def test_float_format_repr():
     assert "exponent_bias=11" in repr(lp.HFP8_FORWARD)
     # repr evaluates back to an equal format.
     for fmt in formats.PRESETS.values():
-        assert eval(repr(fmt), {"FloatFormat": FloatFormat, "DfpFormat": DfpFormat}) == fmt
+        assert eval(repr(fmt), {"FloatFormat": FloatFormat, "DfpFormat": DfpFormat,
+                           "BlockFormat": lp.BlockFormat}) == fmt
 
 
 def test_dfp_format_repr():
@@ -312,7 +313,7 @@ def test_formats_are_immutable_values(fmt):
 def test_every_format_kind_is_declared_once():
     from tf_lowprec.numerics import rounding
 
-    assert set(formats.KINDS) == set(rounding.QUANTIZERS) == {"float", "dfp"}
+    assert set(formats.KINDS) == set(rounding.QUANTIZERS) == {"float", "dfp", "block"}
     for preset in formats.PRESETS.values():
         kind = formats.KINDS[preset.kind]
         assert isinstance(preset, kind.cls)
@@ -324,5 +325,5 @@ def test_every_format_kind_is_declared_once():
     assert not formats.BF16.needs_loss_scaling and not formats.DFP16.needs_loss_scaling
     with pytest.raises(ValueError, match="already registered"):
         formats.register_kind(formats.FormatKind("float", formats.FloatFormat, "exponent_bits"))
-    with pytest.raises(ValueError, match="unknown format class 'MxFormat'.*DfpFormat, FloatFormat"):
+    with pytest.raises(ValueError, match="unknown format class 'MxFormat'.*BlockFormat, DfpFormat, FloatFormat"):
         formats.get({"class_name": "MxFormat", "config": {}})

@@ -34,6 +34,19 @@ from tf_lowprec.numerics.formats import (
     FP32,
     HFP8_BACKWARD,
     HFP8_FORWARD,
+    E2M1,
+    E2M3,
+    E3M2,
+    E5M2_SATURATING,
+    INT8_MX,
+    MXFP4_E2M1,
+    MXFP6_E2M3,
+    MXFP6_E3M2,
+    MXFP8_E4M3,
+    MXFP8_E5M2,
+    MXINT8,
+    NVFP4,
+    BlockFormat,
     DfpFormat,
     FloatFormat,
 )
@@ -44,7 +57,13 @@ from tf_lowprec.export import export_saved_model
 from tf_lowprec.gemm.accumulation import Accumulator, matmul
 from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
 from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
-from tf_lowprec.numerics.rounding import quantize, quantize_dfp, round_gradient, round_to_format
+from tf_lowprec.numerics.rounding import (
+    quantize,
+    quantize_block_scaled,
+    quantize_dfp,
+    round_gradient,
+    round_to_format,
+)
 from tf_lowprec.keras.policy import Policy, PrecisionSpec, strip_policies
 from tf_lowprec.keras.coverage import (
     UnemulatedGemmError,
@@ -104,6 +123,19 @@ __all__ = [
     "FP32",
     "HFP8_BACKWARD",
     "HFP8_FORWARD",
+    "E2M1",
+    "E2M3",
+    "E3M2",
+    "E5M2_SATURATING",
+    "INT8_MX",
+    "MXFP4_E2M1",
+    "MXFP6_E2M3",
+    "MXFP6_E3M2",
+    "MXFP8_E4M3",
+    "MXFP8_E5M2",
+    "MXINT8",
+    "NVFP4",
+    "BlockFormat",
     "DfpFormat",
     "FloatFormat",
     "OpLibraryError",
@@ -120,6 +152,7 @@ __all__ = [
     "matmul",
     "precision_stats",
     "quantize",
+    "quantize_block_scaled",
     "quantize_dfp",
     "round_gradient",
     "round_to_format",

@@ -3,7 +3,8 @@
 `FloatFormat` describes a binary floating-point format with a sign bit,
 `exponent_bits`, `mantissa_bits` and an exponent bias; `DfpFormat` describes
 dynamic fixed point (integer mantissas with one shared exponent per tensor or
-per block).  The C++ kernels receive these fields as op attributes, the
+per block); `BlockFormat` describes block-scaled formats (OCP MX, NVFP4):
+elements of a small `FloatFormat` sharing one scale per block.  The C++ kernels receive these fields as op attributes, the
 pure-TensorFlow path (`tf_lowprec.numerics.tf_rounding`) and the NumPy reference
 (`tf_lowprec.numerics.reference`) read the derived quantities below.
 
@@ -408,6 +409,196 @@ class DfpFormat(_Immutable):
         return f"DfpFormat({', '.join(parts)})"
 
 
+SCALE_KINDS = ("e8m0",)
+NONFINITE_BLOCKS = ("nan", "pass_through")
+_E8M0_MIN_EXPONENT = -127
+_E8M0_MAX_EXPONENT = 127
+
+
+class BlockFormat(_Immutable):
+    """A block-scaled format: small elements sharing one scale per block.
+
+    A tensor is cut into blocks of `block_size` consecutive elements along
+    `axis` (the last block of a row may be shorter).  Each block has one
+    scale X; each element is stored as a value P of the `element` format and
+    stands for P * X.  This is the OCP Microscaling (MX) v1.0 layout (MXFP8,
+    MXFP6, MXFP4, MXINT8: 32 elements, a power-of-two E8M0 scale) and
+    NVIDIA's NVFP4 (16 E2M1 elements, an E4M3 scale, and one FP32 scale per
+    tensor).  The conversion from float32, step by step in float32
+    arithmetic, is in docs/block_formats.md; in short:
+
+    * `scale_format="e8m0"` (MX): X = 2^s with
+      s = floor(log2(amax)) - emax_elem, clamped to E8M0's -127..127, where
+      amax is the block's largest magnitude and emax_elem the exponent of the
+      element format's largest normal (`element.max_exponent`).  Elements are
+      `element`-rounded x / X; values beyond the element's largest normal
+      saturate ("clamped", as the MX specification says).
+    * a `FloatFormat` scale (NVFP4: E4M3): the block's decode scale
+      amax / element.max_value, times the tensor's encode scale when
+      `tensor_scale` (element.max_value * scale_format.max_value / the
+      tensor's amax), rounded to nearest even in `scale_format`.
+
+    Blocks with no non-zero element stay zero.  NaN and Inf: with
+    `nonfinite_blocks="nan"` (the default: a NaN scale, what the MX
+    reference implementation does) a block holding a NaN or ±Inf becomes
+    all NaN; with "pass_through" those elements keep their value and take no
+    part in the scale.  Elements are rounded with the rounding mode of the
+    call (`lp.quantize`): nearest even, stochastic or toward zero.
+
+    Args:
+      element: the `FloatFormat` of the elements (a preset name works).
+        It must saturate (`overflow="saturate"`) and its smallest value
+        must be at least 2^-22, so that every P * X is a float32 exactly.
+      block_size: elements per block, >= 1 (32 for MX, 16 for NVFP4).
+      scale_format: "e8m0" (power-of-two scales 2^-127..2^127) or a
+        `FloatFormat` that saturates (E4M3 for NVFP4).
+      tensor_scale: a second, per-tensor FP32 scale (NVFP4); float
+        `scale_format` only.
+      axis: the axis the blocks run along, -1 by default.  Inside a
+        policy, blocks run along each GEMM's reduction axis instead.
+      nonfinite_blocks: "nan" or "pass_through" (above).
+      name: optional short name.
+
+    >>> import tf_lowprec as lp
+    >>> lp.MXFP8_E4M3
+    BlockFormat(element='e4m3', block_size=32, name='mxfp8_e4m3')
+    >>> lp.NVFP4.element.max_value, lp.NVFP4.scale_format.max_value
+    (6.0, 448.0)
+    """
+
+    def __init__(self, element, block_size, *, scale_format="e8m0", tensor_scale=False,
+                 axis=-1, nonfinite_blocks="nan", name=None):
+        element = _element_format(element, "element")
+        if element.overflow != "saturate":
+            raise ValueError(
+                f"element must saturate (overflow='saturate': MX clamps values beyond the "
+                f"largest normal), got overflow={element.overflow!r}; use "
+                f"element.replace(overflow='saturate')")
+        if element.min_subnormal < 2.0**-22:
+            raise ValueError(
+                f"element's smallest value must be at least 2^-22 (so that every element "
+                f"times the smallest scale is a float32), got {element.min_subnormal!r}")
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        if isinstance(scale_format, str) and scale_format in SCALE_KINDS:
+            pass
+        else:
+            try:
+                scale_format = _element_format(scale_format, "scale_format")
+            except ValueError:
+                raise ValueError(
+                    f"scale_format must be 'e8m0' or a FloatFormat (e.g. lp.E4M3), got "
+                    f"{scale_format!r}") from None
+            if scale_format.overflow != "saturate":
+                raise ValueError(
+                    f"scale_format must saturate (overflow='saturate'), got "
+                    f"overflow={scale_format.overflow!r}")
+        if not isinstance(tensor_scale, bool):
+            raise ValueError(f"tensor_scale must be True or False, got {tensor_scale!r}")
+        if tensor_scale and scale_format == "e8m0":
+            raise ValueError("tensor_scale=True needs a FloatFormat scale_format (a power-of-two "
+                             "E8M0 scale already spans float32's range)")
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(f"axis must be an int, got {axis!r}")
+        _check_choice("nonfinite_blocks", nonfinite_blocks, NONFINITE_BLOCKS)
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name must be a string or None, got {name!r}")
+        self._set(element=element, block_size=block_size, scale_format=scale_format,
+                  tensor_scale=tensor_scale, axis=axis, nonfinite_blocks=nonfinite_blocks,
+                  name=name)
+
+    # What the package asks of a kind of format: the scales follow the data
+    # (no fixed largest value, no loss scale needed), the elements are floats.
+    kind = "block"
+    fixed_range = False
+    integer_mantissas = False
+    needs_loss_scaling = False
+
+    @property
+    def power_of_two_scales(self):
+        """Whether the scales are powers of two (E8M0, MX)."""
+        return self.scale_format == "e8m0"
+
+    @property
+    def element_emax(self):
+        """emax_elem of the MX specification: the exponent of the element's largest normal."""
+        return self.element.max_exponent
+
+    @property
+    def bits_per_element(self):
+        """Storage per element, the block's scale shared out (8 / 32 = 0.25 bit for MX)."""
+        scale_bits = 8 if self.power_of_two_scales else self.scale_format.bits
+        return self.element.bits + scale_bits / self.block_size
+
+    def get_config(self):
+        return {
+            "element": _format_config(self.element),
+            "block_size": self.block_size,
+            "scale_format": (self.scale_format if self.power_of_two_scales
+                             else _format_config(self.scale_format)),
+            "tensor_scale": self.tensor_scale,
+            "axis": self.axis,
+            "nonfinite_blocks": self.nonfinite_blocks,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(config.pop("element"), config.pop("block_size"), **config)
+
+    def replace(self, **changes):
+        """Returns a copy with some fields changed, e.g. `MXFP8_E4M3.replace(block_size=16)`."""
+        config = self.get_config()
+        if "name" not in changes:
+            config["name"] = None
+        config.update(changes)
+        return BlockFormat.from_config(config)
+
+    def _key(self):
+        return (self.element, self.block_size, self.scale_format, self.tensor_scale,
+                self.axis, self.nonfinite_blocks)
+
+    def __eq__(self, other):
+        return isinstance(other, BlockFormat) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(("BlockFormat", self._key()))
+
+    def __repr__(self):
+        parts = [f"element={_format_label(self.element)}", f"block_size={self.block_size}"]
+        if not self.power_of_two_scales:
+            parts.append(f"scale_format={_format_label(self.scale_format)}")
+        if self.tensor_scale:
+            parts.append("tensor_scale=True")
+        if self.axis != -1:
+            parts.append(f"axis={self.axis}")
+        if self.nonfinite_blocks != "nan":
+            parts.append(f"nonfinite_blocks={self.nonfinite_blocks!r}")
+        if self.name:
+            parts.append(f"name={self.name!r}")
+        return f"BlockFormat({', '.join(parts)})"
+
+
+def _element_format(value, name):
+    """A FloatFormat from a FloatFormat, a float preset name or a config."""
+    fmt = get(value)
+    if not isinstance(fmt, FloatFormat):
+        raise ValueError(f"{name} must be a FloatFormat, got {fmt!r}")
+    return fmt
+
+
+def _format_config(fmt):
+    """A preset's name, else the format's serialized config."""
+    if fmt.name in PRESETS and PRESETS[fmt.name] == fmt:
+        return fmt.name
+    return serialize(fmt)
+
+
+def _format_label(fmt):
+    return repr(fmt.name) if fmt.name in PRESETS and PRESETS[fmt.name] == fmt else repr(fmt)
+
+
 @dataclasses.dataclass(frozen=True)
 class FormatKind:
     """A kind of number format: its class, and the field that marks its bare configs."""
@@ -430,6 +621,7 @@ def register_kind(kind):
 
 register_kind(FormatKind("float", FloatFormat, "exponent_bits"))
 register_kind(FormatKind("dfp", DfpFormat, "bits"))
+register_kind(FormatKind("block", BlockFormat, "element"))
 
 
 # Presets.  Each follows the format's standard or paper; see docs/formats.md.
@@ -459,12 +651,28 @@ E5M2FNUZ = FloatFormat(5, 2, exponent_bias=16, infinities=False, nan="negative_z
 # treated as zero and denormal outputs flushed.
 BF16_INTEL = FloatFormat(8, 7, subnormals=False, input_denormals="flush", name="bf16_intel")
 DFP16 = DfpFormat(16, name="dfp16")
+# Element formats of OCP MX v1.0 (no Inf, no NaN; ml_dtypes' float6_e2m3fn,
+# float6_e3m2fn, float4_e2m1fn).  MXINT8's elements are 8-bit two's
+# complement integers times 2^-6: the uniform grid k/64, |k| <= 127, which
+# is exactly a float format with one exponent bit (code 0: 0.f * 2^0, code
+# 1: 1.f * 2^0) and six fraction bits.
+E2M3 = FloatFormat(2, 3, exponent_bias=1, infinities=False, nan="none", overflow="saturate",
+                   name="e2m3")
+E3M2 = FloatFormat(3, 2, exponent_bias=3, infinities=False, nan="none", overflow="saturate",
+                   name="e3m2")
+E2M1 = FloatFormat(2, 1, exponent_bias=1, infinities=False, nan="none", overflow="saturate",
+                   name="e2m1")
+INT8_MX = FloatFormat(1, 6, exponent_bias=1, infinities=False, nan="none", overflow="saturate",
+                      name="int8_mx")
+# MX elements saturate: E5M2 keeps its Inf code, but MX clamps overflows.
+E5M2_SATURATING = E5M2.replace(overflow="saturate", name="e5m2_saturating")
 
 PRESETS = {
     f.name: f
     for f in (FP32, BF16, FP16, E4M3, E5M2, HFP8_FORWARD, HFP8_BACKWARD, E4M3FNUZ, E5M2FNUZ,
-              BF16_INTEL, DFP16)
+              BF16_INTEL, DFP16, E2M3, E3M2, E2M1, INT8_MX, E5M2_SATURATING)
 }
+
 
 
 def get(identifier):
@@ -495,10 +703,23 @@ def get(identifier):
                 return kind.cls.from_config(identifier)
     raise ValueError(
         f"cannot interpret {identifier!r} as a number format: pass a FloatFormat, a "
-        f"DfpFormat, a preset name ({', '.join(sorted(PRESETS))}) or a config dict"
+        f"DfpFormat, a BlockFormat, a preset name ({', '.join(sorted(PRESETS))}) or a config dict"
     )
 
 
 def serialize(fmt):
     """Returns a JSON-able dict that `get` turns back into `fmt`."""
     return {"class_name": type(fmt).__name__, "config": fmt.get_config()}
+
+
+# Block-scaled presets: OCP MX v1.0 (32 elements, E8M0 scales) and NVIDIA's
+# NVFP4 (16 E2M1 elements, E4M3 scales, an FP32 scale per tensor).
+MXFP8_E4M3 = BlockFormat(E4M3, 32, name="mxfp8_e4m3")
+MXFP8_E5M2 = BlockFormat(E5M2_SATURATING, 32, name="mxfp8_e5m2")
+MXFP6_E2M3 = BlockFormat(E2M3, 32, name="mxfp6_e2m3")
+MXFP6_E3M2 = BlockFormat(E3M2, 32, name="mxfp6_e3m2")
+MXFP4_E2M1 = BlockFormat(E2M1, 32, name="mxfp4_e2m1")
+MXINT8 = BlockFormat(INT8_MX, 32, name="mxint8")
+NVFP4 = BlockFormat(E2M1, 16, scale_format=E4M3, tensor_scale=True, name="nvfp4")
+PRESETS.update({f.name: f for f in (MXFP8_E4M3, MXFP8_E5M2, MXFP6_E2M3, MXFP6_E3M2, MXFP4_E2M1,
+                                    MXINT8, NVFP4)})

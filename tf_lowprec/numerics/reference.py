@@ -314,3 +314,119 @@ def quantize_dfp(x, fmt=DFP16, rounding="nearest_even", random_words=None, rando
     values = np.where(scaled, _with_sign(r, negative), x)
     values = np.where(is_nan, _quiet_nan(negative), values)
     return values.astype(np.float32), exponents.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------
+# Block-scaled formats (OCP MX v1.0, NVFP4).
+
+
+def _float32_ops():
+    """Context for float32 arithmetic whose overflow to Inf is intended."""
+    return np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore")
+
+
+def _blocks_view(a, block_size):
+    """a (..., n) padded with zeros to whole blocks and reshaped to (..., blocks, block_size)."""
+    n = a.shape[-1]
+    blocks = -(-n // block_size)
+    pad = blocks * block_size - n
+    padded = np.concatenate([a, np.zeros(a.shape[:-1] + (pad,), a.dtype)], axis=-1)
+    return padded.reshape(a.shape[:-1] + (blocks, block_size))
+
+
+def _expand_blocks(per_block, block_size, n):
+    """(..., blocks) -> (..., n): each block's value repeated over its elements."""
+    return np.repeat(per_block, block_size, axis=-1)[..., :n]
+
+
+def quantize_block_scaled(x, fmt, rounding="nearest_even", random_words=None, random_bits=16):
+    """Reference of `tf_lowprec.quantize_block_scaled(..., return_scales=True)`.
+
+    Written from the OCP MX v1.0 conversion (shared_exp = floor(log2(amax))
+    - emax_elem; X = 2^shared_exp; P_i = element(V_i / X), clamping normals)
+    and NVIDIA's NVFP4 two-level scaling, in the float32 operation order of
+    docs/block_formats.md.  Returns (float32 values of x's shape, float32
+    decoded block scales: x's shape with `fmt.axis` replaced by its number of
+    blocks; NaN for a block that became NaN).
+
+    >>> from tf_lowprec.numerics.formats import MXFP4_E2M1
+    >>> v, s = quantize_block_scaled(np.float32([0.3, -1.0, 2.6, 5.0]),
+    ...                              MXFP4_E2M1.replace(block_size=4))
+    >>> v, s
+    (array([ 0.5, -1. ,  3. ,  4. ], dtype=float32), array([1.], dtype=float32))
+    """
+    x = np.asarray(x, np.float32)
+    if x.ndim == 0:
+        raise ValueError("a BlockFormat needs x of rank >= 1 (blocks run along axis)")
+    axis = fmt.axis % x.ndim if -x.ndim <= fmt.axis < x.ndim else None
+    if axis is None:
+        raise ValueError(f"axis={fmt.axis} is out of range for x of rank {x.ndim}")
+    _check_rounding(rounding, random_words, x.shape, random_bits)
+    bs = fmt.block_size
+    moved = np.moveaxis(x, axis, -1)
+    words = None if random_words is None else np.moveaxis(
+        np.asarray(random_words, np.uint32), axis, -1)
+    n = moved.shape[-1]
+    finite = np.isfinite(moved)
+    finite_abs = np.abs(np.where(finite, moved, np.float32(0)))
+    block_amax = _blocks_view(finite_abs, bs).max(axis=-1, initial=np.float32(0))
+    block_nonfinite = _blocks_view(~finite, bs).any(axis=-1)
+    element = fmt.element
+    zero_block = block_amax == 0
+
+    with _float32_ops():
+        if fmt.power_of_two_scales:
+            # shared_exp = floor(log2(amax)) - emax_elem, within E8M0's range.
+            amax64 = np.where(zero_block, 1.0, block_amax.astype(np.float64))
+            shared = np.where(zero_block, _E8M0_MIN,
+                              _floor_log2(amax64) - fmt.element_emax)
+            shared = np.clip(shared, _E8M0_MIN, _E8M0_MAX)
+            scales = np.ldexp(1.0, shared).astype(np.float32)  # exact: 2^-127 is a float32
+            k = _expand_blocks(shared, bs, n)
+            # V / X, exact in float64; in float32 too wherever the element
+            # format can tell it from zero (its smallest value is >= 2^-22).
+            scaled = np.ldexp(moved.astype(np.float64), -k).astype(np.float32)
+            q = round_to_format(np.where(finite, scaled, np.float32(0)), element, rounding,
+                                words, random_bits)
+            values = np.ldexp(q.astype(np.float64), k).astype(np.float32)  # exact
+        else:
+            # NVFP4-style scales, in float64 with the roundings to float32
+            # written out (docs/block_formats.md): every float64 operation
+            # here is on normal float64 values, so the result does not depend
+            # on a flush-to-zero mode.
+            f32, f64 = np.float32, np.float64
+            elem_max = f64(element.max_value)
+            if fmt.tensor_scale and finite_abs.max(initial=f32(0)) > 0:
+                tensor_amax = f64(finite_abs.max())
+                encode = f64(f32(min(elem_max * fmt.scale_format.max_value / tensor_amax,
+                                     _FLOAT32_MAX)))
+            else:
+                encode = f64(1.0)
+            amax64 = block_amax.astype(f64)
+            decode = ((amax64 / elem_max) * encode).astype(f32)
+            block_scale = round_to_format(decode, fmt.scale_format).astype(f64)
+            zero_block = zero_block | (block_scale == 0)
+            safe_scale = np.where(zero_block, 1.0, block_scale)
+            element_encode = np.minimum(encode / safe_scale, _FLOAT32_MAX).astype(f32).astype(f64)
+            scales = np.where(zero_block, f32(0), (safe_scale / encode).astype(f32))
+            scaled = (moved.astype(f64) * _expand_blocks(element_encode, bs, n)).astype(f32)
+            q = round_to_format(np.where(finite, scaled, f32(0)), element, rounding, words,
+                                random_bits)
+            values = ((q.astype(f64) * _expand_blocks(safe_scale, bs, n)) / encode).astype(f32)
+        values = np.where(_expand_blocks(zero_block, bs, n) & finite,
+                          np.where(np.signbit(moved), np.float32(-0.0), np.float32(0.0)), values)
+
+    if fmt.nonfinite_blocks == "nan":
+        nan_block = _expand_blocks(block_nonfinite, bs, n)
+        values = np.where(nan_block, _quiet_nan(np.signbit(moved)), values)
+        scales = np.where(block_nonfinite, np.float32(np.nan), scales)
+    else:
+        values = np.where(finite, values, moved)
+        values = np.where(np.isnan(moved), _quiet_nan(np.signbit(moved)), values)
+    values = np.moveaxis(values.astype(np.float32), -1, axis)
+    scales = np.moveaxis(np.asarray(scales, np.float32), -1, axis)
+    return values, scales
+
+
+_E8M0_MIN = -127
+_E8M0_MAX = 127

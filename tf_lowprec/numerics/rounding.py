@@ -350,14 +350,143 @@ def quantize_dfp(
         return _with_gradient(forward, x, seed, backward)
 
 
-# The rounding function of each kind of format (`formats.KINDS`).
-QUANTIZERS = {"float": round_to_format, "dfp": quantize_dfp}
+def _block_axis(x, fmt):
+    rank = x.shape.rank
+    if rank is None or rank == 0:
+        raise ValueError(
+            f"a BlockFormat needs x of known rank >= 1 (blocks run along axis); got shape {x.shape}")
+    if not -rank <= fmt.axis < rank:
+        raise ValueError(f"axis={fmt.axis} is out of range for x of rank {rank}")
+    return fmt.axis % rank
 
 
-def quantize(x, fmt, rounding="nearest_even", **kwargs):
-    """Rounds `x` with its kind's function: `round_to_format` for a FloatFormat,
-    `quantize_dfp` for a DfpFormat."""
+def _block_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
+    """(values, decoded block scales) of the block-scaled conversion."""
+    axis = _block_axis(x, fmt)
+    if kernel:
+        scale = fmt.scale_format
+        float_scale = not fmt.power_of_two_scales
+        return _op_library.load().lowprec_quantize_block_scaled(
+            x,
+            seed,
+            exponent_bits=fmt.element.exponent_bits,
+            mantissa_bits=fmt.element.mantissa_bits,
+            exponent_bias=fmt.element.exponent_bias,
+            subnormals=fmt.element.subnormals,
+            nan_encoding=fmt.element.nan,
+            overflow=fmt.element.overflow,
+            block_size=fmt.block_size,
+            axis=axis,
+            scale_kind="float" if float_scale else "e8m0",
+            scale_exponent_bits=scale.exponent_bits if float_scale else 8,
+            scale_mantissa_bits=scale.mantissa_bits if float_scale else 0,
+            scale_exponent_bias=scale.exponent_bias if float_scale else 127,
+            scale_subnormals=scale.subnormals if float_scale else False,
+            scale_nan_encoding=scale.nan if float_scale else "all_ones",
+            tensor_scale=fmt.tensor_scale,
+            nonfinite_blocks=fmt.nonfinite_blocks,
+            rounding=rounding,
+            random_bits=random_bits,
+            isa=isa,
+        )
+    from tf_lowprec.numerics import tf_block_scaling  # noqa: PLC0415  (sibling, deferred)
+
+    return tf_block_scaling.quantize_block_scaled(x, fmt.replace(axis=axis), rounding, seed,
+                                                  random_bits)
+
+
+def quantize_block_scaled(
+    x,
+    fmt,
+    rounding="nearest_even",
+    *,
+    axis=None,
+    seed=None,
+    random_bits=16,
+    backward_format=None,
+    backward_rounding="nearest_even",
+    return_scales=False,
+    implementation="auto",
+    isa="auto",
+    name=None,
+):
+    """Quantizes float32 `x` to a block-scaled format (OCP MX, NVFP4) and back.
+
+    Returns float32 values P * X of `x`'s shape: each block of
+    `fmt.block_size` consecutive elements along `axis` shares one scale X,
+    and each P is rounded to `fmt.element` (see `BlockFormat` and
+    docs/block_formats.md).  With `return_scales=True`, also the float32
+    decoded block scales, shaped like `x` with `axis` replaced by its number
+    of blocks (NaN for a block that became NaN).
+
+    Args:
+      x: float32 tensor of rank >= 1.
+      fmt: a `BlockFormat` or a preset name ("mxfp8_e4m3", "nvfp4", ...).
+      rounding: of the elements: "nearest_even", "stochastic" (the same
+        Philox stream as `round_to_format`, keyed by the element's index in
+        `x`) or "toward_zero".  Scales are always computed as the format
+        says, whatever the rounding.
+      axis: the axis the blocks run along; None takes `fmt.axis`.
+      Other arguments as for `round_to_format`.
+
+    >>> import tf_lowprec as lp
+    >>> lp.quantize_block_scaled([0.3, -1.0, 2.6, 5.0], lp.MXFP4_E2M1).numpy()
+    array([ 0.5, -1. ,  3. ,  4. ], dtype=float32)
+    """
     fmt = formats_lib.get(fmt)
+    if not isinstance(fmt, formats_lib.BlockFormat):
+        raise ValueError(f"fmt must be a BlockFormat (use quantize for {fmt!r})")
+    if axis is not None:
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(f"axis must be an int or None, got {axis!r}")
+        fmt = fmt.replace(axis=axis, name=fmt.name)
+    formats_lib.check_rounding(rounding)
+    check_random_bits(random_bits)
+    _check_isa(isa)
+    if not isinstance(return_scales, bool):
+        raise ValueError(f"return_scales must be True or False, got {return_scales!r}")
+    backward = _backward_spec(backward_format, backward_rounding, random_bits, implementation)
+    if backward is not None and return_scales:
+        raise ValueError("return_scales=True cannot be combined with a backward_format")
+    with tf.name_scope(name or "quantize_block_scaled"):
+        x = _as_float32(x)
+        kernel = use_kernel(implementation)
+        seed = seed_tensor(seed, rounding if backward is None else "stochastic")
+        if return_scales:
+            return _block_forward(x, fmt, rounding, seed, random_bits, kernel, isa)
+
+        def forward(v):
+            return _block_forward(v, fmt, rounding, seed, random_bits, kernel, isa)[0]
+
+        if kernel:
+            return _with_gradient(forward, x, seed, backward)
+        return _with_gradient(lambda v: _straight_through(forward, v), x, seed, backward)
+
+
+# The rounding function of each kind of format (`formats.KINDS`).
+QUANTIZERS = {"float": round_to_format, "dfp": quantize_dfp, "block": quantize_block_scaled}
+
+
+def quantize(x, fmt, rounding="nearest_even", *, axis=None, **kwargs):
+    """Rounds `x` with its kind's function: `round_to_format` for a FloatFormat,
+    `quantize_dfp` for a DfpFormat, `quantize_block_scaled` for a BlockFormat.
+
+    `axis`: the axis blocks run along, for a BlockFormat or a DfpFormat with
+    `block_size` (None keeps the format's own); ignored by formats without
+    blocks.
+
+    >>> import tf_lowprec as lp
+    >>> lp.quantize([[1.0, 3.0], [100.0, 7.0]], lp.MXINT8, axis=0).numpy()
+    array([[  1.,   3.],
+           [100.,   7.]], dtype=float32)
+    """
+    fmt = formats_lib.get(fmt)
+    if fmt.kind == "block":
+        return quantize_block_scaled(x, fmt, rounding, axis=axis, **kwargs)
+    if axis is not None and getattr(fmt, "block_size", None) is not None:
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ValueError(f"axis must be an int or None, got {axis!r}")
+        fmt = fmt.replace(axis=axis, name=fmt.name)
     return QUANTIZERS[fmt.kind](x, fmt, rounding, **kwargs)
 
 
@@ -403,4 +532,10 @@ def _round_to_float_format_grad(op, dy):
 @tf.RegisterGradient("LowprecQuantizeDfp")
 def _quantize_dfp_grad(op, dy, d_exponents):
     del op, d_exponents
+    return dy, None  # straight-through estimator
+
+
+@tf.RegisterGradient("LowprecQuantizeBlockScaled")
+def _quantize_block_scaled_grad(op, dy, d_scales):
+    del op, d_scales
     return dy, None  # straight-through estimator
