@@ -29,7 +29,7 @@ def _step(layer, x, upstream):
 
 def _explicit(fn):
     """fn() run with a pass-through role hook: the operands are rounded explicitly."""
-    remove = emulation.add_role_hook(lambda context, role, x, round_fn: round_fn(x))
+    remove = emulation.add_role_hook(lambda context, role, x, round_fn, axis: round_fn(x))
     try:
         return fn()
     finally:

@@ -156,7 +156,7 @@ def test_jit_compile_runs_the_pure_tf_rounding():
 def _recorded_specs(model, x):
     seen = []
 
-    def record(context, role, value, round_fn):
+    def record(context, role, value, round_fn, axis):
         seen.append((context.layer.name, context.spec))
         return round_fn(value)
 
@@ -212,7 +212,7 @@ def test_stochastic_seeds_depend_on_step_and_role():
     assert not np.array_equal(np.asarray(model(x)), np.asarray(y0))  # ... which follows the step
     context_seeds = []
 
-    def record(context, role, value, round_fn):
+    def record(context, role, value, round_fn, axis):
         if role in ("activations", "weights"):
             context_seeds.append(tuple(context.seed(role).numpy()))
         return round_fn(value)

@@ -93,7 +93,7 @@ def test_seed_keys_are_distinct_per_layer_and_ignore_the_outer_model(nested):
     model = keras.Sequential([keras.Input((4,)), inner], name="outer") if nested else inner
     keys = []
 
-    def record(context, role, value, round_fn):
+    def record(context, role, value, round_fn, axis):
         keys.append(context.layer_key())
         return round_fn(value)
 

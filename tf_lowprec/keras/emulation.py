@@ -12,6 +12,12 @@ gradient rounds dw to the `weight_gradients` format when the spec has one),
 and Q_e is `round_gradient`, an identity on the op's *output* whose gradient
 rounds dY before it reaches both backward GEMMs.
 
+Block-scaled formats (`BlockFormat`: OCP MX, NVFP4) are blocked along each
+operand's reduction axis in the forward GEMM (K of a [M, K] x [K, N]
+product, the input channels of a convolution, the contracted axis of an
+einsum), and the error along the output's channel axis, the reduction axis
+of the dX GEMM (docs/block_formats.md, "In a policy").
+
 A `LayerContext` holds what the rounding of one layer call needs: the layer,
 its policy, the spec in force (the first/last-layer override included), the
 implementation and the seeds.  The Keras adapter (`tf_lowprec.keras.adapter`)
@@ -61,10 +67,12 @@ _hoisted_weights = weakref.WeakKeyDictionary()
 
 
 def add_role_hook(hook):
-    """Registers `hook(context, role, x, round_fn) -> tensor` around every rounding.
+    """Registers `hook(context, role, x, round_fn, axis) -> tensor` around every rounding.
 
     Hooks run outermost-first; each must return `round_fn(x)` or a tensor
-    derived from it (or from x).  Returns a function that removes the hook.
+    derived from it (or from x).  `axis`: the axis block-scaled formats are
+    blocked along for this tensor (`LayerContext.role_format`).  Returns a
+    function that removes the hook.
     """
     _role_hooks.append(hook)
 
@@ -233,18 +241,28 @@ class LayerContext:
 
     # Rounding -----------------------------------------------------------
 
-    def _round_now(self, x, role):
-        spec = self.spec
+    def role_format(self, role, axis=-1):
+        """(format, rounding) of `role` for a tensor blocked along `axis`, or None.
+
+        A block-scaled format's blocks run along `axis` (the tensor's
+        reduction axis in its GEMM); other formats are returned as they are.
+        """
+        entry = self.spec.role(role)
+        if entry is None or entry[0].kind != "block" or entry[0].axis == axis:
+            return entry
+        return entry[0].replace(axis=axis, name=entry[0].name), entry[1]
+
+    def _round_now(self, x, role, axis):
         if role == "errors":
-            entry = spec.role("errors")
+            entry = self.role_format("errors", axis)
             if entry is None:
                 return x
             fmt, rounding = entry
             seed = self.seed("errors") if rounding == "stochastic" else None
             return rounding_lib.round_gradient(
                 x, fmt, rounding, seed=seed, implementation=self.implementation)
-        entry = spec.role(role)
-        gradient = spec.role("weight_gradients") if role == "weights" else None
+        entry = self.role_format(role, axis)
+        gradient = self.role_format("weight_gradients", axis) if role == "weights" else None
         if entry is None and gradient is None:
             return x
         if entry is None:  # FP32 operand, rounded weight gradient
@@ -262,12 +280,16 @@ class LayerContext:
             x, fmt, rounding, seed=self.seed(role) if stochastic else None,
             implementation=self.implementation, **kwargs)
 
-    def round(self, x, role):
-        """Rounds `x` as the spec says for `role`, through the registered role hooks."""
+    def round(self, x, role, axis=-1):
+        """Rounds `x` as the spec says for `role`, through the registered role hooks.
+
+        `axis`: the axis a block-scaled format is blocked along (x's
+        reduction axis in its GEMM; the channel axis of an error).
+        """
         def chain(index, value):
             if index == len(_role_hooks):
-                return self._round_now(value, role)
-            return _role_hooks[index](self, role, value, lambda v: chain(index + 1, v))
+                return self._round_now(value, role, axis)
+            return _role_hooks[index](self, role, value, lambda v: chain(index + 1, v), axis)
 
         return chain(0, x)
 
@@ -296,11 +318,14 @@ class LayerContext:
         fmt = entry[0]
         return fmt if getattr(fmt, "block_size", None) is None else None
 
-    def gemm(self, op, operands, quantized_by_kernel=False):
+    def gemm(self, op, operands, quantized_by_kernel=False, error_axis=-1):
         """`op(*rounded operands)` with the output's gradient rounded as an error.
 
-        `operands` is a list of (tensor, role) pairs; the result is None when an
-        operand is not float32 (the caller then runs the op unemulated).  For a
+        `operands` is a list of (tensor, role, reduction axis) triples (the
+        axis block-scaled formats are blocked along); the result is None when an
+        operand is not float32 (the caller then runs the op unemulated).
+        `error_axis`: the output's channel axis, along which a block-scaled
+        error format is blocked.  For a
         model compiled with an error-scaling optimizer, the error is scaled
         before it is rounded and the operands' gradients are unscaled
         (`ErrorScaling`).  `quantized_by_kernel`: `op` runs the accumulator's
@@ -310,12 +335,12 @@ class LayerContext:
         scaling = ErrorScaling.for_context(self)
         quantized_by_kernel = quantized_by_kernel and self.kernel_format() is not None
         tensors = []
-        for x, role in operands:
+        for x, role, axis in operands:
             if role == "weights" and _is_variable(x) and _in_while_body():
                 # A recurrent layer's step runs in a tf.while_loop: round its
                 # weights once, before the loop, not at every timestep (the
                 # weights do not change within a forward pass).
-                rounded = self._round_weights_before_loop(x)
+                rounded = self._round_weights_before_loop(x, axis)
                 if rounded is None:
                     return None
                 # Unscaled inside the loop: each timestep has its own scale.
@@ -328,18 +353,18 @@ class LayerContext:
                 # Before the operand's quantizer, so that a weight gradient it
                 # rounds is rounded while still scaled.
                 x = scaling.unscale(x)
-            tensors.append(x if quantized_by_kernel else self.round(x, role))
+            tensors.append(x if quantized_by_kernel else self.round(x, role, axis))
         y = op(*tensors)
         if not quantized_by_kernel:
-            y = self.round(y, "errors")
+            y = self.round(y, "errors", error_axis)
         return y if scaling is None else scaling.scale_errors(y)
 
-    def _round_weights_before_loop(self, variable):
+    def _round_weights_before_loop(self, variable, axis):
         outer = _outer_graph()
         cache = _hoisted_weights.setdefault(outer, {})
         # Per replica: MirroredStrategy traces its replicas in one graph, and
         # each must read its own copy of the variable (or it gets no gradient).
-        key = (id(variable), self._call_index()[0], _replica_id())
+        key = (id(variable), self._call_index()[0], _replica_id(), axis)
         if key not in cache:
             # The step (read for stochastic-rounding seeds) is cached per
             # context; read it again in the outer graph, then restore it.
@@ -348,7 +373,7 @@ class LayerContext:
                 with outer.as_default():
                     value = tf.convert_to_tensor(variable)
                     cache[key] = (None if value.dtype != tf.float32
-                                  else self.round(value, "weights"))
+                                  else self.round(value, "weights", axis))
             finally:
                 self._step = step
         return cache[key]
@@ -606,7 +631,8 @@ def matmul(context, original, x1, x2):
     if kernel is not None and None not in (rank1, rank2) and (batched or rank2 <= 2) and (
             min(rank1, rank2) >= 1):
         op = lambda a, b: gemm_common.matmul_any_rank(kernel, a, b)  # noqa: E731
-    y = context.gemm(op, [(x1, operand_role(x1)), (x2, operand_role(x2))],
+    axis2 = -2 if rank2 is None or rank2 >= 2 else -1  # K: x1's last axis, x2's row axis
+    y = context.gemm(op, [(x1, operand_role(x1), -1), (x2, operand_role(x2), axis2)],
                      quantized_by_kernel=op is not original)
     return original(x1, x2) if y is None else y
 
@@ -618,8 +644,26 @@ def _rank(x):
 
 
 def _all_operands_rounded(context, original_call, operands):
-    """`original_call(*rounded operands)` as one emulated GEMM (FP32 op), or None."""
-    return context.gemm(original_call, [(x, operand_role(x)) for x in operands])
+    """`original_call(*rounded operands)` as one emulated GEMM (FP32 op), or None.
+
+    Without subscripts the reduction axes are not known: block-scaled formats
+    are blocked along each operand's last axis.
+    """
+    return context.gemm(original_call, [(x, operand_role(x), -1) for x in operands])
+
+
+def _reduction_axes(equation, ranks):
+    """Each operand's contracted axis (its last one) in a 2-operand einsum, -1 if none."""
+    try:
+        (a_terms, b_terms), out_terms = gemm_common.parse_einsum(equation, ranks)
+    except ValueError:
+        return -1, -1
+    contracted = set(a_terms) & set(b_terms) - set(out_terms)
+    axes = []
+    for terms in (a_terms, b_terms):
+        positions = [i for i, label in enumerate(terms) if label in contracted]
+        axes.append(positions[-1] - len(terms) if positions else -1)
+    return tuple(axes)
 
 
 def _pair_product(context, fallback, equation, a, b, roles):
@@ -641,11 +685,13 @@ def _pair_product(context, fallback, equation, a, b, roles):
             if product is not None:
                 return product
             if by_kernel:  # the FP32 op: it needs the rounded operands and error
-                return context.round(fallback(context.round(x, roles[0]),
-                                              context.round(y, roles[1])), "errors")
+                return context.round(fallback(context.round(x, roles[0], axis_a),
+                                              context.round(y, roles[1], axis_b)), "errors")
             return fallback(x, y)
 
-    return context.gemm(op, [(a, roles[0]), (b, roles[1])], quantized_by_kernel=by_kernel)
+    axis_a, axis_b = _reduction_axes(equation, [_rank(a), _rank(b)])
+    return context.gemm(op, [(a, roles[0], axis_a), (b, roles[1], axis_b)],
+                        quantized_by_kernel=by_kernel)
 
 
 def einsum(context, original, subscripts, *operands, **kwargs):
@@ -763,14 +809,22 @@ def _accumulator_conv2d(context, inputs, kernel, options, depthwise=False):
 
 
 def _conv_like(name):
+    # The kernel's input-channel axis: [..., in, out] for conv and depthwise
+    # (whose "in" axis is the channel, not a reduction, axis), [..., out, in]
+    # for the transposed convolution.
+    kernel_axis = -1 if name == "conv_transpose" else -2
+
     def emulated(context, original, inputs, kernel, *args, **kwargs):
         fallback = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
         op = fallback
+        options = _conv_arguments(args, kwargs)
         if name in ("conv", "depthwise_conv"):
-            op = _accumulator_conv2d(context, inputs, kernel, _conv_arguments(args, kwargs),
+            op = _accumulator_conv2d(context, inputs, kernel, options,
                                      depthwise=name == "depthwise_conv") or fallback
-        y = context.gemm(op, [(inputs, "activations"), (kernel, operand_role(kernel))],
-                         quantized_by_kernel=op is not fallback)
+        channel_axis = 1 if options["data_format"] == "channels_first" else -1
+        y = context.gemm(op, [(inputs, "activations", channel_axis),
+                              (kernel, operand_role(kernel), kernel_axis)],
+                         quantized_by_kernel=op is not fallback, error_axis=channel_axis)
         return original(inputs, kernel, *args, **kwargs) if y is None else y
 
     emulated.__name__ = name

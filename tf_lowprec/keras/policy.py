@@ -254,6 +254,31 @@ def _presets():
         "fp8_wang": PrecisionSpec(
             activations="e5m2", weights="e5m2", errors="e5m2", weight_gradients="e5m2",
             accumulator=accumulation_gemm.Accumulator(formats_lib.FP16, chunk_size=64)),
+        # Block-scaled formats (docs/block_formats.md): every GEMM operand
+        # blocked along its reduction axis, errors along the output channels;
+        # FP32 sums, weight gradients and master weights.
+        # MXFP8 as Transformer Engine's MXFP8BlockScaling recipe defaults to:
+        # E4M3 elements for every tensor, gradients included.
+        "mxfp8": PrecisionSpec(activations="mxfp8_e4m3", weights="mxfp8_e4m3",
+                               errors="mxfp8_e4m3"),
+        # MXFP6: E2M3 forward, E3M2 (more range) for the errors, the split
+        # FP8's "hybrid" recipes make (our choice; not from a paper).
+        "mxfp6": PrecisionSpec(activations="mxfp6_e2m3", weights="mxfp6_e2m3",
+                               errors="mxfp6_e3m2"),
+        # MXFP4 everywhere, the errors rounded stochastically as in the NVFP4
+        # recipe (unbiased gradients).
+        "mxfp4": PrecisionSpec(activations="mxfp4_e2m1", weights="mxfp4_e2m1",
+                               errors=("mxfp4_e2m1", "stochastic")),
+        # NVIDIA's NVFP4 pre-training recipe, the parts emulated here: NVFP4
+        # operands in all three GEMMs, stochastic rounding of the errors, and
+        # the first and last GEMM layers in BF16 (NVIDIA keeps a few final
+        # layers in higher precision).  Not emulated: 16x16 two-dimensional
+        # weight blocks and random Hadamard transforms of the weight-gradient
+        # GEMM's inputs (docs/block_formats.md).
+        "nvfp4": PrecisionSpec(activations="nvfp4", weights="nvfp4",
+                               errors=("nvfp4", "stochastic"),
+                               first_last=PrecisionSpec(activations=bf16, weights=bf16,
+                                                        errors=bf16)),
     }
 
 
@@ -303,7 +328,7 @@ class Policy(keras.DTypePolicy):
 
     Args:
       name: a preset ("fp32", "bf16", "fp16", "hfp8", "fp8", "bf16_native",
-        "dfp16", "fp8_wang") or, with
+        "dfp16", "fp8_wang", "mxfp8", "mxfp6", "mxfp4", "nvfp4") or, with
         `spec`, any label for a custom policy (default "custom").
       spec: a `PrecisionSpec` (or its config dict) for a custom policy.
       rounding: optional rounding mode applied to every rounded role of the

@@ -9,7 +9,7 @@ TensorFlow runs CPU kernels with flush-to-zero and denormals-are-zero, so no
 float32 arithmetic here may read or produce a float32 subnormal: power-of-two
 scales are applied by rounding x's bit pattern onto a shifted element grid,
 and the float-scale steps run in float64 on values converted exactly from
-and to float32 bit patterns (`_to_float64`, `_float64_to_bits`).
+and to float32 bit patterns (`bits_to_float64`, `_float64_to_bits`).
 """
 
 import tensorflow as tf
@@ -25,7 +25,7 @@ _E8M0_MIN = -127
 _E8M0_MAX = 127
 
 
-def _floor_log2(a):
+def floor_log2(a):
     """floor(log2) of positive finite float32 magnitudes given as int64 bits (subnormals too)."""
     biased = tf.bitwise.right_shift(a, 23)
     # A subnormal's bits are its significand m (value m * 2^-149); m < 2^23
@@ -52,7 +52,7 @@ def _scaled_constant_bits(value, e):
     return tf.where(biased >= 1, bits + e * (1 << 23), subnormal)
 
 
-def _to_float64(a):
+def bits_to_float64(a):
     """float64 values of non-negative finite float32 magnitudes given as int64 bits."""
     biased = tf.bitwise.right_shift(a, 23)
     fraction = tf.bitwise.bitwise_and(a, 0x7FFFFF)
@@ -85,7 +85,7 @@ def _blocks(t, block_size):
     return tf.reshape(padded, shape)
 
 
-class _Layout:
+class BlockLayout:
     """Moves the blocked axis last and back, and spreads per-block values over elements."""
 
     def __init__(self, x, axis, block_size):
@@ -96,9 +96,13 @@ class _Layout:
         self.block_size = block_size
         self.n = tf.shape(x)[axis]
 
+    def moved(self, t):
+        """t (x's shape, or the scales' shape) with the blocked axis last."""
+        return t if self.identity else tf.transpose(t, self.perm)
+
     def to_blocks(self, t):
-        moved = t if self.identity else tf.transpose(t, self.perm)
-        return _blocks(moved, self.block_size)
+        """t of x's shape as (..., blocks, block_size), zero-padded, the blocked axis last."""
+        return _blocks(self.moved(t), self.block_size)
 
     def per_block(self, t):
         """A (..., blocks) tensor in x's axis order (the scales output)."""
@@ -118,7 +122,7 @@ def quantize_block_scaled(x, fmt, rounding="nearest_even", seed=None, random_bit
     `tf_lowprec.numerics.rounding.quantize_block_scaled`.
     """
     element = fmt.element
-    layout = _Layout(x, fmt.axis, fmt.block_size)
+    layout = BlockLayout(x, fmt.axis, fmt.block_size)
     u = tf_rounding._to_bits(x)
     sign = tf.bitwise.bitwise_and(u, _SIGN)
     a = tf.bitwise.bitwise_and(u, _ABS)
@@ -131,7 +135,7 @@ def quantize_block_scaled(x, fmt, rounding="nearest_even", seed=None, random_bit
     if fmt.power_of_two_scales:
         positive = block_max > 0
         safe_max = tf.where(positive, block_max, tf.ones_like(block_max))
-        shared = tf.where(positive, _floor_log2(safe_max) - fmt.element_emax,
+        shared = tf.where(positive, floor_log2(safe_max) - fmt.element_emax,
                           tf.constant(_E8M0_MIN, tf.int64))
         shared = tf.clip_by_value(shared, _E8M0_MIN, _E8M0_MAX)
         scale_bits = _power_of_two_bits(shared)
@@ -139,7 +143,7 @@ def quantize_block_scaled(x, fmt, rounding="nearest_even", seed=None, random_bit
         # Round x onto the element grid shifted by s: the same number as
         # element(x / 2^s) * 2^s, without float arithmetic on x.
         safe_a = tf.where(finite_a > 0, finite_a, tf.ones_like(finite_a))
-        exponent = tf.where(finite_a > 0, _floor_log2(safe_a), tf.zeros_like(s))
+        exponent = tf.where(finite_a > 0, floor_log2(safe_a), tf.zeros_like(s))
         k = tf.maximum(exponent, element.min_exponent + s) - element.mantissa_bits
         words = (tf_rounding.random_words(tf.shape(x), seed, random_bits)
                  if rounding == "stochastic" else None)
@@ -157,28 +161,28 @@ def quantize_block_scaled(x, fmt, rounding="nearest_even", seed=None, random_bit
         if fmt.tensor_scale:
             tensor_max = tf.reduce_max(finite_a)
             product = elem_max * fmt.scale_format.max_value
-            quotient = tf.minimum(product / _to_float64(tf.maximum(tensor_max, 1)),
+            quotient = tf.minimum(product / bits_to_float64(tf.maximum(tensor_max, 1)),
                                   _FLOAT32_MAX)
-            encode = tf.where(tensor_max > 0, _to_float64(_float64_to_bits(quotient)),
+            encode = tf.where(tensor_max > 0, bits_to_float64(_float64_to_bits(quotient)),
                               tf.constant(1.0, tf.float64))
         else:
             encode = tf.constant(1.0, tf.float64)
-        decode = _float64_to_bits((_to_float64(block_max) / elem_max) * encode)
+        decode = _float64_to_bits((bits_to_float64(block_max) / elem_max) * encode)
         block_scale = tf_rounding.round_to_format(
             tf_rounding._from_bits(decode), fmt.scale_format, "nearest_even")
-        block_scale = _to_float64(tf.bitwise.bitwise_and(tf_rounding._to_bits(block_scale), _ABS))
+        block_scale = bits_to_float64(tf.bitwise.bitwise_and(tf_rounding._to_bits(block_scale), _ABS))
         zero_block = tf.logical_or(block_max == 0, block_scale == 0)
         safe_scale = tf.where(zero_block, tf.ones_like(block_scale), block_scale)
-        element_encode = _to_float64(_float64_to_bits(
+        element_encode = bits_to_float64(_float64_to_bits(
             tf.minimum(encode / safe_scale, _FLOAT32_MAX)))
         scale_bits = tf.where(zero_block, tf.zeros_like(block_max),
                               _float64_to_bits(safe_scale / encode))
-        scaled = _float64_to_bits(_to_float64(finite_a) * layout.to_elements(element_encode))
+        scaled = _float64_to_bits(bits_to_float64(finite_a) * layout.to_elements(element_encode))
         q = tf_rounding.round_to_format(
             tf_rounding._from_bits(tf.bitwise.bitwise_or(sign, scaled)), element, rounding, seed,
             random_bits)
         q_bits = tf_rounding._to_bits(q)
-        magnitude = _to_float64(tf.bitwise.bitwise_and(q_bits, _ABS))
+        magnitude = bits_to_float64(tf.bitwise.bitwise_and(q_bits, _ABS))
         r = _float64_to_bits(magnitude * layout.to_elements(safe_scale) / encode)
         values = tf.bitwise.bitwise_or(tf.bitwise.bitwise_and(q_bits, _SIGN), r)
 

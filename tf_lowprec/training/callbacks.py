@@ -36,6 +36,8 @@ from tf_lowprec.numerics import stats as stats_lib
 
 ROLES = policy_lib.ROLES
 STATS = ("underflow", "overflow", "subnormal")
+# Recorded besides STATS for roles in block-scaled formats (stats.BLOCK_STAT_NAMES).
+BLOCK_STATS = stats_lib.BLOCK_STAT_NAMES
 
 
 def _emulated_layers(model):
@@ -58,6 +60,19 @@ def _rounded_roles(policy):
     return {role for spec in specs for role in ROLES if spec.role(role) is not None}
 
 
+def _role_stats(policy, role):
+    """The statistics recorded for `role` under `policy`: block ones too for a BlockFormat."""
+    specs = [policy.spec] + ([policy.spec.first_last] if policy.spec.first_last else [])
+    block = any(s.role(role) is not None and s.role(role)[0].kind == "block" for s in specs)
+    return STATS + (BLOCK_STATS if block else ())
+
+
+def _names_for(fmt, variables):
+    """The statistics of `fmt` that have variables (in a fixed order)."""
+    available = stats_lib.stat_names(fmt)
+    return [name for name in STATS + BLOCK_STATS if name in available and name in variables]
+
+
 class PrecisionMonitor(keras.callbacks.Callback):
     """Per-layer, per-role under/overflow statistics during `fit`.
 
@@ -73,7 +88,10 @@ class PrecisionMonitor(keras.callbacks.Callback):
         adds are then written by TensorBoard too.
 
     Log keys: `precision/<layer path>/<role>/<stat>` (stat in underflow,
-    overflow, subnormal), `loss_scale`, and `loss_scale/<layer path>` for an
+    overflow, subnormal; for roles in a block-scaled format also
+    clipped_blocks, scale_exponent_min and scale_exponent_max: see
+    `lp.precision_stats`; recurrent layers' error statistics are means over
+    timesteps), `loss_scale`, and `loss_scale/<layer path>` for an
     `AdaptiveLossScaleOptimizer`, and `unemulated_gemms`: how many (layer, op
     type) raw TensorFlow GEMMs the policies could not emulate were found in
     the model when its steps were traced (`tf_lowprec.keras.coverage`; the
@@ -133,9 +151,11 @@ class PrecisionMonitor(keras.callbacks.Callback):
         variables = self._variables.get(key)
         if variables is None:
             return
-        self._observed.add(key)  # traced: this layer really rounds this role
+        names = _names_for(fmt, variables)
+        # Traced: this layer really rounds this role (in this format).
+        self._observed.update((key, name) for name in names)
         values = stats_lib.precision_stats(x, fmt, implementation=context.implementation)
-        for name in STATS:
+        for name in names:
             variables[name].assign(values[name])
 
     def _observe_gradient(self, context, role, fmt, y):
@@ -152,30 +172,31 @@ class PrecisionMonitor(keras.callbacks.Callback):
         if variables is None:
             return y
 
-        def assign_means(total):  # [sum of each statistic..., count]
-            for index, name in enumerate(STATS):
-                variables[name].assign(total[index] / total[len(STATS)])
+        names = _names_for(fmt, variables)
 
-        probe = emulation.gradient_probe(context.layer, len(STATS) + 1, assign_means)
+        def assign_means(total):  # [sum of each statistic..., count]
+            for index, name in enumerate(names):
+                variables[name].assign(total[index] / total[len(names)])
+
+        probe = emulation.gradient_probe(context.layer, len(names) + 1, assign_means)
         if probe is None:
             return y
-        self._observed.add(key)
+        self._observed.update((key, name) for name in names)
 
         @tf.custom_gradient
         def observe(v, unused_probe):
             def grad(dy):
                 values = stats_lib.precision_stats(dy, fmt, implementation=context.implementation)
-                return dy, tf.stack([values[name] for name in STATS] + [tf.ones([])])
+                return dy, tf.stack([values[name] for name in names] + [tf.ones([])])
 
             return tf.identity(v), grad
 
         return observe(y, probe)
 
-    def _hook(self, context, role, x, round_fn):
+    def _hook(self, context, role, x, round_fn, axis):
         if not self._tracing_sampler:
             return round_fn(x)  # the ordinary train step: no monitoring ops at all
-        spec = context.spec
-        entry = spec.role(role)
+        entry = context.role_format(role, axis)
         if role in ("activations", "weights", "storage") and entry is not None and (
             role in self.roles
         ):
@@ -185,7 +206,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
             # After round_fn in the forward chain: the gradient reaches this
             # identity before it is rounded (and after any loss scale).
             y = self._observe_gradient(context, "errors", entry[0], y)
-        gradient = spec.role("weight_gradients")
+        gradient = context.role_format("weight_gradients", axis)
         if role == "weights" and gradient is not None and "weight_gradients" in self.roles:
             y = self._observe_gradient(context, "weight_gradients", gradient[0], y)
         return y
@@ -203,7 +224,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
                     self._variables[key] = {
                         name: tf.Variable(0.0, trainable=False, name=f"precision_{name}",
                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                        for name in STATS
+                        for name in _role_stats(layer.dtype_policy, role)
                     }
         if self._remove_hook is None:
             self._remove_hook = emulation.add_role_hook(self._hook)
@@ -267,10 +288,11 @@ class PrecisionMonitor(keras.callbacks.Callback):
     def _read(self):
         values = {}
         for (layer, role), variables in self._variables.items():
-            if (layer, role) not in self._observed:
-                continue  # e.g. a Flatten layer under a global policy: no GEMM
-            for name in STATS:
-                values[f"precision/{layer}/{role}/{name}"] = float(variables[name].numpy())
+            for name, variable in variables.items():
+                # Unobserved: e.g. a Flatten layer under a global policy (no
+                # GEMM), or block statistics of a first/last layer in FP16.
+                if ((layer, role), name) in self._observed:
+                    values[f"precision/{layer}/{role}/{name}"] = float(variable.numpy())
         self.unemulated = coverage.unemulated_gemms(self.model)
         values["unemulated_gemms"] = float(sum(len(ops) for ops in self.unemulated.values()))
         optimizer = getattr(self.model, "optimizer", None)

@@ -1,0 +1,132 @@
+"""Block-scaled formats in policies: blocks along each GEMM's reduction axis, presets, monitor.
+
+The emulated layers are checked bit for bit against GEMMs written out on
+operands quantized by the NumPy reference (`reference.quantize_block_scaled`)
+along the axes docs/block_formats.md gives: K for both forward operands, the
+output channels for the error.
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec.numerics import reference
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+import bench_policies  # noqa: E402  (the policy benchmark's MLP, CNN and LSTM)
+
+BLOCK_PRESETS = ("mxfp8", "mxfp6", "mxfp4", "nvfp4")
+
+
+def quantize(x, fmt, axis):
+    return reference.quantize_block_scaled(np.asarray(x, np.float32), fmt.replace(axis=axis))[0]
+
+
+def test_dense_blocks_each_operand_along_its_reduction_axis():
+    spec = lp.PrecisionSpec(activations="mxfp6_e2m3", weights="mxfp8_e4m3", errors="mxfp6_e3m2")
+    layer = keras.layers.Dense(40, use_bias=False, dtype=lp.Policy("blocks", spec=spec))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 70)).astype(np.float32)
+    layer.build((6, 70))
+    layer.kernel.assign(rng.standard_normal((70, 40)).astype(np.float32))
+    upstream = rng.standard_normal((6, 40)).astype(np.float32) * 1e-3
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt)
+    dx, dw = tape.gradient(y, [xt, layer.kernel], output_gradients=tf.constant(upstream))
+
+    w = layer.kernel.numpy()
+    xq = quantize(x, lp.MXFP6_E2M3, -1)  # K is x's last axis ...
+    wq = quantize(w, lp.MXFP8_E4M3, 0)  # ... and the kernel's first
+    dyq = quantize(upstream, lp.MXFP6_E3M2, -1)  # the error along the output channels
+    np.testing.assert_array_equal(y.numpy(), tf.matmul(xq, wq).numpy())
+    np.testing.assert_array_equal(dx.numpy(), tf.matmul(dyq, wq, transpose_b=True).numpy())
+    np.testing.assert_array_equal(dw.numpy(), tf.matmul(xq, dyq, transpose_a=True).numpy())
+
+
+def test_conv_einsum_and_attention_block_along_their_contracted_axes():
+    keras.config.set_dtype_policy(lp.Policy("mxfp8"))
+    try:
+        conv = keras.layers.Conv2D(5, 3, use_bias=False)
+        einsum = keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 6))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((2, 6, 6, 40)).astype(np.float32)
+    y = conv(images).numpy()
+    kernel = conv.kernel.numpy()  # [3, 3, in, out]: blocks along "in"
+    expected = tf.nn.conv2d(quantize(images, lp.MXFP8_E4M3, -1),
+                            quantize(kernel, lp.MXFP8_E4M3, 2), 1, "VALID").numpy()
+    np.testing.assert_array_equal(y, expected)
+
+    sequence = rng.standard_normal((2, 3, 50)).astype(np.float32)
+    y = einsum(sequence).numpy()
+    expected = tf.einsum("abc,cd->abd", quantize(sequence, lp.MXFP8_E4M3, -1),
+                         quantize(einsum.kernel.numpy(), lp.MXFP8_E4M3, 0)).numpy()
+    np.testing.assert_array_equal(y, expected)
+
+    # Einsums in general (the attention core's QK^T contracts the head size H,
+    # PV the key positions S): each operand's last contracted axis.
+    from tf_lowprec.keras import emulation
+
+    assert emulation._reduction_axes("BTNH,BSNH->BNTS", [4, 4]) == (-1, -1)
+    assert emulation._reduction_axes("BNTS,BSNH->BTNH", [4, 4]) == (-1, -3)
+    assert emulation._reduction_axes("abc,cd->abd", [3, 2]) == (-1, -2)
+    assert emulation._reduction_axes("ab,cd->abcd", [2, 2]) == (-1, -1)  # no contraction
+
+
+@pytest.mark.parametrize("preset", BLOCK_PRESETS)
+@pytest.mark.parametrize("model_name", ["MLP", "CNN", "LSTM"])
+def test_presets_train_the_policy_benchmark_models(preset, model_name):
+    model, shape, _ = bench_policies._build(bench_policies.MODELS[model_name],
+                                            lp.Policy(preset))
+    rng = np.random.default_rng(2)
+    x = rng.random((8,) + shape).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    losses = [model.train_on_batch(x, y) for _ in range(2)]
+    assert np.isfinite(losses).all(), losses
+
+
+def test_nvfp4_keeps_first_and_last_layers_in_bf16_and_the_monitor_reports_blocks():
+    keras.utils.set_random_seed(3)
+    keras.config.set_dtype_policy(lp.Policy("nvfp4"))
+    try:
+        model = keras.Sequential([keras.Input((48,)), keras.layers.Dense(32, name="first"),
+                                  keras.layers.Dense(32, name="middle"),
+                                  keras.layers.Dense(4, name="last")], name="net")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile("sgd", "mse")
+    monitor = lp.callbacks.PrecisionMonitor(every_n_steps=1)
+    x = np.random.default_rng(3).standard_normal((16, 48)).astype(np.float32)
+    x[:, 0] *= 1e3  # one large input channel: clipped blocks and a wide scale spread
+    history = model.fit(x, np.zeros((16, 4)), epochs=1, verbose=0, callbacks=[monitor])
+    logs = {k: v[-1] for k, v in history.history.items()}
+    for role in ("activations", "weights", "errors"):
+        for stat in ("clipped_blocks", "scale_exponent_min", "scale_exponent_max"):
+            assert f"precision/net/middle/{role}/{stat}" in logs
+        assert f"precision/net/first/{role}/underflow" in logs
+        assert f"precision/net/first/{role}/clipped_blocks" not in logs  # BF16 there
+    assert (logs["precision/net/middle/activations/scale_exponent_max"]
+            >= logs["precision/net/middle/activations/scale_exponent_min"])
+
+
+def test_block_policies_save_and_load(tmp_path):
+    spec = lp.PrecisionSpec(activations=lp.MXFP8_E4M3.replace(block_size=16),
+                            weights="nvfp4", errors=("mxfp8_e5m2", "stochastic"))
+    model = keras.Sequential([keras.Input((20,)),
+                              keras.layers.Dense(3, dtype=lp.Policy("custom_mx", spec=spec)),
+                              keras.layers.Dense(2, dtype=lp.Policy("mxfp4"))])
+    x = np.random.default_rng(4).standard_normal((4, 20)).astype(np.float32)
+    path = str(tmp_path / "mx.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.layers[0].dtype_policy.spec == spec
+    assert loaded.layers[1].dtype_policy.spec == lp.Policy("mxfp4").spec
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
