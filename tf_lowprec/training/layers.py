@@ -19,11 +19,11 @@ from tf_lowprec.numerics import rounding as rounding_lib
 
 @keras.saving.register_keras_serializable(package="tf_lowprec")
 class Quantize(keras.layers.Layer):
-    """Rounds its input onto a float or DFP grid; optionally rounds the gradient too.
+    """Rounds its input onto a float, DFP or block-scaled grid; optionally the gradient too.
 
     Args:
-      format: a `FloatFormat`, `DfpFormat`, preset name or format config: the
-        grid of the forward pass.
+      format: a `FloatFormat`, `DfpFormat`, `BlockFormat` (blocked along its
+        `axis`), preset name or format config: the grid of the forward pass.
       backward_format: None (straight-through gradient) or a format the
         incoming gradient is rounded to in the backward pass.
       rounding: "nearest_even", "stochastic" or "toward_zero" (forward).
