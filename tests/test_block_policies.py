@@ -42,12 +42,35 @@ def test_dense_blocks_each_operand_along_its_reduction_axis():
     dx, dw = tape.gradient(y, [xt, layer.kernel], output_gradients=tf.constant(upstream))
 
     w = layer.kernel.numpy()
-    xq = quantize(x, lp.MXFP6_E2M3, -1)  # K is x's last axis ...
-    wq = quantize(w, lp.MXFP8_E4M3, 0)  # ... and the kernel's first
-    dyq = quantize(upstream, lp.MXFP6_E3M2, -1)  # the error along the output channels
-    np.testing.assert_array_equal(y.numpy(), tf.matmul(xq, wq).numpy())
-    np.testing.assert_array_equal(dx.numpy(), tf.matmul(dyq, wq, transpose_b=True).numpy())
-    np.testing.assert_array_equal(dw.numpy(), tf.matmul(xq, dyq, transpose_a=True).numpy())
+    # Forward: K is x's last axis and the kernel's first.
+    np.testing.assert_array_equal(
+        y.numpy(), tf.matmul(quantize(x, lp.MXFP6_E2M3, -1), quantize(w, lp.MXFP8_E4M3, 0)).numpy())
+    # dX = dY W^T sums over the N outputs: dY and W both blocked along N.
+    np.testing.assert_array_equal(dx.numpy(), tf.matmul(
+        quantize(upstream, lp.MXFP6_E3M2, -1), quantize(w, lp.MXFP8_E4M3, -1),
+        transpose_b=True).numpy())
+    # dW = X^T dY sums over the M rows: X and dY both blocked along M.
+    np.testing.assert_array_equal(dw.numpy(), tf.matmul(
+        quantize(x, lp.MXFP6_E2M3, 0), quantize(upstream, lp.MXFP6_E3M2, 0),
+        transpose_a=True).numpy())
+
+
+def test_stochastic_block_errors_are_reproducible_and_weight_gradient_formats_apply():
+    spec = lp.PrecisionSpec(activations="mxfp8_e4m3", weights="mxfp8_e4m3",
+                            errors=("mxfp8_e5m2", "stochastic"), weight_gradients="bf16")
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((8, 64)).astype(np.float32))
+
+    def gradients():
+        keras.utils.set_random_seed(7)
+        layer = keras.layers.Dense(32, dtype=lp.Policy("sr", spec=spec), name="d")
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        return tape.gradient(loss, layer.kernel)
+
+    first, second = gradients(), gradients()
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+    np.testing.assert_array_equal(first.numpy(), reference.round_to_format(first.numpy(), lp.BF16))
 
 
 def test_conv_einsum_and_attention_block_along_their_contracted_axes():

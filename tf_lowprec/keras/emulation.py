@@ -12,11 +12,11 @@ gradient rounds dw to the `weight_gradients` format when the spec has one),
 and Q_e is `round_gradient`, an identity on the op's *output* whose gradient
 rounds dY before it reaches both backward GEMMs.
 
-Block-scaled formats (`BlockFormat`: OCP MX, NVFP4) are blocked along each
-operand's reduction axis in the forward GEMM (K of a [M, K] x [K, N]
-product, the input channels of a convolution, the contracted axis of an
-einsum), and the error along the output's channel axis, the reduction axis
-of the dX GEMM (docs/block_formats.md, "In a policy").
+Block-scaled formats (`BlockFormat`: OCP MX, NVFP4) are blocked along the
+axis each GEMM sums over: in matrix products and einsums every one of the
+three GEMMs quantizes its own operands (`block_scaled_product`); in
+convolutions the operands are blocked along their channels and the error
+along the output channels, once (docs/block_formats.md, "In a policy").
 
 A `LayerContext` holds what the rounding of one layer call needs: the layer,
 its policy, the spec in force (the first/last-layer override included), the
@@ -286,12 +286,29 @@ class LayerContext:
         `axis`: the axis a block-scaled format is blocked along (x's
         reduction axis in its GEMM; the channel axis of an error).
         """
+        return self._through_hooks(x, role, axis, lambda v: self._round_now(v, role, axis))
+
+    def _through_hooks(self, x, role, axis, last):
         def chain(index, value):
             if index == len(_role_hooks):
-                return self._round_now(value, role, axis)
+                return last(value)
             return _role_hooks[index](self, role, value, lambda v: chain(index + 1, v), axis)
 
         return chain(0, x)
+
+    def quantize(self, x, role, axis, seed):
+        """x rounded to `role`'s format blocked along `axis`, without hooks or gradient rounding.
+
+        For a backward GEMM's own quantization of an operand (`block_scaled_product`);
+        `seed`: the int64[2] seed of stochastic rounding (made in the forward pass).
+        """
+        entry = self.role_format(role, axis)
+        if entry is None:
+            return x
+        fmt, rounding = entry
+        return rounding_lib.quantize(x, fmt, rounding,
+                                     seed=seed if rounding == "stochastic" else None,
+                                     implementation=self.implementation)
 
     def kernel_format(self):
         """The format the accumulator's kernels quantize to themselves, or None.
@@ -360,11 +377,21 @@ class LayerContext:
         return y if scaling is None else scaling.scale_errors(y)
 
     def _round_weights_before_loop(self, variable, axis):
+        return self.before_loop(variable, ("forward", axis),
+                                lambda value: self.round(value, "weights", axis))
+
+    def before_loop(self, variable, purpose, compute):
+        """`compute(variable's value)`, made once in the graph outside the recurrent loop.
+
+        None for a variable that is not float32.  `purpose` tells apart the
+        values made from one variable (the forward rounding, a backward
+        GEMM's own quantization).
+        """
         outer = _outer_graph()
         cache = _hoisted_weights.setdefault(outer, {})
         # Per replica: MirroredStrategy traces its replicas in one graph, and
         # each must read its own copy of the variable (or it gets no gradient).
-        key = (id(variable), self._call_index()[0], _replica_id(), axis)
+        key = (id(variable), self._call_index()[0], _replica_id(), purpose)
         if key not in cache:
             # The step (read for stochastic-rounding seeds) is cached per
             # context; read it again in the outer graph, then restore it.
@@ -372,8 +399,7 @@ class LayerContext:
             try:
                 with outer.as_default():
                     value = tf.convert_to_tensor(variable)
-                    cache[key] = (None if value.dtype != tf.float32
-                                  else self.round(value, "weights", axis))
+                    cache[key] = None if value.dtype != tf.float32 else compute(value)
             finally:
                 self._step = step
         return cache[key]
@@ -626,8 +652,15 @@ def matmul(context, original, x1, x2):
     unless only x1 has them (flattened into rows).
     """
     op = original
-    kernel, batched = _accumulator_matmul(context)
     rank1, rank2 = _rank(x1), _rank(x2)
+    if _uses_block_formats(context) and rank1 is not None and rank2 is not None and (
+            rank1 >= 2 and (rank2 == 2 or rank2 == rank1)):
+        equation = "...mk,kn->...mn" if rank2 == 2 else "...mk,...kn->...mn"
+        y = block_scaled_product(context, equation, x1, x2,
+                                 [operand_role(x1), operand_role(x2)])
+        if y is not None:
+            return y
+    kernel, batched = _accumulator_matmul(context)
     if kernel is not None and None not in (rank1, rank2) and (batched or rank2 <= 2) and (
             min(rank1, rank2) >= 1):
         op = lambda a, b: gemm_common.matmul_any_rank(kernel, a, b)  # noqa: E731
@@ -658,12 +691,110 @@ def _reduction_axes(equation, ranks):
         (a_terms, b_terms), out_terms = gemm_common.parse_einsum(equation, ranks)
     except ValueError:
         return -1, -1
-    contracted = set(a_terms) & set(b_terms) - set(out_terms)
+    return tuple(_contracted_axes(a_terms, b_terms, out_terms))
+
+
+_BLOCK_ROLES = ("activations", "weights", "errors")
+
+
+def _uses_block_formats(context):
+    """Whether a GEMM of `context` takes the per-GEMM path of `block_scaled_product`.
+
+    It does when a forward operand or the error is in a block-scaled format,
+    the sums are FP32 and the errors are not loss-scaled per layer.
+    """
+    entries = [context.spec.role(role) for role in _BLOCK_ROLES]
+    return (any(e is not None and e[0].kind == "block" for e in entries)
+            and context.spec.accumulator == "fp32" and ErrorScaling.for_context(context) is None)
+
+
+def _contracted_axes(first, second, output):
+    """The last axis of `first` and of `second` over which einsum first,second->output sums."""
+    contracted = (set(first) & set(second)) - set(output)
     axes = []
-    for terms in (a_terms, b_terms):
+    for terms in (first, second):
         positions = [i for i, label in enumerate(terms) if label in contracted]
         axes.append(positions[-1] - len(terms) if positions else -1)
-    return tuple(axes)
+    return axes
+
+
+def block_scaled_product(context, equation, a, b, roles):
+    """A 2-operand einsum whose three GEMMs each quantize their own operands, or None.
+
+    Block-scaled formats (OCP MX) block each GEMM operand along the axis
+    that GEMM sums over, so a tensor used by two GEMMs is quantized twice,
+    once per GEMM, as the MX reference emulation does:
+
+        forward  y  = Q(a, K) . Q(b, K)
+        dA          = Q(dY, N) . Q(b, N)^T       (einsum out,b->a)
+        dB          = Q(a, M)^T . Q(dY, M)       (einsum a,out->b)
+
+    with each axis the contracted one of that GEMM.  The forward operands go
+    through the role hooks (the monitor) and their straight-through
+    quantizers, which receive dA and dB (so a weight-gradient format still
+    rounds dB).  None where the equation has a label that is summed in one
+    operand alone, broadcasts, or repeats, and for operands that are not
+    float32 (the caller then takes the shared path of `LayerContext.gemm`).
+    """
+    try:
+        (ta, tb), to = gemm_common.parse_einsum(equation, [_rank(a), _rank(b)])
+    except ValueError:
+        return None
+    labels = set(ta) | set(tb)
+    if (len(set(ta)) != len(ta) or len(set(tb)) != len(tb) or len(set(to)) != len(to)
+            or not set(ta) <= set(tb) | set(to) or not set(tb) <= set(ta) | set(to)
+            or not set(to) <= labels):
+        return None
+    a, b = (x if _is_variable(x) else tf.convert_to_tensor(x) for x in (a, b))
+    if any(tf.as_dtype(x.dtype) != tf.float32 for x in (a, b)):
+        return None
+    shared = set(ta) & set(tb) & set(to)  # batch labels: both operands must have equal sizes
+    for label in shared:
+        if a.shape[ta.index(label)] is None or a.shape[ta.index(label)] != b.shape[tb.index(label)]:
+            return None
+    forward = _contracted_axes(ta, tb, to)
+    for_da = _contracted_axes(to, tb, ta)  # (dY's axis, b's axis) of dA = dY . b
+    for_db = _contracted_axes(ta, to, tb)  # (a's axis, dY's axis) of dB = a . dY
+
+    quantized = []
+    for x, role, axis in ((a, roles[0], forward[0]), (b, roles[1], forward[1])):
+        if role == "weights" and _is_variable(x) and _in_while_body():
+            quantized.append(context._round_weights_before_loop(x, axis))
+        else:
+            quantized.append(context.round(tf.convert_to_tensor(x), role, axis))
+
+    def seed(role, salt):  # made here, in the forward pass, for the gradient function
+        entry = context.spec.role(role)
+        if entry is None or entry[1] != "stochastic":
+            return None
+        return tf.random.experimental.stateless_fold_in(context.seed(role), salt)
+
+    seeds = {"a": seed(roles[0], 1), "b": seed(roles[1], 1), "dy_da": seed("errors", 1),
+             "dy_db": seed("errors", 2)}
+    raw_a, raw_b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
+    b_da = None
+    if roles[1] == "weights" and _is_variable(b) and _in_while_body():
+        # A recurrent step's weights, as the dA GEMM quantizes them: once,
+        # outside the loop (the seed too, so the bits match an unrolled run).
+        b_da = context.before_loop(b, ("dA", for_da[1]), lambda value: context.quantize(
+            value, "weights", for_da[1], seed("weights", 1)))
+
+    @tf.custom_gradient
+    def product(qa, qb, unused_raw_a, unused_raw_b):
+        def grad(dy):
+            dy_da = context.quantize(dy, "errors", for_da[0], seeds["dy_da"])
+            b_for_da = b_da if b_da is not None else context.quantize(raw_b, roles[1],
+                                                                      for_da[1], seeds["b"])
+            a_db = context.quantize(raw_a, roles[0], for_db[0], seeds["a"])
+            dy_db = context.quantize(dy, "errors", for_db[1], seeds["dy_db"])
+            return (tf.einsum(f"{to},{tb}->{ta}", dy_da, b_for_da),
+                    tf.einsum(f"{ta},{to}->{tb}", a_db, dy_db), None, None)
+
+        return tf.einsum(f"{ta},{tb}->{to}", qa, qb), grad
+
+    y = product(quantized[0], quantized[1], raw_a, raw_b)
+    # The error as the role hooks see it (the monitor's statistics of dY).
+    return context._through_hooks(y, "errors", for_da[0], lambda v: v)
 
 
 def _pair_product(context, fallback, equation, a, b, roles):
@@ -673,6 +804,10 @@ def _pair_product(context, fallback, equation, a, b, roles):
     product (`gemm_common.einsum_pair_as_matmul`), else `fallback(x, y)` (an
     FP32 op) on the rounded operands.  None when an operand is not float32.
     """
+    if _uses_block_formats(context):
+        y = block_scaled_product(context, equation, a, b, roles)
+        if y is not None:
+            return y
     kernel, batched = _accumulator_matmul(context)
     op = fallback
     by_kernel = kernel is not None and context.kernel_format() is not None
