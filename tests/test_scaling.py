@@ -308,3 +308,25 @@ def test_delayed_scaling_in_a_recurrent_loop_is_refused():
     layer = keras.layers.SimpleRNN(2, dtype=lp.Policy("fp8_delayed"))
     with pytest.raises(ValueError, match="recurrent loop of layer"):
         tf.function(layer)(np.ones((1, 3, 2), np.float32))
+
+
+def test_monitor_reports_amax_and_scale_and_weight_rounding_leaves_state_alone():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        3, name="d", dtype=lp.Policy("mixed", spec=lp.PrecisionSpec(
+            activations=("e4m3", "nearest_even", lp.Scaling("current")),
+            weights=("e4m3", "nearest_even", lp.Scaling("delayed")))))], name="net")
+    # FP16 master weights: the optimizer rounds the weights, not the scale state.
+    model.compile(lp.LowPrecisionWeights(keras.optimizers.SGD(0.01), "fp16"), "mse")
+    monitor = lp.callbacks.PrecisionMonitor(every_n_steps=1)
+    model.fit(np.full((8, 4), 100.0, np.float32), np.zeros((8, 3), np.float32), verbose=0,
+              callbacks=[monitor], batch_size=8)
+    stats = monitor.latest
+    assert stats["precision/net/d/activations/amax"] == 100.0
+    assert stats["precision/net/d/activations/scale"] == np.float32(448.0) / np.float32(100.0)
+    scale, history = scaling.state_of(model.layers[0])["weights"]
+    assert stats["precision/net/d/weights/amax"] == history.numpy()[0] > 0
+    assert stats["precision/net/d/weights/scale"] == scale.numpy() == ref_scale(
+        history.numpy()[0], E4M3_MAX)
+    # The scale is not an FP16 value (448 / amax): LowPrecisionWeights did not round it.
+    assert np.float16(scale.numpy()) != scale.numpy()

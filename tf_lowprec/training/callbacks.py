@@ -32,10 +32,13 @@ from tf_lowprec.keras import emulation
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.keras import adapter
 from tf_lowprec.keras import policy as policy_lib
+from tf_lowprec.keras import scaling as scaling_lib
 from tf_lowprec.numerics import stats as stats_lib
 
 ROLES = policy_lib.ROLES
 STATS = ("underflow", "overflow", "subnormal")
+# Logged for the roles a policy scales (lp.Scaling).
+SCALING_STATS = ("amax", "scale")
 
 
 def _emulated_layers(model):
@@ -58,6 +61,25 @@ def _rounded_roles(policy):
     return {role for spec in specs for role in ROLES if spec.role(role) is not None}
 
 
+def _current_scaling(spec, role, layer):
+    """The role's Scaling where it scales like current scaling, else None.
+
+    Delayed roles of a layer without scale state (no kernel) scale like
+    current ones (docs/scaling.md).
+    """
+    scaling = spec.scaling(role)
+    if scaling is None or (scaling.delayed and role in scaling_lib.state_of(layer)):
+        return None
+    return scaling
+
+
+def _amax_and_scale(x, fmt, scaling):
+    """[amax, scale] of a current-scaled tensor (the tensor-wide amax and its scale)."""
+    amax = scaling_lib.amax_of(x)
+    return [amax, scaling_lib.compute_scale(amax, fmt.max_value, scaling.margin,
+                                            scaling.power_of_two)]
+
+
 class PrecisionMonitor(keras.callbacks.Callback):
     """Per-layer, per-role under/overflow statistics during `fit`.
 
@@ -73,7 +95,10 @@ class PrecisionMonitor(keras.callbacks.Callback):
         adds are then written by TensorBoard too.
 
     Log keys: `precision/<layer path>/<role>/<stat>` (stat in underflow,
-    overflow, subnormal), `loss_scale`, and `loss_scale/<layer path>` for an
+    overflow, subnormal, and for roles with an `lp.Scaling` amax and scale:
+    for delayed scaling the newest amax of the layer's history and the scale
+    the next step uses, for current scaling those of the sampled step —
+    docs/scaling.md), `loss_scale`, and `loss_scale/<layer path>` for an
     `AdaptiveLossScaleOptimizer`, and `unemulated_gemms`: how many (layer, op
     type) raw TensorFlow GEMMs the policies could not emulate were found in
     the model when its steps were traced (`tf_lowprec.keras.coverage`; the
@@ -115,6 +140,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
         self.roles = roles
         self.log_dir = log_dir
         self._variables = {}
+        self._layers = {}
         self._observed = set()
         self._remove_hook = None
         self._tracing_sampler = False
@@ -137,6 +163,10 @@ class PrecisionMonitor(keras.callbacks.Callback):
         values = stats_lib.precision_stats(x, fmt, implementation=context.implementation)
         for name in STATS:
             variables[name].assign(values[name])
+        scaling = _current_scaling(context.spec, role, context.layer)
+        if scaling is not None and "amax" in variables:
+            for name, value in zip(SCALING_STATS, _amax_and_scale(x, fmt, scaling)):
+                variables[name].assign(value)
 
     def _observe_gradient(self, context, role, fmt, y):
         """Identity on y whose gradient's statistics leave the gradient graph as values.
@@ -152,11 +182,14 @@ class PrecisionMonitor(keras.callbacks.Callback):
         if variables is None:
             return y
 
-        def assign_means(total):  # [sum of each statistic..., count]
-            for index, name in enumerate(STATS):
-                variables[name].assign(total[index] / total[len(STATS)])
+        scaling = _current_scaling(context.spec, role, context.layer) if "amax" in variables else None
+        names = STATS + (SCALING_STATS if scaling is not None else ())
 
-        probe = emulation.gradient_probe(context.layer, len(STATS) + 1, assign_means)
+        def assign_means(total):  # [sum of each statistic..., count]
+            for index, name in enumerate(names):
+                variables[name].assign(total[index] / total[len(names)])
+
+        probe = emulation.gradient_probe(context.layer, len(names) + 1, assign_means)
         if probe is None:
             return y
         self._observed.add(key)
@@ -165,7 +198,8 @@ class PrecisionMonitor(keras.callbacks.Callback):
         def observe(v, unused_probe):
             def grad(dy):
                 values = stats_lib.precision_stats(dy, fmt, implementation=context.implementation)
-                return dy, tf.stack([values[name] for name in STATS] + [tf.ones([])])
+                extra = [] if scaling is None else _amax_and_scale(dy, fmt, scaling)
+                return dy, tf.stack([values[name] for name in STATS] + extra + [tf.ones([])])
 
             return tf.identity(v), grad
 
@@ -200,10 +234,14 @@ class PrecisionMonitor(keras.callbacks.Callback):
                     key = (_layer_key(layer), role)
                     if key in self._variables:
                         continue
+                    self._layers[key[0]] = layer
+                    scaled = any(s.scaling(role) is not None for s in
+                                 [layer.dtype_policy.spec, layer.dtype_policy.spec.first_last]
+                                 if s is not None)
                     self._variables[key] = {
                         name: tf.Variable(0.0, trainable=False, name=f"precision_{name}",
                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-                        for name in STATS
+                        for name in STATS + (SCALING_STATS if scaled else ())
                     }
         if self._remove_hook is None:
             self._remove_hook = emulation.add_role_hook(self._hook)
@@ -269,8 +307,12 @@ class PrecisionMonitor(keras.callbacks.Callback):
         for (layer, role), variables in self._variables.items():
             if (layer, role) not in self._observed:
                 continue  # e.g. a Flatten layer under a global policy: no GEMM
-            for name in STATS:
+            for name in variables:
                 values[f"precision/{layer}/{role}/{name}"] = float(variables[name].numpy())
+            delayed = scaling_lib.state_of(self._layers[layer]).get(role)
+            if delayed is not None:  # the layer's own state: the step's amax, the next scale
+                values[f"precision/{layer}/{role}/amax"] = float(delayed[1].numpy()[0])
+                values[f"precision/{layer}/{role}/scale"] = float(delayed[0].numpy())
         self.unemulated = coverage.unemulated_gemms(self.model)
         values["unemulated_gemms"] = float(sum(len(ops) for ops in self.unemulated.values()))
         optimizer = getattr(self.model, "optimizer", None)
