@@ -11,7 +11,8 @@ functions of the TensorFlow backend with wrappers:
   `separable_conv`, `conv_transpose`, and `_dot_product_attention_xla` (the
   core of `ops.dot_product_attention`, which calls `tf.einsum` directly);
 - `Layer.__call__` ("layer_call" around it; outputs of layers whose policy has
-  `_lowprec_storage`), `Trainer.compile`, `Model.export`, and
+  `_lowprec_storage`), `Layer._post_build` ("layer_built"), `Trainer.compile`,
+  `Model.export`, and
   `keras.src.dtype_policies.get` and `.serialize`.
 
 The wrappers know nothing of policies or training: they hand each event to
