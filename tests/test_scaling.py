@@ -304,10 +304,23 @@ def test_presets_train_the_policy_benchmark_models(preset, name):
     assert np.all(np.isfinite(losses)), losses
 
 
-def test_delayed_scaling_in_a_recurrent_loop_is_refused():
+def test_where_delayed_scaling_does_not_apply():
+    # In a tf.while_loop: refused, naming the layer.
     layer = keras.layers.SimpleRNN(2, dtype=lp.Policy("fp8_delayed"))
-    with pytest.raises(ValueError, match="recurrent loop of layer"):
+    with pytest.raises(ValueError, match="recurrent loop of layer 'simple_rnn_cell"):
         tf.function(layer)(np.ones((1, 3, 2), np.float32))
+    # A policy given after build: no state, a clear error.
+    dense = keras.layers.Dense(2)
+    dense.build((None, 3))
+    dense.dtype_policy = lp.Policy("fp8_delayed")
+    with pytest.raises(ValueError, match="its policy was given after the layer was built"):
+        dense(np.ones((1, 3), np.float32))
+    # No kernel of its own (the attention core): current scaling, its projections delayed.
+    attention = keras.layers.MultiHeadAttention(1, 2, dtype=lp.Policy("fp8_delayed"))
+    x = np.full((1, 2, 3), 1000.0, np.float32)
+    y = attention(x, x)
+    assert not scaling.state_of(attention) and scaling.state_of(attention._query_dense)
+    assert np.all(np.isfinite(np.asarray(y)))
 
 
 def test_monitor_reports_amax_and_scale_and_weight_rounding_leaves_state_alone():
