@@ -71,8 +71,10 @@ class Scaling:
 
     >>> import tf_lowprec as lp
     >>> spec = lp.PrecisionSpec(activations=("e4m3", "nearest_even", lp.Scaling("delayed")))
-    >>> spec.activations
-    ('e4m3', 'nearest_even', Scaling('delayed', history_length=1024, margin=0, power_of_two=False, granularity='tensor'))
+    >>> spec.activations[:2], spec.scaling("activations").history_length
+    (('e4m3', 'nearest_even'), 1024)
+    >>> spec.get_config()["activations"][2]["mode"]
+    'delayed'
     """
 
     def __init__(self, mode="delayed", *, history_length=1024, margin=0, power_of_two=False,
