@@ -343,3 +343,16 @@ def test_monitor_reports_amax_and_scale_and_weight_rounding_leaves_state_alone()
         history.numpy()[0], E4M3_MAX)
     # The scale is not an FP16 value (448 / amax): LowPrecisionWeights did not round it.
     assert np.float16(scale.numpy()) != scale.numpy()
+
+
+def test_delayed_scaling_with_steps_per_execution():
+    # Keras runs the steps in a tf.while_loop of its own: each step updates the state.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)),
+                              keras.layers.Dense(3, dtype=lp.Policy("fp8_delayed"))])
+    model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=2)
+    x = np.concatenate([np.full((4, 4), 5.0), np.full((4, 4), 7.0)]).astype(np.float32)
+    model.fit(x, np.zeros((8, 3), np.float32), batch_size=4, verbose=0, shuffle=False)
+    scale, history = scaling.state_of(model.layers[0])["activations"]
+    np.testing.assert_array_equal(history.numpy()[:3], [7.0, 5.0, 0.0])
+    assert scale.numpy() == np.float32(448.0) / np.float32(7.0)

@@ -208,7 +208,8 @@ def _tracked_scale(context, role, scaling, fmt):
                 "was given after the layer was built.  Give the policy before building "
                 "(construct the layer with it, or set keras.config.set_dtype_policy first)")
         return None
-    if _in_while_body():
+    if _in_while_body() and any(isinstance(c, keras.layers.RNN) for c in context.callers):
+        # (Not the loop of Keras' steps_per_execution, around the whole training step.)
         raise ValueError(
             f"Scaling('delayed') of {role} in the recurrent loop of layer {layer.name!r} is "
             "not supported: the amax of every timestep cannot leave the loop as one value. "
