@@ -64,7 +64,7 @@ from tf_lowprec.numerics.rounding import (
     round_gradient,
     round_to_format,
 )
-from tf_lowprec.keras.policy import Policy, PrecisionSpec, strip_policies
+from tf_lowprec.keras.policy import Policy, PrecisionSpec, Scaling, strip_policies
 from tf_lowprec.keras.coverage import (
     UnemulatedGemmError,
     UnemulatedGemmWarning,
@@ -141,6 +141,7 @@ __all__ = [
     "OpLibraryError",
     "Policy",
     "PrecisionSpec",
+    "Scaling",
     "bf16_conv2d",
     "bf16_matmul",
     "dfp_conv2d",

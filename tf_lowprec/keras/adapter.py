@@ -11,7 +11,8 @@ functions of the TensorFlow backend with wrappers:
   `separable_conv`, `conv_transpose`, and `_dot_product_attention_xla` (the
   core of `ops.dot_product_attention`, which calls `tf.einsum` directly);
 - `Layer.__call__` ("layer_call" around it; outputs of layers whose policy has
-  `_lowprec_storage`), `Trainer.compile`, `Model.export`, and
+  `_lowprec_storage`), `Layer._post_build` ("layer_built"), `Trainer.compile`,
+  `Model.export`, and
   `keras.src.dtype_policies.get` and `.serialize`.
 
 The wrappers know nothing of policies or training: they hand each event to
@@ -40,6 +41,9 @@ own function when there is none or the listener declines (returns
   layer (keras/src/ops/operation.py), which would lose a `Policy`.
 - "policy_config": `listener(policy, config)` -> the config to save, after
   `dtype_policies.serialize` (what `Layer.get_config` saves as "dtype").
+- "layer_built": `listener(layer)` after a layer's `build`, while the layer
+  may still create variables (`Layer._post_build`, before Keras locks its
+  state): the per-tensor scaling's state (`tf_lowprec.keras.scaling`).
 
 `install()` is one explicit, idempotent step (`import tf_lowprec` takes it);
 it checks the Keras version first.  Listeners can be set before or after it.
@@ -64,7 +68,7 @@ _NUMPY_FUNCTIONS = ("matmul", "einsum", "dot", "tensordot", "inner")
 _NN_FUNCTIONS = ("conv", "depthwise_conv", "separable_conv", "conv_transpose",
                  "_dot_product_attention_xla")
 EVENTS = ("gemm", "layer_outputs", "layer_call", "compiling", "export", "policy_from_name",
-          "policy_config")
+          "policy_config", "layer_built")
 _lock = threading.Lock()
 _installed = False
 _install_error = None
@@ -234,6 +238,18 @@ def _wrap_layer_and_model_methods():
       that "export" returns for the model.
     """
     layer_class = keras.layers.Layer
+    if not hasattr(layer_class._post_build, "_lowprec_original"):
+        post_build_original = layer_class._post_build
+
+        @functools.wraps(post_build_original)
+        def _post_build(self):
+            post_build_original(self)
+            listener = _listeners["layer_built"]
+            if listener is not None:
+                listener(self)
+
+        _post_build._lowprec_original = post_build_original
+        layer_class._post_build = _post_build
     if not hasattr(layer_class.__call__, "_lowprec_original"):
         call_original = layer_class.__call__
 
@@ -309,10 +325,16 @@ def installed():
     numpy_module, nn_module = _backend_modules()
     return hasattr(dtype_policies.get, "_lowprec_original") and hasattr(
         keras.layers.Layer.__call__, "_lowprec_original") and hasattr(
+        keras.layers.Layer._post_build, "_lowprec_original") and hasattr(
         keras.Model.compile, "_lowprec_original") and hasattr(
         keras.Model.export, "_lowprec_original") and all(hasattr(getattr(m, n), "_lowprec_original")
                for m, names in ((numpy_module, _NUMPY_FUNCTIONS), (nn_module, _NN_FUNCTIONS))
                for n in names)
+
+
+def own_weights(layer):
+    """The variables `layer` itself created (not those of its sublayers), trainable first."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)
 
 
 def keras_global_seed():

@@ -52,6 +52,7 @@ from tf_lowprec.gemm import common as gemm_common
 from tf_lowprec.gemm import registry as gemm_registry
 from tf_lowprec.keras import adapter
 from tf_lowprec.keras import coverage
+from tf_lowprec.keras import scaling as scaling_lib
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
 
@@ -253,18 +254,31 @@ class LayerContext:
         return entry[0].replace(axis=axis, name=entry[0].name), entry[1]
 
     def _round_now(self, x, role, axis):
+        spec = self.spec
         if role == "errors":
             entry = self.role_format("errors", axis)
             if entry is None:
                 return x
             fmt, rounding = entry
             seed = self.seed("errors") if rounding == "stochastic" else None
+            if spec.scaling("errors") is not None:
+                return scaling_lib.round_error(self, x, fmt, rounding, spec.scaling("errors"),
+                                               seed)
             return rounding_lib.round_gradient(
                 x, fmt, rounding, seed=seed, implementation=self.implementation)
         entry = self.role_format(role, axis)
         gradient = self.role_format("weight_gradients", axis) if role == "weights" else None
         if entry is None and gradient is None:
             return x
+        if entry is not None and spec.scaling(role) is not None:
+            fmt, rounding = entry
+            seed = self.seed(role) if rounding == "stochastic" else None
+            y = scaling_lib.round_operand(self, x, role, fmt, rounding, spec.scaling(role), seed)
+            if gradient is None:
+                return y
+            gradient_seed = self.seed("weight_gradients") if gradient[1] == "stochastic" else None
+            return rounding_lib.round_gradient(y, gradient[0], gradient[1], seed=gradient_seed,
+                                               implementation=self.implementation)
         if entry is None:  # FP32 operand, rounded weight gradient
             fmt, rounding = gradient
             seed = self.seed("weight_gradients") if rounding == "stochastic" else None
@@ -322,7 +336,8 @@ class LayerContext:
         per operand per GEMM, no rounded copy.  None (explicit rounding) while
         a role hook is installed, since hooks observe the rounded tensors.
         """
-        if _role_hooks:
+        if _role_hooks or any(self.spec.scaling(r) for r in ("activations", "weights",
+                                                               "errors")):
             return None
         if not gemm_registry.get(self.spec.accumulator).quantizing_kernels:
             return None
@@ -483,8 +498,8 @@ class ErrorScaling:
     def for_context(cls, context):
         """An ErrorScaling for one GEMM of `context`, or None where errors are not scaled."""
         entry = context.spec.role("errors")
-        if entry is None or not entry[0].fixed_range:
-            return None
+        if entry is None or not entry[0].fixed_range or context.spec.scaling("errors"):
+            return None  # unrounded, wide-range or scaled errors (lp.Scaling) are not scaled here
         scaler = _error_scaler(context.model)
         if scaler is None:
             return None
@@ -701,11 +716,14 @@ def _uses_block_formats(context):
     """Whether a GEMM of `context` takes the per-GEMM path of `block_scaled_product`.
 
     It does when a forward operand or the error is in a block-scaled format,
-    the sums are FP32 and the errors are not loss-scaled per layer.
+    the sums are FP32, no role is scaled per tensor (`lp.Scaling`) and the
+    errors are not loss-scaled per layer.
     """
-    entries = [context.spec.role(role) for role in _BLOCK_ROLES]
+    spec = context.spec
+    entries = [spec.role(role) for role in _BLOCK_ROLES]
     return (any(e is not None and e[0].kind == "block" for e in entries)
-            and context.spec.accumulator == "fp32" and ErrorScaling.for_context(context) is None)
+            and spec.accumulator == "fp32" and ErrorScaling.for_context(context) is None
+            and all(spec.scaling(role) is None for role in _BLOCK_ROLES))
 
 
 def _contracted_axes(first, second, output):

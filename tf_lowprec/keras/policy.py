@@ -16,8 +16,12 @@ Tensor roles (the columns of the papers' tables):
   both backward GEMMs (dX = dY W^T and dW = X^T dY).
 - `weight_gradients`: the output dW of the backward weight GEMM.
 
-Each role is None (left in FP32) or a `(format, rounding)` pair; `format` is a
-`FloatFormat`/`DfpFormat` or a preset name of `tf_lowprec.numerics.formats`.
+Each role is None (left in FP32), a `(format, rounding)` pair, or for
+activations, weights and errors in a float format a `(format, rounding,
+Scaling(...))` triple: per-tensor (or, for weights, per-channel) scaling
+before the rounding, "current" or "delayed" as Transformer Engine defines
+them (docs/scaling.md); `format` is a `FloatFormat`/`DfpFormat` or a preset
+name of `tf_lowprec.numerics.formats`.
 
 >>> import keras, tf_lowprec as lp
 >>> policy = lp.Policy("bf16")
@@ -38,6 +42,94 @@ from tf_lowprec.numerics import rounding as rounding_lib
 
 ROLES = ("activations", "weights", "errors", "weight_gradients", "storage")
 ACCUMULATORS = tuple(gemm_registry.ACCUMULATORS)
+# Roles a `Scaling` may be given: the operands of the GEMMs and the incoming error.
+SCALED_ROLES = ("activations", "weights", "errors")
+SCALING_MODES = ("current", "delayed")
+GRANULARITIES = ("tensor", "channel")
+
+
+class Scaling:
+    """Per-tensor scaling of a role before it is rounded: y = Q(x * s) / s.
+
+    Transformer Engine's definitions: s = (largest finite value of the
+    format / amax) / 2^margin, optionally rounded down to a power of two;
+    "current" takes amax = max|x| of the tensor being rounded, "delayed"
+    the largest amax of the previous `history_length` training steps (the
+    scale and the amax history are layer state, updated once per training
+    step).  Details, edge cases and the exact arithmetic: docs/scaling.md.
+
+    Args:
+      mode: "current" or "delayed".
+      history_length: amax history length of delayed scaling (int >= 1;
+        Transformer Engine's default 1024).
+      margin: int >= 0; the scale is divided by 2^margin.
+      power_of_two: round the scale down to a power of two, which makes
+        the scaling and unscaling exact.
+      granularity: "tensor" (one scale) or "channel" (weights only, current
+        scaling only: one scale per slice along the weight's last axis, the
+        output channels of Dense and convolution kernels).
+
+    >>> import tf_lowprec as lp
+    >>> spec = lp.PrecisionSpec(activations=("e4m3", "nearest_even", lp.Scaling("delayed")))
+    >>> spec.activations[:2], spec.scaling("activations").history_length
+    (('e4m3', 'nearest_even'), 1024)
+    >>> spec.get_config()["activations"][2]["mode"]
+    'delayed'
+    """
+
+    def __init__(self, mode="delayed", *, history_length=1024, margin=0, power_of_two=False,
+                 granularity="tensor"):
+        if mode not in SCALING_MODES:
+            raise ValueError(f"Scaling mode must be one of {', '.join(SCALING_MODES)}; "
+                             f"got {mode!r}")
+        if isinstance(history_length, bool) or not isinstance(history_length, int) or (
+                history_length < 1):
+            raise ValueError(f"history_length must be an int >= 1, got {history_length!r}")
+        if isinstance(margin, bool) or not isinstance(margin, int) or not 0 <= margin <= 64:
+            raise ValueError(f"margin must be an int in [0, 64], got {margin!r}")
+        if not isinstance(power_of_two, bool):
+            raise ValueError(f"power_of_two must be True or False, got {power_of_two!r}")
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; "
+                             f"got {granularity!r}")
+        if granularity == "channel" and mode != "current":
+            raise ValueError("granularity='channel' needs mode='current' (delayed scaling "
+                             "keeps one amax history per layer and role)")
+        self.mode = mode
+        self.history_length = history_length
+        self.margin = margin
+        self.power_of_two = power_of_two
+        self.granularity = granularity
+
+    @property
+    def delayed(self):
+        return self.mode == "delayed"
+
+    def get_config(self):
+        return {"mode": self.mode, "history_length": self.history_length,
+                "margin": self.margin, "power_of_two": self.power_of_two,
+                "granularity": self.granularity}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        unknown = set(config) - {"mode", "history_length", "margin", "power_of_two",
+                                 "granularity"}
+        if unknown:
+            raise ValueError(f"unknown Scaling keys {sorted(unknown)}; valid keys: mode, "
+                             "history_length, margin, power_of_two, granularity")
+        return cls(config.pop("mode", "delayed"), **config)
+
+    def __eq__(self, other):
+        return isinstance(other, Scaling) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(tuple(self.get_config().items()))
+
+    def __repr__(self):
+        return (f"Scaling({self.mode!r}, history_length={self.history_length}, "
+                f"margin={self.margin}, power_of_two={self.power_of_two}, "
+                f"granularity={self.granularity!r})")
 
 
 def _format_name(fmt):
@@ -47,16 +139,38 @@ def _format_name(fmt):
     return formats_lib.serialize(fmt)
 
 
+def _parse_scaling(role, fmt, scaling):
+    """A role's `Scaling` (from an instance or its config), checked against role and format."""
+    if isinstance(scaling, dict):
+        scaling = Scaling.from_config(scaling)
+    if not isinstance(scaling, Scaling):
+        raise ValueError(f"{role}: the third entry must be an lp.Scaling (or its config); "
+                         f"got {scaling!r}")
+    if role not in SCALED_ROLES:
+        raise ValueError(f"{role} cannot be scaled; Scaling applies to "
+                         f"{', '.join(SCALED_ROLES)}")
+    if fmt.kind != "float":
+        raise ValueError(f"{role}: Scaling needs a float format (FloatFormat); got "
+                         f"{fmt!r}, whose kind {fmt.kind!r} scales itself")
+    if scaling.granularity == "channel" and role != "weights":
+        raise ValueError(f"{role}: granularity='channel' is for weights only")
+    return scaling
+
+
 def _parse_role(role, value):
-    """Normalises a role entry to None or (format, rounding)."""
+    """Normalises a role entry to None or (format, rounding, Scaling or None)."""
     if value is None:
         return None
+    scaling = None
     if isinstance(value, (list, tuple)):
-        if len(value) != 2:
+        if len(value) not in (2, 3):
             raise ValueError(
-                f"{role} must be None, a format or a (format, rounding) pair; got {value!r}"
+                f"{role} must be None, a format, a (format, rounding) pair or a (format, "
+                f"rounding, lp.Scaling(...)) triple; got {value!r}"
             )
-        fmt, rounding = value
+        fmt, rounding = value[:2]
+        if len(value) == 3:
+            scaling = value[2]
     else:
         fmt, rounding = value, "nearest_even"
     try:
@@ -64,9 +178,11 @@ def _parse_role(role, value):
     except ValueError as error:
         raise ValueError(f"{role}: {error}") from None
     formats_lib.check_rounding(rounding, f"{role} rounding")
+    if scaling is not None:
+        scaling = _parse_scaling(role, fmt, scaling)
     if fmt == formats_lib.FP32:
         return None  # rounding float32 onto float32 is the identity
-    return fmt, rounding
+    return fmt, rounding, scaling
 
 
 class PrecisionSpec:
@@ -107,13 +223,16 @@ class PrecisionSpec:
 
     def __init__(self, activations=None, weights=None, errors=None, weight_gradients=None,
                  storage=None, *, accumulator="fp32", first_last=None):
-        self._roles = {
+        parsed = {
             "activations": _parse_role("activations", activations),
             "weights": _parse_role("weights", weights),
             "errors": _parse_role("errors", errors),
             "weight_gradients": _parse_role("weight_gradients", weight_gradients),
             "storage": _parse_role("storage", storage),
         }
+        # (format, rounding) per role, and the Scaling of the scaled ones.
+        self._roles = {r: None if v is None else v[:2] for r, v in parsed.items()}
+        self._scalings = {r: v[2] for r, v in parsed.items() if v is not None and v[2]}
         if isinstance(accumulator, dict):
             accumulator = accumulation_gemm.Accumulator.from_config(accumulator)
         gemm_registry.get(accumulator).check(
@@ -131,12 +250,22 @@ class PrecisionSpec:
             raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
         return self._roles[role]
 
+    def scaling(self, role):
+        """The role's `Scaling`, or None when it is rounded unscaled (or not at all)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
+        return self._scalings.get(role)
+
     def __getattr__(self, name):
-        # Public read access in config form: spec.activations -> ("bf16", "nearest_even").
+        # Public read access in config form: spec.activations -> ("bf16", "nearest_even"),
+        # with the Scaling third for a scaled role.
         roles = self.__dict__.get("_roles")
         if roles is not None and name in ROLES:
             entry = roles[name]
-            return None if entry is None else (_format_name(entry[0]), entry[1])
+            if entry is None:
+                return None
+            scaling = self._scalings.get(name)
+            return (_format_name(entry[0]), entry[1]) + ((scaling,) if scaling else ())
         raise AttributeError(name)
 
     @property
@@ -164,7 +293,7 @@ class PrecisionSpec:
         config = self.get_config()
         for role in ROLES:
             if config[role] is not None:
-                config[role] = [config[role][0], rounding]
+                config[role] = [config[role][0], rounding] + config[role][2:]
         if config["first_last"] is not None:
             config["first_last"] = PrecisionSpec.from_config(
                 config["first_last"]).with_rounding(rounding).get_config()
@@ -175,6 +304,8 @@ class PrecisionSpec:
         for role in ROLES:
             entry = self._roles[role]
             config[role] = None if entry is None else [_format_name(entry[0]), entry[1]]
+            if role in self._scalings:
+                config[role].append(self._scalings[role].get_config())
         config["accumulator"] = (self.accumulator.get_config()
                                  if isinstance(self.accumulator, accumulation_gemm.Accumulator)
                                  else self.accumulator)
@@ -194,7 +325,7 @@ class PrecisionSpec:
             if isinstance(config.get(role), dict):
                 config[role] = formats_lib.get(config[role])
             elif isinstance(config.get(role), list) and isinstance(config[role][0], dict):
-                config[role] = (formats_lib.get(config[role][0]), config[role][1])
+                config[role] = (formats_lib.get(config[role][0]),) + tuple(config[role][1:])
         if isinstance(config.get("first_last"), dict):
             config["first_last"] = cls.from_config(config["first_last"])
         return cls(**config)
@@ -234,8 +365,11 @@ def _presets():
             activations="hfp8_forward", weights="hfp8_forward", errors="hfp8_backward",
             weight_gradients="hfp8_backward", first_last=fp16_spec,
         ),
-        # OCP FP8 as Transformer Engine uses it: E4M3 forward operands, E5M2
-        # errors, weight gradients left in FP32 (the GEMM's output precision).
+        # OCP FP8 formats, unscaled: E4M3 forward operands, E5M2 errors, weight
+        # gradients left in FP32 (the GEMM's output precision).  Values beyond
+        # E4M3's 448 saturate and small ones underflow; the loss scaling that
+        # compile adds keeps the errors in range.  Not Transformer Engine's
+        # recipe, which always scales: see fp8_delayed.
         "fp8": PrecisionSpec(activations="e4m3", weights="e4m3", errors="e5m2"),
         # The same numerics with the BF16 GEMM of `bf16_matmul`: FP32
         # accumulation in VDPBF16PS's fixed order, on the native AVX512_BF16
@@ -254,9 +388,24 @@ def _presets():
         "fp8_wang": PrecisionSpec(
             activations="e5m2", weights="e5m2", errors="e5m2", weight_gradients="e5m2",
             accumulator=accumulation_gemm.Accumulator(formats_lib.FP16, chunk_size=64)),
-        # Block-scaled formats (docs/block_formats.md): every GEMM operand
-        # blocked along its reduction axis, errors along the output channels;
-        # FP32 sums, weight gradients and master weights.
+        # fp8's formats with per-tensor "current" scaling: each tensor
+        # scaled by 448 / max|x| (E4M3) or 57344 / max|dY| (E5M2) before it
+        # is rounded (Transformer Engine's Float8CurrentScaling recipe).
+        "fp8_current": PrecisionSpec(
+            activations=("e4m3", "nearest_even", Scaling("current")),
+            weights=("e4m3", "nearest_even", Scaling("current")),
+            errors=("e5m2", "nearest_even", Scaling("current"))),
+        # Transformer Engine's default recipe, DelayedScaling(margin=0,
+        # amax_history_len=1024, amax_compute_algo="max", fp8_format=HYBRID):
+        # E4M3 forward operands, E5M2 errors, each scaled from the largest
+        # amax of the previous 1024 training steps.
+        "fp8_delayed": PrecisionSpec(
+            activations=("e4m3", "nearest_even", Scaling("delayed")),
+            weights=("e4m3", "nearest_even", Scaling("delayed")),
+            errors=("e5m2", "nearest_even", Scaling("delayed"))),
+        # Block-scaled formats (docs/block_formats.md): every GEMM's operands
+        # blocked along the axis it sums over; FP32 sums, weight gradients and
+        # master weights.
         # MXFP8 as Transformer Engine's MXFP8BlockScaling recipe defaults to:
         # E4M3 elements for every tensor, gradients included.
         "mxfp8": PrecisionSpec(activations="mxfp8_e4m3", weights="mxfp8_e4m3",
@@ -328,7 +477,8 @@ class Policy(keras.DTypePolicy):
 
     Args:
       name: a preset ("fp32", "bf16", "fp16", "hfp8", "fp8", "bf16_native",
-        "dfp16", "fp8_wang", "mxfp8", "mxfp6", "mxfp4", "nvfp4") or, with
+        "dfp16", "fp8_wang", "fp8_current", "fp8_delayed", "mxfp8", "mxfp6",
+        "mxfp4", "nvfp4") or, with
         `spec`, any label for a custom policy (default "custom").
       spec: a `PrecisionSpec` (or its config dict) for a custom policy.
       rounding: optional rounding mode applied to every rounded role of the

@@ -32,12 +32,15 @@ from tf_lowprec.keras import emulation
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.keras import adapter
 from tf_lowprec.keras import policy as policy_lib
+from tf_lowprec.keras import scaling as scaling_lib
 from tf_lowprec.numerics import stats as stats_lib
 
 ROLES = policy_lib.ROLES
 STATS = ("underflow", "overflow", "subnormal")
 # Recorded besides STATS for roles in block-scaled formats (stats.BLOCK_STAT_NAMES).
 BLOCK_STATS = stats_lib.BLOCK_STAT_NAMES
+# Logged for the roles a policy scales (lp.Scaling).
+SCALING_STATS = ("amax", "scale")
 
 
 def _emulated_layers(model):
@@ -61,16 +64,37 @@ def _rounded_roles(policy):
 
 
 def _role_stats(policy, role):
-    """The statistics recorded for `role` under `policy`: block ones too for a BlockFormat."""
+    """The statistics recorded for `role` under `policy`: block ones for a BlockFormat,
+    amax and scale for a scaled role."""
     specs = [policy.spec] + ([policy.spec.first_last] if policy.spec.first_last else [])
     block = any(s.role(role) is not None and s.role(role)[0].kind == "block" for s in specs)
-    return STATS + (BLOCK_STATS if block else ())
+    scaled = any(s.scaling(role) is not None for s in specs)
+    return STATS + (BLOCK_STATS if block else ()) + (SCALING_STATS if scaled else ())
 
 
 def _names_for(fmt, variables):
     """The statistics of `fmt` that have variables (in a fixed order)."""
     available = stats_lib.stat_names(fmt)
     return [name for name in STATS + BLOCK_STATS if name in available and name in variables]
+
+
+def _current_scaling(spec, role, layer):
+    """The role's Scaling where it scales like current scaling, else None.
+
+    Delayed roles of a layer without scale state (no kernel) scale like
+    current ones (docs/scaling.md).
+    """
+    scaling = spec.scaling(role)
+    if scaling is None or (scaling.delayed and role in scaling_lib.state_of(layer)):
+        return None
+    return scaling
+
+
+def _amax_and_scale(x, fmt, scaling):
+    """[amax, scale] of a current-scaled tensor (the tensor-wide amax and its scale)."""
+    amax = scaling_lib.amax_of(x)
+    return [amax, scaling_lib.compute_scale(amax, fmt.max_value, scaling.margin,
+                                            scaling.power_of_two)]
 
 
 class PrecisionMonitor(keras.callbacks.Callback):
@@ -90,7 +114,10 @@ class PrecisionMonitor(keras.callbacks.Callback):
     Log keys: `precision/<layer path>/<role>/<stat>` (stat in underflow,
     overflow, subnormal; for roles in a block-scaled format also
     clipped_blocks, scale_exponent_min and scale_exponent_max: see
-    `lp.precision_stats`; recurrent layers' error statistics are means over
+    `lp.precision_stats`; for roles with an `lp.Scaling` amax and scale:
+    for delayed scaling the newest amax of the layer's history and the scale
+    the next step uses, for current scaling those of the sampled step —
+    docs/scaling.md; recurrent layers' error statistics are means over
     timesteps), `loss_scale`, and `loss_scale/<layer path>` for an
     `AdaptiveLossScaleOptimizer`, and `unemulated_gemms`: how many (layer, op
     type) raw TensorFlow GEMMs the policies could not emulate were found in
@@ -133,6 +160,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
         self.roles = roles
         self.log_dir = log_dir
         self._variables = {}
+        self._layers = {}
         self._observed = set()
         self._remove_hook = None
         self._tracing_sampler = False
@@ -157,6 +185,11 @@ class PrecisionMonitor(keras.callbacks.Callback):
         values = stats_lib.precision_stats(x, fmt, implementation=context.implementation)
         for name in names:
             variables[name].assign(values[name])
+        scaling = _current_scaling(context.spec, role, context.layer)
+        if scaling is not None and "amax" in variables:
+            self._observed.update((key, name) for name in SCALING_STATS)
+            for name, value in zip(SCALING_STATS, _amax_and_scale(x, fmt, scaling)):
+                variables[name].assign(value)
 
     def _observe_gradient(self, context, role, fmt, y):
         """Identity on y whose gradient's statistics leave the gradient graph as values.
@@ -172,7 +205,9 @@ class PrecisionMonitor(keras.callbacks.Callback):
         if variables is None:
             return y
 
-        names = _names_for(fmt, variables)
+        scaling = (_current_scaling(context.spec, role, context.layer)
+                   if "amax" in variables else None)
+        names = _names_for(fmt, variables) + list(SCALING_STATS if scaling is not None else ())
 
         def assign_means(total):  # [sum of each statistic..., count]
             for index, name in enumerate(names):
@@ -187,7 +222,9 @@ class PrecisionMonitor(keras.callbacks.Callback):
         def observe(v, unused_probe):
             def grad(dy):
                 values = stats_lib.precision_stats(dy, fmt, implementation=context.implementation)
-                return dy, tf.stack([values[name] for name in names] + [tf.ones([])])
+                extra = [] if scaling is None else _amax_and_scale(dy, fmt, scaling)
+                statistics = [values[name] for name in names if name not in SCALING_STATS]
+                return dy, tf.stack(statistics + extra + [tf.ones([])])
 
             return tf.identity(v), grad
 
@@ -221,6 +258,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
                     key = (_layer_key(layer), role)
                     if key in self._variables:
                         continue
+                    self._layers[key[0]] = layer
                     self._variables[key] = {
                         name: tf.Variable(0.0, trainable=False, name=f"precision_{name}",
                                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -288,11 +326,17 @@ class PrecisionMonitor(keras.callbacks.Callback):
     def _read(self):
         values = {}
         for (layer, role), variables in self._variables.items():
+            observed = False
             for name, variable in variables.items():
                 # Unobserved: e.g. a Flatten layer under a global policy (no
                 # GEMM), or block statistics of a first/last layer in FP16.
                 if ((layer, role), name) in self._observed:
+                    observed = True
                     values[f"precision/{layer}/{role}/{name}"] = float(variable.numpy())
+            delayed = scaling_lib.state_of(self._layers[layer]).get(role) if observed else None
+            if delayed is not None:  # the layer's own state: the step's amax, the next scale
+                values[f"precision/{layer}/{role}/amax"] = float(delayed[1].numpy()[0])
+                values[f"precision/{layer}/{role}/scale"] = float(delayed[0].numpy())
         self.unemulated = coverage.unemulated_gemms(self.model)
         values["unemulated_gemms"] = float(sum(len(ops) for ops in self.unemulated.values()))
         optimizer = getattr(self.model, "optimizer", None)

@@ -299,14 +299,14 @@ def automatic_loss_scaling_mode(mode):
 
 
 def needs_loss_scaling(policy):
-    """Whether a policy rounds errors to a format with at most FP16's range."""
+    """Whether a policy rounds errors, unscaled, to a format with at most FP16's range."""
     if not isinstance(policy, policy_lib.Policy):
         return False
     specs = [policy.spec] + ([policy.spec.first_last] if policy.spec.first_last else [])
     for spec in specs:
         entry = spec.role("errors")
-        if entry is not None and entry[0].needs_loss_scaling:
-            return True
+        if entry is not None and entry[0].needs_loss_scaling and spec.scaling("errors") is None:
+            return True  # scaled errors (lp.Scaling) bring their own range
     return False
 
 

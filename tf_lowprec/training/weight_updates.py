@@ -92,7 +92,8 @@ class LowPrecisionWeights(keras.optimizers.Optimizer):
         self.inner_optimizer.build(var_list)
         super().build(var_list)
         for v in var_list:  # representable from the start
-            v.assign(self._round(v.value))
+            if not getattr(v, "overwrite_with_gradient", False):
+                v.assign(self._round(v.value))
 
     def _round(self, x, rounding="nearest_even", seed=None):
         return rounding_lib.round_to_format(x, self.format, rounding, seed=seed)
@@ -108,6 +109,8 @@ class LowPrecisionWeights(keras.optimizers.Optimizer):
             self.inner_optimizer.apply(grads, variables)
         step = tf.cast(self.inner_optimizer.iterations, tf.int64)
         for index, (v, w) in enumerate(zip(variables, old)):
+            if getattr(v, "overwrite_with_gradient", False):
+                continue  # state the inner optimizer assigned (lp.Scaling's scales), not a weight
             new = v.value
             if self.rounding == "nearest_even":
                 v.assign(self._round(new))
