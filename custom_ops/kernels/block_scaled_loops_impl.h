@@ -1,0 +1,426 @@
+// Loops of the block-scaled conversion (OCP MX, NVFP4), one copy per
+// instruction set: a part of rounding_loops_impl.h, included by it inside
+// tf_lowprec::TF_LOWPREC_ISA's anonymous namespace (after its random-word
+// helpers, which the stochastic rounding here shares), with every standard
+// header it needs already included there.  The steps are block_scaling.h's
+// scalar functions; the AVX2 tier rounds E8M0-scaled elements on 8 lanes
+// with intrinsics (the same steps, bit for bit: tests/test_block_scaled_kernels.py).
+//
+// Shape of the work (BlockScaledJob, rounding_loops.h): blocks along the
+// last axis (inner == 1) lie in contiguous runs; blocks along another axis
+// are handled kBlockColumns columns at a time, each column a block, so that
+// a row of the block is a contiguous run of elements with per-column scales.
+// Either way an element run is rounded with per-element grid parameters
+// (arrays filled from the block parameters) and random words drawn for
+// aligned chunks of kBlockChunk global element indices.
+
+// Elements per chunk of random words: aligned to this many global indices,
+// a chunk lies inside one of the aligned runs that the vector fill
+// functions above require (ChunkElements), for half and whole words.
+constexpr int64_t kBlockChunk = 256;
+
+// Masked random words (RandomWordOfElement, philox.h) of elements
+// [first, first + n) of one aligned chunk, as uint32, whatever the tier.
+class ChunkRandomWords {
+ public:
+  explicit ChunkRandomWords(const RandomStream& random)
+      : random_(random)
+#if defined(TF_LOWPREC_AVX512_INTRINSICS)
+        , keys_(simd::MakePhiloxKeys16(random.philox))
+#elif defined(TF_LOWPREC_AVX2_INTRINSICS)
+        , keys_(simd_avx2::MakePhiloxKeys8(random.philox))
+#endif
+  {
+  }
+
+  void Fill(int64_t first, int64_t n, uint32_t* words) {
+#if defined(TF_LOWPREC_AVX512_INTRINSICS) || defined(TF_LOWPREC_AVX2_INTRINSICS)
+#if defined(TF_LOWPREC_AVX512_INTRINSICS)
+    const uint8_t* filled = random_.half_words
+                                ? FillRandomWords16<true>(random_, keys_, first, n, buffer_)
+                                : FillRandomWords16<false>(random_, keys_, first, n, buffer_);
+#else
+    const uint8_t* filled = random_.half_words
+                                ? FillRandomWords8<true>(random_, keys_, first, n, buffer_)
+                                : FillRandomWords8<false>(random_, keys_, first, n, buffer_);
+#endif
+    if (random_.half_words) {
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t half;
+        std::memcpy(&half, filled + 2 * i, 2);
+        words[i] = static_cast<uint32_t>(half) << 16;
+      }
+    } else {
+      std::memcpy(words, filled, 4 * n);
+    }
+#else
+    FillRandomWords(random_, first, n, words);
+#endif
+  }
+
+ private:
+  RandomStream random_;
+#if defined(TF_LOWPREC_AVX512_INTRINSICS)
+  simd::PhiloxKeys16 keys_;
+  alignas(64) uint32_t buffer_[kWordBuffer];
+#elif defined(TF_LOWPREC_AVX2_INTRINSICS)
+  simd_avx2::PhiloxKeys8 keys_;
+  alignas(32) uint32_t buffer_[kWordBuffer];
+#endif
+};
+
+// Largest finite magnitude (bits) and whether a NaN or Inf occurs, over a
+// contiguous run.
+struct RunStats {
+  uint32_t amax_bits = 0;
+  bool nonfinite = false;
+};
+
+inline RunStats StatsOfRun(const uint32_t* src, int64_t n) {
+  uint32_t amax = 0, nonfinite = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t a = src[i] & kAbsMask;
+    nonfinite |= a >= kInfBits ? 1u : 0u;
+    const uint32_t finite = a < kInfBits ? a : 0u;
+    amax = finite > amax ? finite : amax;
+  }
+  return {amax, nonfinite != 0};
+}
+
+// The same per column j < width over `rows` rows `stride` apart, into
+// amax[j] and nonfinite[j] (both reset here).
+inline void StatsOfColumns(const uint32_t* src, int64_t rows, int64_t width, int64_t stride,
+                           uint32_t* amax, uint32_t* nonfinite) {
+  for (int64_t j = 0; j < width; ++j) amax[j] = nonfinite[j] = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint32_t* row = src + r * stride;
+    for (int64_t j = 0; j < width; ++j) {
+      const uint32_t a = row[j] & kAbsMask;
+      nonfinite[j] |= a >= kInfBits ? 1u : 0u;
+      const uint32_t finite = a < kInfBits ? a : 0u;
+      amax[j] = finite > amax[j] ? finite : amax[j];
+    }
+  }
+}
+
+// Grid parameters of one block, in the form the element runs read them.
+struct BlockParams {
+  // E8M0 scales: the shifted element grid.
+  int32_t k_min = 0;
+  uint32_t limit_bits = 0;
+  // Float scales.
+  float element_encode = 1.0f;
+  double scale = 0.0;
+  // Whether the block's elements need the fix-up after the run: it becomes
+  // NaN (a non-finite element with nonfinite_blocks "nan"), or it is zero
+  // (no non-zero finite element, or a float scale that rounded to 0: every
+  // finite element becomes a zero with its sign).
+  bool nan_block = false;
+  bool zero_block = false;
+};
+
+// Parameters and decoded scale (float32 bits) of a block with stats `stats`.
+template <bool kFloatScale>
+inline BlockParams MakeBlockParams(const BlockScaledSpec& spec, const RunStats& stats,
+                                   double encode, uint32_t* scale_bits) {
+  BlockParams p;
+  p.nan_block = spec.nan_blocks && stats.nonfinite;
+  if (kFloatScale) {
+    const FloatBlockScale s = MakeFloatBlockScale(spec, stats.amax_bits, encode);
+    p.element_encode = s.element_encode;
+    p.scale = s.scale;
+    p.zero_block = s.scale == 0.0;
+    *scale_bits = FloatBits(s.decoded);
+  } else {
+    const int32_t s = MxSharedExponent(stats.amax_bits, spec.element_max_exponent);
+    const ShiftedElementGrid g = MakeShiftedElementGrid(spec, s);
+    p.k_min = g.k_min;
+    p.limit_bits = g.limit_bits;
+    p.zero_block = stats.amax_bits == 0;
+    *scale_bits = PowerOfTwoBits(s);
+  }
+  if (p.nan_block) *scale_bits = kQuietNanBits;
+  return p;
+}
+
+// Per-element parameter arrays of one run of at most kBlockChunk elements.
+struct RunParams {
+  alignas(64) int32_t k_min[kBlockChunk];
+  alignas(64) uint32_t limit_bits[kBlockChunk];
+  alignas(64) float element_encode[kBlockChunk];
+  alignas(64) double scale[kBlockChunk];
+};
+
+template <bool kFloatScale>
+inline void SetRunParams(const BlockParams& p, int64_t begin, int64_t end, RunParams* rp) {
+  if (kFloatScale) {
+    std::fill(rp->element_encode + begin, rp->element_encode + end, p.element_encode);
+    std::fill(rp->scale + begin, rp->scale + end, p.scale);
+  } else {
+    std::fill(rp->k_min + begin, rp->k_min + end, p.k_min);
+    std::fill(rp->limit_bits + begin, rp->limit_bits + end, p.limit_bits);
+  }
+}
+
+// ---- Element runs: dst[i] from src[i] with element i's parameters ----
+// Non-finite elements pass through here (nan blocks are fixed up after).
+
+template <Rounding kRounding>
+inline void RoundMxRunScalar(const uint32_t* src, uint32_t* dst, int64_t n,
+                             const uint32_t* words, const int32_t* k_min,
+                             const uint32_t* limit_bits, const FloatGrid& element) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = src[i];
+    const uint32_t word = kRounding == Rounding::kStochastic ? words[i] : 0u;
+    dst[i] = (u & kAbsMask) >= kInfBits
+                 ? PassThroughNonFinite(u)
+                 : RoundToShiftedElement<kRounding>(u, k_min[i], limit_bits[i], element, word);
+  }
+}
+
+#if defined(TF_LOWPREC_AVX2_INTRINSICS)
+// RoundToShiftedElement (block_scaling.h) and the non-finite pass-through
+// on 8 lanes.  floor(log2 a) of a float32 subnormal a comes from the
+// exponent of the exact integer-to-float conversion of its bits (a < 2^23),
+// which flush-to-zero cannot change.
+template <Rounding kRounding>
+inline __m256i RoundMxVector8(__m256i u, __m256i k_min, __m256i limit, __m256i word,
+                              const FloatGrid& element) {
+  using simd_avx2::Select8;
+  using simd_avx2::Splat;
+  using simd_avx2::SplatInt;
+  const __m256i a = _mm256_and_si256(u, Splat(kAbsMask));
+  const __m256i sign = _mm256_and_si256(u, Splat(kSignMask));
+  const __m256i biased = _mm256_srli_epi32(a, 23);
+  const __m256i normal_log2 = _mm256_sub_epi32(biased, SplatInt(127));
+  const __m256i subnormal_log2 = _mm256_sub_epi32(
+      _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(a)), 23), SplatInt(127 + 149));
+  const __m256i log2 =
+      Select8(_mm256_cmpeq_epi32(biased, _mm256_setzero_si256()), subnormal_log2, normal_log2);
+  // a == 0 gives log2 = -276 and so k = k_min.
+  const __m256i k =
+      _mm256_max_epi32(_mm256_sub_epi32(log2, SplatInt(element.mantissa_bits)), k_min);
+  __m256i r = simd_avx2::RoundMagnitudeToGrid8<kRounding>(a, k, word);
+  r = _mm256_min_epi32(r, limit);
+  if (!element.subnormals) {
+    // Below 2^(k_min + m) (>= -149): flushed.
+    const __m256i e = _mm256_add_epi32(k_min, SplatInt(element.mantissa_bits));
+    const __m256i normal_bits =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_max_epi32(e, SplatInt(-126)), SplatInt(127)),
+                          23);
+    const __m256i subnormal_bits =
+        _mm256_sllv_epi32(SplatInt(1), simd_avx2::ClampInt8(_mm256_add_epi32(e, SplatInt(149)),
+                                                            0, 31));
+    const __m256i min_normal =
+        Select8(_mm256_cmpgt_epi32(e, SplatInt(-127)), normal_bits, subnormal_bits);
+    r = _mm256_andnot_si256(_mm256_cmpgt_epi32(min_normal, r), r);
+  }
+  __m256i out = _mm256_or_si256(sign, r);
+  if (!element.negative_zero) {
+    out = _mm256_andnot_si256(_mm256_cmpeq_epi32(r, _mm256_setzero_si256()), out);
+  }
+  const __m256i nonfinite = _mm256_cmpgt_epi32(a, Splat(kInfBits - 1u));
+  const __m256i nan = _mm256_cmpgt_epi32(a, Splat(kInfBits));
+  const __m256i special = Select8(nan, _mm256_or_si256(sign, Splat(kQuietNanBits)), u);
+  return Select8(nonfinite, special, out);
+}
+
+template <Rounding kRounding>
+inline void RoundMxRun(const uint32_t* src, uint32_t* dst, int64_t n, const uint32_t* words,
+                       const int32_t* k_min, const uint32_t* limit_bits,
+                       const FloatGrid& element) {
+  const auto load = [](const void* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  };
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i word =
+        kRounding == Rounding::kStochastic ? load(words + i) : _mm256_setzero_si256();
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        RoundMxVector8<kRounding>(load(src + i), load(k_min + i),
+                                                  load(limit_bits + i), word, element));
+  }
+  RoundMxRunScalar<kRounding>(src + i, dst + i, n - i, words == nullptr ? nullptr : words + i,
+                              k_min + i, limit_bits + i, element);
+}
+#else
+template <Rounding kRounding>
+inline void RoundMxRun(const uint32_t* src, uint32_t* dst, int64_t n, const uint32_t* words,
+                       const int32_t* k_min, const uint32_t* limit_bits,
+                       const FloatGrid& element) {
+  RoundMxRunScalar<kRounding>(src, dst, n, words, k_min, limit_bits, element);
+}
+#endif
+
+template <Rounding kRounding>
+inline void RoundFloatScaledRun(const uint32_t* src, uint32_t* dst, int64_t n,
+                                const uint32_t* words, const float* element_encode,
+                                const double* scale, double encode, const FloatGrid& element) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = src[i];
+    const uint32_t word = kRounding == Rounding::kStochastic ? words[i] : 0u;
+    dst[i] = (u & kAbsMask) >= kInfBits
+                 ? PassThroughNonFinite(u)
+                 : RoundFloatScaledElement<kRounding>(u, element_encode[i], scale[i], encode,
+                                                      element, word);
+  }
+}
+
+// Rounds elements [begin, end) of x (global indices, one contiguous run)
+// whose parameters are params(i) for i in the run: chunk by chunk, filling
+// the per-element arrays with `fill(chunk_begin, chunk_end, run_params)`.
+template <Rounding kRounding, bool kFloatScale, typename Fill>
+inline void RoundRun(const BlockScaledJob& job, int64_t begin, int64_t end,
+                     ChunkRandomWords* random, RunParams* rp, const Fill& fill) {
+  alignas(64) uint32_t words[kBlockChunk];
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(job.in);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(job.out);
+  for (int64_t start = begin, stop; start < end; start = stop) {
+    stop = std::min(end, (start / kBlockChunk + 1) * kBlockChunk);
+    const int64_t m = stop - start;
+    if (kRounding == Rounding::kStochastic) random->Fill(start, m, words);
+    fill(start, stop, rp);
+    if (kFloatScale) {
+      RoundFloatScaledRun<kRounding>(src + start, dst + start, m, words, rp->element_encode,
+                                     rp->scale, job.encode, job.spec->element);
+    } else {
+      RoundMxRun<kRounding>(src + start, dst + start, m, words, rp->k_min, rp->limit_bits,
+                            job.spec->element);
+    }
+  }
+}
+
+// The fix-up of a NaN or zero block's elements (run of n, `stride` apart);
+// non-finite elements of a zero block pass through.
+inline void FixUpBlock(const BlockParams& p, const uint32_t* src, uint32_t* dst, int64_t n,
+                       int64_t stride) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = src[i * stride];
+    const uint32_t zero = (u & kAbsMask) >= kInfBits ? PassThroughNonFinite(u) : (u & kSignMask);
+    dst[i * stride] = p.nan_block ? NanBlockElement(u) : zero;
+  }
+}
+
+// Blocks along the last axis: units [first, last) are blocks.
+template <Rounding kRounding, bool kFloatScale>
+void QuantizeContiguousBlocks(const BlockScaledJob& job, int64_t first, int64_t last) {
+  const BlockScaledSpec& spec = *job.spec;
+  const int64_t bs = spec.block_size;
+  // Blocks handled per group: their parameters are computed first, then
+  // their elements are rounded while still in cache.
+  const int64_t group = std::max<int64_t>(1, 8192 / bs);
+  std::vector<BlockParams> params(static_cast<size_t>(std::min(group, last - first)));
+  ChunkRandomWords random(job.random);
+  RunParams rp;
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(job.in);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(job.out);
+  uint32_t* scales = reinterpret_cast<uint32_t*>(job.scales);
+  for (int64_t ob = first; ob < last;) {
+    const int64_t o = ob / job.blocks;
+    const int64_t b0 = ob % job.blocks;
+    const int64_t b1 = std::min({job.blocks, b0 + (last - ob), b0 + group});
+    const int64_t row = o * job.length;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = row + b * bs;
+      const int64_t count = std::min(bs, job.length - b * bs);
+      params[b - b0] = MakeBlockParams<kFloatScale>(spec, StatsOfRun(src + begin, count),
+                                                    job.encode, &scales[o * job.blocks + b]);
+    }
+    const int64_t run_begin = row + b0 * bs;
+    const int64_t run_end = row + std::min(b1 * bs, job.length);
+    RoundRun<kRounding, kFloatScale>(
+        job, run_begin, run_end, &random, &rp,
+        [&](int64_t start, int64_t stop, RunParams* out) {
+          for (int64_t i = start; i < stop;) {
+            const int64_t b = (i - row) / bs;
+            const int64_t block_end = std::min(stop, row + (b + 1) * bs);
+            SetRunParams<kFloatScale>(params[b - b0], i - start, block_end - start, out);
+            i = block_end;
+          }
+        });
+    for (int64_t b = b0; b < b1; ++b) {
+      const BlockParams& p = params[b - b0];
+      if (p.nan_block || p.zero_block) {
+        const int64_t begin = row + b * bs;
+        FixUpBlock(p, src + begin, dst + begin, std::min(bs, job.length - b * bs), 1);
+      }
+    }
+    ob += b1 - b0;
+  }
+}
+
+// Blocks along another axis: units [first, last) are column chunks of blocks.
+template <Rounding kRounding, bool kFloatScale>
+void QuantizeStridedBlocks(const BlockScaledJob& job, int64_t first, int64_t last) {
+  const BlockScaledSpec& spec = *job.spec;
+  const int64_t bs = spec.block_size;
+  ChunkRandomWords random(job.random);
+  RunParams rp;
+  BlockParams params[kBlockColumns];
+  uint32_t amax[kBlockColumns], nonfinite[kBlockColumns];
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(job.in);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(job.out);
+  uint32_t* scales = reinterpret_cast<uint32_t*>(job.scales);
+  for (int64_t unit = first; unit < last; ++unit) {
+    const int64_t ob = unit / job.column_chunks;
+    const int64_t j0 = (unit % job.column_chunks) * kBlockColumns;
+    const int64_t width = std::min(kBlockColumns, job.inner - j0);
+    const int64_t o = ob / job.blocks, b = ob % job.blocks;
+    const int64_t r0 = b * bs;
+    const int64_t rows = std::min(bs, job.length - r0);
+    const int64_t top = (o * job.length + r0) * job.inner + j0;  // element (r0, j0)
+    StatsOfColumns(src + top, rows, width, job.inner, amax, nonfinite);
+    bool any_fix_up = false;
+    for (int64_t j = 0; j < width; ++j) {
+      params[j] = MakeBlockParams<kFloatScale>(spec, {amax[j], nonfinite[j] != 0}, job.encode,
+                                               &scales[ob * job.inner + j0 + j]);
+      any_fix_up |= params[j].nan_block || params[j].zero_block;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t begin = top + r * job.inner;
+      RoundRun<kRounding, kFloatScale>(job, begin, begin + width, &random, &rp,
+                                       [&](int64_t start, int64_t stop, RunParams* out) {
+                                         for (int64_t i = start; i < stop; ++i) {
+                                           SetRunParams<kFloatScale>(params[i - begin],
+                                                                     i - start, i - start + 1,
+                                                                     out);
+                                         }
+                                       });
+    }
+    if (any_fix_up) {
+      for (int64_t j = 0; j < width; ++j) {
+        if (params[j].nan_block || params[j].zero_block) {
+          FixUpBlock(params[j], src + top + j, dst + top + j, rows, job.inner);
+        }
+      }
+    }
+  }
+}
+
+template <Rounding kRounding, bool kFloatScale>
+void QuantizeBlockScaledWith(const BlockScaledJob& job, int64_t first, int64_t last) {
+  if (job.inner == 1) return QuantizeContiguousBlocks<kRounding, kFloatScale>(job, first, last);
+  QuantizeStridedBlocks<kRounding, kFloatScale>(job, first, last);
+}
+
+template <Rounding kRounding>
+void QuantizeBlockScaledImpl(const BlockScaledJob& job, int64_t first, int64_t last) {
+  if (job.spec->float_scale) {
+    // float64 steps and float32 conversions that must keep subnormals
+    // (block_scaling.h): IEEE mode in this thread for the call.
+    const ScopedIeeeFloatEnvironment ieee;  // float_environment.h
+    return QuantizeBlockScaledWith<kRounding, true>(job, first, last);
+  }
+  QuantizeBlockScaledWith<kRounding, false>(job, first, last);
+}
+
+void QuantizeBlockScaled(const BlockScaledJob& job, int64_t first_unit, int64_t last_unit) {
+  switch (job.rounding) {
+    case Rounding::kNearestEven:
+      return QuantizeBlockScaledImpl<Rounding::kNearestEven>(job, first_unit, last_unit);
+    case Rounding::kStochastic:
+      return QuantizeBlockScaledImpl<Rounding::kStochastic>(job, first_unit, last_unit);
+    case Rounding::kTowardZero:
+      return QuantizeBlockScaledImpl<Rounding::kTowardZero>(job, first_unit, last_unit);
+  }
+}
