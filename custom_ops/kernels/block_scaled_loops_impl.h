@@ -184,8 +184,8 @@ inline void RoundMxRunScalar(const uint32_t* src, uint32_t* dst, int64_t n,
 // exponent of the exact integer-to-float conversion of its bits (a < 2^23),
 // which flush-to-zero cannot change.
 template <Rounding kRounding>
-inline __m256i RoundMxVector8(__m256i u, __m256i k_min, __m256i limit, __m256i word,
-                              const FloatGrid& element) {
+__attribute__((noinline)) __m256i RoundMxVector8Full(__m256i u, __m256i k_min, __m256i limit,
+                                                    __m256i word, const FloatGrid& element) {
   using simd_avx2::Select8;
   using simd_avx2::Splat;
   using simd_avx2::SplatInt;
@@ -223,6 +223,75 @@ inline __m256i RoundMxVector8(__m256i u, __m256i k_min, __m256i limit, __m256i w
   const __m256i nan = _mm256_cmpgt_epi32(a, Splat(kInfBits));
   const __m256i special = Select8(nan, _mm256_or_si256(sign, Splat(kQuietNanBits)), u);
   return Select8(nonfinite, special, out);
+}
+
+// The common vectors by shorter forms, else RoundMxVector8Full.  Both need
+// every lane finite.  Nearest-even adds and subtracts M = 2^(k + 23) in
+// float32 (rounding to nearest even at M's ulp 2^k, tiny lanes included), so
+// it needs k <= 103 (no overflow of a + M), k_min >= -125 (every result a
+// float32 normal or 0, and a float32 subnormal input, which
+// denormals-are-zero would read as 0, is below half a grid step and rounds
+// to 0 anyway), and mantissa_bits <= 22 (a < 2^(k + 23)).  Stochastic
+// rounding and toward-zero take rounding.h's bias-and-clear of the dropped
+// d = k - (floor(log2 a) - 23) bits, for lanes that are 0 or normal with
+// d <= 23 (not below one grid step).
+template <Rounding kRounding>
+inline __m256i RoundMxVector8(__m256i u, __m256i k_min, __m256i limit, __m256i word,
+                              const FloatGrid& element) {
+  using simd_avx2::SplatInt;
+  const __m256i a = _mm256_and_si256(u, simd_avx2::Splat(kAbsMask));
+  const __m256i biased = _mm256_srli_epi32(a, 23);
+  const __m256i log2 = _mm256_sub_epi32(biased, SplatInt(127));  // -127 for 0 and subnormals
+  const __m256i k =
+      _mm256_max_epi32(_mm256_sub_epi32(log2, SplatInt(element.mantissa_bits)), k_min);
+  const __m256i nonfinite = _mm256_cmpgt_epi32(biased, SplatInt(254));
+  __m256i r;
+  if (kRounding == Rounding::kNearestEven) {
+    const __m256i bad = _mm256_or_si256(
+        _mm256_or_si256(nonfinite, _mm256_cmpgt_epi32(k, SplatInt(103))),
+        _mm256_cmpgt_epi32(SplatInt(-125), k_min));
+    if (element.mantissa_bits > 22 || !_mm256_testz_si256(bad, bad)) {
+      return RoundMxVector8Full<kRounding>(u, k_min, limit, word, element);
+    }
+    r = simd_avx2::AddSubtractMagic8(
+        a, _mm256_slli_epi32(_mm256_add_epi32(k, SplatInt(150)), 23));
+  } else {
+    const __m256i d = _mm256_sub_epi32(k, _mm256_sub_epi32(log2, SplatInt(23)));
+    const __m256i nonzero =
+        _mm256_xor_si256(_mm256_cmpeq_epi32(a, _mm256_setzero_si256()), SplatInt(-1));
+    const __m256i unfit = _mm256_or_si256(_mm256_cmpeq_epi32(biased, _mm256_setzero_si256()),
+                                          _mm256_cmpgt_epi32(d, SplatInt(23)));
+    const __m256i bad = _mm256_or_si256(nonfinite, _mm256_and_si256(nonzero, unfit));
+    if (!_mm256_testz_si256(bad, bad)) {
+      return RoundMxVector8Full<kRounding>(u, k_min, limit, word, element);
+    }
+    // Zero lanes: d >= 24, and shifts by 32 or more give 0 (keep and term).
+    const __m256i keep = _mm256_sllv_epi32(SplatInt(-1), d);
+    if (kRounding == Rounding::kStochastic) {
+      const __m256i term = _mm256_srlv_epi32(word, _mm256_sub_epi32(SplatInt(32), d));
+      r = _mm256_and_si256(_mm256_add_epi32(a, term), keep);
+    } else {
+      r = _mm256_and_si256(a, keep);
+    }
+  }
+  r = _mm256_min_epi32(r, limit);
+  if (!element.subnormals) {
+    const __m256i e = _mm256_add_epi32(k_min, SplatInt(element.mantissa_bits));
+    const __m256i normal_bits =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_max_epi32(e, SplatInt(-126)), SplatInt(127)),
+                          23);
+    const __m256i subnormal_bits =
+        _mm256_sllv_epi32(SplatInt(1), simd_avx2::ClampInt8(_mm256_add_epi32(e, SplatInt(149)),
+                                                            0, 31));
+    const __m256i min_normal =
+        simd_avx2::Select8(_mm256_cmpgt_epi32(e, SplatInt(-127)), normal_bits, subnormal_bits);
+    r = _mm256_andnot_si256(_mm256_cmpgt_epi32(min_normal, r), r);
+  }
+  __m256i out = _mm256_or_si256(_mm256_and_si256(u, simd_avx2::Splat(kSignMask)), r);
+  if (!element.negative_zero) {
+    out = _mm256_andnot_si256(_mm256_cmpeq_epi32(r, _mm256_setzero_si256()), out);
+  }
+  return out;
 }
 
 template <Rounding kRounding>
@@ -286,6 +355,30 @@ inline void RoundRun(const BlockScaledJob& job, int64_t begin, int64_t end,
     } else {
       RoundMxRun<kRounding>(src + start, dst + start, m, words, rp->k_min, rp->limit_bits,
                             job.spec->element);
+    }
+  }
+}
+
+// Rounds elements [begin, end) of x (one contiguous run) whose parameters
+// lie in `rp` from index first_param on, piece by piece between multiples
+// of kBlockChunk (the random words' chunks).
+template <Rounding kRounding, bool kFloatScale>
+inline void RoundPieces(const BlockScaledJob& job, int64_t begin, int64_t end,
+                        ChunkRandomWords* random, const RunParams& rp, int64_t first_param) {
+  alignas(64) uint32_t words[kBlockChunk];
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(job.in);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(job.out);
+  for (int64_t start = begin, stop; start < end; start = stop) {
+    stop = std::min(end, (start / kBlockChunk + 1) * kBlockChunk);
+    const int64_t m = stop - start;
+    if (kRounding == Rounding::kStochastic) random->Fill(start, m, words);
+    const int64_t p = first_param + (start - begin);
+    if (kFloatScale) {
+      RoundFloatScaledRun<kRounding>(src + start, dst + start, m, words, rp.element_encode + p,
+                                     rp.scale + p, job.encode, job.spec->element);
+    } else {
+      RoundMxRun<kRounding>(src + start, dst + start, m, words, rp.k_min + p,
+                            rp.limit_bits + p, job.spec->element);
     }
   }
 }
@@ -376,16 +469,10 @@ void QuantizeStridedBlocks(const BlockScaledJob& job, int64_t first, int64_t las
                                                &scales[ob * job.inner + j0 + j]);
       any_fix_up |= params[j].nan_block || params[j].zero_block;
     }
+    for (int64_t j = 0; j < width; ++j) SetRunParams<kFloatScale>(params[j], j, j + 1, &rp);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t begin = top + r * job.inner;
-      RoundRun<kRounding, kFloatScale>(job, begin, begin + width, &random, &rp,
-                                       [&](int64_t start, int64_t stop, RunParams* out) {
-                                         for (int64_t i = start; i < stop; ++i) {
-                                           SetRunParams<kFloatScale>(params[i - begin],
-                                                                     i - start, i - start + 1,
-                                                                     out);
-                                         }
-                                       });
+      RoundPieces<kRounding, kFloatScale>(job, begin, begin + width, &random, rp, 0);
     }
     if (any_fix_up) {
       for (int64_t j = 0; j < width; ++j) {
@@ -397,8 +484,104 @@ void QuantizeStridedBlocks(const BlockScaledJob& job, int64_t first, int64_t las
   }
 }
 
+#if defined(TF_LOWPREC_AVX2_INTRINSICS)
+// StatsOfRun of n elements, n a multiple of 8.
+inline RunStats StatsOfRun8(const uint32_t* src, int64_t n) {
+  __m256i amax = _mm256_setzero_si256(), nonfinite = _mm256_setzero_si256();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256i a = _mm256_and_si256(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)),
+        simd_avx2::Splat(kAbsMask));
+    const __m256i finite = _mm256_cmpgt_epi32(simd_avx2::Splat(kInfBits), a);
+    amax = _mm256_max_epi32(amax, _mm256_and_si256(finite, a));  // magnitudes: signed max
+    nonfinite = _mm256_or_si256(nonfinite, _mm256_andnot_si256(finite, a));
+  }
+  __m128i h = _mm_max_epi32(_mm256_castsi256_si128(amax), _mm256_extracti128_si256(amax, 1));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+  return {static_cast<uint32_t>(_mm_cvtsi128_si32(h)), !_mm256_testz_si256(nonfinite, nonfinite)};
+}
+
+// Blocks along the last axis with E8M0 scales and block_size a multiple of
+// 8 (every MX preset): one pass per block, its scale from 8-lane maxima and
+// its elements rounded with the block's grid broadcast, while in L1.
+template <Rounding kRounding>
+void QuantizeContiguousMx8(const BlockScaledJob& job, int64_t first, int64_t last) {
+  const BlockScaledSpec& spec = *job.spec;
+  const FloatGrid& element = spec.element;
+  const int64_t bs = spec.block_size;
+  const int64_t group = std::max<int64_t>(1, 8192 / bs);
+  std::vector<uint32_t> words(kRounding == Rounding::kStochastic ? group * bs : 0);
+  ChunkRandomWords random(job.random);
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(job.in);
+  uint32_t* dst = reinterpret_cast<uint32_t*>(job.out);
+  uint32_t* scales = reinterpret_cast<uint32_t*>(job.scales);
+  for (int64_t ob = first; ob < last;) {
+    const int64_t o = ob / job.blocks;
+    const int64_t b0 = ob % job.blocks;
+    const int64_t b1 = std::min({job.blocks, b0 + (last - ob), b0 + group});
+    const int64_t row = o * job.length;
+    const int64_t run_begin = row + b0 * bs;
+    if (kRounding == Rounding::kStochastic) {
+      const int64_t run_end = row + std::min(b1 * bs, job.length);
+      for (int64_t start = run_begin, stop; start < run_end; start = stop) {
+        stop = std::min(run_end, (start / kBlockChunk + 1) * kBlockChunk);
+        random.Fill(start, stop - start, words.data() + (start - run_begin));
+      }
+    }
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t begin = row + b * bs;
+      const int64_t count = std::min(bs, job.length - b * bs);
+      const int64_t whole = count - count % 8;
+      RunStats stats = StatsOfRun8(src + begin, whole);
+      if (whole < count) {
+        const RunStats tail = StatsOfRun(src + begin + whole, count - whole);
+        stats.amax_bits = std::max(stats.amax_bits, tail.amax_bits);
+        stats.nonfinite |= tail.nonfinite;
+      }
+      const BlockParams p =
+          MakeBlockParams<false>(spec, stats, job.encode, &scales[o * job.blocks + b]);
+      if (p.nan_block || p.zero_block) {
+        FixUpBlock(p, src + begin, dst + begin, count, 1);
+        continue;
+      }
+      const __m256i k_min = simd_avx2::SplatInt(p.k_min);
+      const __m256i limit = simd_avx2::Splat(p.limit_bits);
+      const uint32_t* w = words.data() + (begin - run_begin);
+      for (int64_t i = 0; i < whole; i += 8) {
+        const __m256i word =
+            kRounding == Rounding::kStochastic
+                ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i))
+                : _mm256_setzero_si256();
+        _mm256_storeu_si256(
+            reinterpret_cast<__m256i*>(dst + begin + i),
+            RoundMxVector8<kRounding>(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + begin + i)), k_min,
+                limit, word, element));
+      }
+      if (whole < count) {
+        int32_t tail_k[8];
+        uint32_t tail_limit[8];
+        std::fill(tail_k, tail_k + 8, p.k_min);
+        std::fill(tail_limit, tail_limit + 8, p.limit_bits);
+        RoundMxRunScalar<kRounding>(src + begin + whole, dst + begin + whole, count - whole,
+                                    kRounding == Rounding::kStochastic ? w + whole : nullptr,
+                                    tail_k, tail_limit, element);
+      }
+    }
+    ob += b1 - b0;
+  }
+}
+#endif
+
 template <Rounding kRounding, bool kFloatScale>
 void QuantizeBlockScaledWith(const BlockScaledJob& job, int64_t first, int64_t last) {
+#if defined(TF_LOWPREC_AVX2_INTRINSICS)
+  if (!kFloatScale && job.inner == 1 && job.spec->block_size % 8 == 0 &&
+      job.spec->block_size <= 8192) {
+    return QuantizeContiguousMx8<kRounding>(job, first, last);
+  }
+#endif
   if (job.inner == 1) return QuantizeContiguousBlocks<kRounding, kFloatScale>(job, first, last);
   QuantizeStridedBlocks<kRounding, kFloatScale>(job, first, last);
 }
@@ -411,6 +594,8 @@ void QuantizeBlockScaledImpl(const BlockScaledJob& job, int64_t first, int64_t l
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h
     return QuantizeBlockScaledWith<kRounding, true>(job, first, last);
   }
+  // The AVX2 loops' nearest-even adds in float32 (RoundMxVector8).
+  const ScopedRoundToNearest round_to_nearest;  // float_environment.h
   QuantizeBlockScaledWith<kRounding, false>(job, first, last);
 }
 
