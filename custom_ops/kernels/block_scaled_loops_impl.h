@@ -322,9 +322,10 @@ inline void RoundMxRun(const uint32_t* src, uint32_t* dst, int64_t n, const uint
 #endif
 
 template <Rounding kRounding>
-inline void RoundFloatScaledRun(const uint32_t* src, uint32_t* dst, int64_t n,
-                                const uint32_t* words, const float* element_encode,
-                                const double* scale, double encode, const FloatGrid& element) {
+inline void RoundFloatScaledRunScalar(const uint32_t* src, uint32_t* dst, int64_t n,
+                                      const uint32_t* words, const float* element_encode,
+                                      const double* scale, double encode,
+                                      const FloatGrid& element) {
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t u = src[i];
     const uint32_t word = kRounding == Rounding::kStochastic ? words[i] : 0u;
@@ -334,6 +335,68 @@ inline void RoundFloatScaledRun(const uint32_t* src, uint32_t* dst, int64_t n,
                                                       element, word);
   }
 }
+
+#if defined(TF_LOWPREC_AVX2_INTRINSICS)
+// RoundFloatScaledElement (block_scaling.h) and the non-finite pass-through
+// on 8 lanes, inside ScopedIeeeFloatEnvironment: the float32 product x * e_b,
+// the element rounding of rounding_avx2.h, then (P * s_b) / enc in float64
+// rounded to float32.
+template <Rounding kRounding>
+inline __m256i RoundFloatScaledVector8(__m256i u, __m256 element_encode, __m256d scale_low,
+                                       __m256d scale_high, __m256d encode,
+                                       const simd_avx2::FloatGrid8& c, __m256i word) {
+  const __m256 scaled = _mm256_mul_ps(_mm256_castsi256_ps(u), element_encode);
+  const __m256 p = _mm256_castsi256_ps(
+      simd_avx2::RoundToFloatFormat8<kRounding>(_mm256_castps_si256(scaled), c, word));
+  const __m128 low = _mm256_cvtpd_ps(
+      _mm256_div_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(p)), scale_low),
+                    encode));
+  const __m128 high = _mm256_cvtpd_ps(
+      _mm256_div_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)), scale_high),
+                    encode));
+  const __m256i out = _mm256_castps_si256(_mm256_set_m128(high, low));
+  const __m256i a = _mm256_and_si256(u, simd_avx2::Splat(kAbsMask));
+  const __m256i nonfinite = _mm256_cmpgt_epi32(a, simd_avx2::Splat(kInfBits - 1u));
+  const __m256i nan = _mm256_cmpgt_epi32(a, simd_avx2::Splat(kInfBits));
+  const __m256i special = simd_avx2::Select8(
+      nan, _mm256_or_si256(_mm256_and_si256(u, simd_avx2::Splat(kSignMask)),
+                           simd_avx2::Splat(kQuietNanBits)),
+      u);
+  return simd_avx2::Select8(nonfinite, special, out);
+}
+
+template <Rounding kRounding>
+inline void RoundFloatScaledRun(const uint32_t* src, uint32_t* dst, int64_t n,
+                                const uint32_t* words, const float* element_encode,
+                                const double* scale, double encode, const FloatGrid& element) {
+  const simd_avx2::FloatGrid8 c = simd_avx2::MakeFloatGrid8(element);
+  const __m256d enc = _mm256_set1_pd(encode);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i word =
+        kRounding == Rounding::kStochastic
+            ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + i))
+            : _mm256_setzero_si256();
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(dst + i),
+        RoundFloatScaledVector8<kRounding>(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)),
+            _mm256_loadu_ps(element_encode + i), _mm256_loadu_pd(scale + i),
+            _mm256_loadu_pd(scale + i + 4), enc, c, word));
+  }
+  RoundFloatScaledRunScalar<kRounding>(src + i, dst + i, n - i,
+                                       words == nullptr ? nullptr : words + i,
+                                       element_encode + i, scale + i, encode, element);
+}
+#else
+template <Rounding kRounding>
+inline void RoundFloatScaledRun(const uint32_t* src, uint32_t* dst, int64_t n,
+                                const uint32_t* words, const float* element_encode,
+                                const double* scale, double encode, const FloatGrid& element) {
+  RoundFloatScaledRunScalar<kRounding>(src, dst, n, words, element_encode, scale, encode,
+                                       element);
+}
+#endif
 
 // Rounds elements [begin, end) of x (global indices, one contiguous run)
 // whose parameters are params(i) for i in the run: chunk by chunk, filling
@@ -502,17 +565,22 @@ inline RunStats StatsOfRun8(const uint32_t* src, int64_t n) {
   return {static_cast<uint32_t>(_mm_cvtsi128_si32(h)), !_mm256_testz_si256(nonfinite, nonfinite)};
 }
 
-// Blocks along the last axis with E8M0 scales and block_size a multiple of
-// 8 (every MX preset): one pass per block, its scale from 8-lane maxima and
-// its elements rounded with the block's grid broadcast, while in L1.
-template <Rounding kRounding>
-void QuantizeContiguousMx8(const BlockScaledJob& job, int64_t first, int64_t last) {
+// Blocks along the last axis with block_size a multiple of 8 (every
+// preset): one pass per block, its scale from 8-lane maxima and its elements
+// rounded with the block's parameters broadcast, while in L1.
+template <Rounding kRounding, bool kFloatScale>
+void QuantizeContiguous8(const BlockScaledJob& job, int64_t first, int64_t last) {
   const BlockScaledSpec& spec = *job.spec;
   const FloatGrid& element = spec.element;
   const int64_t bs = spec.block_size;
   const int64_t group = std::max<int64_t>(1, 8192 / bs);
   std::vector<uint32_t> words(kRounding == Rounding::kStochastic ? group * bs : 0);
   ChunkRandomWords random(job.random);
+  // Float scales: the element grid's vector constants, built once per call.
+  std::unique_ptr<simd_avx2::FloatGrid8> grid8;
+  if (kFloatScale) grid8.reset(new simd_avx2::FloatGrid8(simd_avx2::MakeFloatGrid8(element)));
+  const __m256d encode = _mm256_set1_pd(job.encode);
+  std::unique_ptr<RunParams> tail_params(new RunParams);
   const uint32_t* src = reinterpret_cast<const uint32_t*>(job.in);
   uint32_t* dst = reinterpret_cast<uint32_t*>(job.out);
   uint32_t* scales = reinterpret_cast<uint32_t*>(job.scales);
@@ -540,33 +608,40 @@ void QuantizeContiguousMx8(const BlockScaledJob& job, int64_t first, int64_t las
         stats.nonfinite |= tail.nonfinite;
       }
       const BlockParams p =
-          MakeBlockParams<false>(spec, stats, job.encode, &scales[o * job.blocks + b]);
+          MakeBlockParams<kFloatScale>(spec, stats, job.encode, &scales[o * job.blocks + b]);
       if (p.nan_block || p.zero_block) {
         FixUpBlock(p, src + begin, dst + begin, count, 1);
         continue;
       }
       const __m256i k_min = simd_avx2::SplatInt(p.k_min);
       const __m256i limit = simd_avx2::Splat(p.limit_bits);
+      const __m256 element_encode = _mm256_set1_ps(p.element_encode);
+      const __m256d scale = _mm256_set1_pd(p.scale);
       const uint32_t* w = words.data() + (begin - run_begin);
       for (int64_t i = 0; i < whole; i += 8) {
         const __m256i word =
             kRounding == Rounding::kStochastic
                 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + i))
                 : _mm256_setzero_si256();
+        const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + begin + i));
         _mm256_storeu_si256(
             reinterpret_cast<__m256i*>(dst + begin + i),
-            RoundMxVector8<kRounding>(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + begin + i)), k_min,
-                limit, word, element));
+            kFloatScale ? RoundFloatScaledVector8<kRounding>(u, element_encode, scale, scale,
+                                                             encode, *grid8, word)
+                        : RoundMxVector8<kRounding>(u, k_min, limit, word, element));
       }
       if (whole < count) {
-        int32_t tail_k[8];
-        uint32_t tail_limit[8];
-        std::fill(tail_k, tail_k + 8, p.k_min);
-        std::fill(tail_limit, tail_limit + 8, p.limit_bits);
-        RoundMxRunScalar<kRounding>(src + begin + whole, dst + begin + whole, count - whole,
-                                    kRounding == Rounding::kStochastic ? w + whole : nullptr,
-                                    tail_k, tail_limit, element);
+        RunParams& rp = *tail_params;
+        SetRunParams<kFloatScale>(p, 0, 8, &rp);
+        const uint32_t* tail_words = kRounding == Rounding::kStochastic ? w + whole : nullptr;
+        if (kFloatScale) {
+          RoundFloatScaledRunScalar<kRounding>(src + begin + whole, dst + begin + whole,
+                                               count - whole, tail_words, rp.element_encode,
+                                               rp.scale, job.encode, element);
+        } else {
+          RoundMxRunScalar<kRounding>(src + begin + whole, dst + begin + whole, count - whole,
+                                      tail_words, rp.k_min, rp.limit_bits, element);
+        }
       }
     }
     ob += b1 - b0;
@@ -577,9 +652,8 @@ void QuantizeContiguousMx8(const BlockScaledJob& job, int64_t first, int64_t las
 template <Rounding kRounding, bool kFloatScale>
 void QuantizeBlockScaledWith(const BlockScaledJob& job, int64_t first, int64_t last) {
 #if defined(TF_LOWPREC_AVX2_INTRINSICS)
-  if (!kFloatScale && job.inner == 1 && job.spec->block_size % 8 == 0 &&
-      job.spec->block_size <= 8192) {
-    return QuantizeContiguousMx8<kRounding>(job, first, last);
+  if (job.inner == 1 && job.spec->block_size % 8 == 0 && job.spec->block_size <= 8192) {
+    return QuantizeContiguous8<kRounding, kFloatScale>(job, first, last);
   }
 #endif
   if (job.inner == 1) return QuantizeContiguousBlocks<kRounding, kFloatScale>(job, first, last);
