@@ -233,8 +233,9 @@ __attribute__((noinline)) __m256i RoundMxVector8Full(__m256i u, __m256i k_min, _
 // denormals-are-zero would read as 0, is below half a grid step and rounds
 // to 0 anyway), and mantissa_bits <= 22 (a < 2^(k + 23)).  Stochastic
 // rounding and toward-zero take rounding.h's bias-and-clear of the dropped
-// d = k - (floor(log2 a) - 23) bits, for lanes that are 0 or normal with
-// d <= 23 (not below one grid step).
+// d = k - (floor(log2 a) - 23) bits for normal lanes with d <= 23, and its
+// "0 or one step" case for normal lanes below one grid step; zeros give 0.
+// Float32 subnormal inputs take the full form.
 template <Rounding kRounding>
 inline __m256i RoundMxVector8(__m256i u, __m256i k_min, __m256i limit, __m256i word,
                               const FloatGrid& element) {
@@ -257,21 +258,40 @@ inline __m256i RoundMxVector8(__m256i u, __m256i k_min, __m256i limit, __m256i w
         a, _mm256_slli_epi32(_mm256_add_epi32(k, SplatInt(150)), 23));
   } else {
     const __m256i d = _mm256_sub_epi32(k, _mm256_sub_epi32(log2, SplatInt(23)));
-    const __m256i nonzero =
-        _mm256_xor_si256(_mm256_cmpeq_epi32(a, _mm256_setzero_si256()), SplatInt(-1));
-    const __m256i unfit = _mm256_or_si256(_mm256_cmpeq_epi32(biased, _mm256_setzero_si256()),
-                                          _mm256_cmpgt_epi32(d, SplatInt(23)));
-    const __m256i bad = _mm256_or_si256(nonfinite, _mm256_and_si256(nonzero, unfit));
+    const __m256i zero = _mm256_cmpeq_epi32(a, _mm256_setzero_si256());
+    const __m256i subnormal =
+        _mm256_andnot_si256(zero, _mm256_cmpeq_epi32(biased, _mm256_setzero_si256()));
+    const __m256i bad = _mm256_or_si256(nonfinite, subnormal);
     if (!_mm256_testz_si256(bad, bad)) {
       return RoundMxVector8Full<kRounding>(u, k_min, limit, word, element);
     }
     // Zero lanes: d >= 24, and shifts by 32 or more give 0 (keep and term).
     const __m256i keep = _mm256_sllv_epi32(SplatInt(-1), d);
+    // Tiny lanes, normal and below one grid step 2^k_min (d >= 24): 0, or
+    // 2^k_min when stochastic rounding carries the fraction of a step
+    // (rounding.h's "dropped >= 24" case).
+    const __m256i tiny = _mm256_andnot_si256(zero, _mm256_cmpgt_epi32(d, SplatInt(23)));
     if (kRounding == Rounding::kStochastic) {
       const __m256i term = _mm256_srlv_epi32(word, _mm256_sub_epi32(SplatInt(32), d));
       r = _mm256_and_si256(_mm256_add_epi32(a, term), keep);
+      if (!_mm256_testz_si256(tiny, tiny)) {
+        const __m256i significand = _mm256_or_si256(
+            _mm256_and_si256(a, simd_avx2::Splat(0x7FFFFFu)), simd_avx2::Splat(0x800000u));
+        const __m256i fraction = _mm256_srlv_epi32(
+            _mm256_sllv_epi32(significand,
+                              simd_avx2::ClampInt8(_mm256_sub_epi32(SplatInt(32), d), 0, 8)),
+            simd_avx2::ClampInt8(_mm256_sub_epi32(d, SplatInt(32)), 0, 31));
+        const __m256i up = simd_avx2::GreaterUnsigned8(word, _mm256_add_epi32(word, fraction));
+        const __m256i step = simd_avx2::Select8(
+            _mm256_cmpgt_epi32(k_min, SplatInt(-127)),
+            _mm256_slli_epi32(_mm256_add_epi32(_mm256_max_epi32(k_min, SplatInt(-126)),
+                                               SplatInt(127)), 23),
+            _mm256_sllv_epi32(SplatInt(1), simd_avx2::ClampInt8(
+                                               _mm256_add_epi32(k_min, SplatInt(149)), 0, 31)));
+        r = simd_avx2::Select8(tiny, _mm256_and_si256(up, step), r);
+      }
     } else {
-      r = _mm256_and_si256(a, keep);
+      r = _mm256_andnot_si256(tiny, _mm256_and_si256(a, keep));
     }
   }
   r = _mm256_min_epi32(r, limit);
