@@ -366,8 +366,14 @@ inline __m256i RoundFloatScaledVector8(__m256i u, __m256 element_encode, __m256d
                                        __m256d scale_high, __m256d encode,
                                        const simd_avx2::FloatGrid8& c, __m256i word) {
   const __m256 scaled = _mm256_mul_ps(_mm256_castsi256_ps(u), element_encode);
+  // The element rounding of round_to_format's AVX2 loops (their per-lane
+  // forms where the format allows, else the full one).
+  const __m256i scaled_bits = _mm256_castps_si256(scaled);
   const __m256 p = _mm256_castsi256_ps(
-      simd_avx2::RoundToFloatFormat8<kRounding>(_mm256_castps_si256(scaled), c, word));
+      c.plain ? RoundFloatVectorPerLane<kRounding, true, simd_avx2::RandomForm::kWord>(
+                    scaled_bits, _mm256_and_si256(scaled_bits, simd_avx2::Splat(kAbsMask)), c,
+                    word)
+              : simd_avx2::RoundToFloatFormat8<kRounding>(scaled_bits, c, word));
   const __m128 low = _mm256_cvtpd_ps(
       _mm256_div_pd(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(p)), scale_low),
                     encode));
