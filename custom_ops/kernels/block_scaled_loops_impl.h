@@ -3,15 +3,17 @@
 // tf_lowprec::TF_LOWPREC_ISA's anonymous namespace (after its random-word
 // helpers, which the stochastic rounding here shares), with every standard
 // header it needs already included there.  The steps are block_scaling.h's
-// scalar functions; the AVX2 tier rounds E8M0-scaled elements on 8 lanes
-// with intrinsics (the same steps, bit for bit: tests/test_block_scaled_kernels.py).
+// scalar functions, which the portable and AVX-512 tiers run as they are;
+// the AVX2 tier runs them on 8 lanes with intrinsics (the same steps, bit
+// for bit: tests/test_block_scaled_kernels.py).
 //
 // Shape of the work (BlockScaledJob, rounding_loops.h): blocks along the
 // last axis (inner == 1) lie in contiguous runs; blocks along another axis
 // are handled kBlockColumns columns at a time, each column a block, so that
 // a row of the block is a contiguous run of elements with per-column scales.
 // Either way an element run is rounded with per-element grid parameters
-// (arrays filled from the block parameters) and random words drawn for
+// (arrays filled from the block parameters; the AVX2 loops of blocks along
+// the last axis broadcast each block's instead) and random words drawn for
 // aligned chunks of kBlockChunk global element indices.
 
 // Elements per chunk of random words: aligned to this many global indices,
