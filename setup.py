@@ -47,6 +47,8 @@ OP_SOURCES = [
     ("custom_ops/kernels/rounding_loops_portable.cc", "portable"),
     ("custom_ops/kernels/rounding_loops_avx2.cc", "avx2"),
     ("custom_ops/kernels/rounding_loops_avx512.cc", "avx512"),
+    ("custom_ops/ops/block_scaled_ops.cc", "tf"),
+    ("custom_ops/kernels/block_scaled_kernels.cc", "tf"),
     ("custom_ops/ops/dfp_gemm_ops.cc", "tf"),
     ("custom_ops/kernels/dfp_gemm_kernels.cc", "tf"),
     ("custom_ops/kernels/dfp_gemm_portable.cc", "portable"),

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 
+#include "block_scaling.h"
 #include "cpu_features.h"
 #include "number_formats.h"
 #include "philox.h"
@@ -22,6 +23,26 @@ struct RandomStream {
   PhiloxState philox;
   uint32_t mask = 0xFFFFFFFFu;  // keeps the top random_bits bits
   bool half_words = false;      // random_bits <= kMaxHalfWordRandomBits
+};
+
+// One block-scaled conversion (LowprecQuantizeBlockScaled), x viewed as
+// [outer, length, inner] with the blocks along `length`.  Work units:
+// with inner == 1, unit u is block u of the outer * blocks blocks (row-major);
+// otherwise unit u is columns [c * kBlockColumns, (c + 1) * kBlockColumns) of
+// block b of row o, u = (o * blocks + b) * column_chunks + c.
+constexpr int64_t kBlockColumns = 256;
+
+struct BlockScaledJob {
+  const float* in = nullptr;
+  float* out = nullptr;
+  float* scales = nullptr;  // [outer, blocks, inner]
+  int64_t outer = 1, length = 0, inner = 1;
+  int64_t blocks = 0;         // per row: ceil(length / block_size)
+  int64_t column_chunks = 1;  // ceil(inner / kBlockColumns)
+  const BlockScaledSpec* spec = nullptr;
+  Rounding rounding = Rounding::kNearestEven;
+  RandomStream random;
+  double encode = 1.0;  // tensor encode scale (float scales; TensorEncodeScale)
 };
 
 struct RoundingLoops {
@@ -40,6 +61,10 @@ struct RoundingLoops {
                        uint32_t* max_bits);
   // max |in[i]| over i < n as float32 bits, ignoring NaN and Inf (0 if none).
   uint32_t (*max_abs_bits_all)(const float* in, int64_t n);
+  // Work units [first_unit, last_unit) of a block-scaled conversion: the
+  // scales of their blocks and the values of their elements.
+  void (*quantize_block_scaled)(const BlockScaledJob& job, int64_t first_unit,
+                                int64_t last_unit);
 };
 
 namespace portable {

@@ -18,7 +18,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <vector>
 
+#include "block_scaling.h"
 #include "float_environment.h"
 #include "philox.h"
 #include "rounding.h"
@@ -851,11 +854,14 @@ void RoundDfp(const float* in, float* out, int64_t n, int64_t first_index, const
   }
 }
 
+// Block-scaled formats: their loops use this file's random-word helpers.
+#include "block_scaled_loops_impl.h"
 
 }  // namespace
 
 extern const RoundingLoops kRoundingLoops = {TF_LOWPREC_ISA_NAME, &RoundFloat, &RoundDfp,
-                                             &MaxAbsBits, &MaxAbsBitsAll};
+                                             &MaxAbsBits, &MaxAbsBitsAll,
+                                             &QuantizeBlockScaled};
 
 }  // namespace TF_LOWPREC_ISA
 }  // namespace tf_lowprec
