@@ -432,7 +432,7 @@ def quantize_block_scaled(
       Other arguments as for `round_to_format`.
 
     >>> import tf_lowprec as lp
-    >>> lp.quantize_block_scaled([0.3, -1.0, 2.6, 5.0], lp.MXFP4_E2M1, implementation="tf").numpy()
+    >>> lp.quantize_block_scaled([0.3, -1.0, 2.6, 5.0], lp.MXFP4_E2M1).numpy()
     array([ 0.5, -1. ,  3. ,  4. ], dtype=float32)
     """
     fmt = formats_lib.get(fmt)
@@ -478,7 +478,7 @@ def quantize(x, fmt, rounding="nearest_even", *, axis=None, **kwargs):
     blocks.
 
     >>> import tf_lowprec as lp
-    >>> lp.quantize([[1.0, 3.0], [100.0, 7.0]], lp.MXINT8, axis=0, implementation="tf").numpy()
+    >>> lp.quantize([[1.0, 3.0], [100.0, 7.0]], lp.MXINT8, axis=0).numpy()
     array([[  1.,   3.],
            [100.,   7.]], dtype=float32)
     """

@@ -9,8 +9,7 @@ Used by the `PrecisionMonitor` callback and useful on its own:
 
 Block-scaled formats also report their blocks (`BLOCK_STAT_NAMES`):
 
->>> s = lp.precision_stats(tf.constant([[500.0, 1.0], [0.25, 0.5]]), lp.MXFP8_E4M3,
-...                        implementation="tf")
+>>> s = lp.precision_stats(tf.constant([[500.0, 1.0], [0.25, 0.5]]), lp.MXFP8_E4M3)
 >>> {k: float(v) for k, v in s.items() if k in lp.numerics.stats.BLOCK_STAT_NAMES}
 {'clipped_blocks': 0.5, 'scale_exponent_min': -9.0, 'scale_exponent_max': 0.0}
 """
