@@ -287,13 +287,6 @@ def test_presets_train_the_policy_benchmark_models(preset, name):
     keras.config.set_dtype_policy(lp.Policy(preset))
     try:
         model, shape, _ = _bench_models()[name]()
-        if name == "LSTM" and preset == "fp8_delayed":
-            # In the tf.while_loop delayed scaling of activations and errors is refused;
-            # unrolled, every timestep's amax enters the one history.
-            # (Four of its 32 timesteps keep the unrolled graph small.)
-            shape = (4,) + shape[1:]
-            model = keras.Sequential([keras.Input(shape), keras.layers.LSTM(
-                model.layers[0].cell.units, unroll=True), keras.layers.Dense(10)])
     finally:
         keras.config.set_dtype_policy("float32")
     model.compile(keras.optimizers.SGD(0.01),
@@ -305,10 +298,35 @@ def test_presets_train_the_policy_benchmark_models(preset, name):
 
 
 def test_where_delayed_scaling_does_not_apply():
-    # In a tf.while_loop: refused, naming the layer.
-    layer = keras.layers.SimpleRNN(2, dtype=lp.Policy("fp8_delayed"))
-    with pytest.raises(ValueError, match="recurrent loop of layer 'simple_rnn_cell"):
-        tf.function(layer)(np.ones((1, 3, 2), np.float32))
+    # In a recurrent layer's tf.while_loop, delayed activations and errors are scaled like
+    # current ones (per timestep); the weights, rounded before the loop, keep delayed scaling.
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 4, 5)) * 1e4, tf.float32)
+
+    def run(policy):
+        keras.utils.set_random_seed(0)
+        layer = keras.layers.SimpleRNN(3, dtype=policy, name="rnn")
+        layer.build(x.shape)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                y = layer(x)
+            return y, tape.gradient(y, layer.trainable_weights)
+
+        return layer, *step()
+
+    layer, y, gradients = run(lp.Policy("fp8_delayed"))
+    assert set(scaling.state_of(layer.cell)) == {"activations", "weights", "errors"}
+    # The state's variables still get new values (here unchanged ones) from the step.
+    assert all(g is not None for g in gradients)
+    current_spec = lp.PrecisionSpec(
+        activations=("e4m3", "nearest_even", lp.Scaling("current")),
+        weights=("e4m3", "nearest_even", lp.Scaling("delayed")),
+        errors=("e5m2", "nearest_even", lp.Scaling("current")))
+    _, expected, expected_gradients = run(lp.Policy("mixed", spec=current_spec))
+    np.testing.assert_array_equal(y.numpy(), expected.numpy())
+    for got, want in zip(gradients[:3], expected_gradients[:3]):  # kernel, recurrent, bias
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
     # A policy given after build: no state, a clear error.
     dense = keras.layers.Dense(2)
     dense.build((None, 3))

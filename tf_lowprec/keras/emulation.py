@@ -52,6 +52,7 @@ from tf_lowprec.gemm import common as gemm_common
 from tf_lowprec.gemm import registry as gemm_registry
 from tf_lowprec.keras import adapter
 from tf_lowprec.keras import coverage
+from tf_lowprec.keras import graphs
 from tf_lowprec.keras import scaling as scaling_lib
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -368,7 +369,7 @@ class LayerContext:
         quantized_by_kernel = quantized_by_kernel and self.kernel_format() is not None
         tensors = []
         for x, role, axis in operands:
-            if role == "weights" and _is_variable(x) and _in_while_body():
+            if role == "weights" and _is_variable(x) and graphs.in_while_body():
                 # A recurrent layer's step runs in a tf.while_loop: round its
                 # weights once, before the loop, not at every timestep (the
                 # weights do not change within a forward pass).
@@ -402,7 +403,7 @@ class LayerContext:
         values made from one variable (the forward rounding, a backward
         GEMM's own quantization).
         """
-        outer = _outer_graph()
+        outer = graphs.outer_graph()
         cache = _hoisted_weights.setdefault(outer, {})
         # Per replica: MirroredStrategy traces its replicas in one graph, and
         # each must read its own copy of the variable (or it gets no gradient).
@@ -524,10 +525,10 @@ class ErrorScaling:
         layer = self.context.layer
         path = layer.path or layer.name
         scaler = self.scaler
-        if not _in_while_body():
+        if not graphs.in_while_body():
             global_scale = scaler.global_error_scale()
         else:
-            with _outer_graph().as_default():
+            with graphs.outer_graph().as_default():
                 global_scale = scaler.global_error_scale()
         probe = gradient_probe(layer, 2, lambda total: scaler.collect_error_scales(path, total))
         return global_scale, probe
@@ -579,24 +580,10 @@ def gradient_probe(layer, size, deliver):
 
         return tf.zeros([size], tf.float32), grad
 
-    if not _in_while_body():
+    if not graphs.in_while_body():
         return probe(tf.convert_to_tensor(sources[0]))
-    with _outer_graph().as_default():
+    with graphs.outer_graph().as_default():
         return probe(tf.convert_to_tensor(sources[0]))
-
-
-def _outer_graph():
-    """The graph around the current (nested) tf.while_loop bodies."""
-    outer = tf.compat.v1.get_default_graph()
-    while _in_while_body(outer):
-        outer = outer.outer_graph
-    return outer
-
-
-def _in_while_body(graph=None):
-    """Whether `graph` (default: the current one) is the body of a tf.while_loop."""
-    graph = graph if graph is not None else tf.compat.v1.get_default_graph()
-    return type(graph).__name__ == "WhileBodyFuncGraph"
 
 
 def operand_role(x):
@@ -776,7 +763,7 @@ def block_scaled_product(context, equation, a, b, roles):
 
     quantized = []
     for x, role, axis in ((a, roles[0], forward[0]), (b, roles[1], forward[1])):
-        if role == "weights" and _is_variable(x) and _in_while_body():
+        if role == "weights" and _is_variable(x) and graphs.in_while_body():
             quantized.append(context._round_weights_before_loop(x, axis))
         else:
             quantized.append(context.round(tf.convert_to_tensor(x), role, axis))
@@ -791,7 +778,7 @@ def block_scaled_product(context, equation, a, b, roles):
              "dy_db": seed("errors", 2)}
     raw_a, raw_b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
     b_da = None
-    if roles[1] == "weights" and _is_variable(b) and _in_while_body():
+    if roles[1] == "weights" and _is_variable(b) and graphs.in_while_body():
         # A recurrent step's weights, as the dA GEMM quantizes them: once,
         # outside the loop (the seed too, so the bits match an unrolled run).
         b_da = context.before_loop(b, ("dA", for_da[1]), lambda value: context.quantize(

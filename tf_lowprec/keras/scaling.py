@@ -33,6 +33,7 @@ import keras
 import tensorflow as tf
 
 from tf_lowprec.keras import adapter
+from tf_lowprec.keras import graphs
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
 
@@ -187,10 +188,6 @@ def _replica_id():
     return 0 if replica is None else int(replica)
 
 
-def _in_while_body():
-    return type(tf.compat.v1.get_default_graph()).__name__ == "WhileBodyFuncGraph"
-
-
 def _tracked_scale(context, role, scaling, fmt):
     """(the delayed scale of this step, the list the step's amaxes go into), or None.
 
@@ -198,6 +195,11 @@ def _tracked_scale(context, role, scaling, fmt):
     role: every rounding of the role in the step uses the same scale and
     appends its amax; the identity's gradient function turns them into the
     new scale and history.  None for a layer without state (no kernel).
+
+    Inside a recurrent layer's loop the list is None: the amax of every
+    timestep cannot leave the loop as one value, so those roundings scale
+    like current scaling, and the scale (made outside the loop) is only tied
+    in, so that the state still gets its (then unchanged) new values.
     """
     layer = context.layer
     variables = state_of(layer).get(role)
@@ -208,37 +210,42 @@ def _tracked_scale(context, role, scaling, fmt):
                 "was given after the layer was built.  Give the policy before building "
                 "(construct the layer with it, or set keras.config.set_dtype_policy first)")
         return None
-    if _in_while_body() and any(isinstance(c, keras.layers.RNN) for c in context.callers):
-        # (Not the loop of Keras' steps_per_execution, around the whole training step.)
-        raise ValueError(
-            f"Scaling('delayed') of {role} in the recurrent loop of layer {layer.name!r} is "
-            "not supported: the amax of every timestep cannot leave the loop as one value. "
-            f"Use Scaling('current') for the {role} of recurrent layers, or unroll=True")
+    # (Not the loop of Keras' steps_per_execution, around the whole training step.)
+    in_loop = graphs.in_while_body() and any(isinstance(c, keras.layers.RNN)
+                                             for c in context.callers)
     outer = context.outer_scope if context.outer_scope is not None else context
     registry = outer.__dict__.setdefault("_lowprec_delayed_scales", {})
     key = (id(layer), role, _replica_id())
-    if key in registry:
-        return registry[key]
-    scale_variable, history_variable = variables
-    amaxes = []
-    margin, power_of_two, fmt_max = scaling.margin, scaling.power_of_two, fmt.max_value
+    if key not in registry:
+        scale_variable, history_variable = variables
+        amaxes = []
+        margin, power_of_two, fmt_max = scaling.margin, scaling.power_of_two, fmt.max_value
 
-    @tf.custom_gradient
-    def track(scale, history):
-        def grad(unused_dscale):
-            if not amaxes:
-                return scale, history
-            amax = _max_over_replicas(tf.reduce_max(tf.stack(amaxes)))
-            new_history = tf.concat([tf.reshape(amax, [1]), history[:-1]], 0)
-            new_scale = compute_scale(tf.reduce_max(new_history), fmt_max, margin,
-                                      power_of_two, previous=scale)
-            return new_scale, new_history
+        @tf.custom_gradient
+        def track(scale, history):
+            def grad(unused_dscale):
+                if not amaxes:
+                    return scale, history
+                amax = _max_over_replicas(tf.reduce_max(tf.stack(amaxes)))
+                new_history = tf.concat([tf.reshape(amax, [1]), history[:-1]], 0)
+                new_scale = compute_scale(tf.reduce_max(new_history), fmt_max, margin,
+                                          power_of_two, previous=scale)
+                return new_scale, new_history
 
-        return tf.identity(scale), grad
+            return tf.identity(scale), grad
 
-    scale = track(tf.convert_to_tensor(scale_variable), tf.convert_to_tensor(history_variable))
-    registry[key] = (scale, amaxes)
-    return registry[key]
+        def tracked():
+            return track(tf.convert_to_tensor(scale_variable),
+                         tf.convert_to_tensor(history_variable))
+
+        if in_loop:  # made once, around the loop (not once per timestep)
+            with graphs.outer_graph().as_default():
+                scale = tracked()
+        else:
+            scale = tracked()
+        registry[key] = (scale, amaxes)
+    scale, amaxes = registry[key]
+    return scale, None if in_loop else amaxes
 
 
 def _forward(x, scale, fmt, rounding, seed, implementation):
@@ -258,8 +265,10 @@ def round_operand(context, x, role, fmt, rounding, scaling, seed):
     x = tf.convert_to_tensor(x, tf.float32)
     tracked = _tracked_scale(context, role, scaling, fmt) if scaling.delayed else None
     amax = amax_of(x, scaling.granularity)
-    if tracked is None:
+    if tracked is None or tracked[1] is None:
         scale = compute_scale(amax, fmt.max_value, scaling.margin, scaling.power_of_two)
+        if tracked is not None:  # in a recurrent loop: current scaling, the state tied in
+            scale = scale + 0.0 * tracked[0]
     else:
         scale, amaxes = tracked
         amaxes.append(amax)
@@ -287,9 +296,13 @@ def round_error(context, y, fmt, rounding, scaling, seed):
     @tf.custom_gradient
     def delayed(v, s):
         def grad(dy):
-            amaxes.append(amax_of(dy))
-            return (scaled_round(dy, s, fmt, rounding, seed=seed, implementation=implementation),
-                    tf.zeros_like(s))
+            if amaxes is None:  # in a recurrent loop: current scaling (docs/scaling.md)
+                used = compute_scale(amax_of(dy), fmt.max_value, margin, power_of_two)
+            else:
+                amaxes.append(amax_of(dy))
+                used = s
+            return (scaled_round(dy, used, fmt, rounding, seed=seed,
+                                 implementation=implementation), tf.zeros_like(s))
 
         return tf.identity(v), grad
 
