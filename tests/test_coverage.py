@@ -30,10 +30,12 @@ from tf_lowprec.keras import emulation
 
 L = keras.layers
 DESIGN = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "design.md")
-PRESETS = ("bf16", "fp16", "hfp8", "fp8", "bf16_native", "dfp16", "fp8_wang")
+PRESETS = ("bf16", "fp16", "hfp8", "fp8", "bf16_native", "dfp16", "fp8_wang", "mxfp8",
+           "fp8_delayed")
 # Largest |emulated - FP32| / max|FP32| accepted, by preset (a few roundings of the format).
 TOLERANCE = {"bf16": 0.05, "fp16": 0.01, "hfp8": 0.5, "fp8": 0.5, "bf16_native": 0.05,
-             "dfp16": 0.01, "fp8_wang": 0.5}
+             "dfp16": 0.01, "fp8_wang": 0.5, "mxfp8": 0.5,
+             "fp8_delayed": 0.5}
 
 
 class OpLayer(L.Layer):
@@ -158,7 +160,11 @@ def forward_backward(layer, x, upstream=None, after_forward=lambda: None):
         if upstream is None:
             upstream = tf.constant(np.random.default_rng(2).normal(size=y.shape), tf.float32)
         loss = tf.reduce_sum(y * upstream)
-    return y, upstream, tape.gradient(loss, [x] + layer.trainable_weights), forward
+    # The layer's parameters; not the scale state of delayed scaling, whose "gradients" are
+    # its next values (Keras' overwrite_with_gradient variables).
+    parameters = [w for w in layer.trainable_weights
+                  if not getattr(w, "overwrite_with_gradient", False)]
+    return y, upstream, tape.gradient(loss, [x] + parameters), forward
 
 
 _unemulated_runs = {}

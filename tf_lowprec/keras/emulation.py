@@ -255,6 +255,8 @@ class LayerContext:
         return entry[0].replace(axis=axis, name=entry[0].name), entry[1]
 
     def _round_now(self, x, role, axis):
+        if _is_block_scalar(self.spec, role, x):  # a block of one element
+            return tf.reshape(self._round_now(tf.reshape(x, [1]), role, -1), [])
         spec = self.spec
         if role == "errors":
             entry = self.role_format("errors", axis)
@@ -317,6 +319,8 @@ class LayerContext:
         For a backward GEMM's own quantization of an operand (`block_scaled_product`);
         `seed`: the int64[2] seed of stochastic rounding (made in the forward pass).
         """
+        if _is_block_scalar(self.spec, role, x):  # a block of one element
+            return tf.reshape(self.quantize(tf.reshape(x, [1]), role, -1, seed), [])
         entry = self.role_format(role, axis)
         if entry is None:
             return x
@@ -419,6 +423,17 @@ class LayerContext:
             finally:
                 self._step = step
         return cache[key]
+
+
+def _is_block_scalar(spec, role, x):
+    """Whether `x` is a scalar that `role` (or, for weights, the weight gradient) blocks.
+
+    A block-scaled format needs an axis; the scalar output of a dot product
+    of two vectors (its error) is treated as one block of one element.
+    """
+    roles = (role, "weight_gradients") if role == "weights" else (role,)
+    return x.shape.rank == 0 and any(
+        spec.role(r) is not None and spec.role(r)[0].kind == "block" for r in roles)
 
 
 def round_layer_outputs(layer, policy, outputs):
