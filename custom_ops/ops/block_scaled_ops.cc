@@ -2,14 +2,13 @@
 // NVFP4).  The kernel lives in kernels/block_scaled_kernels.cc; the Python
 // wrapper is tf_lowprec/numerics/rounding.py::quantize_block_scaled.
 #include "float_format_op_def.h"
+#include "per_block_shape.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
 namespace tf_lowprec {
 
-using ::tensorflow::shape_inference::DimensionHandle;
 using ::tensorflow::shape_inference::InferenceContext;
-using ::tensorflow::shape_inference::ShapeHandle;
 
 REGISTER_OP("LowprecQuantizeBlockScaled")
     .Input("x: float")
@@ -34,44 +33,18 @@ REGISTER_OP("LowprecQuantizeBlockScaled")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(CheckSeedShape(c, 1));
       c->set_output(0, c->input(0));
-      ShapeHandle x = c->input(0);
-      if (!c->RankKnown(x)) {
-        c->set_output(1, c->UnknownShape());
-        return absl::OkStatus();
-      }
-      const int rank = c->Rank(x);
       int block_size, axis;
       TF_RETURN_IF_ERROR(c->GetAttr("block_size", &block_size));
       TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
-      if (rank < 1) {
-        return absl::InvalidArgumentError(
-            "x must have rank >= 1 (blocks run along axis), got a scalar");
-      }
       if (block_size < 1) {
         return absl::InvalidArgumentError("block_size must be >= 1, got " +
                                           std::to_string(block_size));
       }
-      if (axis < -rank || axis >= rank) {
-        return absl::InvalidArgumentError("axis must be in [" + std::to_string(-rank) + ", " +
-                                          std::to_string(rank) + "), got " +
-                                          std::to_string(axis));
+      if (c->RankKnown(c->input(0)) && c->Rank(c->input(0)) < 1) {
+        return absl::InvalidArgumentError(
+            "x must have rank >= 1 (blocks run along axis), got a scalar");
       }
-      if (axis < 0) axis += rank;
-      std::vector<DimensionHandle> dims;
-      for (int i = 0; i < rank; ++i) {
-        DimensionHandle d = c->Dim(x, i);
-        if (i == axis) {
-          if (c->ValueKnown(d)) {
-            const int64_t length = c->Value(d);  // ceil(length / block_size), no overflow
-            d = c->MakeDim(length == 0 ? 0 : 1 + (length - 1) / block_size);
-          } else {
-            d = c->UnknownDim();
-          }
-        }
-        dims.push_back(d);
-      }
-      c->set_output(1, c->MakeShape(dims));
-      return absl::OkStatus();
+      return SetPerBlockShape(c, 1, block_size, axis);
     })
     .Doc(R"doc(
 Converts float32 values to a block-scaled format (OCP MX, NVFP4) and back.

@@ -1,6 +1,7 @@
 // Registration and shape functions of the rounding ops.  Kernels live in
 // kernels/rounding_kernels.cc; the Python wrappers in tf_lowprec/numerics/rounding.py.
 #include "float_format_op_def.h"
+#include "per_block_shape.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -47,41 +48,21 @@ REGISTER_OP("LowprecQuantizeDfp")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(CheckSeedShape(c, 1));
       c->set_output(0, c->input(0));
-      ShapeHandle x = c->input(0);
-      if (!c->RankKnown(x)) {
-        c->set_output(1, c->UnknownShape());
-        return absl::OkStatus();
-      }
-      const int rank = c->Rank(x);
       int block_size, axis;
       TF_RETURN_IF_ERROR(c->GetAttr("block_size", &block_size));
       TF_RETURN_IF_ERROR(c->GetAttr("axis", &axis));
-      std::vector<DimensionHandle> dims;
       if (block_size < 0) {
         return absl::InvalidArgumentError(
             "block_size must be 0 (one exponent per tensor) or positive");
       }
-      if (block_size == 0) {  // one exponent per tensor, kept with rank
-        for (int i = 0; i < rank; ++i) dims.push_back(c->MakeDim(1));
-      } else {
-        if (axis < -rank || axis >= rank) {
-          return absl::InvalidArgumentError("axis out of range for the rank of x");
-        }
-        if (axis < 0) axis += rank;
-        for (int i = 0; i < rank; ++i) {
-          DimensionHandle d = c->Dim(x, i);
-          if (i == axis) {
-            if (c->ValueKnown(d)) {
-              const int64_t length = c->Value(d);  // ceil(length / block_size), no overflow
-              d = c->MakeDim(length == 0 ? 0 : 1 + (length - 1) / block_size);
-            } else {
-              d = c->UnknownDim();
-            }
-          }
-          dims.push_back(d);
-        }
+      if (block_size > 0) return SetPerBlockShape(c, 1, block_size, axis);
+      ShapeHandle x = c->input(0);  // one exponent per tensor, kept with rank
+      if (!c->RankKnown(x)) {
+        c->set_output(1, c->UnknownShape());
+        return absl::OkStatus();
       }
-      c->set_output(1, c->MakeShape(dims));
+      std::vector<DimensionHandle> ones(c->Rank(x), c->MakeDim(1));
+      c->set_output(1, c->MakeShape(ones));
       return absl::OkStatus();
     })
     .Doc(R"doc(
