@@ -153,3 +153,52 @@ def test_block_policies_save_and_load(tmp_path):
     assert loaded.layers[0].dtype_policy.spec == spec
     assert loaded.layers[1].dtype_policy.spec == lp.Policy("mxfp4").spec
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_random_hadamard_is_orthogonal_and_pads_the_summed_axis():
+    from tf_lowprec.keras import emulation
+
+    rng = np.random.default_rng(6)
+    x = tf.constant(rng.standard_normal((37, 5)).astype(np.float32))
+    dy = tf.constant(rng.standard_normal((37, 3)).astype(np.float32))
+    seed = tf.constant([1, 2], tf.int64)
+    tx = emulation.random_hadamard(x, 0, 16, seed)
+    tdy = emulation.random_hadamard(dy, 0, 16, seed)
+    assert tx.shape == (48, 5) and tdy.shape == (48, 3)  # 37 rows padded to 3 tiles of 16
+    np.testing.assert_allclose(tf.matmul(tx, tdy, transpose_a=True).numpy(),
+                               tf.matmul(x, dy, transpose_a=True).numpy(), rtol=1e-5, atol=1e-5)
+    # An outlier is spread over its tile: the transform is what makes FP4 blocks usable.
+    spike = tf.constant(np.eye(16, 1, -3, dtype=np.float32) * 16.0)
+    assert np.allclose(np.abs(emulation.random_hadamard(spike, 0, 16, seed).numpy()), 4.0)
+
+
+def test_nvfp4_weight_gradient_gemm_takes_the_hadamard_transform():
+    hadamard = lp.PrecisionSpec(activations="nvfp4", weights="nvfp4", errors="nvfp4",
+                                wgrad_hadamard=16)
+    plain = lp.PrecisionSpec(activations="nvfp4", weights="nvfp4", errors="nvfp4")
+    assert lp.Policy("nvfp4").spec.wgrad_hadamard == 16
+    assert lp.PrecisionSpec.from_config(hadamard.get_config()) == hadamard != plain
+    with pytest.raises(ValueError, match="wgrad_hadamard must be None or a power of two"):
+        lp.PrecisionSpec(activations="nvfp4", wgrad_hadamard=12)
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.standard_normal((64, 48)).astype(np.float32))
+    x = tf.tensor_scatter_nd_update(x, [[5, 0]], [300.0])  # an outlier row
+    results = {}
+    for name, spec in (("hadamard", hadamard), ("plain", plain)):
+        keras.utils.set_random_seed(8)
+        layer = keras.layers.Dense(24, use_bias=False, dtype=lp.Policy(name, spec=spec),
+                                   name="d")
+        with tf.GradientTape() as tape:
+            y = layer(x)
+        results[name] = (y.numpy(), tape.gradient(y, layer.kernel).numpy())
+        keras.utils.set_random_seed(8)
+        exact = keras.layers.Dense(24, use_bias=False, name="d")
+        with tf.GradientTape() as tape:
+            y_exact = exact(x)
+        results["fp32"] = tape.gradient(y_exact, exact.kernel).numpy()
+    # The forward GEMM and dX are untouched; dW differs, and stays close to FP32's.
+    np.testing.assert_array_equal(results["hadamard"][0], results["plain"][0])
+    assert not np.array_equal(results["hadamard"][1], results["plain"][1])
+    error = np.linalg.norm(results["hadamard"][1] - results["fp32"]) / np.linalg.norm(
+        results["fp32"])
+    assert error < 0.5, error

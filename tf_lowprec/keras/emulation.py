@@ -46,6 +46,7 @@ import weakref
 import zlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_lowprec.gemm import common as gemm_common
@@ -729,13 +730,46 @@ def _uses_block_formats(context):
 
 
 def _contracted_axes(first, second, output):
-    """The last axis of `first` and of `second` over which einsum first,second->output sums."""
+    """The axis of `first` and of `second` holding the label einsum first,second->output sums
+    over last in `first` (the same label in both, so that blocks pair up), or -1, -1."""
     contracted = (set(first) & set(second)) - set(output)
-    axes = []
-    for terms in (first, second):
-        positions = [i for i, label in enumerate(terms) if label in contracted]
-        axes.append(positions[-1] - len(terms) if positions else -1)
-    return axes
+    labels = [label for label in first if label in contracted]
+    if not labels:
+        return [-1, -1]
+    return [first.index(labels[-1]) - len(first), second.index(labels[-1]) - len(second)]
+
+
+def _hadamard_matrix(size):
+    """The orthonormal Sylvester Hadamard matrix of order `size` (a power of two), float32."""
+    matrix = np.ones((1, 1), np.float32)
+    while matrix.shape[0] < size:
+        matrix = np.block([[matrix, matrix], [matrix, -matrix]])
+    return matrix / np.float32(np.sqrt(size))
+
+
+def random_hadamard(x, axis, size, seed):
+    """x with a random Hadamard transform of order `size` applied along `axis`, in tiles.
+
+    The axis is zero-padded to a multiple of `size` and each tile of `size`
+    entries multiplied by H diag(s), H the orthonormal Hadamard matrix and s
+    random signs from `seed` (one draw for every tile).  Two tensors
+    transformed alike along the axis a GEMM sums over give the same product
+    (H diag(s) is orthogonal), but their quantization sees spread-out values.
+    """
+    rank = x.shape.rank
+    axis %= rank
+    perm = list(range(axis)) + list(range(axis + 1, rank)) + [axis]
+    moved = tf.transpose(x, perm)
+    length = tf.shape(moved)[-1]
+    tiles = (length + size - 1) // size
+    padded = tf.pad(moved, [[0, 0]] * (rank - 1) + [[0, tiles * size - length]])
+    shape = tf.concat([tf.shape(moved)[:-1], [tiles, size]], 0)
+    signs = tf.sign(tf.random.stateless_uniform([size], seed, -1.0, 1.0))
+    signs = tf.where(signs == 0, tf.ones_like(signs), signs)
+    matrix = tf.constant(_hadamard_matrix(size)) * signs[:, None]  # diag(s) H^T, by rows
+    transformed = tf.reshape(tf.reshape(padded, shape) @ matrix,
+                             tf.concat([tf.shape(moved)[:-1], [tiles * size]], 0))
+    return tf.transpose(transformed, [perm.index(i) for i in range(rank)])
 
 
 def block_scaled_product(context, equation, a, b, roles):
@@ -749,7 +783,9 @@ def block_scaled_product(context, equation, a, b, roles):
         dA          = Q(dY, N) . Q(b, N)^T       (einsum out,b->a)
         dB          = Q(a, M)^T . Q(dY, M)       (einsum a,out->b)
 
-    with each axis the contracted one of that GEMM.  The forward operands go
+    with each axis the contracted one of that GEMM; with the spec's
+    `wgrad_hadamard`, a and dY are transformed alike along M
+    (`random_hadamard`) before the dB GEMM quantizes them.  The forward operands go
     through the role hooks (the monitor) and their straight-through
     quantizers, which receive dA and dB (so a weight-gradient format still
     rounds dB).  None where the equation has a label that is summed in one
@@ -791,6 +827,9 @@ def block_scaled_product(context, equation, a, b, roles):
 
     seeds = {"a": seed(roles[0], 1), "b": seed(roles[1], 1), "dy_da": seed("errors", 1),
              "dy_db": seed("errors", 2)}
+    hadamard = context.spec.wgrad_hadamard
+    hadamard_seed = (tf.random.experimental.stateless_fold_in(context.seed("weight_gradients"), 3)
+                     if hadamard is not None else None)
     raw_a, raw_b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
     b_da = None
     if roles[1] == "weights" and _is_variable(b) and graphs.in_while_body():
@@ -805,8 +844,12 @@ def block_scaled_product(context, equation, a, b, roles):
             dy_da = context.quantize(dy, "errors", for_da[0], seeds["dy_da"])
             b_for_da = b_da if b_da is not None else context.quantize(raw_b, roles[1],
                                                                       for_da[1], seeds["b"])
-            a_db = context.quantize(raw_a, roles[0], for_db[0], seeds["a"])
-            dy_db = context.quantize(dy, "errors", for_db[1], seeds["dy_db"])
+            a_for_db, dy_for_db = raw_a, dy
+            if hadamard is not None:  # M is zero-padded alike in both: the product keeps
+                a_for_db = random_hadamard(raw_a, for_db[0], hadamard, hadamard_seed)
+                dy_for_db = random_hadamard(dy, for_db[1], hadamard, hadamard_seed)
+            a_db = context.quantize(a_for_db, roles[0], for_db[0], seeds["a"])
+            dy_db = context.quantize(dy_for_db, "errors", for_db[1], seeds["dy_db"])
             return (tf.einsum(f"{to},{tb}->{ta}", dy_da, b_for_da),
                     tf.einsum(f"{ta},{to}->{tb}", a_db, dy_db), None, None)
 

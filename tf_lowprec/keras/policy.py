@@ -213,6 +213,12 @@ class PrecisionSpec:
       first_last: None, or a spec (a preset name or a `PrecisionSpec`) used
         instead of this one for the first and the last GEMM-bearing layer of
         the model being called, as HFP8 keeps those at higher precision.
+      wgrad_hadamard: None, or a power of two 2..256: the size of the random
+        Hadamard transform applied to both inputs of every weight-gradient
+        GEMM along the axis it sums over, before they are quantized (NVIDIA's
+        NVFP4 recipe uses 16).  The transform is orthogonal, so it changes
+        dW only through the quantization, whose outliers it spreads.  Only
+        GEMMs with block-scaled operands take it (docs/block_formats.md).
 
     >>> import tf_lowprec as lp
     >>> spec = lp.PrecisionSpec(activations="e4m3", weights="e4m3",
@@ -222,7 +228,7 @@ class PrecisionSpec:
     """
 
     def __init__(self, activations=None, weights=None, errors=None, weight_gradients=None,
-                 storage=None, *, accumulator="fp32", first_last=None):
+                 storage=None, *, accumulator="fp32", first_last=None, wgrad_hadamard=None):
         parsed = {
             "activations": _parse_role("activations", activations),
             "weights": _parse_role("weights", weights),
@@ -243,6 +249,12 @@ class PrecisionSpec:
             if first_last.first_last is not None:
                 raise ValueError("first_last must be a spec without a first_last of its own")
         self.first_last = first_last
+        if wgrad_hadamard is not None and (
+                isinstance(wgrad_hadamard, bool) or not isinstance(wgrad_hadamard, int)
+                or wgrad_hadamard not in [2**k for k in range(1, 9)]):
+            raise ValueError(f"wgrad_hadamard must be None or a power of two in 2..256, got "
+                             f"{wgrad_hadamard!r}")
+        self.wgrad_hadamard = wgrad_hadamard
 
     def role(self, role):
         """(format object, rounding) of `role`, or None when it stays FP32."""
@@ -310,16 +322,18 @@ class PrecisionSpec:
                                  if isinstance(self.accumulator, accumulation_gemm.Accumulator)
                                  else self.accumulator)
         config["first_last"] = None if self.first_last is None else self.first_last.get_config()
+        if self.wgrad_hadamard is not None:  # (absent from older configs)
+            config["wgrad_hadamard"] = self.wgrad_hadamard
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        unknown = set(config) - set(ROLES) - {"accumulator", "first_last"}
+        unknown = set(config) - set(ROLES) - {"accumulator", "first_last", "wgrad_hadamard"}
         if unknown:
             raise ValueError(
                 f"unknown PrecisionSpec keys {sorted(unknown)}; valid keys: "
-                f"{', '.join(ROLES)}, accumulator, first_last"
+                f"{', '.join(ROLES)}, accumulator, first_last, wgrad_hadamard"
             )
         for role in ROLES:
             if isinstance(config.get(role), dict):
@@ -342,6 +356,8 @@ class PrecisionSpec:
             parts.append(f"accumulator={self.accumulator!r}")
         if self.first_last is not None:
             parts.append(f"first_last={self.first_last!r}")
+        if self.wgrad_hadamard is not None:
+            parts.append(f"wgrad_hadamard={self.wgrad_hadamard}")
         return f"PrecisionSpec({', '.join(parts)})"
 
 
@@ -419,15 +435,16 @@ def _presets():
         "mxfp4": PrecisionSpec(activations="mxfp4_e2m1", weights="mxfp4_e2m1",
                                errors=("mxfp4_e2m1", "stochastic")),
         # NVIDIA's NVFP4 pre-training recipe, the parts emulated here: NVFP4
-        # operands in all three GEMMs, stochastic rounding of the errors, and
-        # the first and last GEMM layers in BF16 (NVIDIA keeps a few final
-        # layers in higher precision).  Not emulated: 16x16 two-dimensional
-        # weight blocks and random Hadamard transforms of the weight-gradient
-        # GEMM's inputs (docs/block_formats.md).
+        # operands in all three GEMMs, stochastic rounding of the errors,
+        # 16-point random Hadamard transforms of the weight-gradient GEMM's
+        # inputs, and the first and last GEMM layers in BF16 (NVIDIA keeps a
+        # few final layers in higher precision).  Not emulated: 16x16
+        # two-dimensional weight blocks (docs/block_formats.md).
         "nvfp4": PrecisionSpec(activations="nvfp4", weights="nvfp4",
                                errors=("nvfp4", "stochastic"),
                                first_last=PrecisionSpec(activations=bf16, weights=bf16,
-                                                        errors=bf16)),
+                                                        errors=bf16),
+                               wgrad_hadamard=16),
     }
 
 
