@@ -42,6 +42,7 @@ MODES = {
     "dfp16": lambda: lp.Policy("dfp16"),
     "mxfp8": lambda: lp.Policy("mxfp8"),
     "nvfp4": lambda: lp.Policy("nvfp4"),
+    "fp8_delayed": lambda: lp.Policy("fp8_delayed"),
 }
 # bf16_native: the BF16 GEMM on AVX512_BF16 instructions; the goal is a ratio below 1.0.
 TARGETS = {"bf16": 1.10, "fp8": 1.15, "bf16 SR": 1.25, "fp8 SR": 1.25, "bf16_native": 1.00,
