@@ -202,3 +202,36 @@ def test_nvfp4_weight_gradient_gemm_takes_the_hadamard_transform():
     error = np.linalg.norm(results["hadamard"][1] - results["fp32"]) / np.linalg.norm(
         results["fp32"])
     assert error < 0.5, error
+
+
+def test_square_weight_blocks_give_one_quantized_weight_for_both_gemms():
+    spec = lp.PrecisionSpec(activations="nvfp4", weights="nvfp4", errors="nvfp4",
+                            square_weight_blocks=True)
+    assert lp.Policy("nvfp4").spec.square_weight_blocks
+    assert lp.PrecisionSpec.from_config(spec.get_config()) == spec
+    with pytest.raises(ValueError, match="square_weight_blocks must be True or False"):
+        lp.PrecisionSpec(weights="nvfp4", square_weight_blocks=1)
+    layer = keras.layers.Dense(20, use_bias=False, dtype=lp.Policy("tiles", spec=spec))
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    layer.build((6, 40))
+    w = rng.standard_normal((40, 20)).astype(np.float32)
+    w[3, 7] = 50.0  # an outlier: its 16 x 16 tile gets a large scale, the others do not
+    layer.kernel.assign(w)
+    upstream = rng.standard_normal((6, 20)).astype(np.float32)
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt)
+    dx = tape.gradient(y, xt, output_gradients=tf.constant(upstream))
+    # The written-out tiles: 40 x 20 padded to 48 x 32, each 16 x 16 tile one NVFP4 block.
+    padded = np.zeros((48, 32), np.float32)
+    padded[:40, :20] = w
+    tiles = padded.reshape(3, 16, 2, 16).transpose(0, 2, 1, 3).reshape(3, 2, 256)
+    wq = (reference.quantize_block_scaled(tiles, lp.NVFP4.replace(block_size=256))[0]
+          .reshape(3, 2, 16, 16).transpose(0, 2, 1, 3).reshape(48, 32)[:40, :20])
+    xq = quantize(x, lp.NVFP4, -1)
+    np.testing.assert_array_equal(y.numpy(), tf.matmul(xq, wq).numpy())
+    # dX reads the same quantized weight (not one re-quantized along N).
+    np.testing.assert_array_equal(dx.numpy(), tf.matmul(quantize(upstream, lp.NVFP4, -1), wq,
+                                                        transpose_b=True).numpy())

@@ -253,9 +253,23 @@ class LayerContext:
         entry = self.spec.role(role)
         if entry is None or entry[0].kind != "block" or entry[0].axis == axis:
             return entry
+        if isinstance(axis, tuple):  # square tiles, laid out by _to_tiles: one block each
+            return entry[0].replace(axis=-1, block_size=entry[0].block_size ** 2), entry[1]
         return entry[0].replace(axis=axis, name=entry[0].name), entry[1]
 
+    def layout_for(self, x, role, axis):
+        """x in the layout `role_format(role, axis)` applies to (tiled for a pair of axes)."""
+        if isinstance(axis, tuple) and self.spec.role(role) is not None:
+            return _to_tiles(x, axis, self.spec.role(role)[0].block_size)[0]
+        return x
+
     def _round_now(self, x, role, axis):
+        if isinstance(axis, tuple):  # square tiles over two axes (square_weight_blocks)
+            tiles, restore = _to_tiles(x, axis, self.spec.role(role)[0].block_size)
+            return restore(self._round_flat(tiles, role, axis))
+        return self._round_flat(x, role, axis)
+
+    def _round_flat(self, x, role, axis):
         if _is_block_scalar(self.spec, role, x):  # a block of one element
             return tf.reshape(self._round_now(tf.reshape(x, [1]), role, -1), [])
         spec = self.spec
@@ -322,6 +336,12 @@ class LayerContext:
         """
         if _is_block_scalar(self.spec, role, x):  # a block of one element
             return tf.reshape(self.quantize(tf.reshape(x, [1]), role, -1, seed), [])
+        if isinstance(axis, tuple):  # square tiles over two axes (square_weight_blocks)
+            tiles, restore = _to_tiles(x, axis, self.spec.role(role)[0].block_size)
+            return restore(self._quantize_flat(tiles, role, axis, seed))
+        return self._quantize_flat(x, role, axis, seed)
+
+    def _quantize_flat(self, x, role, axis, seed):
         entry = self.role_format(role, axis)
         if entry is None:
             return x
@@ -424,6 +444,35 @@ class LayerContext:
             finally:
                 self._step = step
         return cache[key]
+
+
+def _to_tiles(x, axes, size):
+    """(x as [..., tiles_a, tiles_b, size * size], the inverse) for square tiles over `axes`.
+
+    Both axes are zero-padded to whole tiles (zeros change no block's amax)
+    and the inverse crops them again; every op is a reshape, transpose, pad
+    or slice, so gradients pass straight through.
+    """
+    rank = x.shape.rank
+    a, b = (axis % rank for axis in axes)
+    perm = [i for i in range(rank) if i not in (a, b)] + [a, b]
+    moved = tf.transpose(x, perm)
+    lead, (length_a, length_b) = tf.shape(moved)[:-2], tf.unstack(tf.shape(moved)[-2:])
+    tiles_a, tiles_b = (length_a + size - 1) // size, (length_b + size - 1) // size
+    padded = tf.pad(moved, [[0, 0]] * (rank - 2) + [[0, tiles_a * size - length_a],
+                                                    [0, tiles_b * size - length_b]])
+    grid = tf.reshape(padded, tf.concat([lead, [tiles_a, size, tiles_b, size]], 0))
+    swap = list(range(rank - 2)) + [rank - 2, rank, rank - 1, rank + 1]
+    tiles = tf.reshape(tf.transpose(grid, swap),
+                       tf.concat([lead, [tiles_a, tiles_b, size * size]], 0))
+
+    def restore(y):
+        grid_y = tf.transpose(tf.reshape(y, tf.concat([lead, [tiles_a, tiles_b, size, size]], 0)),
+                              swap)
+        full = tf.reshape(grid_y, tf.concat([lead, [tiles_a * size, tiles_b * size]], 0))
+        return tf.transpose(full[..., :length_a, :length_b], [perm.index(i) for i in range(rank)])
+
+    return tiles, restore
 
 
 def _is_block_scalar(spec, role, x):
@@ -812,8 +861,15 @@ def block_scaled_product(context, equation, a, b, roles):
     for_da = _contracted_axes(to, tb, ta)  # (dY's axis, b's axis) of dA = dY . b
     for_db = _contracted_axes(ta, to, tb)  # (a's axis, dY's axis) of dB = a . dY
 
+    weight_entry = context.spec.role(roles[1])
+    square = (context.spec.square_weight_blocks and roles[1] == "weights"
+              and weight_entry is not None and weight_entry[0].kind == "block"
+              and forward[1] % len(tb) != for_da[1] % len(tb))
+    # Square weight blocks: one quantized weight, tiled over the forward GEMM's and
+    # the dA GEMM's summed axes, serves both.
+    b_axis = (forward[1], for_da[1]) if square else forward[1]
     quantized = []
-    for x, role, axis in ((a, roles[0], forward[0]), (b, roles[1], forward[1])):
+    for x, role, axis in ((a, roles[0], forward[0]), (b, roles[1], b_axis)):
         if role == "weights" and _is_variable(x) and graphs.in_while_body():
             quantized.append(context._round_weights_before_loop(x, axis))
         else:
@@ -831,8 +887,8 @@ def block_scaled_product(context, equation, a, b, roles):
     hadamard_seed = (tf.random.experimental.stateless_fold_in(context.seed("weight_gradients"), 3)
                      if hadamard is not None else None)
     raw_a, raw_b = tf.convert_to_tensor(a), tf.convert_to_tensor(b)
-    b_da = None
-    if roles[1] == "weights" and _is_variable(b) and graphs.in_while_body():
+    b_da = quantized[1] if square else None
+    if b_da is None and roles[1] == "weights" and _is_variable(b) and graphs.in_while_body():
         # A recurrent step's weights, as the dA GEMM quantizes them: once,
         # outside the loop (the seed too, so the bits match an unrolled run).
         b_da = context.before_loop(b, ("dA", for_da[1]), lambda value: context.quantize(

@@ -219,6 +219,11 @@ class PrecisionSpec:
         NVFP4 recipe uses 16).  The transform is orthogonal, so it changes
         dW only through the quantization, whose outliers it spreads.  Only
         GEMMs with block-scaled operands take it (docs/block_formats.md).
+      square_weight_blocks: quantize block-scaled weights in square tiles
+        of block_size x block_size over the axis the forward GEMM sums over
+        and the axis the dX GEMM sums over, so that both GEMMs read the same
+        quantized weights (NVIDIA's NVFP4 recipe: 16 x 16); matrix products
+        and einsums whose second operand is the weight.
 
     >>> import tf_lowprec as lp
     >>> spec = lp.PrecisionSpec(activations="e4m3", weights="e4m3",
@@ -228,7 +233,8 @@ class PrecisionSpec:
     """
 
     def __init__(self, activations=None, weights=None, errors=None, weight_gradients=None,
-                 storage=None, *, accumulator="fp32", first_last=None, wgrad_hadamard=None):
+                 storage=None, *, accumulator="fp32", first_last=None, wgrad_hadamard=None,
+                 square_weight_blocks=False):
         parsed = {
             "activations": _parse_role("activations", activations),
             "weights": _parse_role("weights", weights),
@@ -255,6 +261,10 @@ class PrecisionSpec:
             raise ValueError(f"wgrad_hadamard must be None or a power of two in 2..256, got "
                              f"{wgrad_hadamard!r}")
         self.wgrad_hadamard = wgrad_hadamard
+        if not isinstance(square_weight_blocks, bool):
+            raise ValueError(f"square_weight_blocks must be True or False, got "
+                             f"{square_weight_blocks!r}")
+        self.square_weight_blocks = square_weight_blocks
 
     def role(self, role):
         """(format object, rounding) of `role`, or None when it stays FP32."""
@@ -324,16 +334,19 @@ class PrecisionSpec:
         config["first_last"] = None if self.first_last is None else self.first_last.get_config()
         if self.wgrad_hadamard is not None:  # (absent from older configs)
             config["wgrad_hadamard"] = self.wgrad_hadamard
+        if self.square_weight_blocks:
+            config["square_weight_blocks"] = True
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        unknown = set(config) - set(ROLES) - {"accumulator", "first_last", "wgrad_hadamard"}
+        options = {"accumulator", "first_last", "wgrad_hadamard", "square_weight_blocks"}
+        unknown = set(config) - set(ROLES) - options
         if unknown:
             raise ValueError(
                 f"unknown PrecisionSpec keys {sorted(unknown)}; valid keys: "
-                f"{', '.join(ROLES)}, accumulator, first_last, wgrad_hadamard"
+                f"{', '.join(ROLES)}, {', '.join(sorted(options))}"
             )
         for role in ROLES:
             if isinstance(config.get(role), dict):
@@ -358,6 +371,8 @@ class PrecisionSpec:
             parts.append(f"first_last={self.first_last!r}")
         if self.wgrad_hadamard is not None:
             parts.append(f"wgrad_hadamard={self.wgrad_hadamard}")
+        if self.square_weight_blocks:
+            parts.append("square_weight_blocks=True")
         return f"PrecisionSpec({', '.join(parts)})"
 
 
@@ -437,14 +452,14 @@ def _presets():
         # NVIDIA's NVFP4 pre-training recipe, the parts emulated here: NVFP4
         # operands in all three GEMMs, stochastic rounding of the errors,
         # 16-point random Hadamard transforms of the weight-gradient GEMM's
-        # inputs, and the first and last GEMM layers in BF16 (NVIDIA keeps a
-        # few final layers in higher precision).  Not emulated: 16x16
-        # two-dimensional weight blocks (docs/block_formats.md).
+        # inputs, 16x16 weight blocks (one quantized weight for the forward
+        # and the dX GEMM), and the first and last GEMM layers in BF16 (NVIDIA
+        # keeps a few final layers in higher precision); docs/block_formats.md.
         "nvfp4": PrecisionSpec(activations="nvfp4", weights="nvfp4",
                                errors=("nvfp4", "stochastic"),
                                first_last=PrecisionSpec(activations=bf16, weights=bf16,
                                                         errors=bf16),
-                               wgrad_hadamard=16),
+                               wgrad_hadamard=16, square_weight_blocks=True),
     }
 
 

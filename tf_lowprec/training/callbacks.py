@@ -237,7 +237,7 @@ class PrecisionMonitor(keras.callbacks.Callback):
         if role in ("activations", "weights", "storage") and entry is not None and (
             role in self.roles
         ):
-            self._record(context, role, entry[0], x)
+            self._record(context, role, entry[0], context.layout_for(x, role, axis))
         y = round_fn(x)
         if role == "errors" and entry is not None and "errors" in self.roles:
             # After round_fn in the forward chain: the gradient reaches this
