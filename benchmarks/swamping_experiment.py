@@ -1,4 +1,4 @@
-"""Swamping in FP16 accumulation on a real workload, and chunk-based accumulation (Wang et al. 2018).
+"""Swamping in FP16 accumulation on a real workload; chunk-based accumulation (Wang et al. 2018).
 
 Two measurements on the reproduction suite's MNIST CNN (the bundled 5,000-image
 sample), each with three accumulators for every GEMM (forward, dX and dW):
@@ -14,7 +14,8 @@ differ.
 2. Test accuracy after the suite's training schedule (8 epochs, batch 64),
    over several seeds.
 
-Usage: python benchmarks/swamping_experiment.py [--seeds 3] [--out benchmarks/results/avx2_zen3/swamping]
+Usage: python benchmarks/swamping_experiment.py [--seeds 3]
+                                                [--out benchmarks/results/avx2_zen3/swamping]
 """
 
 import argparse

@@ -84,7 +84,8 @@ def test_preset_definitions():
     for fmt in ALL_PRESETS:
         assert formats.get(fmt.name) is fmt
         assert formats.get(formats.serialize(fmt)) == fmt == formats.get(fmt.get_config())
-        assert eval(repr(fmt), {"BlockFormat": lp.BlockFormat, "FloatFormat": lp.FloatFormat}) == fmt
+        names = {"BlockFormat": lp.BlockFormat, "FloatFormat": lp.FloatFormat}
+        assert eval(repr(fmt), names) == fmt
     custom = lp.BlockFormat(lp.FloatFormat(3, 3, infinities=False, overflow="saturate"), 8,
                             axis=0, nonfinite_blocks="pass_through")
     assert formats.get(formats.serialize(custom)) == custom
@@ -285,7 +286,8 @@ def test_gradient_is_straight_through_or_rounded():
     (lambda: lp.quantize_block_scaled([1.0], lp.NVFP4, return_scales=1), "return_scales"),
     (lambda: lp.quantize_block_scaled([1.0], lp.NVFP4, return_scales=True,
                                       backward_format="bf16"), "cannot be combined"),
-    (lambda: lp.quantize_block_scaled(tf.constant([1.0], tf.float64), lp.NVFP4), "x must be float32"),
+    (lambda: lp.quantize_block_scaled(tf.constant([1.0], tf.float64), lp.NVFP4),
+     "x must be float32"),
 ])
 def test_bad_calls_name_the_argument(call, message):
     with pytest.raises(ValueError, match=message):

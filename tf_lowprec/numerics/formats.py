@@ -4,12 +4,13 @@
 `exponent_bits`, `mantissa_bits` and an exponent bias; `DfpFormat` describes
 dynamic fixed point (integer mantissas with one shared exponent per tensor or
 per block); `BlockFormat` describes block-scaled formats (OCP MX, NVFP4):
-elements of a small `FloatFormat` sharing one scale per block.  The C++ kernels receive these fields as op attributes, the
-pure-TensorFlow path (`tf_lowprec.numerics.tf_rounding`) and the NumPy reference
-(`tf_lowprec.numerics.reference`) read the derived quantities below.
+elements of a small `FloatFormat` sharing one scale per block.  The C++
+kernels receive these fields as op attributes, the pure-TensorFlow paths
+(`tf_lowprec.numerics.tf_rounding`, `tf_block_scaling`) and the NumPy
+reference (`tf_lowprec.numerics.reference`) read the derived quantities below.
 
 Formats are immutable values (`replace` makes changed copies), so the
-presets below can be shared.  Every kind of format (a class: float, DFP)
+presets below can be shared.  Every kind of format (a class: float, DFP, block)
 declares here what the rest of the package asks of it, as class attributes
 and properties: `kind`, `fixed_range` (a largest finite value and a smallest
 normal: overflow and subnormal statistics, per-layer loss scales),

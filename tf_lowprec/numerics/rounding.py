@@ -354,7 +354,8 @@ def _block_axis(x, fmt):
     rank = x.shape.rank
     if rank is None or rank == 0:
         raise ValueError(
-            f"a BlockFormat needs x of known rank >= 1 (blocks run along axis); got shape {x.shape}")
+            "a BlockFormat needs x of known rank >= 1 (blocks run along axis); got shape "
+            f"{x.shape}")
     if not -rank <= fmt.axis < rank:
         raise ValueError(f"axis={fmt.axis} is out of range for x of rank {rank}")
     return fmt.axis % rank

@@ -170,7 +170,8 @@ def quantize_block_scaled(x, fmt, rounding="nearest_even", seed=None, random_bit
         decode = _float64_to_bits((bits_to_float64(block_max) / elem_max) * encode)
         block_scale = tf_rounding.round_to_format(
             tf_rounding._from_bits(decode), fmt.scale_format, "nearest_even")
-        block_scale = bits_to_float64(tf.bitwise.bitwise_and(tf_rounding._to_bits(block_scale), _ABS))
+        block_scale = bits_to_float64(
+            tf.bitwise.bitwise_and(tf_rounding._to_bits(block_scale), _ABS))
         zero_block = tf.logical_or(block_max == 0, block_scale == 0)
         safe_scale = tf.where(zero_block, tf.ones_like(block_scale), block_scale)
         element_encode = bits_to_float64(_float64_to_bits(
