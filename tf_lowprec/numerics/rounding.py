@@ -332,22 +332,33 @@ def quantize_dfp(
     formats_lib.check_rounding(rounding)
     check_random_bits(random_bits)
     _check_isa(isa)
-    if not isinstance(return_exponents, bool):
-        raise ValueError(f"return_exponents must be True or False, got {return_exponents!r}")
     backward = _backward_spec(backward_format, backward_rounding, random_bits, implementation)
-    if backward is not None and return_exponents:
-        raise ValueError("return_exponents=True cannot be combined with a backward_format")
-    with tf.name_scope(name or "quantize_dfp"):
+    return _run_per_block_quantizer(
+        lambda v, s, kernel: _dfp_forward(v, fmt, rounding, s, random_bits, kernel, isa),
+        x, rounding, seed, backward, implementation, ("return_exponents", return_exponents),
+        name or "quantize_dfp")
+
+
+def _run_per_block_quantizer(forward, x, rounding, seed, backward, implementation, extra, name):
+    """A quantizer with a second, per-block output (DFP exponents, block scales).
+
+    `forward(x, seed, kernel)` gives (values, per-block output) with a
+    straight-through gradient for the values; `extra` is the (name, value)
+    of the caller's flag that asks for both outputs instead of the values
+    with their gradient (straight through, or rounded by `backward`).
+    """
+    flag, return_extra = extra
+    if not isinstance(return_extra, bool):
+        raise ValueError(f"{flag} must be True or False, got {return_extra!r}")
+    if backward is not None and return_extra:
+        raise ValueError(f"{flag}=True cannot be combined with a backward_format")
+    with tf.name_scope(name):
         x = _as_float32(x)
         kernel = use_kernel(implementation)
         seed = seed_tensor(seed, rounding if backward is None else "stochastic")
-        if return_exponents:
-            return _dfp_forward(x, fmt, rounding, seed, random_bits, kernel, isa)
-
-        def forward(v):
-            return _dfp_forward(v, fmt, rounding, seed, random_bits, kernel, isa)[0]
-
-        return _with_gradient(forward, x, seed, backward)
+        if return_extra:
+            return forward(x, seed, kernel)
+        return _with_gradient(lambda v: forward(v, seed, kernel)[0], x, seed, backward)
 
 
 def _block_axis(x, fmt):
@@ -394,8 +405,8 @@ def _block_forward(x, fmt, rounding, seed, random_bits, kernel, isa):
         )
     from tf_lowprec.numerics import tf_block_scaling  # noqa: PLC0415  (sibling, deferred)
 
-    return tf_block_scaling.quantize_block_scaled(x, fmt.replace(axis=axis), rounding, seed,
-                                                  random_bits)
+    return _straight_through(lambda v: tf_block_scaling.quantize_block_scaled(
+        v, fmt.replace(axis=axis), rounding, seed, random_bits), x)
 
 
 def quantize_block_scaled(
@@ -446,24 +457,11 @@ def quantize_block_scaled(
     formats_lib.check_rounding(rounding)
     check_random_bits(random_bits)
     _check_isa(isa)
-    if not isinstance(return_scales, bool):
-        raise ValueError(f"return_scales must be True or False, got {return_scales!r}")
     backward = _backward_spec(backward_format, backward_rounding, random_bits, implementation)
-    if backward is not None and return_scales:
-        raise ValueError("return_scales=True cannot be combined with a backward_format")
-    with tf.name_scope(name or "quantize_block_scaled"):
-        x = _as_float32(x)
-        kernel = use_kernel(implementation)
-        seed = seed_tensor(seed, rounding if backward is None else "stochastic")
-        if return_scales:
-            return _block_forward(x, fmt, rounding, seed, random_bits, kernel, isa)
-
-        def forward(v):
-            return _block_forward(v, fmt, rounding, seed, random_bits, kernel, isa)[0]
-
-        if kernel:
-            return _with_gradient(forward, x, seed, backward)
-        return _with_gradient(lambda v: _straight_through(forward, v), x, seed, backward)
+    return _run_per_block_quantizer(
+        lambda v, s, kernel: _block_forward(v, fmt, rounding, s, random_bits, kernel, isa),
+        x, rounding, seed, backward, implementation, ("return_scales", return_scales),
+        name or "quantize_block_scaled")
 
 
 # The rounding function of each kind of format (`formats.KINDS`).
