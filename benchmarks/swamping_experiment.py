@@ -13,9 +13,19 @@ differ.
    2^11 times larger, so it shrinks long sums).
 2. Test accuracy after the suite's training schedule (8 epochs, batch 64),
    over several seeds.
+3. Swamping against K (`--k-sweep`): the same CNN on the same real images
+   enlarged to 56x56 and 112x112 (nearest-neighbour; the pooling after the
+   first convolution grows with the size so the rest of the network is
+   unchanged), at its initial weights.  The first convolution's weight
+   gradient is a GEMM with K = batch x output pixels: 0.17 M at 28x28 and
+   batch 256, 3.1 M at 112x112, the K of a ResNet's first layer on ImageNet
+   at batch 256 (112x112 outputs) where Wang et al. see swamping.  Also the
+   paper's possible 1-6-9 accumulator (docs/accumulation.md).
 
 Usage: python benchmarks/swamping_experiment.py [--seeds 3]
                                                 [--out benchmarks/results/avx2_zen3/swamping]
+       python benchmarks/swamping_experiment.py --k-sweep
+                                                [--out benchmarks/results/avx2_zen3/swamping_k]
 """
 
 import argparse
@@ -45,6 +55,51 @@ ARMS = {
 }
 
 
+# The K sweep adds the accumulator Wang et al.'s "FP16" may be (6 exponent bits, 9 mantissa bits:
+# unverified, docs/accumulation.md).
+FP16_1_6_9 = lp.FloatFormat(6, 9)
+SWEEP_ARMS = {
+    "fp16 sums, no chunks": ARMS["fp16 sums, no chunks"],
+    "fp16 sums, chunks of 64": ARMS["fp16 sums, chunks of 64"],
+    "1-6-9 sums, no chunks": lp.PrecisionSpec(accumulator=lp.Accumulator(FP16_1_6_9)),
+    "1-6-9 sums, chunks of 64": lp.PrecisionSpec(
+        accumulator=lp.Accumulator(FP16_1_6_9, chunk_size=64)),
+}
+
+
+class EnlargedMnist(domains.Mnist):
+    """The suite's MNIST CNN on its images enlarged `scale` times (nearest neighbour).
+
+    The pooling after the first convolution is `2 * scale`, so from the second
+    convolution on the network is the 28x28 one; only the first layer's GEMMs
+    grow (its weight gradient's K is batch x (28 scale - 2)^2)."""
+
+    def __init__(self, scale):
+        self.scale = scale
+        super().__init__()
+
+    def load(self):
+        super().load()
+        size = 28 * self.scale
+        self.train = (tf.image.resize(self.train[0], [size, size], "nearest").numpy(),
+                      self.train[1])
+
+    def build(self, policy):
+        layers = keras.layers
+        size = 28 * self.scale
+        pool = 2 * self.scale
+        return keras.Sequential([
+            keras.Input((size, size, 1)),
+            layers.Conv2D(16, 3, activation="relu", dtype=policy),
+            layers.MaxPooling2D(pool, padding="same"),
+            layers.Conv2D(32, 3, activation="relu", dtype=policy),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu", dtype=policy),
+            layers.Dense(10, dtype=policy),
+        ])
+
+
 def gradients(domain, spec, weights, x, y):
     keras.backend.clear_session()
     policy = "float32" if spec is None else lp.Policy("arm", spec=spec)
@@ -57,13 +112,13 @@ def gradients(domain, spec, weights, x, y):
     return {w.path.split("/")[-2]: g.numpy() for w, g in zip(kernels, tape.gradient(loss, kernels))}
 
 
-def gradient_errors(domain, batch):
+def gradient_errors(domain, batch, arms=ARMS):
     keras.utils.set_random_seed(0)
     weights = domain.build("float32").get_weights()
     x, y = domain.train[0][:batch], domain.train[1][:batch]
     reference = gradients(domain, None, weights, x, y)
     rows = {}
-    for arm, spec in ARMS.items():
+    for arm, spec in arms.items():
         if spec is None:
             continue
         found = gradients(domain, spec, weights, x, y)
@@ -74,11 +129,60 @@ def gradient_errors(domain, batch):
     return rows
 
 
+def k_sweep():
+    """Rows (scale, batch, K, arm, first-layer relative error and norm ratio)."""
+    rows = []
+    for scale, batch in ((1, 256), (1, 4000), (2, 256), (4, 256)):
+        domain = EnlargedMnist(scale)
+        domain.load()
+        k = batch * (28 * scale - 2) ** 2
+        errors = gradient_errors(domain, batch, SWEEP_ARMS)
+        for arm, layers in errors.items():
+            first = layers[next(iter(layers))]
+            rows.append({"size": 28 * scale, "batch": batch, "k": k, "arm": arm, **first})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def k_sweep_lines(rows):
+    arms = list(SWEEP_ARMS)
+    lines = ["## Swamping against K: the first convolution's weight gradient (`--k-sweep`)", "",
+             "Same CNN and real images, enlarged (nearest neighbour); initial weights, one "
+             "batch; every GEMM of the model sums with the arm's accumulator. K = batch x "
+             "output pixels of the first convolution. Cells: relative error against FP32 "
+             "sums (norm ratio).", "",
+             "| image | batch | K | " + " | ".join(arms) + " |", "|---|---|---|" + "---|" * len(arms)]
+    for key in sorted({(r["size"], r["batch"], r["k"]) for r in rows}, key=lambda t: t[2]):
+        cells = {r["arm"]: f"{r['relative_error']:.3f} (x{r['norm_ratio']:.3f})"
+                 for r in rows if (r["size"], r["batch"], r["k"]) == key}
+        lines.append(f"| {key[0]}x{key[0]} | {key[1]} | {key[2] / 1e6:.2f} M | "
+                     + " | ".join(cells[a] for a in arms) + " |")
+    return lines + [""]
+
+
+def write_k_sweep(out):
+    command = "python benchmarks/swamping_experiment.py " + " ".join(sys.argv[1:])
+    rows = k_sweep()
+    lines = ["# Swamping in FP16 accumulation against K, and chunk-based accumulation "
+             "(Wang et al. 2018)", "",
+             f"`{command}`; {results_io.cpu_model()}, {os.cpu_count()} cores. Workload: the "
+             "reproduction suite's MNIST CNN (conv 3x3 16, pool, conv 3x3 32, pool, dense 64, "
+             "dense 10) on the bundled sample's training images.", ""] + k_sweep_lines(rows)
+    print("\n".join(lines))
+    if out:
+        results_io.write(os.path.dirname(out), os.path.basename(out), results_io.metadata(),
+                         {"k_sweep": rows}, lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=None, help="<dir>/<stem> for .md and .json")
+    parser.add_argument("--k-sweep", action="store_true",
+                        help="only measure the first layer's gradient error against K")
     args = parser.parse_args()
+    if args.k_sweep:
+        return write_k_sweep(args.out)
     domain = domains.Mnist(quick=False)
     domain.load()
     command = "python benchmarks/swamping_experiment.py " + " ".join(sys.argv[1:])
