@@ -9,6 +9,7 @@ contributions by descending kernel offset).
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -212,3 +213,101 @@ def test_bad_arguments_are_refused():
         lp.bf16_conv_transpose(x3, w3, [1, 4, 5])
     with pytest.raises(ValueError, match="1 to 3 spatial axes"):
         lp.dfp_conv_transpose(np.ones((1, 2), np.float32), w3, [4])
+
+
+# Keras layers under the dfp16 / bf16_native policies: the same written-out references ------
+
+def _layer_gradients(layer, x, seed, transpose=None):
+    """(y, dx, d(kernel), upstream) for an upstream gradient drawn in channels-last layout
+    (`transpose`: the permutation from that layout to the layer's)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        if transpose is None:
+            upstream = rand(y.shape, seed, scale=1e-2)
+        else:
+            last = [y.shape[i] for i in np.argsort(transpose)]
+            upstream = rand(last, seed, scale=1e-2).transpose(transpose)
+        loss = tf.reduce_sum(y * upstream)
+    dx, dkernel = tape.gradient(loss, [x, layer.kernel])
+    return y, dx, dkernel, upstream
+
+
+LAYERS = [
+    # (layer, x shape, (strides, padding, dilations) as the op sees them)
+    (lambda: keras.layers.Conv3D(3, (2, 3, 2), strides=(1, 2, 1), padding="same",
+                                 use_bias=False), (2, 4, 5, 3, 2)),
+    (lambda: keras.layers.Conv1DTranspose(3, 3, strides=2, padding="same", use_bias=False),
+     (2, 4, 2)),
+    (lambda: keras.layers.Conv2DTranspose(2, 3, strides=2, output_padding=1, use_bias=False),
+     (2, 3, 2, 3)),
+    (lambda: keras.layers.Conv3DTranspose(2, 2, strides=(1, 2, 1), use_bias=False),
+     (1, 2, 3, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("preset", ["dfp16", "bf16_native"])
+@pytest.mark.parametrize("make,shape", LAYERS)
+def test_layers_equal_the_written_out_reference(preset, make, shape):
+    kernel_name = {"dfp16": "dfp", "bf16_native": "bf16"}[preset]
+    gemm = GEMMS[kernel_name]
+    keras.utils.set_random_seed(0)
+    layer = make()
+    layer.dtype_policy = lp.Policy(preset)
+    x = tf.constant(rand(shape, 8))
+    layer.build(x.shape)
+    lp.dfp_gemm_counters(reset=True)
+    y, dx, dkernel, upstream = _layer_gradients(layer, x, 9)
+    assert (lp.dfp_gemm_counters()["calls"] == 3) == (preset == "dfp16")
+
+    quantize = (lambda v: np.asarray(lp.quantize_dfp(v))) if preset == "dfp16" else np.asarray
+    xr, wr, gr = quantize(x), quantize(layer.kernel), quantize(upstream)
+    ksize, strides = layer.kernel_size, layer.strides
+    padding, dilations = layer.padding.upper(), layer.dilation_rate
+    if isinstance(layer, keras.layers.Conv3D) and not isinstance(
+            layer, keras.layers.Conv3DTranspose):
+        cols = flat(im2col(xr, ksize, strides, padding, dilations))
+        weights = wr.reshape(cols.shape[1], -1)
+        np.testing.assert_array_equal(np.asarray(y), gemm(cols, weights).reshape(y.shape))
+        np.testing.assert_array_equal(np.asarray(dkernel),
+                                      gemm(cols.T.copy(), flat(gr)).reshape(wr.shape))
+        dcols = gemm(flat(gr), weights.T.copy()).reshape(tuple(y.shape[:-1]) + (-1,))
+        np.testing.assert_array_equal(
+            np.asarray(dx), col2im(dcols, shape[1:-1], ksize, strides, padding, dilations))
+        return
+    spatial = tuple(y.shape[1:-1])
+    weights = np.ascontiguousarray(np.moveaxis(wr, -1, 0).reshape(shape[-1], -1))
+    cols = gemm(flat(xr), weights).reshape(shape[:-1] + (-1,))
+    np.testing.assert_array_equal(np.asarray(y),
+                                  col2im(cols, spatial, ksize, strides, padding, dilations))
+    dcols = flat(im2col(gr, ksize, strides, padding, dilations, out=shape[1:-1]))
+    np.testing.assert_array_equal(np.asarray(dx),
+                                  gemm(dcols, weights.T.copy()).reshape(shape))
+    want_dw = gemm(flat(xr).T.copy(), dcols).reshape((shape[-1],) + tuple(ksize) + (-1,))
+    np.testing.assert_array_equal(np.asarray(dkernel), np.moveaxis(want_dw, 0, -1))
+
+
+@pytest.mark.parametrize("preset", ["dfp16", "bf16_native"])
+@pytest.mark.parametrize("make", [
+    lambda data_format: keras.layers.Conv3D(2, 2, padding="same", data_format=data_format),
+    lambda data_format: keras.layers.Conv2DTranspose(2, 3, strides=2,
+                                                     data_format=data_format),
+    lambda data_format: keras.layers.Conv2D(3, 3, data_format=data_format),
+])
+def test_channels_first_has_the_bits_of_channels_last(preset, make):
+    last, first = make("channels_last"), make("channels_first")
+    x = rand((2, 3, 4, 5, 2) if isinstance(last, keras.layers.Conv3D) else (2, 4, 5, 2), 10)
+    for layer, shape in ((last, x.shape), (first, (x.shape[0], x.shape[-1]) + x.shape[1:-1])):
+        layer.dtype_policy = lp.Policy(preset)
+        layer.build(shape)
+    for w_first, w_last in zip(first.weights, last.weights):
+        w_first.assign(w_last)
+    to_first = [0, x.ndim - 1] + list(range(1, x.ndim - 1))
+    lp.dfp_gemm_counters(reset=True)
+    y, dx, dkernel, _ = _layer_gradients(last, tf.constant(x), 11)
+    y_first, dx_first, dkernel_first, _ = _layer_gradients(
+        first, tf.constant(x.transpose(to_first)), 11, to_first)
+    assert (lp.dfp_gemm_counters()["calls"] == 6) == (preset == "dfp16")
+    np.testing.assert_array_equal(np.asarray(y_first), np.transpose(y, to_first))
+    np.testing.assert_array_equal(np.asarray(dx_first), np.transpose(dx, to_first))
+    np.testing.assert_array_equal(np.asarray(dkernel_first), np.asarray(dkernel))
