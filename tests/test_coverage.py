@@ -364,19 +364,45 @@ def test_layers_without_an_emulating_policy_are_not_reported():
     assert lp.unemulated_gemms(model) == {}
 
 
-@pytest.mark.parametrize("name, make, shape, on_int16", [
-    ("Dense", lambda: L.Dense(3), (4,), True),
-    ("EinsumDense", lambda: L.EinsumDense("abc,cd->abd", output_shape=(3, 3)), (3, 4), True),
-    ("MultiHeadAttention", lambda: attention(L.MultiHeadAttention(2, 2)), (3, 4), True),
-    ("Conv1D", lambda: L.Conv1D(3, 3), (6, 2), True),
-    ("Conv2D", lambda: L.Conv2D(3, 3), (5, 5, 2), True),
-    ("DepthwiseConv2D", lambda: L.DepthwiseConv2D(3), (5, 5, 2), True),
-    ("SeparableConv2D", lambda: L.SeparableConv2D(3, 3), (5, 5, 2), True),
-    # No 3-D patch gather / transposed convolution on the INT16 GEMM yet (docs/design.md).
-    ("Conv3D", lambda: L.Conv3D(2, 2), (3, 3, 3, 2), False),
-    ("Conv2DTranspose", lambda: L.Conv2DTranspose(2, 3), (3, 3, 2), False),
-])
-def test_dfp16_train_step_of_a_one_layer_model_runs_the_int16_gemm(name, make, shape, on_int16):
+# Every stock layer that multiplies, alone in a model (issue 16): its dfp16 train step runs
+# the INT16 GEMM, and no FP32 GEMM op is left in the step's graph.
+TRAIN_STEP_LAYERS = {
+    "Dense": (lambda: L.Dense(3), (4,)),
+    "EinsumDense": (lambda: L.EinsumDense("abc,cd->abd", output_shape=(3, 3)), (3, 4)),
+    "MultiHeadAttention": (lambda: attention(L.MultiHeadAttention(2, 2)), (3, 4)),
+    "Conv1D": (lambda: L.Conv1D(3, 3), (6, 2)),
+    "Conv2D": (lambda: L.Conv2D(3, 3), (5, 5, 2)),
+    "Conv3D": (lambda: L.Conv3D(2, 2), (3, 3, 3, 2)),
+    "DepthwiseConv2D": (lambda: L.DepthwiseConv2D(3), (5, 5, 2)),
+    "SeparableConv2D": (lambda: L.SeparableConv2D(3, 3), (5, 5, 2)),
+    "Conv1DTranspose": (lambda: L.Conv1DTranspose(2, 3, strides=2), (4, 2)),
+    "Conv2DTranspose": (lambda: L.Conv2DTranspose(2, 3), (3, 3, 2)),
+    "Conv3DTranspose": (lambda: L.Conv3DTranspose(2, 2), (2, 2, 2, 2)),
+    "SimpleRNN": (lambda: L.SimpleRNN(3), (2, 2)),
+    "LSTM": (lambda: L.LSTM(3), (2, 2)),
+    "GRU": (lambda: L.GRU(3), (2, 2)),
+    "ConvLSTM3D": (lambda: L.ConvLSTM3D(2, 2), (1, 2, 2, 2, 2)),
+}
+# TensorFlow's FP32 GEMM and convolution ops, forward and backward.
+FP32_GEMM_OPS = {"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum",
+                 "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "Conv3D",
+                 "Conv3DBackpropInputV2", "Conv3DBackpropFilterV2", "DepthwiseConv2dNative",
+                 "DepthwiseConv2dNativeBackpropInput", "DepthwiseConv2dNativeBackpropFilter"}
+
+
+def _graph_op_types(concrete):
+    """Op types of a traced function, its nested functions (loop bodies, gradients) included."""
+    graph_def = concrete.graph.as_graph_def()
+    types = {node.op for node in graph_def.node}
+    for function in graph_def.library.function:
+        types.update(node.op for node in function.node_def)
+    return types
+
+
+@pytest.mark.parametrize("name", list(TRAIN_STEP_LAYERS))
+def test_dfp16_train_step_of_a_one_layer_model_runs_the_int16_gemm(name):
+    make, shape = TRAIN_STEP_LAYERS[name]
+    keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(lp.Policy("dfp16"))
     try:
         inputs = keras.Input(shape)
@@ -385,9 +411,20 @@ def test_dfp16_train_step_of_a_one_layer_model_runs_the_int16_gemm(name, make, s
         keras.config.set_dtype_policy("float32")
     model.compile(keras.optimizers.SGD(0.01), "mse")
     x = np.random.default_rng(0).normal(size=(2,) + shape).astype(np.float32)
+    target = np.zeros((2,) + model.output_shape[1:], np.float32)
     lp.dfp_gemm_counters(reset=True)
-    model.train_on_batch(x, np.zeros((2,) + model.output_shape[1:], np.float32))
-    assert (lp.dfp_gemm_counters()["calls"] > 0) == on_int16, name
+    model.train_on_batch(x, target)
+    assert lp.dfp_gemm_counters()["calls"] > 0, name
+
+    @tf.function
+    def step(x, target):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(x, training=True) - target) ** 2)
+        return tape.gradient(loss, model.trainable_weights)
+
+    types = _graph_op_types(step.get_concrete_function(tf.constant(x), tf.constant(target)))
+    assert "LowprecDfpMatmulFused" in types or "LowprecDfpMatmul" in types, sorted(types)
+    assert not types & FP32_GEMM_OPS, (name, sorted(types & FP32_GEMM_OPS))
 
 
 @pytest.mark.parametrize("equation, shapes", [

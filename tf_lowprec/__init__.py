@@ -55,8 +55,10 @@ from tf_lowprec.training import layers
 from tf_lowprec.training import loss_scaling
 from tf_lowprec.export import export_saved_model
 from tf_lowprec.gemm.accumulation import Accumulator, matmul
-from tf_lowprec.gemm.bf16 import bf16_conv2d, bf16_matmul
-from tf_lowprec.gemm.dfp import dfp_conv2d, dfp_gemm_counters, dfp_matmul
+from tf_lowprec.gemm.bf16 import (bf16_conv2d, bf16_conv3d, bf16_conv_transpose,
+                                  bf16_matmul)
+from tf_lowprec.gemm.dfp import (dfp_conv2d, dfp_conv3d, dfp_conv_transpose,
+                                 dfp_gemm_counters, dfp_matmul)
 from tf_lowprec.numerics.rounding import (
     quantize,
     quantize_block_scaled,
@@ -143,8 +145,12 @@ __all__ = [
     "PrecisionSpec",
     "Scaling",
     "bf16_conv2d",
+    "bf16_conv3d",
+    "bf16_conv_transpose",
     "bf16_matmul",
     "dfp_conv2d",
+    "dfp_conv3d",
+    "dfp_conv_transpose",
     "dfp_gemm_counters",
     "dfp_matmul",
     "formats",

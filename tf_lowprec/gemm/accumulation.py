@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tf_lowprec import _op_library
 from tf_lowprec.gemm import common as _gemm_common
+from tf_lowprec.gemm import conv_nd as _conv_nd
 from tf_lowprec.gemm import tf_accumulation
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -284,3 +285,63 @@ def conv2d(x, filters, *, accumulator, strides=1, padding="VALID", dilations=1, 
 
         return _gemm_common.conv2d_as_gemm(gemm, x, filters, strides, padding, dilations,
                                            groups)
+
+
+def conv3d(x, filters, *, accumulator, strides=1, padding="VALID", dilations=1, groups=1,
+           seed=None, implementation="auto", isa="auto", name=None):
+    """`tf.nn.conv3d` (NDHWC) as `matmul` of volume patches, summed in `accumulator`.
+
+    As `conv2d`, with patches `[N * D' * H' * W', kd * kh * kw * C]` in the
+    order (kd, kh, kw, C) and col2im in the order `tf_lowprec.gemm.conv_nd`
+    states.
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 2, 2, 2, 1), np.float32); w = np.ones((2, 2, 2, 1, 1), np.float32)
+    >>> lp.gemm.accumulation.conv3d(x, w, accumulator=lp.FP16).numpy().ravel()
+    array([8.], dtype=float32)
+    """
+    accumulator = as_accumulator(accumulator)
+    strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, 3)
+    with tf.name_scope(name or "accumulation_conv3d"):
+        x = _gemm_common.as_float32_operand(x, "x")
+        filters = _gemm_common.as_float32_operand(filters, "filters")
+        groups = _gemm_common.check_groups(groups)
+        _conv_nd.check_operands(x, filters, 3, "conv3d", groups)
+
+        def gemm(columns, weights):
+            return matmul(columns, weights, accumulator=accumulator, seed=seed,
+                          implementation=implementation, isa=isa)
+
+        return _conv_nd.conv_as_gemm(gemm, x, filters, strides, padding, dilations, groups)
+
+
+def conv_transpose(x, filters, output_shape, *, accumulator, strides=1, padding="VALID",
+                   dilations=1, seed=None, implementation="auto", isa="auto", name=None):
+    """`tf.nn.conv_transpose` (channels last, 1-3 spatial axes) summed in `accumulator`.
+
+    The GEMM `x [N * prod(X), C] @ filters^T [C, prod(k) * O]`, then col2im
+    in FP32 in the order `tf_lowprec.gemm.conv_nd` states; both backward
+    GEMMs (d(x) on the error's patches, d(filters)) accumulate likewise.
+    `filters` [*k, O, C]; `output_shape` as for `lp.dfp_conv_transpose`.
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 2, 1), np.float32); w = np.ones((2, 1, 1), np.float32)
+    >>> lp.gemm.accumulation.conv_transpose(x, w, [3], accumulator=lp.FP16)[0, :, 0].numpy()
+    array([1., 2., 1.], dtype=float32)
+    """
+    accumulator = as_accumulator(accumulator)
+    with tf.name_scope(name or "accumulation_conv_transpose"):
+        x = _gemm_common.as_float32_operand(x, "x")
+        filters = _gemm_common.as_float32_operand(filters, "filters")
+        rank = _conv_nd.transpose_rank(x, filters)
+        strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, rank)
+        _conv_nd.check_operands(x, filters, rank, "conv_transpose", transposed=True)
+        spatial = _conv_nd.output_spatial(output_shape, rank, filters)
+        geometry = _conv_nd.transpose_geometry(x, filters, spatial, strides, padding,
+                                               dilations)
+
+        def gemm(rows, weights):
+            return matmul(rows, weights, accumulator=accumulator, seed=seed,
+                          implementation=implementation, isa=isa)
+
+        return _conv_nd.conv_transpose_as_gemm(gemm, x, filters, geometry)

@@ -21,6 +21,7 @@ array([[ 7., 10.],
 import tensorflow as tf
 
 from tf_lowprec.gemm import common as _gemm_common
+from tf_lowprec.gemm import conv_nd as _conv_nd
 from tf_lowprec.numerics import rounding as rounding_lib
 from tf_lowprec.gemm import tf_bf16 as tf_bf16_gemm
 from tf_lowprec._op_library import check_isa as _check_isa
@@ -164,3 +165,82 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
 
         return _gemm_common.conv2d_as_gemm(matmul, x, filters, strides, padding, dilations,
                                             groups)
+
+
+def bf16_conv3d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
+                implementation="auto", name=None, *, groups=1):
+    """`tf.nn.conv3d` (NDHWC) computed by `bf16_matmul` on volume patches (3-D im2col).
+
+    As `bf16_conv2d`: patches `[N * D' * H' * W', kd * kh * kw * C]`, summed
+    in the VDPBF16PS order along (kd, kh, kw, C); d(filters) and d(patches)
+    are `bf16_matmul`s, and the patch gradients are summed onto x in FP32 in
+    the order `tf_lowprec.gemm.conv_nd` states.
+
+    Args:
+      x: float32 `[batch, depth, height, width, in_channels]` (static sizes
+        but the batch).
+      filters: float32 `[kd, kh, kw, in_channels / groups, out_channels]`.
+      strides, dilations: an int or three.
+      padding, isa, implementation, groups: as for `bf16_conv2d`.
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 3, 3, 3, 1), np.float32); w = np.ones((2, 2, 2, 1, 1), np.float32)
+    >>> lp.bf16_conv3d(x, w)[0, 0, :, :, 0].numpy()
+    array([[8., 8.],
+           [8., 8.]], dtype=float32)
+    """
+    _check_isa(isa)
+    rounding_lib.check_implementation(implementation)
+    strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, 3)
+    with tf.name_scope(name or "bf16_conv3d"):
+        x = _gemm_common.as_float32_operand(x, "x")
+        filters = _gemm_common.as_float32_operand(filters, "filters")
+        groups = _gemm_common.check_groups(groups)
+        _conv_nd.check_operands(x, filters, 3, "bf16_conv3d", groups)
+
+        def matmul(columns, weights):
+            return bf16_matmul(columns, weights, isa=isa, implementation=implementation)
+
+        return _conv_nd.conv_as_gemm(matmul, x, filters, strides, padding, dilations, groups)
+
+
+def bf16_conv_transpose(x, filters, output_shape, strides=1, padding="VALID", dilations=1,
+                        isa="auto", implementation="auto", name=None):
+    """`tf.nn.conv_transpose` (channels last, 1-3 spatial axes) on `bf16_matmul`.
+
+    The forward pass is `bf16_matmul(x [N * prod(X), C], filters^T [C,
+    prod(k) * O])`, whose outputs col2im adds onto the output in FP32 in the
+    order `tf_lowprec.gemm.conv_nd` states; d(x) = `bf16_matmul(patches(error),
+    filters)` (a convolution of the error) and d(filters) =
+    `bf16_matmul(x^T, patches(error))`, so the error is rounded to BF16 too.
+
+    Args:
+      x: float32 `[batch, *spatial, in_channels]`, 1 to 3 spatial axes
+        (static sizes but the batch).
+      filters: float32 `[*k, out_channels, in_channels]` (TensorFlow's layout).
+      output_shape: as for `dfp_conv_transpose`.
+      strides, dilations: an int or one per spatial axis.
+      padding: "VALID" or "SAME".
+      isa, implementation: as for `bf16_matmul`.
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 2, 1), np.float32); w = np.ones((2, 1, 1), np.float32)
+    >>> lp.bf16_conv_transpose(x, w, [1, 3, 1])[0, :, 0].numpy()
+    array([1., 2., 1.], dtype=float32)
+    """
+    _check_isa(isa)
+    rounding_lib.check_implementation(implementation)
+    with tf.name_scope(name or "bf16_conv_transpose"):
+        x = _gemm_common.as_float32_operand(x, "x")
+        filters = _gemm_common.as_float32_operand(filters, "filters")
+        rank = _conv_nd.transpose_rank(x, filters)
+        strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, rank)
+        _conv_nd.check_operands(x, filters, rank, "bf16_conv_transpose", transposed=True)
+        spatial = _conv_nd.output_spatial(output_shape, rank, filters)
+        geometry = _conv_nd.transpose_geometry(x, filters, spatial, strides, padding,
+                                               dilations)
+
+        def matmul(rows, weights):
+            return bf16_matmul(rows, weights, isa=isa, implementation=implementation)
+
+        return _conv_nd.conv_transpose_as_gemm(matmul, x, filters, geometry)

@@ -283,29 +283,39 @@ def conv2d_as_gemm(matmul, x, filters, strides, padding, dilations, groups=1):
     """
     kh, kw = filters.shape[0], filters.shape[1]
     patches = image_patches(x, kh, kw, strides, padding, dilations)
-    out_spatial = tf.shape(patches)[:3]
-    channels_in, channels_out = tf.shape(filters)[2], tf.shape(filters)[3]
+    return patches_gemm(matmul, patches, filters, kh * kw, groups)
+
+
+def patches_gemm(matmul, patches, filters, kprod, groups=1):
+    """The convolution's GEMM on `patches` [N, *out, kprod * C] and filters [*k, C / g, O].
+
+    Returns [N, *out, O].  With `groups` > 1 one batched GEMM over the
+    groups; each output sums its group's patch columns in the order
+    (kernel offset, c).
+    """
+    out_spatial = tf.shape(patches)[:-1]
+    channels_in, channels_out = tf.shape(filters)[-2], tf.shape(filters)[-1]
     if groups == 1:
-        columns = tf.reshape(patches, [-1, tf.shape(patches)[3]])
-        weights = tf.reshape(filters, [kh * kw * channels_in, channels_out])
+        columns = tf.reshape(patches, [-1, tf.shape(patches)[-1]])
+        weights = tf.reshape(filters, [kprod * channels_in, channels_out])
         y = matmul(columns, weights)
         return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
-    columns = tf.reshape(patches, [-1, kh * kw, groups, channels_in])
-    per_group = filters.shape[3] // groups if filters.shape[3] is not None else None
-    weights = tf.reshape(filters, [kh * kw * channels_in, groups, channels_out // groups])
+    columns = tf.reshape(patches, [-1, kprod, groups, channels_in])
+    per_group = filters.shape[-1] // groups if filters.shape[-1] is not None else None
+    weights = tf.reshape(filters, [kprod * channels_in, groups, channels_out // groups])
     if per_group is not None and per_group < _FEW_OUTPUTS_PER_GROUP:
         # Few outputs per group (depthwise: the multiplier): the transposed product
         # [groups, o, K] @ [groups, K, N*H'*W'], whose long rows suit the kernels better.
         # Each output sums the same products in the same K order: the same bits.
         columns = tf.reshape(tf.transpose(columns, [2, 1, 3, 0]),
-                             [groups, kh * kw * channels_in, -1])
+                             [groups, kprod * channels_in, -1])
         y = matmul(tf.transpose(weights, [1, 2, 0]), columns)  # [groups, o, N*H'*W']
         y = tf.reshape(tf.transpose(y, [2, 0, 1]), [-1, channels_out])
         return tf.reshape(y, tf.concat([out_spatial, [channels_out]], 0))
-    # patches (.., kh*kw, groups, c) -> [groups, N*H'*W', kh*kw*c]
+    # patches (.., kprod, groups, c) -> [groups, N*H'*W', kprod*c]
     columns = tf.reshape(tf.transpose(columns, [2, 0, 1, 3]),
-                         [groups, -1, kh * kw * channels_in])
-    # filters (kh*kw*c, groups, o) -> [groups, kh*kw*c, o]
+                         [groups, -1, kprod * channels_in])
+    # filters (kprod*c, groups, o) -> [groups, kprod*c, o]
     weights = tf.transpose(weights, [1, 0, 2])
     y = matmul(columns, weights)  # [groups, N*H'*W', o]
     y = tf.reshape(tf.transpose(y, [1, 0, 2]), [-1, channels_out])

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lowprec.gemm import common as _gemm_common
+from tf_lowprec.gemm import conv_nd as _conv_nd
 from tf_lowprec import _op_library
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -327,12 +328,7 @@ def dfp_conv2d(
     array([[4., 4.],
            [4., 4.]], dtype=float32)
     """
-    fmt = _check_format(fmt)
-    if fmt.block_size is not None:
-        raise ValueError(
-            "dfp_conv2d needs one exponent per tensor (fmt.block_size=None); "
-            f"got block_size={fmt.block_size}"
-        )
+    fmt = _check_conv_format(fmt, "dfp_conv2d")
     _check_options(rounding, backward_rounding, chunk_size, isa)
     strides, padding, dilations = _gemm_common.conv_options(strides, padding, dilations)
     with tf.name_scope(name or "dfp_conv2d"):
@@ -343,19 +339,8 @@ def dfp_conv2d(
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
         kh, kw = filters.shape[0], filters.shape[1]
-        if (rounding == "nearest_even" and rounding_lib.use_kernel(implementation)
-                and _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)):
-            # Every element of x is in some patch, so the patches' largest
-            # magnitude is x's and the GEMM's per-tensor quantization (fused
-            # into its packing) is quantize_dfp(x)'s: the only one.
-            xq, wq = x, filters
-        else:
-            # Quantized once per tensor (straight-through gradients); the GEMM's
-            # own per-tensor quantization of the patches is then lossless.
-            xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed,
-                                           implementation=implementation)
-            wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1),
-                                           implementation=implementation)
+        covered = _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)
+        xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation, covered)
 
         def matmul(columns, weights):
             return dfp_matmul(columns, weights, fmt, seed=seed,
@@ -364,3 +349,167 @@ def dfp_conv2d(
 
         return _gemm_common.conv2d_as_gemm(matmul, xq, wq, strides, padding, dilations,
                                             groups)
+
+
+def _conv_operands(x, filters, fmt, rounding, seed, implementation, covered):
+    """(x, filters) as a convolution's patches GEMM must receive them: one quantization each.
+
+    `covered`: every element of x lies in some patch.
+    """
+    if rounding == "nearest_even" and rounding_lib.use_kernel(implementation) and covered:
+        # The patches' largest magnitude is x's, so the GEMM's per-tensor
+        # quantization (fused into its packing) is quantize_dfp(x)'s: the only one.
+        return x, filters
+    # Quantized once per tensor (straight-through gradients); the GEMM's own
+    # per-tensor quantization of the patches is then lossless.
+    xq = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed, implementation=implementation)
+    wq = rounding_lib.quantize_dfp(filters, fmt, rounding, seed=_offset_seed(seed, 1),
+                                   implementation=implementation)
+    return xq, wq
+
+
+def _check_conv_format(fmt, name):
+    fmt = _check_format(fmt)
+    if fmt.block_size is not None:
+        raise ValueError(
+            f"{name} needs one exponent per tensor (fmt.block_size=None); "
+            f"got block_size={fmt.block_size}"
+        )
+    return fmt
+
+
+def dfp_conv3d(
+    x,
+    filters,
+    strides=1,
+    padding="VALID",
+    dilations=1,
+    fmt=formats_lib.DFP16,
+    *,
+    groups=1,
+    rounding="nearest_even",
+    seed=None,
+    backward_rounding="nearest_even",
+    chunk_size=64,
+    isa="auto",
+    implementation="auto",
+    name=None,
+):
+    """`tf.nn.conv3d` (NDHWC) computed by the INT16 GEMM of `dfp_matmul` (3-D im2col).
+
+    As `dfp_conv2d`, with volume patches `[N * D' * H' * W', kd * kh * kw *
+    C]` in the order (kd, kh, kw, C) (`tf_lowprec.gemm.conv_nd`): forward,
+    d(filters) and d(patches) are INT16 GEMMs; the patch gradients are summed
+    onto x in FP32 in the order conv_nd states.
+
+    Args:
+      x: float32 `[batch, depth, height, width, in_channels]` (static sizes
+        but the batch).
+      filters: float32 `[kd, kh, kw, in_channels / groups, out_channels]`.
+      strides, dilations: an int or three.
+      padding, fmt, groups and the other arguments: as for `dfp_conv2d`.
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 3, 3, 3, 1), np.float32); w = np.ones((2, 2, 2, 1, 1), np.float32)
+    >>> lp.dfp_conv3d(x, w)[0, 0, :, :, 0].numpy()
+    array([[8., 8.],
+           [8., 8.]], dtype=float32)
+    """
+    fmt = _check_conv_format(fmt, "dfp_conv3d")
+    _check_options(rounding, backward_rounding, chunk_size, isa)
+    strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, 3)
+    with tf.name_scope(name or "dfp_conv3d"):
+        x = _as_float32(x, "x")
+        filters = _as_float32(filters, "filters")
+        groups = _gemm_common.check_groups(groups)
+        _conv_nd.check_operands(x, filters, 3, "dfp_conv3d", groups)
+        stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
+        seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        geometry = _conv_nd.conv_geometry(x, filters, strides, padding, dilations)
+        xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation,
+                                geometry.covers_image())
+
+        def matmul(columns, weights):
+            return dfp_matmul(columns, weights, fmt, seed=seed,
+                              backward_rounding=backward_rounding, chunk_size=chunk_size,
+                              isa=isa, implementation=implementation)
+
+        return _conv_nd.conv_as_gemm(matmul, xq, wq, strides, padding, dilations, groups)
+
+
+def dfp_conv_transpose(
+    x,
+    filters,
+    output_shape,
+    strides=1,
+    padding="VALID",
+    dilations=1,
+    fmt=formats_lib.DFP16,
+    *,
+    rounding="nearest_even",
+    seed=None,
+    backward_rounding="nearest_even",
+    chunk_size=64,
+    isa="auto",
+    implementation="auto",
+    name=None,
+):
+    """`tf.nn.conv_transpose` (channels last, 1-3 spatial axes) on the INT16 GEMM.
+
+    The forward pass is the INT16 GEMM `x [N * prod(X), C] @ filters^T [C,
+    prod(k) * O]` (K = C), whose outputs col2im adds onto the output in FP32
+    in the order `tf_lowprec.gemm.conv_nd` states.  The error is rounded to
+    `fmt` once per tensor; d(x) is the INT16 GEMM `patches(error) @ filters`
+    (K = prod(k) * O: a convolution of the error) and d(filters) the INT16
+    GEMM `x^T @ patches(error)` (K = N * prod(X)).
+
+    Args:
+      x: float32 `[batch, *spatial, in_channels]`, 1 to 3 spatial axes
+        (static sizes but the batch).
+      filters: float32 `[*k, out_channels, in_channels]` (TensorFlow's layout).
+      output_shape: the output's `[batch, *spatial, out_channels]` (as
+        `tf.nn.conv_transpose`; the batch entry is not read) or its spatial
+        sizes alone, static ints; a convolution of it with these
+        strides, padding and dilations must give x's spatial shape.
+      strides, dilations: an int or one per spatial axis.
+      padding: "VALID" or "SAME".
+      Other arguments as for `dfp_matmul` (x uses seed, filters seed + [0, 1],
+      the error seed + [0, 2]).
+
+    >>> import numpy as np, tf_lowprec as lp
+    >>> x = np.ones((1, 2, 1), np.float32); w = np.ones((2, 1, 1), np.float32)
+    >>> lp.dfp_conv_transpose(x, w, [1, 3, 1])[0, :, 0].numpy()
+    array([1., 2., 1.], dtype=float32)
+    """
+    fmt = _check_conv_format(fmt, "dfp_conv_transpose")
+    _check_options(rounding, backward_rounding, chunk_size, isa)
+    with tf.name_scope(name or "dfp_conv_transpose"):
+        x = _as_float32(x, "x")
+        filters = _as_float32(filters, "filters")
+        rank = _conv_nd.transpose_rank(x, filters)
+        strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, rank)
+        _conv_nd.check_operands(x, filters, rank, "dfp_conv_transpose", transposed=True)
+        spatial = _conv_nd.output_spatial(output_shape, rank, filters)
+        geometry = _conv_nd.transpose_geometry(x, filters, spatial, strides, padding,
+                                               dilations)
+        stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
+        seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        quantizer, inner_rounding = None, backward_rounding
+        if backward_rounding != "nearest_even" or not geometry.covers_image():
+            # The GEMMs see the error's patches: where those miss some of its
+            # elements (or the rounding is random), the error is rounded once,
+            # here, as a whole tensor; the GEMMs' own quantization of its
+            # patches is then lossless.
+            def quantizer(dy):
+                return rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
+                                                 seed=_offset_seed(seed, 2),
+                                                 implementation=implementation)
+            inner_rounding = "nearest_even"
+
+        def matmul(rows, weights):
+            # x and the filters enter this GEMM whole: its quantization is theirs.
+            return dfp_matmul(rows, weights, fmt, rounding=rounding, seed=seed,
+                              backward_rounding=inner_rounding, chunk_size=chunk_size,
+                              isa=isa, implementation=implementation)
+
+        return _conv_nd.conv_transpose_as_gemm(matmul, x, filters, geometry, quantizer)

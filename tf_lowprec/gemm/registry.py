@@ -4,7 +4,7 @@ An accumulator says how the products of a policy's rounded operands are
 summed.  "fp32" leaves that to TensorFlow's FP32 ops; the others have GEMM
 kernels of their own in this package, and constrain the operand formats:
 
-- "int32": INT16 x INT16 -> INT32 dynamic-fixed-point GEMM and Conv2D
+- "int32": INT16 x INT16 -> INT32 dynamic-fixed-point GEMM and convolutions
   (`tf_lowprec.gemm.dfp`, docs/dfp_gemm.md);
 - "bf16_dot": FP32 accumulation in the fixed order of the AVX512_BF16
   instruction VDPBF16PS (`tf_lowprec.gemm.bf16`, docs/bf16_gemm.md);
@@ -45,6 +45,11 @@ class Accumulator:
       conv2d: `conv2d(x, filters, *, strides, padding, dilations,
         implementation)` (NHWC), or None; called with `groups=` too for a
         grouped or depthwise convolution (filters [kh, kw, C / groups, O]).
+      conv3d: the same for NDHWC 3-D convolutions (filters [kd, kh, kw,
+        C / groups, O]), or None.
+      conv_transpose: `conv_transpose(x, filters, output_shape, *, strides,
+        padding, dilations, implementation)`, channels last with 1 to 3
+        spatial axes (filters [*k, O, C], as `tf.nn.conv_transpose`), or None.
       batched_matmul: whether `matmul` broadcasts [..., k] @ [k, n]; if not,
         only 2-D products run on it.
       stochastic: whether `matmul` and `conv2d` round randomly and take a
@@ -63,6 +68,8 @@ class Accumulator:
     name: str
     matmul: typing.Optional[typing.Callable] = None
     conv2d: typing.Optional[typing.Callable] = None
+    conv3d: typing.Optional[typing.Callable] = None
+    conv_transpose: typing.Optional[typing.Callable] = None
     batched_matmul: bool = False
     stochastic: bool = False
     quantizing_kernels: bool = False
@@ -99,6 +106,9 @@ def _float_accumulator(accumulator):
         accumulator.name,
         matmul=functools.partial(accumulation_gemm.matmul, accumulator=accumulator),
         conv2d=functools.partial(accumulation_gemm.conv2d, accumulator=accumulator),
+        conv3d=functools.partial(accumulation_gemm.conv3d, accumulator=accumulator),
+        conv_transpose=functools.partial(accumulation_gemm.conv_transpose,
+                                         accumulator=accumulator),
         batched_matmul=True,
         stochastic=accumulator.rounding == "stochastic",
     )
@@ -121,6 +131,8 @@ register(Accumulator(
     "int32",
     matmul=dfp_gemm.dfp_matmul,
     conv2d=dfp_gemm.dfp_conv2d,
+    conv3d=dfp_gemm.dfp_conv3d,
+    conv_transpose=dfp_gemm.dfp_conv_transpose,
     batched_matmul=True,
     quantizing_kernels=True,
     operand_roles=("activations", "weights"),
@@ -138,6 +150,8 @@ register(Accumulator(
     "bf16_dot",
     matmul=bf16_gemm.bf16_matmul,
     conv2d=bf16_gemm.bf16_conv2d,
+    conv3d=bf16_gemm.bf16_conv3d,
+    conv_transpose=bf16_gemm.bf16_conv_transpose,
     batched_matmul=True,
     operand_roles=("activations", "weights", "errors"),
     operand_format=lambda fmt: fmt == formats_lib.BF16,

@@ -348,3 +348,13 @@ def apply_attention_masks(logits, mask, is_causal):
     """The TF backend's masking of attention logits (inside `_dot_product_attention_xla`)."""
     _, nn_module = _backend_modules()
     return nn_module._apply_masks(logits, mask, is_causal)
+
+
+def conv_transpose_output_shape(input_shape, kernel_size, filters, strides, padding,
+                                output_padding, data_format, dilation_rate):
+    """The output shape Keras' TF backend gives `tf.nn.conv_transpose` (its padding rules)."""
+    from keras.src.backend.common import backend_utils  # noqa: PLC0415
+
+    return backend_utils.compute_conv_transpose_output_shape(
+        input_shape, kernel_size, filters, strides, padding, output_padding, data_format,
+        dilation_rate)

@@ -1016,9 +1016,16 @@ def inner(context, original, x1, x2):
                               original)
 
 
-def _conv_arguments(args, kwargs):
-    names = ("strides", "padding", "data_format", "dilation_rate")
-    options = dict(zip(names, args), **kwargs)
+# The backend functions' positional arguments after (inputs, kernel).
+_CONV_ARGUMENT_NAMES = {
+    "conv": ("strides", "padding", "data_format", "dilation_rate"),
+    "depthwise_conv": ("strides", "padding", "data_format", "dilation_rate"),
+    "conv_transpose": ("strides", "padding", "output_padding", "data_format", "dilation_rate"),
+}
+
+
+def _conv_arguments(args, kwargs, name="conv"):
+    options = dict(zip(_CONV_ARGUMENT_NAMES[name], args), **kwargs)
     options["data_format"] = options.get("data_format") or keras.config.image_data_format()
     return options
 
@@ -1029,24 +1036,60 @@ def _spatial_pair(value, rank):
     return values if rank == 4 else (1,) + values
 
 
-def _accumulator_conv2d(context, inputs, kernel, options, depthwise=False):
-    """The accumulator's conv2d bound to Keras conv arguments, or None where it does not apply.
+def _spatial(value, count):
+    """A Keras stride/dilation (int or tuple) as `count` ints."""
+    return (value,) * count if isinstance(value, int) else tuple(value)
 
-    Applies to channels-last 1-D and 2-D convolutions (a 1-D one is a 2-D one
-    of height 1), grouped ones included (`groups` = input channels / the
-    kernel's input channels), and to depthwise ones (`depthwise`: groups =
-    input channels, the kernel [kh, kw, C, M] read as [kh, kw, 1, C * M]).
+
+def _accumulator_conv(context, name, inputs, kernel, options):
+    """The accumulator's convolution bound to Keras conv arguments, or None where it has none.
+
+    `name`: the backend function ("conv", "depthwise_conv", "conv_transpose").
+    Channels-first inputs are transposed to channels last around the op (a
+    copy: no bit changes).
     """
-    conv2d = accumulator_gemm(context.spec.accumulator, "conv2d")
     rank = len(inputs.shape)
-    if conv2d is None or rank not in (3, 4) or options["data_format"] != "channels_last":
+    if rank not in (3, 4, 5) or options["data_format"] not in ("channels_last",
+                                                              "channels_first"):
         return None
-    channels, kernel_channels = inputs.shape[-1], kernel.shape[-2]
+    to_last = [0] + list(range(2, rank)) + [1]
+    channels_first = options["data_format"] == "channels_first"
+    shape = tf.TensorShape([inputs.shape[i] for i in to_last]) if channels_first else (
+        tf.TensorShape(inputs.shape))
+    if name == "conv_transpose":
+        op = _accumulator_conv_transpose(context, shape, kernel, options)
+    else:
+        op = _accumulator_conv_forward(context, shape, kernel, options,
+                                       depthwise=name == "depthwise_conv")
+    if op is None or not channels_first:
+        return op
+    to_first = [0, rank - 1] + list(range(1, rank - 1))
+    return lambda x, k: tf.transpose(op(tf.transpose(x, to_last), k), to_first)
+
+
+def _accumulator_conv_forward(context, shape, kernel, options, depthwise=False):
+    """The accumulator's conv2d / conv3d for channels-last inputs of `shape`, or None.
+
+    1-D and 2-D convolutions run on its conv2d (a 1-D one is a 2-D one of
+    height 1), 3-D ones on its conv3d; grouped ones included (`groups` = input
+    channels / the kernel's input channels), and depthwise ones (`depthwise`:
+    groups = input channels, the kernel [kh, kw, C, M] read as [kh, kw, 1, C * M]).
+    """
+    accumulator = gemm_registry.get(context.spec.accumulator)
+    rank = len(shape)
+    conv = accumulator.conv3d if rank == 5 else accumulator.conv2d
+    if conv is None or (rank == 5 and (depthwise or None in shape[1:])):
+        return None
+    channels, kernel_channels = shape[-1], kernel.shape[-2]
     if channels is None or kernel_channels is None or None in kernel.shape[:-2]:
         return None
     groups = channels if depthwise else channels // kernel_channels
-    strides = _spatial_pair(options.get("strides", 1), rank)
-    dilations = _spatial_pair(options.get("dilation_rate", 1), rank)
+    if rank == 5:
+        strides = _spatial(options.get("strides", 1), 3)
+        dilations = _spatial(options.get("dilation_rate", 1), 3)
+    else:
+        strides = _spatial_pair(options.get("strides", 1), rank)
+        dilations = _spatial_pair(options.get("dilation_rate", 1), rank)
     padding = options.get("padding", "valid").upper()
     extra = {"groups": groups} if groups > 1 else {}
 
@@ -1055,9 +1098,34 @@ def _accumulator_conv2d(context, inputs, kernel, options, depthwise=False):
             k = tf.reshape(k, list(k.shape[:-2]) + [1, channels * k.shape[-1]])
         if rank == 3:
             x, k = x[:, None], k[None]
-        y = conv2d(x, k, strides=strides, padding=padding, dilations=dilations,
-                   **_gemm_options(context), **extra)
+        y = conv(x, k, strides=strides, padding=padding, dilations=dilations,
+                 **_gemm_options(context), **extra)
         return y[:, 0] if rank == 3 else y
+
+    return op
+
+
+def _accumulator_conv_transpose(context, shape, kernel, options):
+    """The accumulator's conv_transpose for channels-last inputs of `shape`, or None.
+
+    The output shape is Keras' (`output_padding` included); the kernel is
+    [*k, out, in], as `tf.nn.conv_transpose` takes it.
+    """
+    conv_transpose = gemm_registry.get(context.spec.accumulator).conv_transpose
+    if conv_transpose is None or None in shape[1:] or None in kernel.shape:
+        return None
+    count = len(shape) - 2
+    strides = _spatial(options.get("strides", 1), count)
+    dilations = _spatial(options.get("dilation_rate", 1), count)
+    padding = options.get("padding", "valid")
+    output_shape = adapter.conv_transpose_output_shape(
+        [None] + list(shape[1:]), list(kernel.shape[:-2]), kernel.shape[-2], strides, padding,
+        options.get("output_padding"), "channels_last", dilations)
+
+    def op(x, k):
+        return conv_transpose(x, k, output_shape[1:-1], strides=strides,
+                              padding=padding.upper(), dilations=dilations,
+                              **_gemm_options(context))
 
     return op
 
@@ -1070,11 +1138,8 @@ def _conv_like(name):
 
     def emulated(context, original, inputs, kernel, *args, **kwargs):
         fallback = lambda a, k: original(a, k, *args, **kwargs)  # noqa: E731
-        op = fallback
-        options = _conv_arguments(args, kwargs)
-        if name in ("conv", "depthwise_conv"):
-            op = _accumulator_conv2d(context, inputs, kernel, options,
-                                     depthwise=name == "depthwise_conv") or fallback
+        options = _conv_arguments(args, kwargs, name)
+        op = _accumulator_conv(context, name, inputs, kernel, options) or fallback
         channel_axis = 1 if options["data_format"] == "channels_first" else -1
         y = context.gemm(op, [(inputs, "activations", channel_axis),
                               (kernel, operand_role(kernel), kernel_axis)],
