@@ -343,3 +343,28 @@ def test_channels_first_has_the_bits_of_channels_last(preset, make):
     np.testing.assert_array_equal(np.asarray(y_first), np.transpose(y, to_first))
     np.testing.assert_array_equal(np.asarray(dx_first), np.transpose(dx, to_first))
     np.testing.assert_array_equal(np.asarray(dkernel_first), np.asarray(dkernel))
+
+
+@pytest.mark.parametrize("kernel", ["dfp", "bf16"])
+def test_stock_tf_twins_give_the_same_bits(kernel):
+    """implementation="tf" (export, XLA, GPUs): the same bits as the C++ GEMM."""
+    conv3d, transpose = conv3d_op(kernel), conv_transpose_op(kernel)
+    x3, w3 = rand((1, 3, 4, 3, 2), 12), rand((2, 2, 2, 2, 3), 13, scale=0.3)
+    x1, w1 = rand((2, 3, 3), 14), rand((2, 2, 3), 15, scale=0.3)
+    runs = {}
+    for implementation in ("op", "tf"):
+        results = []
+        for fn, x, w in (
+                (lambda x, w: conv3d(x, w, 1, "SAME", 1, implementation=implementation),
+                 x3, w3),
+                (lambda x, w: transpose(x, w, [10], 3, "VALID", 1,
+                                        implementation=implementation), x1, w1)):
+            x, w = tf.constant(x), tf.constant(w)
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = fn(x, w)
+                loss = tf.reduce_sum(y * rand(y.shape, 16, scale=1e-2))
+            results += [y] + tape.gradient(loss, [x, w])
+        runs[implementation] = results
+    for got, want in zip(runs["tf"], runs["op"]):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
