@@ -75,6 +75,8 @@ def explicit_backend(spec):
 
     own_matmul = emulation.accumulator_gemm(spec.accumulator, "matmul")
     own_conv2d = emulation.accumulator_gemm(spec.accumulator, "conv2d")
+    own_conv3d = emulation.accumulator_gemm(spec.accumulator, "conv3d")
+    own_transpose = emulation.accumulator_gemm(spec.accumulator, "conv_transpose")
 
     def flattened(x, y):
         """[..., k] @ [k, n] as one GEMM of all rows (one reduction over K for dW too)."""
@@ -107,11 +109,51 @@ def explicit_backend(spec):
             return gemm(pair_product(eq, lambda *v: einsum(eq, *v, **kw)), *xs)
         return gemm(lambda *v: einsum(eq, *v, **kw), *xs)
 
+    def spatial(value, count):
+        return (value,) * count if isinstance(value, int) else tuple(value)
+
+    def transpose_output(sizes, ksize, strides, padding, output_padding, dilations):
+        """Keras' output size of a transposed convolution, axis by axis, written out."""
+        out = []
+        for i, (n, k, s, d) in enumerate(zip(sizes, ksize, strides, dilations)):
+            span = (k - 1) * d + 1
+            extra = None if output_padding is None else spatial(output_padding, len(sizes))[i]
+            if padding == "valid":
+                out.append((n - 1) * s + span + (max(span, s) - span if extra is None else extra))
+            else:
+                out.append(n * s if extra is None else (n - 1) * s + span % 2 + extra)
+        return out
+
+    def transpose_ref(x, k, *args, **kw):
+        options = dict(zip(("strides", "padding", "output_padding", "data_format",
+                            "dilation_rate"), args), **kw)
+        if own_transpose is None or options.get("data_format") not in (None, "channels_last"):
+            return error(transpose(operand(x, spec, "activations"),
+                                   operand(k, spec, role_of(k)), *args, **kw), spec)
+        count = len(x.shape) - 2
+        strides = spatial(options.get("strides", 1), count)
+        dilations = spatial(options.get("dilation_rate", 1), count)
+        padding = options.get("padding", "valid").lower()
+        sizes = transpose_output(x.shape[1:-1], k.shape[:-2], strides, padding,
+                                 options.get("output_padding"), dilations)
+        y = own_transpose(operand(x, spec, "activations"), operand(k, spec, role_of(k)), sizes,
+                          strides=strides, padding=padding.upper(), dilations=dilations)
+        return error(y, spec)
+
     def conv_ref(original):
         def ref(x, k, *args, **kw):
             options = dict(zip(("strides", "padding", "data_format", "dilation_rate"), args),
                            **kw)
             rank = len(x.shape)
+            if own_conv3d is not None and original is conv and rank == 5 and (
+                    options.get("data_format") in (None, "channels_last")):
+                groups = x.shape[-1] // k.shape[-2]
+                y = own_conv3d(operand(x, spec, "activations"), operand(k, spec, role_of(k)),
+                               strides=spatial(options.get("strides", 1), 3),
+                               padding=options["padding"].upper(),
+                               dilations=spatial(options.get("dilation_rate", 1), 3),
+                               **({"groups": groups} if groups > 1 else {}))
+                return error(y, spec)
             if own_conv2d is not None and original in (conv, depthwise) and rank in (3, 4) and (
                     options.get("data_format") in (None, "channels_last")):
                 xq, kq = operand(x, spec, "activations"), operand(k, spec, role_of(k))
@@ -158,7 +200,7 @@ def explicit_backend(spec):
             (numpy_module, "einsum", ref_einsum),
             (nn_module, "conv", conv_ref(conv)),
             (nn_module, "depthwise_conv", conv_ref(depthwise)),
-            (nn_module, "conv_transpose", conv_ref(transpose)),
+            (nn_module, "conv_transpose", transpose_ref),
             (nn_module, "separable_conv", ref_separable),
             (nn_module, "_dot_product_attention_xla", ref_attention),
         ]:

@@ -1,8 +1,9 @@
-"""3-D and transposed convolutions on the INT16 (DFP16) and BF16 GEMMs, bit for bit.
+"""3-D and transposed convolutions on the INT16 (DFP16), BF16 and FP16-sum GEMMs, bit for bit.
 
 The references are written out in NumPy: N-D im2col, the INT16/INT32 GEMM
-of `tf_lowprec.gemm.reference` (operands quantized once per whole tensor)
-or the VDPBF16PS-order model of test_bf16_gemm, and col2im as FP32 sums in
+of `tf_lowprec.gemm.reference` (operands quantized once per whole tensor),
+the VDPBF16PS-order model of test_bf16_gemm or the exact (Fraction) reference
+of `lp.matmul` with FP16 chunked sums, and col2im as FP32 sums in
 the order `tf_lowprec.gemm.conv_nd` states (per element: +0, then its
 contributions by descending kernel offset).
 """
@@ -15,6 +16,8 @@ import pytest
 import tensorflow as tf
 
 import tf_lowprec as lp
+from tf_lowprec.gemm import accumulation
+from tf_lowprec.gemm import accumulation_reference
 from tf_lowprec.gemm import conv_nd
 from tf_lowprec.gemm import reference as reference_gemm
 from test_bf16_gemm import reference_matmul as bf16_reference_matmul
@@ -35,7 +38,34 @@ def bf16_gemm(a, b):
     return np.stack([bf16_reference_matmul(x, y) for x, y in zip(a, b)])
 
 
-GEMMS = {"dfp": dfp_gemm, "bf16": bf16_gemm}
+ACCUMULATOR = lp.Accumulator(lp.FP16, chunk_size=4)
+
+
+def fp16_sum_gemm(a, b):
+    """`lp.matmul(a, b, accumulator=ACCUMULATOR)` from the exact (Fraction) reference."""
+    batched = a.ndim == 3
+    a, b = (v if batched else v[None] for v in (a, b))
+    y = accumulation_reference.matmul(a, b, ACCUMULATOR.format, ACCUMULATOR.chunk_size)
+    return y if batched else y[0]
+
+
+GEMMS = {"dfp": dfp_gemm, "bf16": bf16_gemm, "fp16_sum": fp16_sum_gemm}
+
+
+def conv3d_op(kernel):
+    if kernel != "fp16_sum":
+        return {"dfp": lp.dfp_conv3d, "bf16": lp.bf16_conv3d}[kernel]
+    return lambda x, w, strides, padding, dilations, groups: accumulation.conv3d(
+        x, w, accumulator=ACCUMULATOR, strides=strides, padding=padding, dilations=dilations,
+        groups=groups)
+
+
+def conv_transpose_op(kernel):
+    if kernel != "fp16_sum":
+        return {"dfp": lp.dfp_conv_transpose, "bf16": lp.bf16_conv_transpose}[kernel]
+    return lambda x, w, shape, strides, padding, dilations: accumulation.conv_transpose(
+        x, w, shape, accumulator=ACCUMULATOR, strides=strides, padding=padding,
+        dilations=dilations)
 
 
 def windows(spatial, ksize, strides, padding, dilations, out=None):
@@ -90,12 +120,14 @@ CONV3D_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", ["dfp", "bf16"])
+@pytest.mark.parametrize("kernel", ["dfp", "bf16", "fp16_sum"])
 @pytest.mark.parametrize("xs,ws,groups,strides,padding,dilations", CONV3D_CASES)
 def test_conv3d_matches_written_out_reference(kernel, xs, ws, groups, strides, padding,
                                               dilations):
-    conv3d, gemm = {"dfp": lp.dfp_conv3d, "bf16": lp.bf16_conv3d}[kernel], GEMMS[kernel]
-    x, w = tf.constant(rand(xs, 1)), tf.constant(rand(ws, 2, scale=0.3))
+    conv3d, gemm = conv3d_op(kernel), GEMMS[kernel]
+    x = rand(xs, 1)
+    x.reshape(-1)[-1] = 8.0  # the largest element; in no patch in the skipping case
+    x, w = tf.constant(x), tf.constant(rand(ws, 2, scale=0.3))
     with tf.GradientTape() as tape:
         tape.watch([x, w])
         y = conv3d(x, w, strides, padding, dilations, groups=groups)
@@ -139,18 +171,18 @@ TRANSPOSE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", ["dfp", "bf16"])
+@pytest.mark.parametrize("kernel", ["dfp", "bf16", "fp16_sum"])
 @pytest.mark.parametrize("xs,ws,spatial,strides,padding,dilations", TRANSPOSE_CASES)
 def test_conv_transpose_matches_written_out_reference(kernel, xs, ws, spatial, strides,
                                                       padding, dilations):
-    op = {"dfp": lp.dfp_conv_transpose, "bf16": lp.bf16_conv_transpose}[kernel]
-    gemm = GEMMS[kernel]
+    op, gemm = conv_transpose_op(kernel), GEMMS[kernel]
     x, w = tf.constant(rand(xs, 4)), tf.constant(rand(ws, 5, scale=0.3))
     out_shape = [xs[0], *spatial, ws[-2]]
     with tf.GradientTape() as tape:
         tape.watch([x, w])
         y = op(x, w, out_shape, strides, padding, dilations)
         g = rand(y.shape, 6, scale=1e-2)
+        g.reshape(-1)[-1] = 0.5  # the largest error; in no window in the case with gaps
         loss = tf.reduce_sum(y * g)
     dx, dw = tape.gradient(loss, [x, w])
 
@@ -311,3 +343,28 @@ def test_channels_first_has_the_bits_of_channels_last(preset, make):
     np.testing.assert_array_equal(np.asarray(y_first), np.transpose(y, to_first))
     np.testing.assert_array_equal(np.asarray(dx_first), np.transpose(dx, to_first))
     np.testing.assert_array_equal(np.asarray(dkernel_first), np.asarray(dkernel))
+
+
+@pytest.mark.parametrize("kernel", ["dfp", "bf16"])
+def test_stock_tf_twins_give_the_same_bits(kernel):
+    """implementation="tf" (export, XLA, GPUs): the same bits as the C++ GEMM."""
+    conv3d, transpose = conv3d_op(kernel), conv_transpose_op(kernel)
+    x3, w3 = rand((1, 3, 4, 3, 2), 12), rand((2, 2, 2, 2, 3), 13, scale=0.3)
+    x1, w1 = rand((2, 3, 3), 14), rand((2, 2, 3), 15, scale=0.3)
+    runs = {}
+    for implementation in ("op", "tf"):
+        results = []
+        for fn, x, w in (
+                (lambda x, w: conv3d(x, w, 1, "SAME", 1, implementation=implementation),
+                 x3, w3),
+                (lambda x, w: transpose(x, w, [10], 3, "VALID", 1,
+                                        implementation=implementation), x1, w1)):
+            x, w = tf.constant(x), tf.constant(w)
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                y = fn(x, w)
+                loss = tf.reduce_sum(y * rand(y.shape, 16, scale=1e-2))
+            results += [y] + tape.gradient(loss, [x, w])
+        runs[implementation] = results
+    for got, want in zip(runs["tf"], runs["op"]):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -45,6 +45,14 @@ LAYERS = [
     # Stride 2 skips the last row and column: dfp_conv2d quantizes x itself first.
     ("conv2d_skipping", lambda: keras.layers.Conv2D(3, 2, strides=2), (1, 7, 7, 2)),
     ("depthwise", lambda: keras.layers.DepthwiseConv2D(3, padding="same"), (1, 5, 5, 3)),
+    ("conv3d_valid", lambda: keras.layers.Conv3D(3, 2), (2, 3, 4, 3, 2)),
+    ("conv3d_skipping", lambda: keras.layers.Conv3D(2, 2, strides=2), (1, 5, 3, 5, 2)),
+    ("conv2d_transpose", lambda: keras.layers.Conv2DTranspose(3, 3, strides=2,
+                                                              padding="same"), (2, 3, 4, 2)),
+    # Stride 3 over a kernel of 2: every third output element is in no window of x, and
+    # the error's largest element is one of them: dfp_conv_transpose quantizes it first.
+    ("conv1d_transpose_gaps", lambda: keras.layers.Conv1DTranspose(2, 2, strides=3),
+     (2, 4, 3)),
 ]
 
 
@@ -58,7 +66,9 @@ def test_fused_quantization_gives_the_bits_of_explicit_rounding(name, make, shap
     layer.dtype_policy = lp.Policy("dfp16")
     layer.build(shape)
     y_shape = layer.compute_output_shape(shape)
-    upstream = tf.constant(rng.randn(*y_shape).astype("float32") * 1e-3)
+    upstream = rng.randn(*y_shape).astype("float32") * 1e-3
+    upstream.reshape(-1)[-1] = 0.5  # conv1d_transpose_gaps: in no window
+    upstream = tf.constant(upstream)
     lp.dfp_gemm_counters(reset=True)
     fused = _step(layer, x, upstream)
     assert lp.dfp_gemm_counters()["calls"] >= 3  # forward, dx, dw on the INT16 GEMM
@@ -87,14 +97,20 @@ def _op_types(layer, shape):
     return types
 
 
-def test_fused_path_has_no_separate_rounding_op():
-    layer = keras.layers.Dense(4, dtype=lp.Policy("dfp16"))
-    layer.build((3, 5))
-    types = _op_types(layer, (3, 5))
+@pytest.mark.parametrize("make, shape", [
+    (lambda: keras.layers.Dense(4), (3, 5)),
+    (lambda: keras.layers.Conv3D(2, 2), (1, 3, 3, 3, 2)),
+    (lambda: keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same"), (1, 3, 3, 2)),
+], ids=["dense", "conv3d", "conv2d_transpose"])
+def test_fused_path_has_no_separate_rounding_op(make, shape):
+    layer = make()
+    layer.dtype_policy = lp.Policy("dfp16")
+    layer.build(shape)
+    types = _op_types(layer, shape)
     assert "LowprecDfpMatmulFused" in types
     assert not any(t.startswith("LowprecQuantize") or t.startswith("LowprecRound")
                    for t in types), sorted(types)
-    explicit = _explicit(lambda: _op_types(layer, (3, 5)))
+    explicit = _explicit(lambda: _op_types(layer, shape))
     assert any(t.startswith("LowprecQuantize") for t in explicit), sorted(explicit)
 
 

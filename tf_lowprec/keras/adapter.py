@@ -15,6 +15,10 @@ functions of the TensorFlow backend with wrappers:
   `Model.export`, and
   `keras.src.dtype_policies.get` and `.serialize`.
 
+It also reads (without replacing) `keras.src.backend.common.backend_utils`'
+output size of a transposed convolution (`conv_transpose_output_shape`), so
+that the emulated one has Keras' shape.
+
 The wrappers know nothing of policies or training: they hand each event to
 the listener a feature registered for it (`set_listener`), and run Keras'
 own function when there is none or the listener declines (returns

@@ -657,7 +657,8 @@ def operand_role(x):
 
 
 def accumulator_gemm(accumulator, name):
-    """The op that runs `name` ("matmul", "conv2d") with `accumulator`, or None.
+    """The op that runs `name` ("matmul", "conv2d", "conv3d", "conv_transpose") with
+    `accumulator`, or None.
 
     The registered kernel of `tf_lowprec.gemm.registry` (None for "fp32":
     the rounded operands are then multiplied by the FP32 op).
