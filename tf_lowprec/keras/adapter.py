@@ -348,3 +348,18 @@ def apply_attention_masks(logits, mask, is_causal):
     """The TF backend's masking of attention logits (inside `_dot_product_attention_xla`)."""
     _, nn_module = _backend_modules()
     return nn_module._apply_masks(logits, mask, is_causal)
+
+
+def layer_neighbours(layer):
+    """(layers feeding `layer`, layers fed by it) in Keras' functional graph, or None.
+
+    None unless the layer was called symbolically exactly once (one inbound
+    node): a shared layer, a layer of a subclassed model or one used in
+    several models has no single place in a graph.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not nodes or len(nodes) != 1:
+        return None
+    parents = [node.operation for node in nodes[0].parent_nodes]
+    children = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+    return parents, children
