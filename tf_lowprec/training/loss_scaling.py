@@ -27,7 +27,11 @@ reconciled where branches join).  In the emulation every GEMM output is FP32,
 and every low-precision error tensor is rounded at a GEMM boundary where its
 own scale applies, so no scale needs to travel: each layer's error gets the
 scale its own statistics call for, and the weight gradients the optimizer
-sees are unscaled before the update.  See docs/loss_scaling.md.
+sees are unscaled before the update.  `scaling_rule="paper"` runs the
+paper's own algorithm instead (`paper_layer_scale`: statistics of the
+product error x weight of the next GEMM, scales accumulated down the network
+through `tf_lowprec.keras.scale_chain`, capped at 16 per layer and 1024
+accumulated).  See docs/loss_scaling.md.
 
 Only models compiled with an `AdaptiveLossScaleOptimizer` scale their
 layers' errors: the emulated GEMMs (`tf_lowprec.keras.emulation.ErrorScaling`)
