@@ -215,3 +215,39 @@ def test_paper_rule_rescues_errors_that_fp16_loses():
     exact = first_layer_gradient()
     error = [np.abs(g - exact).max() / np.abs(exact).max() for g in (paper, unscaled)]
     assert error[0] < 0.004 and error[1] > 0.01, error  # measured: 0.0011, 0.021
+
+
+def test_convolutions_chain_and_recurrent_and_attention_layers_restart():
+    keras.utils.set_random_seed(6)
+    policy = lp.Policy("fp16")
+    init = keras.initializers.RandomNormal(stddev=0.01)
+    conv = keras.Sequential([
+        keras.Input((6, 6, 2)),
+        keras.layers.Conv2D(4, 3, kernel_initializer=init, dtype=policy, name="conv"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(8, kernel_initializer=init, dtype=policy, name="hidden"),
+        keras.layers.Dense(2, kernel_initializer=init, dtype=policy, name="out"),
+    ])
+    opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.0), initial_scale=1.0,
+                                        scaling_rule="paper")
+    conv.compile(optimizer=opt, loss="mse")
+    rng = np.random.default_rng(7)
+    conv.fit(rng.normal(size=(4, 6, 6, 2)).astype(np.float32),
+             np.full((4, 2), 1e-4, np.float32), verbose=0)
+    s = [float(opt.layer_scales[conv.get_layer(n).kernel.path.rsplit("/", 1)[0]].numpy())
+         for n in ("conv", "hidden", "out")]
+    assert s[0] >= s[1] >= s[2] and s[0] > s[2], s  # the chain runs through Flatten
+
+    inputs = keras.Input((5, 4))
+    h = keras.layers.LSTM(4, dtype=policy, name="lstm", return_sequences=True)(inputs)
+    h = keras.layers.MultiHeadAttention(1, 4, dtype=policy, name="mha")(h, h)
+    outputs = keras.layers.Dense(2, dtype=policy, name="head")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, outputs)
+    opt = lp.AdaptiveLossScaleOptimizer(keras.optimizers.SGD(0.01), scaling_rule="paper")
+    model.compile(optimizer=opt, loss="mse")
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    history = model.fit(rng.normal(size=(4, 5, 4)).astype(np.float32),
+                        np.ones((4, 2), np.float32), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    for old, new in zip(before, model.trainable_variables):
+        assert np.all(np.isfinite(new.numpy())) and not np.array_equal(old, new.numpy())
