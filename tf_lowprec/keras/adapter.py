@@ -362,3 +362,18 @@ def conv_transpose_output_shape(input_shape, kernel_size, filters, strides, padd
     return backend_utils.compute_conv_transpose_output_shape(
         input_shape, kernel_size, filters, strides, padding, output_padding, data_format,
         dilation_rate)
+
+
+def layer_neighbours(layer):
+    """(layers feeding `layer`, layers fed by it) in Keras' functional graph, or None.
+
+    None unless the layer was called symbolically exactly once (one inbound
+    node): a shared layer, a layer of a subclassed model or one used in
+    several models has no single place in a graph.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if not nodes or len(nodes) != 1:
+        return None
+    parents = [node.operation for node in nodes[0].parent_nodes]
+    children = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+    return parents, children

@@ -54,6 +54,7 @@ from tf_lowprec.gemm import registry as gemm_registry
 from tf_lowprec.keras import adapter
 from tf_lowprec.keras import coverage
 from tf_lowprec.keras import graphs
+from tf_lowprec.keras import scale_chain
 from tf_lowprec.keras import scaling as scaling_lib
 from tf_lowprec.keras.policy import ROLES, Policy
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -403,6 +404,8 @@ class LayerContext:
                     return None
                 # Unscaled inside the loop: each timestep has its own scale.
                 tensors.append(rounded if scaling is None else scaling.unscale(rounded))
+                if scaling is not None:
+                    scaling.operands.append((rounded, role, axis))
                 continue
             x = tf.convert_to_tensor(x)
             if x.dtype != tf.float32:
@@ -412,6 +415,8 @@ class LayerContext:
                 # rounds is rounded while still scaled.
                 x = scaling.unscale(x)
             tensors.append(x if quantized_by_kernel else self.round(x, role, axis))
+            if scaling is not None:  # Zhao et al.'s rule reads the operand the error meets
+                scaling.operands.append((tensors[-1], role, axis))
         y = op(*tensors)
         if not quantized_by_kernel:
             y = self.round(y, "errors", error_axis)
@@ -559,6 +564,7 @@ class ErrorScaling:
         self.scaler = scaler
         self.fmt = fmt
         self.links = []
+        self.operands = []  # (rounded operand, role, reduction axis), for the paper's rule
 
     @classmethod
     def for_context(cls, context):
@@ -600,6 +606,8 @@ class ErrorScaling:
 
     def scale_errors(self, y):
         """Identity on the GEMM's (error-rounded) output; its gradient scales dY."""
+        if getattr(self.scaler, "scaling_rule", "local") == "paper":
+            return self._scale_errors_paper(y)
         global_scale, probe = self._step_inputs()
         scaler, fmt, links = self.scaler, self.fmt, self.links
         extra = [] if probe is None else [probe]
@@ -618,6 +626,84 @@ class ErrorScaling:
             return tf.identity(v), grad
 
         return scale(y, global_scale, *extra, *links)
+
+
+    def _met_operand(self):
+        """(the operand the error meets in the dX GEMM, products summed per dX element).
+
+        The weights where the GEMM has them, else its last operand; the sum
+        length is the operand's size over its reduction axis (Dense:
+        the output units; a convolution: kernel area times output channels).
+        """
+        operands = self.operands
+        w, _, axis = next((o for o in operands if o[1] == "weights"), operands[-1])
+        axis = axis if isinstance(axis, int) else -1
+        size = tf.cast(tf.size(w), tf.float32)
+        fan_in = size / tf.maximum(tf.cast(tf.shape(w)[axis], tf.float32), 1.0)
+        return w, fan_in
+
+    def _scale_errors_paper(self, y):
+        """`scale_errors` under Zhao et al.'s rule (scaling_rule="paper").
+
+        Backward, with S the loss scale the incoming dY carries and 2^r the
+        accumulated scale its consumers report (`scale_chain`):
+        stored = Q_e(dY 2^r) is the error as the paper stores it between
+        layers; alpha comes from the statistics of stored x W; the GEMMs get
+        stored * alpha (rounded again, exact for a power of two) and their
+        FP32 gradients are divided by 2^r alpha.  Dividing at every layer
+        rather than carrying the scale in the values changes no bit (powers
+        of two in FP32), and leaves every other gradient (biases,
+        normalisation) at S alone.  The layer reports r + log2(alpha) to
+        the layers that feed it.
+        """
+        context = self.context
+        global_scale, probe = self._step_inputs()
+        scaler, fmt, links = self.scaler, self.fmt, self.links
+        w, fan_in = self._met_operand()
+        # Statistics of the weights, taken forward (the weights do not change in a step).
+        w = tf.stop_gradient(tf.stack([tf.reduce_mean(tf.square(w)), tf.reduce_max(tf.abs(w))]))
+        replica = _replica_id()
+        call, gemm = context._call_index()
+        entry = scale_chain.enter(context.layer, gemm == 0 and call == 0,
+                                  graphs.in_while_body(), replica)
+        upstream = scale_chain.upstream_tokens(entry, replica) if gemm == 0 else []
+        extra = [] if probe is None else [probe]
+        rounding = context.spec.role("errors")[1]
+        seed = context.seed("errors") if rounding == "stochastic" else None
+        implementation = context.implementation
+
+        @tf.custom_gradient
+        def scale(v, carried_scale, met, *rest):
+            def grad(dy, token_gradient):
+                if entry.eligible:
+                    if token_gradient is None:
+                        token_gradient = tf.zeros([scale_chain.TOKEN_SIZE], tf.float32)
+                    exponent = scale_chain.carried_exponent(
+                        token_gradient, scale_chain.reaches_restart(entry, replica))
+                else:
+                    exponent = tf.constant(0, tf.int32)
+                carried = tf.pow(2.0, tf.cast(exponent, tf.float32))
+                # The error as stored between layers, at the accumulated scale.
+                stored = rounding_lib.quantize(dy * carried, fmt, rounding, seed=seed,
+                                               implementation=implementation)
+                alpha = scaler.paper_error_scale(stored, met[0], met[1], fan_in, carried, fmt)
+                relative = carried * alpha
+                grads = [stored * alpha, tf.zeros_like(carried_scale), tf.zeros_like(met)]
+                if extra:
+                    absolute = tf.math.log(relative * carried_scale) / math.log(2.0)
+                    absolute = tf.round(absolute)
+                    grads.append(tf.stack([absolute, tf.ones_like(absolute)]))
+                own = tf.round(tf.math.log(relative) / math.log(2.0))
+                report = scale_chain.one_hot(own if entry.eligible else 0)
+                grads += [report] * len(upstream)
+                return grads + [relative] * len(links)
+
+            return (tf.identity(v), tf.zeros([scale_chain.TOKEN_SIZE], tf.float32)), grad
+
+        value, token = scale(y, global_scale, w, *extra, *upstream, *links)
+        if gemm == 0:
+            entry.token = token
+        return value
 
 
 def gradient_probe(layer, size, deliver):

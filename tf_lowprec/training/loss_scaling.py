@@ -27,7 +27,11 @@ reconciled where branches join).  In the emulation every GEMM output is FP32,
 and every low-precision error tensor is rounded at a GEMM boundary where its
 own scale applies, so no scale needs to travel: each layer's error gets the
 scale its own statistics call for, and the weight gradients the optimizer
-sees are unscaled before the update.  See docs/loss_scaling.md.
+sees are unscaled before the update.  `scaling_rule="paper"` runs the
+paper's own algorithm instead (`paper_layer_scale`: statistics of the
+product error x weight of the next GEMM, scales accumulated down the network
+through `tf_lowprec.keras.scale_chain`, capped at 16 per layer and 1024
+accumulated).  See docs/loss_scaling.md.
 
 Only models compiled with an `AdaptiveLossScaleOptimizer` scale their
 layers' errors: the emulated GEMMs (`tf_lowprec.keras.emulation.ErrorScaling`)
@@ -55,6 +59,12 @@ from tf_lowprec.keras import policy as policy_lib
 from tf_lowprec.numerics import formats as formats_lib
 
 DEFAULT_UNDERFLOW_RATE = 1e-3
+SCALING_RULES = ("local", "paper")
+# The caps of Zhao et al.'s code (`scale_upper_bound`, `accum_upper_bound` of
+# their AdaLoss class): no layer multiplies its error by more than 16, and the
+# scales accumulated down the network stay within 1024 of the loss scale.
+PAPER_LAYER_CAP = 16.0
+PAPER_ACCUMULATED_CAP = 1024.0
 
 
 def _erfinv(p):
@@ -98,6 +108,49 @@ def layer_scale(sigma, max_abs, fmt, *, underflow_rate=DEFAULT_UNDERFLOW_RATE,
     return tf.cast(alpha, tf.float32)
 
 
+def paper_layer_scale(error_mean_square, error_max, weight_mean_square, weight_max, fan_in,
+                      carried, fmt, *, underflow_rate=DEFAULT_UNDERFLOW_RATE,
+                      layer_cap=PAPER_LAYER_CAP, accumulated_cap=PAPER_ACCUMULATED_CAP):
+    """Zhao et al.'s scale for one layer, from the statistics of the product the next GEMM forms.
+
+    The error (as stored: already multiplied by the accumulated scale
+    `carried`, relative to the loss scale) is about to be multiplied by the
+    weights in the dX GEMM, whose `fan_in` products are summed per output.
+    For the products o = e * w, taken as zero-mean with
+    sigma_o^2 = E[e^2] E[w^2] and |o| <= max|e| max|w|:
+
+        alpha = max(u_min / (sigma_o sqrt(2) erfinv(T_uf)), 1)
+        alpha = min(alpha, u_max / (fan_in max|o|), accumulated_cap / carried, layer_cap)
+        alpha = 2^floor(log2 alpha)
+
+    Returns 1 where the product is all zero, or for a DFP format.  Works on
+    Python floats and float32 tensors.
+
+    >>> import tf_lowprec as lp
+    >>> float(lp.loss_scaling.paper_layer_scale(1e-14, 1e-6, 1e-2, 0.5, 256, 1.0, lp.FP16))
+    16.0
+    """
+    fmt = formats_lib.get(fmt)
+    if not fmt.fixed_range:
+        return tf.constant(1.0)
+    f64 = tf.float64
+    sigma = tf.sqrt(tf.cast(error_mean_square, f64) * tf.cast(weight_mean_square, f64))
+    o_max = tf.cast(error_max, f64) * tf.cast(weight_max, f64)
+    alpha = tf.math.divide_no_nan(
+        tf.constant(fmt.min_subnormal, f64), sigma * math.sqrt(2.0) * _erfinv(underflow_rate))
+    alpha = tf.maximum(alpha, 1.0)
+    over = tf.math.divide_no_nan(tf.constant(fmt.max_value, f64),
+                                 tf.cast(fan_in, f64) * o_max)
+    alpha = tf.where(o_max > 0, tf.minimum(alpha, over), alpha)
+    alpha = tf.minimum(alpha, accumulated_cap / tf.cast(carried, f64))
+    alpha = tf.minimum(alpha, layer_cap)
+    # Scales below 2^-24 (only an overflow bound can ask for them) are not useful.
+    alpha = tf.maximum(alpha, 2.0**-24)
+    alpha = tf.pow(tf.constant(2.0, f64), tf.floor(tf.math.log(alpha) / math.log(2.0)))
+    alpha = tf.where(sigma > 0, alpha, tf.ones_like(alpha))
+    return tf.cast(alpha, tf.float32)
+
+
 def error_statistics(errors):
     """(RMS, max |x|) of a tensor, averaged / maxed over replicas when distributed."""
     x = tf.cast(errors, tf.float32)
@@ -133,6 +186,13 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
       min_scale, max_scale: bounds of a layer scale (powers of two).
       adaptive: False gives plain global dynamic loss scaling (the
         comparison the experiments make).
+      scaling_rule: "local" (the default: each layer's scale from the
+        statistics of the error it rounds, applied and undone at the layer)
+        or "paper" (Zhao et al.'s algorithm: the scale from the statistics
+        of the product error x weight of the next GEMM, scales accumulated
+        down the network with the error stored in the error format at the
+        accumulated scale, capped at 16 per layer and 1024 accumulated;
+        docs/loss_scaling.md, "scaling_rule='paper'").
 
     The layer scales of the last step are kept in `layer_scales` (a dict from
     layer path to a variable) for callbacks and checkpoints; they are
@@ -143,7 +203,8 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     def __init__(self, inner_optimizer, initial_scale=2.0**15, dynamic_growth_steps=2000,
                  underflow_rate=DEFAULT_UNDERFLOW_RATE, min_scale=2.0**-24,
-                 max_scale=2.0**24, adaptive=True, name=None, **kwargs):
+                 max_scale=2.0**24, adaptive=True, scaling_rule="local", name=None,
+                 **kwargs):
         super().__init__(keras.optimizers.get(inner_optimizer), initial_scale=initial_scale,
                          dynamic_growth_steps=dynamic_growth_steps, name=name, **kwargs)
         if not 0.0 < underflow_rate < 1.0:
@@ -155,6 +216,10 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             )
         if not isinstance(adaptive, bool):
             raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
+        if scaling_rule not in SCALING_RULES:
+            raise ValueError(
+                f"scaling_rule must be one of 'local' or 'paper'; got {scaling_rule!r}")
+        self.scaling_rule = scaling_rule
         self.underflow_rate = float(underflow_rate)
         self.min_scale = float(min_scale)
         self.max_scale = float(max_scale)
@@ -204,6 +269,18 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                            underflow_rate=self.underflow_rate, min_scale=self.min_scale,
                            max_scale=self.max_scale, upper_bound=global_scale)
 
+    def paper_error_scale(self, stored, weight_mean_square, weight_max, fan_in, carried, fmt):
+        """Zhao et al.'s layer scale alpha (float32) for the stored error `stored`.
+
+        `stored`: the error as the layer receives it, in units of the loss
+        scale times `carried` (the accumulated scale relative to the loss
+        scale); the weight statistics are those of the GEMM's other operand,
+        as rounded; `fan_in`: the products summed per element of dX.
+        """
+        rms, max_abs = error_statistics(stored)
+        return paper_layer_scale(tf.square(rms), max_abs, weight_mean_square, weight_max, fan_in,
+                                 carried, fmt, underflow_rate=self.underflow_rate)
+
     def collect_error_scales(self, layer_path, statistics):
         """Receives [sum of log2 scales, count] of a layer, in the training step's graph."""
         key = _trace_key()
@@ -231,6 +308,7 @@ class AdaptiveLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 "min_scale": self.min_scale,
                 "max_scale": self.max_scale,
                 "adaptive": self.adaptive,
+                "scaling_rule": self.scaling_rule,
             }
         )
         return config
