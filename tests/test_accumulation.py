@@ -228,6 +228,22 @@ def test_fast_path_fallbacks_match_the_reference(isa):
 
 
 @pytest.mark.parametrize("isa", TIERS)
+def test_narrow_products_without_checks_match_the_reference(isa):
+    """E5M2 x E5M2 and E4M3 x E5M2 products (at most 7 bits) into FP16 and BF16: the kernel
+    skips its exactness and midpoint tests there (a proof, in ShortOperands), so wide exponent
+    spreads (sums wider than 24 bits, subnormal FP16 sums, cancellation) must still give the
+    reference's bits; K not a multiple of the chunk, tile tails."""
+    rng = np.random.default_rng(31)
+    for a_fmt, spread in ((lp.E5M2, 7), (lp.E4M3, 5)):
+        a = lp.round_to_format(_operands(rng, (1, 11, 150), spread=spread), a_fmt).numpy()
+        b = lp.round_to_format(_operands(rng, (1, 150, 19), spread=7), lp.E5M2).numpy()
+        for fmt, chunk in ((lp.FP16, None), (lp.FP16, 64), (lp.BF16, 32)):
+            actual = lp.matmul(a, b, accumulator=fmt, chunk_size=chunk, isa=isa,
+                               implementation="op")
+            _assert_same_bits(actual, reference.matmul(a, b, fmt, chunk))
+
+
+@pytest.mark.parametrize("isa", TIERS)
 def test_stochastic_rounding_matches_the_reference_and_is_reproducible(isa):
     a, b = _case_operands(3, False, True, 2, 1, 3, 21, 10)
     for chunk in (None, 4):

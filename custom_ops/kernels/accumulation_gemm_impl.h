@@ -423,6 +423,11 @@ inline __m256 RoundShort8(__m256 f, const Format8& c) {
   return RoundByMagic8(f, c);
 }
 
+// CheckedStep8's tests (ShortOperands picks one per call).
+constexpr int kNoCheck = 0;               // proved unnecessary (ShortOperands)
+constexpr int kMidpointCheck = 1;         // inexact sums on a midpoint above 2^min_exponent
+constexpr int kMidpointAndTinyCheck = 2;  // and every inexact sum below 2^min_exponent
+
 // fmt(s + a * b) on 8 lanes, nearest-even, for operands whose products are
 // float32 values (ShortOperands; s is a value of the format).
 //   f = fma(a, b, s) is the float32 rounding of the exact sum s + p.
@@ -440,25 +445,30 @@ inline __m256 RoundShort8(__m256 f, const Format8& c) {
 //   both are 0 when f is exact, so e1 | e2 (bits, sign aside) is 0 iff f is.
 //   Midpoints: where |f| >= 2^min_exponent the format's step is
 //   2^(E - m), so f is a midpoint iff its 23 - m low bits are 100..0; below
-//   2^min_exponent every lane counts as one (kTiny), unless ShortOperands
-//   proved those sums exact (products on a grid of at least
+//   2^min_exponent every lane counts as one (kMidpointAndTinyCheck), unless
+//   ShortOperands proved those sums exact (products on a grid of at least
 //   2^(min_exponent - 24): a sum below 2^min_exponent then has <= 24 bits).
+// kNoCheck skips both tests where ShortOperands proved them unnecessary.
 // Sums that overflow or become Inf/NaN give non-finite lanes, which the
 // caller finds at the chunk's end (for kMagic, values beyond the format's
 // largest are or-ed into *flag: they may come back below it).
-template <ShortRounding kRound, bool kTiny>
+template <ShortRounding kRound, int kCheck>
 inline __m256 CheckedStep8(__m256 s, __m256 a, __m256 b, const Format8& c, __m256* flag) {
   const __m256 f = _mm256_fmadd_ps(a, b, s);
-  const __m256 e1 = _mm256_fnmadd_ps(a, b, _mm256_sub_ps(f, s));
-  const __m256 e2 = _mm256_sub_ps(_mm256_fnmadd_ps(a, b, f), s);
-  const __m256i bits = _mm256_castps_si256(f);
-  __m256i hazard = _mm256_cmpeq_epi32(_mm256_and_si256(bits, c.midpoint_mask), c.midpoint_bits);
-  if (kTiny) {
-    const __m256i magnitude =
-        _mm256_and_si256(bits, _mm256_set1_epi32(static_cast<int>(kAbsMask)));
-    hazard = _mm256_or_si256(hazard, _mm256_cmpgt_epi32(c.tiny_bits, magnitude));
+  if (kCheck != kNoCheck) {
+    const __m256 e1 = _mm256_fnmadd_ps(a, b, _mm256_sub_ps(f, s));
+    const __m256 e2 = _mm256_sub_ps(_mm256_fnmadd_ps(a, b, f), s);
+    const __m256i bits = _mm256_castps_si256(f);
+    __m256i hazard =
+        _mm256_cmpeq_epi32(_mm256_and_si256(bits, c.midpoint_mask), c.midpoint_bits);
+    if (kCheck == kMidpointAndTinyCheck) {
+      const __m256i magnitude =
+          _mm256_and_si256(bits, _mm256_set1_epi32(static_cast<int>(kAbsMask)));
+      hazard = _mm256_or_si256(hazard, _mm256_cmpgt_epi32(c.tiny_bits, magnitude));
+    }
+    *flag = _mm256_or_ps(*flag,
+                         _mm256_and_ps(_mm256_or_ps(e1, e2), _mm256_castsi256_ps(hazard)));
   }
-  *flag = _mm256_or_ps(*flag, _mm256_and_ps(_mm256_or_ps(e1, e2), _mm256_castsi256_ps(hazard)));
   const __m256 h = RoundShort8<kRound>(f, c);
   if (kRound == ShortRounding::kMagic) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
@@ -486,11 +496,13 @@ inline __m256 BeyondFormat(__m256 x, const Format8& c) {
 // total <- fmt(total + x) for the chunk sums x (values of the format, so
 // 1 * x is a float32 product): CheckedStep8, with the flagged and non-finite
 // lanes recomputed at once by the definition (once per chunk: cheap).
-template <ShortRounding kRound, bool kTiny>
+template <ShortRounding kRound, int kCheck>
 inline __m256 ShortTotalStep8(__m256 total, __m256 x, const Format8& c) {
   const __m256 one = _mm256_set1_ps(1.0f);
   __m256 flag = _mm256_setzero_ps();
-  const __m256 h = CheckedStep8<kRound, kTiny>(total, one, x, c, &flag);
+  // Chunk sums are as wide as the format: kNoCheck's proof does not cover them.
+  constexpr int kTotalCheck = kCheck == kNoCheck ? kMidpointCheck : kCheck;
+  const __m256 h = CheckedStep8<kRound, kTotalCheck>(total, one, x, c, &flag);
   const __m256i flag_bits =
       _mm256_and_si256(_mm256_castps_si256(flag), _mm256_set1_epi32(static_cast<int>(kAbsMask)));
   const __m256 flagged = _mm256_castsi256_ps(_mm256_xor_si256(
@@ -526,7 +538,7 @@ constexpr ShortRounding ShortRoundingOf(Path path) {
 // FastStep8 (any operands; ties and non-finite lanes resolved per step) or
 // CheckedStep8 (short operands; the returned flag names lanes it could not
 // round, see CheckedStep8).
-template <Path kPath, bool kTiny, int kRows, int kVectors>
+template <Path kPath, int kCheck, int kRows, int kVectors>
 inline __m256 ChunkSums(const Format8& c, const float* a, int64_t a_row, int64_t a_col,
                         const float* b_panel, int64_t c0, int64_t c1,
                         __m256 (&acc)[kRows][kVectors]) {
@@ -547,7 +559,7 @@ inline __m256 ChunkSums(const Format8& c, const float* a, int64_t a_row, int64_t
 #pragma GCC unroll 2
       for (int v = 0; v < kVectors; ++v) {
         if constexpr (IsShort(kPath)) {
-          acc[r][v] = CheckedStep8<ShortRoundingOf(kPath), kTiny>(acc[r][v], a_rk, b[v], c, &flag);
+          acc[r][v] = CheckedStep8<ShortRoundingOf(kPath), kCheck>(acc[r][v], a_rk, b[v], c, &flag);
         } else {
           acc[r][v] = FastStep8<kPath == Path::kHalf>(acc[r][v], a_rk, b[v], c);
         }
@@ -563,11 +575,11 @@ template <bool kHalf, int kRows, int kVectors>
 __attribute__((noinline)) void ChunkSumsChecked(const Format8& c, const float* a, int64_t a_row,
                                                 int64_t a_col, const float* b_panel, int64_t c0,
                                                 int64_t c1, __m256 (&acc)[kRows][kVectors]) {
-  ChunkSums<kHalf ? Path::kHalf : Path::kGeneric, false, kRows, kVectors>(
+  ChunkSums<kHalf ? Path::kHalf : Path::kGeneric, kNoCheck, kRows, kVectors>(
       c, a, a_row, a_col, b_panel, c0, c1, acc);
 }
 
-template <Path kPath, bool kTiny, int kRows, int kVectors>
+template <Path kPath, int kCheck, int kRows, int kVectors>
 void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   constexpr bool kShort = IsShort(kPath);
   constexpr ShortRounding kRound = ShortRoundingOf(kPath);
@@ -587,8 +599,8 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
     for (int v = 0; v < kVectors; ++v) total[r][v] = _mm256_setzero_ps();
   for (int64_t c0 = 0; c0 < p.k; c0 += chunk) {
     const int64_t c1 = std::min(p.k, c0 + chunk);
-    __m256 flag = ChunkSums<kPath, kTiny, kRows, kVectors>(c, a, o.a_row, o.a_col, b_panel, c0,
-                                                           c1, acc);
+    __m256 flag = ChunkSums<kPath, kCheck, kRows, kVectors>(c, a, o.a_row, o.a_col, b_panel,
+                                                            c0, c1, acc);
     if constexpr (kShort) {
       // Flagged lanes, and sums that overflowed or became Inf/NaN on the way
       // (IEEE float32 arithmetic need not give the definition's NaN there).
@@ -616,7 +628,7 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
         if (c0 == 0) {
           total[r][v] = acc[r][v];
         } else if constexpr (kShort) {
-          total[r][v] = ShortTotalStep8<kRound, kTiny>(total[r][v], acc[r][v], c);
+          total[r][v] = ShortTotalStep8<kRound, kCheck>(total[r][v], acc[r][v], c);
         } else {
           total[r][v] = FastStep8<kPath == Path::kHalf>(total[r][v], one, acc[r][v], c);
         }
@@ -639,24 +651,24 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
 }
 
 // Tile with the rows left from i0 (at most kMaxRows), as a template argument.
-template <Path kPath, bool kTiny, int kRows = kMaxRows>
+template <Path kPath, int kCheck, int kRows = kMaxRows>
 void TileRows(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   if constexpr (kRows > 1) {
-    if (job.p->m - i0 < kRows) return TileRows<kPath, kTiny, kRows - 1>(job, batch, i0, j0);
+    if (job.p->m - i0 < kRows) return TileRows<kPath, kCheck, kRows - 1>(job, batch, i0, j0);
   }
-  Tile<kPath, kTiny, kRows, kMaxVectors>(job, batch, i0, j0);
+  Tile<kPath, kCheck, kRows, kMaxVectors>(job, batch, i0, j0);
 }
 
 // Work unit u = ((batch * column_blocks) + column_block) * row_blocks +
 // row_block: consecutive units share a b panel.
-template <Path kPath, bool kTiny>
+template <Path kPath, int kCheck>
 void FastUnits(void* arg, int64_t begin, int64_t end) {
   const FastJob& job = *static_cast<const FastJob*>(arg);
   for (int64_t u = begin; u < end; ++u) {
     const int64_t row_block = u % job.row_blocks;
     const int64_t column_block = (u / job.row_blocks) % job.column_blocks;
     const int64_t batch = u / (job.row_blocks * job.column_blocks);
-    TileRows<kPath, kTiny>(job, batch, row_block * kMaxRows, column_block * kPanelWidth);
+    TileRows<kPath, kCheck>(job, batch, row_block * kMaxRows, column_block * kPanelWidth);
   }
 }
 
@@ -716,22 +728,44 @@ OperandBits ScanOperand(const float* x, int64_t count) {
 // (at most 24 significant bits, finite, a multiple of 2^-149) and every sum
 // below 2^126, so that fma(a, b, s) is the float32 rounding of s + p; the
 // format has at most 21 mantissa bits (RoundByMagic8; the midpoint test
-// needs at most 22).  *tiny: sums below the format's smallest normal need the
-// midpoint flag (products on a grid finer than 2^(min_exponent - 24)).
-bool ShortOperands(const OperandBits& a, const OperandBits& b, const FloatGrid& g, bool* tiny) {
-  *tiny = false;
+// needs at most 22).  *check, the test CheckedStep8 needs:
+// - kMidpointAndTinyCheck where products lie on a grid finer than
+//   2^(min_exponent - 24) (a sum below 2^min_exponent may then be inexact);
+// - kNoCheck where the format has m <= 10 mantissa bits and products at
+//   most m - 1 significant bits (E5M2, E4M3 operands into FP16): then an
+//   inexact float32 sum f = RN32(s + p) at or above 2^min_exponent is never
+//   a midpoint of the format (step q = 2^(E - m) at f's binade E).  Proof:
+//   x = s + p inexact needs > 24 bits, so the term with the lowest bit, S,
+//   is the smaller one (the larger, B, has <= 22 bits and |x| > |B| / 2,
+//   else x is exact by Sterbenz), and S's bits end below 2^(E_x - 23): with
+//   w_S <= m + 1 bits, |S| < 2^(E_x - 23 + m) <= 2^(E_x - m - 1) <= q / 2
+//   (m <= 10), and f = B + r, r = S rounded to float32's grid 2^(E_x - 23)
+//   (B lies on it), |r| < q / 2.  If B = p: p's lowest
+//   bit is at least 2^(E_x - 1 - (m - 2)) >= q, so f = r (mod q) is no
+//   midpoint.  If B = s: s is a multiple of q where |s| >= 2^E; |s| < 2^E
+//   with |f| >= 2^E would need |s| > 2^E - q / 2, but the format's largest
+//   value below 2^E is 2^E - q / 2.  Sums below 2^min_exponent are exact.
+// - kMidpointCheck otherwise.
+bool ShortOperands(const OperandBits& a, const OperandBits& b, const FloatGrid& g, int* check) {
+  *check = kNoCheck;
   if (!a.finite || !b.finite || g.mantissa_bits > 21) return false;
   if (!a.any || !b.any) return true;  // every product is 0
   if (a.width + b.width > 24 || a.lowest + b.lowest < -149 || a.highest + b.highest > 124) {
     return false;
   }
-  *tiny = a.lowest + b.lowest < g.min_exponent - 24;
+  if (a.lowest + b.lowest < g.min_exponent - 24) {
+    *check = kMidpointAndTinyCheck;
+  } else if (g.mantissa_bits > 10 || a.width + b.width > g.mantissa_bits - 1) {
+    *check = kMidpointCheck;
+  }
   return true;
 }
 
 template <Path kPath>
-void (*UnitsFor(bool tiny))(void*, int64_t, int64_t) {
-  return tiny ? FastUnits<kPath, true> : FastUnits<kPath, false>;
+void (*UnitsFor(int check))(void*, int64_t, int64_t) {
+  return check == kNoCheck         ? FastUnits<kPath, kNoCheck>
+         : check == kMidpointCheck ? FastUnits<kPath, kMidpointCheck>
+                                   : FastUnits<kPath, kMidpointAndTinyCheck>;
 }
 
 void RunFast(const Problem& p, const ParallelFor& parallel) {
@@ -760,21 +794,21 @@ void RunFast(const Problem& p, const ParallelFor& parallel) {
   job.format = MakeFormat8(p.grid);
   const bool half = IsIeeeHalf(p.grid);
   const int64_t a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
-  bool tiny = false;
+  int check = kMidpointCheck;
   const bool short_operands =
       ShortOperands(ScanOperand(p.a, a_batches * p.m * p.k),
                     ScanOperand(packed.data(), static_cast<int64_t>(packed.size())), p.grid,
-                    &tiny);
+                    &check);
   // About 1.5 (short operands), 2 (FP16, F16C) or 4 (other formats) cycles
   // per lane and step.
   const int64_t cost = kMaxRows * kMaxVectors * kLanes * std::max<int64_t>(p.k, 1) *
                        (short_operands ? 1 : half ? 2 : 4);
   void (*units)(void*, int64_t, int64_t) =
-      !short_operands          ? (half ? FastUnits<Path::kHalf, false>
-                                       : FastUnits<Path::kGeneric, false>)
-      : half                   ? UnitsFor<Path::kShortHalf>(tiny)
-      : IsBfloat16(p.grid)     ? UnitsFor<Path::kShortBfloat16>(tiny)
-                               : UnitsFor<Path::kShortMagic>(tiny);
+      !short_operands          ? (half ? FastUnits<Path::kHalf, kNoCheck>
+                                       : FastUnits<Path::kGeneric, kNoCheck>)
+      : half                   ? UnitsFor<Path::kShortHalf>(check)
+      : IsBfloat16(p.grid)     ? UnitsFor<Path::kShortBfloat16>(check)
+                               : UnitsFor<Path::kShortMagic>(check);
   parallel.run(parallel.context, p.batch * job.column_blocks * job.row_blocks, cost, units,
                &job);
 }
