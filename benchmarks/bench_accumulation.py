@@ -61,14 +61,19 @@ def bench_gemm(size, modes, repeats, isa):
                                                       implementation="op", isa=isa).numpy())(
             accumulator)
     times = {label: [] for label in calls}
+    cpu = {label: [] for label in calls}
     for label, call in calls.items():
         call()
     for _ in range(repeats):
         for label, call in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             call()
             times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) for label, t in times.items()}
+            cpu[label].append(time.process_time() - start_cpu)
+    # CPU time of the process (all threads): less sensitive than wall time to other jobs on a
+    # shared machine.
+    return ({label: statistics.median(t) for label, t in times.items()},
+            {label: statistics.median(t) for label, t in cpu.items()})
 
 
 def bench_mlp(steps, repeats):
@@ -81,14 +86,17 @@ def bench_mlp(steps, repeats):
     x = tf.constant(rng.rand(batch, *shape).astype("float32"))
     y = tf.constant(rng.randint(0, 10, batch))
     times = {name: [] for name in models}
+    cpu = {name: [] for name in models}
     for repeat in range(repeats + 1):
         for name, (model, _, _) in models.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 model.train_on_batch(x, y)
             if repeat:
                 times[name].append((time.perf_counter() - start) / steps)
-    return {name: statistics.median(t) for name, t in times.items()}
+                cpu[name].append((time.process_time() - start_cpu) / steps)
+    return ({name: statistics.median(t) for name, t in times.items()},
+            {name: statistics.median(t) for name, t in cpu.items()})
 
 
 def main():
@@ -115,22 +123,32 @@ def main():
     tier = lp.kernel_tiers()["accumulation_gemm"]["auto"] if args.isa == "auto" else args.isa
     lines = [f"# Low-precision accumulation (`lp.matmul`), {results_io.cpu_model()}, "
              f"tier {tier}", "",
-             f"GEMM, median of {args.repeats} (interleaved), operands rounded to E5M2:", "",
-             "| size | mode | ms | ratio to FP32 matmul |", "|---|---|---|---|"]
+             f"GEMM, median of {args.repeats} (interleaved), operands rounded to E5M2; wall "
+             "time and CPU time of the process (all threads):", "",
+             "| size | mode | ms | ratio to FP32 matmul | CPU ms | CPU ratio |",
+             "|---|---|---|---|---|---|"]
     results = {"gemm": {}, "mlp": {}}
-    for size, table in ((args.size, big), (args.small_size, small)):
-        base = table["fp32 tf.linalg.matmul"]
+    for size, (table, cpu) in ((args.size, big), (args.small_size, small)):
+        base, cpu_base = table["fp32 tf.linalg.matmul"], cpu["fp32 tf.linalg.matmul"]
         for label, seconds in table.items():
-            ratio = seconds / base
-            results["gemm"][f"{size} {label}"] = {"seconds": seconds, "ratio": ratio}
-            lines.append(f"| {size}^3 | {label} | {seconds * 1e3:.1f} | {ratio:.2f}x |")
+            ratio, cpu_ratio = seconds / base, cpu[label] / cpu_base
+            results["gemm"][f"{size} {label}"] = {"seconds": seconds, "ratio": ratio,
+                                                  "cpu_seconds": cpu[label],
+                                                  "cpu_ratio": cpu_ratio}
+            lines.append(f"| {size}^3 | {label} | {seconds * 1e3:.1f} | {ratio:.2f}x | "
+                         f"{cpu[label] * 1e3:.1f} | {cpu_ratio:.2f}x |")
     lines += ["", f"Target: fp16 chunk 64 at {args.size}^3 <= {GEMM_TARGET}x.", "",
               f"MLP training step (bench_policies.py), median of {args.repeats} rounds of "
-              f"{args.steps} steps:", "", "| policy | ms/step | ratio to FP32 |", "|---|---|---|"]
+              f"{args.steps} steps:", "",
+              "| policy | ms/step | ratio to FP32 | CPU ms/step | CPU ratio |",
+              "|---|---|---|---|---|"]
+    mlp, mlp_cpu = mlp
     for name, seconds in mlp.items():
-        ratio = seconds / mlp["fp32"]
-        results["mlp"][name] = {"seconds": seconds, "ratio": ratio}
-        lines.append(f"| {name} | {seconds * 1e3:.1f} | {ratio:.2f}x |")
+        ratio, cpu_ratio = seconds / mlp["fp32"], mlp_cpu[name] / mlp_cpu["fp32"]
+        results["mlp"][name] = {"seconds": seconds, "ratio": ratio,
+                                "cpu_seconds": mlp_cpu[name], "cpu_ratio": cpu_ratio}
+        lines.append(f"| {name} | {seconds * 1e3:.1f} | {ratio:.2f}x | "
+                     f"{mlp_cpu[name] * 1e3:.1f} | {cpu_ratio:.2f}x |")
     lines += ["", f"Target: fp8_wang <= {STEP_TARGET}x."]
     meta = results_io.metadata(isa=args.isa, tier=tier)
     lines += ["", f"Command: `{meta['command']}`; load average {meta['load_average']:.2f}; "

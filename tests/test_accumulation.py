@@ -146,7 +146,7 @@ def test_long_sums_with_many_ties_agree_across_tiers_and_reference(isa):
 
 @pytest.mark.parametrize("isa", TIERS)
 def test_short_operands_match_the_reference(isa):
-    """FP8/BF16-valued operands (exact float32 products: the kernels' round-to-odd path)."""
+    """FP8/BF16-valued operands (exact float32 products: the kernels' short-operand path)."""
     rng = np.random.default_rng(13)
     a = lp.round_to_format(_operands(rng, (2, 5, 40), spread=4), lp.E5M2).numpy()
     b = lp.round_to_format(_operands(rng, (1, 40, 10), spread=4), lp.BF16).numpy()
@@ -163,9 +163,9 @@ def test_short_operands_match_the_reference(isa):
 
 @pytest.mark.parametrize("isa", TIERS)
 def test_short_operands_edges_match_the_reference(isa):
-    """The round-to-odd path's edges: inexact float32 sums with either term the larger,
+    """The short-operand path's edges: inexact float32 sums with either term the larger,
     row and column tails of the register tiles, chunks not dividing K, BF16 sums beyond
-    2^111 (where the kernel's rounding constant would overflow) and overflow mid-chunk."""
+    2^111 (beyond the float-addition rounding's range) and overflow mid-chunk."""
     rng = np.random.default_rng(17)
     a = lp.round_to_format(_operands(rng, (1, 7, 133), spread=12), lp.E5M2).numpy()
     b = lp.round_to_format(_operands(rng, (1, 133, 21), spread=12), lp.BF16).numpy()
@@ -185,6 +185,62 @@ def test_short_operands_edges_match_the_reference(isa):
         _assert_same_bits(actual, reference.matmul(big_a, big_b, lp.BF16, chunk))
         assert np.isinf(actual[0, [0, 2], 4]).all() and np.isfinite(actual[0, :, :4]).all()
         assert (np.abs(actual[0, 0, :4]) > 2.0**111).all()
+
+
+def _midpoint_traps(m=13, k=70, n=21):
+    """FP16-valued operands (exact float32 products) with two sums that float32 rounds onto
+    an FP16 midpoint while the exact sum lies above it, in one tile among plain ones:
+    (1 + 2^-10) - (1 - 2^-20) 2^-11 = 1 + 2^-11 + 2^-31 (the running sum the larger term)
+    and 2^-24 + (1 + 2^-11) (the product the larger); both round up to 1 + 2^-10."""
+    rng = np.random.default_rng(23)
+    a = lp.round_to_format(_operands(rng, (1, m, k), spread=3), lp.E5M2).numpy()
+    b = lp.round_to_format(_operands(rng, (1, k, n), spread=3), lp.E5M2).numpy()
+    a[0, 7, :], b[0, :, 17] = 0.0, 0.0
+    a[0, 7, :2], b[0, :2, 17] = [1 + 2.0**-10, -(1 - 2.0**-10) * 2.0**-11], [1, 1 + 2.0**-10]
+    a[0, 8, :], b[0, :, 18] = 0.0, 0.0
+    a[0, 8, 40:42], b[0, 40:42, 18] = [2.0**-12, 1 + 2.0**-11], [2.0**-12, 1]
+    return a, b
+
+
+@pytest.mark.parametrize("isa", TIERS)
+def test_fast_path_fallbacks_match_the_reference(isa):
+    """The short-operand kernel's boundaries: float32 sums that are inexact and land on a
+    midpoint (that tile's chunk is recomputed), operands whose products are not float32
+    values (one 24-bit element sends the whole GEMM to the general path), sums wider than
+    24 bits below FP16's smallest normal, and BF16's integer rounding."""
+    a, b = _midpoint_traps()
+    for chunk in (None, 64, 8):
+        actual = lp.matmul(a, b, accumulator=lp.FP16, chunk_size=chunk, isa=isa,
+                           implementation="op").numpy()
+        _assert_same_bits(actual, reference.matmul(a, b, lp.FP16, chunk))
+        assert actual[0, 7, 17] == actual[0, 8, 18] == 1 + 2.0**-10
+    wide = a.copy()
+    wide[0, 0, 0] = 1 + 2.0**-23        # a product of 27 bits: not a float32
+    _assert_same_bits(lp.matmul(wide, b, accumulator=lp.FP16, isa=isa, implementation="op"),
+                      reference.matmul(wide, b, lp.FP16, None))
+    rng = np.random.default_rng(29)
+    tiny_a = lp.round_to_format(_operands(rng, (2, 9, 50), spread=14), lp.FP16).numpy()
+    tiny_b = lp.round_to_format(_operands(rng, (1, 50, 19), spread=14), lp.FP16).numpy()
+    for fmt, chunk in ((lp.FP16, None), (lp.FP16, 6), (lp.BF16, 16), (lp.E5M2, None)):
+        actual = lp.matmul(tiny_a, tiny_b, accumulator=fmt, chunk_size=chunk, isa=isa,
+                           implementation="op")
+        _assert_same_bits(actual, reference.matmul(tiny_a, tiny_b, fmt, chunk))
+
+
+@pytest.mark.parametrize("isa", TIERS)
+def test_narrow_products_without_checks_match_the_reference(isa):
+    """E5M2 x E5M2 and E4M3 x E5M2 products (at most 7 bits) into FP16 and BF16: the kernel
+    skips its exactness and midpoint tests there (a proof, in ShortOperands), so wide exponent
+    spreads (sums wider than 24 bits, subnormal FP16 sums, cancellation) must still give the
+    reference's bits; K not a multiple of the chunk, tile tails."""
+    rng = np.random.default_rng(31)
+    for a_fmt, spread in ((lp.E5M2, 7), (lp.E4M3, 5)):
+        a = lp.round_to_format(_operands(rng, (1, 11, 150), spread=spread), a_fmt).numpy()
+        b = lp.round_to_format(_operands(rng, (1, 150, 19), spread=7), lp.E5M2).numpy()
+        for fmt, chunk in ((lp.FP16, None), (lp.FP16, 64), (lp.BF16, 32)):
+            actual = lp.matmul(a, b, accumulator=fmt, chunk_size=chunk, isa=isa,
+                               implementation="op")
+            _assert_same_bits(actual, reference.matmul(a, b, fmt, chunk))
 
 
 @pytest.mark.parametrize("isa", TIERS)

@@ -9,13 +9,16 @@
 // - ExactRows: every step by accumulation_step.h (double arithmetic, four
 //   output elements at a time).  All rounding modes; every tier has it, and
 //   it is the whole portable tier.
-// - RunFast with short operands (vector tiers, nearest-even, formats of at
-//   most 21 mantissa bits with subnormals and without input flushing, every
-//   operand 0 or within 2^+-60 with at most 12 significant bits, so that
-//   every product is a float32): ShortStepDeferred8 rounds the float32 sum to
-//   odd (TwoSum) and then to the format by float addition; lanes that
-//   overflow or are not finite make the tile's chunk be recomputed by the
-//   definition.
+// - RunFast with short operands (vector tiers, nearest-even, formats with at
+//   most 21 mantissa bits, subnormals and no input flushing, operands whose
+//   every product is a float32 value: ScanOperand's pre-scan of significand
+//   widths and exponents; FP8, FP16 and BF16 operands qualify): 6 x 16
+//   output tiles, CheckedStep8 per step = one FMA, the float32 sum's
+//   exactness (Fast2Sum both ways) and midpoint tests or-ed into a flag, and
+//   one rounding to the format (F16C for IEEE FP16, integer for BF16, float
+//   addition otherwise).  A tile's chunk whose flag is set (an inexact sum on
+//   a midpoint: rare) or whose sums overflowed is recomputed by the path
+//   below.
 // - RunFast otherwise (vector tiers, nearest-even, formats with subnormals
 //   and without input flushing): 8 output columns per vector, each lane's
 //   running sum a float32 register holding a value of the format:
@@ -205,7 +208,7 @@ void RunExact(const Problem& problem, const ParallelFor& parallel) {
 #if TF_LOWPREC_ACC_VECTOR
 
 constexpr int kLanes = 8;
-constexpr int kMaxRows = 4;     // rows of an output tile
+constexpr int kMaxRows = 6;     // rows of an output tile
 constexpr int kMaxVectors = 2;  // vectors of 8 columns of an output tile
 constexpr int kPanelWidth = kMaxVectors * kLanes;
 
@@ -218,6 +221,9 @@ struct Format8 {
   __m256i magic_offset;     // (23 - mantissa_bits) << 23, plus the 0.5 of 1.5
   __m256i zero_sign_mask;   // the sign bit where the format has -0, else 0
   __m256 short_limit;       // sums at or above it take the definition's path
+  // CheckedStep8: float32 bits below the format's step (m <= 22), the bits of
+  // a midpoint there, and float32 bits of 2^min_exponent.
+  __m256i midpoint_mask, midpoint_bits, tiny_bits;
   FloatGrid grid;
 };
 
@@ -241,6 +247,10 @@ Format8 MakeFormat8(const FloatGrid& g) {
   const int32_t limit_exponent = std::min(128, 127 - (23 - g.mantissa_bits));
   c.short_limit = _mm256_set1_ps(limit_exponent >= 128 ? BitsFloat(kInfBits)
                                                        : std::ldexp(1.0f, limit_exponent));
+  const int32_t below = std::max(1, 23 - g.mantissa_bits);  // the short path needs m <= 22
+  c.midpoint_mask = _mm256_set1_epi32(static_cast<int>((1u << below) - 1));
+  c.midpoint_bits = _mm256_set1_epi32(static_cast<int>(1u << (below - 1)));
+  c.tiny_bits = _mm256_set1_epi32(static_cast<int>(PowerOfTwoBits(g.min_exponent)));
   c.grid = g;
   return c;
 }
@@ -372,56 +382,6 @@ inline __m256 FastStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
   return h;
 }
 
-// acc + a * b rounded to odd at float32 precision, for products that are
-// float32 values: TwoSum's error e says whether, and on which side, the
-// float32 sum s is inexact; where it is and s is even, s moves one ulp
-// toward the exact sum.  The callers round `odd` to the format and check
-// `s` for overflow and NaN.
-struct OddSum8 {
-  __m256 s, odd;  // the float32 sum, and that sum rounded to odd
-};
-
-inline OddSum8 SumRoundedToOdd8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
-  const __m256 p = _mm256_mul_ps(a, b);
-  const __m256 s = _mm256_add_ps(acc, p);
-  const __m256 p_part = _mm256_sub_ps(s, acc);
-  const __m256 e = _mm256_add_ps(_mm256_sub_ps(acc, _mm256_sub_ps(s, p_part)),
-                                 _mm256_sub_ps(p, p_part));
-  const __m256i s_bits = _mm256_castps_si256(s);
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i even = _mm256_cmpeq_epi32(_mm256_and_si256(s_bits, one), _mm256_setzero_si256());
-  const __m256i inexact = _mm256_castps_si256(_mm256_cmp_ps(e, c.zero, _CMP_NEQ_UQ));
-  // +1 where e has the sign of s (the exact sum is larger in magnitude), else -1.
-  const __m256i direction = _mm256_or_si256(
-      _mm256_srai_epi32(_mm256_xor_si256(s_bits, _mm256_castps_si256(e)), 31), one);
-  const __m256 odd = _mm256_castsi256_ps(_mm256_add_epi32(
-      s_bits, _mm256_and_si256(_mm256_and_si256(even, inexact), direction)));
-  return {s, odd};
-}
-
-// fmt(acc + a * b) on 8 lanes, nearest-even, for operands whose products
-// are float32 values (ShortOperands): the sum acc + p is rounded to odd at
-// 24 bits (TwoSum's error says whether, and on which side, the float32 sum
-// s is inexact; where it is and s is even, s moves one ulp toward the exact
-// sum), and rounding that to a format of at most 22 significand bits is
-// rounding the exact sum (accumulation_step.h's argument at float32
-// precision; RoundToOddApplies states the conditions).  No ties to look at.
-template <bool kHalf>
-inline __m256 ShortStep8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
-  const OddSum8 sum = SumRoundedToOdd8(acc, a, b, c);
-  const __m256 s = sum.s;
-  const __m256 h = RoundFormat8<kHalf>(sum.odd, c);
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
-  // Overflow and NaN/Inf lanes (s or e not finite, h beyond the format's
-  // finite values) are recomputed by the definition.
-  const __m256 not_finite_value =
-      _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
-                   _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), c.infinity, _CMP_NLT_UQ));
-  const int bad = _mm256_movemask_ps(not_finite_value);
-  if (__builtin_expect(bad != 0, 0)) return FixLanes(acc, a, b, h, bad, c.grid);
-  return h;
-}
-
 // Nearest-even rounding of x onto a format with at most 21 mantissa bits and
 // subnormals, by float addition: with E = max(floor(log2|x|), min_exponent)
 // and C = 1.5 * 2^(E + 23 - m), x + C lies in C's binade, whose float32 ulp
@@ -439,25 +399,117 @@ inline __m256 RoundByMagic8(__m256 x, const Format8& c) {
   return _mm256_or_ps(rounded, _mm256_and_ps(x, _mm256_castsi256_ps(c.zero_sign_mask)));
 }
 
-// ShortStep8 without the per-step test: lanes whose sum is not finite,
-// reaches c.short_limit or rounds beyond the format's finite values are
-// or-ed into *bad, and the caller recomputes the whole chunk of those
-// tiles by the definition (ShortChunkFallback).
-inline __m256 ShortStepDeferred8(__m256 acc, __m256 a, __m256 b, const Format8& c,
-                                 __m256* bad) {
-  const OddSum8 sum = SumRoundedToOdd8(acc, a, b, c);
-  const __m256 s = sum.s;
-  const __m256 h = RoundByMagic8(sum.odd, c);
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
-  *bad = _mm256_or_ps(
-      *bad, _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
-                         _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), c.short_limit, _CMP_NLT_UQ)));
+// Nearest-even rounding of float32 lanes to BF16 (8 significant bits, the
+// exponent range of float32, subnormals, overflow to Inf) on the bits: add
+// half a step minus one plus the kept lsb, clear the dropped 16 bits.  Finite
+// lanes only (NaN lanes are recomputed by the caller).
+inline __m256 RoundBfloat8(__m256 f) {
+  const __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i up = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+  const __m256i keep = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  return _mm256_castsi256_ps(_mm256_and_si256(up, keep));
+}
+
+// How CheckedStep8 rounds its float32 sum to the format.
+enum class ShortRounding { kHalf, kBfloat16, kMagic };
+
+template <ShortRounding kRound>
+inline __m256 RoundShort8(__m256 f, const Format8& c) {
+  if (kRound == ShortRounding::kHalf) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  if (kRound == ShortRounding::kBfloat16) return RoundBfloat8(f);
+  return RoundByMagic8(f, c);
+}
+
+// CheckedStep8's tests (ShortOperands picks one per call).
+constexpr int kNoCheck = 0;               // proved unnecessary (ShortOperands)
+constexpr int kMidpointCheck = 1;         // inexact sums on a midpoint above 2^min_exponent
+constexpr int kMidpointAndTinyCheck = 2;  // and every inexact sum below 2^min_exponent
+
+// fmt(s + a * b) on 8 lanes, nearest-even, for operands whose products are
+// float32 values (ShortOperands; s is a value of the format).
+//   f = fma(a, b, s) is the float32 rounding of the exact sum s + p.
+//   Where f is exact (the exact sum fits float32's 24 bits), rounding f to
+//   the format (one F16C conversion, or integer/float-addition rounding) is
+//   the one rounding of the exact sum.  Where it is not, rounding f still
+//   gives fmt(s + p) unless f is a midpoint of the format's grid: the
+//   format's midpoints are float32 values (m <= 22), so f = RN32(s + p) lies
+//   in the same open interval between midpoints as s + p, or on a midpoint.
+//   Lanes that are inexact *and* on a midpoint (rare: a sum more than 24
+//   bits wide landing on the 100..0 pattern) are or-ed into *flag, and the
+//   caller recomputes that chunk of the tile by the definition.
+//   Exactness: e1 = (f - s) - p is the exact error -(s + p - f) when
+//   |s| >= |p| (Fast2Sum: f - s exact), e2 = (f - p) - s when |p| >= |s|;
+//   both are 0 when f is exact, so e1 | e2 (bits, sign aside) is 0 iff f is.
+//   Midpoints: where |f| >= 2^min_exponent the format's step is
+//   2^(E - m), so f is a midpoint iff its 23 - m low bits are 100..0; below
+//   2^min_exponent every lane counts as one (kMidpointAndTinyCheck), unless
+//   ShortOperands proved those sums exact (products on a grid of at least
+//   2^(min_exponent - 24): a sum below 2^min_exponent then has <= 24 bits).
+// kNoCheck skips both tests where ShortOperands proved them unnecessary.
+// Sums that overflow or become Inf/NaN give non-finite lanes, which the
+// caller finds at the chunk's end (for kMagic, values beyond the format's
+// largest are or-ed into *flag: they may come back below it).
+template <ShortRounding kRound, int kCheck>
+inline __m256 CheckedStep8(__m256 s, __m256 a, __m256 b, const Format8& c, __m256* flag) {
+  const __m256 f = _mm256_fmadd_ps(a, b, s);
+  if (kCheck != kNoCheck) {
+    const __m256 e1 = _mm256_fnmadd_ps(a, b, _mm256_sub_ps(f, s));
+    const __m256 e2 = _mm256_sub_ps(_mm256_fnmadd_ps(a, b, f), s);
+    const __m256i bits = _mm256_castps_si256(f);
+    __m256i hazard =
+        _mm256_cmpeq_epi32(_mm256_and_si256(bits, c.midpoint_mask), c.midpoint_bits);
+    if (kCheck == kMidpointAndTinyCheck) {
+      const __m256i magnitude =
+          _mm256_and_si256(bits, _mm256_set1_epi32(static_cast<int>(kAbsMask)));
+      hazard = _mm256_or_si256(hazard, _mm256_cmpgt_epi32(c.tiny_bits, magnitude));
+    }
+    *flag = _mm256_or_ps(*flag,
+                         _mm256_and_ps(_mm256_or_ps(e1, e2), _mm256_castsi256_ps(hazard)));
+  }
+  const __m256 h = RoundShort8<kRound>(f, c);
+  if (kRound == ShortRounding::kMagic) {
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+    *flag = _mm256_or_ps(
+        *flag,
+        _mm256_or_ps(_mm256_cmp_ps(_mm256_and_ps(h, abs_mask), c.max_value, _CMP_NLE_UQ),
+                     _mm256_cmp_ps(_mm256_and_ps(f, abs_mask), c.short_limit, _CMP_NLT_UQ)));
+  }
   return h;
 }
 
-template <bool kHalf, bool kShort>
-inline __m256 Step8(__m256 acc, __m256 a, __m256 b, const Format8& c) {
-  return kShort ? ShortStep8<kHalf>(acc, a, b, c) : FastStep8<kHalf>(acc, a, b, c);
+// Whether a flag of CheckedStep8 names any lane (sign bits aside: an exact
+// sum's errors may be -0).
+inline bool Flagged(__m256 flag) {
+  return !_mm256_testz_si256(_mm256_castps_si256(flag),
+                             _mm256_set1_epi32(static_cast<int>(kAbsMask)));
+}
+
+// Lanes holding NaN, Inf or a value beyond the format's largest.
+inline __m256 BeyondFormat(__m256 x, const Format8& c) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  return _mm256_cmp_ps(_mm256_and_ps(x, abs_mask), c.max_value, _CMP_NLE_UQ);
+}
+
+// total <- fmt(total + x) for the chunk sums x (values of the format, so
+// 1 * x is a float32 product): CheckedStep8, with the flagged and non-finite
+// lanes recomputed at once by the definition (once per chunk: cheap).
+template <ShortRounding kRound, int kCheck>
+inline __m256 ShortTotalStep8(__m256 total, __m256 x, const Format8& c) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 flag = _mm256_setzero_ps();
+  // Chunk sums are as wide as the format: kNoCheck's proof does not cover them.
+  constexpr int kTotalCheck = kCheck == kNoCheck ? kMidpointCheck : kCheck;
+  const __m256 h = CheckedStep8<kRound, kTotalCheck>(total, one, x, c, &flag);
+  const __m256i flag_bits =
+      _mm256_and_si256(_mm256_castps_si256(flag), _mm256_set1_epi32(static_cast<int>(kAbsMask)));
+  const __m256 flagged = _mm256_castsi256_ps(_mm256_xor_si256(
+      _mm256_cmpeq_epi32(flag_bits, _mm256_setzero_si256()), _mm256_set1_epi32(-1)));
+  const int bad = _mm256_movemask_ps(_mm256_or_ps(flagged, BeyondFormat(h, c)));
+  if (__builtin_expect(bad != 0, 0)) return FixLanes(total, one, x, h, bad, c.grid);
+  return h;
 }
 
 struct FastJob {
@@ -470,80 +522,116 @@ struct FastJob {
   Format8 format;
 };
 
-// The chunk sums [c0, c1) of a tile by the definition (every lane), into
-// acc[rows][vectors]: where ShortStepDeferred8 reported a lane it cannot
-// round (overflow, Inf, NaN: rare), the chunk is recomputed from its +0.
-__attribute__((noinline)) void ChunkByDefinition(const FastJob& job, const Operands& o,
-                                                 const float* b_panel, int64_t i0, int64_t j0,
-                                                 int rows, int vectors, int64_t c0, int64_t c1,
-                                                 __m256* acc) {
-  const Problem& p = *job.p;
-  for (int r = 0; r < rows; ++r) {
-    for (int v = 0; v < vectors; ++v) {
-      alignas(32) float lanes[kLanes];
-      for (int lane = 0; lane < kLanes; ++lane) {
-        const int64_t column = j0 + v * kLanes + lane - (j0 / kPanelWidth) * kPanelWidth;
-        float sum = 0.0f;
-        for (int64_t k = c0; k < c1; ++k) {
-          const double product = static_cast<double>(o.a[(i0 + r) * o.a_row + k * o.a_col]) *
-                                 static_cast<double>(b_panel[k * kPanelWidth + column]);
-          sum = AccumulateStep<Rounding::kNearestEven>(sum, product, p.grid, 0u);
-        }
-        lanes[lane] = sum;
-      }
-      acc[r * vectors + v] = _mm256_load_ps(lanes);
-    }
-  }
+// The vector kernels: the per-step check of FastStep8 (any float32
+// operands), or CheckedStep8 for short operands with its rounding.
+enum class Path { kHalf, kGeneric, kShortHalf, kShortBfloat16, kShortMagic };
+
+constexpr bool IsShort(Path path) { return path != Path::kHalf && path != Path::kGeneric; }
+
+constexpr ShortRounding ShortRoundingOf(Path path) {
+  return path == Path::kShortHalf       ? ShortRounding::kHalf
+         : path == Path::kShortBfloat16 ? ShortRounding::kBfloat16
+                                        : ShortRounding::kMagic;
 }
 
-template <bool kHalf, bool kShort, int kRows, int kVectors>
+// The running sums acc[r][v] of one chunk [c0, c1) of a tile, from +0:
+// FastStep8 (any operands; ties and non-finite lanes resolved per step) or
+// CheckedStep8 (short operands; the returned flag names lanes it could not
+// round, see CheckedStep8).
+template <Path kPath, int kCheck, int kRows, int kVectors>
+inline __m256 ChunkSums(const Format8& c, const float* a, int64_t a_row, int64_t a_col,
+                        const float* b_panel, int64_t c0, int64_t c1,
+                        __m256 (&acc)[kRows][kVectors]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_setzero_ps();
+  __m256 flag = _mm256_setzero_ps();
+  for (int64_t k = c0; k < c1; ++k) {
+    __m256 b[kVectors];
+#pragma GCC unroll 2
+    for (int v = 0; v < kVectors; ++v) {
+      b[v] = _mm256_loadu_ps(b_panel + k * kPanelWidth + v * kLanes);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 a_rk = _mm256_broadcast_ss(a + r * a_row + k * a_col);
+#pragma GCC unroll 2
+      for (int v = 0; v < kVectors; ++v) {
+        if constexpr (IsShort(kPath)) {
+          acc[r][v] = CheckedStep8<ShortRoundingOf(kPath), kCheck>(acc[r][v], a_rk, b[v], c, &flag);
+        } else {
+          acc[r][v] = FastStep8<kPath == Path::kHalf>(acc[r][v], a_rk, b[v], c);
+        }
+      }
+    }
+  }
+  return flag;
+}
+
+// A chunk of a tile that CheckedStep8 flagged (or that overflowed), again
+// with FastStep8: every lane as the definition gives it.
+template <bool kHalf, int kRows, int kVectors>
+__attribute__((noinline)) void ChunkSumsChecked(const Format8& c, const float* a, int64_t a_row,
+                                                int64_t a_col, const float* b_panel, int64_t c0,
+                                                int64_t c1, __m256 (&acc)[kRows][kVectors]) {
+  ChunkSums<kHalf ? Path::kHalf : Path::kGeneric, kNoCheck, kRows, kVectors>(
+      c, a, a_row, a_col, b_panel, c0, c1, acc);
+}
+
+template <Path kPath, int kCheck, int kRows, int kVectors>
 void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
+  constexpr bool kShort = IsShort(kPath);
+  constexpr ShortRounding kRound = ShortRoundingOf(kPath);
   const Problem& p = *job.p;
   const Format8& c = job.format;
   const Operands o = BatchOperands(p, batch);
+  const float* a = o.a + i0 * o.a_row;
   const float* b_panel =
       job.b_panels + batch * job.b_panel_stride + (j0 / kPanelWidth) * p.k * kPanelWidth;
   const int64_t chunk = ChunkLength(p);
   const __m256 one = _mm256_set1_ps(1.0f);
   __m256 total[kRows][kVectors];
   __m256 acc[kRows][kVectors];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
     for (int v = 0; v < kVectors; ++v) total[r][v] = _mm256_setzero_ps();
   for (int64_t c0 = 0; c0 < p.k; c0 += chunk) {
     const int64_t c1 = std::min(p.k, c0 + chunk);
-#pragma GCC unroll 4
-    for (int r = 0; r < kRows; ++r)
+    __m256 flag = ChunkSums<kPath, kCheck, kRows, kVectors>(c, a, o.a_row, o.a_col, b_panel,
+                                                            c0, c1, acc);
+    if constexpr (kShort) {
+      // Flagged lanes, and sums that overflowed or became Inf/NaN on the way
+      // (IEEE float32 arithmetic need not give the definition's NaN there).
+#pragma GCC unroll 8
+      for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
-      for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm256_setzero_ps();
-    __m256 bad = _mm256_setzero_ps();
-    for (int64_t k = c0; k < c1; ++k) {
-      __m256 b[kVectors];
+        for (int v = 0; v < kVectors; ++v) flag = _mm256_or_ps(flag, BeyondFormat(acc[r][v], c));
+      if (__builtin_expect(Flagged(flag), 0)) {
+        // Into a separate array: passing acc itself would keep the running
+        // sums in memory in ChunkSums above.
+        __m256 redone[kRows][kVectors];
+        ChunkSumsChecked<kPath == Path::kShortHalf, kRows, kVectors>(c, a, o.a_row, o.a_col,
+                                                                     b_panel, c0, c1, redone);
+#pragma GCC unroll 8
+        for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 2
-      for (int v = 0; v < kVectors; ++v) {
-        b[v] = _mm256_loadu_ps(b_panel + k * kPanelWidth + v * kLanes);
-      }
-#pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r) {
-        const __m256 a = _mm256_broadcast_ss(o.a + (i0 + r) * o.a_row + k * o.a_col);
-#pragma GCC unroll 2
-        for (int v = 0; v < kVectors; ++v) {
-          acc[r][v] = kShort ? ShortStepDeferred8(acc[r][v], a, b[v], c, &bad)
-                             : Step8<kHalf, kShort>(acc[r][v], a, b[v], c);
-        }
+          for (int v = 0; v < kVectors; ++v) acc[r][v] = redone[r][v];
       }
     }
-    if (kShort && __builtin_expect(_mm256_movemask_ps(bad) != 0, 0)) {
-      ChunkByDefinition(job, o, b_panel, i0, j0, kRows, kVectors, c0, c1, &acc[0][0]);
-    }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int r = 0; r < kRows; ++r) {
 #pragma GCC unroll 2
       for (int v = 0; v < kVectors; ++v) {
         // 1 * chunk sum: a product that is a float32 in either mode.
-        total[r][v] =
-            c0 == 0 ? acc[r][v] : Step8<kHalf, kShort>(total[r][v], one, acc[r][v], c);
+        if (c0 == 0) {
+          total[r][v] = acc[r][v];
+        } else if constexpr (kShort) {
+          total[r][v] = ShortTotalStep8<kRound, kCheck>(total[r][v], acc[r][v], c);
+        } else {
+          total[r][v] = FastStep8<kPath == Path::kHalf>(total[r][v], one, acc[r][v], c);
+        }
       }
     }
   }
@@ -562,27 +650,25 @@ void Tile(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
   }
 }
 
-template <bool kHalf, bool kShort, int kVectors>
+// Tile with the rows left from i0 (at most kMaxRows), as a template argument.
+template <Path kPath, int kCheck, int kRows = kMaxRows>
 void TileRows(const FastJob& job, int64_t batch, int64_t i0, int64_t j0) {
-  switch (std::min<int64_t>(kMaxRows, job.p->m - i0)) {
-    case 4: return Tile<kHalf, kShort, 4, kVectors>(job, batch, i0, j0);
-    case 3: return Tile<kHalf, kShort, 3, kVectors>(job, batch, i0, j0);
-    case 2: return Tile<kHalf, kShort, 2, kVectors>(job, batch, i0, j0);
-    default: return Tile<kHalf, kShort, 1, kVectors>(job, batch, i0, j0);
+  if constexpr (kRows > 1) {
+    if (job.p->m - i0 < kRows) return TileRows<kPath, kCheck, kRows - 1>(job, batch, i0, j0);
   }
+  Tile<kPath, kCheck, kRows, kMaxVectors>(job, batch, i0, j0);
 }
 
 // Work unit u = ((batch * column_blocks) + column_block) * row_blocks +
 // row_block: consecutive units share a b panel.
-template <bool kHalf, bool kShort>
+template <Path kPath, int kCheck>
 void FastUnits(void* arg, int64_t begin, int64_t end) {
   const FastJob& job = *static_cast<const FastJob*>(arg);
   for (int64_t u = begin; u < end; ++u) {
     const int64_t row_block = u % job.row_blocks;
     const int64_t column_block = (u / job.row_blocks) % job.column_blocks;
     const int64_t batch = u / (job.row_blocks * job.column_blocks);
-    const int64_t i0 = row_block * kMaxRows;
-    TileRows<kHalf, kShort, kMaxVectors>(job, batch, i0, column_block * kPanelWidth);
+    TileRows<kPath, kCheck>(job, batch, row_block * kMaxRows, column_block * kPanelWidth);
   }
 }
 
@@ -592,27 +678,94 @@ bool IsIeeeHalf(const FloatGrid& g) {
          !g.flush_input_denormals && g.overflow == Overflow::kInfinity;
 }
 
-// Whether every element of the n values at x (stride 1) has at most 12
-// significant bits and is 0 or within [2^-60, 2^60]: then every product of
-// two of them is a normal float32 (at most 24 bits), i.e. exact.  FP8,
-// FP16 and BF16 operands (what policies pass) qualify.
-bool ShortValues(const float* x, int64_t count) {
+bool IsBfloat16(const FloatGrid& g) {
+  return g.min_exponent == -126 && g.mantissa_bits == 7 && g.max_bits == 0x7F7F0000u &&
+         g.subnormals && g.infinities && g.has_nan && g.negative_zero &&
+         !g.flush_input_denormals && g.overflow == Overflow::kInfinity;
+}
+
+// What one pre-scan of an operand says about its nonzero values: all
+// finite; the most significant bits of any; the smallest exponent of a last
+// significant bit (every value is a multiple of 2^lowest); the largest
+// floor(log2|x|).
+struct OperandBits {
+  bool finite = true;
+  bool any = false;
+  int32_t width = 0;
+  int32_t lowest = 0;
+  int32_t highest = 0;
+};
+
+OperandBits ScanOperand(const float* x, int64_t count) {
+  OperandBits r;
+  uint32_t any_bits = 0;
+  int32_t width = 0, lowest = 1 << 20, highest = -(1 << 20);
   for (int64_t i = 0; i < count; ++i) {
     const uint32_t a = FloatBits(x[i]) & kAbsMask;
     if (a == 0) continue;
-    if (a < 0x1D800000u || a > 0x5D800000u) return false;  // 2^-60 .. 2^60
-    if ((a & 0x7FFu) != 0) return false;  // more than 12 significant bits
+    if (a >= kInfBits) {
+      r.finite = false;
+      return r;
+    }
+    const uint32_t field = a >> 23;
+    // a = significand * 2^scale, significand of up to 24 bits.
+    const uint32_t significand = field != 0 ? (a & 0x7FFFFFu) | 0x800000u : a;
+    const int32_t scale = field != 0 ? static_cast<int32_t>(field) - 150 : -149;
+    const int32_t low = __builtin_ctz(significand), top = 31 - __builtin_clz(significand);
+    width = std::max(width, top - low + 1);
+    lowest = std::min(lowest, scale + low);
+    highest = std::max(highest, scale + top);
+    any_bits |= a;
+  }
+  r.any = any_bits != 0;
+  r.width = width;
+  r.lowest = r.any ? lowest : 0;
+  r.highest = r.any ? highest : 0;
+  return r;
+}
+
+// Whether CheckedStep8 applies: every product a * b is a float32 value
+// (at most 24 significant bits, finite, a multiple of 2^-149) and every sum
+// below 2^126, so that fma(a, b, s) is the float32 rounding of s + p; the
+// format has at most 21 mantissa bits (RoundByMagic8; the midpoint test
+// needs at most 22).  *check, the test CheckedStep8 needs:
+// - kMidpointAndTinyCheck where products lie on a grid finer than
+//   2^(min_exponent - 24) (a sum below 2^min_exponent may then be inexact);
+// - kNoCheck where the format has m <= 10 mantissa bits and products at
+//   most m - 1 significant bits (E5M2, E4M3 operands into FP16): then an
+//   inexact float32 sum f = RN32(s + p) at or above 2^min_exponent is never
+//   a midpoint of the format (step q = 2^(E - m) at f's binade E).  Proof:
+//   x = s + p inexact needs > 24 bits, so the term with the lowest bit, S,
+//   is the smaller one (the larger, B, has <= 22 bits and |x| > |B| / 2,
+//   else x is exact by Sterbenz), and S's bits end below 2^(E_x - 23): with
+//   w_S <= m + 1 bits, |S| < 2^(E_x - 23 + m) <= 2^(E_x - m - 1) <= q / 2
+//   (m <= 10), and f = B + r, r = S rounded to float32's grid 2^(E_x - 23)
+//   (B lies on it), |r| < q / 2.  If B = p: p's lowest
+//   bit is at least 2^(E_x - 1 - (m - 2)) >= q, so f = r (mod q) is no
+//   midpoint.  If B = s: s is a multiple of q where |s| >= 2^E; |s| < 2^E
+//   with |f| >= 2^E would need |s| > 2^E - q / 2, but the format's largest
+//   value below 2^E is 2^E - q / 2.  Sums below 2^min_exponent are exact.
+// - kMidpointCheck otherwise.
+bool ShortOperands(const OperandBits& a, const OperandBits& b, const FloatGrid& g, int* check) {
+  *check = kNoCheck;
+  if (!a.finite || !b.finite || g.mantissa_bits > 21) return false;
+  if (!a.any || !b.any) return true;  // every product is 0
+  if (a.width + b.width > 24 || a.lowest + b.lowest < -149 || a.highest + b.highest > 124) {
+    return false;
+  }
+  if (a.lowest + b.lowest < g.min_exponent - 24) {
+    *check = kMidpointAndTinyCheck;
+  } else if (g.mantissa_bits > 10 || a.width + b.width > g.mantissa_bits - 1) {
+    *check = kMidpointCheck;
   }
   return true;
 }
 
-// The conditions of ShortStep8: round-to-odd at 24 bits, then nearest-even
-// to the format, is nearest-even of the exact value when the format has at
-// most 22 significand bits wherever it rounds (Boldo & Melquiond: 24 >=
-// 22 + 2), also in float32's subnormal range (the format's smallest step at
-// least 2^-147, four float32 subnormal steps).
-bool RoundToOddApplies(const FloatGrid& g) {
-  return g.mantissa_bits <= 21 && g.min_exponent - g.mantissa_bits >= -147;
+template <Path kPath>
+void (*UnitsFor(int check))(void*, int64_t, int64_t) {
+  return check == kNoCheck         ? FastUnits<kPath, kNoCheck>
+         : check == kMidpointCheck ? FastUnits<kPath, kMidpointCheck>
+                                   : FastUnits<kPath, kMidpointAndTinyCheck>;
 }
 
 void RunFast(const Problem& p, const ParallelFor& parallel) {
@@ -641,14 +794,21 @@ void RunFast(const Problem& p, const ParallelFor& parallel) {
   job.format = MakeFormat8(p.grid);
   const bool half = IsIeeeHalf(p.grid);
   const int64_t a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
+  int check = kMidpointCheck;
   const bool short_operands =
-      RoundToOddApplies(p.grid) && ShortValues(p.a, a_batches * p.m * p.k) &&
-      ShortValues(packed.data(), static_cast<int64_t>(packed.size()));
-  // About 1.5 (FP16, F16C) or 4 (other formats) cycles per lane and step.
-  const int64_t cost = kMaxRows * kMaxVectors * kLanes * std::max<int64_t>(p.k, 1) * (half ? 2 : 4);
+      ShortOperands(ScanOperand(p.a, a_batches * p.m * p.k),
+                    ScanOperand(packed.data(), static_cast<int64_t>(packed.size())), p.grid,
+                    &check);
+  // About 1.5 (short operands), 2 (FP16, F16C) or 4 (other formats) cycles
+  // per lane and step.
+  const int64_t cost = kMaxRows * kMaxVectors * kLanes * std::max<int64_t>(p.k, 1) *
+                       (short_operands ? 1 : half ? 2 : 4);
   void (*units)(void*, int64_t, int64_t) =
-      half ? (short_operands ? FastUnits<true, true> : FastUnits<true, false>)
-           : (short_operands ? FastUnits<false, true> : FastUnits<false, false>);
+      !short_operands          ? (half ? FastUnits<Path::kHalf, kNoCheck>
+                                       : FastUnits<Path::kGeneric, kNoCheck>)
+      : half                   ? UnitsFor<Path::kShortHalf>(check)
+      : IsBfloat16(p.grid)     ? UnitsFor<Path::kShortBfloat16>(check)
+                               : UnitsFor<Path::kShortMagic>(check);
   parallel.run(parallel.context, p.batch * job.column_blocks * job.row_blocks, cost, units,
                &job);
 }
