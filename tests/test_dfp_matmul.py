@@ -415,6 +415,33 @@ def test_tier_adversarial_k_65536_exact_and_counted(isa):
             np.testing.assert_array_equal(np.asarray(got), acc * np.float32(2.0**-30))
 
 
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_tracked_chunks_at_the_coarse_sum_limit(isa):
+    """Unproved chunks of 65,535 pairs (the longest whose exact sums AVX2 takes
+    from a coarse sum beside the wrapping one) and of 65,536 pairs (counted
+    wraps instead), with every pair sum at its extremes: exact and counted."""
+    k = 131072
+    signs_a = np.ones((6, k), np.int64)
+    signs_a[1] = -1
+    signs_a[2, : k // 2] = -1  # climbs past INT32 and comes back down
+    signs_a[3, 1::2] = -1
+    signs_a[4, k // 3:] = 0
+    signs_a[5, ::5] = -1
+    signs_b = np.ones((k, 3), np.int64)
+    signs_b[:, 1] = -1
+    signs_b[1::2, 2] = -1
+    ia, ib = 32767 * signs_a, 32767 * signs_b
+    a = (ia * 2.0**-15).astype(np.float32)
+    b = (ib * 2.0**-15).astype(np.float32)
+    for chunk_size in (131070, 131072):
+        got, count = lp.dfp_matmul(a, b, isa=isa, chunk_size=chunk_size,
+                                   return_overflow_count=True)
+        want, want_count = lp.dfp_matmul(a, b, isa="portable", chunk_size=chunk_size,
+                                         return_overflow_count=True)
+        np.testing.assert_array_equal(bits(got), bits(want))
+        assert int(count) == int(want_count) > 0
+
+
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("block_size", [None, 32])
 def test_wide_b_packed_in_groups_of_panels(tb, block_size):

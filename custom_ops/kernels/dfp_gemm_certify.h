@@ -91,17 +91,26 @@ void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const Segm
   // Square roots, rounded up (slots of segments that do not exist hold 0).
   int64_t e = 0;
 #if TF_LOWPREC_DFP_VNNI
-  for (; e + 8 <= segs.per_panel; e += 8) {
+  for (; e + 8 <= segs.seg_slots; e += 8) {
     _mm512_storeu_pd(norm + e, _mm512_mul_pd(_mm512_sqrt_pd(_mm512_loadu_pd(norm + e)),
                                              _mm512_set1_pd(kSqrtUp)));
   }
 #elif TF_LOWPREC_DFP_AVX2
-  for (; e + 4 <= segs.per_panel; e += 4) {
+  for (; e + 4 <= segs.seg_slots; e += 4) {
     _mm256_storeu_pd(norm + e, _mm256_mul_pd(_mm256_sqrt_pd(_mm256_loadu_pd(norm + e)),
                                              _mm256_set1_pd(kSqrtUp)));
   }
 #endif
-  for (; e < segs.per_panel; ++e) norm[e] = __builtin_sqrt(norm[e]) * kSqrtUp;
+  for (; e < segs.seg_slots; ++e) norm[e] = __builtin_sqrt(norm[e]) * kSqrtUp;
+  // Per chunk, the sum of the squares of its (at most kMaxSegments proved)
+  // segment norms; the slots of segments that do not exist add 0.
+  const int64_t nseg = Min64(segs.per_chunk, kMaxSegments);
+  for (int64_t c = 0; c * segs.per_chunk < segs.seg_slots; ++c) {
+    const double* n = norm + c * segs.per_chunk;
+    double sq = 0.0;
+    for (int64_t j = 0; j < nseg; ++j) sq += n[j] * n[j];
+    norm[segs.seg_slots + c] = sq;
+  }
 }
 
 // Overflow proof by segments (Cauchy-Schwarz).  The packing records, for

@@ -177,10 +177,11 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
           float* tile = tiles + ((ip - ip0) * njp + (jp - jp0)) * (kMr * kNr);
           const int64_t ub = bb * plan.b_panels + jp;
           const int64_t seg = plan.segs.Index(blk, q);
-          const SegmentData sa = {a_norms + (ip - a_first) * plan.segs.per_panel + seg,
-                                  plan.segs.per_chunk};
-          const SegmentData sb = {plan.b_norm + ub * plan.segs.per_panel + seg,
-                                  plan.segs.per_chunk};
+          const double* an = a_norms + (ip - a_first) * plan.segs.per_panel;
+          const double* bn = plan.b_norm + ub * plan.segs.per_panel;
+          const int64_t chunk = plan.segs.ChunkSlot(seg);
+          const SegmentData sa = {an + seg, plan.segs.per_chunk, an + chunk};
+          const SegmentData sb = {bn + seg, plan.segs.per_chunk, bn + chunk};
           MicroKernel<kNv>(apanel, bpanel, sa, sb, np, plan.chunk_pairs, tile, q == 0, stats);
         }
       }

@@ -82,12 +82,18 @@ BlockLayout MakeLayout(int64_t k, int64_t block_size) {
 // kSegPairs pairs (the last may be shorter), numbered per panel block by
 // block, chunk by chunk.  A chunk never spans blocks, so a chunk holds at
 // most CeilDiv(min(chunk_pairs, pairs of a full block), kSegPairs) segments.
+// A panel's slots: seg_slots segment norms, then one per chunk (in the same
+// order): the sum of the squares of the chunk's segment norms (whole-chunk
+// proofs, MeasureSegments), so that the micro-kernel does not redo these
+// sums for every tile.
 struct SegmentLayout {
-  int64_t chunk_pairs = 1, per_chunk = 1, per_block = 0, per_panel = 1;
+  int64_t chunk_pairs = 1, per_chunk = 1, per_block = 0, seg_slots = 1, per_panel = 2;
   // Segment of the block-relative pair q (a segment start) of block blk.
   int64_t Index(int64_t blk, int64_t q) const {
     return blk * per_block + (q / chunk_pairs) * per_chunk + (q % chunk_pairs) / kSegPairs;
   }
+  // The chunk-sum slot of the chunk that starts at segment seg.
+  int64_t ChunkSlot(int64_t seg) const { return seg_slots + seg / per_chunk; }
 };
 
 SegmentLayout MakeSegments(const BlockLayout& layout, int64_t chunk_pairs) {
@@ -97,16 +103,19 @@ SegmentLayout MakeSegments(const BlockLayout& layout, int64_t chunk_pairs) {
   const int64_t block_pairs = layout.Pairs(0);  // blocks before the last are full
   segs.per_chunk = CeilDiv(Min64(chunk_pairs, block_pairs), kSegPairs);
   segs.per_block = CeilDiv(block_pairs, chunk_pairs) * segs.per_chunk;
-  segs.per_panel = Max64(1, layout.blocks * segs.per_block);
+  segs.seg_slots = Max64(1, layout.blocks * segs.per_block);
+  segs.per_panel = segs.seg_slots + CeilDiv(segs.seg_slots, segs.per_chunk);
   return segs;
 }
 
 // Per-segment data of one panel, from the segment of a chunk on: norm[c *
 // per_chunk + j] bounds from above the Euclidean norm of every lane's
-// mantissas over segment j of chunk c.
+// mantissas over segment j of chunk c; chunk_sq[c] is the sum of the
+// squares of chunk c's norms (in j order).
 struct SegmentData {
   const double* norm;
   int64_t per_chunk;
+  const double* chunk_sq;
 };
 
 }  // namespace

@@ -86,16 +86,85 @@ DFP_AVX2_INLINE void Avx2AddToTile(const __m256i* sums, bool init, float* tile) 
   }
 }
 
-// The rest of a chunk, n pairs from a and b, from sums[2 kMr] (exact: the
-// chunk's proved part), row by row with the overflow test after every step
-// and a count of wraps per lane: a step that overflows wrapped the sum by
-// 2^32, downwards when the pair sum t > 0 and upwards when t < 0, so the
-// exact sum is the wrapped one plus 2^32 times the count.  Adds float(exact
-// sum) to the tile (stores it: init) and returns how many chains overflowed
-// (a lane overflows at the first step at which its prefix leaves INT32: the
-// sums are exact until then).
+// Longest tracked piece for Avx2TrackedSteps's coarse sums: n (2^16 - 1) <
+// 2^32 identifies the exact sum, and |C| <= n 2^15 fits INT32.
+constexpr int64_t kCoarsePairs = 65535;
+
+// The rest of a chunk, n <= kCoarsePairs pairs from a and b, from sums[2
+// kMr] (exact: the chunk's proved part), row by row with the overflow test
+// after every step (a lane overflows at the first step at which its prefix
+// leaves INT32: the sums are exact until then, so the test is exact there).
+// The exact sum comes from a coarse sum beside the wrapping one: C = sum of
+// floor(t / 2^16) over the steps, so that S = s0 + 2^16 C + R with R = sum of
+// (t mod 2^16) in [0, n (2^16 - 1)] < 2^32; the wrapped sum W = S mod 2^32,
+// hence R = (W - s0 - 2^16 C) mod 2^32.  Two vector instructions per step
+// instead of the five of counting wraps (Avx2TrackedStepsWide).  Adds
+// float(exact sum) to the tile (stores it: init) and returns how many chains
+// overflowed.
 inline int64_t Avx2TrackedSteps(const int32_t* a, const int32_t* b, int64_t n,
                                 const __m256i* sums, bool init, float* tile) {
+  int64_t overflowed = 0;
+  for (int r = 0; r < kMr; ++r) {
+    __m256i s[2] = {sums[2 * r], sums[2 * r + 1]};
+    __m256i flag[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    __m256i coarse[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int64_t q = 0; q < n; ++q) {
+      const __m256i ar = _mm256_set1_epi32(a[q * kMr + r]);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m256i t = _mm256_madd_epi16(
+            ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16 + 8 * h)));
+        const __m256i sum = _mm256_add_epi32(s[h], t);
+        // Sign bit set where s and t have equal signs and the sum another one.
+        flag[h] = _mm256_or_si256(flag[h], _mm256_andnot_si256(_mm256_xor_si256(s[h], t),
+                                                               _mm256_xor_si256(s[h], sum)));
+        coarse[h] = _mm256_add_epi32(coarse[h], _mm256_srai_epi32(t, 16));
+        s[h] = sum;
+      }
+    }
+    float* row = tile + r * 16;
+    const int mask0 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[0]));
+    const int mask1 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[1]));
+    if ((mask0 | mask1) == 0) {  // exact in INT32
+      for (int h = 0; h < 2; ++h) {
+        const __m256 v = _mm256_cvtepi32_ps(s[h]);
+        _mm256_storeu_ps(row + 8 * h, init ? v : _mm256_add_ps(_mm256_loadu_ps(row + 8 * h), v));
+      }
+      continue;
+    }
+    overflowed += __builtin_popcount(static_cast<unsigned>(mask0)) +
+                  __builtin_popcount(static_cast<unsigned>(mask1));
+    // Every lane's exact sum s0 + 2^16 C + R in double (exact: |S| < 2^53;
+    // R as unsigned: (R - 2^31 as int32) + 2^31), then rounded once to FP32,
+    // as float(int64) rounds it.
+    const __m128i sign = _mm_set1_epi32(INT32_MIN);
+    const __m256d two31 = _mm256_set1_pd(2147483648.0), two16 = _mm256_set1_pd(65536.0);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i rest =
+          _mm256_sub_epi32(s[h], _mm256_add_epi32(sums[2 * r + h], _mm256_slli_epi32(coarse[h], 16)));
+      for (int half = 0; half < 2; ++half) {
+        const auto part = [half](__m256i v) {
+          return half ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+        };
+        const __m256d base = _mm256_add_pd(_mm256_cvtepi32_pd(part(sums[2 * r + h])),
+                                           _mm256_mul_pd(_mm256_cvtepi32_pd(part(coarse[h])), two16));
+        const __m256d r_d =
+            _mm256_add_pd(_mm256_cvtepi32_pd(_mm_xor_si128(part(rest), sign)), two31);
+        const __m128 v = _mm256_cvtpd_ps(_mm256_add_pd(base, r_d));
+        float* t = row + 8 * h + 4 * half;
+        _mm_storeu_ps(t, init ? v : _mm_add_ps(_mm_loadu_ps(t), v));
+      }
+    }
+  }
+  return overflowed;
+}
+
+// Avx2TrackedSteps for any n (chunks longer than kCoarsePairs pairs): the
+// same overflow test and a count of wraps per lane: a step that overflows
+// wrapped the sum by 2^32, downwards when the pair sum t > 0 and upwards
+// when t < 0, so the exact sum is the wrapped one plus 2^32 times the count.
+inline int64_t Avx2TrackedStepsWide(const int32_t* a, const int32_t* b, int64_t n,
+                                    const __m256i* sums, bool init, float* tile) {
   const __m256i one = _mm256_set1_epi32(1);
   int64_t overflowed = 0;
   for (int r = 0; r < kMr; ++r) {
@@ -153,26 +222,6 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                  bool first_call, Stats* stats) {
   static_assert(kNv == 1, "the AVX2 tier uses tiles of 16 columns");
   constexpr int kNr = 16;
-  // First, for every chunk, whether the whole chunk merges into one proved
-  // piece (the common case: the segment norms' sums of squares over the
-  // chunk, summed in PlanChunkProof's order, pass its merge test).  The
-  // chunks are independent, so these short serial sums overlap, instead of
-  // each delaying its chunk's chains.
-  constexpr int64_t kMaxChunks = 64;
-  uint64_t whole = 0;  // bit c: chunk c is proved whole (chunks < kMaxChunks)
-  const int64_t nchunks = CeilDiv(npairs, chunk_pairs);
-  for (int64_t c = 0; c < Min64(nchunks, kMaxChunks); ++c) {
-    const int64_t nseg =
-        Min64(CeilDiv(Min64(chunk_pairs, npairs - c * chunk_pairs), kSegPairs), kMaxSegments);
-    const double* an = sa.norm + c * sa.per_chunk;
-    const double* bn = sb.norm + c * sb.per_chunk;
-    double a2 = 0.0, b2 = 0.0;
-    for (int64_t j = 0; j < nseg; ++j) {
-      a2 += an[j] * an[j];
-      b2 += bn[j] * bn[j];
-    }
-    whole |= static_cast<uint64_t>(a2 * b2 * kBoundUp <= kMergeLimit) << c;
-  }
   int64_t c = 0;
   for (int64_t q0 = 0; q0 < npairs; q0 += chunk_pairs, ++c) {
     const int64_t pairs = Min64(chunk_pairs, npairs - q0);
@@ -181,7 +230,10 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     const int64_t nseg = Min64(CeilDiv(pairs, kSegPairs), kMaxSegments);
     int32_t thr[kMaxSegments];
     int64_t good = nseg, first = nseg;
-    if (c >= kMaxChunks || !((whole >> c) & 1)) {
+    // Whether the whole chunk merges into one proved piece (the common case):
+    // PlanChunkProof's merge test on the sums of the squares of all the
+    // chunk's segment norms, summed once per panel by MeasureSegments.
+    if (!(sa.chunk_sq[c] * sb.chunk_sq[c] * kBoundUp <= kMergeLimit)) {
       first = PlanChunkProof(sa.norm + c * sa.per_chunk, sb.norm + c * sb.per_chunk, nseg, thr,
                              &good);
     }
@@ -206,7 +258,10 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
     }
     __m256i sums[2 * kMr];  // (a copy: acc stays in registers)
     for (int i = 0; i < 2 * kMr; ++i) sums[i] = acc[i];
-    stats->overflowed_chunks += Avx2TrackedSteps(a_at, b_at, pairs - done, sums, init, tile);
+    stats->overflowed_chunks +=
+        pairs - done <= kCoarsePairs
+            ? Avx2TrackedSteps(a_at, b_at, pairs - done, sums, init, tile)
+            : Avx2TrackedStepsWide(a_at, b_at, pairs - done, sums, init, tile);
   }
 }
 
