@@ -23,7 +23,9 @@ operands, errors and weight gradients; fp8: E4M3 forward, E5M2 errors):
   paper+dynamic    scaling_rule="paper" on top of the default global scale 2^15
 
 Run:  nice -n 10 python benchmarks/loss_scaling_rules_experiment.py [--policy fp16|fp8]
-Writes benchmarks/results/avx2_zen3/loss_scaling_rules_<policy>.{md,json}.
+Writes benchmarks/results/avx2_zen3/loss_scaling_rules_<policy>.{md,json}; with
+--gradients, the first step's per-layer gradient error against FP32 at initialisation
+(loss_scaling_rules_<policy>_gradients.{md,json}).
 """
 
 import argparse
@@ -87,6 +89,70 @@ def error_rms_per_layer(x, y, args):
     return [float(tf.sqrt(tf.reduce_mean(tf.square(g)))) for g in tape.gradient(loss, outputs)]
 
 
+def gradient_fidelity(args, data):
+    """Per-layer relative error of the first step's weight gradients against FP32, at init.
+
+    The regime the rules are for: at initialisation the layers' errors differ by orders of
+    magnitude (later in training they grow into FP16's range).  For each configuration and
+    seed, one batch of 128: ||g - g_fp32|| / ||g_fp32|| per Dense kernel, input layer first,
+    with the loss scaled and the gradients unscaled as the optimizer does.
+    """
+    (x_train, y_train), _ = data
+    x, y = tf.constant(x_train[:128]), tf.constant(y_train[:128])
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    rows = []
+    for name, policy, make_optimizer in _configs(args.policy, args.lr, args.fixed_exponents):
+        if name == "fp32" or (args.only and name not in args.only):
+            continue
+        errors = []
+        for seed in range(args.seeds):
+            grads = {}
+            for run_policy in ("fp32", policy):
+                model = _model(lp.Policy(run_policy), seed, args.depth, args.width,
+                               args.init_scale)
+                with lp.loss_scaling.automatic_loss_scaling_mode(None):
+                    model.compile(optimizer=make_optimizer(), loss=ce)
+                opt = model.optimizer
+                opt.build(model.trainable_variables)
+                with tf.GradientTape() as tape:
+                    loss = opt.scale_loss(ce(y, model(x, training=True)))
+                g = tape.gradient(loss, model.trainable_variables)
+                scale = float(loss / ce(y, model(x, training=False)))
+                kernels = [v for v in g[0::2]]  # Dense kernels (kernel, bias per layer)
+                grads[run_policy] = [k.numpy() / scale for k in kernels]
+            errors.append([float(np.linalg.norm(a - b) / np.linalg.norm(b))
+                           for a, b in zip(grads[policy], grads["fp32"])])
+        mean = np.mean(errors, axis=0)
+        rows.append({"config": name, "relative_error_per_layer": [float(v) for v in mean]})
+        print(f"{name:<14} " + " ".join(f"{v:.1e}" for v in mean), flush=True)
+    return rows
+
+
+def write_fidelity(rows, rms, args):
+    meta = results_io.metadata(
+        tf_lowprec=lp.__version__, policy=args.policy, seeds=args.seeds, depth=args.depth,
+        width=args.width, init_scale=args.init_scale, error_rms_per_layer=rms)
+    lines = [
+        f"# First-step gradient error per layer, policy {args.policy} (deep MLP at init)",
+        "",
+        f"Command: `nice -n 10 {meta['command']}` ({meta['date']}); CPU {meta['cpu']}, "
+        f"tier avx2_zen3, load average {meta.get('load_average', '')}.",
+        "",
+        f"The network of loss_scaling_rules_{args.policy}.md at initialisation (seeds 0-"
+        f"{args.seeds - 1}, one batch of 128): ||g - g_fp32|| / ||g_fp32|| of each Dense "
+        "kernel's gradient, mean over seeds, input layer first. Error RMS per layer (FP32): "
+        + ", ".join(f"{v:.1e}" for v in rms) + ".",
+        "",
+        "| configuration | " + " | ".join(f"L{i}" for i in range(len(rms))) + " |",
+        "|---|" + "---|" * len(rms),
+    ]
+    for r in rows:
+        lines.append(f"| {r['config']} | "
+                     + " | ".join(f"{v:.1e}" for v in r["relative_error_per_layer"]) + " |")
+    results_io.write(args.out_dir, f"loss_scaling_rules_{args.policy}_gradients", meta, rows,
+                     lines)
+
+
 def run(args, data):
     (x_train, y_train), (x_test, y_test) = data
     results = []
@@ -127,7 +193,8 @@ def run(args, data):
 
 def smallest_detectable(results, seeds):
     """Two-sided 95 % Welch-style bound for a difference of means: 2.0 * sqrt(2 s^2 / n)."""
-    stds = [r["accuracy_std"] for r in results if r["config"] != "none"]
+    stds = [r["accuracy_std"] for r in results
+            if r["config"] != "none" and r["accuracy_mean"] > 10.5]  # not diverged
     pooled = math.sqrt(np.mean(np.square(stds))) if stds else 0.0
     return pooled, 2.0 * pooled * math.sqrt(2.0 / seeds)
 
@@ -166,7 +233,8 @@ def write(results, rms, args):
                      f"{per_seed} | {r['cpu_seconds_mean']:.0f} | {scales} |")
     lines += [
         "",
-        f"Pooled per-seed std (all configurations but `none`): {pooled:.2f} points; the "
+        f"Pooled per-seed std (all configurations but `none` and diverged ones): "
+        f"{pooled:.2f} points; the "
         f"smallest difference of two means this setting detects (2 sigma of the difference, "
         f"{args.seeds} seeds each): {detectable:.2f} points.",
     ]
@@ -187,13 +255,18 @@ def main(argv=None):
     parser.add_argument("--init-scale", type=float, default=0.3)
     parser.add_argument("--fixed-exponents", type=int, nargs="+", default=[0, 8, 16])
     parser.add_argument("--only", nargs="*", help="run only these configurations")
+    parser.add_argument("--gradients", action="store_true",
+                        help="measure first-step gradient errors per layer instead of training")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results", "avx2_zen3"))
     args = parser.parse_args(argv)
     (x_train, y_train), (x_test, y_test) = datasets.load_mnist_5k()
     data = (x_train.reshape(-1, 784), y_train), (x_test.reshape(-1, 784), y_test)
     rms = error_rms_per_layer(data[0][0], data[0][1], args)
     print("error RMS per layer:", ", ".join(f"{v:.1e}" for v in rms), flush=True)
-    write(run(args, data), rms, args)
+    if args.gradients:
+        write_fidelity(gradient_fidelity(args, data), rms, args)
+    else:
+        write(run(args, data), rms, args)
 
 
 if __name__ == "__main__":

@@ -627,7 +627,6 @@ class ErrorScaling:
 
         return scale(y, global_scale, *extra, *links)
 
-
     def _met_operand(self):
         """(the operand the error meets in the dX GEMM, products summed per dX element).
 
