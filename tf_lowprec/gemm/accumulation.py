@@ -333,12 +333,8 @@ def conv_transpose(x, filters, output_shape, *, accumulator, strides=1, padding=
     with tf.name_scope(name or "accumulation_conv_transpose"):
         x = _gemm_common.as_float32_operand(x, "x")
         filters = _gemm_common.as_float32_operand(filters, "filters")
-        rank = _conv_nd.transpose_rank(x, filters)
-        strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, rank)
-        _conv_nd.check_operands(x, filters, rank, "conv_transpose", transposed=True)
-        spatial = _conv_nd.output_spatial(output_shape, rank, filters)
-        geometry = _conv_nd.transpose_geometry(x, filters, spatial, strides, padding,
-                                               dilations)
+        strides, padding, dilations, geometry = _conv_nd.transpose_operands(
+            x, filters, output_shape, strides, padding, dilations, "conv_transpose")
 
         def gemm(rows, weights):
             return matmul(rows, weights, accumulator=accumulator, seed=seed,

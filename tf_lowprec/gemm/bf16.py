@@ -233,12 +233,8 @@ def bf16_conv_transpose(x, filters, output_shape, strides=1, padding="VALID", di
     with tf.name_scope(name or "bf16_conv_transpose"):
         x = _gemm_common.as_float32_operand(x, "x")
         filters = _gemm_common.as_float32_operand(filters, "filters")
-        rank = _conv_nd.transpose_rank(x, filters)
-        strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, rank)
-        _conv_nd.check_operands(x, filters, rank, "bf16_conv_transpose", transposed=True)
-        spatial = _conv_nd.output_spatial(output_shape, rank, filters)
-        geometry = _conv_nd.transpose_geometry(x, filters, spatial, strides, padding,
-                                               dilations)
+        strides, padding, dilations, geometry = _conv_nd.transpose_operands(
+            x, filters, output_shape, strides, padding, dilations, "bf16_conv_transpose")
 
         def matmul(rows, weights):
             return bf16_matmul(rows, weights, isa=isa, implementation=implementation)

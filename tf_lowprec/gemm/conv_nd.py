@@ -244,6 +244,20 @@ def transpose_geometry(x, filters, output_spatial, strides, padding, dilations):
     return geometry
 
 
+def transpose_operands(x, filters, output_shape, strides, padding, dilations, op_name):
+    """Checks a transposed convolution's arguments: (strides, padding, dilations, geometry).
+
+    `x` [N, *X, C] and `filters` [*k, O, C] are float32 tensors; ValueError
+    (naming `op_name`) on a bad rank, option, channel count or output shape.
+    """
+    rank = transpose_rank(x, filters)
+    strides, padding, dilations = conv_options(strides, padding, dilations, rank)
+    check_operands(x, filters, rank, op_name, transposed=True)
+    spatial = output_spatial(output_shape, rank, filters)
+    geometry = transpose_geometry(x, filters, spatial, strides, padding, dilations)
+    return strides, padding, dilations, geometry
+
+
 def conv_transpose_as_gemm(matmul, x, filters, geometry, error_quantizer=None):
     """`tf.nn.conv_transpose` (channels last) as `col2im(matmul(x, filters^T))`.
 

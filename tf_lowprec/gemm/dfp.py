@@ -486,12 +486,8 @@ def dfp_conv_transpose(
     with tf.name_scope(name or "dfp_conv_transpose"):
         x = _as_float32(x, "x")
         filters = _as_float32(filters, "filters")
-        rank = _conv_nd.transpose_rank(x, filters)
-        strides, padding, dilations = _conv_nd.conv_options(strides, padding, dilations, rank)
-        _conv_nd.check_operands(x, filters, rank, "dfp_conv_transpose", transposed=True)
-        spatial = _conv_nd.output_spatial(output_shape, rank, filters)
-        geometry = _conv_nd.transpose_geometry(x, filters, spatial, strides, padding,
-                                               dilations)
+        strides, padding, dilations, geometry = _conv_nd.transpose_operands(
+            x, filters, output_shape, strides, padding, dilations, "dfp_conv_transpose")
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
         quantizer, inner_rounding = None, backward_rounding
