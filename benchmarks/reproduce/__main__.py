@@ -97,9 +97,12 @@ def main(argv=None):
     def log(message):
         print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
-    config_names = training.needed_configs(args.tasks)
     results, domains_meta = {}, {}
     for name in args.domains:
+        config_names = training.needed_configs(args.tasks, name)
+        if not config_names:
+            log(f"{name}: no requested claim runs on it, skipped")
+            continue
         domain = domains_lib.DOMAINS[name](quick=args.quick)
         log(f"{name}: {len(config_names)} configurations x {args.seeds} seeds")
         results[name] = training.run_domain(domain, config_names, args.seeds, log)
