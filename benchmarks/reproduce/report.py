@@ -205,12 +205,20 @@ def markdown(report, command):
     domains_meta = meta["domains"]
     verdict_table = verdicts(results, domains_meta)
     domain_names = [d for d in domains_meta if d in results]
+    if meta.get("runs"):
+        header = ("Rows merged from several runs (`--from-json`; a later run's configuration "
+                  "replaces an earlier one's on the same workload, so each claim's control is "
+                  "the latest run's): " + "; ".join(meta["runs"]) + f". {meta['machine']}, "
+                  f"{meta['cpus']} CPUs.")
+    else:
+        header = (f"Command: `{command}` ({meta['date']}, {meta['machine']}, {meta['cpus']} "
+                  f"CPUs, {meta['seeds']} seeds, total {meta['total_seconds'] / 60:.1f} min"
+                  + (", quick mode: sizes are smoke-test sizes, not results" if meta["quick"]
+                     else "") + ").")
     lines = [
         "# Reproducing the seed papers' claims at small scale",
         "",
-        f"Command: `{command}` ({meta['date']}, {meta['machine']}, {meta['cpus']} CPUs, "
-        f"{meta['seeds']} seeds, total {meta['total_seconds'] / 60:.1f} min"
-        f"{', quick mode: sizes are smoke-test sizes, not results' if meta['quick'] else ''}).",
+        header,
         "",
         "Every precision runs the same data, model, optimiser, learning-rate schedule and "
         "number of iterations as its control; seeds 0..n-1 vary the initialisation and batch "
