@@ -324,8 +324,10 @@ def readme_section(report, command, verdict_table, results_link):
         "hyper-parameters for every precision; verdicts are computed from the seed spread "
         "(MDD: the smallest difference the setting detects with 80 % power at the 5 % "
         "level; *not tested* where it exceeds the paper's effect). Full tables, per-seed "
-        f"values and plots: [{results_link}]({results_link}). Last run: {meta['date']}, "
-        f"{meta['total_seconds'] / 60:.0f} min on 2 cores.",
+        f"values and plots: [{results_link}]({results_link}). " + (
+            "Rows merged from the runs " + "; ".join(meta["runs"]) + ", on 2 cores."
+            if meta.get("runs") else
+            f"Last run: {meta['date']}, {meta['total_seconds'] / 60:.0f} min on 2 cores."),
         "",
     ]
     lines += _claims_table(report, verdict_table)[0]
