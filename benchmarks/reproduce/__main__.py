@@ -82,6 +82,23 @@ def write(report, args, command):
     return os.path.join(args.out_dir, prefix)
 
 
+def _from_partial(path, partial):
+    """A report from a run's .partial.json (what it saved before it stopped)."""
+    cells = [c for d in partial["results"].values() for c in d.values()]
+    return {
+        "meta": {
+            "command": partial.get("command") or f"(stopped run, saved as "
+                                                 f"{os.path.basename(path)})",
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path))),
+            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "seeds": min(len(c["metrics"]) for c in cells), "quick": False,
+            "domains": partial["domains"],
+            "total_seconds": sum(sum(c["seconds"]) for c in cells),
+        },
+        "results": partial["results"], "throughput": None,
+    }
+
+
 def merge_reports(paths):
     """One report from the JSON of several runs (later runs win per workload and configuration).
 
@@ -91,7 +108,10 @@ def merge_reports(paths):
     reports = []
     for path in paths:
         with open(path) as f:
-            reports.append(json.load(f))
+            report = json.load(f)
+        if "meta" not in report:
+            report = _from_partial(path, report)
+        reports.append(report)
     if len(reports) == 1:
         report = reports[0]
         report["results"] = {d: {c: v for c, v in cells.items() if c in claims_lib.CONFIGS}
@@ -144,7 +164,8 @@ def main(argv=None):
                               "higher_is_better": domain.higher_is_better,
                               "detail": domain.detail(), "steps": domain.steps}
         # Saved after every domain, so a failure later loses nothing finished.
-        _save_partial(args, {"domains": domains_meta, "results": results})
+        _save_partial(args, {"command": command, "domains": domains_meta,
+                             "results": results})
     dfp_throughput = None
     if "dfp16" in args.tasks:
         log("DFP16 GEMM throughput")

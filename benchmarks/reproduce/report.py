@@ -124,8 +124,12 @@ def _label(config):
     return config.replace("fp16, ", "").replace("bf16 weights, ", "")
 
 
-def claim_summary(claim_name, per_domain, throughput, results):
-    """Our outcome for a claim in one sentence, and its computed verdict."""
+def claim_summary(claim_name, per_domain, throughput, results, merged=False):
+    """Our outcome for a claim in one sentence, and its computed verdict.
+
+    `merged`: rows come from several runs, whose times (a loaded machine, an
+    idle one) must not be divided by each other.
+    """
     parts, row_verdicts = [], []
     for domain, rows in per_domain.items():
         bits = []
@@ -142,8 +146,9 @@ def claim_summary(claim_name, per_domain, throughput, results):
             text += (f". GEMM speed vs FP32 matmul: INT16 GEMM alone {min(gemm):.2f}-"
                      f"{max(gemm):.2f}x, dfp_matmul with quantization {min(full):.2f}-"
                      f"{max(full):.2f}x")
-        ratios = [np.mean(results[d]["fp32"]["seconds"]) / np.mean(results[d]["dfp16"]["seconds"])
-                  for d in per_domain if "dfp16" in results[d] and "fp32" in results[d]]
+        ratios = [] if merged else [
+            np.mean(results[d]["fp32"]["seconds"]) / np.mean(results[d]["dfp16"]["seconds"])
+            for d in per_domain if "dfp16" in results[d] and "fp32" in results[d]]
         if ratios:
             text += (f"; end-to-end emulated training {min(ratios):.2f}-{max(ratios):.2f}x "
                      "the FP32 speed")
@@ -169,7 +174,7 @@ def _claims_table(report, verdict_table):
     for claim_name, per_domain in verdict_table.items():
         claim = claims_lib.CLAIMS[claim_name]
         text, verdict = claim_summary(claim_name, per_domain, report.get("throughput"),
-                                      report["results"])
+                                      report["results"], bool(report["meta"].get("runs")))
         lines.append(f"| **{claim.paper}**: {claim.statement} | "
                      f"{papers.figures_text(claim_name)} | {text} | "
                      f"{ties_text(ties.get(claim_name, []), False) or 'none'} | "
@@ -277,7 +282,8 @@ def markdown(report, command):
         cells = [f"{np.mean([c[-1] for c in results[d][config]['curves']]):.4f}"
                  if config in results[d] else "–" for d in domain_names]
         lines.append(f"| {config} | " + " | ".join(cells) + " |")
-    lines += ["", "Seconds per training run (mean over seeds):", "",
+    lines += ["", "Seconds per training run (mean over seeds; merged runs ran under different "
+              "machine load, so compare times only within one run):", "",
               "| configuration | " + " | ".join(SHORT[d] for d in domain_names) + " |",
               "|---|" + "---|" * len(domain_names)]
     for config in configs:
@@ -318,6 +324,8 @@ def readme_section(report, command, verdict_table, results_link):
     """The README's reproduction table (papers beside ours), between markers."""
     meta = report["meta"]
     names = [m["title"] for d, m in meta["domains"].items() if d in report["results"]]
+    if meta.get("runs"):
+        command = "python -m benchmarks.reproduce"
     lines = [
         f"`{command}` trains every configuration on {len(names)} workloads "
         f"({'; '.join(names)}), {meta['seeds']} seeds each, same iterations and "
