@@ -35,9 +35,10 @@ def parse_args(argv):
     parser.add_argument("--out-dir", default=RESULTS)
     parser.add_argument("--readme", action="store_true",
                         help="also rewrite the reproduction table in README.md")
-    parser.add_argument("--from-json", metavar="PATH",
+    parser.add_argument("--from-json", metavar="PATH", nargs="+",
                         help="do not train: re-render the report, plots and README table "
-                             "from a previous run's JSON")
+                             "from previous runs' JSON; with several, a later run's "
+                             "configurations replace an earlier one's on the same workload")
     args = parser.parse_args(argv)
     for name, allowed, given in (("--tasks", claims_lib.CLAIMS, args.tasks),
                                  ("--domains", domains_lib.DOMAINS, args.domains)):
@@ -81,11 +82,64 @@ def write(report, args, command):
     return os.path.join(args.out_dir, prefix)
 
 
+def _from_partial(path, partial):
+    """A report from a run's .partial.json (what it saved before it stopped)."""
+    cells = [c for d in partial["results"].values() for c in d.values()]
+    return {
+        "meta": {
+            "command": partial.get("command") or f"(stopped run, saved as "
+                                                 f"{os.path.basename(path)})",
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path))),
+            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "seeds": min(len(c["metrics"]) for c in cells), "quick": False,
+            "domains": partial["domains"],
+            "total_seconds": sum(sum(c["seconds"]) for c in cells),
+        },
+        "results": partial["results"], "throughput": None,
+    }
+
+
+def merge_reports(paths):
+    """One report from the JSON of several runs (later runs win per workload and configuration).
+
+    Configurations the current claims no longer define are dropped; the command
+    line, date and seeds of every run stay in the merged report's meta.
+    """
+    reports = []
+    for path in paths:
+        with open(path) as f:
+            report = json.load(f)
+        if "meta" not in report:
+            report = _from_partial(path, report)
+        reports.append(report)
+    if len(reports) == 1:
+        report = reports[0]
+        report["results"] = {d: {c: v for c, v in cells.items() if c in claims_lib.CONFIGS}
+                             for d, cells in report["results"].items()}
+        return report
+    merged = {"results": {}, "throughput": None}
+    domains, runs = {}, []
+    for report in reports:
+        meta = report["meta"]
+        runs.append(f"`{meta['command']}` ({meta['date']}, {meta['seeds']} seeds, "
+                    f"{meta['total_seconds'] / 60:.1f} min)")
+        domains.update(meta["domains"])
+        for domain, cells in report["results"].items():
+            kept = {c: v for c, v in cells.items() if c in claims_lib.CONFIGS}
+            merged["results"].setdefault(domain, {}).update(kept)
+        merged["throughput"] = report.get("throughput") or merged["throughput"]
+    merged["meta"] = dict(reports[-1]["meta"], domains=domains,
+                          command=" + ".join(r["meta"]["command"] for r in reports),
+                          runs=runs, total_seconds=sum(r["meta"]["total_seconds"]
+                                                       for r in reports),
+                          seeds=min(r["meta"]["seeds"] for r in reports))
+    return merged
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.from_json:
-        with open(args.from_json) as f:
-            report = json.load(f)
+        report = merge_reports(args.from_json)
         path = write(report, args, report["meta"]["command"])
         print(f"re-rendered {path}.{{md,json}} and {len(report['plots'])} plots")
         return report
@@ -97,9 +151,12 @@ def main(argv=None):
     def log(message):
         print(f"[{time.perf_counter() - start:7.1f} s] {message}", flush=True)
 
-    config_names = training.needed_configs(args.tasks)
     results, domains_meta = {}, {}
     for name in args.domains:
+        config_names = training.needed_configs(args.tasks, name)
+        if not config_names:
+            log(f"{name}: no requested claim runs on it, skipped")
+            continue
         domain = domains_lib.DOMAINS[name](quick=args.quick)
         log(f"{name}: {len(config_names)} configurations x {args.seeds} seeds")
         results[name] = training.run_domain(domain, config_names, args.seeds, log)
@@ -107,7 +164,8 @@ def main(argv=None):
                               "higher_is_better": domain.higher_is_better,
                               "detail": domain.detail(), "steps": domain.steps}
         # Saved after every domain, so a failure later loses nothing finished.
-        _save_partial(args, {"domains": domains_meta, "results": results})
+        _save_partial(args, {"command": command, "domains": domains_meta,
+                             "results": results})
     dfp_throughput = None
     if "dfp16" in args.tasks:
         log("DFP16 GEMM throughput")

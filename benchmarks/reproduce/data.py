@@ -126,3 +126,14 @@ def synthetic_clicks(n_train, n_test, n_users=2000, n_items=1000, n_dense=8, ran
 
 
 SPARSE_SIZES = (2000, 1000, 50)
+
+
+def recall_sequences(n, length, symbols, seed):
+    """`n` sequences of `length` one-hot random symbols; the label is the first symbol.
+
+    Returns (x [n, length, symbols] float32, y [n] int64).  Only the first step
+    carries the label: its error reaches the network through `length - 1`
+    recurrent steps, shrinking at each.
+    """
+    ids = np.random.default_rng(seed).integers(0, symbols, (n, length))
+    return np.eye(symbols, dtype=np.float32)[ids], ids[:, 0].astype(np.int64)

@@ -57,7 +57,8 @@ class Domain:
     def build(self, policy):
         raise NotImplementedError
 
-    def base_optimizer(self, loss_multiplier):
+    def base_optimizer(self, loss_scale_factor=None):
+        """The optimiser; `loss_scale_factor`: Keras' constant loss scale (None: none)."""
         raise NotImplementedError
 
     def loss(self):
@@ -90,11 +91,9 @@ class _Classification(Domain):
         logits = model.predict(x, batch_size=500, verbose=0)
         return 100.0 * float(np.mean(np.argmax(logits, -1) == y))
 
-    def base_optimizer(self, loss_multiplier):
-        # SGD's step is proportional to the gradient: lr / c undoes a loss
-        # multiplied by c exactly (in real arithmetic).
-        return keras.optimizers.SGD(_cosine(self.lr / loss_multiplier, self.steps),
-                                    momentum=0.9)
+    def base_optimizer(self, loss_scale_factor=None):
+        return keras.optimizers.SGD(_cosine(self.lr, self.steps), momentum=0.9,
+                                    loss_scale_factor=loss_scale_factor)
 
 
 class Mnist(_Classification):
@@ -196,11 +195,9 @@ class CharLM(Domain):
     def loss(self):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    def base_optimizer(self, loss_multiplier):
-        # Adam divides by sqrt(v) + epsilon: with the loss multiplied by c,
-        # epsilon * c keeps every step identical (in real arithmetic).
+    def base_optimizer(self, loss_scale_factor=None):
         return keras.optimizers.Adam(_cosine(self.lr, self.steps),
-                                     epsilon=1e-7 * loss_multiplier)
+                                     loss_scale_factor=loss_scale_factor)
 
     def evaluate(self, model):
         x, y = self.test
@@ -248,9 +245,9 @@ class Recommender(Domain):
     def loss(self):
         return keras.losses.BinaryCrossentropy(from_logits=True)
 
-    def base_optimizer(self, loss_multiplier):
+    def base_optimizer(self, loss_scale_factor=None):
         return keras.optimizers.Adam(_cosine(self.lr, self.steps),
-                                     epsilon=1e-7 * loss_multiplier)
+                                     loss_scale_factor=loss_scale_factor)
 
     def evaluate(self, model):
         x, y = self.test
@@ -258,4 +255,49 @@ class Recommender(Domain):
         return _auc(y, scores)
 
 
-DOMAINS = {cls.name: cls for cls in (Mnist, Digits, CharLM, Recommender)}
+class Underflow(_Classification):
+    """First-symbol recall through a long SimpleRNN: errors underflow FP16 on their own.
+
+    The label is the first of `length` random symbols, so its error must travel
+    back through every recurrent step, shrinking by the recurrent gain each
+    time.  FP32 keeps the tiny early-step errors (and Adam's normalised step
+    uses them); FP16 flushes those below 2^-24 to zero.  No loss multiplier.
+    """
+
+    name, lr, symbols, units = "underflow", 3e-3, 8, 32
+
+    def configure(self):
+        if self.quick:
+            self.length, self.epochs, self.batch_size, self.n_train, self.n_test = (
+                12, 1, 64, 320, 200)
+        else:
+            self.length, self.epochs, self.batch_size, self.n_train, self.n_test = (
+                55, 10, 64, 4000, 1000)
+        self.title = (f"first-symbol recall over {self.length} steps, SimpleRNN "
+                      f"{self.units}")
+
+    def load(self):
+        self.train = data.recall_sequences(self.n_train, self.length, self.symbols, seed=10)
+        self.test = data.recall_sequences(self.n_test, self.length, self.symbols, seed=11)
+
+    def detail(self):
+        return (f"{self.n_train} train / {self.n_test} test sequences of {self.length} "
+                f"one-hot symbols out of {self.symbols}, label = the first symbol (chance "
+                f"{100 / self.symbols:.1f} %); SimpleRNN {self.units} (tanh, orthogonal "
+                f"recurrent init), dense {self.symbols}; Adam lr {self.lr} cosine-decayed to 0, "
+                f"batch {self.batch_size}, {self.epochs} epochs ({self.steps} steps)")
+
+    def build(self, policy):
+        layers = keras.layers
+        return keras.Sequential([
+            keras.Input((self.length, self.symbols)),
+            layers.SimpleRNN(self.units, dtype=policy),
+            layers.Dense(self.symbols, dtype=policy),
+        ])
+
+    def base_optimizer(self, loss_scale_factor=None):
+        return keras.optimizers.Adam(_cosine(self.lr, self.steps),
+                                     loss_scale_factor=loss_scale_factor)
+
+
+DOMAINS = {cls.name: cls for cls in (Mnist, Digits, CharLM, Recommender, Underflow)}

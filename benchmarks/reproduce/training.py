@@ -14,28 +14,22 @@ def run_cell(domain, config, seed):
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = domain.build(config.dtype_policy())
-    loss = domain.loss()
-    c = config.loss_multiplier
-    if c != 1.0:
-        def scaled_loss(y_true, y_pred, loss=loss, c=c):
-            return loss(y_true, y_pred) * c
-        train_loss = scaled_loss
-    else:
-        train_loss = loss
     # Each configuration names its own loss scaling ("no loss scaling" is one).
     with lp.loss_scaling.automatic_loss_scaling_mode(None):
-        model.compile(optimizer=config.optimizer(domain, seed), loss=train_loss)
+        model.compile(optimizer=config.optimizer(domain, seed), loss=domain.loss())
     start = time.perf_counter()
     curve = domain.fit(model)
     seconds = time.perf_counter() - start
     metric = domain.evaluate(model)
-    curve = [v / c for v in curve]  # report the unscaled loss
     return {"metric": metric, "curve": curve, "seconds": seconds}
 
 
-def needed_configs(claim_names):
+def needed_configs(claim_names, domain_name):
+    """The configurations the claims `claim_names` run on `domain_name`, in claim order."""
     names = []
     for claim in claim_names:
+        if domain_name not in claims_lib.CLAIMS[claim].domains:
+            continue
         for config in claims_lib.CLAIMS[claim].configs:
             if config not in names:
                 names.append(config)
@@ -54,7 +48,7 @@ def run_domain(domain, config_names, seeds, log):
         results[name] = {
             "metrics": metrics,
             "mean": float(np.mean(finite)) if finite else float("nan"),
-            "std": float(np.std(finite)) if finite else float("nan"),
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
             "curves": [r["curve"] for r in runs],
             "seconds": [r["seconds"] for r in runs],
         }
