@@ -121,3 +121,35 @@ def test_a_failed_install_is_reported_by_policies(monkeypatch):
     monkeypatch.setattr(adapter, "_install_error", error)
     with pytest.raises(adapter.UnsupportedKerasVersionError, match="9.0"):
         lp.Policy("bf16")
+
+
+def test_layer_neighbours_reads_the_functional_graph():
+    # scaling_rule="paper" walks the model through the layers' inbound/outbound nodes.
+    inputs = keras.Input((4,))
+    first = keras.layers.Dense(3)
+    second = keras.layers.Dense(2)
+    hidden = first(inputs)
+    second(hidden)
+    parents, children = adapter.layer_neighbours(second)
+    assert parents == [first] and children == []
+    parents, children = adapter.layer_neighbours(first)
+    assert children == [second] and len(parents) == 1
+    assert isinstance(parents[0], keras.layers.InputLayer)
+    shared = keras.layers.Dense(2)
+    shared(inputs), shared(inputs)  # two inbound nodes: no single place in a graph
+    assert adapter.layer_neighbours(shared) is None
+    assert adapter.layer_neighbours(keras.layers.Dense(2)) is None  # never called
+
+
+@pytest.mark.parametrize("strides, padding, output_padding, want", [
+    (1, "valid", None, (2, 7, 7, 5)),
+    (2, "same", None, (2, 10, 10, 5)),
+    (2, "valid", 1, (2, 12, 12, 5)),
+])
+def test_conv_transpose_output_shape_is_keras_own(strides, padding, output_padding, want):
+    # The emulated Conv*Transpose builds its output with Keras' own size rule.
+    shape = adapter.conv_transpose_output_shape(
+        (2, 5, 5, 3), (3, 3), 5, strides, padding, output_padding, "channels_last", 1)
+    layer = keras.layers.Conv2DTranspose(5, 3, strides=strides, padding=padding,
+                                         output_padding=output_padding)
+    assert tuple(shape) == want == tuple(layer(np.zeros((2, 5, 5, 3), np.float32)).shape)
