@@ -35,6 +35,24 @@ namespace dfp_gemm {
 
 constexpr int32_t kMaxMantissa = 32767;
 
+// The patch matrix (im2col) of an NHWC tensor, as an implicit-GEMM operand:
+// gathered while packing, never written out (dfp_gemm_conv_pack.h).  Row p
+// = (b, y, x) of the [batch, out_h, out_w] output grid, column r = (i, j, c)
+// of [kh, kw, channels]:
+//   P[p][r] = input[b, Y / lh, X / lw, c]   where Y = y * sh + i * dh - pad_top
+// (X likewise), if 0 <= Y <= (height - 1) * lh and Y % lh == 0 (X alike),
+// else 0: zero padding, strides s, dilations d, and an input dilated by l
+// (l - 1 zeros between its rows / columns: the error of a strided
+// convolution in its input gradient).
+struct ConvGather {
+  const float* input = nullptr;
+  int64_t batch = 0, height = 0, width = 0, channels = 0;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, lh = 1, lw = 1;
+  int64_t pad_top = 0, pad_left = 0, out_h = 0, out_w = 0;
+  int64_t Rows() const { return batch * out_h * out_w; }
+  int64_t Columns() const { return kh * kw * channels; }
+};
+
 // One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
 struct Problem : BatchedGemmOperands {
   // Shared exponents: ea[batch, row, block] and eb[batch, block, col], given
@@ -51,6 +69,12 @@ struct Problem : BatchedGemmOperands {
   // Exact only where y * 2^-E is computed exactly: -125 <= E <= 125 (or E =
   // kDfpNoScale), which the caller checks (FusedRoundingIsExact).
   bool round_inputs = false;
+  // Implicit-GEMM convolution (batch 1, one exponent block): a is the patch
+  // matrix *a_patches [m, k] (transpose_a false), or b is *b_patches [k, n]
+  // (transpose_b false), gathered from its input while packing; the
+  // operand's pointer (a or b) is then not read.
+  const ConvGather* a_patches = nullptr;
+  const ConvGather* b_patches = nullptr;
   float* out = nullptr;     // [batch, m, n] row-major
 };
 

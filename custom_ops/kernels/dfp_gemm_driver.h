@@ -11,6 +11,7 @@
 
 #include "dfp_gemm.h"
 #include "dfp_gemm_certify.h"
+#include "dfp_gemm_conv_pack.h"
 #include "dfp_gemm_layout.h"
 #include "dfp_gemm_pack.h"
 
@@ -72,9 +73,12 @@ OperandView ViewOfB(const Problem& p, int64_t batch) {
 int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out, double* norm) {
   const Problem& p = *plan.p;
   const int64_t row0 = panel * kMr;
-  const int64_t invalid = PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0,
-                                         Min64(kMr, p.m - row0), out,
-                                         plan.a_nonfinite + batch * p.m + row0);
+  const int64_t invalid =
+      p.a_patches != nullptr  // (dfp_gemm_conv_pack.h)
+          ? PackPatchRows<kMr>(*p.a_patches, ViewOfA(p, batch), plan.layout, row0,
+                               Min64(kMr, p.m - row0), out, plan.a_nonfinite + row0)
+          : PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0), out,
+                           plan.a_nonfinite + batch * p.m + row0);
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
   MeasureSegments<kMr>(out, plan.layout, plan.segs, norm);
 #else
@@ -109,9 +113,14 @@ void PackB(void* arg, int64_t begin, int64_t end) {
     const int64_t col0 = first * kNr;
     const int64_t ub = batch * plan.b_panels + first;
     int32_t* panel = plan.packed_b + ub * plan.b_panel_words;
-    invalid += PackPanels<kNr, kGroup>(ViewOfB(p, batch), plan.layout, col0,
-                                       Min64(kGroup * kNr, p.n - col0), panel,
-                                       plan.b_panel_words, plan.b_nonfinite + batch * p.n + col0);
+    const int64_t lanes = Min64(kGroup * kNr, p.n - col0);
+    invalid += p.b_patches != nullptr  // (dfp_gemm_conv_pack.h)
+                   ? PackPatchColumns<kNr, kGroup>(*p.b_patches, ViewOfB(p, batch), plan.layout,
+                                                   col0, lanes, panel, plan.b_panel_words,
+                                                   plan.b_nonfinite + col0)
+                   : PackPanels<kNr, kGroup>(ViewOfB(p, batch), plan.layout, col0, lanes, panel,
+                                             plan.b_panel_words,
+                                             plan.b_nonfinite + batch * p.n + col0);
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
     for (int64_t j = 0; j < Min64(kGroup, plan.b_panels - first); ++j) {
       MeasureSegments<kNr>(panel + j * plan.b_panel_words, plan.layout, plan.segs,

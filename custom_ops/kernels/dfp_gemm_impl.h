@@ -11,6 +11,8 @@
 //   dfp_gemm_layout.h      tile sizes; exponent blocks, K pairs and
 //                          certification segments in the packed panels
 //   dfp_gemm_pack.h        packing a and b into INT16 K-pair panels
+//   dfp_gemm_conv_pack.h   the same for a convolution's patch matrix,
+//                          gathered from its input (implicit GEMM)
 //   dfp_gemm_certify.h     segment norms and the overflow proof
 //   dfp_gemm_exact.h       exact INT64 chunk sums and overflow counts
 //   dfp_gemm_microkernel_{portable,avx2,vnni}.h   the tier's MicroKernel<kNv>
@@ -50,6 +52,7 @@
 #include <cstdint>
 #include "dfp_gemm.h"
 #include "dfp_gemm_certify.h"
+#include "dfp_gemm_conv_pack.h"
 #include "dfp_gemm_exact.h"
 #include "dfp_gemm_layout.h"
 #include "dfp_gemm_pack.h"

@@ -1,5 +1,6 @@
 // CPU kernels of LowprecDfpMatmul, LowprecDfpMatmulFused and
-// LowprecDfpGemmCounters (registered in ops/dfp_gemm_ops.cc).  The arithmetic
+// LowprecDfpGemmCounters (registered in ops/dfp_gemm_ops.cc), and the
+// helpers the DFP convolution kernels share (dfp_gemm_op_common.h).  The arithmetic
 // is in dfp_gemm_impl.h (one copy per tier); this file checks shapes and
 // exponents, picks the tier and runs the GEMM on TensorFlow's intra-op
 // thread pool.
@@ -11,6 +12,7 @@
 
 #include "batched_gemm_common.h"
 #include "dfp_gemm.h"
+#include "dfp_gemm_op_common.h"
 #include "float_environment.h"
 #include "number_formats.h"
 #include "rounding_loops.h"
@@ -30,13 +32,11 @@ using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
 
 namespace {
-
 std::atomic<int64_t> g_calls{0}, g_chains{0}, g_overflowed{0}, g_recomputed{0};
+}  // namespace
 
-// Runs the GEMM p (out and exponents set) and records its counters;
-// chains_per_output: INT32 chains of one output element.
-void RunGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm::Problem& p,
-             int64_t chains_per_output, Tensor* overflow) {
+void RunDfpGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm::Problem& p,
+                int64_t chains_per_output, Tensor* overflow) {
   dfp_gemm::Stats stats;
   kernels->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/false), &stats);
   OP_REQUIRES(ctx, stats.invalid_inputs == 0,
@@ -50,8 +50,6 @@ void RunGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm::P
   g_recomputed.fetch_add(stats.recomputed_tiles, std::memory_order_relaxed);
 }
 
-// The attributes both GEMM ops share: the overflow-check chunk size, and
-// the kernel set named by `isa`.
 Status CheckChunkSizeAndSelectKernels(int64_t chunk_size, const std::string& isa,
                                       const dfp_gemm::Kernels** kernels) {
   if (chunk_size < 2 || chunk_size % 2 != 0 || chunk_size > (1 << 20)) {
@@ -65,6 +63,29 @@ Status CheckChunkSizeAndSelectKernels(int64_t chunk_size, const std::string& isa
   }
   return Status();
 }
+
+void DfpSharedExponents(OpKernelContext* ctx, const RoundingLoops* loops, const DfpSpec& spec,
+                        const float* x, int64_t nx, const float* y, int64_t ny, int32_t* ex,
+                        int32_t* ey) {
+  constexpr int64_t kUnit = 1 << 16;
+  const int64_t ux = (nx + kUnit - 1) / kUnit, uy = (ny + kUnit - 1) / kUnit;
+  std::vector<uint32_t> partial(ux + uy, 0);
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  pool->ParallelFor(ux + uy, kUnit, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const float* data = u < ux ? x + u * kUnit : y + (u - ux) * kUnit;
+      const int64_t n = u < ux ? std::min(kUnit, nx - u * kUnit)
+                               : std::min(kUnit, ny - (u - ux) * kUnit);
+      partial[u] = loops->max_abs_bits_all(data, n);
+    }
+  });
+  const uint32_t mx = ux == 0 ? 0 : *std::max_element(partial.begin(), partial.begin() + ux);
+  const uint32_t my = uy == 0 ? 0 : *std::max_element(partial.begin() + ux, partial.end());
+  *ex = DfpSharedExponent(mx, spec);
+  *ey = DfpSharedExponent(my, spec);
+}
+
+namespace {
 
 class DfpMatmulOp : public OpKernel {
  public:
@@ -147,7 +168,7 @@ class DfpMatmulOp : public OpKernel {
       const int64_t len = (blk + 1) * block <= k ? block : k - blk * block;
       chains_per_output += (len + chunk_size_ - 1) / chunk_size_;
     }
-    RunGemm(ctx, kernels_, p, chains_per_output, overflow);
+    RunDfpGemm(ctx, kernels_, p, chains_per_output, overflow);
   }
 
  private:
@@ -216,7 +237,7 @@ class DfpMatmulFusedOp : public OpKernel {
     p.chunk_size = chunk_size_;
     p.round_inputs = fused;
     p.out = out->flat<float>().data();
-    RunGemm(ctx, kernels_, p, (shape.k + chunk_size_ - 1) / chunk_size_, overflow);
+    RunDfpGemm(ctx, kernels_, p, (shape.k + chunk_size_ - 1) / chunk_size_, overflow);
   }
 
  private:
@@ -224,22 +245,7 @@ class DfpMatmulFusedOp : public OpKernel {
   // finite magnitudes (one parallel pass over both).
   void SharedExponents(OpKernelContext* ctx, const float* x, int64_t nx, const float* y,
                        int64_t ny, int32_t* ex, int32_t* ey) {
-    constexpr int64_t kUnit = 1 << 16;
-    const int64_t ux = (nx + kUnit - 1) / kUnit, uy = (ny + kUnit - 1) / kUnit;
-    std::vector<uint32_t> partial(ux + uy, 0);
-    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-    pool->ParallelFor(ux + uy, kUnit, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        const float* data = u < ux ? x + u * kUnit : y + (u - ux) * kUnit;
-        const int64_t n = u < ux ? std::min(kUnit, nx - u * kUnit)
-                                 : std::min(kUnit, ny - (u - ux) * kUnit);
-        partial[u] = loops_->max_abs_bits_all(data, n);
-      }
-    });
-    const uint32_t mx = ux == 0 ? 0 : *std::max_element(partial.begin(), partial.begin() + ux);
-    const uint32_t my = uy == 0 ? 0 : *std::max_element(partial.begin() + ux, partial.end());
-    *ex = DfpSharedExponent(mx, spec_);
-    *ey = DfpSharedExponent(my, spec_);
+    DfpSharedExponents(ctx, loops_, spec_, x, nx, y, ny, ex, ey);
   }
 
   void RoundToExponent(const float* x, int64_t n, const int32_t* e, float* out) {

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tf_lowprec.gemm import common as _gemm_common
 from tf_lowprec.gemm import conv_nd as _conv_nd
+from tf_lowprec.gemm import dfp_conv as _dfp_conv
 from tf_lowprec import _op_library
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -338,6 +339,13 @@ def dfp_conv2d(
         _gemm_common.check_conv_operands(x, filters, "dfp_conv2d", groups)
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        if (groups == 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_conv.geometry(x, filters, strides, padding, dilations) is not None):
+            # Implicit GEMMs: patches gathered while packing, no im2col / col2im.
+            return _dfp_conv.conv2d(x, filters, strides, padding, dilations, fmt,
+                                    rounding=rounding, seed=seed,
+                                    backward_rounding=backward_rounding,
+                                    chunk_size=chunk_size, isa=isa)
         kh, kw = filters.shape[0], filters.shape[1]
         covered = _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation, covered)

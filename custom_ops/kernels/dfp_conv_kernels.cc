@@ -1,0 +1,278 @@
+// CPU kernels of LowprecDfpConv2d and LowprecDfpConv2dBackpropFilter
+// (registered in ops/dfp_conv_ops.cc): NHWC convolutions as implicit INT16
+// GEMMs.  The patch matrix is never materialized: the GEMM's packing
+// gathers it from the input (dfp_gemm_conv_pack.h, ConvGather in
+// dfp_gemm.h) while rounding it to the input's shared exponent, exactly as
+// LowprecDfpMatmulFused packs a materialized patch matrix.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "batched_gemm_common.h"
+#include "dfp_gemm.h"
+#include "dfp_gemm_op_common.h"
+#include "float_environment.h"
+#include "number_formats.h"
+#include "rounding_loops.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tf_lowprec {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+
+namespace {
+
+// Output size of one spatial axis: the dilated input (size - 1) * l + 1,
+// padded, covered by windows of (k - 1) * d + 1 every s.  0 if none fits.
+int64_t OutputSize(int64_t size, int64_t k, int64_t s, int64_t d, int64_t l, int64_t before,
+                   int64_t after) {
+  const int64_t extent = size == 0 ? 0 : (size - 1) * l + 1;
+  const int64_t room = extent + before + after - ((k - 1) * d + 1);
+  return room < 0 ? 0 : room / s + 1;
+}
+
+// The attributes both convolution ops share, checked.
+class ConvAttrs {
+ public:
+  explicit ConvAttrs(OpKernelConstruction* ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dilations", &dilations_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_dilations", &input_dilations_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("pads", &pads_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &spec_.bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("extra_shift", &spec_.extra_shift));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));
+    std::string isa;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
+    auto positive_pair = [&](const std::vector<int64_t>& v, const char* name) {
+      OP_REQUIRES(ctx, v.size() == 2 && v[0] >= 1 && v[1] >= 1,
+                  InvalidArgument(name, " must be two positive ints (height, width), got ",
+                                  v.size(), " values"));
+    };
+    positive_pair(strides_, "strides");
+    positive_pair(dilations_, "dilations");
+    positive_pair(input_dilations_, "input_dilations");
+    OP_REQUIRES(ctx, pads_.size() == 4 && pads_[0] >= 0 && pads_[1] >= 0 && pads_[2] >= 0 &&
+                         pads_[3] >= 0,
+                InvalidArgument("pads must be four ints >= 0 (top, bottom, left, right)"));
+    const std::string error = ValidateDfpSpec(spec_);
+    OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
+    OP_REQUIRES(ctx, spec_.bits <= 16,
+                InvalidArgument("bits must be at most 16 for the INT16 GEMM, got ", spec_.bits));
+    OP_REQUIRES_OK(ctx, CheckChunkSizeAndSelectKernels(chunk_size_, isa, &kernels_));
+    loops_ = SelectRoundingLoops(isa.c_str());  // supported wherever kernels_ is
+  }
+
+  // The gather of x's patches for kh x kw filters.
+  dfp_gemm::ConvGather Gather(const Tensor& x, int64_t kh, int64_t kw) const {
+    dfp_gemm::ConvGather g;
+    g.batch = x.dim_size(0);
+    g.height = x.dim_size(1);
+    g.width = x.dim_size(2);
+    g.channels = x.dim_size(3);
+    g.kh = kh;
+    g.kw = kw;
+    g.sh = strides_[0];
+    g.sw = strides_[1];
+    g.dh = dilations_[0];
+    g.dw = dilations_[1];
+    g.lh = input_dilations_[0];
+    g.lw = input_dilations_[1];
+    g.pad_top = pads_[0];
+    g.pad_left = pads_[2];
+    g.out_h = OutputSize(g.height, kh, g.sh, g.dh, g.lh, pads_[0], pads_[1]);
+    g.out_w = OutputSize(g.width, kw, g.sw, g.dw, g.lw, pads_[2], pads_[3]);
+    return g;
+  }
+
+  // Per-tensor exponents of a and b; where the fused rounding is not exact
+  // for them, a and b are rounded into temporaries here (quantize_dfp's own
+  // loops, the same values) and *round is false.
+  bool Quantize(OpKernelContext* ctx, const Tensor& a, const Tensor& b, const float** a_data,
+                const float** b_data, int32_t* ea, int32_t* eb, Tensor* a_tmp, Tensor* b_tmp,
+                bool* round) const {
+    *a_data = a.flat<float>().data();
+    *b_data = b.flat<float>().data();
+    DfpSharedExponents(ctx, loops_, spec_, *a_data, a.NumElements(), *b_data, b.NumElements(),
+                       ea, eb);
+    *round = dfp_gemm::FusedRoundingIsExact(*ea) && dfp_gemm::FusedRoundingIsExact(*eb);
+    if (*round) return true;
+    for (int t = 0; t < 2; ++t) {
+      const Tensor& src = t == 0 ? a : b;
+      Tensor* tmp = t == 0 ? a_tmp : b_tmp;
+      const float** data = t == 0 ? a_data : b_data;
+      const int32_t* e = t == 0 ? ea : eb;
+      auto status = ctx->allocate_temp(::tensorflow::DT_FLOAT, src.shape(), tmp);
+      if (!status.ok()) {
+        ctx->CtxFailure(status);
+        return false;
+      }
+      loops_->round_dfp(*data, tmp->flat<float>().data(), src.NumElements(), 0, e, 0,
+                        Rounding::kNearestEven, RandomStream());
+      *data = tmp->flat<float>().data();
+    }
+    return true;
+  }
+
+  int64_t chunk_size() const { return chunk_size_; }
+  const dfp_gemm::Kernels* kernels() const { return kernels_; }
+
+ private:
+  std::vector<int64_t> strides_, dilations_, input_dilations_, pads_;
+  DfpSpec spec_;
+  int64_t chunk_size_ = 64;
+  const dfp_gemm::Kernels* kernels_ = nullptr;
+  const RoundingLoops* loops_ = nullptr;
+};
+
+bool CheckRank4(OpKernelContext* ctx, const Tensor& t, const char* name, const char* layout) {
+  if (t.dims() == 4) return true;
+  ctx->CtxFailure(InvalidArgument(name, " must have rank 4 ", layout, ", got shape ",
+                                  t.shape().DebugString()));
+  return false;
+}
+
+// y = conv2d(x, filters): the GEMM patches(x) [N*OH*OW, kh*kw*C] @ filters
+// [kh*kw*C, O], patches gathered while packing.
+class DfpConv2dOp : public OpKernel {
+ public:
+  explicit DfpConv2dOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
+    const Tensor& x = ctx->input(0);
+    const Tensor& filters = ctx->input(1);
+    if (!CheckRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
+    if (!CheckRank4(ctx, filters, "filters", "[kh, kw, channels, out_channels]")) return;
+    OP_REQUIRES(ctx, filters.dim_size(2) == x.dim_size(3),
+                InvalidArgument("x has ", x.dim_size(3), " channels but filters expect ",
+                                filters.dim_size(2)));
+    OP_REQUIRES(ctx, filters.dim_size(0) >= 1 && filters.dim_size(1) >= 1,
+                InvalidArgument("filters must have kh, kw >= 1, got ",
+                                filters.shape().DebugString()));
+    dfp_gemm::ConvGather g = attrs_.Gather(x, filters.dim_size(0), filters.dim_size(1));
+    const int64_t channels_out = filters.dim_size(3);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({g.batch, g.out_h, g.out_w, channels_out}), &out));
+    Tensor* overflow = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
+    overflow->scalar<int64_t>()() = 0;
+    if (out->NumElements() == 0) return;
+
+    const float *x_data, *w_data;
+    int32_t ex, ew;
+    Tensor x_tmp, w_tmp;
+    bool round;
+    if (!attrs_.Quantize(ctx, x, filters, &x_data, &w_data, &ex, &ew, &x_tmp, &w_tmp, &round)) {
+      return;
+    }
+    g.input = x_data;
+    dfp_gemm::Problem p;
+    p.batch = 1;
+    p.m = g.Rows();
+    p.k = g.Columns();
+    p.n = channels_out;
+    p.a = x_data;  // (not read: a_patches)
+    p.a_patches = &g;
+    p.b = w_data;  // [kh*kw*C, O] row-major
+    p.ea = &ex;    // strides 0: one exponent
+    p.eb = &ew;
+    p.block_size = p.k > 0 ? p.k : 1;
+    p.chunk_size = attrs_.chunk_size();
+    p.round_inputs = round;
+    p.out = out->flat<float>().data();
+    RunDfpGemm(ctx, attrs_.kernels(), p, (p.k + p.chunk_size - 1) / p.chunk_size, overflow);
+  }
+
+ private:
+  ConvAttrs attrs_;
+};
+
+// d(filters) = patches(x)^T @ dy, computed as (dy^T @ patches(x))^T: the
+// same products summed in the same (pixel) order, so the same bits, with
+// the patch matrix as the GEMM's b, gathered one patch row per K step.
+class DfpConv2dBackpropFilterOp : public OpKernel {
+ public:
+  explicit DfpConv2dBackpropFilterOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_size", &filter_size_));
+    OP_REQUIRES(ctx, filter_size_.size() == 2 && filter_size_[0] >= 1 && filter_size_[1] >= 1,
+                InvalidArgument("filter_size must be two positive ints (kh, kw)"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const ScopedIeeeFloatEnvironment ieee;
+    const Tensor& x = ctx->input(0);
+    const Tensor& dy = ctx->input(1);
+    if (!CheckRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
+    if (!CheckRank4(ctx, dy, "dy", "[batch, out_height, out_width, out_channels]")) return;
+    dfp_gemm::ConvGather g = attrs_.Gather(x, filter_size_[0], filter_size_[1]);
+    OP_REQUIRES(ctx, dy.dim_size(0) == g.batch && dy.dim_size(1) == g.out_h &&
+                         dy.dim_size(2) == g.out_w,
+                InvalidArgument("dy must have shape [", g.batch, ", ", g.out_h, ", ", g.out_w,
+                                ", out_channels] for this x and geometry, got ",
+                                dy.shape().DebugString()));
+    const int64_t channels_out = dy.dim_size(3);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.kh, g.kw, g.channels,
+                                                             channels_out}), &out));
+    Tensor* overflow = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
+    overflow->scalar<int64_t>()() = 0;
+    if (out->NumElements() == 0) return;
+
+    const float *dy_data, *x_data;
+    int32_t edy, ex;
+    Tensor dy_tmp, x_tmp;
+    bool round;
+    if (!attrs_.Quantize(ctx, dy, x, &dy_data, &x_data, &edy, &ex, &dy_tmp, &x_tmp, &round)) {
+      return;
+    }
+    g.input = x_data;
+    const int64_t columns = g.Columns();
+    Tensor transposed;  // [O, kh*kw*C]
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                           TensorShape({channels_out, columns}), &transposed));
+    dfp_gemm::Problem p;
+    p.batch = 1;
+    p.m = channels_out;
+    p.k = g.Rows();
+    p.n = columns;
+    p.a = dy_data;  // [pixels, O]: a^T
+    p.transpose_a = true;
+    p.b = x_data;  // (not read: b_patches)
+    p.b_patches = &g;
+    p.ea = &edy;
+    p.eb = &ex;
+    p.block_size = p.k > 0 ? p.k : 1;
+    p.chunk_size = attrs_.chunk_size();
+    p.round_inputs = round;
+    p.out = transposed.flat<float>().data();
+    RunDfpGemm(ctx, attrs_.kernels(), p, (p.k + p.chunk_size - 1) / p.chunk_size, overflow);
+    if (!ctx->status().ok()) return;
+    const float* t = transposed.flat<float>().data();
+    float* o = out->flat<float>().data();
+    for (int64_t r = 0; r < columns; ++r) {
+      for (int64_t c = 0; c < channels_out; ++c) o[r * channels_out + c] = t[c * columns + r];
+    }
+  }
+
+ private:
+  ConvAttrs attrs_;
+  std::vector<int64_t> filter_size_;
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2d").Device(DEVICE_CPU), DfpConv2dOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2dBackpropFilter").Device(DEVICE_CPU),
+                        DfpConv2dBackpropFilterOp);
+
+}  // namespace tf_lowprec

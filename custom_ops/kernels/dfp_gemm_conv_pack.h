@@ -1,0 +1,168 @@
+// INT16 DFP GEMM: packing a convolution's patch matrix (ConvGather,
+// dfp_gemm.h) straight from its NHWC input: the implicit-GEMM convolution.
+// No im2col matrix is written: each panel's values are gathered into a
+// small buffer (zeros for padding and for an input dilation's holes) and
+// converted with dfp_gemm_pack.h's own conversion, so the mantissas, pair
+// words, NaN lanes and invalid counts are those of PackPanels on the
+// materialized patch matrix, bit for bit.  One exponent block (the
+// convolution ops quantize every tensor with one shared exponent).
+// Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
+// namespace TF_LOWPREC_DFP_ISA; see there).
+#ifndef TF_LOWPREC_KERNELS_DFP_GEMM_CONV_PACK_H_
+#define TF_LOWPREC_KERNELS_DFP_GEMM_CONV_PACK_H_
+
+#include <cstdint>
+#include <cstring>
+
+#include "dfp_gemm.h"
+#include "dfp_gemm_layout.h"
+#include "dfp_gemm_pack.h"
+
+namespace tf_lowprec {
+namespace dfp_gemm {
+namespace TF_LOWPREC_DFP_ISA {
+namespace {
+
+// Columns [r0, r0 + n) of row p of the patch matrix into out: runs of
+// contiguous channels copied from the input, or zeros.
+inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
+  const int64_t x = p % g.out_w, y = (p / g.out_w) % g.out_h, b = p / (g.out_w * g.out_h);
+  const float* image = g.input + b * g.height * g.width * g.channels;
+  const int64_t end = r0 + n;
+  for (int64_t r = r0; r < end;) {
+    const int64_t c0 = r % g.channels, ij = r / g.channels;
+    const int64_t len = Min64(g.channels - c0, end - r);
+    const int64_t yy = y * g.sh + (ij / g.kw) * g.dh - g.pad_top;
+    const int64_t xx = x * g.sw + (ij % g.kw) * g.dw - g.pad_left;
+    float* o = out + (r - r0);
+    if (yy >= 0 && xx >= 0 && yy % g.lh == 0 && xx % g.lw == 0 && yy / g.lh < g.height &&
+        xx / g.lw < g.width) {
+      std::memcpy(o, image + ((yy / g.lh) * g.width + xx / g.lw) * g.channels + c0,
+                  sizeof(float) * len);
+    } else {
+      for (int64_t t = 0; t < len; ++t) o[t] = 0.0f;
+    }
+    r += len;
+  }
+}
+
+// Mantissas of n contiguous values with one exponent (ConvertContiguous
+// where the tier has it, else ConvertRun: the same results).
+inline int32_t ConvertValues(const float* x, int64_t n, const float* s1, const float* s2,
+                             const float* bound, bool round, int16_t* out, int32_t* nonfinite) {
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
+  return ConvertContiguous(x, n, s1, s2, bound, 0, round, out, nonfinite);
+#else
+  return ConvertRun(x, 1, n, s1, s2, bound, 0, round, out, nonfinite);
+#endif
+}
+
+inline bool NonFinite(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return (bits & 0x7F800000u) == 0x7F800000u;
+}
+
+// PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
+// (the operand a of a forward convolution: lanes are output pixels, K is
+// (i, j, c)).  src gives the exponent and the rounding only.
+template <int kWidth>
+int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
+                      int64_t lane0, int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
+  if (lanes % kWidth != 0) {
+    std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
+  }
+  if (layout.blocks == 0) return 0;
+  int32_t scale_invalid = 0;
+  float s1, s2, bound;
+  ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
+  const int64_t k = layout.k;
+  int64_t invalid = 0;
+  constexpr int64_t kRun = 1024;  // values converted at a time (even)
+  alignas(64) float values[kRun];
+  alignas(64) int16_t run[kRun + 2];
+  auto scatter = [&](const int16_t* v, int64_t n, int64_t l, int64_t pair0) {
+    int32_t* o = panel + pair0 * kWidth + l;
+    for (int64_t q = 0; q < n / 2; ++q) o[q * kWidth] = PairWord(v[2 * q], v[2 * q + 1]);
+    if (n % 2 != 0) o[(n / 2) * kWidth] = PairWord(v[n - 1], 0);  // zero padding
+  };
+  if (lanes * k <= kRun) {
+    // Short K (a CNN's first layers: K = 27 .. 300): all lanes in one run.
+    for (int64_t l = 0; l < lanes; ++l) GatherPatchRow(g, lane0 + l, 0, k, values + l * k);
+    int32_t nf = 0;
+    invalid += ConvertValues(values, lanes * k, &s1, &s2, &bound, src.round, run, &nf);
+    for (int64_t l = 0; l < lanes; ++l) {
+      scatter(run + l * k, k, l, 0);
+      if (nf) {  // rare: find which lanes
+        for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k + i]) ? 1 : 0;
+      }
+    }
+  } else {
+    for (int64_t l = 0; l < lanes; ++l) {
+      int32_t nf = 0;
+      for (int64_t r0 = 0; r0 < k; r0 += kRun) {
+        const int64_t n = Min64(kRun, k - r0);
+        GatherPatchRow(g, lane0 + l, r0, n, values);
+        invalid += ConvertValues(values, n, &s1, &s2, &bound, src.round, run, &nf);
+        scatter(run, n, l, r0 / 2);
+      }
+      nonfinite[l] |= nf ? 1 : 0;
+    }
+  }
+  return invalid + scale_invalid;
+}
+
+// PackPanels<kWidth, kGroup> of columns [lane0, lane0 + lanes) of the patch
+// matrix g (the operand b of a filter gradient: lanes are (i, j, c), K the
+// output pixels): two patch rows gathered, converted and interleaved into
+// pair words per K pair.
+template <int kWidth, int kGroup>
+int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
+                         int64_t lane0, int64_t lanes, int32_t* panel, int64_t panel_words,
+                         uint8_t* nonfinite) {
+  constexpr int kLanes = kWidth * kGroup;
+  const int64_t panels = CeilDiv(lanes, kWidth);
+  if (lanes % kWidth != 0) {
+    std::memset(panel + (panels - 1) * panel_words, 0,
+                sizeof(int32_t) * layout.total_pairs * kWidth);
+  }
+  if (layout.blocks == 0) return 0;
+  int32_t scale_invalid = 0;
+  float s1, s2, bound;
+  ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
+  const int64_t k = layout.k;
+  int64_t invalid = 0;
+  alignas(64) float f0[kLanes], f1[kLanes];
+  alignas(64) int16_t lo[kLanes], hi[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) hi[l] = 0;
+  for (int64_t kk = 0; kk < k; kk += 2) {
+    int32_t nf = 0;
+    GatherPatchRow(g, kk, lane0, lanes, f0);
+    invalid += ConvertValues(f0, lanes, &s1, &s2, &bound, src.round, lo, &nf);
+    const bool second = kk + 1 < k;
+    if (second) {
+      GatherPatchRow(g, kk + 1, lane0, lanes, f1);
+      invalid += ConvertValues(f1, lanes, &s1, &s2, &bound, src.round, hi, &nf);
+    } else {
+      for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;  // odd K: zero high halves
+    }
+    for (int64_t p = 0; p < panels; ++p) {
+      int32_t* o = panel + p * panel_words + (kk / 2) * kWidth;
+      const int64_t plane = Min64(kWidth, lanes - p * kWidth);
+      for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(lo[p * kWidth + l], hi[p * kWidth + l]);
+    }
+    if (nf) {  // rare: find which lanes
+      for (int64_t l = 0; l < lanes; ++l) {
+        nonfinite[l] |= (NonFinite(f0[l]) || (second && NonFinite(f1[l]))) ? 1 : 0;
+      }
+    }
+  }
+  return invalid + scale_invalid;
+}
+
+}  // namespace
+}  // namespace TF_LOWPREC_DFP_ISA
+}  // namespace dfp_gemm
+}  // namespace tf_lowprec
+
+#endif  // TF_LOWPREC_KERNELS_DFP_GEMM_CONV_PACK_H_

@@ -1,0 +1,220 @@
+"""dfp_conv2d as implicit INT16 GEMMs: bit-exact against written-out NumPy references.
+
+Forward and d(filters) are the GEMMs of the materialized patch matrix (the
+im2col path's bits); d(x) is one INT16 GEMM of the dilated, padded error's
+patches with the flipped filters (INT32 chunk sums over kh * kw * O).
+Every kernel tier this CPU runs; the others are skipped naming the ISA.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec._op_library import load as load_ops
+from tf_lowprec.gemm import reference as reference_gemm
+from kernel_tiers import params as tier_params
+
+
+def rand(shape, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def pads_of(size, k, s, d, padding):
+    span = (k - 1) * d + 1
+    if padding == "VALID":
+        return 0, 0, (size - span) // s + 1
+    out = -(-size // s)
+    total = max((out - 1) * s + span - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def im2col(x, kh, kw, strides, pads, dilations):
+    """NumPy patches [n*oh*ow, kh*kw*c] in (kh, kw, c) order of x padded by pads."""
+    (sh, sw), (dh, dw), (top, bottom, left, right) = strides, dilations, pads
+    x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, h, w, c = x.shape
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = x[:, i * dh: i * dh + (oh - 1) * sh + 1: sh,
+                                       j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
+    return cols.reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
+
+
+def quantized(x):
+    """quantize_dfp(x) (per tensor, nearest even) and its exponent as [1, 1, 1]."""
+    q, e = lp.quantize_dfp(x, return_exponents=True)
+    return np.asarray(q), np.full((1, 1, 1), np.asarray(e).reshape(-1)[0], np.int32)
+
+
+def references(x, w, g, strides, padding, dilations):
+    """(y, dx, dw) of the implicit-GEMM conv2d, written out with the NumPy GEMM reference."""
+    kh, kw, cin, cout = w.shape
+    n, height, width, _ = x.shape
+    top, bottom, oh = pads_of(height, kh, strides[0], dilations[0], padding)
+    left, right, ow = pads_of(width, kw, strides[1], dilations[1], padding)
+    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
+    cols, _ = im2col(xq, kh, kw, strides, (top, bottom, left, right), dilations)
+    gemm = reference_gemm.dfp_matmul_quantized
+    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape(n, oh, ow, cout)
+    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(w.shape)
+    # d(x): the error dilated by the strides (zeros between its rows and
+    # columns), padded so that a stride-1 convolution gives x's size, with the
+    # filters flipped in both spatial axes and [kh, kw, O, C].
+    dilated = np.zeros((n, (oh - 1) * strides[0] + 1, (ow - 1) * strides[1] + 1, cout),
+                       np.float32)
+    dilated[:, ::strides[0], ::strides[1], :] = gq
+    span_h, span_w = (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1
+    first_h, first_w = span_h - 1 - top, span_w - 1 - left
+    pads = (first_h, height - 1 + span_h - dilated.shape[1] - first_h,
+            first_w, width - 1 + span_w - dilated.shape[2] - first_w)
+    dcols, _ = im2col(dilated, kh, kw, (1, 1), pads, dilations)
+    flipped = np.transpose(wq[::-1, ::-1], (0, 1, 3, 2)).reshape(-1, cin)
+    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(x.shape)
+    return y, dx, dw
+
+
+def run(x, w, g, strides, padding, dilations, **kwargs):
+    x, w = tf.constant(x), tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = lp.dfp_conv2d(x, w, strides, padding, dilations, **kwargs)
+        loss = tf.reduce_sum(y * g)
+    dx, dw = tape.gradient(loss, [x, w])
+    return np.asarray(y), np.asarray(dx), np.asarray(dw)
+
+
+CASES = [
+    # (x shape, filter shape, strides, padding, dilations)
+    ((2, 9, 8, 3), (3, 3, 3, 5), (1, 1), "VALID", (1, 1)),
+    ((1, 10, 11, 4), (3, 2, 4, 6), (2, 3), "SAME", (1, 1)),
+    ((2, 12, 12, 2), (3, 3, 2, 4), (1, 1), "SAME", (2, 2)),
+    ((1, 13, 9, 3), (2, 3, 3, 7), (2, 1), "VALID", (2, 3)),
+    ((1, 7, 7, 1), (1, 1, 1, 3), (3, 3), "VALID", (1, 1)),  # stride > kernel, C = 1
+    ((3, 8, 8, 2), (2, 2, 2, 17), (3, 3), "SAME", (1, 1)),  # stride > kernel, O = 17
+    ((1, 5, 6, 130), (3, 3, 130, 2), (1, 1), "SAME", (1, 1)),  # K = 1170: long rows
+    ((2, 16, 16, 32), (3, 3, 32, 64), (1, 1), "VALID", (1, 1)),  # the CNN's second layer
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", CASES)
+def test_forward_and_gradients_bit_exact(xs, ws, strides, padding, dilations, isa):
+    x, w = rand(xs, 1), rand(ws, 2, scale=0.2)
+    y_shape = tf.nn.conv2d(x, w, strides, padding, dilations=dilations).shape
+    g = rand(y_shape, 3, scale=1e-2)
+    y, dx, dw = run(x, w, g, strides, padding, dilations, isa=isa)
+    want_y, want_dx, want_dw = references(x, w, g, strides, padding, dilations)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dw, want_dw)
+    np.testing.assert_array_equal(dx, want_dx)
+    # Sanity: within DFP16's error of FP32 (stride > kernel: d(x) is 0 off the patches).
+    fp32 = tf.nn.conv2d(x, w, strides, padding, dilations=dilations)
+    np.testing.assert_allclose(y, fp32, atol=2e-3 * np.abs(fp32).max())
+
+
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", CASES[:6])
+def test_forward_and_filter_gradient_equal_the_im2col_path(xs, ws, strides, padding,
+                                                           dilations):
+    """The stock-TF twin still materializes the patches: the same y and d(filters) bits."""
+    x, w = rand(xs, 4), rand(ws, 5, scale=0.3)
+    g = rand(tf.nn.conv2d(x, w, strides, padding, dilations=dilations).shape, 6)
+    y, _, dw = run(x, w, g, strides, padding, dilations)
+    y_tf, _, dw_tf = run(x, w, g, strides, padding, dilations, implementation="tf")
+    np.testing.assert_array_equal(y, y_tf)
+    np.testing.assert_array_equal(dw, dw_tf)
+
+
+def test_uncovered_elements_set_the_exponent():
+    """Stride 3 over a 1x1 kernel skips x's largest element: it still sets the exponent."""
+    x = rand((1, 7, 7, 1), 7)
+    x[0, 1, 1, 0] = 1000.0  # outside every patch
+    w = rand((1, 1, 1, 2), 8)
+    y = np.asarray(lp.dfp_conv2d(x, w, strides=3))
+    (xq, ex), (wq, ew) = quantized(x), quantized(w)
+    assert ex.item() == np.asarray(lp.quantize_dfp(np.float32([1000.0]),
+                                                   return_exponents=True)[1]).item()
+    cols, _ = im2col(xq, 1, 1, (3, 3), (0, 0, 0, 0), (1, 1))
+    want = reference_gemm.dfp_matmul_quantized(cols, ex, wq.reshape(1, 2), ew)
+    np.testing.assert_array_equal(y.reshape(-1, 2), want)
+
+
+def test_stochastic_rounding_uses_the_seeded_quantization():
+    x, w = rand((2, 6, 6, 3), 9), rand((3, 3, 3, 4), 10, scale=0.2)
+    g = rand((2, 4, 4, 4), 11, scale=1e-3)
+    seed = tf.constant([5, 7], tf.int64)
+    y, dx, dw = run(x, w, g, (1, 1), "VALID", (1, 1), rounding="stochastic", seed=seed,
+                    backward_rounding="stochastic")
+    xs = np.asarray(lp.quantize_dfp(x, rounding="stochastic", seed=seed))
+    ws = np.asarray(lp.quantize_dfp(w, rounding="stochastic", seed=seed + [0, 1]))
+    gs = np.asarray(lp.quantize_dfp(g, rounding="stochastic", seed=seed + [0, 2]))
+    want_y, want_dx, want_dw = references(xs, ws, gs, (1, 1), "VALID", (1, 1))
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    np.testing.assert_array_equal(dw, want_dw)
+
+
+def test_non_finite_values():
+    x, w = rand((1, 6, 6, 2), 12), rand((3, 3, 2, 3), 13)
+    x[0, 0, 0, 1] = np.nan
+    x[0, 5, 5, 0] = np.inf
+    g = rand((1, 4, 4, 3), 14)
+    y, dx, dw = run(x, w, g, (1, 1), "VALID", (1, 1))
+    # Output pixels whose patch holds a non-finite value are NaN (all channels).
+    assert np.isnan(y[0, 0, 0]).all() and np.isnan(y[0, 3, 3]).all()
+    assert np.isfinite(y[0, 1:3]).all() and np.isfinite(y[0, 0, 1:]).all()
+    # d(filters): the taps (i, j, c) that saw NaN / Inf in some patch.
+    assert np.isnan(dw[0, 0, 1]).all() and np.isnan(dw[2, 2, 0]).all()
+    assert np.isfinite(dw[1, 1]).all()
+    assert np.isfinite(dx).all()  # the error and the filters are finite
+    w[1, 1, 0, 2] = np.nan  # a NaN filter value: that input channel's d(x) is NaN
+    _, dx, _ = run(x, w, g, (1, 1), "VALID", (1, 1))
+    assert np.isnan(dx[..., 0]).all() and np.isfinite(dx[..., 1]).all()
+
+
+def test_counters_move_and_graph_has_no_im2col():
+    x, w = rand((2, 8, 8, 3), 15), rand((3, 3, 3, 4), 16)
+    lp.dfp_gemm_counters(reset=True)
+    run(x, w, rand((2, 6, 6, 4), 17), (1, 1), "VALID", (1, 1))
+    assert lp.dfp_gemm_counters()["calls"] == 3  # forward, d(x), d(filters)
+
+    @tf.function
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = tf.reduce_sum(lp.dfp_conv2d(x, w, padding="SAME"))
+        return tape.gradient(loss, [x, w])
+
+    graph = step.get_concrete_function(tf.constant(x), tf.constant(w)).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types.update(node.op for node in function.node_def)
+    assert {"LowprecDfpConv2d", "LowprecDfpConv2dBackpropFilter"} <= types
+    assert not types & {"ConcatV2", "ExtractImagePatches", "AddN", "MatMul", "Conv2D"}, types
+
+
+def test_raw_op_bad_arguments():
+    ops = load_ops()
+    x, w = np.ones((1, 5, 5, 2), np.float32), np.ones((3, 3, 2, 4), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="channels"):
+        ops.lowprec_dfp_conv2d(x, np.ones((3, 3, 3, 4), np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strides"):
+        ops.lowprec_dfp_conv2d(x, w, strides=[0, 1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pads"):
+        ops.lowprec_dfp_conv2d(x, w, pads=[-1, 0, 0, 0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input_dilations"):
+        ops.lowprec_dfp_conv2d(x, w, input_dilations=[1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bits"):
+        ops.lowprec_dfp_conv2d(x, w, bits=20)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="chunk_size"):
+        ops.lowprec_dfp_conv2d(x, w, chunk_size=3)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank 4"):
+        ops.lowprec_dfp_conv2d(x[0], w)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dy must have shape"):
+        ops.lowprec_dfp_conv2d_backprop_filter(x, np.ones((1, 2, 3, 4), np.float32),
+                                               filter_size=[3, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="filter_size"):
+        ops.lowprec_dfp_conv2d_backprop_filter(x, np.ones((1, 3, 3, 4), np.float32),
+                                               filter_size=[0, 3])
