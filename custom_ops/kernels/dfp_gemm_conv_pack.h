@@ -24,25 +24,45 @@ namespace TF_LOWPREC_DFP_ISA {
 namespace {
 
 // Columns [r0, r0 + n) of row p of the patch matrix into out: runs of
-// contiguous channels copied from the input, or zeros.
+// contiguous channels copied from the input, or zeros.  The kernel tap (i,
+// j) advances by counting, not dividing: int64 divisions per run cost more
+// than copying a run of 32 channels (and all of a run of one channel).
 inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
-  const int64_t x = p % g.out_w, y = (p / g.out_w) % g.out_h, b = p / (g.out_w * g.out_h);
-  const float* image = g.input + b * g.height * g.width * g.channels;
-  const int64_t end = r0 + n;
-  for (int64_t r = r0; r < end;) {
-    const int64_t c0 = r % g.channels, ij = r / g.channels;
-    const int64_t len = Min64(g.channels - c0, end - r);
-    const int64_t yy = y * g.sh + (ij / g.kw) * g.dh - g.pad_top;
-    const int64_t xx = x * g.sw + (ij % g.kw) * g.dw - g.pad_left;
-    float* o = out + (r - r0);
-    if (yy >= 0 && xx >= 0 && yy % g.lh == 0 && xx % g.lw == 0 && yy / g.lh < g.height &&
-        xx / g.lw < g.width) {
-      std::memcpy(o, image + ((yy / g.lh) * g.width + xx / g.lw) * g.channels + c0,
-                  sizeof(float) * len);
-    } else {
-      for (int64_t t = 0; t < len; ++t) o[t] = 0.0f;
+  const int64_t t = p / g.out_w;
+  const int64_t y0 = (t % g.out_h) * g.sh - g.pad_top;
+  const int64_t x0 = (p - t * g.out_w) * g.sw - g.pad_left;
+  const float* image = g.input + (t / g.out_h) * g.height * g.width * g.channels;
+  const bool holes = g.lh != 1 || g.lw != 1;  // a dilated input (d(x) of a strided conv)
+  int64_t c0 = r0 % g.channels;
+  const int64_t ij = r0 / g.channels;
+  int64_t i = ij / g.kw, j = ij - (ij / g.kw) * g.kw;
+  for (int64_t done = 0; done < n;) {
+    const int64_t len = Min64(g.channels - c0, n - done);
+    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
+    bool inside = yy >= 0 && xx >= 0;
+    if (inside && holes) {
+      inside = yy % g.lh == 0 && xx % g.lw == 0;
+      yy /= g.lh;
+      xx /= g.lw;
     }
-    r += len;
+    inside = inside && yy < g.height && xx < g.width;
+    float* o = out + done;
+    if (inside) {
+      const float* src = image + (yy * g.width + xx) * g.channels + c0;
+      if (len == 1) {
+        o[0] = src[0];
+      } else {
+        std::memcpy(o, src, sizeof(float) * len);
+      }
+    } else {
+      for (int64_t q = 0; q < len; ++q) o[q] = 0.0f;
+    }
+    done += len;
+    c0 = 0;
+    if (++j == g.kw) {
+      j = 0;
+      ++i;
+    }
   }
 }
 
