@@ -28,9 +28,7 @@ def needed_configs(claim_names, domain_name):
     """The configurations the claims `claim_names` run on `domain_name`, in claim order."""
     names = []
     for claim in claim_names:
-        if domain_name not in claims_lib.CLAIMS[claim].domains:
-            continue
-        for config in claims_lib.CLAIMS[claim].configs:
+        for config in claims_lib.CLAIMS[claim].configs_on(domain_name):
             if config not in names:
                 names.append(config)
     return names
