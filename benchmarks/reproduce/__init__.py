@@ -1,7 +1,8 @@
 """Small-scale reproduction of the seed papers' headline claims.
 
-    python -m benchmarks.reproduce              # full suite (~18 min on 2 cores)
-    python -m benchmarks.reproduce --quick      # smoke-test sizes (~2 min)
+    python -m benchmarks.reproduce              # full suite (26 min + 47 min for
+                                                # mobilenet/transformer, 2 loaded cores)
+    python -m benchmarks.reproduce --quick      # smoke-test sizes (minutes)
     python -m benchmarks.reproduce --tasks bf16 dfp16 --domains digits --seeds 2
 
 Claims (`--tasks`): bf16 (Kalamkar et al. 2019), dfp16 (Das et al. 2018, with
@@ -11,7 +12,7 @@ the INT16 GEMM throughput), loss_scaling (Micikevicius et al. 2018), hfp8
 errors underflow FP16 without any loss multiplier; only the loss_scaling claim
 runs on it, and only on it); mobilenet and transformer (a MobileNetV2-style
 CNN and a causal Transformer char-LM, hfp8_domains.py: only the hfp8 claim
-runs on them, with the fp8_delayed and fp8_wang recipes beside its arms).  Verdicts are computed from the seed spread
-(power.py).  Results: benchmarks/results/reproduction.md (and .json,
+runs on them, with the fp8_delayed and fp8_wang recipes beside its arms).
+Verdicts are computed from the seed spread (power.py).  Results: benchmarks/results/reproduction.md (and .json,
 reproduction_*.png).
 """
