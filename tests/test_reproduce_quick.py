@@ -179,3 +179,22 @@ def test_verdicts_and_ties_are_computed_from_synthetic_results():
     against_fixed = {other for _, method, other, *_ in ties
                      if method == "fp16, fixed loss scale 2^15"}
     assert against_fixed == set()
+
+
+def test_merged_reports_divide_times_only_within_one_run():
+    _, report = _modules()
+    meta = {"digits": {"higher_is_better": True}}
+
+    def results(fp32_run, dfp16_run):
+        return {"digits": {
+            "fp32": {"metrics": [92.0, 93.0, 91.0], "seconds": [2.0, 2.0, 2.0], "run": fp32_run},
+            "dfp16": {"metrics": [92.0, 92.5, 91.5], "seconds": [4.0, 4.0, 4.0],
+                      "run": dfp16_run}}}
+
+    same, mixed = results(0, 0), results(0, 1)
+    text, _ = report.claim_summary("dfp16", report.verdicts(same, meta)["dfp16"], None, same,
+                                   merged=True)
+    assert "end-to-end emulated training 0.50-0.50x the FP32 speed" in text
+    text, _ = report.claim_summary("dfp16", report.verdicts(mixed, meta)["dfp16"], None, mixed,
+                                   merged=True)
+    assert "end-to-end" not in text

@@ -119,13 +119,15 @@ def merge_reports(paths):
         return report
     merged = {"results": {}, "throughput": None}
     domains, runs = {}, []
-    for report in reports:
+    for run, report in enumerate(reports):
         meta = report["meta"]
         runs.append(f"`{meta['command']}` ({meta['date']}, {meta['seeds']} seeds, "
                     f"{meta['total_seconds'] / 60:.1f} min)")
         domains.update(meta["domains"])
         for domain, cells in report["results"].items():
-            kept = {c: v for c, v in cells.items() if c in claims_lib.CONFIGS}
+            # "run" says which run a cell came from: only cells of one run may
+            # have their times divided by each other.
+            kept = {c: dict(v, run=run) for c, v in cells.items() if c in claims_lib.CONFIGS}
             merged["results"].setdefault(domain, {}).update(kept)
         merged["throughput"] = report.get("throughput") or merged["throughput"]
     merged["meta"] = dict(reports[-1]["meta"], domains=domains,

@@ -133,7 +133,8 @@ def claim_summary(claim_name, per_domain, throughput, results, merged=False):
     """Our outcome for a claim in one sentence, and its computed verdict.
 
     `merged`: rows come from several runs, whose times (a loaded machine, an
-    idle one) must not be divided by each other.
+    idle one) must not be divided by each other: a workload's speed ratio is
+    given only where its fp32 and dfp16 cells come from the same run.
     """
     parts, row_verdicts = [], []
     for domain, rows in per_domain.items():
@@ -151,9 +152,10 @@ def claim_summary(claim_name, per_domain, throughput, results, merged=False):
             text += (f". GEMM speed vs FP32 matmul: INT16 GEMM alone {min(gemm):.2f}-"
                      f"{max(gemm):.2f}x, dfp_matmul with quantization {min(full):.2f}-"
                      f"{max(full):.2f}x")
-        ratios = [] if merged else [
+        ratios = [
             np.mean(results[d]["fp32"]["seconds"]) / np.mean(results[d]["dfp16"]["seconds"])
-            for d in per_domain if "dfp16" in results[d] and "fp32" in results[d]]
+            for d in per_domain if "dfp16" in results[d] and "fp32" in results[d]
+            and (not merged or results[d]["fp32"].get("run") == results[d]["dfp16"].get("run"))]
         if ratios:
             text += (f"; end-to-end emulated training {min(ratios):.2f}-{max(ratios):.2f}x "
                      "the FP32 speed")
