@@ -148,7 +148,7 @@ class GapConv(Candidate):
 
 
 class DeepMlp(Candidate):
-    name, lr, epochs = "deep_mlp", 0.05, 3
+    name, lr, epochs = "deep_mlp", 0.05, 15
     metric_name = "test accuracy (%)"
     detail = "12 x 64 ReLU dense + dense 10 (Glorot uniform init), cross-entropy"
 
