@@ -235,7 +235,8 @@ def markdown(report, command):
         "Every precision runs the same data, model, optimiser, learning-rate schedule and "
         "number of iterations as its control; seeds 0..n-1 vary the initialisation and batch "
         "order. Cells are mean ± sample std over seeds. No loss is multiplied by a constant: "
-        "the loss-scaling claim runs on a workload whose errors underflow FP16 by themselves.",
+        "the loss-scaling claim runs on a workload whose errors underflow FP16 by themselves "
+        "(none found here makes unscaled FP16 fail: docs/loss_scaling.md).",
         "",
         "**How the verdicts are computed** (benchmarks/reproduce/power.py, from the numbers "
         "below; nothing is written by hand). Each arm is compared with its claim's control. "
