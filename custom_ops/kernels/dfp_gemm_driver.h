@@ -25,7 +25,8 @@ struct Plan {
   int64_t chunk_pairs, kc_pairs;
   int64_t a_batches, b_batches;
   int64_t a_panels, b_panels;  // per batch
-  int64_t b_groups;  // per batch: groups of BGroup(kNv) B panels, packed together
+  int64_t b_groups;  // per batch: groups of b_group_panels B panels, packed together
+  int64_t b_group_panels;  // <= BGroup(kNv)
   int64_t a_panel_words, b_panel_words;
   SegmentLayout segs;
   // Every A panel is used by one work item only (one column item, A not
@@ -94,7 +95,7 @@ void PackA(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
-// Unit u packs group u % b_groups of batch u / b_groups: BGroup(kNv) B
+// Unit u packs group u % b_groups of batch u / b_groups: b_group_panels B
 // panels (fewer in the last group).
 template <int kNv>
 void PackB(void* arg, int64_t begin, int64_t end) {
@@ -105,15 +106,15 @@ void PackB(void* arg, int64_t begin, int64_t end) {
   int64_t invalid = 0;
   for (int64_t u = begin; u < end; ++u) {
     const int64_t batch = u / plan.b_groups;
-    const int64_t first = (u % plan.b_groups) * kGroup;  // panel
+    const int64_t first = (u % plan.b_groups) * plan.b_group_panels;  // panel
     const int64_t col0 = first * kNr;
     const int64_t ub = batch * plan.b_panels + first;
     int32_t* panel = plan.packed_b + ub * plan.b_panel_words;
     invalid += PackPanels<kNr, kGroup>(ViewOfB(p, batch), plan.layout, col0,
-                                       Min64(kGroup * kNr, p.n - col0), panel,
+                                       Min64(plan.b_group_panels * kNr, p.n - col0), panel,
                                        plan.b_panel_words, plan.b_nonfinite + batch * p.n + col0);
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
-    for (int64_t j = 0; j < Min64(kGroup, plan.b_panels - first); ++j) {
+    for (int64_t j = 0; j < Min64(plan.b_group_panels, plan.b_panels - first); ++j) {
       MeasureSegments<kNr>(panel + j * plan.b_panel_words, plan.layout, plan.segs,
                            plan.b_norm + (ub + j) * plan.segs.per_panel);
     }
@@ -292,7 +293,8 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
   plan.a_panels = CeilDiv(p.m, kMr);
   plan.b_panels = CeilDiv(p.n, kNr);
-  plan.b_groups = CeilDiv(plan.b_panels, BGroup(kNv));
+  plan.b_group_panels = BGroupPanels(kNv, plan.b_panels);
+  plan.b_groups = CeilDiv(plan.b_panels, plan.b_group_panels);
   plan.a_panel_words = plan.layout.total_pairs * kMr;
   plan.b_panel_words = plan.layout.total_pairs * kNr;
   // Work items: at most kMc x kNc (and no larger than the matrix), made
