@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if TF_LOWPREC_DFP_AVX2
+#include <immintrin.h>
+#endif
+
 #include "dfp_gemm.h"
 #include "dfp_gemm_certify.h"
 #include "dfp_gemm_layout.h"
@@ -205,6 +209,18 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
             const int64_t ja = jp * kNr, jb = Min64(j1, ja + kNr);
             float* oo = o + ja;
             if (blk == 0) {
+#if TF_LOWPREC_DFP_AVX2
+              // The only write of a whole, aligned 64-byte line of out
+              // (one exponent block): streamed, without reading the line
+              // into the cache first (out is written once and not read here).
+              if (plan.layout.blocks == 1 && jb - ja == 16 &&
+                  reinterpret_cast<uintptr_t>(oo) % 32 == 0) {
+                const __m256 f = _mm256_set1_ps(scale);
+                _mm256_stream_ps(oo, _mm256_mul_ps(_mm256_loadu_ps(t), f));
+                _mm256_stream_ps(oo + 8, _mm256_mul_ps(_mm256_loadu_ps(t + 8), f));
+                continue;
+              }
+#endif
               for (int64_t c = 0; c < jb - ja; ++c) oo[c] = t[c] * scale;
             } else {
               for (int64_t c = 0; c < jb - ja; ++c) oo[c] = oo[c] + t[c] * scale;
@@ -273,6 +289,9 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
   for (int64_t u = begin; u < end; ++u) {
     ComputeItem<kNv>(plan, u, tiles, scale_a, scale_b, local_a, local_a_norm, &stats);
   }
+#if TF_LOWPREC_DFP_AVX2
+  _mm_sfence();  // the streamed stores of out, before the caller reads it
+#endif
   ReleaseWorkspace(block, capacity);
   AtomicAdd(&plan.stats->invalid_inputs, stats.invalid_inputs);
   AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
