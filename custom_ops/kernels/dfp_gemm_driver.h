@@ -44,6 +44,10 @@ struct Plan {
   uint8_t* a_nonfinite;  // [a_batches][m]
   uint8_t* b_nonfinite;  // [b_batches][n]
   int64_t mc, nc;  // rows and columns of a work item (<= kMc, kNc)
+  // One exponent block and an output of 8 MB or more (well past the L2
+  // caches, so not read back from them by the next op): whole output lines
+  // are written with streaming stores (AVX2).
+  bool stream_out;
   int64_t row_items, col_items;
   Stats* stats;
 };
@@ -213,7 +217,7 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
               // The only write of a whole, aligned 64-byte line of out
               // (one exponent block): streamed, without reading the line
               // into the cache first (out is written once and not read here).
-              if (plan.layout.blocks == 1 && jb - ja == 16 &&
+              if (plan.stream_out && jb - ja == 16 &&
                   reinterpret_cast<uintptr_t>(oo) % 32 == 0) {
                 const __m256 f = _mm256_set1_ps(scale);
                 _mm256_stream_ps(oo, _mm256_mul_ps(_mm256_loadu_ps(t), f));
@@ -344,6 +348,7 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.col_items = CeilDiv(p.n, plan.nc);
 
   plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch);
+  plan.stream_out = plan.layout.blocks == 1 && p.batch * p.m * p.n >= (int64_t{1} << 21);
   plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
   // A panels packed by the packing pass (none when the items pack their own).
   const int64_t a_units = plan.pack_a_in_items ? 0 : plan.a_batches * plan.a_panels;
