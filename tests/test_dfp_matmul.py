@@ -357,6 +357,18 @@ def test_tier_matches_portable_with_transposes_blocks_chunks_and_batches(isa):
 
 
 @pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_matches_portable_on_wide_b_and_large_outputs(isa):
+    # 129 B panels: AVX2 packs them in groups of 32 (the last group one
+    # partial panel); 2^21 outputs or more: AVX2 streams whole aligned
+    # output lines (n = 2048: every row; n = 2063: only some lines).
+    a, b = _full_scale((1030, 40), 27), _full_scale((40, 2063), 28)
+    b[3, 2050] = np.nan  # a NaN column among the streamed outputs
+    _assert_tier_matches_portable(a, b, isa)
+    _assert_tier_matches_portable(a, np.swapaxes(b, 0, 1).copy(), isa, tb=True)
+    _assert_tier_matches_portable(a[:1024], b[:, :2048].copy(), isa)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
 def test_tier_matches_portable_with_subnormal_scales_nan_and_inf(isa):
     a, b = rand((13, 70), 25), rand((70, 33), 26, scale=1e-3)
     for scale in (1e-38, 1e-41):  # E below -126; below -125: the fused path falls back

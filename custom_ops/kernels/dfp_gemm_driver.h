@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if TF_LOWPREC_DFP_AVX2
+#include <immintrin.h>
+#endif
+
 #include "dfp_gemm.h"
 #include "dfp_gemm_certify.h"
 #include "dfp_gemm_conv_pack.h"
@@ -26,7 +30,8 @@ struct Plan {
   int64_t chunk_pairs, kc_pairs;
   int64_t a_batches, b_batches;
   int64_t a_panels, b_panels;  // per batch
-  int64_t b_groups;  // per batch: groups of BGroup(kNv) B panels, packed together
+  int64_t b_groups;  // per batch: groups of b_group_panels B panels, packed together
+  int64_t b_group_panels;  // <= BGroup(kNv)
   int64_t a_panel_words, b_panel_words;
   SegmentLayout segs;
   // Every A panel is used by one work item only (one column item, A not
@@ -40,6 +45,10 @@ struct Plan {
   uint8_t* a_nonfinite;  // [a_batches][m]
   uint8_t* b_nonfinite;  // [b_batches][n]
   int64_t mc, nc;  // rows and columns of a work item (<= kMc, kNc)
+  // One exponent block and an output of 8 MB or more (well past the L2
+  // caches, so not read back from them by the next op): whole output lines
+  // are written with streaming stores (AVX2).
+  bool stream_out;
   int64_t row_items, col_items;
   Stats* stats;
 };
@@ -98,7 +107,7 @@ void PackA(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
-// Unit u packs group u % b_groups of batch u / b_groups: BGroup(kNv) B
+// Unit u packs group u % b_groups of batch u / b_groups: b_group_panels B
 // panels (fewer in the last group).
 template <int kNv>
 void PackB(void* arg, int64_t begin, int64_t end) {
@@ -109,11 +118,11 @@ void PackB(void* arg, int64_t begin, int64_t end) {
   int64_t invalid = 0;
   for (int64_t u = begin; u < end; ++u) {
     const int64_t batch = u / plan.b_groups;
-    const int64_t first = (u % plan.b_groups) * kGroup;  // panel
+    const int64_t first = (u % plan.b_groups) * plan.b_group_panels;  // panel
     const int64_t col0 = first * kNr;
     const int64_t ub = batch * plan.b_panels + first;
     int32_t* panel = plan.packed_b + ub * plan.b_panel_words;
-    const int64_t lanes = Min64(kGroup * kNr, p.n - col0);
+    const int64_t lanes = Min64(plan.b_group_panels * kNr, p.n - col0);
     invalid += p.b_patches != nullptr  // (dfp_gemm_conv_pack.h)
                    ? PackPatchColumns<kNr, kGroup>(*p.b_patches, ViewOfB(p, batch), plan.layout,
                                                    col0, lanes, panel, plan.b_panel_words,
@@ -122,7 +131,7 @@ void PackB(void* arg, int64_t begin, int64_t end) {
                                              plan.b_panel_words,
                                              plan.b_nonfinite + batch * p.n + col0);
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
-    for (int64_t j = 0; j < Min64(kGroup, plan.b_panels - first); ++j) {
+    for (int64_t j = 0; j < Min64(plan.b_group_panels, plan.b_panels - first); ++j) {
       MeasureSegments<kNr>(panel + j * plan.b_panel_words, plan.layout, plan.segs,
                            plan.b_norm + (ub + j) * plan.segs.per_panel);
     }
@@ -213,6 +222,18 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
             const int64_t ja = jp * kNr, jb = Min64(j1, ja + kNr);
             float* oo = o + ja;
             if (blk == 0) {
+#if TF_LOWPREC_DFP_AVX2
+              // The only write of a whole, aligned 64-byte line of out
+              // (one exponent block): streamed, without reading the line
+              // into the cache first (out is written once and not read here).
+              if (plan.stream_out && jb - ja == 16 &&
+                  reinterpret_cast<uintptr_t>(oo) % 32 == 0) {
+                const __m256 f = _mm256_set1_ps(scale);
+                _mm256_stream_ps(oo, _mm256_mul_ps(_mm256_loadu_ps(t), f));
+                _mm256_stream_ps(oo + 8, _mm256_mul_ps(_mm256_loadu_ps(t + 8), f));
+                continue;
+              }
+#endif
               for (int64_t c = 0; c < jb - ja; ++c) oo[c] = t[c] * scale;
             } else {
               for (int64_t c = 0; c < jb - ja; ++c) oo[c] = oo[c] + t[c] * scale;
@@ -281,6 +302,9 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
   for (int64_t u = begin; u < end; ++u) {
     ComputeItem<kNv>(plan, u, tiles, scale_a, scale_b, local_a, local_a_norm, &stats);
   }
+#if TF_LOWPREC_DFP_AVX2
+  _mm_sfence();  // the streamed stores of out, before the caller reads it
+#endif
   ReleaseWorkspace(block, capacity);
   AtomicAdd(&plan.stats->invalid_inputs, stats.invalid_inputs);
   AtomicAdd(&plan.stats->overflowed_chunks, stats.overflowed_chunks);
@@ -301,7 +325,8 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
   plan.a_panels = CeilDiv(p.m, kMr);
   plan.b_panels = CeilDiv(p.n, kNr);
-  plan.b_groups = CeilDiv(plan.b_panels, BGroup(kNv));
+  plan.b_group_panels = BGroupPanels(kNv, plan.b_panels);
+  plan.b_groups = CeilDiv(plan.b_panels, plan.b_group_panels);
   plan.a_panel_words = plan.layout.total_pairs * kMr;
   plan.b_panel_words = plan.layout.total_pairs * kNr;
   // Work items: at most kMc x kNc (and no larger than the matrix), made
@@ -332,6 +357,7 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.col_items = CeilDiv(p.n, plan.nc);
 
   plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch);
+  plan.stream_out = plan.layout.blocks == 1 && p.batch * p.m * p.n >= (int64_t{1} << 21);
   plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
   // A panels packed by the packing pass (none when the items pack their own).
   const int64_t a_units = plan.pack_a_in_items ? 0 : plan.a_batches * plan.a_panels;

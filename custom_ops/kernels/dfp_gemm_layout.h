@@ -24,8 +24,15 @@ constexpr int64_t kNcPanels = 10;  // B panels (of 16 * kNv columns) per work it
 // columns of AVX2, 16 KB: with the A panel streamed beside it (6 KB) it
 // fits a 32 KB L1.
 constexpr int64_t KcPairs(int nv) { return nv == 1 ? 256 : 384 / nv; }
-// B panels packed together (PackPanels): 128 columns or more per group.
-constexpr int BGroup(int nv) { return nv == 1 ? 8 : nv == 2 ? 4 : 2; }
+// B panels packed together (PackPanels): 128 columns or more per group, at
+// most BGroup(nv) panels.  AVX2 takes up to 32 panels (512 columns, 2 KB of
+// each row of b read at a time) where b is wide enough to leave 4 groups for
+// the threads: the rows of b are pages apart, and the packing of 2048^2 at 8
+// panels per group spent most of its time on the loads that start a page.
+constexpr int BGroup(int nv) { return nv == 1 ? 32 : nv == 2 ? 4 : 2; }
+constexpr int64_t BGroupPanels(int nv, int64_t panels) {
+  return nv == 1 ? (panels / 4 < 8 ? 8 : panels / 4 > 32 ? 32 : panels / 4) : BGroup(nv);
+}
 constexpr int64_t kSegPairs = 8;   // K pairs per overflow-certification segment
 constexpr int64_t kMaxSegments = 64;  // proved per chunk (a multiple of 8); the rest is tracked
 
