@@ -218,3 +218,28 @@ def test_raw_op_bad_arguments():
     with pytest.raises(tf.errors.InvalidArgumentError, match="filter_size"):
         ops.lowprec_dfp_conv2d_backprop_filter(x, np.ones((1, 3, 3, 4), np.float32),
                                                filter_size=[0, 3])
+
+
+def _random_geometries(count, seed=123):
+    """Seeded random conv2d geometries (kernel, stride, dilation, padding, sizes) with outputs."""
+    rng = np.random.default_rng(seed)
+    found = []
+    while len(found) < count:
+        kh, kw, sh, sw = (int(v) for v in rng.integers(1, 4, 4))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+        h, w = int(rng.integers(kh * dh, 12)), int(rng.integers(kw * dw, 12))
+        n, c, o = int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(1, 20))
+        padding = ("VALID", "SAME")[int(rng.integers(2))]
+        found.append(((n, h, w, c), (kh, kw, c, o), (sh, sw), padding, (dh, dw)))
+    return found
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm", ("portable", "avx2")))
+@pytest.mark.parametrize("index, case", list(enumerate(_random_geometries(10))))
+def test_random_geometries_bit_exact(index, case, isa):
+    xs, ws, strides, padding, dilations = case
+    x, w = rand(xs, index), rand(ws, index + 100, scale=0.3)
+    g = rand(tf.nn.conv2d(x, w, strides, padding, dilations=dilations).shape, index + 200)
+    got = run(x, w, g, strides, padding, dilations, isa=isa)
+    for have, want in zip(got, references(x, w, g, strides, padding, dilations)):
+        np.testing.assert_array_equal(have, want)

@@ -301,13 +301,18 @@ def dfp_conv2d(
     implementation="auto",
     name=None,
 ):
-    """`tf.nn.conv2d` (NHWC) computed by the INT16 GEMM of `dfp_matmul` (im2col).
+    """`tf.nn.conv2d` (NHWC) computed by the INT16 GEMM of `dfp_matmul`.
 
-    The input and the filters are quantized to `fmt` (one exponent per tensor),
-    their patches multiplied by `dfp_matmul`, and the gradient rounds the error
-    to `fmt` (`backward_rounding`) before both backward GEMMs: d(filters) =
-    patches^T @ error and d(patches) = error @ filters^T, both INT16 GEMMs; the
-    patch gradients are then summed back onto the input in FP32 (col2im).
+    The input and the filters are quantized to `fmt` (one exponent per tensor)
+    and their patches multiplied by the INT16 GEMM; the gradient rounds the
+    error to `fmt` (`backward_rounding`) before both backward GEMMs.  With the
+    C++ kernels, one group and static height and width, these are implicit
+    GEMMs (`tf_lowprec.gemm.dfp_conv`: patches gathered while packing):
+    d(filters) = patches^T @ error, and d(x) one INT16 GEMM of the
+    stride-dilated error's patches with the flipped filters.  Otherwise
+    (groups, dynamic sizes, `implementation="tf"`) the patches are extracted
+    (im2col) for `dfp_matmul`, d(patches) = error @ filters^T, and the patch
+    gradients are summed back onto the input in FP32 (col2im).
 
     Args:
       x: float32 `[batch, height, width, in_channels]`.
