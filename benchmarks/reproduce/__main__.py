@@ -121,8 +121,10 @@ def merge_reports(paths):
     domains, runs = {}, []
     for run, report in enumerate(reports):
         meta = report["meta"]
-        runs.append(f"`{meta['command']}` ({meta['date']}, {meta['seeds']} seeds, "
-                    f"{meta['total_seconds'] / 60:.1f} min)")
+        # A report merged before lists its own runs: keep them, not its joined command.
+        runs.extend(meta.get("runs") or [
+            f"`{meta['command']}` ({meta['date']}, {meta['seeds']} seeds, "
+            f"{meta['total_seconds'] / 60:.1f} min)"])
         domains.update(meta["domains"])
         for domain, cells in report["results"].items():
             # "run" says which run a cell came from: only cells of one run may
