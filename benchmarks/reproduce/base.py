@@ -82,3 +82,22 @@ class _Classification(Domain):
     def base_optimizer(self, loss_scale_factor=None):
         return keras.optimizers.SGD(_cosine(self.lr, self.steps), momentum=0.9,
                                     loss_scale_factor=loss_scale_factor)
+
+
+class _LanguageModel(Domain):
+    """A next-character model on `self.test` windows, scored in bits per character."""
+
+    metric, higher_is_better = "validation bits per char", False
+
+    def loss(self):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def base_optimizer(self, loss_scale_factor=None):
+        return keras.optimizers.Adam(_cosine(self.lr, self.steps),
+                                     loss_scale_factor=loss_scale_factor)
+
+    def evaluate(self, model):
+        x, y = self.test
+        logits = model.predict(x, batch_size=128, verbose=0)
+        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return float(np.mean(keras.ops.convert_to_numpy(ce))) / math.log(2.0)

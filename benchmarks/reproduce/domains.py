@@ -10,13 +10,10 @@ papers' schedules do: late updates are then small, which is where pure-BF16
 weights with nearest rounding lose them (Zamirai et al. 2020).
 """
 
-import math
-
 import keras
-import numpy as np
 
 from . import data
-from .base import Domain, _auc, _Classification, _cosine
+from .base import Domain, _auc, _Classification, _cosine, _LanguageModel
 from .hfp8_domains import MobileNet, TransformerLM
 
 
@@ -80,11 +77,10 @@ class Digits(_Classification):
         ])
 
 
-class CharLM(Domain):
+class CharLM(_LanguageModel):
     """A character-level GRU language model on the standard library's sources."""
 
     name, title = "charlm", "Python stdlib sources, char-level GRU LM"
-    metric, higher_is_better = "validation bits per char", False
     lr, length = 5e-3, 64
 
     def configure(self):
@@ -115,19 +111,6 @@ class CharLM(Domain):
             layers.GRU(self.width, return_sequences=True, dtype=policy),
             layers.Dense(data.CHAR_VOCAB, dtype=policy),
         ])
-
-    def loss(self):
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    def base_optimizer(self, loss_scale_factor=None):
-        return keras.optimizers.Adam(_cosine(self.lr, self.steps),
-                                     loss_scale_factor=loss_scale_factor)
-
-    def evaluate(self, model):
-        x, y = self.test
-        logits = model.predict(x, batch_size=128, verbose=0)
-        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        return float(np.mean(keras.ops.convert_to_numpy(ce))) / math.log(2.0)
 
 
 class Recommender(Domain):

@@ -14,13 +14,11 @@ the fixed sinusoidal positions stay FP32.  The first and the last GEMM layer
 the output dense) are the ones a `first_last` spec exempts.
 """
 
-import math
-
 import keras
 import numpy as np
 
 from . import data
-from .base import Domain, _Classification, _cosine
+from .base import _Classification, _LanguageModel
 
 
 class MobileNet(_Classification):
@@ -79,11 +77,10 @@ def _positions(length, width):
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
 
 
-class TransformerLM(Domain):
+class TransformerLM(_LanguageModel):
     """A causal character-level Transformer LM (pre-LayerNorm blocks) on stdlib sources."""
 
     name, title = "transformer", "Python stdlib sources, char-level Transformer LM (2 blocks)"
-    metric, higher_is_better = "validation bits per char", False
     lr, length, width, heads, depth = 4e-3, 64, 64, 4, 2
 
     def configure(self):
@@ -123,16 +120,3 @@ class TransformerLM(Domain):
             x = x + layers.Dense(self.width, dtype=policy)(h)
         x = layers.LayerNormalization()(x)
         return keras.Model(inputs, layers.Dense(data.CHAR_VOCAB, dtype=policy)(x))
-
-    def loss(self):
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    def base_optimizer(self, loss_scale_factor=None):
-        return keras.optimizers.Adam(_cosine(self.lr, self.steps),
-                                     loss_scale_factor=loss_scale_factor)
-
-    def evaluate(self, model):
-        x, y = self.test
-        logits = model.predict(x, batch_size=128, verbose=0)
-        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        return float(np.mean(keras.ops.convert_to_numpy(ce))) / math.log(2.0)
