@@ -5,6 +5,8 @@ import math
 import keras
 import numpy as np
 
+from . import data
+
 
 def _cosine(lr, steps):
     return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(steps, 1))
@@ -85,9 +87,18 @@ class _Classification(Domain):
 
 
 class _LanguageModel(Domain):
-    """A next-character model on `self.test` windows, scored in bits per character."""
+    """A next-character model on stdlib windows, scored in bits per character.
+
+    Subclasses set `length`, `windows` and `val_windows` (in `configure`).
+    """
 
     metric, higher_is_better = "validation bits per char", False
+
+    def load(self):
+        # Every 10th stdlib file is validation (data.stdlib_text): the same split for all.
+        train_ids, val_ids = data.stdlib_text(2_000_000, 200_000)
+        self.train = data.char_windows(train_ids, self.windows, self.length, seed=0)
+        self.test = data.char_windows(val_ids, self.val_windows, self.length, seed=1)
 
     def loss(self):
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -91,11 +91,6 @@ class CharLM(_LanguageModel):
             self.epochs, self.batch_size, self.windows, self.width = 4, 32, 4800, 128
             self.val_windows = 512
 
-    def load(self):
-        train_ids, val_ids = data.stdlib_text(2_000_000, 200_000)
-        self.train = data.char_windows(train_ids, self.windows, self.length, seed=0)
-        self.test = data.char_windows(val_ids, self.val_windows, self.length, seed=1)
-
     def detail(self):
         return (f"{len(self.train[1])} training windows of {self.length} characters drawn "
                 f"from 2 M characters of stdlib .py files, {len(self.test[1])} validation "

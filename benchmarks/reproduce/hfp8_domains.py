@@ -89,12 +89,6 @@ class TransformerLM(_LanguageModel):
         else:
             self.epochs, self.batch_size, self.windows, self.val_windows = 3, 32, 2400, 512
 
-    def load(self):
-        # The char-LM's split: every 10th stdlib file is validation (data.stdlib_text).
-        train_ids, val_ids = data.stdlib_text(2_000_000, 200_000)
-        self.train = data.char_windows(train_ids, self.windows, self.length, seed=0)
-        self.test = data.char_windows(val_ids, self.val_windows, self.length, seed=1)
-
     def detail(self):
         return (f"{len(self.train[1])} training windows of {self.length} characters drawn "
                 f"from 2 M characters of stdlib .py files, {len(self.test[1])} validation "
