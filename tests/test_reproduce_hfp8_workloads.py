@@ -69,12 +69,13 @@ def test_hfp8_arms_differ_only_in_the_forward_format():
     fp8 = claims.FP8_152_FORWARD.get_config()
     differing = {k for k in hfp8 if hfp8[k] != fp8[k]}
     assert differing == {"activations", "weights"}
-    for name in ("fp8_delayed, ends fp16", "fp8_wang, ends fp16"):
+    for name in ("fp8_delayed, ends fp16", "fp8_wang, ends fp16", "mxfp8, ends fp16"):
         spec = claims.CONFIGS[name].dtype_policy().spec
         assert spec.first_last.get_config() == hfp8["first_last"]
     # The recipes beside HFP8 run only on the two workloads, and enter no verdict.
     assert training.needed_configs(["hfp8"], "mobilenet") == [
-        "fp32", "fp8 1-5-2 forward", "hfp8", "fp8_delayed, ends fp16", "fp8_wang, ends fp16"]
+        "fp32", "fp8 1-5-2 forward", "hfp8", "fp8_delayed, ends fp16", "fp8_wang, ends fp16",
+        "mxfp8, ends fp16"]
     assert training.needed_configs(["hfp8"], "mnist") == ["fp32", "fp8 1-5-2 forward", "hfp8"]
     assert training.needed_configs(["hfp8"], "charlm") == []
 

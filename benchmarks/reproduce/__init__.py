@@ -12,7 +12,7 @@ the INT16 GEMM throughput), loss_scaling (Micikevicius et al. 2018), hfp8
 errors underflow FP16 without any loss multiplier; only the loss_scaling claim
 runs on it, and only on it); mobilenet and transformer (a MobileNetV2-style
 CNN and a causal Transformer char-LM, hfp8_domains.py: only the hfp8 claim
-runs on them, with the fp8_delayed and fp8_wang recipes beside its arms).
+runs on them, with the fp8_delayed, fp8_wang and mxfp8 recipes beside its arms).
 Verdicts are computed from the seed spread (power.py).  Results: benchmarks/results/reproduction.md (and .json,
 reproduction_*.png).
 """

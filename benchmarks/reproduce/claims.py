@@ -36,6 +36,7 @@ def _fp16_ends(preset):
 
 FP8_DELAYED_ENDS = _fp16_ends("fp8_delayed")
 FP8_WANG_ENDS = _fp16_ends("fp8_wang")
+MXFP8_ENDS = _fp16_ends("mxfp8")
 
 # The fixed scale of the "constant loss scaling" arm: 2^15 is where Keras'
 # dynamic scaling starts, and no fixed scale above it is needed to lift errors
@@ -115,6 +116,10 @@ CONFIGS = {c.name: c for c in [
            description="Wang et al. 2018 (preset fp8_wang: 1-5-2 operands, errors and weight "
            "gradients, FP16 chunk-64 accumulation; FP32 master weights here), first/last "
            "layer FP16 as in hfp8, dynamic loss scaling"),
+    Config("mxfp8, ends fp16", MXFP8_ENDS, loss_scaling="dynamic",
+           description="OCP MX (preset mxfp8: E4M3 activations, weights and errors in "
+           "blocks of 32 sharing a power-of-two E8M0 scale), first/last layer FP16 as in "
+           "hfp8, dynamic loss scaling"),
     Config("bf16 weights, nearest", "bf16", weights="nearest_even",
            description="bf16 policy + weights stored in BF16, update rounded to nearest"),
     Config("bf16 weights, stochastic", "bf16", weights="stochastic",
@@ -209,7 +214,8 @@ CLAIMS = {c.name: c for c in [
            # Other FP8 recipes for comparison, only where the paper sees the
            # contrast: the workloads are the most expensive to emulate.
            Arm("fp8_delayed, ends fp16", BASELINE, domains=_HFP8_WORKLOADS),
-           Arm("fp8_wang, ends fp16", BASELINE, domains=_HFP8_WORKLOADS)),
+           Arm("fp8_wang, ends fp16", BASELINE, domains=_HFP8_WORKLOADS),
+           Arm("mxfp8, ends fp16", BASELINE, domains=_HFP8_WORKLOADS)),
           # Not the char-LM: its only GEMM layers, the GRU and the output dense,
           # are its first and last, which both arms keep in FP16.  MobileNet and
           # Transformer are the workloads where the paper sees FP8 1-5-2 fail.

@@ -412,7 +412,8 @@ def plots(report, out_dir, prefix):
         # The underflow workload's arms all differ in loss scaling: plot each.
         shown = list(results[d]) if d == "underflow" else [
             "fp32", "bf16", "dfp16", "fp8 1-5-2 forward", "hfp8", "fp8_delayed, ends fp16",
-            "fp8_wang, ends fp16", "bf16 weights, nearest", "bf16 weights, Kahan"]
+            "fp8_wang, ends fp16", "mxfp8, ends fp16", "bf16 weights, nearest",
+            "bf16 weights, Kahan"]
         for config in shown:
             if config in results[d]:
                 curve = np.mean(np.array(results[d][config]["curves"]), axis=0)
