@@ -133,6 +133,25 @@ def test_forward_and_gradients_bit_exact(case, isa):
     check(case, 1, isa)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_backward_bits_equal_the_col2im_path(case, monkeypatch):
+    """d(x) and d(filters) are the col2im path's GEMMs (K in the same order): the same bits.
+    So is the forward where no two windows overlap (stride >= span) and the K = C GEMM there
+    is one chunk (C <= 64): each output is then one INT32 sum in both."""
+    xs, ws, spatial, strides, padding, dilations = case
+    x, w = rand(xs, 3), rand(ws, 4, scale=0.3)
+    g = rand((xs[0], *spatial, ws[-2]), 5, scale=1e-2)
+    implicit = run(x, w, g, spatial, strides, padding, dilations)
+    monkeypatch.setattr(dfp_conv, "transpose_applies", lambda *args: False)
+    col2im = run(x, w, g, spatial, strides, padding, dilations)
+    np.testing.assert_array_equal(implicit[1], col2im[1])
+    np.testing.assert_array_equal(implicit[2], col2im[2])
+    spans = [(k - 1) * d + 1 for k, d in zip(ws, dilations)]
+    if all(s >= span for s, span in zip(strides, spans)):
+        # (The 1-D case with C = 70: the K = 140 chunks cut the channels elsewhere.)
+        assert np.array_equal(implicit[0], col2im[0]) == (xs[-1] <= 64)
+
+
 def _random_geometries(count, seed=321):
     """Seeded geometries: kernels 1-4, strides 1-3, dilations 1-2, every output size that
     fits (output padding), 1-D and 2-D."""
