@@ -10,7 +10,8 @@ with a GradientTape) of `lp.dfp_conv_transpose` on two paths:
   backward GEMMs on the error's patches: reached here by making
   `dfp_conv.transpose_applies` answer False while that function is traced;
 
-against `tf.nn.conv_transpose` in FP32 and its TF gradient.  The functions
+against `tf.nn.conv_transpose` in FP32 and its TF gradient; and the forward
+pass alone on the three.  The functions
 are interleaved (one call of each per round); the fastest wall time and the
 median process CPU time per call (user + system, all threads) are reported.
 
@@ -18,6 +19,7 @@ median process CPU time per call (user + system, all threads) are reported.
 """
 
 import argparse
+import json
 import os
 import time
 from unittest import mock
@@ -43,8 +45,10 @@ CASES = {
 }
 
 
-def step(op, x, w, shape, stride, padding, dy):
+def step(op, x, w, shape, stride, padding, dy, backward=True):
     def run():
+        if not backward:
+            return [op(x, w, shape, stride, padding)]
         with tf.GradientTape() as tape:
             tape.watch([x, w])
             y = op(x, w, shape, stride, padding)
@@ -61,13 +65,16 @@ def functions():
         w = tf.constant((rng.standard_normal(ws) * 0.1).astype(np.float32))
         shape = [xs[0], *spatial, ws[-2]]
         dy = tf.constant((rng.standard_normal(shape) * 1e-3).astype(np.float32))
-        implicit = step(lp.dfp_conv_transpose, x, w, shape, stride, padding, dy)
-        col2im = step(lp.dfp_conv_transpose, x, w, shape, stride, padding, dy)
-        with mock.patch.object(dfp_conv, "transpose_applies", lambda *a: False):
-            col2im.get_concrete_function()  # traced on the path before
-        implicit.get_concrete_function()
-        fp32 = step(tf.nn.conv_transpose, x, w, shape, stride, padding, dy)
-        out.append((name, {"implicit": implicit, "col2im": col2im, "fp32": fp32}))
+        for backward in (True, False):
+            args = (x, w, shape, stride, padding, dy, backward)
+            implicit = step(lp.dfp_conv_transpose, *args)
+            col2im = step(lp.dfp_conv_transpose, *args)
+            with mock.patch.object(dfp_conv, "transpose_applies", lambda *a: False):
+                col2im.get_concrete_function()  # traced on the path before
+            implicit.get_concrete_function()
+            fp32 = step(tf.nn.conv_transpose, *args)
+            label = f"{name}, {'forward + backward' if backward else 'forward'}"
+            out.append((label, {"implicit": implicit, "col2im": col2im, "fp32": fp32}))
     return out
 
 
@@ -81,30 +88,42 @@ def main():
     tf.get_logger().setLevel("ERROR")  # (the retracing notice: each case is its own function)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     runs = functions()
     lp.dfp_gemm_counters(reset=True)
     for _, fns in runs:
         for f in fns.values():
             f()
-    # One step of each DFP path per case: 3 GEMMs each (forward, d(x), d(filters)).
-    assert lp.dfp_gemm_counters()["calls"] == 6 * len(runs), lp.dfp_gemm_counters()
+    # Per case, each DFP path: 3 GEMMs (forward, d(x), d(filters)) + 1 (forward alone).
+    assert lp.dfp_gemm_counters()["calls"] == 4 * len(runs), lp.dfp_gemm_counters()
     times = {(name, side): [] for name, fns in runs for side in fns}
     for _ in range(args.rounds):
         for name, fns in runs:
             for side, f in fns.items():
                 times[(name, side)].append(timed(f))
-    print(f"load average {os.getloadavg()[0]:.1f} at the end; {args.rounds} interleaved rounds")
-    print("| forward + backward | implicit CPU ms | col2im CPU ms | fp32 CPU ms "
+    load_end = os.getloadavg()[0]
+    print(f"load average {load_start:.1f} at the start, {load_end:.1f} at the end; "
+          f"{args.rounds} interleaved rounds")
+    print("| case, passes | implicit CPU ms | col2im CPU ms | fp32 CPU ms "
           "| implicit / col2im | implicit / fp32 | wall ms min (implicit, col2im, fp32) |")
     print("|---|---|---|---|---|---|---|")
+    rows = {}
     for name, _ in runs:
         t = {side: np.array(times[(name, side)]) * 1e3 for side in ("implicit", "col2im", "fp32")}
-        cpu = {side: np.median(v[:, 1]) for side, v in t.items()}
-        wall = ", ".join(f"{v[:, 0].min():.1f}" for v in t.values())
+        cpu = {side: float(np.median(v[:, 1])) for side, v in t.items()}
+        wall = {side: float(v[:, 0].min()) for side, v in t.items()}
+        rows[name] = {"cpu_ms_median": cpu, "wall_ms_min": wall}
         print(f"| {name} | {cpu['implicit']:.1f} | {cpu['col2im']:.1f} | {cpu['fp32']:.1f} "
               f"| {cpu['implicit'] / cpu['col2im']:.2f}x | {cpu['implicit'] / cpu['fp32']:.2f}x "
-              f"| {wall} |")
+              f"| {', '.join(f'{v:.1f}' for v in wall.values())} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rounds": args.rounds, "load_start": load_start, "load_end": load_end,
+                       "kernel_tiers": {op: tiers["auto"] for op, tiers in
+                                        lp.kernel_tiers().items() if "auto" in tiers},
+                       "cases": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
