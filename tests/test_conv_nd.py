@@ -22,6 +22,7 @@ from tf_lowprec.gemm import conv_nd
 from tf_lowprec.gemm import reference as reference_gemm
 from test_bf16_gemm import reference_matmul as bf16_reference_matmul
 from test_dfp_conv2d import rand
+import test_dfp_implicit_conv_transpose as implicit_transpose
 
 
 def dfp_gemm(a, b):
@@ -61,8 +62,19 @@ def conv3d_op(kernel):
 
 
 def conv_transpose_op(kernel):
+    if kernel == "dfp":
+        # 1-D and 2-D ones run as implicit GEMMs with the C++ kernels (written-out
+        # references in test_dfp_implicit_conv_transpose.py); col2im's arithmetic, checked
+        # here, is that of the stock-TF twin (XLA, GPUs) and of 3-D ones.
+        def dfp(x, w, shape, strides, padding, dilations, implementation=None):
+            if implementation is None:
+                implementation = "auto" if len(x.shape) == 5 else "tf"
+            return lp.dfp_conv_transpose(x, w, shape, strides, padding, dilations,
+                                         implementation=implementation)
+
+        return dfp
     if kernel != "fp16_sum":
-        return {"dfp": lp.dfp_conv_transpose, "bf16": lp.bf16_conv_transpose}[kernel]
+        return {"bf16": lp.bf16_conv_transpose}[kernel]
     return lambda x, w, shape, strides, padding, dilations: accumulation.conv_transpose(
         x, w, shape, accumulator=ACCUMULATOR, strides=strides, padding=padding,
         dilations=dilations)
@@ -296,6 +308,15 @@ def test_layers_equal_the_written_out_reference(preset, make, shape):
     xr, wr, gr = quantize(x), quantize(layer.kernel), quantize(upstream)
     ksize, strides = layer.kernel_size, layer.strides
     padding, dilations = layer.padding.upper(), layer.dilation_rate
+    if preset == "dfp16" and len(shape) < 5:
+        # 1-D / 2-D transposed: implicit INT16 GEMMs, no col2im (their written-out reference).
+        written_out = implicit_transpose.references_1d if len(shape) == 3 else (
+            implicit_transpose.references)
+        want = written_out(np.asarray(x), np.asarray(layer.kernel), upstream,
+                           tuple(y.shape[1:-1]), tuple(strides), padding, tuple(dilations))
+        for got, expected in zip((y, dx, dkernel), want):
+            np.testing.assert_array_equal(np.asarray(got), expected)
+        return
     if isinstance(layer, keras.layers.Conv3D) and not isinstance(
             layer, keras.layers.Conv3DTranspose):
         cols = flat(im2col(xr, ksize, strides, padding, dilations))

@@ -469,12 +469,20 @@ def dfp_conv_transpose(
 ):
     """`tf.nn.conv_transpose` (channels last, 1-3 spatial axes) on the INT16 GEMM.
 
-    The forward pass is the INT16 GEMM `x [N * prod(X), C] @ filters^T [C,
-    prod(k) * O]` (K = C), whose outputs col2im adds onto the output in FP32
-    in the order `tf_lowprec.gemm.conv_nd` states.  The error is rounded to
-    `fmt` once per tensor; d(x) is the INT16 GEMM `patches(error) @ filters`
-    (K = prod(k) * O: a convolution of the error) and d(filters) the INT16
-    GEMM `x^T @ patches(error)` (K = N * prod(X)).
+    A transposed convolution is the input gradient of the convolution `conv`
+    of its output with the filters.  With the C++ kernels and 1 or 2 spatial
+    axes (1-D as 2-D of height 1) it runs as implicit GEMMs
+    (`tf_lowprec.gemm.dfp_conv.conv_transpose`): the forward pass is one
+    INT16 GEMM of x dilated by the strides and padded with the flipped
+    filters (K = prod(k) * C: exact INT32 chunk sums, FP32 only between
+    chunks), d(x) the INT16 GEMM of the error's patches with the filters
+    (K = prod(k) * O: `conv` of the error) and d(filters) the INT16 GEMM
+    `patches(error)^T @ x` (K = N * prod(X)).  Otherwise (3 spatial axes,
+    `implementation="tf"`) the forward pass is the INT16 GEMM `x [N *
+    prod(X), C] @ filters^T [C, prod(k) * O]` (K = C), whose outputs col2im
+    adds onto the output in FP32 in the order `tf_lowprec.gemm.conv_nd`
+    states, and the backward GEMMs take the error's patches (im2col).  The
+    error is rounded to `fmt` once per tensor.
 
     Args:
       x: float32 `[batch, *spatial, in_channels]`, 1 to 3 spatial axes
@@ -503,6 +511,11 @@ def dfp_conv_transpose(
             x, filters, output_shape, strides, padding, dilations, "dfp_conv_transpose")
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        if rounding_lib.use_kernel(implementation) and _dfp_conv.transpose_applies(x, geometry):
+            # Implicit GEMMs: the input gradient of a convolution, no col2im.
+            return _dfp_conv.conv_transpose(x, filters, geometry, fmt, rounding=rounding,
+                                            seed=seed, backward_rounding=backward_rounding,
+                                            chunk_size=chunk_size, isa=isa)
         quantizer, inner_rounding = None, backward_rounding
         if backward_rounding != "nearest_even" or not geometry.covers_image():
             # The GEMMs see the error's patches: where those miss some of its

@@ -15,6 +15,13 @@ the tensor's shared exponent (custom_ops/kernels/dfp_gemm_conv_pack.h):
   only between chunks, instead of FP32 sums of the d(patches) columns
   (col2im).  docs/dfp_gemm.md states the arithmetic.
 
+`conv_transpose` (what `tf_lowprec.gemm.dfp.dfp_conv_transpose` runs for 1-
+and 2-D transposed convolutions) is the input gradient of a convolution, so
+it runs on the same two ops: its forward pass is the d(x) above (x dilated by
+the strides and padded, the flipped filters, K = kh * kw * C), its d(x) that
+convolution's forward pass and its d(filters) that convolution's filter
+gradient with the roles of x and the error exchanged.
+
 The shared exponent of x (and of dy) is that of the whole tensor: where a
 stride longer than the kernel leaves elements of x outside every patch, the
 paper's per-tensor quantization still sees them (it quantizes the tensor,
@@ -122,3 +129,86 @@ def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, *,
         return y, grad
 
     return conv(x, filters)
+
+
+def transpose_applies(x, geometry):
+    """Whether `conv_transpose` can take a transposed convolution of `geometry`.
+
+    `geometry` is `conv_nd.transpose_geometry`'s (static sizes by then): 1 or
+    2 spatial axes (a 1-D one runs as a 2-D one of height 1) and a non-empty x.
+    """
+    return len(geometry.spatial) <= 2 and all(n > 0 for n in x.shape[1:-1])
+
+
+def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
+                   rounding="nearest_even", seed=None, backward_rounding="nearest_even",
+                   chunk_size=64, isa="auto"):
+    """`tf.nn.conv_transpose` (channels last) as implicit INT16 GEMMs, with its gradient.
+
+    `x` [N, *X, C] and `filters` [*k, O, C] as `dfp_conv_transpose` checked
+    them; `geometry` (`conv_nd.transpose_geometry`) is that of the convolution
+    `conv(z [N, *spatial, O], filters)` whose input gradient this is (its
+    `pads` are TF's, its windows x's positions); `transpose_applies` holds.
+    With `conv` that convolution:
+
+    * y = the d(z) of `conv`: x dilated by the strides, padded, convolved with
+      the filters reversed in both spatial axes as `[kh, kw, C, O]` (K =
+      kh * kw * C); output elements in no window of conv (output padding
+      past the last window) are 0;
+    * d(x) = conv(dy, filters), stride s (K = kh * kw * O);
+    * d(filters) = conv's filter gradient of (dy, x): patches(dy)^T @ x
+      (K = N * prod(X)).
+
+    Rounded to nearest, every operand is quantized inside the kernels (one
+    exponent per tensor, the same values as `quantize_dfp`); other roundings
+    quantize x (seed), the filters (seed + [0, 1]) and the error (seed +
+    [0, 2]) once here, and the kernels' own quantization is then lossless.
+    """
+    one_d = len(geometry.spatial) == 1
+
+    def two(values, first):
+        return [first, *values] if one_d else list(values)
+
+    spatial, ksize = two(geometry.spatial, 1), two(geometry.ksize, 1)
+    strides, dilations = two(geometry.strides, 1), two(geometry.dilations, 1)
+    conv_pads = two(geometry.pads, (0, 0))
+    if one_d:
+        x, filters = x[:, None], filters[None]
+    ops = _load_ops()
+    options = dict(bits=fmt.bits, extra_shift=fmt.extra_shift, chunk_size=chunk_size, isa=isa)
+    conv_attrs = dict(strides=strides, dilations=dilations, input_dilations=[1, 1],
+                      pads=[p for pair in conv_pads for p in pair])
+    # The forward pass is conv's d(z): pads of the dilated x so that a stride-1
+    # convolution of it has the output's size.
+    forward_pads = []
+    for size, k, s, d, (before, _), out in zip(spatial, ksize, strides, dilations, conv_pads,
+                                              x.shape[1:3]):
+        forward_pads += _input_gradient_pads(size, k, s, d, before, out)
+    seed = rounding_lib.seed_tensor(
+        seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
+    if rounding != "nearest_even":
+        # Straight-through gradients (quantize_dfp's): d(x) and d(filters) pass.
+        x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
+        filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
+                                            seed=seed + tf.constant([0, 1], tf.int64))
+
+    @tf.custom_gradient
+    def transpose(xv, wv):
+        # [kh, kw, O, C] -> flipped taps, [kh, kw, C, O]: conv's d(z) filters.
+        flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
+        y, _ = ops.lowprec_dfp_conv2d(xv, flipped, strides=[1, 1], dilations=dilations,
+                                      input_dilations=strides, pads=forward_pads, **options)
+
+        def grad(dy):
+            if backward_rounding != "nearest_even":
+                dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
+                                               seed=seed + tf.constant([0, 2], tf.int64))
+            dx, _ = ops.lowprec_dfp_conv2d(dy, wv, **conv_attrs, **options)
+            dw, _ = ops.lowprec_dfp_conv2d_backprop_filter(dy, xv, filter_size=ksize,
+                                                           **conv_attrs, **options)
+            return dx, dw
+
+        return y, grad
+
+    y = transpose(x, filters)
+    return y[:, 0] if one_d else y
