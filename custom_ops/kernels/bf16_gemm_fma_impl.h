@@ -364,20 +364,20 @@ void ConvertPatchRows(const Problem& p, int64_t r0, int64_t rows, int64_t k0, in
   const ConvGather& g = *p.a_patches;
   if (!p.transpose_a) {
     alignas(32) float run[kKc];  // kKc: a multiple of 8
-    for (int64_t i = 0; i < rows; ++i) {
-      float* out = dst + i * ld;
-      ExponentRange range = ranges[i];
-      for (int64_t c0 = 0; c0 < kc; c0 += kKc) {
-        const int64_t n = Min64(kKc, kc - c0);
-        const int64_t valid = Min64(n, p.k - k0 - c0);  // the rest: zeros past K
-        if (valid > 0) GatherPatchRow(g, r0 + i, k0 + c0, valid, run);
+    for (int64_t c0 = 0; c0 < kc; c0 += kKc) {
+      const int64_t n = Min64(kKc, kc - c0);
+      const int64_t valid = Min64(n, p.k - k0 - c0);  // the rest: zeros past K
+      const PatchColumn col = valid > 0 ? ColumnOf(g, k0 + c0) : PatchColumn();
+      PatchPixel px = PixelOfRow(g, r0);
+      for (int64_t i = 0; i < rows; ++i, Advance(g, &px)) {
+        if (valid > 0) GatherPatchColumns(g, px, col, valid, run);
+        float* out = dst + i * ld + c0;
         for (int64_t k = 0; k < n; k += 8) {
           const __m256i r = LoadConvert(run + k, valid - k);
-          range.Add(r);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c0 + k), r);
+          ranges[i].Add(r);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), r);
         }
       }
-      ranges[i] = range;
     }
     return;
   }
@@ -385,10 +385,12 @@ void ConvertPatchRows(const Problem& p, int64_t r0, int64_t rows, int64_t k0, in
   alignas(32) float block[8 * kSpan];
   for (int64_t c0 = 0; c0 < rows; c0 += kSpan) {
     const int64_t span = Min64(kSpan, rows - c0);
+    const PatchColumn col = ColumnOf(g, r0 + c0);
+    PatchPixel px = PixelOfRow(g, k0);
     for (int64_t k = 0; k < kc; k += 8) {
       const int64_t pixels = Min64(8, p.k - k0 - k);  // <= 0: all zeros past K
-      for (int64_t t = 0; t < pixels; ++t) {
-        GatherPatchRow(g, k0 + k + t, r0 + c0, span, block + t * kSpan);
+      for (int64_t t = 0; t < pixels; ++t, Advance(g, &px)) {
+        GatherPatchColumns(g, px, col, span, block + t * kSpan);
       }
       for (int64_t c = 0; c < span; c += 8) {
         const int64_t cols = Min64(8, span - c);

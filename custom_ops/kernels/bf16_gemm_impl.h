@@ -351,12 +351,15 @@ void PackRange(void* arg, int64_t begin, int64_t end) {
       // the two rows of a materialized [k, m] a are.
       float* gathered = p.a_patches == nullptr ? nullptr
                                                : static_cast<float*>(AlignedAlloc(8 * p.m));
+      PatchPixel px = gathered != nullptr ? PixelOfRow(*p.a_patches, 2 * p0) : PatchPixel();
       for (int64_t pp = p0; pp < p1; ++pp) {
         const float* rows = a + 2 * pp * p.m;
         if (gathered != nullptr) {
-          GatherPatchRow(*p.a_patches, 2 * pp, 0, p.m, gathered);
+          GatherPatchColumns(*p.a_patches, px, PatchColumn(), p.m, gathered);
+          Advance(*p.a_patches, &px);
           if (2 * pp + 1 < p.k) {
-            GatherPatchRow(*p.a_patches, 2 * pp + 1, 0, p.m, gathered + p.m);
+            GatherPatchColumns(*p.a_patches, px, PatchColumn(), p.m, gathered + p.m);
+            Advance(*p.a_patches, &px);
           }
           rows = gathered;
         }

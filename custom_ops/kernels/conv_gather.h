@@ -31,22 +31,59 @@ struct ConvGather {
   int64_t Columns() const { return kh * kw * channels; }
 };
 
+// Where row p of the patch matrix starts: its output pixel (b, y, x).
+// Consecutive rows are reached by Advance, which counts instead of dividing.
+struct PatchPixel {
+  int64_t b = 0, y = 0, x = 0;
+};
+
+// Where column r starts: the kernel tap (i, j) and the channel c.
+struct PatchColumn {
+  int64_t i = 0, j = 0, c = 0;
+};
+
 namespace {
 
-// Columns [r0, r0 + n) of row p of the patch matrix into out: runs of
+inline PatchPixel PixelOfRow(const ConvGather& g, int64_t p) {
+  const int64_t t = p / g.out_w;
+  PatchPixel px;
+  px.b = t / g.out_h;
+  px.y = t - px.b * g.out_h;
+  px.x = p - t * g.out_w;
+  return px;
+}
+
+inline void Advance(const ConvGather& g, PatchPixel* px) {
+  if (++px->x == g.out_w) {
+    px->x = 0;
+    if (++px->y == g.out_h) {
+      px->y = 0;
+      ++px->b;
+    }
+  }
+}
+
+inline PatchColumn ColumnOf(const ConvGather& g, int64_t r) {
+  PatchColumn col;
+  const int64_t ij = r / g.channels;
+  col.c = r - ij * g.channels;
+  col.i = ij / g.kw;
+  col.j = ij - col.i * g.kw;
+  return col;
+}
+
+// n columns from `col` of the patch row at pixel `px` into out: runs of
 // contiguous channels copied from the input, or zeros (+0, as im2col pads).
 // The kernel tap (i, j) advances by counting, not dividing: int64 divisions
 // per run cost more than copying a run of 32 channels (and all of a run of
 // one channel).
-inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
-  const int64_t t = p / g.out_w;
-  const int64_t y0 = (t % g.out_h) * g.sh - g.pad_top;
-  const int64_t x0 = (p - t * g.out_w) * g.sw - g.pad_left;
-  const float* image = g.input + (t / g.out_h) * g.height * g.width * g.channels;
+inline void GatherPatchColumns(const ConvGather& g, const PatchPixel& px, PatchColumn col,
+                               int64_t n, float* out) {
+  const int64_t y0 = px.y * g.sh - g.pad_top;
+  const int64_t x0 = px.x * g.sw - g.pad_left;
+  const float* image = g.input + px.b * g.height * g.width * g.channels;
   const bool holes = g.lh != 1 || g.lw != 1;  // a dilated input (d(x) of a strided conv)
-  int64_t c0 = r0 % g.channels;
-  const int64_t ij = r0 / g.channels;
-  int64_t i = ij / g.kw, j = ij - (ij / g.kw) * g.kw;
+  int64_t c0 = col.c, i = col.i, j = col.j;
   for (int64_t done = 0; done < n;) {
     const int64_t rest = g.channels - c0, wanted = n - done;
     const int64_t len = rest < wanted ? rest : wanted;
@@ -76,6 +113,11 @@ inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n
       ++i;
     }
   }
+}
+
+// Columns [r0, r0 + n) of row p of the patch matrix into out.
+inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
+  GatherPatchColumns(g, PixelOfRow(g, p), ColumnOf(g, r0), n, out);
 }
 
 }  // namespace
