@@ -58,6 +58,8 @@ OP_SOURCES = [
     ("custom_ops/kernels/dfp_conv_kernels.cc", "tf"),
     ("custom_ops/ops/bf16_gemm_ops.cc", "tf"),
     ("custom_ops/kernels/bf16_gemm_kernels.cc", "tf"),
+    ("custom_ops/ops/bf16_conv_ops.cc", "tf"),
+    ("custom_ops/kernels/bf16_conv_kernels.cc", "tf"),
     ("custom_ops/kernels/bf16_gemm_portable.cc", "portable"),
     ("custom_ops/kernels/bf16_gemm_avx2.cc", "avx2"),
     ("custom_ops/kernels/bf16_gemm_avx512.cc", "avx512"),

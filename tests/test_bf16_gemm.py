@@ -559,19 +559,18 @@ def test_conv2d_forward_and_backward(strides, dilations, padding):
     dx, dw = tape.gradient(y, [xt, wt], output_gradients=tf.constant(dy))
     dy_cols = dy.reshape(-1, 4)
     assert_bits_equal(dw, lp.bf16_matmul(cols, dy_cols, transpose_a=True).numpy().reshape(w.shape))
-    # d(patches) = bf16_matmul(dy, W^T), summed back onto x (col2im, in FP32).
+    # d(x) is one BF16 GEMM of the dilated error with the flipped filters (its
+    # bits: tests/test_bf16_implicit_conv.py); here, close to the im2col path's
+    # d(patches) = bf16_matmul(dy, W^T) summed back onto x (col2im, in FP32).
     dcols = lp.bf16_matmul(dy_cols, weights, transpose_b=True).numpy()
-    ones_x = tf.constant(np.zeros_like(x))
+    zeros_x = tf.constant(np.zeros_like(x))
     with tf.GradientTape() as t2:
-        t2.watch(ones_x)
+        t2.watch(zeros_x)
         patches = tf.image.extract_patches(
-            ones_x, [1, 3, 3, 1], [1, *s, 1], [1, *d, 1], padding)
-    expected_dx = t2.gradient(patches, ones_x,
+            zeros_x, [1, 3, 3, 1], [1, *s, 1], [1, *d, 1], padding)
+    expected_dx = t2.gradient(patches, zeros_x,
                               output_gradients=tf.constant(dcols.reshape(patches.shape)))
-    if s == (3, 3) and d == (1, 1):  # patches do not overlap: col2im adds nothing
-        assert_bits_equal(dx, expected_dx)
-    else:
-        np.testing.assert_allclose(dx, expected_dx, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-2, atol=1e-2)
 
 
 def test_conv2d_bad_input():

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "batched_gemm_operands.h"
+#include "conv_gather.h"
 #include "cpu_features.h"
 #include "parallel_for.h"
 
@@ -35,6 +36,12 @@ namespace bf16_gemm {
 
 // One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
 struct Problem : BatchedGemmOperands {
+  // Implicit-GEMM convolution (batch 1): a is the patch matrix *a_patches,
+  // [pixels, kh*kw*C], gathered from its input while packing and rounded as
+  // a materialized a would be; a itself is then not read.  Not transposed,
+  // it is the forward GEMM's a [m, k]; transposed ([k, m]: K runs over the
+  // pixels), the filter gradient's.
+  const ConvGather* a_patches = nullptr;
   float* out = nullptr;  // [batch, m, n] row-major
 };
 

@@ -60,6 +60,8 @@
 // rounding mode can leak in.
 
 // Structure (GotoBLAS / BLIS style, 6 x 16 FP32 micro-tile):
+//   (A patch matrix, Problem::a_patches, is gathered into a buffer by each
+//   work item and then converted as a materialized a: the same values.)
 //   1. pack, in parallel: every element of a and b is rounded to BF16 and
 //      DAZ'd, and stored as the FP32 value it is (BF16 bits in the high
 //      half).  a goes to rows ([m][lda], K padded to even with +0 and rows
@@ -87,6 +89,7 @@
 
 #include "bf16_gemm.h"
 #include "bf16_gemm_step.h"  // ToBf16Daz, Step, StepFinite, Min64, CeilDiv, AlignedAlloc
+#include "conv_gather.h"  // GatherPatchRow (a_patches)
 #include "float_environment.h"  // ScopedIeeeFloatEnvironment
 
 namespace tf_lowprec {
@@ -350,11 +353,67 @@ struct Plan {
   uint8_t* b_any_nonfinite;       // [b_batches]
 };
 
+// ConvertARows for a patch matrix (p.a_patches): the values gathered into a
+// buffer first, then converted, transposed and measured exactly as those of
+// the materialized matrix, so the packed rows and their facts are the same.
+// Not transposed, rows are pixels (any number of them, one gather per row
+// and K piece); transposed, rows are patch columns (any number: 8 pixels'
+// patch rows gathered over all of them at a time, then 8 x 8 transposes).
+void ConvertPatchRows(const Problem& p, int64_t r0, int64_t rows, int64_t k0, int64_t kc,
+                      float* dst, int64_t ld, ExponentRange* ranges) {
+  const ConvGather& g = *p.a_patches;
+  if (!p.transpose_a) {
+    alignas(32) float run[kKc];  // kKc: a multiple of 8
+    for (int64_t c0 = 0; c0 < kc; c0 += kKc) {
+      const int64_t n = Min64(kKc, kc - c0);
+      const int64_t valid = Min64(n, p.k - k0 - c0);  // the rest: zeros past K
+      const PatchColumn col = valid > 0 ? ColumnOf(g, k0 + c0) : PatchColumn();
+      PatchPixel px = PixelOfRow(g, r0);
+      for (int64_t i = 0; i < rows; ++i, Advance(g, &px)) {
+        if (valid > 0) GatherPatchColumns(g, px, col, valid, run);
+        float* out = dst + i * ld + c0;
+        for (int64_t k = 0; k < n; k += 8) {
+          const __m256i r = LoadConvert(run + k, valid - k);
+          ranges[i].Add(r);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), r);
+        }
+      }
+    }
+    return;
+  }
+  constexpr int64_t kSpan = kMcPanels * kMr;  // a multiple of 8
+  alignas(32) float block[8 * kSpan];
+  for (int64_t c0 = 0; c0 < rows; c0 += kSpan) {
+    const int64_t span = Min64(kSpan, rows - c0);
+    const PatchColumn col = ColumnOf(g, r0 + c0);
+    PatchPixel px = PixelOfRow(g, k0);
+    for (int64_t k = 0; k < kc; k += 8) {
+      const int64_t pixels = Min64(8, p.k - k0 - k);  // <= 0: all zeros past K
+      for (int64_t t = 0; t < pixels; ++t, Advance(g, &px)) {
+        GatherPatchColumns(g, px, col, span, block + t * kSpan);
+      }
+      for (int64_t c = 0; c < span; c += 8) {
+        const int64_t cols = Min64(8, span - c);
+        TransposeConvert8x8(block + c, kSpan, pixels, cols, dst + (c0 + c) * ld + k, ld, cols);
+      }
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t k = 0; k < kc; k += 8) {
+      ranges[i].Add(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dst + i * ld + k)));
+    }
+  }
+}
+
 // Rows [r0, r0 + rows) (rows <= 8) of a (one batch, at `a`), K elements
 // [k0, k0 + kc), converted into dst[i * ld + k] (i < rows; up to kc rounded
 // up to 8 written, zeros past K), the exponent facts added to ranges[i].
 void ConvertARows(const Problem& p, const float* a, int64_t r0, int64_t rows, int64_t k0,
                   int64_t kc, float* dst, int64_t ld, ExponentRange* ranges) {
+  if (p.a_patches != nullptr) {
+    ConvertPatchRows(p, r0, rows, k0, kc, dst, ld, ranges);
+    return;
+  }
   if (!p.transpose_a) {  // [m, k]: each row converted along k
     for (int64_t i = 0; i < rows; ++i) {
       const float* src = a + (r0 + i) * p.k + k0;
@@ -477,9 +536,11 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
       const float* a_piece;
       int64_t lda;
       if (a_block != nullptr) {
-        for (int64_t r = row0; r < row_end; r += 8) {
-          ConvertARows(p, p.a + batch * p.a_batch_stride, r, Min64(8, row_end - r), k0, kc,
-                       a_block + (r - row0) * block_ld, block_ld, ranges + (r - row0));
+        // A patch matrix: all the item's rows at once (fewer, longer gathers).
+        const int64_t group = p.a_patches != nullptr ? row_end - row0 : 8;
+        for (int64_t r = row0; r < row_end; r += group) {
+          ConvertARows(p, p.a + batch * p.a_batch_stride, r, Min64(group, row_end - r), k0,
+                       kc, a_block + (r - row0) * block_ld, block_ld, ranges + (r - row0));
         }
         for (int64_t r = row_end; r < q1 * kMr; ++r) {  // rows past m: zeros
           std::memset(a_block + (r - row0) * block_ld, 0, sizeof(float) * block_ld);
@@ -502,7 +563,9 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
       }
       k0 += kc;
     } while (k0 < plan.kp);
-    if (a_block != nullptr) {  // this item owns its rows: their facts are complete
+    // This item owns its rows (the first column block, where a patch matrix
+    // is converted again by every column block): their facts are complete.
+    if (a_block != nullptr && cb == 0) {
       for (int64_t i = 0; i < row_end - row0; ++i) {
         plan.a_facts[batch * p.m + row0 + i] = ReducedFacts(ranges[i]);
       }
@@ -633,8 +696,10 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
     }
   }
   // a is converted once when several work items share its rows; otherwise
-  // (tall a, narrow b: the im2col GEMMs) each item converts its own.
-  const bool a_per_item = plan.col_blocks == 1 && plan.a_batches == p.batch;
+  // (tall a, narrow b: the im2col GEMMs) each item converts its own.  So is a
+  // patch matrix always (gathered per item: no packed copy of it at all).
+  const bool a_per_item =
+      (plan.col_blocks == 1 && plan.a_batches == p.batch) || p.a_patches != nullptr;
   plan.packed_a = a_per_item ? nullptr : static_cast<float*>(AllocatePacked(
       4 * plan.a_batches * plan.a_rows * plan.lda));
   plan.a_pack_units = a_per_item ? 0 : plan.a_batches * CeilDiv(p.m, 8);

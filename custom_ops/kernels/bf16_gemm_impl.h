@@ -10,7 +10,9 @@
 // Structure (a packed, cache-blocked GEMM in the GotoBLAS style):
 //   1. pack: a and b are rounded to BF16 (then DAZ) and laid out as K-pairs,
 //      the operand format of VDPBF16PS: 32-bit words, low half even k, high
-//      half odd k, zeros past K and past the last row/column.  b is packed
+//      half odd k, zeros past K and past the last row/column.  (A patch
+//      matrix, Problem::a_patches, is gathered into a buffer first and then
+//      converted as a materialized a: the same words.)  b is packed
 //      once, in parallel, into panels of kNr columns, [pairs][kNr] words.
 //      A transposed a ([k, m]) is packed once too, pair by pair (whole rows
 //      read), into panels of kMr of its columns, [pairs][kMr] words.
@@ -33,6 +35,7 @@
 
 #include "bf16_gemm.h"
 #include "bf16_gemm_step.h"  // ToBf16Daz, Step, StepFinite, ...
+#include "conv_gather.h"  // GatherPatchRow (a_patches)
 #include "rounding.h"  // FloatBits, BitsFloat
 
 #if TF_LOWPREC_BF16_NATIVE
@@ -280,6 +283,25 @@ inline int64_t RowWords(int64_t pairs) {
   return words;
 }
 
+// Elements [k0, k0 + k_len) of row `row` of a (not transposed) as `pairs`
+// words.  A patch matrix (p.a_patches) is gathered first, in runs of an even
+// length, into a buffer that PackRow converts exactly as it converts the
+// materialized matrix: the same words.
+void PackARow(const Problem& p, const float* a, int64_t row, int64_t k0, int64_t k_len,
+              int64_t pairs, uint32_t* out) {
+  if (p.a_patches == nullptr) {
+    PackRow(a + row * p.k + k0, k_len, pairs, out);
+    return;
+  }
+  constexpr int64_t kRun = 2 * kKcPairs;  // one K piece in one run
+  alignas(64) float run[kRun];
+  for (int64_t r = 0; r < k_len; r += kRun) {
+    const int64_t n = Min64(kRun, k_len - r);
+    GatherPatchRow(*p.a_patches, row, k0 + r, n, run);
+    PackRow(run, n, Min64(CeilDiv(n, 2), pairs - r / 2), out + r / 2);
+  }
+}
+
 struct Plan {
   const Problem* p;
   int64_t pairs;
@@ -310,7 +332,7 @@ void PackRange(void* arg, int64_t begin, int64_t end) {
       uint32_t* out = plan.packed_a + (batch * plan.a_panels + q) * kMr * plan.a_row_words;
       for (int64_t i = 0; i < kMr; ++i) {
         if (q * kMr + i < p.m) {
-          PackRow(a + (q * kMr + i) * p.k, p.k, plan.pairs, out + i * plan.a_row_words);
+          PackARow(p, a, q * kMr + i, 0, p.k, plan.pairs, out + i * plan.a_row_words);
         } else {
           std::memset(out + i * plan.a_row_words, 0, sizeof(uint32_t) * plan.pairs);
         }
@@ -325,12 +347,28 @@ void PackRange(void* arg, int64_t begin, int64_t end) {
       const int64_t p1 = Min64(p0 + plan.a_pairs_per_unit, plan.pairs);
       const float* a = p.a + batch * p.a_batch_stride;
       uint32_t* out = plan.packed_a + batch * plan.a_panels * plan.pairs * kMr;
+      // A patch matrix: the pair's two rows gathered whole, then packed as
+      // the two rows of a materialized [k, m] a are.
+      float* gathered = p.a_patches == nullptr ? nullptr
+                                               : static_cast<float*>(AlignedAlloc(8 * p.m));
+      PatchPixel px = gathered != nullptr ? PixelOfRow(*p.a_patches, 2 * p0) : PatchPixel();
       for (int64_t pp = p0; pp < p1; ++pp) {
+        const float* rows = a + 2 * pp * p.m;
+        if (gathered != nullptr) {
+          GatherPatchColumns(*p.a_patches, px, PatchColumn(), p.m, gathered);
+          Advance(*p.a_patches, &px);
+          if (2 * pp + 1 < p.k) {
+            GatherPatchColumns(*p.a_patches, px, PatchColumn(), p.m, gathered + p.m);
+            Advance(*p.a_patches, &px);
+          }
+          rows = gathered;
+        }
         for (int64_t q = 0; q < plan.a_panels; ++q) {
-          PackPanel<kMr>(a + 2 * pp * p.m + q * kMr, 1, p.m, Min64(kMr, p.m - q * kMr),
+          PackPanel<kMr>(rows + q * kMr, 1, p.m, Min64(kMr, p.m - q * kMr),
                          Min64(2, p.k - 2 * pp), 1, out + (q * plan.pairs + pp) * kMr);
         }
       }
+      std::free(gathered);
       continue;
     }
     const int64_t v = u - plan.a_pack_units;
@@ -355,7 +393,7 @@ void PackABlock(const Problem& p, const float* a, int64_t q0, int64_t q1, int64_
     uint32_t* out = block + (q - q0) * kMr * row_words;
     for (int64_t i = 0; i < kMr; ++i) {
       if (i < rows) {
-        PackRow(a + (q * kMr + i) * p.k + k0, k_len, kc, out + i * row_words);
+        PackARow(p, a, q * kMr + i, k0, k_len, kc, out + i * row_words);
       } else {
         std::memset(out + i * row_words, 0, sizeof(uint32_t) * kc);
       }

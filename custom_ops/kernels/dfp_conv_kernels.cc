@@ -2,13 +2,14 @@
 // (registered in ops/dfp_conv_ops.cc): NHWC convolutions as implicit INT16
 // GEMMs.  The patch matrix is never materialized: the GEMM's packing
 // gathers it from the input (dfp_gemm_conv_pack.h, ConvGather in
-// dfp_gemm.h) while rounding it to the input's shared exponent, exactly as
+// conv_gather.h) while rounding it to the input's shared exponent, exactly as
 // LowprecDfpMatmulFused packs a materialized patch matrix.
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "batched_gemm_common.h"
+#include "conv_gather_attrs.h"
 #include "dfp_gemm.h"
 #include "dfp_gemm_op_common.h"
 #include "float_environment.h"
@@ -29,39 +30,15 @@ using ::tensorflow::errors::InvalidArgument;
 
 namespace {
 
-// Output size of one spatial axis: the dilated input (size - 1) * l + 1,
-// padded, covered by windows of (k - 1) * d + 1 every s.  0 if none fits.
-int64_t OutputSize(int64_t size, int64_t k, int64_t s, int64_t d, int64_t l, int64_t before,
-                   int64_t after) {
-  const int64_t extent = size == 0 ? 0 : (size - 1) * l + 1;
-  const int64_t room = extent + before + after - ((k - 1) * d + 1);
-  return room < 0 ? 0 : room / s + 1;
-}
-
 // The attributes both convolution ops share, checked.
 class ConvAttrs {
  public:
-  explicit ConvAttrs(OpKernelConstruction* ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("dilations", &dilations_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_dilations", &input_dilations_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("pads", &pads_));
+  explicit ConvAttrs(OpKernelConstruction* ctx) : geometry_(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &spec_.bits));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("extra_shift", &spec_.extra_shift));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));
     std::string isa;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
-    auto positive_pair = [&](const std::vector<int64_t>& v, const char* name) {
-      OP_REQUIRES(ctx, v.size() == 2 && v[0] >= 1 && v[1] >= 1,
-                  InvalidArgument(name, " must be two positive ints (height, width), got ",
-                                  v.size(), " values"));
-    };
-    positive_pair(strides_, "strides");
-    positive_pair(dilations_, "dilations");
-    positive_pair(input_dilations_, "input_dilations");
-    OP_REQUIRES(ctx, pads_.size() == 4 && pads_[0] >= 0 && pads_[1] >= 0 && pads_[2] >= 0 &&
-                         pads_[3] >= 0,
-                InvalidArgument("pads must be four ints >= 0 (top, bottom, left, right)"));
     const std::string error = ValidateDfpSpec(spec_);
     OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
     OP_REQUIRES(ctx, spec_.bits <= 16,
@@ -71,25 +48,8 @@ class ConvAttrs {
   }
 
   // The gather of x's patches for kh x kw filters.
-  dfp_gemm::ConvGather Gather(const Tensor& x, int64_t kh, int64_t kw) const {
-    dfp_gemm::ConvGather g;
-    g.batch = x.dim_size(0);
-    g.height = x.dim_size(1);
-    g.width = x.dim_size(2);
-    g.channels = x.dim_size(3);
-    g.kh = kh;
-    g.kw = kw;
-    g.sh = strides_[0];
-    g.sw = strides_[1];
-    g.dh = dilations_[0];
-    g.dw = dilations_[1];
-    g.lh = input_dilations_[0];
-    g.lw = input_dilations_[1];
-    g.pad_top = pads_[0];
-    g.pad_left = pads_[2];
-    g.out_h = OutputSize(g.height, kh, g.sh, g.dh, g.lh, pads_[0], pads_[1]);
-    g.out_w = OutputSize(g.width, kw, g.sw, g.dw, g.lw, pads_[2], pads_[3]);
-    return g;
+  ConvGather Gather(const Tensor& x, int64_t kh, int64_t kw) const {
+    return geometry_.Gather(x, kh, kw);
   }
 
   // Per-tensor exponents of a and b; where the fused rounding is not exact
@@ -125,19 +85,12 @@ class ConvAttrs {
   const dfp_gemm::Kernels* kernels() const { return kernels_; }
 
  private:
-  std::vector<int64_t> strides_, dilations_, input_dilations_, pads_;
+  ConvGatherAttrs geometry_;  // strides, dilations, input_dilations, pads
   DfpSpec spec_;
   int64_t chunk_size_ = 64;
   const dfp_gemm::Kernels* kernels_ = nullptr;
   const RoundingLoops* loops_ = nullptr;
 };
-
-bool CheckRank4(OpKernelContext* ctx, const Tensor& t, const char* name, const char* layout) {
-  if (t.dims() == 4) return true;
-  ctx->CtxFailure(InvalidArgument(name, " must have rank 4 ", layout, ", got shape ",
-                                  t.shape().DebugString()));
-  return false;
-}
 
 // y = conv2d(x, filters): the GEMM patches(x) [N*OH*OW, kh*kw*C] @ filters
 // [kh*kw*C, O], patches gathered while packing.
@@ -149,15 +102,8 @@ class DfpConv2dOp : public OpKernel {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& x = ctx->input(0);
     const Tensor& filters = ctx->input(1);
-    if (!CheckRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
-    if (!CheckRank4(ctx, filters, "filters", "[kh, kw, channels, out_channels]")) return;
-    OP_REQUIRES(ctx, filters.dim_size(2) == x.dim_size(3),
-                InvalidArgument("x has ", x.dim_size(3), " channels but filters expect ",
-                                filters.dim_size(2)));
-    OP_REQUIRES(ctx, filters.dim_size(0) >= 1 && filters.dim_size(1) >= 1,
-                InvalidArgument("filters must have kh, kw >= 1, got ",
-                                filters.shape().DebugString()));
-    dfp_gemm::ConvGather g = attrs_.Gather(x, filters.dim_size(0), filters.dim_size(1));
+    if (!CheckConvForwardOperands(ctx, x, filters)) return;
+    ConvGather g = attrs_.Gather(x, filters.dim_size(0), filters.dim_size(1));
     const int64_t channels_out = filters.dim_size(3);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
@@ -211,14 +157,9 @@ class DfpConv2dBackpropFilterOp : public OpKernel {
     const ScopedIeeeFloatEnvironment ieee;
     const Tensor& x = ctx->input(0);
     const Tensor& dy = ctx->input(1);
-    if (!CheckRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
-    if (!CheckRank4(ctx, dy, "dy", "[batch, out_height, out_width, out_channels]")) return;
-    dfp_gemm::ConvGather g = attrs_.Gather(x, filter_size_[0], filter_size_[1]);
-    OP_REQUIRES(ctx, dy.dim_size(0) == g.batch && dy.dim_size(1) == g.out_h &&
-                         dy.dim_size(2) == g.out_w,
-                InvalidArgument("dy must have shape [", g.batch, ", ", g.out_h, ", ", g.out_w,
-                                ", out_channels] for this x and geometry, got ",
-                                dy.shape().DebugString()));
+    if (!CheckConvRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
+    ConvGather g = attrs_.Gather(x, filter_size_[0], filter_size_[1]);
+    if (!CheckConvErrorShape(ctx, g, dy)) return;
     const int64_t channels_out = dy.dim_size(3);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.kh, g.kw, g.channels,

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "batched_gemm_operands.h"
+#include "conv_gather.h"
 #include "cpu_features.h"
 #include "parallel_for.h"
 
@@ -35,23 +36,8 @@ namespace dfp_gemm {
 
 constexpr int32_t kMaxMantissa = 32767;
 
-// The patch matrix (im2col) of an NHWC tensor, as an implicit-GEMM operand:
-// gathered while packing, never written out (dfp_gemm_conv_pack.h).  Row p
-// = (b, y, x) of the [batch, out_h, out_w] output grid, column r = (i, j, c)
-// of [kh, kw, channels]:
-//   P[p][r] = input[b, Y / lh, X / lw, c]   where Y = y * sh + i * dh - pad_top
-// (X likewise), if 0 <= Y <= (height - 1) * lh and Y % lh == 0 (X alike),
-// else 0: zero padding, strides s, dilations d, and an input dilated by l
-// (l - 1 zeros between its rows / columns: the error of a strided
-// convolution in its input gradient).
-struct ConvGather {
-  const float* input = nullptr;
-  int64_t batch = 0, height = 0, width = 0, channels = 0;
-  int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, lh = 1, lw = 1;
-  int64_t pad_top = 0, pad_left = 0, out_h = 0, out_w = 0;
-  int64_t Rows() const { return batch * out_h * out_w; }
-  int64_t Columns() const { return kh * kw * channels; }
-};
+// The patch matrix of an implicit-GEMM convolution (conv_gather.h).
+using ::tf_lowprec::ConvGather;
 
 // One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).
 struct Problem : BatchedGemmOperands {

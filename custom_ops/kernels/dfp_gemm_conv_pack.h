@@ -1,5 +1,5 @@
 // INT16 DFP GEMM: packing a convolution's patch matrix (ConvGather,
-// dfp_gemm.h) straight from its NHWC input: the implicit-GEMM convolution.
+// conv_gather.h) straight from its NHWC input: the implicit-GEMM convolution.
 // No im2col matrix is written: each panel's values are gathered into a
 // small buffer (zeros for padding and for an input dilation's holes) and
 // converted with dfp_gemm_pack.h's own conversion, so the mantissas, pair
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "conv_gather.h"  // ConvGather, GatherPatchRow
 #include "dfp_gemm.h"
 #include "dfp_gemm_layout.h"
 #include "dfp_gemm_pack.h"
@@ -22,49 +23,6 @@ namespace tf_lowprec {
 namespace dfp_gemm {
 namespace TF_LOWPREC_DFP_ISA {
 namespace {
-
-// Columns [r0, r0 + n) of row p of the patch matrix into out: runs of
-// contiguous channels copied from the input, or zeros.  The kernel tap (i,
-// j) advances by counting, not dividing: int64 divisions per run cost more
-// than copying a run of 32 channels (and all of a run of one channel).
-inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
-  const int64_t t = p / g.out_w;
-  const int64_t y0 = (t % g.out_h) * g.sh - g.pad_top;
-  const int64_t x0 = (p - t * g.out_w) * g.sw - g.pad_left;
-  const float* image = g.input + (t / g.out_h) * g.height * g.width * g.channels;
-  const bool holes = g.lh != 1 || g.lw != 1;  // a dilated input (d(x) of a strided conv)
-  int64_t c0 = r0 % g.channels;
-  const int64_t ij = r0 / g.channels;
-  int64_t i = ij / g.kw, j = ij - (ij / g.kw) * g.kw;
-  for (int64_t done = 0; done < n;) {
-    const int64_t len = Min64(g.channels - c0, n - done);
-    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
-    bool inside = yy >= 0 && xx >= 0;
-    if (inside && holes) {
-      inside = yy % g.lh == 0 && xx % g.lw == 0;
-      yy /= g.lh;
-      xx /= g.lw;
-    }
-    inside = inside && yy < g.height && xx < g.width;
-    float* o = out + done;
-    if (inside) {
-      const float* src = image + (yy * g.width + xx) * g.channels + c0;
-      if (len == 1) {
-        o[0] = src[0];
-      } else {
-        std::memcpy(o, src, sizeof(float) * len);
-      }
-    } else {
-      for (int64_t q = 0; q < len; ++q) o[q] = 0.0f;
-    }
-    done += len;
-    c0 = 0;
-    if (++j == g.kw) {
-      j = 0;
-      ++i;
-    }
-  }
-}
 
 // Mantissas of n contiguous values with one exponent (ConvertContiguous
 // where the tier has it, else ConvertRun: the same results).

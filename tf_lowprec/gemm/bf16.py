@@ -20,6 +20,7 @@ array([[ 7., 10.],
 
 import tensorflow as tf
 
+from tf_lowprec.gemm import bf16_conv as _bf16_conv
 from tf_lowprec.gemm import common as _gemm_common
 from tf_lowprec.gemm import conv_nd as _conv_nd
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -125,14 +126,20 @@ def bf16_matmul(a, b, transpose_a=False, transpose_b=False, isa="auto",
 
 def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
                 implementation="auto", name=None, *, groups=1):
-    """`tf.nn.conv2d` (NHWC) computed by `bf16_matmul` on image patches (im2col).
+    """`tf.nn.conv2d` (NHWC) computed by `bf16_matmul`'s GEMM on image patches.
 
     The patches of x `[N * H' * W', kh * kw * C]` are multiplied by the
-    filters reshaped to `[kh * kw * C, O]` with `bf16_matmul` (so both are
-    rounded to BF16 and summed in the VDPBF16PS order along kh * kw * C, in
-    the order (kh, kw, C)).  The gradient: d(filters) = bf16_matmul(patches^T,
-    error), d(patches) = bf16_matmul(error, filters^T), then the patch
-    gradients are summed back onto x in FP32 (col2im).
+    filters reshaped to `[kh * kw * C, O]` in `bf16_matmul`'s arithmetic (so
+    both are rounded to BF16 and summed in the VDPBF16PS order along kh * kw
+    * C, in the order (kh, kw, C)), and d(filters) = patches^T @ error
+    likewise.  With one group and static height and width these are implicit
+    GEMMs (`tf_lowprec.gemm.bf16_conv`: the C++ GEMM gathers the patches while
+    packing; the stock-TF twin writes them out), and d(x) is one GEMM of the
+    stride-dilated, padded error's patches with the flipped, transposed
+    filters (summed in the VDPBF16PS order along kh * kw * O).  Otherwise
+    (groups, dynamic sizes) the patches are extracted (im2col) for
+    `bf16_matmul`, d(patches) = error @ filters^T, and the patch gradients
+    are summed back onto x in FP32 (col2im).
 
     Args:
       x: float32 `[batch, height, width, in_channels]`.
@@ -159,6 +166,12 @@ def bf16_conv2d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
         filters = _gemm_common.as_float32_operand(filters, "filters")
         groups = _gemm_common.check_groups(groups)
         _gemm_common.check_conv_operands(x, filters, "bf16_conv2d", groups)
+
+        if groups == 1 and _bf16_conv.geometry(x, filters, strides, padding,
+                                               dilations) is not None:
+            # Implicit GEMMs: patches gathered while packing, no im2col / col2im.
+            return _bf16_conv.conv2d(x, filters, strides, padding, dilations, isa,
+                                     implementation)
 
         def matmul(columns, weights):
             return bf16_matmul(columns, weights, isa=isa, implementation=implementation)

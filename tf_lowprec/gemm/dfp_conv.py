@@ -37,43 +37,9 @@ array([[4., 4.],
 import tensorflow as tf
 
 from tf_lowprec._op_library import load as _load_ops
+from tf_lowprec.gemm.implicit_conv import geometry, input_gradient_pads
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
-
-
-def _padding(size, k, s, d, padding):
-    """(before, after, output size) of one spatial axis, as tf.nn.conv2d pads."""
-    span = (k - 1) * d + 1
-    if padding == "VALID":
-        return 0, 0, max((size - span) // s + 1, 0)
-    out = -(-size // s)
-    total = max((out - 1) * s + span - size, 0)
-    return total // 2, total - total // 2, out
-
-
-def geometry(x, filters, strides, padding, dilations):
-    """The pads [top, bottom, left, right] and (OH, OW) of a conv2d, or None.
-
-    None where the implicit path cannot take the call: unknown height, width
-    or filter size, or an empty output.
-    """
-    height, width = x.shape[1], x.shape[2]
-    kh, kw = filters.shape[0], filters.shape[1]
-    if None in (height, width, kh, kw):
-        return None
-    top, bottom, out_h = _padding(height, kh, strides[0], dilations[0], padding)
-    left, right, out_w = _padding(width, kw, strides[1], dilations[1], padding)
-    if out_h == 0 or out_w == 0:
-        return None
-    return [top, bottom, left, right], (out_h, out_w)
-
-
-def _input_gradient_pads(size, k, s, d, before, out):
-    """Pads of the dilated error so that its stride-1 convolution has `size` outputs."""
-    span = (k - 1) * d + 1
-    extent = (out - 1) * s + 1
-    first = span - 1 - before  # the flipped kernel's first tap on input row 0
-    return first, size - 1 + span - extent - first
 
 
 def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, *,
@@ -103,8 +69,8 @@ def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, *,
         filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
                                             seed=seed + tf.constant([0, 1], tf.int64))
     top, _, left, _ = pads
-    dx_top, dx_bottom = _input_gradient_pads(height, kh, strides[0], dilations[0], top, out_h)
-    dx_left, dx_right = _input_gradient_pads(width, kw, strides[1], dilations[1], left, out_w)
+    dx_top, dx_bottom = input_gradient_pads(height, kh, strides[0], dilations[0], top, out_h)
+    dx_left, dx_right = input_gradient_pads(width, kw, strides[1], dilations[1], left, out_w)
 
     @tf.custom_gradient
     def conv(xv, wv):

@@ -1,0 +1,52 @@
+// Registration and shape functions of LowprecBf16Conv2d and
+// LowprecBf16Conv2dBackpropFilter: NHWC convolutions as implicit BF16 GEMMs
+// (the VDPBF16PS summation order of LowprecBf16Matmul).  Kernels live in
+// kernels/bf16_conv_kernels.cc; the Python wrapper is tf_lowprec.gemm.bf16_conv
+// (used by lp.bf16_conv2d).
+#include "conv_gather_shape.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tf_lowprec {
+
+#define LOWPREC_BF16_CONV_ATTRS                                 \
+  Attr("strides: list(int) = [1, 1]")                           \
+      .Attr("dilations: list(int) = [1, 1]")                    \
+      .Attr("input_dilations: list(int) = [1, 1]")              \
+      .Attr("pads: list(int) = [0, 0, 0, 0]")                   \
+      .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
+
+REGISTER_OP("LowprecBf16Conv2d")
+    .Input("x: float")
+    .Input("filters: float")
+    .Output("y: float")
+    .LOWPREC_BF16_CONV_ATTRS
+    .SetShapeFn(ConvGatherForwardShape)
+    .Doc(R"doc(
+NHWC conv2d as an implicit BF16 GEMM: y = patches(x) @ filters, both rounded
+to BF16 and summed over (kh, kw, C) in the VDPBF16PS order, exactly as
+LowprecBf16Matmul on the materialized patches, bit for bit; the patches are
+gathered from x while the GEMM packs them (no im2col buffer).  x: [N, H, W,
+C]; filters: [kh, kw, C, O]; y: [N, OH, OW, O].  Patch element (i, j, c) of
+output (y, x) reads the input dilated by input_dilations (zeros between its
+rows / columns), padded by pads (top, bottom, left, right), at (y * s + i *
+d - top, ...).
+)doc");
+
+REGISTER_OP("LowprecBf16Conv2dBackpropFilter")
+    .Input("x: float")
+    .Input("dy: float")
+    .Output("dfilters: float")
+    .Attr("filter_size: list(int)")
+    .LOWPREC_BF16_CONV_ATTRS
+    .SetShapeFn(ConvGatherBackpropFilterShape)
+    .Doc(R"doc(
+The filter gradient of LowprecBf16Conv2d (same geometry attributes):
+dfilters = patches(x)^T @ dy as an implicit BF16 GEMM over the N*OH*OW output
+pixels (LowprecBf16Matmul's arithmetic, patches as the transposed a).
+dfilters: [kh, kw, C, O] for filter_size = [kh, kw].
+)doc");
+
+#undef LOWPREC_BF16_CONV_ATTRS
+
+}  // namespace tf_lowprec

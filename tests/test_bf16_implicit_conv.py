@@ -1,0 +1,322 @@
+"""bf16_conv2d as implicit BF16 GEMMs: bit-exact against a written-out NumPy model.
+
+The model: operands rounded to BF16 with ml_dtypes (nearest even; NaN the
+quiet NaN with its sign; then DAZ), every output summed in the documented
+VDPBF16PS order (docs/bf16_gemm.md: K pairs, the odd element's step first;
+`step` of test_bf16_gemm).  Forward and d(filters) are the GEMMs of the
+materialized patch matrix (the im2col path's bits); d(x) is one GEMM of the
+stride-dilated, padded error's patches with the flipped, transposed filters
+(K = kh * kw * O, in that order).  Every kernel tier this CPU runs; the
+others are skipped naming the missing extension.
+"""
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec._op_library import load as load_ops
+from kernel_tiers import params as tier_params
+from test_bf16_gemm import step
+
+MIN_NORMAL = 2.0**-126
+
+
+def rand(shape, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def bf16(x):
+    """The BF16 values the GEMM multiplies: ml_dtypes' nearest-even rounding, then DAZ."""
+    x = np.asarray(x, np.float32)
+    r = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    quiet_nan = np.where(np.signbit(x), np.uint32(0xFFC00000), np.uint32(0x7FC00000))
+    r = np.where(np.isnan(x), quiet_nan.view(np.float32), r)
+    return np.where(np.abs(r) < MIN_NORMAL, np.copysign(np.float32(0), r), r).astype(np.float32)
+
+
+def gemm(a, b):
+    """a [m, k] @ b [k, n] in the VDPBF16PS order: K padded to even, odd element first."""
+    a, b = bf16(a), bf16(b)
+    if a.shape[1] % 2:
+        a = np.pad(a, ((0, 0), (0, 1)))
+        b = np.pad(b, ((0, 1), (0, 0)))
+    acc = np.zeros((a.shape[0], b.shape[1]), np.float32)
+    for p in range(a.shape[1] // 2):
+        acc = step(acc, a[:, 2 * p + 1, None], b[None, 2 * p + 1, :])
+        acc = step(acc, a[:, 2 * p, None], b[None, 2 * p, :])
+    return acc
+
+
+def pads_of(size, k, s, d, padding):
+    span = (k - 1) * d + 1
+    if padding == "VALID":
+        return 0, 0, (size - span) // s + 1
+    out = -(-size // s)
+    total = max((out - 1) * s + span - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def im2col(x, kh, kw, strides, pads, dilations):
+    """Patches [n*oh*ow, kh*kw*c] in (kh, kw, c) order of x padded (+0) by pads."""
+    (sh, sw), (dh, dw), (top, bottom, left, right) = strides, dilations, pads
+    x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    n, h, w, c = x.shape
+    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
+    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = x[:, i * dh: i * dh + (oh - 1) * sh + 1: sh,
+                                       j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
+    return cols.reshape(n * oh * ow, kh * kw * c)
+
+
+def references(x, w, g, strides, padding, dilations):
+    """(y, dx, dw) of the implicit-GEMM conv2d, written out."""
+    kh, kw, cin, cout = w.shape
+    n, height, width, _ = x.shape
+    top, bottom, oh = pads_of(height, kh, strides[0], dilations[0], padding)
+    left, right, ow = pads_of(width, kw, strides[1], dilations[1], padding)
+    cols = im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
+    y = gemm(cols, w.reshape(-1, cout)).reshape(n, oh, ow, cout)
+    dw = gemm(cols.T, g.reshape(-1, cout)).reshape(w.shape)
+    # d(x): the error dilated by the strides (+0 between its rows and columns),
+    # padded so that a stride-1 convolution gives x's size, times the filters
+    # flipped in both spatial axes as [kh, kw, O, C].
+    dilated = np.zeros((n, (oh - 1) * strides[0] + 1, (ow - 1) * strides[1] + 1, cout),
+                       np.float32)
+    dilated[:, ::strides[0], ::strides[1], :] = g
+    span_h, span_w = (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1
+    first_h, first_w = span_h - 1 - top, span_w - 1 - left
+    pads = (first_h, height - 1 + span_h - dilated.shape[1] - first_h,
+            first_w, width - 1 + span_w - dilated.shape[2] - first_w)
+    dcols = im2col(dilated, kh, kw, (1, 1), pads, dilations)
+    flipped = np.transpose(w[::-1, ::-1], (0, 1, 3, 2)).reshape(-1, cin)
+    dx = gemm(dcols, flipped).reshape(x.shape)
+    return y, dx, dw
+
+
+def run(x, w, g, strides, padding, dilations, **kwargs):
+    x, w = tf.constant(x), tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = lp.bf16_conv2d(x, w, strides, padding, dilations, **kwargs)
+    dx, dw = tape.gradient(y, [x, w], output_gradients=tf.constant(g))
+    return np.asarray(y), np.asarray(dx), np.asarray(dw)
+
+
+def assert_bits(actual, expected, what):
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    assert actual.shape == expected.shape, what
+    diff = actual.view(np.uint32) != expected.view(np.uint32)
+    assert not diff.any(), (f"{what}: {int(diff.sum())} of {diff.size} differ, first at "
+                            f"{np.argwhere(diff)[0]}")
+
+
+def check(x, w, g, strides, padding, dilations, **kwargs):
+    got = run(x, w, g, strides, padding, dilations, **kwargs)
+    for have, want, what in zip(got, references(x, w, g, strides, padding, dilations),
+                                ("y", "dx", "dw")):
+        assert_bits(have, want, what)
+    return got
+
+
+CASES = [
+    # (x shape, filter shape, strides, padding, dilations)
+    ((2, 9, 8, 3), (3, 3, 3, 5), (1, 1), "VALID", (1, 1)),
+    ((1, 10, 11, 4), (3, 2, 4, 6), (2, 3), "SAME", (1, 1)),
+    ((2, 12, 12, 2), (3, 3, 2, 4), (1, 1), "SAME", (2, 2)),
+    ((1, 13, 9, 3), (2, 3, 3, 7), (2, 1), "VALID", (2, 3)),
+    ((1, 7, 7, 1), (1, 1, 1, 3), (3, 3), "VALID", (1, 1)),  # stride > kernel, C = 1
+    ((3, 8, 8, 2), (2, 2, 2, 17), (3, 3), "SAME", (1, 1)),  # stride > kernel, O = 17
+    ((2, 4, 3, 5), (2, 2, 5, 40), (1, 1), "VALID", (1, 1)),  # several column blocks
+    ((1, 5, 6, 65), (3, 3, 65, 3), (1, 1), "SAME", (1, 1)),  # K = 585: several K pieces
+    ((2, 12, 12, 16), (3, 3, 16, 24), (1, 1), "VALID", (1, 1)),  # 200 pixels, 144 rows
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", CASES)
+def test_forward_and_gradients_bit_exact(xs, ws, strides, padding, dilations, isa):
+    x, w = rand(xs, 1), rand(ws, 2, scale=0.2)
+    g = rand(tf.nn.conv2d(x, w, strides, padding, dilations=dilations).shape, 3, scale=1e-2)
+    y, _, _ = check(x, w, g, strides, padding, dilations, isa=isa)
+    fp32 = tf.nn.conv2d(x, w, strides, padding, dilations=dilations)  # sanity: BF16's error
+    np.testing.assert_allclose(y, fp32, atol=2e-2 * np.abs(fp32).max())
+
+
+def test_long_k_pieces_bit_exact():
+    """d(filters) over 2 * 14 * 14 = 392 pixels (two K pieces of the AVX2 kernel, 256)."""
+    x, w = rand((2, 16, 16, 8), 4), rand((3, 3, 8, 16), 5, scale=0.2)
+    check(x, w, rand((2, 14, 14, 16), 6, scale=1e-2), (1, 1), "VALID", (1, 1))
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+def test_tiny_and_huge_values_bit_exact(isa):
+    """Magnitudes whose products the AVX2 kernel cannot prove (FTZ, overflow): its fix-up."""
+    x, w = rand((1, 6, 5, 3), 7, scale=1e-19), rand((2, 3, 3, 4), 8, scale=1e-19)
+    x[0, 2] *= 1e36  # some rows of normal size
+    g = rand((1, 5, 3, 4), 9, scale=3e-20)
+    check(x, w, g, (1, 1), "VALID", (1, 1), isa=isa)
+    g = rand((1, 3, 5, 4), 23, scale=1e30)  # products overflow to Inf, sums to NaN
+    check(x * 1e20, w * 1e20, g, (2, 1), "SAME", (1, 1), isa=isa)
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+def test_nan_and_inf_bit_exact(isa):
+    """NaN payloads and signs, Inf * 0 and Inf - Inf: as the model, in all three passes."""
+    x, w = rand((2, 6, 6, 2), 10), rand((3, 3, 2, 3), 11)
+    x[0, 0, 0, 1] = np.nan
+    x[0, 5, 5, 0] = np.inf
+    x[1, 2, 3, 0] = -np.inf
+    x[1, 3, 3, 1] = np.float32(-np.nan)
+    g = rand((2, 3, 3, 3), 12)
+    g[0, 1, 1, 2] = np.float32(-np.nan)
+    g[1, 0, 0, 0] = np.inf
+    y, dx, dw = check(x, w, g, (2, 2), "SAME", (1, 1), isa=isa)
+    assert np.isnan(y[0, 0, 0]).all() and np.isfinite(y[0, 1, 1]).all()
+    assert not np.isfinite(y[0, 2, 2]).any()  # the patch with x's Inf
+    assert np.isnan(dw).any() and np.isnan(dx[0]).any()
+    w[1, 1, 0, 2] = np.inf  # an infinite filter value: Inf, or NaN where it meets +0 holes
+    _, dx, _ = check(x, w, g, (2, 2), "SAME", (1, 1), isa=isa)
+    assert not np.isfinite(dx[..., 0]).any() and np.isnan(dx[0, 0, :, 0]).all()
+
+
+def _random_geometries(count, seed=321):
+    """Seeded random conv2d geometries (kernel, stride, dilation, padding, sizes) with outputs."""
+    rng = np.random.default_rng(seed)
+    found = []
+    while len(found) < count:
+        kh, kw, sh, sw = (int(v) for v in rng.integers(1, 4, 4))
+        dh, dw = (int(v) for v in rng.integers(1, 3, 2))
+        h, w = int(rng.integers(kh * dh, 12)), int(rng.integers(kw * dw, 12))
+        n, c, o = int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(1, 36))
+        padding = ("VALID", "SAME")[int(rng.integers(2))]
+        found.append(((n, h, w, c), (kh, kw, c, o), (sh, sw), padding, (dh, dw)))
+    return found
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm", ("portable", "avx2")))
+@pytest.mark.parametrize("index, case", list(enumerate(_random_geometries(10))))
+def test_random_geometries_bit_exact(index, case, isa):
+    xs, ws, strides, padding, dilations = case
+    x, w = rand(xs, index), rand(ws, index + 100, scale=0.3)
+    g = rand(tf.nn.conv2d(x, w, strides, padding, dilations=dilations).shape, index + 200)
+    check(x, w, g, strides, padding, dilations, isa=isa)
+
+
+TWIN_CASES = [  # small: the twin is a loop of K steps, run eagerly here
+    ((1, 5, 4, 2), (3, 2, 2, 3), (2, 1), "SAME", (1, 2)),
+    ((1, 6, 6, 1), (1, 1, 1, 2), (3, 3), "VALID", (1, 1)),  # stride > kernel
+    ((2, 4, 5, 3), (2, 2, 3, 2), (1, 1), "VALID", (1, 1)),
+]
+
+
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", TWIN_CASES)
+def test_stock_tf_twin_and_im2col_agree(xs, ws, strides, padding, dilations):
+    """The twin (implementation="tf": XLA, export) gives the kernel's bits in all three
+    passes; y and d(filters) are also bf16_matmul's on the materialized patches."""
+    x, w = rand(xs, 13), rand(ws, 14, scale=0.3)
+    g = rand(tf.nn.conv2d(x, w, strides, padding, dilations=dilations).shape, 15)
+    kernel = run(x, w, g, strides, padding, dilations)
+    twin = run(x, w, g, strides, padding, dilations, implementation="tf")
+    for a, b, what in zip(kernel, twin, ("y", "dx", "dw")):
+        assert_bits(b, a, what)
+    kh, kw, _, cout = w.shape
+    top, bottom, _ = pads_of(xs[1], kh, strides[0], dilations[0], padding)
+    left, right, _ = pads_of(xs[2], kw, strides[1], dilations[1], padding)
+    cols = im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
+    assert_bits(kernel[0].reshape(-1, cout), lp.bf16_matmul(cols, w.reshape(-1, cout)), "y")
+    assert_bits(kernel[2].reshape(-1, cout),
+                lp.bf16_matmul(cols, g.reshape(-1, cout), transpose_a=True), "dw")
+
+
+def test_graph_has_no_im2col():
+    x, w = tf.constant(rand((2, 8, 8, 4), 16)), tf.constant(rand((3, 3, 4, 4), 17))
+
+    def op_types(groups, filters):  # (groups > 1 keep im2col: tests/test_grouped_conv.py)
+        @tf.function(autograph=False)  # (no control flow to convert: faster tracing)
+        def step(x, w):
+            with tf.GradientTape() as tape:
+                tape.watch([x, w])
+                loss = tf.reduce_sum(lp.bf16_conv2d(x, w, padding="SAME", groups=groups))
+            return tape.gradient(loss, [x, w])
+
+        graph = step.get_concrete_function(x, filters).graph.as_graph_def()
+        types = {node.op for node in graph.node}
+        for function in graph.library.function:
+            types.update(node.op for node in function.node_def)
+        return types
+
+    types = op_types(1, w)
+    assert {"LowprecBf16Conv2d", "LowprecBf16Conv2dBackpropFilter"} <= types
+    assert not types & {"ExtractImagePatches", "LowprecBf16Matmul", "Conv2D"}, types
+
+
+def test_raw_op_bad_arguments():
+    ops = load_ops()
+    x, w = np.ones((1, 5, 5, 2), np.float32), np.ones((3, 3, 2, 4), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="channels"):
+        ops.lowprec_bf16_conv2d(x, np.ones((3, 3, 3, 4), np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strides"):
+        ops.lowprec_bf16_conv2d(x, w, strides=[0, 1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pads"):
+        ops.lowprec_bf16_conv2d(x, w, pads=[-1, 0, 0, 0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="input_dilations"):
+        ops.lowprec_bf16_conv2d(x, w, input_dilations=[1])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank 4"):
+        ops.lowprec_bf16_conv2d(x[0], w)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dy must have shape"):
+        ops.lowprec_bf16_conv2d_backprop_filter(x, np.ones((1, 2, 3, 4), np.float32),
+                                                filter_size=[3, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="filter_size"):
+        ops.lowprec_bf16_conv2d_backprop_filter(x, np.ones((1, 3, 3, 4), np.float32),
+                                                filter_size=[0, 3])
+    missing = [t for t in ("avx2", "avx512") if t not in lp.kernel_tiers()["bf16_gemm"][
+        "available"]]
+    for tier in missing:
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not supported by this CPU"):
+            ops.lowprec_bf16_conv2d(x, w, isa=tier)
+    with pytest.raises(ValueError, match="padding"):
+        lp.bf16_conv2d(x, w, padding="FULL")
+
+
+def test_empty_batch_gives_zero_filter_gradient():
+    x, w = tf.zeros((0, 5, 5, 2)), tf.constant(rand((3, 3, 2, 4), 18))
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = lp.bf16_conv2d(x, w)
+    dx, dw = tape.gradient(y, [x, w], output_gradients=tf.zeros(y.shape))
+    assert y.shape == (0, 3, 3, 4) and dx.shape == (0, 5, 5, 2)
+    assert_bits(dw, np.zeros((3, 3, 2, 4), np.float32), "dw")
+
+
+def test_keras_conv2d_trains_under_bf16_native():
+    keras.utils.set_random_seed(19)
+    policy = lp.Policy("bf16_native")
+    model = keras.Sequential([keras.Input((8, 8, 3)),
+                              keras.layers.Conv2D(6, 3, strides=2, padding="same",
+                                                  dtype=policy),
+                              keras.layers.Conv2D(4, 3, dtype=policy),
+                              keras.layers.Flatten(),
+                              keras.layers.Dense(2, dtype=policy)])
+    model.compile(keras.optimizers.SGD(0.1), "mse", run_eagerly=True)  # (no tracing: fast)
+    x, y = rand((4, 8, 8, 3), 20), rand((4, 2), 21)
+    before = [np.array(v) for v in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    after = model.get_weights()
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+    # The second layer's error reaches the first through the implicit d(x).
+    second = model.layers[1]
+    h = tf.constant(model.layers[0](x))
+    g = rand((4, 2, 2, 4), 22)
+    with tf.GradientTape() as tape:
+        tape.watch(h)
+        out = second(h)
+    dh = tape.gradient(out, h, output_gradients=tf.constant(g))
+    _, want_dx, _ = references(np.asarray(h), np.asarray(second.kernel), g, (1, 1), "VALID",
+                               (1, 1))
+    assert_bits(dh, want_dx, "the layer's d(x)")

@@ -1,0 +1,114 @@
+"""NHWC conv2d on the BF16 GEMM as implicit GEMMs (no im2col, no col2im).
+
+`conv2d` is what `tf_lowprec.gemm.bf16.bf16_conv2d` runs for one group and
+static height and width: three GEMMs in `bf16_matmul`'s arithmetic (BF16
+operands, FP32 sums in the VDPBF16PS order), whose packing gathers the
+patch matrix straight from its NHWC input and rounds it to BF16
+(custom_ops/kernels/conv_gather.h, Problem::a_patches of bf16_gemm.h):
+
+* forward: y = patches(x) @ filters (K = kh * kw * C, in the order (kh, kw,
+  C)), bit for bit `bf16_matmul` of the materialized patches;
+* d(filters) = patches(x)^T @ dy (K = N * OH * OW), bit for bit likewise;
+* d(x) = patches(dilate(dy, strides)) @ flip(filters)^T: the convolution of
+  the error, dilated by the strides and padded, with the spatially flipped,
+  transposed filters (K = kh * kw * O, in the order (kh, kw, O) of the
+  flipped filters).  Every input gradient is one GEMM output, summed in the
+  VDPBF16PS order over all kh * kw * O terms, instead of FP32 sums of the
+  d(patches) columns (col2im).  docs/bf16_gemm.md states the arithmetic.
+
+Where the C++ kernel cannot run (`implementation="tf"`, XLA, a visible GPU)
+the same three GEMMs run on the stock-TF twin (`tf_bf16_gemm.matmul`) with
+the patches written out: the same bits.
+
+>>> import numpy as np
+>>> x = np.ones((1, 3, 3, 1), np.float32); w = np.ones((2, 2, 1, 1), np.float32)
+>>> conv2d(x, w, (1, 1), "VALID", (1, 1))[0, :, :, 0].numpy()
+array([[4., 4.],
+       [4., 4.]], dtype=float32)
+"""
+
+import tensorflow as tf
+
+from tf_lowprec._op_library import load as _load_ops
+from tf_lowprec.gemm import common as _gemm_common
+from tf_lowprec.gemm import tf_bf16 as tf_bf16_gemm
+from tf_lowprec.gemm.implicit_conv import geometry, input_gradient_pads
+from tf_lowprec.numerics import rounding as rounding_lib
+
+
+def _dilate(v, strides, out_h, out_w):
+    """NHWC v [N, out_h, out_w, C] with s - 1 zeros (+0) between its rows and columns."""
+    sh, sw = strides
+    if sh == 1 and sw == 1:
+        return v
+    spread = tf.pad(v[:, :, None, :, None, :],
+                    [[0, 0], [0, 0], [0, sh - 1], [0, 0], [0, sw - 1], [0, 0]])
+    shape = tf.shape(v)
+    spread = tf.reshape(spread, [shape[0], out_h * sh, out_w * sw, shape[3]])
+    return spread[:, :(out_h - 1) * sh + 1, :(out_w - 1) * sw + 1, :]
+
+
+def _twin_patches(x, kh, kw, strides, pads, dilations):
+    """The patch matrix [N * OH * OW, kh * kw * C] of x padded by pads, written out."""
+    top, bottom, left, right = pads
+    padded = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    patches = _gemm_common.image_patches(padded, kh, kw, strides, "VALID", dilations)
+    return tf.reshape(patches, [-1, tf.shape(patches)[-1]])
+
+
+def _twin_conv(x, size, filters, strides, pads, dilations):
+    """The forward GEMM on the stock-TF twin: patches(x) @ filters (size: x's (H, W))."""
+    kh, kw = filters.shape[0], filters.shape[1]
+    columns = _twin_patches(x, kh, kw, strides, pads, dilations)
+    channels_out = tf.shape(filters)[3]
+    y = tf_bf16_gemm.matmul(columns, tf.reshape(filters, [-1, channels_out]))
+    out_h = (size[0] + pads[0] + pads[1] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    out_w = (size[1] + pads[2] + pads[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    return tf.reshape(y, [tf.shape(x)[0], out_h, out_w, channels_out])
+
+
+def conv2d(x, filters, strides, padding, dilations, isa="auto", implementation="auto"):
+    """`tf.nn.conv2d` (NHWC, one group) as implicit BF16 GEMMs, with its gradient.
+
+    Arguments as `tf_lowprec.bf16_conv2d` (checked there); `geometry(x,
+    filters, ...)` must not be None.  The rounding of x, the filters and the
+    error to BF16 is straight-through, as in `bf16_matmul`.
+    """
+    pads, (out_h, out_w) = geometry(x, filters, strides, padding, dilations)
+    kh, kw = filters.shape[0], filters.shape[1]
+    height, width = x.shape[1], x.shape[2]
+    top, _, left, _ = pads
+    dx_pads = (input_gradient_pads(height, kh, strides[0], dilations[0], top, out_h)
+               + input_gradient_pads(width, kw, strides[1], dilations[1], left, out_w))
+    use_ops = rounding_lib.use_kernel(implementation)
+    ops = _load_ops() if use_ops else None
+    attrs = dict(strides=list(strides), dilations=list(dilations), pads=pads, isa=isa)
+
+    @tf.custom_gradient
+    def conv(xv, wv):
+        if use_ops:
+            y = ops.lowprec_bf16_conv2d(xv, wv, input_dilations=[1, 1], **attrs)
+        else:
+            y = _twin_conv(xv, (height, width), wv, strides, pads, dilations)
+
+        def grad(dy):
+            # flip(filters)^T: [kh, kw, O, C], taps reversed in both axes.
+            flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
+            if use_ops:
+                dx = ops.lowprec_bf16_conv2d(
+                    dy, flipped, strides=[1, 1], dilations=list(dilations),
+                    input_dilations=list(strides), pads=list(dx_pads), isa=isa)
+                dw = ops.lowprec_bf16_conv2d_backprop_filter(
+                    xv, dy, filter_size=[kh, kw], input_dilations=[1, 1], **attrs)
+                return dx, dw
+            dilated = _dilate(dy, strides, out_h, out_w)
+            extent = ((out_h - 1) * strides[0] + 1, (out_w - 1) * strides[1] + 1)
+            dx = _twin_conv(dilated, extent, flipped, (1, 1), dx_pads, dilations)
+            columns = _twin_patches(xv, kh, kw, strides, pads, dilations)
+            dw = tf_bf16_gemm.matmul(columns, tf.reshape(dy, [-1, tf.shape(dy)[3]]),
+                                     transpose_a=True)
+            return dx, tf.reshape(dw, tf.shape(wv))
+
+        return y, grad
+
+    return conv(x, filters)

@@ -1,0 +1,57 @@
+"""Geometry of NHWC conv2d as implicit GEMMs, shared by the INT16 and BF16 GEMMs.
+
+`tf_lowprec.gemm.dfp_conv` and `tf_lowprec.gemm.bf16_conv` run a convolution
+as three GEMMs whose packing gathers the patches (C++:
+custom_ops/kernels/conv_gather.h): y = patches(x) @ filters, d(filters) =
+patches(x)^T @ dy, and d(x) = patches(dilate(dy, strides)) @ flip(filters)^T
+with the pads `input_gradient_pads` gives.  This module holds what those
+ops need to know of the geometry (the same as tf.nn.conv2d's).
+
+>>> import numpy as np
+>>> x = np.zeros((1, 5, 5, 1), np.float32); w = np.zeros((3, 3, 1, 1), np.float32)
+>>> geometry(x, w, (2, 2), "SAME", (1, 1))
+([1, 1, 1, 1], (3, 3))
+>>> input_gradient_pads(5, 3, 2, 1, 1, 3)
+(1, 1)
+"""
+
+
+def _padding(size, k, s, d, padding):
+    """(before, after, output size) of one spatial axis, as tf.nn.conv2d pads."""
+    span = (k - 1) * d + 1
+    if padding == "VALID":
+        return 0, 0, max((size - span) // s + 1, 0)
+    out = -(-size // s)
+    total = max((out - 1) * s + span - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def geometry(x, filters, strides, padding, dilations):
+    """The pads [top, bottom, left, right] and (OH, OW) of a conv2d, or None.
+
+    None where the implicit path cannot take the call: unknown height, width
+    or filter size, or an empty output.
+    """
+    height, width = x.shape[1], x.shape[2]
+    kh, kw = filters.shape[0], filters.shape[1]
+    if None in (height, width, kh, kw):
+        return None
+    top, bottom, out_h = _padding(height, kh, strides[0], dilations[0], padding)
+    left, right, out_w = _padding(width, kw, strides[1], dilations[1], padding)
+    if out_h == 0 or out_w == 0:
+        return None
+    return [top, bottom, left, right], (out_h, out_w)
+
+
+def input_gradient_pads(size, k, s, d, before, out):
+    """Pads of the dilated error so that its stride-1 convolution has `size` outputs.
+
+    One spatial axis of input size `size`, kernel k, stride s, dilation d,
+    forward padding `before` and `out` outputs: the error, dilated to
+    (out - 1) * s + 1, is padded by the returned (before, after), and the
+    flipped kernel's first tap then lands on input row 0.
+    """
+    span = (k - 1) * d + 1
+    extent = (out - 1) * s + 1
+    first = span - 1 - before  # the flipped kernel's first tap on input row 0
+    return first, size - 1 + span - extent - first
