@@ -454,6 +454,39 @@ def test_tier_tracked_chunks_at_the_coarse_sum_limit(isa):
         assert int(count) == int(want_count) > 0
 
 
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_tracked_chains_at_the_int32_limits(isa):
+    """Unproved chains whose prefixes end exactly at INT32_MAX / INT32_MIN or
+    one past them, or step one past INT32_MAX and come back: AVX2 decides most
+    tracked chains from coarse sums, which leave such chains undecided (they
+    are recomputed with the per-step sign test); exact and counted."""
+    k = 64
+    ia = np.zeros((6, k), np.int64)
+    ia[0, :63], ia[0, 63] = 32767, 1
+    ia[1, :], ia[1, 3] = 32767, 1
+    ia[2:] = np.random.default_rng(31).integers(-32767, 32768, (4, k))
+    ib = np.zeros((k, 6), np.int64)
+    for j, last in enumerate((1, 2)):  # pair sums: 2 * 32767^2, 4 * 32767, ..., last
+        ib[:3, j], ib[63, j] = (32767, 32767, 4), last
+    for j, last in enumerate((-2, -3), 2):
+        ib[:3, j], ib[63, j] = (-32767, -32767, -4), last
+    ib[:5, 4] = (32767, 32767, 4, 2, -32767)  # row 1: INT32_MAX + 1, then back down
+    ib[:, 5] = 32767
+    a = (ia * 2.0**-15).astype(np.float32)  # quantize_dfp keeps these: E = -15
+    b = (ib * 2.0**-15).astype(np.float32)
+    pair_sums = (ia[:, None, :] * ib.T[None]).reshape(6, 6, k // 2, 2).sum(-1)
+    prefix = np.cumsum(pair_sums, axis=-1)
+    left = np.any((prefix > 2**31 - 1) | (prefix < -(2**31)), axis=-1)
+    assert prefix[0, :4, -1].tolist() == [2**31 - 1, 2**31, -(2**31), -(2**31) - 1]
+    assert left[0, :4].tolist() == [False, True, False, True] and left[1, 4]
+    got, count = lp.dfp_matmul(a, b, isa=isa, return_overflow_count=True)
+    want, want_count = reference(a, b, count=True)
+    np.testing.assert_array_equal(bits(got), bits(want))
+    assert int(count) == want_count == int(left.sum())
+    np.testing.assert_array_equal(np.asarray(got),
+                                  prefix[..., -1].astype(np.float32) * np.float32(2.0**-30))
+
+
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("block_size", [None, 32])
 def test_wide_b_packed_in_groups_of_panels(tb, block_size):

@@ -12,14 +12,15 @@
 // of a broadcast A word with a B vector gives each lane's pair sum
 // I_a[2q] I_b[2q] + I_a[2q+1] I_b[2q+1], exact in INT32 (|t| <= 2 * 32767^2).
 //
-// vpaddd wraps instead of saturating, so the tracked part of a chunk tests
-// every step for signed overflow: s + t overflows exactly when s and t have
-// the same sign and the sum has the other one.  The accumulators are exact
-// up to the first overflow of a chain, so the first step at which some
-// prefix leaves INT32 is the first step the test fires: the chains it fired
-// for are the overflowed chains of the portable definition.  Each firing
-// also records the wrap (+-2^32), so the exact sum of every chain comes out
-// of the same pass, without an INT64 recomputation.
+// vpaddd wraps instead of saturating, so the tracked part of a chunk (where
+// the proof fails) must see every step: it keeps, beside the wrapping sums,
+// coarse sums A (the sums of floor(t / 2^16), which never overflow) and
+// their running maximum and minimum.  Every prefix lies in [2^16 A, 2^16 A +
+// (n + 1) (2^16 - 1)] for its A, which decides for nearly every chain whether
+// some prefix left INT32 and gives the exact sum from the wrapped one; rows
+// with a chain
+// too close to a limit to decide are recomputed with the exact per-step
+// sign test (Avx2TrackedRowExact).  No INT64 recomputation.
 #ifndef TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
 #define TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_AVX2_H_
 
@@ -86,75 +87,174 @@ DFP_AVX2_INLINE void Avx2AddToTile(const __m256i* sums, bool init, float* tile) 
   }
 }
 
-// Longest tracked piece for Avx2TrackedSteps's coarse sums: n (2^16 - 1) <
-// 2^32 identifies the exact sum, and |C| <= n 2^15 fits INT32.
+// Longest tracked piece for the coarse sums below: (n + 1) (2^16 - 1) <
+// 2^32 identifies the exact sum, and |A| < 2^15 + n (2^15 - 2) fits INT32
+// (|t| <= 2 * 32767^2, so floor(t / 2^16) lies in [-2^15 + 2, 2^15 - 3]).
 constexpr int64_t kCoarsePairs = 65535;
 
-// The rest of a chunk, n <= kCoarsePairs pairs from a and b, from sums[2
-// kMr] (exact: the chunk's proved part), row by row with the overflow test
-// after every step (a lane overflows at the first step at which its prefix
-// leaves INT32: the sums are exact until then, so the test is exact there).
-// The exact sum comes from a coarse sum beside the wrapping one: C = sum of
-// floor(t / 2^16) over the steps, so that S = s0 + 2^16 C + R with R = sum of
-// (t mod 2^16) in [0, n (2^16 - 1)] < 2^32; the wrapped sum W = S mod 2^32,
-// hence R = (W - s0 - 2^16 C) mod 2^32.  Two vector instructions per step
-// instead of the five of counting wraps (Avx2TrackedStepsWide).  Adds
-// float(exact sum) to the tile (stores it: init) and returns how many chains
-// overflowed.
+// The exact sums of one row's 16 lanes: P = 2^16 A + R, where A = floor(s0 /
+// 2^16) + sum of floor(t / 2^16) (the coarse sums, exact in INT32) and R =
+// (s0 mod 2^16) + sum of (t mod 2^16) in [0, (n + 1) (2^16 - 1)] < 2^32, so R =
+// (W - 2^16 A) mod 2^32 for the wrapped sum W; assembled in double (exact:
+// |P| < 2^53), rounded once to FP32 (as float(int64) rounds it) and added to
+// the row of the tile (stored there: init).
+DFP_AVX2_INLINE void Avx2StoreCoarseSums(const __m256i* wrapped, const __m256i* coarse, bool init,
+                                         float* row) {
+  const __m128i sign = _mm_set1_epi32(INT32_MIN);
+  const __m256d two31 = _mm256_set1_pd(2147483648.0), two16 = _mm256_set1_pd(65536.0);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i rest = _mm256_sub_epi32(wrapped[h], _mm256_slli_epi32(coarse[h], 16));
+    for (int half = 0; half < 2; ++half) {
+      const auto part = [half](__m256i v) {
+        return half ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+      };
+      const __m256d high = _mm256_mul_pd(_mm256_cvtepi32_pd(part(coarse[h])), two16);
+      // R as unsigned: (R - 2^31 as int32) + 2^31.
+      const __m256d r_d =
+          _mm256_add_pd(_mm256_cvtepi32_pd(_mm_xor_si128(part(rest), sign)), two31);
+      const __m128 v = _mm256_cvtpd_ps(_mm256_add_pd(high, r_d));
+      float* t = row + 8 * h + 4 * half;
+      _mm_storeu_ps(t, init ? v : _mm_add_ps(_mm_loadu_ps(t), v));
+    }
+  }
+}
+
+// Row r of the rest of a chunk, n <= kCoarsePairs pairs from a and b, from
+// its exact sums s0[2] (the chunk's proved part), with the exact overflow
+// test after every step: a lane overflows at the first step at which its
+// prefix leaves INT32, and the sums are exact until then, so the test is
+// exact there.  s + t overflowed exactly when (s > s + t, wrapped) differs
+// from (t < 0): the sign bit of cmpgt(s, s + t) ^ t.  Adds float(exact sum)
+// to the row of the tile (stores it: init) and returns how many lanes
+// overflowed.  (The reference for Avx2TrackedRow, which falls back to it.)
+inline int64_t Avx2TrackedRowExact(const int32_t* a, const int32_t* b, int64_t n,
+                                   const __m256i* s0, bool init, float* row) {
+  __m256i s[2] = {s0[0], s0[1]};
+  __m256i flag[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  __m256i coarse[2] = {_mm256_srai_epi32(s0[0], 16), _mm256_srai_epi32(s0[1], 16)};
+  for (int64_t q = 0; q < n; ++q) {
+    const __m256i ar = _mm256_set1_epi32(a[q * kMr]);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256i t = _mm256_madd_epi16(
+          ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16 + 8 * h)));
+      const __m256i sum = _mm256_add_epi32(s[h], t);
+      flag[h] = _mm256_or_si256(flag[h], _mm256_xor_si256(_mm256_cmpgt_epi32(s[h], sum), t));
+      coarse[h] = _mm256_add_epi32(coarse[h], _mm256_srai_epi32(t, 16));
+      s[h] = sum;
+    }
+  }
+  const int mask0 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[0]));
+  const int mask1 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[1]));
+  if ((mask0 | mask1) == 0) {  // exact in INT32
+    for (int h = 0; h < 2; ++h) {
+      const __m256 v = _mm256_cvtepi32_ps(s[h]);
+      _mm256_storeu_ps(row + 8 * h, init ? v : _mm256_add_ps(_mm256_loadu_ps(row + 8 * h), v));
+    }
+    return 0;
+  }
+  Avx2StoreCoarseSums(s, coarse, init, row);
+  return __builtin_popcount(static_cast<unsigned>(mask0)) +
+         __builtin_popcount(static_cast<unsigned>(mask1));
+}
+
+// The coarse pass of three rows r0 .. r0 + 2 of one half h of a tile (8
+// lanes each), n pairs: per row, the wrapped sums s (from the exact sums
+// s0), the coarse sums A = floor(s0 / 2^16) + sum of floor(t / 2^16) and
+// their running maximum and minimum (hi, lo), 6 vector instructions per
+// vector and step; the three rows share the load of the B half-vector and
+// keep their 12 registers of state in the 16 ymm registers.  v[i][0..3] =
+// s, A, hi, lo of row r0 + i.
+DFP_AVX2_INLINE void Avx2CoarseRows3(const int32_t* a, const int32_t* b, int64_t n,
+                                     const __m256i* s0, __m256i (*v)[4]) {
+  __m256i s_0 = s0[0], s_1 = s0[2], s_2 = s0[4];
+  __m256i c_0 = _mm256_srai_epi32(s_0, 16), c_1 = _mm256_srai_epi32(s_1, 16),
+          c_2 = _mm256_srai_epi32(s_2, 16);
+  __m256i hi_0 = c_0, hi_1 = c_1, hi_2 = c_2, lo_0 = c_0, lo_1 = c_1, lo_2 = c_2;
+  for (int64_t q = 0; q < n; ++q) {
+    const __m256i bh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16));
+    const int32_t* aq = a + q * kMr;
+    __m256i t = _mm256_madd_epi16(_mm256_set1_epi32(aq[0]), bh);
+    s_0 = _mm256_add_epi32(s_0, t);
+    t = _mm256_srai_epi32(t, 16);
+    c_0 = _mm256_add_epi32(t, c_0);
+    hi_0 = _mm256_max_epi32(c_0, hi_0);
+    lo_0 = _mm256_min_epi32(c_0, lo_0);
+    t = _mm256_madd_epi16(_mm256_set1_epi32(aq[1]), bh);
+    s_1 = _mm256_add_epi32(s_1, t);
+    t = _mm256_srai_epi32(t, 16);
+    c_1 = _mm256_add_epi32(t, c_1);
+    hi_1 = _mm256_max_epi32(c_1, hi_1);
+    lo_1 = _mm256_min_epi32(c_1, lo_1);
+    t = _mm256_madd_epi16(_mm256_set1_epi32(aq[2]), bh);
+    s_2 = _mm256_add_epi32(s_2, t);
+    t = _mm256_srai_epi32(t, 16);
+    c_2 = _mm256_add_epi32(t, c_2);
+    hi_2 = _mm256_max_epi32(c_2, hi_2);
+    lo_2 = _mm256_min_epi32(c_2, lo_2);
+  }
+  v[0][0] = s_0, v[0][1] = c_0, v[0][2] = hi_0, v[0][3] = lo_0;
+  v[1][0] = s_1, v[1][1] = c_1, v[1][2] = hi_1, v[1][3] = lo_1;
+  v[2][0] = s_2, v[2][1] = c_2, v[2][2] = hi_2, v[2][3] = lo_2;
+}
+
+// The rest of a chunk, n <= kCoarsePairs pairs, from sums[2 kMr] (exact:
+// the chunk's proved part); adds float(exact sum) to the tile (stores it:
+// init) and returns how many chains overflowed.  The coarse pass
+// (Avx2CoarseRows3) replaces the per-step sign test: since P - 2^16 A lies
+// in [0, Rmax], Rmax = (n + 1) (2^16 - 1), at every step, a lane certainly
+// overflowed if max A >= 2^15 or 2^16 min A + Rmax < -2^31, and certainly
+// did not if 2^16 max A + Rmax <= INT32_MAX and min A >= -2^15.  A row with
+// a lane between these (a prefix within Rmax of a limit) is recomputed by
+// Avx2TrackedRowExact, so the counts are exact.
 inline int64_t Avx2TrackedSteps(const int32_t* a, const int32_t* b, int64_t n,
                                 const __m256i* sums, bool init, float* tile) {
-  int64_t overflowed = 0;
-  for (int r = 0; r < kMr; ++r) {
-    __m256i s[2] = {sums[2 * r], sums[2 * r + 1]};
-    __m256i flag[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-    __m256i coarse[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-    for (int64_t q = 0; q < n; ++q) {
-      const __m256i ar = _mm256_set1_epi32(a[q * kMr + r]);
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        const __m256i t = _mm256_madd_epi16(
-            ar, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + q * 16 + 8 * h)));
-        const __m256i sum = _mm256_add_epi32(s[h], t);
-        // Sign bit set where s and t have equal signs and the sum another one.
-        flag[h] = _mm256_or_si256(flag[h], _mm256_andnot_si256(_mm256_xor_si256(s[h], t),
-                                                               _mm256_xor_si256(s[h], sum)));
-        coarse[h] = _mm256_add_epi32(coarse[h], _mm256_srai_epi32(t, 16));
-        s[h] = sum;
+  __m256i v[2 * kMr][4];  // [2 r + h]: s, A, hi, lo
+  __m256i part[3][4];
+  for (int h = 0; h < 2; ++h) {
+    for (int r0 = 0; r0 < kMr; r0 += 3) {
+      Avx2CoarseRows3(a + r0, b + 8 * h, n, sums + 2 * r0 + h, part);
+      for (int i = 0; i < 3; ++i) {
+        for (int j = 0; j < 4; ++j) v[2 * (r0 + i) + h][j] = part[i][j];
       }
     }
+  }
+  // Thresholds on A (floor divisions of exact integers, in 64 bits).
+  const int64_t r_max = (n + 1) * 65535;
+  const int64_t no_up = (int64_t{INT32_MAX} - r_max) >> 16;  // max A <= no_up: no upper exit
+  const int64_t low_sure = (int64_t{INT32_MIN} - 1 - r_max) >> 16;  // min A <= it: lower exit
+  const __m256i up_v = _mm256_set1_epi32(32767);
+  const __m256i no_up_v = _mm256_set1_epi32(static_cast<int32_t>(no_up));
+  const __m256i low_v = _mm256_set1_epi32(-32769);
+  const __m256i low_sure_v = _mm256_set1_epi32(static_cast<int32_t>(low_sure + 1));
+  int64_t overflowed = 0;
+  for (int r = 0; r < kMr; ++r) {
     float* row = tile + r * 16;
-    const int mask0 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[0]));
-    const int mask1 = _mm256_movemask_ps(_mm256_castsi256_ps(flag[1]));
-    if ((mask0 | mask1) == 0) {  // exact in INT32
+    int over_mask = 0, clean_mask = 0;
+    for (int h = 0; h < 2; ++h) {
+      const __m256i hi = v[2 * r + h][2], lo = v[2 * r + h][3];
+      const __m256i over = _mm256_or_si256(_mm256_cmpgt_epi32(hi, up_v),        // >= 2^15
+                                           _mm256_cmpgt_epi32(low_sure_v, lo));  // <= low_sure
+      const __m256i clean = _mm256_andnot_si256(_mm256_cmpgt_epi32(hi, no_up_v),  // <= no_up
+                                                _mm256_cmpgt_epi32(lo, low_v));    // >= -2^15
+      over_mask |= _mm256_movemask_ps(_mm256_castsi256_ps(over)) << (8 * h);
+      clean_mask |= _mm256_movemask_ps(_mm256_castsi256_ps(clean)) << (8 * h);
+    }
+    if ((over_mask | clean_mask) != 0xFFFF) {  // undecided lanes: the exact test
+      overflowed += Avx2TrackedRowExact(a + r, b, n, sums + 2 * r, init, row);
+      continue;
+    }
+    const __m256i s[2] = {v[2 * r][0], v[2 * r + 1][0]};
+    if (over_mask == 0) {  // exact in INT32
       for (int h = 0; h < 2; ++h) {
-        const __m256 v = _mm256_cvtepi32_ps(s[h]);
-        _mm256_storeu_ps(row + 8 * h, init ? v : _mm256_add_ps(_mm256_loadu_ps(row + 8 * h), v));
+        const __m256 f = _mm256_cvtepi32_ps(s[h]);
+        _mm256_storeu_ps(row + 8 * h, init ? f : _mm256_add_ps(_mm256_loadu_ps(row + 8 * h), f));
       }
       continue;
     }
-    overflowed += __builtin_popcount(static_cast<unsigned>(mask0)) +
-                  __builtin_popcount(static_cast<unsigned>(mask1));
-    // Every lane's exact sum s0 + 2^16 C + R in double (exact: |S| < 2^53;
-    // R as unsigned: (R - 2^31 as int32) + 2^31), then rounded once to FP32,
-    // as float(int64) rounds it.
-    const __m128i sign = _mm_set1_epi32(INT32_MIN);
-    const __m256d two31 = _mm256_set1_pd(2147483648.0), two16 = _mm256_set1_pd(65536.0);
-    for (int h = 0; h < 2; ++h) {
-      const __m256i rest =
-          _mm256_sub_epi32(s[h], _mm256_add_epi32(sums[2 * r + h], _mm256_slli_epi32(coarse[h], 16)));
-      for (int half = 0; half < 2; ++half) {
-        const auto part = [half](__m256i v) {
-          return half ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
-        };
-        const __m256d base = _mm256_add_pd(_mm256_cvtepi32_pd(part(sums[2 * r + h])),
-                                           _mm256_mul_pd(_mm256_cvtepi32_pd(part(coarse[h])), two16));
-        const __m256d r_d =
-            _mm256_add_pd(_mm256_cvtepi32_pd(_mm_xor_si128(part(rest), sign)), two31);
-        const __m128 v = _mm256_cvtpd_ps(_mm256_add_pd(base, r_d));
-        float* t = row + 8 * h + 4 * half;
-        _mm_storeu_ps(t, init ? v : _mm_add_ps(_mm_loadu_ps(t), v));
-      }
-    }
+    const __m256i coarse[2] = {v[2 * r][1], v[2 * r + 1][1]};
+    Avx2StoreCoarseSums(s, coarse, init, row);
+    overflowed += __builtin_popcount(static_cast<unsigned>(over_mask));
   }
   return overflowed;
 }
