@@ -149,7 +149,7 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
     forward_pads = []
     for size, k, s, d, (before, _), out in zip(spatial, ksize, strides, dilations, conv_pads,
                                               x.shape[1:3]):
-        forward_pads += _input_gradient_pads(size, k, s, d, before, out)
+        forward_pads += input_gradient_pads(size, k, s, d, before, out)
     seed = rounding_lib.seed_tensor(
         seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
     if rounding != "nearest_even":
