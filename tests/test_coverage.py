@@ -25,6 +25,7 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec.gemm import accumulation as accumulation_gemm
 from tf_lowprec.gemm import bf16 as bf16_gemm
+from tf_lowprec.gemm import bf16_conv
 from tf_lowprec.gemm import reference as reference_gemm
 from tf_lowprec.keras import emulation
 
@@ -184,12 +185,16 @@ class KernelCalls:
 
     def __init__(self):
         self.counts = {"BF16 GEMM": 0, "FP16-sum GEMM": 0}
-        self._patches = [mock.patch.object(module, "_product", self._counting(module, kernel))
-                         for module, kernel in ((bf16_gemm, "BF16 GEMM"),
-                                                (accumulation_gemm, "FP16-sum GEMM"))]
+        # (bf16_conv2d's implicit GEMMs: bf16_conv._conv and _filter_gradient.)
+        self._patches = [mock.patch.object(module, name, self._counting(module, name, kernel))
+                         for module, name, kernel in (
+                             (bf16_gemm, "_product", "BF16 GEMM"),
+                             (bf16_conv, "_conv", "BF16 GEMM"),
+                             (bf16_conv, "_filter_gradient", "BF16 GEMM"),
+                             (accumulation_gemm, "_product", "FP16-sum GEMM"))]
 
-    def _counting(self, module, kernel):
-        real = module._product
+    def _counting(self, module, name, kernel):
+        real = getattr(module, name)
 
         def counting(*args, **kwargs):
             self.counts[kernel] += 1

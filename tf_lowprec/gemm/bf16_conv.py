@@ -67,12 +67,37 @@ def _twin_conv(x, size, filters, strides, pads, dilations):
     return tf.reshape(y, [tf.shape(x)[0], out_h, out_w, channels_out])
 
 
+def _conv(x, size, filters, strides, pads, dilations, input_dilations, isa, use_ops):
+    """One implicit GEMM: patches(x) @ filters, x of spatial size `size` dilated by
+    `input_dilations` and padded by `pads` (the forward pass, or d(x) on the error)."""
+    if use_ops:
+        return _load_ops().lowprec_bf16_conv2d(
+            x, filters, strides=list(strides), dilations=list(dilations),
+            input_dilations=list(input_dilations), pads=list(pads), isa=isa)
+    if tuple(input_dilations) != (1, 1):
+        x = _dilate(x, input_dilations, *size)
+        size = tuple((n - 1) * s + 1 for n, s in zip(size, input_dilations))
+    return _twin_conv(x, size, filters, strides, pads, dilations)
+
+
+def _filter_gradient(x, dy, kh, kw, strides, pads, dilations, isa, use_ops):
+    """The GEMM patches(x)^T @ dy: d(filters) [kh, kw, C, O]."""
+    if use_ops:
+        return _load_ops().lowprec_bf16_conv2d_backprop_filter(
+            x, dy, filter_size=[kh, kw], strides=list(strides), dilations=list(dilations),
+            input_dilations=[1, 1], pads=list(pads), isa=isa)
+    columns = _twin_patches(x, kh, kw, strides, pads, dilations)
+    dw = tf_bf16_gemm.matmul(columns, tf.reshape(dy, [-1, tf.shape(dy)[3]]), transpose_a=True)
+    return tf.reshape(dw, [kh, kw, tf.shape(x)[3], tf.shape(dy)[3]])
+
+
 def conv2d(x, filters, strides, padding, dilations, isa="auto", implementation="auto"):
     """`tf.nn.conv2d` (NHWC, one group) as implicit BF16 GEMMs, with its gradient.
 
     Arguments as `tf_lowprec.bf16_conv2d` (checked there); `geometry(x,
     filters, ...)` must not be None.  The rounding of x, the filters and the
-    error to BF16 is straight-through, as in `bf16_matmul`.
+    error to BF16 is straight-through, as in `bf16_matmul`.  Each of the three
+    GEMMs is one call of `_conv` or `_filter_gradient` (tests count them).
     """
     pads, (out_h, out_w) = geometry(x, filters, strides, padding, dilations)
     kh, kw = filters.shape[0], filters.shape[1]
@@ -81,33 +106,18 @@ def conv2d(x, filters, strides, padding, dilations, isa="auto", implementation="
     dx_pads = (input_gradient_pads(height, kh, strides[0], dilations[0], top, out_h)
                + input_gradient_pads(width, kw, strides[1], dilations[1], left, out_w))
     use_ops = rounding_lib.use_kernel(implementation)
-    ops = _load_ops() if use_ops else None
-    attrs = dict(strides=list(strides), dilations=list(dilations), pads=pads, isa=isa)
 
     @tf.custom_gradient
     def conv(xv, wv):
-        if use_ops:
-            y = ops.lowprec_bf16_conv2d(xv, wv, input_dilations=[1, 1], **attrs)
-        else:
-            y = _twin_conv(xv, (height, width), wv, strides, pads, dilations)
+        y = _conv(xv, (height, width), wv, strides, pads, dilations, (1, 1), isa, use_ops)
 
         def grad(dy):
             # flip(filters)^T: [kh, kw, O, C], taps reversed in both axes.
             flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
-            if use_ops:
-                dx = ops.lowprec_bf16_conv2d(
-                    dy, flipped, strides=[1, 1], dilations=list(dilations),
-                    input_dilations=list(strides), pads=list(dx_pads), isa=isa)
-                dw = ops.lowprec_bf16_conv2d_backprop_filter(
-                    xv, dy, filter_size=[kh, kw], input_dilations=[1, 1], **attrs)
-                return dx, dw
-            dilated = _dilate(dy, strides, out_h, out_w)
-            extent = ((out_h - 1) * strides[0] + 1, (out_w - 1) * strides[1] + 1)
-            dx = _twin_conv(dilated, extent, flipped, (1, 1), dx_pads, dilations)
-            columns = _twin_patches(xv, kh, kw, strides, pads, dilations)
-            dw = tf_bf16_gemm.matmul(columns, tf.reshape(dy, [-1, tf.shape(dy)[3]]),
-                                     transpose_a=True)
-            return dx, tf.reshape(dw, tf.shape(wv))
+            dx = _conv(dy, (out_h, out_w), flipped, (1, 1), dx_pads, dilations, strides, isa,
+                       use_ops)
+            dw = _filter_gradient(xv, dy, kh, kw, strides, pads, dilations, isa, use_ops)
+            return dx, dw
 
         return y, grad
 
