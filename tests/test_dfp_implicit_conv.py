@@ -180,7 +180,7 @@ def test_counters_move_and_graph_has_no_im2col():
     run(x, w, rand((2, 6, 6, 4), 17), (1, 1), "VALID", (1, 1))
     assert lp.dfp_gemm_counters()["calls"] == 3  # forward, d(x), d(filters)
 
-    @tf.function
+    @tf.function(autograph=False)  # (autograph's first conversion of the library: ~10 s)
     def step(x, w):
         with tf.GradientTape() as tape:
             tape.watch([x, w])
