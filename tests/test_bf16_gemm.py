@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import kernel_tiers
+from conv_testing import im2col_tf
 import tf_lowprec as lp
 from tf_lowprec.numerics import reference
 
@@ -515,26 +516,6 @@ def test_bad_input():
 # --- conv2d -----------------------------------------------------------------
 
 
-def im2col(x, kh, kw, strides, dilations, padding):
-    """NumPy patches [N*H'*W', kh*kw*C] in (kh, kw, C) order (tf.nn.conv2d's)."""
-    n, h, w, c = x.shape
-    (sh, sw), (dh, dw) = strides, dilations
-    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    if padding == "SAME":
-        oh, ow = -(-h // sh), -(-w // sw)
-        ph = max((oh - 1) * sh + eh - h, 0)
-        pw = max((ow - 1) * sw + ew - w, 0)
-        x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-    else:
-        oh, ow = (h - eh) // sh + 1, (w - ew) // sw + 1
-    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = x[:, i * dh:i * dh + (oh - 1) * sh + 1:sh,
-                                       j * dw:j * dw + (ow - 1) * sw + 1:sw, :]
-    return cols.reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
-
-
 @pytest.mark.parametrize(
     "strides, dilations, padding",
     [(1, 1, "VALID"), (2, 1, "SAME"), ((1, 2), (2, 1), "SAME"), (3, 1, "VALID")],
@@ -545,7 +526,7 @@ def test_conv2d_forward_and_backward(strides, dilations, padding):
     w = rng.standard_normal((3, 3, 3, 4)).astype(np.float32)
     s = strides if isinstance(strides, tuple) else (strides, strides)
     d = dilations if isinstance(dilations, tuple) else (dilations, dilations)
-    cols, (n, oh, ow) = im2col(x, 3, 3, s, d, padding)
+    cols, (n, oh, ow) = im2col_tf(x, 3, 3, s, padding, d)
     weights = w.reshape(-1, 4)
     xt, wt = tf.constant(x), tf.constant(w)
     with tf.GradientTape() as tape:

@@ -18,14 +18,11 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
+from conv_testing import im2col, pads_of, rand
 from kernel_tiers import params as tier_params
 from test_bf16_gemm import step
 
 MIN_NORMAL = 2.0**-126
-
-
-def rand(shape, seed, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
 
 
 def bf16(x):
@@ -50,36 +47,13 @@ def gemm(a, b):
     return acc
 
 
-def pads_of(size, k, s, d, padding):
-    span = (k - 1) * d + 1
-    if padding == "VALID":
-        return 0, 0, (size - span) // s + 1
-    out = -(-size // s)
-    total = max((out - 1) * s + span - size, 0)
-    return total // 2, total - total // 2, out
-
-
-def im2col(x, kh, kw, strides, pads, dilations):
-    """Patches [n*oh*ow, kh*kw*c] in (kh, kw, c) order of x padded (+0) by pads."""
-    (sh, sw), (dh, dw), (top, bottom, left, right) = strides, dilations, pads
-    x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    n, h, w, c = x.shape
-    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
-    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = x[:, i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                                       j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
-    return cols.reshape(n * oh * ow, kh * kw * c)
-
-
 def references(x, w, g, strides, padding, dilations):
     """(y, dx, dw) of the implicit-GEMM conv2d, written out."""
     kh, kw, cin, cout = w.shape
     n, height, width, _ = x.shape
     top, bottom, oh = pads_of(height, kh, strides[0], dilations[0], padding)
     left, right, ow = pads_of(width, kw, strides[1], dilations[1], padding)
-    cols = im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
+    cols, _ = im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
     y = gemm(cols, w.reshape(-1, cout)).reshape(n, oh, ow, cout)
     dw = gemm(cols.T, g.reshape(-1, cout)).reshape(w.shape)
     # d(x): the error dilated by the strides (+0 between its rows and columns),
@@ -92,7 +66,7 @@ def references(x, w, g, strides, padding, dilations):
     first_h, first_w = span_h - 1 - top, span_w - 1 - left
     pads = (first_h, height - 1 + span_h - dilated.shape[1] - first_h,
             first_w, width - 1 + span_w - dilated.shape[2] - first_w)
-    dcols = im2col(dilated, kh, kw, (1, 1), pads, dilations)
+    dcols, _ = im2col(dilated, kh, kw, (1, 1), pads, dilations)
     flipped = np.transpose(w[::-1, ::-1], (0, 1, 3, 2)).reshape(-1, cin)
     dx = gemm(dcols, flipped).reshape(x.shape)
     return y, dx, dw
@@ -227,7 +201,7 @@ def test_stock_tf_twin_and_im2col_agree(xs, ws, strides, padding, dilations):
     kh, kw, _, cout = w.shape
     top, bottom, _ = pads_of(xs[1], kh, strides[0], dilations[0], padding)
     left, right, _ = pads_of(xs[2], kw, strides[1], dilations[1], padding)
-    cols = im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
+    cols, _ = im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
     assert_bits(kernel[0].reshape(-1, cout), lp.bf16_matmul(cols, w.reshape(-1, cout)), "y")
     assert_bits(kernel[2].reshape(-1, cout),
                 lp.bf16_matmul(cols, g.reshape(-1, cout), transpose_a=True), "dw")

@@ -6,30 +6,7 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec.gemm import reference as reference_gemm
-
-
-def rand(shape, seed, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-
-
-def im2col(x, kh, kw, strides, padding, dilations):
-    """NumPy patches [n*oh*ow, kh*kw*c] in (kh, kw, c) order, like tf.nn.conv2d."""
-    n, h, w, c = x.shape
-    (sh, sw), (dh, dw) = strides, dilations
-    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
-    if padding == "SAME":
-        oh, ow = -(-h // sh), -(-w // sw)
-        ph = max((oh - 1) * sh + ekh - h, 0)
-        pw = max((ow - 1) * sw + ekw - w, 0)
-        x = np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-    else:
-        oh, ow = (h - ekh) // sh + 1, (w - ekw) // sw + 1
-    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = x[:, i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                                       j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
-    return cols.reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
+from conv_testing import im2col_tf as im2col, rand
 
 
 def per_tensor(x):

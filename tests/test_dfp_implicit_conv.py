@@ -13,34 +13,8 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import reference as reference_gemm
+from conv_testing import im2col, pads_of, rand
 from kernel_tiers import params as tier_params
-
-
-def rand(shape, seed, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-
-
-def pads_of(size, k, s, d, padding):
-    span = (k - 1) * d + 1
-    if padding == "VALID":
-        return 0, 0, (size - span) // s + 1
-    out = -(-size // s)
-    total = max((out - 1) * s + span - size, 0)
-    return total // 2, total - total // 2, out
-
-
-def im2col(x, kh, kw, strides, pads, dilations):
-    """NumPy patches [n*oh*ow, kh*kw*c] in (kh, kw, c) order of x padded by pads."""
-    (sh, sw), (dh, dw), (top, bottom, left, right) = strides, dilations, pads
-    x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    n, h, w, c = x.shape
-    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
-    cols = np.empty((n, oh, ow, kh, kw, c), np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, :, i, j, :] = x[:, i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                                       j * dw: j * dw + (ow - 1) * sw + 1: sw, :]
-    return cols.reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
 
 
 def quantized(x):
