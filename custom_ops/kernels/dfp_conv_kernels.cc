@@ -1,9 +1,11 @@
-// CPU kernels of LowprecDfpConv2d and LowprecDfpConv2dBackpropFilter
-// (registered in ops/dfp_conv_ops.cc): NHWC convolutions as implicit INT16
-// GEMMs.  The patch matrix is never materialized: the GEMM's packing
-// gathers it from the input (dfp_gemm_conv_pack.h, ConvGather in
-// dfp_gemm.h) while rounding it to the input's shared exponent, exactly as
-// LowprecDfpMatmulFused packs a materialized patch matrix.
+// CPU kernels of LowprecDfpConv2d / LowprecDfpConv3d and their
+// BackpropFilter ops (registered in ops/dfp_conv_ops.cc): NHWC / NDHWC
+// convolutions as implicit INT16 GEMMs, one kernel per op and spatial rank
+// over one patch gather (a 2-D convolution is a 3-D one of depth 1).  The
+// patch matrix is never materialized: the GEMM's packing gathers it from
+// the input (dfp_gemm_conv_pack.h, ConvGather in dfp_gemm.h) while rounding
+// it to the input's shared exponent, exactly as LowprecDfpMatmulFused packs
+// a materialized patch matrix.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,10 +40,16 @@ int64_t OutputSize(int64_t size, int64_t k, int64_t s, int64_t d, int64_t l, int
   return room < 0 ? 0 : room / s + 1;
 }
 
-// The attributes both convolution ops share, checked.
+// The spatial axes' names, for messages: "(height, width)" or "(depth,
+// height, width)".
+const char* AxisNames(int rank) {
+  return rank == 3 ? "(depth, height, width)" : "(height, width)";
+}
+
+// The attributes both convolution ops of one spatial rank share, checked.
 class ConvAttrs {
  public:
-  explicit ConvAttrs(OpKernelConstruction* ctx) {
+  ConvAttrs(OpKernelConstruction* ctx, int rank) : rank_(rank) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("strides", &strides_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dilations", &dilations_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_dilations", &input_dilations_));
@@ -51,17 +59,21 @@ class ConvAttrs {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));
     std::string isa;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("isa", &isa));
-    auto positive_pair = [&](const std::vector<int64_t>& v, const char* name) {
-      OP_REQUIRES(ctx, v.size() == 2 && v[0] >= 1 && v[1] >= 1,
-                  InvalidArgument(name, " must be two positive ints (height, width), got ",
-                                  v.size(), " values"));
+    auto positive = [&](const std::vector<int64_t>& v, const char* name) {
+      bool ok = v.size() == static_cast<size_t>(rank);
+      for (int64_t e : v) ok = ok && e >= 1;
+      OP_REQUIRES(ctx, ok,
+                  InvalidArgument(name, " must be ", rank, " positive ints ", AxisNames(rank),
+                                  ", got ", v.size(), " values"));
     };
-    positive_pair(strides_, "strides");
-    positive_pair(dilations_, "dilations");
-    positive_pair(input_dilations_, "input_dilations");
-    OP_REQUIRES(ctx, pads_.size() == 4 && pads_[0] >= 0 && pads_[1] >= 0 && pads_[2] >= 0 &&
-                         pads_[3] >= 0,
-                InvalidArgument("pads must be four ints >= 0 (top, bottom, left, right)"));
+    positive(strides_, "strides");
+    positive(dilations_, "dilations");
+    positive(input_dilations_, "input_dilations");
+    bool pads_ok = pads_.size() == 2 * static_cast<size_t>(rank);
+    for (int64_t e : pads_) pads_ok = pads_ok && e >= 0;
+    OP_REQUIRES(ctx, pads_ok,
+                InvalidArgument("pads must be ", 2 * rank, " ints >= 0 (before, after per axis ",
+                                AxisNames(rank), "), got ", pads_.size(), " values"));
     const std::string error = ValidateDfpSpec(spec_);
     OP_REQUIRES(ctx, error.empty(), InvalidArgument(error));
     OP_REQUIRES(ctx, spec_.bits <= 16,
@@ -70,26 +82,60 @@ class ConvAttrs {
     loops_ = SelectRoundingLoops(isa.c_str());  // supported wherever kernels_ is
   }
 
-  // The gather of x's patches for kh x kw filters.
-  dfp_gemm::ConvGather Gather(const Tensor& x, int64_t kh, int64_t kw) const {
+  // The gather of x's patches for filters of spatial sizes k (rank_ of
+  // them).  A 2-D convolution is the 3-D one of depth 1: the gather's
+  // leading axes that x lacks keep size, kernel, stride and dilation 1.
+  dfp_gemm::ConvGather Gather(const Tensor& x, const int64_t* k) const {
+    int64_t size[3] = {1, 1, 1}, ks[3] = {1, 1, 1}, s[3] = {1, 1, 1}, d[3] = {1, 1, 1};
+    int64_t l[3] = {1, 1, 1}, before[3] = {0, 0, 0}, after[3] = {0, 0, 0}, out[3];
+    const int skip = 3 - rank_;
+    for (int a = 0; a < rank_; ++a) {
+      size[skip + a] = x.dim_size(1 + a);
+      ks[skip + a] = k[a];
+      s[skip + a] = strides_[a];
+      d[skip + a] = dilations_[a];
+      l[skip + a] = input_dilations_[a];
+      before[skip + a] = pads_[2 * a];
+      after[skip + a] = pads_[2 * a + 1];
+    }
+    for (int a = 0; a < 3; ++a) {
+      out[a] = OutputSize(size[a], ks[a], s[a], d[a], l[a], before[a], after[a]);
+    }
     dfp_gemm::ConvGather g;
     g.batch = x.dim_size(0);
-    g.height = x.dim_size(1);
-    g.width = x.dim_size(2);
-    g.channels = x.dim_size(3);
-    g.kh = kh;
-    g.kw = kw;
-    g.sh = strides_[0];
-    g.sw = strides_[1];
-    g.dh = dilations_[0];
-    g.dw = dilations_[1];
-    g.lh = input_dilations_[0];
-    g.lw = input_dilations_[1];
-    g.pad_top = pads_[0];
-    g.pad_left = pads_[2];
-    g.out_h = OutputSize(g.height, kh, g.sh, g.dh, g.lh, pads_[0], pads_[1]);
-    g.out_w = OutputSize(g.width, kw, g.sw, g.dw, g.lw, pads_[2], pads_[3]);
+    g.depth = size[0];
+    g.height = size[1];
+    g.width = size[2];
+    g.channels = x.dim_size(rank_ + 1);
+    g.kd = ks[0];
+    g.kh = ks[1];
+    g.kw = ks[2];
+    g.sd = s[0];
+    g.sh = s[1];
+    g.sw = s[2];
+    g.dd = d[0];
+    g.dh = d[1];
+    g.dw = d[2];
+    g.ld = l[0];
+    g.lh = l[1];
+    g.lw = l[2];
+    g.pad_front = before[0];
+    g.pad_top = before[1];
+    g.pad_left = before[2];
+    g.out_d = out[0];
+    g.out_h = out[1];
+    g.out_w = out[2];
     return g;
+  }
+
+  // The output grid [N, *out] of g (rank_ spatial sizes) followed by last.
+  TensorShape OutputShape(const dfp_gemm::ConvGather& g, int64_t last) const {
+    TensorShape shape({g.batch});
+    if (rank_ == 3) shape.AddDim(g.out_d);
+    shape.AddDim(g.out_h);
+    shape.AddDim(g.out_w);
+    shape.AddDim(last);
+    return shape;
   }
 
   // Per-tensor exponents of a and b; where the fused rounding is not exact
@@ -121,10 +167,12 @@ class ConvAttrs {
     return true;
   }
 
+  int rank() const { return rank_; }
   int64_t chunk_size() const { return chunk_size_; }
   const dfp_gemm::Kernels* kernels() const { return kernels_; }
 
  private:
+  int rank_;
   std::vector<int64_t> strides_, dilations_, input_dilations_, pads_;
   DfpSpec spec_;
   int64_t chunk_size_ = 64;
@@ -132,36 +180,52 @@ class ConvAttrs {
   const RoundingLoops* loops_ = nullptr;
 };
 
-bool CheckRank4(OpKernelContext* ctx, const Tensor& t, const char* name, const char* layout) {
-  if (t.dims() == 4) return true;
-  ctx->CtxFailure(InvalidArgument(name, " must have rank 4 ", layout, ", got shape ",
+bool CheckRank(OpKernelContext* ctx, const Tensor& t, int rank, const char* name,
+               const char* layout) {
+  if (t.dims() == rank) return true;
+  ctx->CtxFailure(InvalidArgument(name, " must have rank ", rank, " ", layout, ", got shape ",
                                   t.shape().DebugString()));
   return false;
 }
 
-// y = conv2d(x, filters): the GEMM patches(x) [N*OH*OW, kh*kw*C] @ filters
-// [kh*kw*C, O], patches gathered while packing.
-class DfpConv2dOp : public OpKernel {
+// Layouts of x and the filters for messages, by spatial rank.
+const char* InputLayout(int rank) {
+  return rank == 3 ? "[batch, depth, height, width, channels]"
+                   : "[batch, height, width, channels]";
+}
+
+// y = conv(x, filters) with kRank (2 or 3) spatial axes: the GEMM
+// patches(x) [N*out pixels, prod(k)*C] @ filters [prod(k)*C, O], patches
+// gathered while packing.
+template <int kRank>
+class DfpConvOp : public OpKernel {
  public:
-  explicit DfpConv2dOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx) {}
+  explicit DfpConvOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx, kRank) {}
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& x = ctx->input(0);
     const Tensor& filters = ctx->input(1);
-    if (!CheckRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
-    if (!CheckRank4(ctx, filters, "filters", "[kh, kw, channels, out_channels]")) return;
-    OP_REQUIRES(ctx, filters.dim_size(2) == x.dim_size(3),
-                InvalidArgument("x has ", x.dim_size(3), " channels but filters expect ",
-                                filters.dim_size(2)));
-    OP_REQUIRES(ctx, filters.dim_size(0) >= 1 && filters.dim_size(1) >= 1,
-                InvalidArgument("filters must have kh, kw >= 1, got ",
-                                filters.shape().DebugString()));
-    dfp_gemm::ConvGather g = attrs_.Gather(x, filters.dim_size(0), filters.dim_size(1));
-    const int64_t channels_out = filters.dim_size(3);
+    if (!CheckRank(ctx, x, kRank + 2, "x", InputLayout(kRank))) return;
+    if (!CheckRank(ctx, filters, kRank + 2, "filters",
+                   kRank == 3 ? "[kd, kh, kw, channels, out_channels]"
+                              : "[kh, kw, channels, out_channels]")) {
+      return;
+    }
+    OP_REQUIRES(ctx, filters.dim_size(kRank) == x.dim_size(kRank + 1),
+                InvalidArgument("x has ", x.dim_size(kRank + 1), " channels but filters expect ",
+                                filters.dim_size(kRank)));
+    int64_t k[kRank];
+    for (int a = 0; a < kRank; ++a) {
+      k[a] = filters.dim_size(a);
+      OP_REQUIRES(ctx, k[a] >= 1,
+                  InvalidArgument("filters must have spatial sizes >= 1, got ",
+                                  filters.shape().DebugString()));
+    }
+    dfp_gemm::ConvGather g = attrs_.Gather(x, k);
+    const int64_t channels_out = filters.dim_size(kRank + 1);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({g.batch, g.out_h, g.out_w, channels_out}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, attrs_.OutputShape(g, channels_out), &out));
     Tensor* overflow = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
     overflow->scalar<int64_t>()() = 0;
@@ -182,7 +246,7 @@ class DfpConv2dOp : public OpKernel {
     p.n = channels_out;
     p.a = x_data;  // (not read: a_patches)
     p.a_patches = &g;
-    p.b = w_data;  // [kh*kw*C, O] row-major
+    p.b = w_data;  // [prod(k)*C, O] row-major
     p.ea = &ex;    // strides 0: one exponent
     p.eb = &ew;
     p.block_size = p.k > 0 ? p.k : 1;
@@ -199,30 +263,39 @@ class DfpConv2dOp : public OpKernel {
 // d(filters) = patches(x)^T @ dy, computed as (dy^T @ patches(x))^T: the
 // same products summed in the same (pixel) order, so the same bits, with
 // the patch matrix as the GEMM's b, gathered one patch row per K step.
-class DfpConv2dBackpropFilterOp : public OpKernel {
+template <int kRank>
+class DfpConvBackpropFilterOp : public OpKernel {
  public:
-  explicit DfpConv2dBackpropFilterOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx) {
+  explicit DfpConvBackpropFilterOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), attrs_(ctx, kRank) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_size", &filter_size_));
-    OP_REQUIRES(ctx, filter_size_.size() == 2 && filter_size_[0] >= 1 && filter_size_[1] >= 1,
-                InvalidArgument("filter_size must be two positive ints (kh, kw)"));
+    bool ok = filter_size_.size() == static_cast<size_t>(kRank);
+    for (int64_t v : filter_size_) ok = ok && v >= 1;
+    OP_REQUIRES(ctx, ok,
+                InvalidArgument("filter_size must be ", kRank, " positive ints ",
+                                AxisNames(kRank)));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;
     const Tensor& x = ctx->input(0);
     const Tensor& dy = ctx->input(1);
-    if (!CheckRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
-    if (!CheckRank4(ctx, dy, "dy", "[batch, out_height, out_width, out_channels]")) return;
-    dfp_gemm::ConvGather g = attrs_.Gather(x, filter_size_[0], filter_size_[1]);
-    OP_REQUIRES(ctx, dy.dim_size(0) == g.batch && dy.dim_size(1) == g.out_h &&
-                         dy.dim_size(2) == g.out_w,
-                InvalidArgument("dy must have shape [", g.batch, ", ", g.out_h, ", ", g.out_w,
-                                ", out_channels] for this x and geometry, got ",
-                                dy.shape().DebugString()));
-    const int64_t channels_out = dy.dim_size(3);
+    if (!CheckRank(ctx, x, kRank + 2, "x", InputLayout(kRank))) return;
+    if (!CheckRank(ctx, dy, kRank + 2, "dy", "[batch, *output spatial sizes, out_channels]")) {
+      return;
+    }
+    dfp_gemm::ConvGather g = attrs_.Gather(x, filter_size_.data());
+    const int64_t channels_out = dy.dim_size(kRank + 1);
+    const TensorShape want = attrs_.OutputShape(g, channels_out);
+    OP_REQUIRES(ctx, dy.shape() == want,
+                InvalidArgument("dy must have shape ", want.DebugString(),
+                                " for this x and geometry, got ", dy.shape().DebugString()));
+    TensorShape filter_shape;
+    for (int64_t v : filter_size_) filter_shape.AddDim(v);
+    filter_shape.AddDim(g.channels);
+    filter_shape.AddDim(channels_out);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.kh, g.kw, g.channels,
-                                                             channels_out}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, filter_shape, &out));
     Tensor* overflow = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
     overflow->scalar<int64_t>()() = 0;
@@ -237,7 +310,7 @@ class DfpConv2dBackpropFilterOp : public OpKernel {
     }
     g.input = x_data;
     const int64_t columns = g.Columns();
-    Tensor transposed;  // [O, kh*kw*C]
+    Tensor transposed;  // [O, prod(k)*C]
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
                                            TensorShape({channels_out, columns}), &transposed));
     dfp_gemm::Problem p;
@@ -271,8 +344,11 @@ class DfpConv2dBackpropFilterOp : public OpKernel {
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2d").Device(DEVICE_CPU), DfpConv2dOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2d").Device(DEVICE_CPU), DfpConvOp<2>);
 REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2dBackpropFilter").Device(DEVICE_CPU),
-                        DfpConv2dBackpropFilterOp);
+                        DfpConvBackpropFilterOp<2>);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv3d").Device(DEVICE_CPU), DfpConvOp<3>);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv3dBackpropFilter").Device(DEVICE_CPU),
+                        DfpConvBackpropFilterOp<3>);
 
 }  // namespace tf_lowprec

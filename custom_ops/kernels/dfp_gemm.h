@@ -35,22 +35,24 @@ namespace dfp_gemm {
 
 constexpr int32_t kMaxMantissa = 32767;
 
-// The patch matrix (im2col) of an NHWC tensor, as an implicit-GEMM operand:
-// gathered while packing, never written out (dfp_gemm_conv_pack.h).  Row p
-// = (b, y, x) of the [batch, out_h, out_w] output grid, column r = (i, j, c)
-// of [kh, kw, channels]:
-//   P[p][r] = input[b, Y / lh, X / lw, c]   where Y = y * sh + i * dh - pad_top
-// (X likewise), if 0 <= Y <= (height - 1) * lh and Y % lh == 0 (X alike),
-// else 0: zero padding, strides s, dilations d, and an input dilated by l
-// (l - 1 zeros between its rows / columns: the error of a strided
-// convolution in its input gradient).
+// The patch matrix (im2col) of an NDHWC tensor (NHWC: depth 1, kd 1), as
+// an implicit-GEMM operand: gathered while packing, never written out
+// (dfp_gemm_conv_pack.h).  Row p = (b, z, y, x) of the [batch, out_d, out_h,
+// out_w] output grid, column r = (t, i, j, c) of [kd, kh, kw, channels]:
+//   P[p][r] = input[b, Z / ld, Y / lh, X / lw, c]
+//   where Z = z * sd + t * dd - pad_front, Y = y * sh + i * dh - pad_top
+// (X likewise), if 0 <= Y <= (height - 1) * lh and Y % lh == 0 (Z and X
+// alike), else 0: zero padding, strides s, dilations d, and an input
+// dilated by l (l - 1 zeros between its planes / rows / columns: the error
+// of a strided convolution in its input gradient).
 struct ConvGather {
   const float* input = nullptr;
-  int64_t batch = 0, height = 0, width = 0, channels = 0;
-  int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, lh = 1, lw = 1;
-  int64_t pad_top = 0, pad_left = 0, out_h = 0, out_w = 0;
-  int64_t Rows() const { return batch * out_h * out_w; }
-  int64_t Columns() const { return kh * kw * channels; }
+  int64_t batch = 0, depth = 1, height = 0, width = 0, channels = 0;
+  int64_t kd = 1, kh = 1, kw = 1, sd = 1, sh = 1, sw = 1, dd = 1, dh = 1, dw = 1;
+  int64_t ld = 1, lh = 1, lw = 1;
+  int64_t pad_front = 0, pad_top = 0, pad_left = 0, out_d = 1, out_h = 0, out_w = 0;
+  int64_t Rows() const { return batch * out_d * out_h * out_w; }
+  int64_t Columns() const { return kd * kh * kw * channels; }
 };
 
 // One (batched) GEMM out[batch] = op(a[batch]) @ op(b[batch]).

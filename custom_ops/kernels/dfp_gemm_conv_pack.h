@@ -1,5 +1,6 @@
 // INT16 DFP GEMM: packing a convolution's patch matrix (ConvGather,
-// dfp_gemm.h) straight from its NHWC input: the implicit-GEMM convolution.
+// dfp_gemm.h) straight from its NHWC / NDHWC input: the implicit-GEMM
+// convolution.
 // No im2col matrix is written: each panel's values are gathered into a
 // small buffer (zeros for padding and for an input dilation's holes) and
 // converted with dfp_gemm_pack.h's own conversion, so the mantissas, pair
@@ -23,45 +24,58 @@ namespace dfp_gemm {
 namespace TF_LOWPREC_DFP_ISA {
 namespace {
 
+// Whether coordinate *v of an input dilated by l (l - 1 zeros between its
+// elements) is an input element; *v becomes its index.  *v >= 0.
+inline bool OnInputGrid(int64_t* v, int64_t l) {
+  if (l == 1) return true;
+  if (*v % l != 0) return false;
+  *v /= l;
+  return true;
+}
+
 // Columns [r0, r0 + n) of row p of the patch matrix into out: runs of
-// contiguous channels copied from the input, or zeros.  The kernel tap (i,
-// j) advances by counting, not dividing: int64 divisions per run cost more
-// than copying a run of 32 channels (and all of a run of one channel).
+// contiguous channels copied from the input, or zeros.  The kernel tap (t,
+// i, j) advances by counting, not dividing: int64 divisions per run cost
+// more than copying a run of 32 channels (and all of a run of one channel).
+// A 2-D gather is the 3-D one of depth 1 (t and z stay 0).
 inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
-  const int64_t t = p / g.out_w;
-  const int64_t y0 = (t % g.out_h) * g.sh - g.pad_top;
-  const int64_t x0 = (p - t * g.out_w) * g.sw - g.pad_left;
-  const float* image = g.input + (t / g.out_h) * g.height * g.width * g.channels;
-  const bool holes = g.lh != 1 || g.lw != 1;  // a dilated input (d(x) of a strided conv)
+  const int64_t q = p / g.out_w;  // (b, z, y)
+  const int64_t u = q / g.out_h;  // (b, z)
+  const int64_t b = u / g.out_d;
+  const int64_t z0 = (u - b * g.out_d) * g.sd - g.pad_front;
+  const int64_t y0 = (q - u * g.out_h) * g.sh - g.pad_top;
+  const int64_t x0 = (p - q * g.out_w) * g.sw - g.pad_left;
+  const float* image = g.input + b * g.depth * g.height * g.width * g.channels;
   int64_t c0 = r0 % g.channels;
-  const int64_t ij = r0 / g.channels;
-  int64_t i = ij / g.kw, j = ij - (ij / g.kw) * g.kw;
+  const int64_t tij = r0 / g.channels;
+  const int64_t ti = tij / g.kw;
+  int64_t j = tij - ti * g.kw, t = ti / g.kh;
+  int64_t i = ti - t * g.kh;
   for (int64_t done = 0; done < n;) {
     const int64_t len = Min64(g.channels - c0, n - done);
-    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
-    bool inside = yy >= 0 && xx >= 0;
-    if (inside && holes) {
-      inside = yy % g.lh == 0 && xx % g.lw == 0;
-      yy /= g.lh;
-      xx /= g.lw;
-    }
-    inside = inside && yy < g.height && xx < g.width;
+    int64_t zz = z0 + t * g.dd, yy = y0 + i * g.dh, xx = x0 + j * g.dw;
+    const bool inside = zz >= 0 && yy >= 0 && xx >= 0 && OnInputGrid(&zz, g.ld) &&
+                        OnInputGrid(&yy, g.lh) && OnInputGrid(&xx, g.lw) && zz < g.depth &&
+                        yy < g.height && xx < g.width;
     float* o = out + done;
     if (inside) {
-      const float* src = image + (yy * g.width + xx) * g.channels + c0;
+      const float* src = image + ((zz * g.height + yy) * g.width + xx) * g.channels + c0;
       if (len == 1) {
         o[0] = src[0];
       } else {
         std::memcpy(o, src, sizeof(float) * len);
       }
     } else {
-      for (int64_t q = 0; q < len; ++q) o[q] = 0.0f;
+      for (int64_t e = 0; e < len; ++e) o[e] = 0.0f;
     }
     done += len;
     c0 = 0;
     if (++j == g.kw) {
       j = 0;
-      ++i;
+      if (++i == g.kh) {
+        i = 0;
+        ++t;
+      }
     }
   }
 }
@@ -85,7 +99,7 @@ inline bool NonFinite(float v) {
 
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
-// (i, j, c)).  src gives the exponent and the rounding only.
+// (t, i, j, c)).  src gives the exponent and the rounding only.
 template <int kWidth>
 int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
                       int64_t lane0, int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
@@ -133,7 +147,7 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
 }
 
 // PackPanels<kWidth, kGroup> of columns [lane0, lane0 + lanes) of the patch
-// matrix g (the operand b of a filter gradient: lanes are (i, j, c), K the
+// matrix g (the operand b of a filter gradient: lanes are (t, i, j, c), K the
 // output pixels): two patch rows gathered, converted and interleaved into
 // pair words per K pair.
 template <int kWidth, int kGroup>

@@ -1,7 +1,8 @@
-// Registration and shape functions of LowprecDfpConv2d and
-// LowprecDfpConv2dBackpropFilter: NHWC convolutions as implicit INT16 GEMMs
-// (DFP16).  Kernels live in kernels/dfp_conv_kernels.cc; the Python wrapper
-// is tf_lowprec.gemm.dfp_conv (used by lp.dfp_conv2d).
+// Registration and shape functions of LowprecDfpConv2d / LowprecDfpConv3d
+// and their BackpropFilter ops: NHWC / NDHWC convolutions as implicit INT16
+// GEMMs (DFP16).  Kernels live in kernels/dfp_conv_kernels.cc (one kernel
+// per spatial rank, one patch gather); the Python wrapper is
+// tf_lowprec.gemm.dfp_conv (used by lp.dfp_conv2d and lp.dfp_conv3d).
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -16,18 +17,20 @@ using ::tensorflow::shape_inference::ShapeHandle;
 
 namespace {
 
-// The output size of spatial axis `axis` (0: height, 1: width) of input x
-// for a kernel of size k (unknown where x's size is).
-Status OutputDim(InferenceContext* c, ShapeHandle x, int axis, int64_t k,
+// The output size of spatial axis `axis` (of `rank`) of input x for a
+// kernel of size k (unknown where x's size is).
+Status OutputDim(InferenceContext* c, ShapeHandle x, int rank, int axis, int64_t k,
                  DimensionHandle* out) {
   std::vector<int64_t> strides, dilations, input_dilations, pads;
   TF_RETURN_IF_ERROR(c->GetAttr("strides", &strides));
   TF_RETURN_IF_ERROR(c->GetAttr("dilations", &dilations));
   TF_RETURN_IF_ERROR(c->GetAttr("input_dilations", &input_dilations));
   TF_RETURN_IF_ERROR(c->GetAttr("pads", &pads));
+  const size_t n_axes = static_cast<size_t>(rank);
   const DimensionHandle size = c->Dim(x, 1 + axis);
-  if (!c->ValueKnown(size) || strides.size() != 2 || dilations.size() != 2 ||
-      input_dilations.size() != 2 || pads.size() != 4 || k < 1 || strides[axis] < 1) {
+  if (!c->ValueKnown(size) || strides.size() != n_axes || dilations.size() != n_axes ||
+      input_dilations.size() != n_axes || pads.size() != 2 * n_axes || k < 1 ||
+      strides[axis] < 1) {
     *out = c->UnknownDim();  // (bad attributes: the kernel says what is wrong)
     return ::tensorflow::OkStatus();
   }
@@ -43,13 +46,53 @@ int64_t KnownOr(InferenceContext* c, DimensionHandle d) {
   return c->ValueKnown(d) ? c->Value(d) : -1;
 }
 
+// y: [N, *out, O] for x [N, *spatial, C] and filters [*k, C, O].
+template <int kRank>
+Status ConvShape(InferenceContext* c) {
+  ShapeHandle x, w;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), kRank + 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), kRank + 2, &w));
+  std::vector<DimensionHandle> dims = {c->Dim(x, 0)};
+  for (int a = 0; a < kRank; ++a) {
+    DimensionHandle d;
+    TF_RETURN_IF_ERROR(OutputDim(c, x, kRank, a, KnownOr(c, c->Dim(w, a)), &d));
+    dims.push_back(d);
+  }
+  dims.push_back(c->Dim(w, kRank + 1));
+  c->set_output(0, c->MakeShape(dims));
+  c->set_output(1, c->Scalar());
+  return ::tensorflow::OkStatus();
+}
+
+// dfilters: [*filter_size, C, O] for x [N, *spatial, C] and dy [N, *out, O].
+template <int kRank>
+Status BackpropFilterShape(InferenceContext* c) {
+  ShapeHandle x, dy;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), kRank + 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), kRank + 2, &dy));
+  std::vector<int64_t> k;
+  TF_RETURN_IF_ERROR(c->GetAttr("filter_size", &k));
+  if (k.size() != static_cast<size_t>(kRank)) {
+    return ::tensorflow::errors::InvalidArgument("filter_size must be ", kRank,
+                                                 " ints (the kernel's spatial sizes)");
+  }
+  std::vector<DimensionHandle> dims;
+  for (int64_t v : k) dims.push_back(c->MakeDim(v));
+  dims.push_back(c->Dim(x, kRank + 1));
+  dims.push_back(c->Dim(dy, kRank + 1));
+  c->set_output(0, c->MakeShape(dims));
+  c->set_output(1, c->Scalar());
+  return ::tensorflow::OkStatus();
+}
+
 }  // namespace
 
-#define LOWPREC_DFP_CONV_ATTRS                                  \
-  Attr("strides: list(int) = [1, 1]")                           \
-      .Attr("dilations: list(int) = [1, 1]")                    \
-      .Attr("input_dilations: list(int) = [1, 1]")              \
-      .Attr("pads: list(int) = [0, 0, 0, 0]")                   \
+// ones / zeros: the default attribute lists of the op's spatial rank.
+#define LOWPREC_DFP_CONV_ATTRS(ones, zeros)                     \
+  Attr("strides: list(int) = " ones)                            \
+      .Attr("dilations: list(int) = " ones)                     \
+      .Attr("input_dilations: list(int) = " ones)               \
+      .Attr("pads: list(int) = " zeros)                         \
       .Attr("bits: int = 16")                                   \
       .Attr("extra_shift: int = 0")                             \
       .Attr("chunk_size: int = 64")                             \
@@ -60,18 +103,8 @@ REGISTER_OP("LowprecDfpConv2d")
     .Input("filters: float")
     .Output("y: float")
     .Output("overflowed_chunks: int64")
-    .LOWPREC_DFP_CONV_ATTRS
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle x, w;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &w));
-      DimensionHandle oh, ow;
-      TF_RETURN_IF_ERROR(OutputDim(c, x, 0, KnownOr(c, c->Dim(w, 0)), &oh));
-      TF_RETURN_IF_ERROR(OutputDim(c, x, 1, KnownOr(c, c->Dim(w, 1)), &ow));
-      c->set_output(0, c->MakeShape({c->Dim(x, 0), oh, ow, c->Dim(w, 3)}));
-      c->set_output(1, c->Scalar());
-      return ::tensorflow::OkStatus();
-    })
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1]", "[0, 0, 0, 0]")
+    .SetShapeFn(ConvShape<2>)
     .Doc(R"doc(
 NHWC conv2d as an implicit INT16 GEMM: y = patches(x) @ filters with x and
 filters quantized to DFP (bits, extra_shift; one exponent per tensor from its
@@ -89,25 +122,41 @@ REGISTER_OP("LowprecDfpConv2dBackpropFilter")
     .Output("dfilters: float")
     .Output("overflowed_chunks: int64")
     .Attr("filter_size: list(int)")
-    .LOWPREC_DFP_CONV_ATTRS
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle x, dy;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &dy));
-      std::vector<int64_t> k;
-      TF_RETURN_IF_ERROR(c->GetAttr("filter_size", &k));
-      if (k.size() != 2) {
-        return ::tensorflow::errors::InvalidArgument("filter_size must be two ints (kh, kw)");
-      }
-      c->set_output(0, c->MakeShape({k[0], k[1], c->Dim(x, 3), c->Dim(dy, 3)}));
-      c->set_output(1, c->Scalar());
-      return ::tensorflow::OkStatus();
-    })
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1]", "[0, 0, 0, 0]")
+    .SetShapeFn(BackpropFilterShape<2>)
     .Doc(R"doc(
 The filter gradient of LowprecDfpConv2d (same geometry attributes):
 dfilters = patches(x)^T @ dy as an implicit INT16 GEMM over the N*OH*OW
 output pixels, x and dy quantized to DFP per tensor (nearest_even) while
 packed.  dfilters: [kh, kw, C, O] for filter_size = [kh, kw].
+)doc");
+
+REGISTER_OP("LowprecDfpConv3d")
+    .Input("x: float")
+    .Input("filters: float")
+    .Output("y: float")
+    .Output("overflowed_chunks: int64")
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1, 1]", "[0, 0, 0, 0, 0, 0]")
+    .SetShapeFn(ConvShape<3>)
+    .Doc(R"doc(
+LowprecDfpConv2d in three spatial axes: NDHWC x [N, D, H, W, C], filters
+[kd, kh, kw, C, O], y [N, OD, OH, OW, O]; patch columns in the order (kd,
+kh, kw, C); strides, dilations and input_dilations are (depth, height,
+width), pads (front, back, top, bottom, left, right).
+)doc");
+
+REGISTER_OP("LowprecDfpConv3dBackpropFilter")
+    .Input("x: float")
+    .Input("dy: float")
+    .Output("dfilters: float")
+    .Output("overflowed_chunks: int64")
+    .Attr("filter_size: list(int)")
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1, 1]", "[0, 0, 0, 0, 0, 0]")
+    .SetShapeFn(BackpropFilterShape<3>)
+    .Doc(R"doc(
+The filter gradient of LowprecDfpConv3d (same geometry attributes):
+dfilters = patches(x)^T @ dy over the N*OD*OH*OW output pixels.  dfilters:
+[kd, kh, kw, C, O] for filter_size = [kd, kh, kw].
 )doc");
 
 #undef LOWPREC_DFP_CONV_ATTRS
