@@ -37,29 +37,38 @@ inline bool OnInputGrid(int64_t* v, int64_t l) {
 // contiguous channels copied from the input, or zeros.  The kernel tap (t,
 // i, j) advances by counting, not dividing: int64 divisions per run cost
 // more than copying a run of 32 channels (and all of a run of one channel).
-// A 2-D gather is the 3-D one of depth 1 (t and z stay 0).
+// A 2-D gather is the 3-D one of depth 1: its depth tap t stays 0, and the
+// divisions that only a depth axis needs are skipped (a filter gradient
+// gathers a few values per call, so they would weigh).
 inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n, float* out) {
   const int64_t q = p / g.out_w;  // (b, z, y)
   const int64_t u = q / g.out_h;  // (b, z)
-  const int64_t b = u / g.out_d;
+  const int64_t b = g.out_d == 1 ? u : u / g.out_d;
   const int64_t z0 = (u - b * g.out_d) * g.sd - g.pad_front;
   const int64_t y0 = (q - u * g.out_h) * g.sh - g.pad_top;
   const int64_t x0 = (p - q * g.out_w) * g.sw - g.pad_left;
-  const float* image = g.input + b * g.depth * g.height * g.width * g.channels;
+  const int64_t plane_size = g.height * g.width * g.channels;
+  const float* image = g.input + b * g.depth * plane_size;
   int64_t c0 = r0 % g.channels;
   const int64_t tij = r0 / g.channels;
   const int64_t ti = tij / g.kw;
-  int64_t j = tij - ti * g.kw, t = ti / g.kh;
+  int64_t j = tij - ti * g.kw, t = g.kd == 1 ? 0 : ti / g.kh;
   int64_t i = ti - t * g.kh;
+  // The plane of x that depth tap t reads, or nullptr (padding, a hole).
+  auto plane_of = [&](int64_t tap) -> const float* {
+    int64_t zz = z0 + tap * g.dd;
+    if (zz < 0 || !OnInputGrid(&zz, g.ld) || zz >= g.depth) return nullptr;
+    return image + zz * plane_size;
+  };
+  const float* plane = plane_of(t);
   for (int64_t done = 0; done < n;) {
     const int64_t len = Min64(g.channels - c0, n - done);
-    int64_t zz = z0 + t * g.dd, yy = y0 + i * g.dh, xx = x0 + j * g.dw;
-    const bool inside = zz >= 0 && yy >= 0 && xx >= 0 && OnInputGrid(&zz, g.ld) &&
-                        OnInputGrid(&yy, g.lh) && OnInputGrid(&xx, g.lw) && zz < g.depth &&
-                        yy < g.height && xx < g.width;
+    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
+    const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
+                        OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
     float* o = out + done;
     if (inside) {
-      const float* src = image + ((zz * g.height + yy) * g.width + xx) * g.channels + c0;
+      const float* src = plane + (yy * g.width + xx) * g.channels + c0;
       if (len == 1) {
         o[0] = src[0];
       } else {
@@ -74,7 +83,7 @@ inline void GatherPatchRow(const ConvGather& g, int64_t p, int64_t r0, int64_t n
       j = 0;
       if (++i == g.kh) {
         i = 0;
-        ++t;
+        plane = plane_of(++t);  // (past the last tap only when done == n)
       }
     }
   }
