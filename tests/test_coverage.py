@@ -405,7 +405,8 @@ def _graph_op_types(concrete):
 
 
 INT16_GEMM_OPS = {"LowprecDfpMatmulFused", "LowprecDfpMatmul", "LowprecDfpConv2d",
-                  "LowprecDfpConv2dBackpropFilter"}
+                  "LowprecDfpConv2dBackpropFilter", "LowprecDfpConv3d",
+                  "LowprecDfpConv3dBackpropFilter"}
 
 
 @pytest.mark.parametrize("name", list(TRAIN_STEP_LAYERS))

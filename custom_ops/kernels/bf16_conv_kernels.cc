@@ -50,7 +50,7 @@ const bf16_gemm::Kernels* SelectConvKernels(OpKernelConstruction* ctx) {
 class Bf16Conv2dOp : public OpKernel {
  public:
   explicit Bf16Conv2dOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), geometry_(ctx), kernels_(SelectConvKernels(ctx)) {}
+      : OpKernel(ctx), geometry_(ctx, /*rank=*/2), kernels_(SelectConvKernels(ctx)) {}
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
@@ -88,7 +88,7 @@ class Bf16Conv2dOp : public OpKernel {
 class Bf16Conv2dBackpropFilterOp : public OpKernel {
  public:
   explicit Bf16Conv2dBackpropFilterOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), geometry_(ctx), kernels_(SelectConvKernels(ctx)) {
+      : OpKernel(ctx), geometry_(ctx, /*rank=*/2), kernels_(SelectConvKernels(ctx)) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_size", &filter_size_));
     OP_REQUIRES(ctx, filter_size_.size() == 2 && filter_size_[0] >= 1 && filter_size_[1] >= 1,
                 InvalidArgument("filter_size must be two positive ints (kh, kw)"));
@@ -100,7 +100,7 @@ class Bf16Conv2dBackpropFilterOp : public OpKernel {
     const Tensor& dy = ctx->input(1);
     if (!CheckConvRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
     ConvGather g = geometry_.Gather(x, filter_size_[0], filter_size_[1]);
-    if (!CheckConvErrorShape(ctx, g, dy)) return;
+    if (!CheckConvErrorShape(ctx, geometry_, g, dy)) return;
     const int64_t channels_out = dy.dim_size(3);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.kh, g.kw, g.channels,

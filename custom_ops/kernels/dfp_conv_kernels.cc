@@ -1,9 +1,11 @@
-// CPU kernels of LowprecDfpConv2d and LowprecDfpConv2dBackpropFilter
-// (registered in ops/dfp_conv_ops.cc): NHWC convolutions as implicit INT16
-// GEMMs.  The patch matrix is never materialized: the GEMM's packing
-// gathers it from the input (dfp_gemm_conv_pack.h, ConvGather in
-// conv_gather.h) while rounding it to the input's shared exponent, exactly as
-// LowprecDfpMatmulFused packs a materialized patch matrix.
+// CPU kernels of LowprecDfpConv2d / LowprecDfpConv3d and their
+// BackpropFilter ops (registered in ops/dfp_conv_ops.cc): NHWC / NDHWC
+// convolutions as implicit INT16 GEMMs, one kernel per op and spatial rank
+// over one patch gather (conv_gather.h; a 2-D convolution is a 3-D one of
+// depth 1).  The patch matrix is never materialized: the GEMM's packing
+// gathers it from the input (dfp_gemm_conv_pack.h) while rounding it to the
+// input's shared exponent, exactly as LowprecDfpMatmulFused packs a
+// materialized patch matrix.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -30,10 +32,10 @@ using ::tensorflow::errors::InvalidArgument;
 
 namespace {
 
-// The attributes both convolution ops share, checked.
+// The attributes both convolution ops of one spatial rank share, checked.
 class ConvAttrs {
  public:
-  explicit ConvAttrs(OpKernelConstruction* ctx) : geometry_(ctx) {
+  ConvAttrs(OpKernelConstruction* ctx, int rank) : geometry_(ctx, rank) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("bits", &spec_.bits));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("extra_shift", &spec_.extra_shift));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("chunk_size", &chunk_size_));
@@ -47,10 +49,11 @@ class ConvAttrs {
     loops_ = SelectRoundingLoops(isa.c_str());  // supported wherever kernels_ is
   }
 
-  // The gather of x's patches for kh x kw filters.
-  ConvGather Gather(const Tensor& x, int64_t kh, int64_t kw) const {
-    return geometry_.Gather(x, kh, kw);
-  }
+  // The gather of x's patches for filters of spatial sizes k (rank of
+  // them).
+  ConvGather Gather(const Tensor& x, const int64_t* k) const { return geometry_.Gather(x, k); }
+
+  const ConvGatherAttrs& geometry() const { return geometry_; }
 
   // Per-tensor exponents of a and b; where the fused rounding is not exact
   // for them, a and b are rounded into temporaries here (quantize_dfp's own
@@ -92,22 +95,26 @@ class ConvAttrs {
   const RoundingLoops* loops_ = nullptr;
 };
 
-// y = conv2d(x, filters): the GEMM patches(x) [N*OH*OW, kh*kw*C] @ filters
-// [kh*kw*C, O], patches gathered while packing.
-class DfpConv2dOp : public OpKernel {
+// y = conv(x, filters) with kRank (2 or 3) spatial axes: the GEMM
+// patches(x) [N*out pixels, prod(k)*C] @ filters [prod(k)*C, O], patches
+// gathered while packing.
+template <int kRank>
+class DfpConvOp : public OpKernel {
  public:
-  explicit DfpConv2dOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx) {}
+  explicit DfpConvOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx, kRank) {}
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& x = ctx->input(0);
     const Tensor& filters = ctx->input(1);
-    if (!CheckConvForwardOperands(ctx, x, filters)) return;
-    ConvGather g = attrs_.Gather(x, filters.dim_size(0), filters.dim_size(1));
-    const int64_t channels_out = filters.dim_size(3);
+    if (!CheckConvForwardOperands(ctx, x, filters, kRank)) return;
+    int64_t k[kRank];
+    for (int a = 0; a < kRank; ++a) k[a] = filters.dim_size(a);
+    ConvGather g = attrs_.Gather(x, k);
+    const int64_t channels_out = filters.dim_size(kRank + 1);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({g.batch, g.out_h, g.out_w, channels_out}), &out));
+    const TensorShape y_shape = attrs_.geometry().OutputShape(g, channels_out);
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, y_shape, &out));
     Tensor* overflow = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
     overflow->scalar<int64_t>()() = 0;
@@ -128,7 +135,7 @@ class DfpConv2dOp : public OpKernel {
     p.n = channels_out;
     p.a = x_data;  // (not read: a_patches)
     p.a_patches = &g;
-    p.b = w_data;  // [kh*kw*C, O] row-major
+    p.b = w_data;  // [prod(k)*C, O] row-major
     p.ea = &ex;    // strides 0: one exponent
     p.eb = &ew;
     p.block_size = p.k > 0 ? p.k : 1;
@@ -145,25 +152,33 @@ class DfpConv2dOp : public OpKernel {
 // d(filters) = patches(x)^T @ dy, computed as (dy^T @ patches(x))^T: the
 // same products summed in the same (pixel) order, so the same bits, with
 // the patch matrix as the GEMM's b, gathered one patch row per K step.
-class DfpConv2dBackpropFilterOp : public OpKernel {
+template <int kRank>
+class DfpConvBackpropFilterOp : public OpKernel {
  public:
-  explicit DfpConv2dBackpropFilterOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx) {
+  explicit DfpConvBackpropFilterOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), attrs_(ctx, kRank) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_size", &filter_size_));
-    OP_REQUIRES(ctx, filter_size_.size() == 2 && filter_size_[0] >= 1 && filter_size_[1] >= 1,
-                InvalidArgument("filter_size must be two positive ints (kh, kw)"));
+    bool ok = filter_size_.size() == static_cast<size_t>(kRank);
+    for (int64_t v : filter_size_) ok = ok && v >= 1;
+    OP_REQUIRES(ctx, ok,
+                InvalidArgument("filter_size must be ", kRank, " positive ints ",
+                                ConvAxisNames(kRank)));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;
     const Tensor& x = ctx->input(0);
     const Tensor& dy = ctx->input(1);
-    if (!CheckConvRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
-    ConvGather g = attrs_.Gather(x, filter_size_[0], filter_size_[1]);
-    if (!CheckConvErrorShape(ctx, g, dy)) return;
-    const int64_t channels_out = dy.dim_size(3);
+    if (!CheckConvRank(ctx, x, kRank + 2, "x", ConvInputLayout(kRank))) return;
+    ConvGather g = attrs_.Gather(x, filter_size_.data());
+    if (!CheckConvErrorShape(ctx, attrs_.geometry(), g, dy)) return;
+    const int64_t channels_out = dy.dim_size(kRank + 1);
+    TensorShape filter_shape;
+    for (int64_t v : filter_size_) filter_shape.AddDim(v);
+    filter_shape.AddDim(g.channels);
+    filter_shape.AddDim(channels_out);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.kh, g.kw, g.channels,
-                                                             channels_out}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, filter_shape, &out));
     Tensor* overflow = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &overflow));
     overflow->scalar<int64_t>()() = 0;
@@ -178,7 +193,7 @@ class DfpConv2dBackpropFilterOp : public OpKernel {
     }
     g.input = x_data;
     const int64_t columns = g.Columns();
-    Tensor transposed;  // [O, kh*kw*C]
+    Tensor transposed;  // [O, prod(k)*C]
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
                                            TensorShape({channels_out, columns}), &transposed));
     dfp_gemm::Problem p;
@@ -212,8 +227,11 @@ class DfpConv2dBackpropFilterOp : public OpKernel {
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2d").Device(DEVICE_CPU), DfpConv2dOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2d").Device(DEVICE_CPU), DfpConvOp<2>);
 REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv2dBackpropFilter").Device(DEVICE_CPU),
-                        DfpConv2dBackpropFilterOp);
+                        DfpConvBackpropFilterOp<2>);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv3d").Device(DEVICE_CPU), DfpConvOp<3>);
+REGISTER_KERNEL_BUILDER(Name("LowprecDfpConv3dBackpropFilter").Device(DEVICE_CPU),
+                        DfpConvBackpropFilterOp<3>);
 
 }  // namespace tf_lowprec

@@ -1,5 +1,6 @@
 // INT16 DFP GEMM: packing a convolution's patch matrix (ConvGather,
-// conv_gather.h) straight from its NHWC input: the implicit-GEMM convolution.
+// conv_gather.h) straight from its NHWC / NDHWC input: the implicit-GEMM
+// convolution.
 // No im2col matrix is written: each panel's values are gathered into a
 // small buffer (zeros for padding and for an input dilation's holes) and
 // converted with dfp_gemm_pack.h's own conversion, so the mantissas, pair
@@ -43,7 +44,7 @@ inline bool NonFinite(float v) {
 
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
-// (i, j, c)).  src gives the exponent and the rounding only.
+// (t, i, j, c)).  src gives the exponent and the rounding only.
 template <int kWidth>
 int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
                       int64_t lane0, int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
@@ -91,7 +92,7 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
 }
 
 // PackPanels<kWidth, kGroup> of columns [lane0, lane0 + lanes) of the patch
-// matrix g (the operand b of a filter gradient: lanes are (i, j, c), K the
+// matrix g (the operand b of a filter gradient: lanes are (t, i, j, c), K the
 // output pixels): two patch rows gathered, converted and interleaved into
 // pair words per K pair.
 template <int kWidth, int kGroup>

@@ -21,7 +21,7 @@ REGISTER_OP("LowprecBf16Conv2d")
     .Input("filters: float")
     .Output("y: float")
     .LOWPREC_BF16_CONV_ATTRS
-    .SetShapeFn(ConvGatherForwardShape)
+    .SetShapeFn(ConvGatherForwardShape<2>)
     .Doc(R"doc(
 NHWC conv2d as an implicit BF16 GEMM: y = patches(x) @ filters, both rounded
 to BF16 and summed over (kh, kw, C) in the VDPBF16PS order, exactly as
@@ -39,7 +39,7 @@ REGISTER_OP("LowprecBf16Conv2dBackpropFilter")
     .Output("dfilters: float")
     .Attr("filter_size: list(int)")
     .LOWPREC_BF16_CONV_ATTRS
-    .SetShapeFn(ConvGatherBackpropFilterShape)
+    .SetShapeFn(ConvGatherBackpropFilterShape<2>)
     .Doc(R"doc(
 The filter gradient of LowprecBf16Conv2d (same geometry attributes):
 dfilters = patches(x)^T @ dy as an implicit BF16 GEMM over the N*OH*OW output

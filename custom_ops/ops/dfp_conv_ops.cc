@@ -1,7 +1,8 @@
-// Registration and shape functions of LowprecDfpConv2d and
-// LowprecDfpConv2dBackpropFilter: NHWC convolutions as implicit INT16 GEMMs
-// (DFP16).  Kernels live in kernels/dfp_conv_kernels.cc; the Python wrapper
-// is tf_lowprec.gemm.dfp_conv (used by lp.dfp_conv2d).
+// Registration and shape functions of LowprecDfpConv2d / LowprecDfpConv3d
+// and their BackpropFilter ops: NHWC / NDHWC convolutions as implicit INT16
+// GEMMs (DFP16).  Kernels live in kernels/dfp_conv_kernels.cc (one kernel
+// per spatial rank, one patch gather); the Python wrapper is
+// tf_lowprec.gemm.dfp_conv (used by lp.dfp_conv2d and lp.dfp_conv3d).
 #include "conv_gather_shape.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -11,11 +12,12 @@ namespace tf_lowprec {
 using ::tensorflow::Status;
 using ::tensorflow::shape_inference::InferenceContext;
 
-#define LOWPREC_DFP_CONV_ATTRS                                  \
-  Attr("strides: list(int) = [1, 1]")                           \
-      .Attr("dilations: list(int) = [1, 1]")                    \
-      .Attr("input_dilations: list(int) = [1, 1]")              \
-      .Attr("pads: list(int) = [0, 0, 0, 0]")                   \
+// ones / zeros: the default attribute lists of the op's spatial rank.
+#define LOWPREC_DFP_CONV_ATTRS(ones, zeros)                     \
+  Attr("strides: list(int) = " ones)                            \
+      .Attr("dilations: list(int) = " ones)                     \
+      .Attr("input_dilations: list(int) = " ones)               \
+      .Attr("pads: list(int) = " zeros)                         \
       .Attr("bits: int = 16")                                   \
       .Attr("extra_shift: int = 0")                             \
       .Attr("chunk_size: int = 64")                             \
@@ -26,9 +28,9 @@ REGISTER_OP("LowprecDfpConv2d")
     .Input("filters: float")
     .Output("y: float")
     .Output("overflowed_chunks: int64")
-    .LOWPREC_DFP_CONV_ATTRS
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1]", "[0, 0, 0, 0]")
     .SetShapeFn([](InferenceContext* c) -> Status {
-      TF_RETURN_IF_ERROR(ConvGatherForwardShape(c));
+      TF_RETURN_IF_ERROR(ConvGatherForwardShape<2>(c));
       c->set_output(1, c->Scalar());
       return ::tensorflow::OkStatus();
     })
@@ -49,9 +51,9 @@ REGISTER_OP("LowprecDfpConv2dBackpropFilter")
     .Output("dfilters: float")
     .Output("overflowed_chunks: int64")
     .Attr("filter_size: list(int)")
-    .LOWPREC_DFP_CONV_ATTRS
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1]", "[0, 0, 0, 0]")
     .SetShapeFn([](InferenceContext* c) -> Status {
-      TF_RETURN_IF_ERROR(ConvGatherBackpropFilterShape(c));
+      TF_RETURN_IF_ERROR(ConvGatherBackpropFilterShape<2>(c));
       c->set_output(1, c->Scalar());
       return ::tensorflow::OkStatus();
     })
@@ -60,6 +62,42 @@ The filter gradient of LowprecDfpConv2d (same geometry attributes):
 dfilters = patches(x)^T @ dy as an implicit INT16 GEMM over the N*OH*OW
 output pixels, x and dy quantized to DFP per tensor (nearest_even) while
 packed.  dfilters: [kh, kw, C, O] for filter_size = [kh, kw].
+)doc");
+
+REGISTER_OP("LowprecDfpConv3d")
+    .Input("x: float")
+    .Input("filters: float")
+    .Output("y: float")
+    .Output("overflowed_chunks: int64")
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1, 1]", "[0, 0, 0, 0, 0, 0]")
+    .SetShapeFn([](InferenceContext* c) -> Status {
+      TF_RETURN_IF_ERROR(ConvGatherForwardShape<3>(c));
+      c->set_output(1, c->Scalar());
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+LowprecDfpConv2d in three spatial axes: NDHWC x [N, D, H, W, C], filters
+[kd, kh, kw, C, O], y [N, OD, OH, OW, O]; patch columns in the order (kd,
+kh, kw, C); strides, dilations and input_dilations are (depth, height,
+width), pads (front, back, top, bottom, left, right).
+)doc");
+
+REGISTER_OP("LowprecDfpConv3dBackpropFilter")
+    .Input("x: float")
+    .Input("dy: float")
+    .Output("dfilters: float")
+    .Output("overflowed_chunks: int64")
+    .Attr("filter_size: list(int)")
+    .LOWPREC_DFP_CONV_ATTRS("[1, 1, 1]", "[0, 0, 0, 0, 0, 0]")
+    .SetShapeFn([](InferenceContext* c) -> Status {
+      TF_RETURN_IF_ERROR(ConvGatherBackpropFilterShape<3>(c));
+      c->set_output(1, c->Scalar());
+      return ::tensorflow::OkStatus();
+    })
+    .Doc(R"doc(
+The filter gradient of LowprecDfpConv3d (same geometry attributes):
+dfilters = patches(x)^T @ dy over the N*OD*OH*OW output pixels.  dfilters:
+[kd, kh, kw, C, O] for filter_size = [kd, kh, kw].
 )doc");
 
 #undef LOWPREC_DFP_CONV_ATTRS

@@ -408,12 +408,17 @@ def dfp_conv3d(
     implementation="auto",
     name=None,
 ):
-    """`tf.nn.conv3d` (NDHWC) computed by the INT16 GEMM of `dfp_matmul` (3-D im2col).
+    """`tf.nn.conv3d` (NDHWC) computed by the INT16 GEMM of `dfp_matmul`.
 
     As `dfp_conv2d`, with volume patches `[N * D' * H' * W', kd * kh * kw *
-    C]` in the order (kd, kh, kw, C) (`tf_lowprec.gemm.conv_nd`): forward,
-    d(filters) and d(patches) are INT16 GEMMs; the patch gradients are summed
-    onto x in FP32 in the order conv_nd states.
+    C]` in the order (kd, kh, kw, C).  With the C++ kernels and one group
+    these are implicit GEMMs (`tf_lowprec.gemm.dfp_conv`: patches gathered
+    while packing): forward and d(filters) = patches^T @ error, and d(x) one
+    INT16 GEMM of the stride-dilated error's patches with the flipped
+    filters (K = kd * kh * kw * O).  Otherwise (groups,
+    `implementation="tf"`) the patches are extracted (3-D im2col,
+    `tf_lowprec.gemm.conv_nd`), d(patches) = error @ filters^T, and the
+    patch gradients are summed onto x in FP32 in the order conv_nd states.
 
     Args:
       x: float32 `[batch, depth, height, width, in_channels]` (static sizes
@@ -438,6 +443,13 @@ def dfp_conv3d(
         _conv_nd.check_operands(x, filters, 3, "dfp_conv3d", groups)
         stochastic = rounding == "stochastic" or backward_rounding == "stochastic"
         seed = rounding_lib.seed_tensor(seed, "stochastic" if stochastic else "nearest_even")
+        if (groups == 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_conv.geometry(x, filters, strides, padding, dilations) is not None):
+            # Implicit GEMMs: patches gathered while packing, no im2col / col2im.
+            return _dfp_conv.conv3d(x, filters, strides, padding, dilations, fmt,
+                                    rounding=rounding, seed=seed,
+                                    backward_rounding=backward_rounding,
+                                    chunk_size=chunk_size, isa=isa)
         geometry = _conv_nd.conv_geometry(x, filters, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation,
                                 geometry.covers_image())

@@ -1,9 +1,11 @@
-"""NHWC conv2d on the INT16 GEMM as implicit GEMMs (no im2col, no col2im).
+"""NHWC conv2d and NDHWC conv3d on the INT16 GEMM as implicit GEMMs (no im2col, no col2im).
 
-`conv2d` is what `tf_lowprec.gemm.dfp.dfp_conv2d` runs where the C++ kernels
-can (one group, static height and width): three INT16 GEMMs whose packing
-gathers the patch matrix straight from its NHWC input while rounding it to
-the tensor's shared exponent (custom_ops/kernels/dfp_gemm_conv_pack.h):
+`conv2d` / `conv3d` are what `tf_lowprec.gemm.dfp.dfp_conv2d` / `dfp_conv3d`
+run where the C++ kernels can (one group, static spatial sizes): three INT16
+GEMMs whose packing gathers the patch matrix straight from its channels-last
+input while rounding it to the tensor's shared exponent
+(custom_ops/kernels/dfp_gemm_conv_pack.h; below for conv2d, and conv3d
+likewise with kd * kh * kw taps in the order (kd, kh, kw, C)):
 
 * forward: y = patches(x) @ filters (K = kh * kw * C), bit for bit the GEMM
   of the materialized patches;
@@ -42,23 +44,51 @@ from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
 
 
-def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, *,
-           rounding="nearest_even", seed=None, backward_rounding="nearest_even",
-           chunk_size=64, isa="auto"):
-    """`tf.nn.conv2d` (NHWC, one group) as implicit INT16 GEMMs, with its gradient.
+def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, **options):
+    """`tf.nn.conv2d` (NHWC, one group) as implicit INT16 GEMMs: `convolution` of 4-D x."""
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 4:
+        raise ValueError(f"conv2d needs x [batch, height, width, channels], got {x.shape}")
+    return convolution(x, filters, strides, padding, dilations, fmt, **options)
 
-    Arguments as `tf_lowprec.dfp_conv2d` (checked there); `geometry(x,
-    filters, ...)` must not be None.  Rounded to nearest, x, the filters and
-    the error are quantized inside the kernels (the same values as
-    `quantize_dfp`); other roundings quantize them once here (x with seed,
-    the filters with seed + [0, 1], the error with seed + [0, 2], as
-    `dfp_conv2d`'s GEMM path does), and the kernels' own quantization is then
-    lossless.
+
+def conv3d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, **options):
+    """`tf.nn.conv3d` (NDHWC, one group) as implicit INT16 GEMMs: `convolution` of 5-D x.
+
+    >>> import numpy as np
+    >>> x = np.ones((1, 2, 3, 3, 1), np.float32); w = np.ones((2, 2, 2, 1, 1), np.float32)
+    >>> conv3d(x, w, (1, 1, 1), "VALID", (1, 1, 1))[0, 0, :, :, 0].numpy()
+    array([[8., 8.],
+           [8., 8.]], dtype=float32)
     """
-    pads, (out_h, out_w) = geometry(x, filters, strides, padding, dilations)
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank != 5:
+        raise ValueError(f"conv3d needs x [batch, depth, height, width, channels], got {x.shape}")
+    return convolution(x, filters, strides, padding, dilations, fmt, **options)
+
+
+def convolution(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, *,
+                rounding="nearest_even", seed=None, backward_rounding="nearest_even",
+                chunk_size=64, isa="auto"):
+    """A conv2d or conv3d (channels last, one group) as implicit INT16 GEMMs, with its gradient.
+
+    Arguments as `tf_lowprec.dfp_conv2d` / `dfp_conv3d` (checked there);
+    `geometry(x, filters, ...)` must not be None.  Rounded to nearest, x, the
+    filters and the error are quantized inside the kernels (the same values
+    as `quantize_dfp`); other roundings quantize them once here (x with
+    seed, the filters with seed + [0, 1], the error with seed + [0, 2], as
+    the GEMM path of `dfp_conv2d` / `dfp_conv3d` does), and the kernels' own
+    quantization is then lossless.
+    """
+    x, filters = tf.convert_to_tensor(x), tf.convert_to_tensor(filters)
+    rank = x.shape.rank - 2
+    pads, out = geometry(x, filters, strides, padding, dilations)
     ops = _load_ops()
-    kh, kw = filters.shape[0], filters.shape[1]
-    height, width = x.shape[1], x.shape[2]
+    conv_op, filter_op = {
+        2: (ops.lowprec_dfp_conv2d, ops.lowprec_dfp_conv2d_backprop_filter),
+        3: (ops.lowprec_dfp_conv3d, ops.lowprec_dfp_conv3d_backprop_filter)}[rank]
+    ksize = list(filters.shape[:rank])
+    ones = [1] * rank
     options = dict(bits=fmt.bits, extra_shift=fmt.extra_shift, chunk_size=chunk_size, isa=isa)
     geometry_attrs = dict(strides=list(strides), dilations=list(dilations), pads=pads)
     seed = rounding_lib.seed_tensor(
@@ -68,28 +98,26 @@ def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, *,
         x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
         filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
                                             seed=seed + tf.constant([0, 1], tf.int64))
-    top, _, left, _ = pads
-    dx_top, dx_bottom = input_gradient_pads(height, kh, strides[0], dilations[0], top, out_h)
-    dx_left, dx_right = input_gradient_pads(width, kw, strides[1], dilations[1], left, out_w)
+    dx_pads = []
+    for size, k, s, d, before, count in zip(x.shape[1:-1], ksize, strides, dilations,
+                                            pads[::2], out):
+        dx_pads += input_gradient_pads(size, k, s, d, before, count)
+    axes = list(range(rank))
 
     @tf.custom_gradient
     def conv(xv, wv):
-        y, _ = ops.lowprec_dfp_conv2d(xv, wv, input_dilations=[1, 1], **geometry_attrs,
-                                      **options)
+        y, _ = conv_op(xv, wv, input_dilations=ones, **geometry_attrs, **options)
 
         def grad(dy):
             if backward_rounding != "nearest_even":
                 dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
                                                seed=seed + tf.constant([0, 2], tf.int64))
-            # flip(filters)^T: [kh, kw, O, C], taps reversed in both axes.
-            flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
-            dx, _ = ops.lowprec_dfp_conv2d(
-                dy, flipped, strides=[1, 1], dilations=list(dilations),
-                input_dilations=list(strides), pads=[dx_top, dx_bottom, dx_left, dx_right],
-                **options)
-            dw, _ = ops.lowprec_dfp_conv2d_backprop_filter(
-                xv, dy, filter_size=[kh, kw], input_dilations=[1, 1], **geometry_attrs,
-                **options)
+            # flip(filters)^T: [*k, O, C], taps reversed in every spatial axis.
+            flipped = tf.transpose(tf.reverse(wv, axes), axes + [rank + 1, rank])
+            dx, _ = conv_op(dy, flipped, strides=ones, dilations=list(dilations),
+                            input_dilations=list(strides), pads=dx_pads, **options)
+            dw, _ = filter_op(xv, dy, filter_size=ksize, input_dilations=ones,
+                              **geometry_attrs, **options)
             return dx, dw
 
         return y, grad

@@ -1,11 +1,12 @@
-"""Geometry of NHWC conv2d as implicit GEMMs, shared by the INT16 and BF16 GEMMs.
+"""Geometry of NHWC conv2d / NDHWC conv3d as implicit GEMMs, shared by the INT16 and BF16 GEMMs.
 
 `tf_lowprec.gemm.dfp_conv` and `tf_lowprec.gemm.bf16_conv` run a convolution
 as three GEMMs whose packing gathers the patches (C++:
 custom_ops/kernels/conv_gather.h): y = patches(x) @ filters, d(filters) =
 patches(x)^T @ dy, and d(x) = patches(dilate(dy, strides)) @ flip(filters)^T
 with the pads `input_gradient_pads` gives.  This module holds what those
-ops need to know of the geometry (the same as tf.nn.conv2d's).
+ops need to know of the geometry (the same as tf.nn.conv2d's / conv3d's; the
+BF16 GEMM runs conv2d only).
 
 >>> import numpy as np
 >>> x = np.zeros((1, 5, 5, 1), np.float32); w = np.zeros((3, 3, 1, 1), np.float32)
@@ -27,20 +28,25 @@ def _padding(size, k, s, d, padding):
 
 
 def geometry(x, filters, strides, padding, dilations):
-    """The pads [top, bottom, left, right] and (OH, OW) of a conv2d, or None.
+    """The pads and output sizes of a conv2d / conv3d, or None.
 
-    None where the implicit path cannot take the call: unknown height, width
+    For a conv2d, [top, bottom, left, right] and (OH, OW); for a conv3d,
+    (before, after) of depth, height and width in turn and (OD, OH, OW).
+    None where the implicit path cannot take the call: an unknown spatial
     or filter size, or an empty output.
     """
-    height, width = x.shape[1], x.shape[2]
-    kh, kw = filters.shape[0], filters.shape[1]
-    if None in (height, width, kh, kw):
+    rank = x.shape.rank - 2 if hasattr(x.shape, "rank") else len(x.shape) - 2
+    sizes, ksize = list(x.shape[1:-1]), list(filters.shape[:rank])
+    if None in sizes or None in ksize:
         return None
-    top, bottom, out_h = _padding(height, kh, strides[0], dilations[0], padding)
-    left, right, out_w = _padding(width, kw, strides[1], dilations[1], padding)
-    if out_h == 0 or out_w == 0:
+    pads, out = [], []
+    for size, k, s, d in zip(sizes, ksize, strides, dilations):
+        before, after, count = _padding(size, k, s, d, padding)
+        pads += [before, after]
+        out.append(count)
+    if 0 in out:
         return None
-    return [top, bottom, left, right], (out_h, out_w)
+    return pads, tuple(out)
 
 
 def input_gradient_pads(size, k, s, d, before, out):

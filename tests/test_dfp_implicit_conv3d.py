@@ -1,0 +1,252 @@
+"""dfp_conv3d as implicit INT16 GEMMs: bit-exact against written-out NumPy references.
+
+Forward and d(filters) are the GEMMs of the materialized volume patches
+(order kd, kh, kw, C: the bits of the 3-D im2col path); d(x) is one INT16
+GEMM of the stride-dilated, padded error's patches with the flipped,
+transposed filters (INT32 chunk sums over kd * kh * kw * O).  Every kernel
+tier this CPU runs; the others are skipped naming the ISA.
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_lowprec as lp
+from tf_lowprec._op_library import load as load_ops
+from tf_lowprec.gemm import reference as reference_gemm
+from kernel_tiers import params as tier_params
+
+
+def rand(shape, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def pads_of(size, k, s, d, padding):
+    """(before, after, output size) of one axis, as tf.nn.conv3d pads it."""
+    span = (k - 1) * d + 1
+    if padding == "VALID":
+        return 0, 0, (size - span) // s + 1
+    out = -(-size // s)
+    total = max((out - 1) * s + span - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def im2col(x, ksize, strides, pads, dilations):
+    """NumPy patches [n * prod(out), prod(k) * c], columns (kernel offset, c), of x padded."""
+    x = np.pad(x, [(0, 0)] + list(pads) + [(0, 0)])
+    out = [(n - (k - 1) * d - 1) // s + 1
+           for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
+    parts = [x[(slice(None),) + tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
+                                      for i, o, s, d in zip(offset, out, strides, dilations))]
+             for offset in itertools.product(*(range(k) for k in ksize))]
+    cols = np.stack(parts, axis=-2)  # [n, *out, prod(k), c]
+    return cols.reshape(-1, len(parts) * x.shape[-1]), out
+
+
+def quantized(x):
+    """quantize_dfp(x) (per tensor, nearest even) and its exponent as [1, 1, 1]."""
+    q, e = lp.quantize_dfp(x, return_exponents=True)
+    return np.asarray(q), np.full((1, 1, 1), np.asarray(e).reshape(-1)[0], np.int32)
+
+
+def references(x, w, g, strides, padding, dilations):
+    """(y, dx, dw) of the implicit-GEMM conv3d, written out with the NumPy GEMM reference."""
+    ksize, (cin, cout) = w.shape[:3], w.shape[3:]
+    axes = [pads_of(n, k, s, d, padding)
+            for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
+    out = [o for _, _, o in axes]
+    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
+    cols, _ = im2col(xq, ksize, strides, [(b, a) for b, a, _ in axes], dilations)
+    gemm = reference_gemm.dfp_matmul_quantized
+    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape([x.shape[0]] + out + [cout])
+    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(w.shape)
+    # d(x): the error dilated by the strides (zeros between its planes, rows
+    # and columns), padded so that a stride-1 convolution gives x's size, with
+    # the filters flipped in every spatial axis and [kd, kh, kw, O, C].
+    dilated = np.zeros([x.shape[0]] + [(o - 1) * s + 1 for o, s in zip(out, strides)] + [cout],
+                       np.float32)
+    dilated[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = gq
+    pads = []
+    for size, k, d, (before, _, _), extent in zip(x.shape[1:-1], ksize, dilations, axes,
+                                                  dilated.shape[1:-1]):
+        span = (k - 1) * d + 1
+        first = span - 1 - before
+        pads.append((first, size - 1 + span - extent - first))
+    dcols, _ = im2col(dilated, ksize, (1, 1, 1), pads, dilations)
+    flipped = np.transpose(wq[::-1, ::-1, ::-1], (0, 1, 2, 4, 3)).reshape(-1, cin)
+    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(x.shape)
+    return y, dx, dw
+
+
+def run(x, w, g, strides, padding, dilations, **kwargs):
+    x, w = tf.constant(x), tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = lp.dfp_conv3d(x, w, strides, padding, dilations, **kwargs)
+        loss = tf.reduce_sum(y * g)
+    dx, dw = tape.gradient(loss, [x, w])
+    return np.asarray(y), np.asarray(dx), np.asarray(dw)
+
+
+def output_shape(x, w, strides, padding, dilations):
+    """[N, OD, OH, OW, O] (TF's CPU conv3d has no dilations to ask)."""
+    return (x.shape[0], *(pads_of(n, k, s, d, padding)[2] for n, k, s, d in
+                          zip(x.shape[1:-1], w.shape[:3], strides, dilations)), w.shape[-1])
+
+
+CASES = [
+    # (x shape, filter shape, strides, padding, dilations)
+    ((2, 4, 5, 4, 3), (2, 3, 2, 3, 4), (1, 1, 1), "VALID", (1, 1, 1)),
+    ((1, 5, 4, 6, 2), (3, 2, 2, 2, 5), (2, 1, 2), "SAME", (1, 2, 1)),
+    ((1, 6, 5, 5, 2), (2, 2, 3, 2, 3), (1, 2, 1), "VALID", (2, 1, 2)),
+    # Stride > kernel: the largest element of x is in no patch (it sets the exponent).
+    ((1, 5, 5, 5, 2), (1, 2, 1, 2, 3), (3, 1, 2), "VALID", (1, 1, 1)),
+    ((2, 4, 4, 4, 1), (1, 1, 1, 1, 17), (3, 3, 3), "SAME", (1, 1, 1)),  # C = 1, O = 17
+    ((1, 3, 3, 4, 40), (2, 2, 2, 40, 2), (1, 1, 1), "SAME", (1, 1, 1)),  # K = 320
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", CASES)
+def test_forward_and_gradients_bit_exact(xs, ws, strides, padding, dilations, isa):
+    x, w = rand(xs, 1), rand(ws, 2, scale=0.2)
+    x.reshape(-1)[-1] = 8.0  # the largest element; in no patch in the stride > kernel cases
+    g = rand(output_shape(x, w, strides, padding, dilations), 3, scale=1e-2)
+    y, dx, dw = run(x, w, g, strides, padding, dilations, isa=isa)
+    want_y, want_dx, want_dw = references(x, w, g, strides, padding, dilations)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dw, want_dw)
+    np.testing.assert_array_equal(dx, want_dx)
+    # Sanity: within DFP16's error of the float64 convolution.
+    axes = [pads_of(n, k, s, d, padding)[:2]
+            for n, k, s, d in zip(xs[1:-1], ws[:3], strides, dilations)]
+    cols, _ = im2col(x.astype(np.float64), ws[:3], strides, axes, dilations)
+    exact = (cols @ w.reshape(-1, ws[-1]).astype(np.float64)).reshape(y.shape)
+    np.testing.assert_allclose(y, exact, atol=2e-3 * np.abs(exact).max())
+
+
+def _random_geometries(count, seed=321):
+    """Seeded random conv3d geometries (kernel, stride, dilation, padding, sizes) with outputs."""
+    rng = np.random.default_rng(seed)
+    found = []
+    while len(found) < count:
+        ksize = [int(v) for v in rng.integers(1, 4, 3)]
+        strides = tuple(int(v) for v in rng.integers(1, 4, 3))
+        dilations = tuple(int(v) for v in rng.integers(1, 3, 3))
+        sizes = [int(rng.integers(k * d, 8)) for k, d in zip(ksize, dilations)]
+        n, c, o = int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 12))
+        padding = ("VALID", "SAME")[int(rng.integers(2))]
+        found.append(((n, *sizes, c), (*ksize, c, o), strides, padding, dilations))
+    return found
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm", ("portable", "avx2")))
+@pytest.mark.parametrize("index, case", list(enumerate(_random_geometries(10))))
+def test_random_geometries_bit_exact(index, case, isa):
+    xs, ws, strides, padding, dilations = case
+    x, w = rand(xs, index), rand(ws, index + 100, scale=0.3)
+    g = rand(output_shape(x, w, strides, padding, dilations), index + 200)
+    got = run(x, w, g, strides, padding, dilations, isa=isa)
+    for have, want in zip(got, references(x, w, g, strides, padding, dilations)):
+        np.testing.assert_array_equal(have, want)
+
+
+@pytest.mark.parametrize("rounding", ["nearest_even", "stochastic", "toward_zero"])
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", [CASES[3]])
+def test_every_rounding_keeps_the_seed_contract(xs, ws, strides, padding, dilations, rounding):
+    """y and d(filters): the im2col path's bits; x, W, the error use seed, + [0, 1], + [0, 2]."""
+    x, w = rand(xs, 4), rand(ws, 5, scale=0.3)
+    g = rand(output_shape(x, w, strides, padding, dilations), 6, scale=1e-2)
+    seed = tf.constant([5, 7], tf.int64)
+    options = dict(rounding=rounding, backward_rounding=rounding, seed=seed)
+    y, dx, dw = run(x, w, g, strides, padding, dilations, **options)
+    y_tf, _, dw_tf = run(x, w, g, strides, padding, dilations, implementation="tf", **options)
+    np.testing.assert_array_equal(y, y_tf)
+    np.testing.assert_array_equal(dw, dw_tf)
+    if rounding != "nearest_even":
+        x, w, g = (np.asarray(lp.quantize_dfp(v, rounding=rounding, seed=seed + [0, i]))
+                   for i, v in enumerate((x, w, g)))
+    want_y, want_dx, want_dw = references(x, w, g, strides, padding, dilations)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    np.testing.assert_array_equal(dw, want_dw)
+
+
+def test_non_finite_values():
+    x, w = rand((1, 4, 4, 4, 2), 12), rand((2, 2, 2, 2, 3), 13)
+    x[0, 0, 0, 0, 1] = np.nan
+    g = rand((1, 3, 3, 3, 3), 14)
+    y, dx, dw = run(x, w, g, (1, 1, 1), "VALID", (1, 1, 1))
+    # Only output pixel (0, 0, 0)'s patch holds the NaN: NaN in all its channels.
+    assert np.isnan(y[0, 0, 0, 0]).all() and np.isfinite(y.reshape(-1, 3)[1:]).all()
+    assert np.isnan(dw[0, 0, 0, 1]).all() and np.isfinite(dw[..., 0, :]).all()
+    assert np.isfinite(dx).all()  # the error and the filters are finite
+
+
+def test_counters_move_and_graph_has_no_im2col():
+    x, w = rand((2, 4, 4, 4, 3), 15), rand((2, 2, 2, 3, 4), 16)
+    lp.dfp_gemm_counters(reset=True)
+    run(x, w, rand((2, 3, 3, 3, 4), 17), (1, 1, 1), "VALID", (1, 1, 1))
+    assert lp.dfp_gemm_counters()["calls"] == 3  # forward, d(x), d(filters)
+
+    @tf.function(autograph=False)  # (autograph's conversion of the library: tens of seconds)
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = tf.reduce_sum(lp.dfp_conv3d(x, w, padding="SAME"))
+        return tape.gradient(loss, [x, w])
+
+    graph = step.get_concrete_function(tf.constant(x), tf.constant(w)).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types.update(node.op for node in function.node_def)
+    assert {"LowprecDfpConv3d", "LowprecDfpConv3dBackpropFilter"} <= types
+    assert not types & {"ConcatV2", "StridedSliceGrad", "LowprecDfpMatmulFused", "Conv3D"}, types
+
+
+def test_keras_conv3d_trains_a_step_under_dfp16():
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Conv3D(3, 2, strides=(1, 2, 1), padding="same",
+                                dtype=lp.Policy("dfp16"))
+    model = keras.Sequential([keras.Input((4, 5, 4, 2)), layer,
+                              keras.layers.Flatten(dtype="float32")])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = rand((2, 4, 5, 4, 2), 18)
+    target = rand((2,) + model.output_shape[1:], 19)
+    before = np.asarray(layer.kernel).copy()
+    lp.dfp_gemm_counters(reset=True)
+    loss = model.train_on_batch(x, target)
+    assert lp.dfp_gemm_counters()["calls"] >= 2  # forward, d(kernel) (x needs no gradient)
+    assert np.isfinite(loss) and not np.array_equal(np.asarray(layer.kernel), before)
+
+
+def test_groups_keep_the_im2col_path():
+    """groups > 1 is not an implicit GEMM yet: the patch GEMM path (MatmulFused) runs."""
+    x, w = rand((1, 3, 3, 3, 4), 20), rand((2, 2, 2, 2, 4), 21)
+    y = lp.dfp_conv3d(x, w, groups=2)
+    exact = tf.nn.conv3d(x[..., :2], w[..., :2], (1,) * 5, "VALID")
+    np.testing.assert_allclose(np.asarray(y)[..., :2], exact, atol=2e-3 * np.abs(exact).max())
+
+
+def test_raw_op_bad_arguments():
+    ops = load_ops()
+    x, w = np.ones((1, 4, 5, 5, 2), np.float32), np.ones((2, 3, 3, 2, 4), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="channels"):
+        ops.lowprec_dfp_conv3d(x, np.ones((2, 3, 3, 3, 4), np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strides must be 3 positive"):
+        ops.lowprec_dfp_conv3d(x, w, strides=[1, 1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dilations"):
+        ops.lowprec_dfp_conv3d(x, w, dilations=[1, 0, 1])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="pads must be 6"):
+        ops.lowprec_dfp_conv3d(x, w, pads=[0, 0, 0, 0])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="rank 5"):
+        ops.lowprec_dfp_conv3d(x[0], w)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dy must have shape"):
+        ops.lowprec_dfp_conv3d_backprop_filter(x, np.ones((1, 3, 3, 4, 4), np.float32),
+                                               filter_size=[2, 3, 3])
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="filter_size"):
+        ops.lowprec_dfp_conv3d_backprop_filter(x, np.ones((1, 3, 3, 3, 4), np.float32),
+                                               filter_size=[2, 3])
