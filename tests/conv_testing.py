@@ -8,6 +8,8 @@ library's own gather.
 
 import numpy as np
 
+import tf_lowprec as lp
+
 
 def rand(shape, seed, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
@@ -45,3 +47,9 @@ def im2col_tf(x, kh, kw, strides, padding, dilations):
     top, bottom, _ = pads_of(x.shape[1], kh, strides[0], dilations[0], padding)
     left, right, _ = pads_of(x.shape[2], kw, strides[1], dilations[1], padding)
     return im2col(x, kh, kw, strides, (top, bottom, left, right), dilations)
+
+
+def quantized(x):
+    """quantize_dfp(x) (per tensor, nearest even) and its exponent as [1, 1, 1]."""
+    q, e = lp.quantize_dfp(x, return_exponents=True)
+    return np.asarray(q), np.full((1, 1, 1), np.asarray(e).reshape(-1)[0], np.int32)

@@ -13,14 +13,8 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import reference as reference_gemm
-from conv_testing import im2col, pads_of, rand
+from conv_testing import im2col, pads_of, quantized, rand
 from kernel_tiers import params as tier_params
-
-
-def quantized(x):
-    """quantize_dfp(x) (per tensor, nearest even) and its exponent as [1, 1, 1]."""
-    q, e = lp.quantize_dfp(x, return_exponents=True)
-    return np.asarray(q), np.full((1, 1, 1), np.asarray(e).reshape(-1)[0], np.int32)
 
 
 def references(x, w, g, strides, padding, dilations):

@@ -17,21 +17,8 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import reference as reference_gemm
+from conv_testing import pads_of, quantized, rand
 from kernel_tiers import params as tier_params
-
-
-def rand(shape, seed, scale=1.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-
-
-def pads_of(size, k, s, d, padding):
-    """(before, after, output size) of one axis, as tf.nn.conv3d pads it."""
-    span = (k - 1) * d + 1
-    if padding == "VALID":
-        return 0, 0, (size - span) // s + 1
-    out = -(-size // s)
-    total = max((out - 1) * s + span - size, 0)
-    return total // 2, total - total // 2, out
 
 
 def im2col(x, ksize, strides, pads, dilations):
@@ -44,12 +31,6 @@ def im2col(x, ksize, strides, pads, dilations):
              for offset in itertools.product(*(range(k) for k in ksize))]
     cols = np.stack(parts, axis=-2)  # [n, *out, prod(k), c]
     return cols.reshape(-1, len(parts) * x.shape[-1]), out
-
-
-def quantized(x):
-    """quantize_dfp(x) (per tensor, nearest even) and its exponent as [1, 1, 1]."""
-    q, e = lp.quantize_dfp(x, return_exponents=True)
-    return np.asarray(q), np.full((1, 1, 1), np.asarray(e).reshape(-1)[0], np.int32)
 
 
 def references(x, w, g, strides, padding, dilations):
