@@ -6,9 +6,13 @@ library's own gather.
 
 """
 
+import itertools
+
 import numpy as np
+import tensorflow as tf
 
 import tf_lowprec as lp
+from tf_lowprec.gemm import reference as reference_gemm
 
 
 def rand(shape, seed, scale=1.0):
@@ -42,6 +46,22 @@ def im2col(x, kh, kw, strides, pads, dilations):
     return cols.reshape(n * oh * ow, kh * kw * c), (n, oh, ow)
 
 
+def im2col_nd(x, ksize, strides, pads, dilations):
+    """Patches [n * prod(out), prod(k) * c], columns (kernel offset, c), of x padded (+0).
+
+    Any number of spatial axes, channels last; pads: (before, after) per axis.
+    Returns (patches, out), out the output's spatial sizes.
+    """
+    x = np.pad(x, [(0, 0)] + list(pads) + [(0, 0)])
+    out = [(n - (k - 1) * d - 1) // s + 1
+           for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
+    parts = [x[(slice(None),) + tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
+                                      for i, o, s, d in zip(offset, out, strides, dilations))]
+             for offset in itertools.product(*(range(k) for k in ksize))]
+    cols = np.stack(parts, axis=-2)  # [n, *out, prod(k), c]
+    return cols.reshape(-1, len(parts) * x.shape[-1]), out
+
+
 def im2col_tf(x, kh, kw, strides, padding, dilations):
     """`im2col` with the pads tf.nn.conv2d gives `padding` ("SAME" or "VALID")."""
     top, bottom, _ = pads_of(x.shape[1], kh, strides[0], dilations[0], padding)
@@ -53,3 +73,49 @@ def quantized(x):
     """quantize_dfp(x) (per tensor, nearest even) and its exponent as [1, 1, 1]."""
     q, e = lp.quantize_dfp(x, return_exponents=True)
     return np.asarray(q), np.full((1, 1, 1), np.asarray(e).reshape(-1)[0], np.int32)
+
+
+def dfp_implicit_conv_references(x, w, g, strides, padding, dilations):
+    """(y, dx, dw) of an implicit-GEMM DFP convolution, written out with the NumPy GEMM.
+
+    Any number of spatial axes (filters [*k, C, O]).  Forward and d(filters)
+    are the INT16 GEMMs of the materialized patches (the im2col path's bits);
+    d(x) is one INT16 GEMM of the patches of the error, dilated by the strides
+    (zeros between its planes, rows and columns) and padded so that a stride-1
+    convolution gives x's size, with the filters flipped in every spatial axis
+    and [*k, O, C] (INT32 chunk sums over prod(k) * O).
+    """
+    rank = x.ndim - 2
+    ksize, (cin, cout) = w.shape[:rank], w.shape[rank:]
+    axes = [pads_of(n, k, s, d, padding)
+            for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
+    out = [o for _, _, o in axes]
+    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
+    cols, _ = im2col_nd(xq, ksize, strides, [(b, a) for b, a, _ in axes], dilations)
+    gemm = reference_gemm.dfp_matmul_quantized
+    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape([x.shape[0]] + out + [cout])
+    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(w.shape)
+    dilated = np.zeros([x.shape[0]] + [(o - 1) * s + 1 for o, s in zip(out, strides)] + [cout],
+                       np.float32)
+    dilated[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = gq
+    pads = []
+    for size, k, d, (before, _, _), extent in zip(x.shape[1:-1], ksize, dilations, axes,
+                                                  dilated.shape[1:-1]):
+        span = (k - 1) * d + 1
+        first = span - 1 - before  # the flipped kernel's first tap on input row 0
+        pads.append((first, size - 1 + span - extent - first))
+    dcols, _ = im2col_nd(dilated, ksize, (1,) * rank, pads, dilations)
+    flipped = np.swapaxes(wq[(slice(None, None, -1),) * rank], -1, -2).reshape(-1, cin)
+    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(x.shape)
+    return y, dx, dw
+
+
+def conv_gradients(conv, x, w, g, *args, **kwargs):
+    """(y, dx, dw) of `conv(x, w, *args, **kwargs)` with upstream gradient g, as NumPy."""
+    x, w = tf.constant(x), tf.constant(w)
+    with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = conv(x, w, *args, **kwargs)
+        loss = tf.reduce_sum(y * g)
+    dx, dw = tape.gradient(loss, [x, w])
+    return np.asarray(y), np.asarray(dx), np.asarray(dw)

@@ -6,6 +6,8 @@ patches with the flipped filters (INT32 chunk sums over kh * kw * O).
 Every kernel tier this CPU runs; the others are skipped naming the ISA.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,45 +15,12 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import reference as reference_gemm
-from conv_testing import im2col, pads_of, quantized, rand
+from conv_testing import conv_gradients, dfp_implicit_conv_references, im2col, quantized, rand
 from kernel_tiers import params as tier_params
 
 
-def references(x, w, g, strides, padding, dilations):
-    """(y, dx, dw) of the implicit-GEMM conv2d, written out with the NumPy GEMM reference."""
-    kh, kw, cin, cout = w.shape
-    n, height, width, _ = x.shape
-    top, bottom, oh = pads_of(height, kh, strides[0], dilations[0], padding)
-    left, right, ow = pads_of(width, kw, strides[1], dilations[1], padding)
-    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
-    cols, _ = im2col(xq, kh, kw, strides, (top, bottom, left, right), dilations)
-    gemm = reference_gemm.dfp_matmul_quantized
-    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape(n, oh, ow, cout)
-    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(w.shape)
-    # d(x): the error dilated by the strides (zeros between its rows and
-    # columns), padded so that a stride-1 convolution gives x's size, with the
-    # filters flipped in both spatial axes and [kh, kw, O, C].
-    dilated = np.zeros((n, (oh - 1) * strides[0] + 1, (ow - 1) * strides[1] + 1, cout),
-                       np.float32)
-    dilated[:, ::strides[0], ::strides[1], :] = gq
-    span_h, span_w = (kh - 1) * dilations[0] + 1, (kw - 1) * dilations[1] + 1
-    first_h, first_w = span_h - 1 - top, span_w - 1 - left
-    pads = (first_h, height - 1 + span_h - dilated.shape[1] - first_h,
-            first_w, width - 1 + span_w - dilated.shape[2] - first_w)
-    dcols, _ = im2col(dilated, kh, kw, (1, 1), pads, dilations)
-    flipped = np.transpose(wq[::-1, ::-1], (0, 1, 3, 2)).reshape(-1, cin)
-    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(x.shape)
-    return y, dx, dw
-
-
-def run(x, w, g, strides, padding, dilations, **kwargs):
-    x, w = tf.constant(x), tf.constant(w)
-    with tf.GradientTape() as tape:
-        tape.watch([x, w])
-        y = lp.dfp_conv2d(x, w, strides, padding, dilations, **kwargs)
-        loss = tf.reduce_sum(y * g)
-    dx, dw = tape.gradient(loss, [x, w])
-    return np.asarray(y), np.asarray(dx), np.asarray(dw)
+references = dfp_implicit_conv_references
+run = functools.partial(conv_gradients, lp.dfp_conv2d)  # (x, w, g, strides, padding, dilations)
 
 
 CASES = [

@@ -7,7 +7,7 @@ transposed filters (INT32 chunk sums over kd * kh * kw * O).  Every kernel
 tier this CPU runs; the others are skipped naming the ISA.
 """
 
-import itertools
+import functools
 
 import keras
 import numpy as np
@@ -16,60 +16,12 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
-from tf_lowprec.gemm import reference as reference_gemm
-from conv_testing import pads_of, quantized, rand
+from conv_testing import conv_gradients, dfp_implicit_conv_references, im2col_nd, pads_of, rand
 from kernel_tiers import params as tier_params
 
 
-def im2col(x, ksize, strides, pads, dilations):
-    """NumPy patches [n * prod(out), prod(k) * c], columns (kernel offset, c), of x padded."""
-    x = np.pad(x, [(0, 0)] + list(pads) + [(0, 0)])
-    out = [(n - (k - 1) * d - 1) // s + 1
-           for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
-    parts = [x[(slice(None),) + tuple(slice(i * d, i * d + (o - 1) * s + 1, s)
-                                      for i, o, s, d in zip(offset, out, strides, dilations))]
-             for offset in itertools.product(*(range(k) for k in ksize))]
-    cols = np.stack(parts, axis=-2)  # [n, *out, prod(k), c]
-    return cols.reshape(-1, len(parts) * x.shape[-1]), out
-
-
-def references(x, w, g, strides, padding, dilations):
-    """(y, dx, dw) of the implicit-GEMM conv3d, written out with the NumPy GEMM reference."""
-    ksize, (cin, cout) = w.shape[:3], w.shape[3:]
-    axes = [pads_of(n, k, s, d, padding)
-            for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
-    out = [o for _, _, o in axes]
-    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
-    cols, _ = im2col(xq, ksize, strides, [(b, a) for b, a, _ in axes], dilations)
-    gemm = reference_gemm.dfp_matmul_quantized
-    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape([x.shape[0]] + out + [cout])
-    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(w.shape)
-    # d(x): the error dilated by the strides (zeros between its planes, rows
-    # and columns), padded so that a stride-1 convolution gives x's size, with
-    # the filters flipped in every spatial axis and [kd, kh, kw, O, C].
-    dilated = np.zeros([x.shape[0]] + [(o - 1) * s + 1 for o, s in zip(out, strides)] + [cout],
-                       np.float32)
-    dilated[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = gq
-    pads = []
-    for size, k, d, (before, _, _), extent in zip(x.shape[1:-1], ksize, dilations, axes,
-                                                  dilated.shape[1:-1]):
-        span = (k - 1) * d + 1
-        first = span - 1 - before
-        pads.append((first, size - 1 + span - extent - first))
-    dcols, _ = im2col(dilated, ksize, (1, 1, 1), pads, dilations)
-    flipped = np.transpose(wq[::-1, ::-1, ::-1], (0, 1, 2, 4, 3)).reshape(-1, cin)
-    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(x.shape)
-    return y, dx, dw
-
-
-def run(x, w, g, strides, padding, dilations, **kwargs):
-    x, w = tf.constant(x), tf.constant(w)
-    with tf.GradientTape() as tape:
-        tape.watch([x, w])
-        y = lp.dfp_conv3d(x, w, strides, padding, dilations, **kwargs)
-        loss = tf.reduce_sum(y * g)
-    dx, dw = tape.gradient(loss, [x, w])
-    return np.asarray(y), np.asarray(dx), np.asarray(dw)
+references = dfp_implicit_conv_references
+run = functools.partial(conv_gradients, lp.dfp_conv3d)  # (x, w, g, strides, padding, dilations)
 
 
 def output_shape(x, w, strides, padding, dilations):
@@ -104,7 +56,7 @@ def test_forward_and_gradients_bit_exact(xs, ws, strides, padding, dilations, is
     # Sanity: within DFP16's error of the float64 convolution.
     axes = [pads_of(n, k, s, d, padding)[:2]
             for n, k, s, d in zip(xs[1:-1], ws[:3], strides, dilations)]
-    cols, _ = im2col(x.astype(np.float64), ws[:3], strides, axes, dilations)
+    cols, _ = im2col_nd(x.astype(np.float64), ws[:3], strides, axes, dilations)
     exact = (cols @ w.reshape(-1, ws[-1]).astype(np.float64)).reshape(y.shape)
     np.testing.assert_allclose(y, exact, atol=2e-3 * np.abs(exact).max())
 
