@@ -48,6 +48,7 @@ struct Geometry {
 inline int64_t SourceIndex(int64_t o, int64_t i, int64_t s, int64_t d, int64_t l, int64_t pad,
                            int64_t size) {
   const int64_t at = o * s + i * d - pad;
+  if (l == 1) return at >= 0 && at < size ? at : -1;  // no division: the common case
   if (at < 0 || at % l != 0) return -1;
   const int64_t r = at / l;
   return r < size ? r : -1;
@@ -85,6 +86,10 @@ struct FilterProblem {
 
 struct Loops {
   const char* isa;
+  // out[i] = rounded[i] * inverse as an INT16 mantissa, for quantize_dfp
+  // outputs `rounded` = I * 2^E and inverse = 2^-E (a normal float: exact),
+  // 0 for NaN and Inf.  Returns whether any value was NaN or Inf.
+  bool (*to_mantissas)(const float* rounded, int64_t n, float inverse, int16_t* out);
   // Output rows [row_begin, row_end) of N * OH.  `scratch`: 2 * lanes int64
   // (lanes = C * M, or C when reduce_multiplier).
   void (*forward)(const ForwardProblem& p, int64_t row_begin, int64_t row_end,

@@ -123,9 +123,14 @@ class DepthwiseAttrs {
     int16_t* dst = out->flat<int16_t>().data();
     const int64_t n = t.NumElements();
     constexpr int64_t kBlock = 2048;  // rounded into a stack buffer, then converted
+    // 2^-e is a normal float for |e| <= 126, and then rounded * 2^-e = I is
+    // exact in FP32 (the tier loop); beyond, the product is formed in double.
+    const bool float_scale = e == kDfpNoScale || (e >= -126 && e <= 126);
+    const float inverse_f = e == kDfpNoScale ? 0.0f : std::ldexp(1.0f, -e);
     const double inverse = e == kDfpNoScale ? 0.0 : std::ldexp(1.0, -e);
     std::atomic<bool> nonfinite{false};
     const RoundingLoops* rounding = rounding_;
+    const dfp_depthwise::Loops* loops = loops_;
     ParallelRun(ctx, (n + kBlock - 1) / kBlock, kBlock * 8, [&](int64_t begin, int64_t end) {
       float rounded[kBlock];
       bool local = false;
@@ -133,6 +138,10 @@ class DepthwiseAttrs {
         const int64_t first = block * kBlock, count = std::min(kBlock, n - first);
         rounding->round_dfp(src + first, rounded, count, first, &e, 0, Rounding::kNearestEven,
                             RandomStream());
+        if (float_scale) {
+          local |= loops->to_mantissas(rounded, count, inverse_f, dst + first);
+          continue;
+        }
         for (int64_t i = 0; i < count; ++i) {
           const bool finite = IsFinite(rounded[i]);
           local |= !finite;
