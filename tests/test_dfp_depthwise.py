@@ -216,3 +216,36 @@ def test_keras_depthwise_layer_under_dfp16_runs_the_direct_kernels():
     graph = tf.function(lambda v: layer(v)).get_concrete_function(x).graph
     kinds = {op.type for op in graph.get_operations()}
     assert "LowprecDfpDepthwiseConv2d" in kinds and "ExtractImagePatches" not in kinds
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "toward_zero"])
+def test_other_roundings(rounding):
+    """x, the filters (and the error) quantized once with the grouped path's seeds.
+
+    Forward and d(W) equal the stock-TF grouped path's bits, except that a
+    stochastically rounded error is drawn in dy's own NHWC layout (seed + [0, 2])
+    where the grouped GEMM drew it in its transposed [C, M, pixels] layout: the
+    d(W) reference rounds dy so.
+    """
+    from tf_lowprec.numerics import rounding as rounding_lib
+
+    x, w4 = rand((2, 6, 5, 3), 13), rand((3, 3, 1, 6), 14, scale=0.3)
+    dy = rand((2, 6, 5, 6), 15, 1e-2)
+    results = []
+    for implementation in ("auto", "tf"):
+        xv, wv = tf.constant(x), tf.constant(w4)
+        with tf.GradientTape() as tape:
+            tape.watch([xv, wv])
+            y = lp.dfp_conv2d(xv, wv, 1, "SAME", groups=3, rounding=rounding, seed=7,
+                              backward_rounding=rounding, implementation=implementation)
+            loss = tf.reduce_sum(y * dy)
+        results.append((np.asarray(y), np.asarray(tape.gradient(loss, wv)).reshape(3, 3, 3, 2)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    if rounding == "toward_zero":
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+    seed = rounding_lib.seed_tensor(7, rounding)
+    xq = np.asarray(lp.quantize_dfp(x, lp.DFP16, rounding, seed=seed))
+    wq = np.asarray(lp.quantize_dfp(w4, lp.DFP16, rounding, seed=seed + [0, 1]))
+    dyq = np.asarray(lp.quantize_dfp(dy, lp.DFP16, rounding, seed=seed + [0, 2]))
+    _, _, want_dw = reference(xq, wq.reshape(3, 3, 3, 2), dyq, (1, 1), "SAME", (1, 1), 64)
+    np.testing.assert_array_equal(results[0][1], want_dw)
