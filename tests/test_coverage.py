@@ -404,9 +404,12 @@ def _graph_op_types(concrete):
     return types
 
 
+# (Depthwise convolutions run on the direct INT16 depthwise kernels, which
+# count as the GEMMs they replace.)
 INT16_GEMM_OPS = {"LowprecDfpMatmulFused", "LowprecDfpMatmul", "LowprecDfpConv2d",
                   "LowprecDfpConv2dBackpropFilter", "LowprecDfpConv3d",
-                  "LowprecDfpConv3dBackpropFilter"}
+                  "LowprecDfpConv3dBackpropFilter", "LowprecDfpDepthwiseConv2d",
+                  "LowprecDfpDepthwiseConv2dBackpropFilter"}
 
 
 @pytest.mark.parametrize("name", list(TRAIN_STEP_LAYERS))

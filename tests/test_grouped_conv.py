@@ -3,7 +3,11 @@
 References are written out per group in NumPy: im2col patches, the group's
 columns and filters, the INT16/INT32 GEMM of `tf_lowprec.gemm.reference`
 (or the VDPBF16PS-order model of test_bf16_gemm), col2im for the input
-gradient.
+gradient.  DFP16 depthwise convolutions (groups = channels, one input
+channel per group) run on the direct depthwise kernels: their forward and
+d(filters) are still these grouped GEMMs' bits; their d(x) is one chunked
+integer sum per input gradient (tests/test_dfp_depthwise.py has it bit for
+bit), which col2im's FP32 sum matches here only within rounding.
 """
 
 import keras

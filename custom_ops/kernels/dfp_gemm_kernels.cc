@@ -54,6 +54,12 @@ void RunDfpGemm(OpKernelContext* ctx, const dfp_gemm::Kernels* kernels, dfp_gemm
   g_recomputed.fetch_add(stats.recomputed_tiles, std::memory_order_relaxed);
 }
 
+void AddDfpGemmCounters(int64_t calls, int64_t chains, int64_t overflowed) {
+  g_calls.fetch_add(calls, std::memory_order_relaxed);
+  g_chains.fetch_add(chains, std::memory_order_relaxed);
+  g_overflowed.fetch_add(overflowed, std::memory_order_relaxed);
+}
+
 Status CheckChunkSizeAndSelectKernels(int64_t chunk_size, const std::string& isa,
                                       const dfp_gemm::Kernels** kernels) {
   if (chunk_size < 2 || chunk_size % 2 != 0 || chunk_size > (1 << 20)) {

@@ -22,6 +22,12 @@ namespace tf_lowprec {
 void RunDfpGemm(::tensorflow::OpKernelContext* ctx, const dfp_gemm::Kernels* kernels,
                 dfp_gemm::Problem& p, int64_t chains_per_output, ::tensorflow::Tensor* overflow);
 
+// Adds to the process-wide counters (LowprecDfpGemmCounters) for INT16
+// products computed outside the GEMM (the direct depthwise convolution,
+// dfp_depthwise_kernels.cc): `calls` operations, `chains` (output, chunk)
+// chunk sums, `overflowed` of them whose INT32 chain would have overflowed.
+void AddDfpGemmCounters(int64_t calls, int64_t chains, int64_t overflowed);
+
 // The attributes every DFP GEMM op has: the overflow-check chunk size, and
 // the kernel set named by `isa`.
 ::tensorflow::Status CheckChunkSizeAndSelectKernels(int64_t chunk_size, const std::string& isa,

@@ -23,6 +23,7 @@ import tensorflow as tf
 from tf_lowprec.gemm import common as _gemm_common
 from tf_lowprec.gemm import conv_nd as _conv_nd
 from tf_lowprec.gemm import dfp_conv as _dfp_conv
+from tf_lowprec.gemm import dfp_depthwise as _dfp_depthwise
 from tf_lowprec import _op_library
 from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
@@ -312,7 +313,12 @@ def dfp_conv2d(
     stride-dilated error's patches with the flipped filters.  Otherwise
     (groups, dynamic sizes, `implementation="tf"`) the patches are extracted
     (im2col) for `dfp_matmul`, d(patches) = error @ filters^T, and the patch
-    gradients are summed back onto the input in FP32 (col2im).
+    gradients are summed back onto the input in FP32 (col2im).  A depthwise
+    convolution (`groups` = in_channels, filters [kh, kw, 1, C * M]) with
+    the C++ kernels and static sizes runs on the direct depthwise kernels
+    instead (`tf_lowprec.gemm.dfp_depthwise`): forward and d(filters) bit for
+    bit the grouped GEMM's, d(x) one chunked integer sum per input gradient
+    (the dilated error convolved with the flipped filters).
 
     Args:
       x: float32 `[batch, height, width, in_channels]`.
@@ -351,6 +357,16 @@ def dfp_conv2d(
                                     rounding=rounding, seed=seed,
                                     backward_rounding=backward_rounding,
                                     chunk_size=chunk_size, isa=isa)
+        if (groups > 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_depthwise.applies(x, filters, groups, strides, padding, dilations)):
+            # Depthwise: the direct INT16 kernels (no patch matrix, no col2im);
+            # filters [kh, kw, 1, C * M] -> [kh, kw, C, M] (output c * M + m).
+            kh, kw = filters.shape[0], filters.shape[1]
+            depthwise = tf.reshape(filters, [kh, kw, groups, -1])
+            y = _dfp_depthwise.depthwise_conv2d(
+                x, depthwise, strides, padding, dilations, fmt, rounding=rounding, seed=seed,
+                backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
+            return y
         kh, kw = filters.shape[0], filters.shape[1]
         covered = _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation, covered)
