@@ -699,13 +699,34 @@ int64_t VnniCoarseChunk(const int32_t* a, const int32_t* b, int64_t n, bool init
 constexpr int64_t kVnniSplitPairs = 512;
 constexpr int64_t kSplitPairBound = 2 * 3 * 32767;  // |pair sum of (a & 3) b|
 
+// Undecided lanes of a (row, vector) recomputed one by one (ExactChain), up
+// to this many; more: the whole (row, vector) with ExactRowVector.
+constexpr int kExactLanesMax = 4;
+
+// One chain of a micro-tile chunk exactly (a: the A panel at its row, b: the
+// B panel at its column, stride words between pairs): the chunk sum in
+// INT64; *left = whether some prefix of pair sums left INT32.
+inline int64_t ExactChain(const int32_t* a, const int32_t* b, int64_t pairs, int64_t stride,
+                          bool* left) {
+  int64_t sum = 0;
+  bool out = false;
+  for (int64_t q = 0; q < pairs; ++q) {
+    const int32_t x = a[q * kMr], y = b[q * stride];
+    sum += int64_t{LowHalf(x)} * LowHalf(y) + int64_t{HighHalf(x)} * HighHalf(y);
+    out |= static_cast<uint64_t>(sum + 2147483648LL) > 0xFFFFFFFFull;
+  }
+  *left = out;
+  return sum;
+}
+
 // The split pass of the 6 rows of one vector of a micro-tile chunk, n >= 1
 // pairs from the start of the chunk (a: the A panel, ash: its mantissas >> 2,
 // b: the B panel at the vector, stride_bytes between pairs), in inline
 // assembly (the intrinsics version copied the saturating chains around):
 // per K pair one B load and 6 x (vpdpwssd, vpdpwssds with A broadcast from
-// memory, vpmaxsd, vpminsd).  out[i * 6 + r] = W, Q, max Q, min Q (i = 0..3)
-// of row r.
+// memory, vpmaxsd, vpminsd).  out (64-byte aligned) = W of rows 0..5, then
+// Q, max Q and min Q of rows 0..5.  (Asm operands cannot name the 24
+// registers: at most 30 operands, in-out ones counting twice.)
 inline void VnniSplitRows6(const int32_t* a, const int32_t* ash, const int32_t* b, int64_t n,
                            int64_t stride_bytes, __m512i* out) {
   asm volatile(
@@ -764,34 +785,40 @@ inline void VnniSplitRows6(const int32_t* a, const int32_t* ash, const int32_t* 
       "addq %[stride], %[b]\n\t"
       "decq %[n]\n\t"
       "jnz 1b\n\t"
-      "vmovdqu64 %%zmm0, 0(%[out])\n\t"
-      "vmovdqu64 %%zmm1, 64(%[out])\n\t"
-      "vmovdqu64 %%zmm2, 128(%[out])\n\t"
-      "vmovdqu64 %%zmm3, 192(%[out])\n\t"
-      "vmovdqu64 %%zmm4, 256(%[out])\n\t"
-      "vmovdqu64 %%zmm5, 320(%[out])\n\t"
-      "vmovdqu64 %%zmm6, 384(%[out])\n\t"
-      "vmovdqu64 %%zmm7, 448(%[out])\n\t"
-      "vmovdqu64 %%zmm8, 512(%[out])\n\t"
-      "vmovdqu64 %%zmm9, 576(%[out])\n\t"
-      "vmovdqu64 %%zmm10, 640(%[out])\n\t"
-      "vmovdqu64 %%zmm11, 704(%[out])\n\t"
-      "vmovdqu64 %%zmm12, 768(%[out])\n\t"
-      "vmovdqu64 %%zmm13, 832(%[out])\n\t"
-      "vmovdqu64 %%zmm14, 896(%[out])\n\t"
-      "vmovdqu64 %%zmm15, 960(%[out])\n\t"
-      "vmovdqu64 %%zmm16, 1024(%[out])\n\t"
-      "vmovdqu64 %%zmm17, 1088(%[out])\n\t"
-      "vmovdqu64 %%zmm18, 1152(%[out])\n\t"
-      "vmovdqu64 %%zmm19, 1216(%[out])\n\t"
-      "vmovdqu64 %%zmm20, 1280(%[out])\n\t"
-      "vmovdqu64 %%zmm21, 1344(%[out])\n\t"
-      "vmovdqu64 %%zmm22, 1408(%[out])\n\t"
-      "vmovdqu64 %%zmm23, 1472(%[out])\n\t"
+      "vmovdqa64 %%zmm0, 0(%[out])\n\t"
+      "vmovdqa64 %%zmm1, 64(%[out])\n\t"
+      "vmovdqa64 %%zmm2, 128(%[out])\n\t"
+      "vmovdqa64 %%zmm3, 192(%[out])\n\t"
+      "vmovdqa64 %%zmm4, 256(%[out])\n\t"
+      "vmovdqa64 %%zmm5, 320(%[out])\n\t"
+      "vmovdqa64 %%zmm6, 384(%[out])\n\t"
+      "vmovdqa64 %%zmm7, 448(%[out])\n\t"
+      "vmovdqa64 %%zmm8, 512(%[out])\n\t"
+      "vmovdqa64 %%zmm9, 576(%[out])\n\t"
+      "vmovdqa64 %%zmm10, 640(%[out])\n\t"
+      "vmovdqa64 %%zmm11, 704(%[out])\n\t"
+      "vmovdqa64 %%zmm12, 768(%[out])\n\t"
+      "vmovdqa64 %%zmm13, 832(%[out])\n\t"
+      "vmovdqa64 %%zmm14, 896(%[out])\n\t"
+      "vmovdqa64 %%zmm15, 960(%[out])\n\t"
+      "vmovdqa64 %%zmm16, 1024(%[out])\n\t"
+      "vmovdqa64 %%zmm17, 1088(%[out])\n\t"
+      "vmovdqa64 %%zmm18, 1152(%[out])\n\t"
+      "vmovdqa64 %%zmm19, 1216(%[out])\n\t"
+      "vmovdqa64 %%zmm20, 1280(%[out])\n\t"
+      "vmovdqa64 %%zmm21, 1344(%[out])\n\t"
+      "vmovdqa64 %%zmm22, 1408(%[out])\n\t"
+      "vmovdqa64 %%zmm23, 1472(%[out])\n\t"
       : [a] "+&r"(a), [ash] "+&r"(ash), [b] "+&r"(b), [n] "+&r"(n)
       : [stride] "r"(stride_bytes), [out] "r"(out)
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24");
 }
+
+// Chunks of at most kVnniSplitFloatPairs pairs take their FP32 sums without
+// double: S = 2^18 Qh + (W - 2^18 Qh), Qh = Q >> 16, where the second term
+// (4 (Q mod 2^16) + S - 4 Q, below 2^18 + Lmax < 2^24 in magnitude) and 2^18
+// Qh are exact floats, so one FMA rounds S once.
+constexpr int64_t kVnniSplitFloatPairs = ((int64_t{1} << 24) - (int64_t{1} << 18) - 1) / kSplitPairBound;
 
 // One chunk of n <= kVnniSplitPairs pairs by the split scheme (above): adds
 // float(exact sum) to the tile (stores it: init) and returns how many chains
@@ -820,51 +847,75 @@ int64_t VnniSplitChunk(const int32_t* a, const int32_t* b, int64_t n, bool init,
   const __m512i no_up = _mm512_set1_epi32(static_cast<int32_t>((two31 - 1 - l_max) >> 2));
   const __m512i no_down = _mm512_set1_epi32(static_cast<int32_t>(-((two31 - l_max) >> 2)));
   const __m512i int_max = _mm512_set1_epi32(INT32_MAX), int_min = _mm512_set1_epi32(INT32_MIN);
-  const __m512i l_max_v = _mm512_set1_epi32(static_cast<int32_t>(l_max));
-  const __m512d two31_minus_lmax = _mm512_set1_pd(2147483648.0 - static_cast<double>(l_max));
-  const __m512d four = _mm512_set1_pd(4.0);
-  int64_t overflowed = 0;
+  const bool in_float = n <= kVnniSplitFloatPairs;
+  __m512i counts = _mm512_setzero_si512();  // overflowed decided chains per lane
+  int64_t overflowed_lanes = 0;              // overflowed undecided chains
   bool recomputed = false;
   for (int vec = 0; vec < kNv; ++vec) {
-    __m512i v[4 * kMr];  // W, Q, max Q, min Q of each row
-    VnniSplitRows6(a, ash, b + 16 * vec, n, 4 * kNr, v);
+    __m512i state[4 * kMr];  // W, Q, max Q, min Q of each row
+    VnniSplitRows6(a, ash, b + 16 * vec, n, 4 * kNr, state);
+    const __m512i* w = state;
+    const __m512i* q = state + kMr;
+    const __m512i* hi = state + 2 * kMr;
+    const __m512i* lo = state + 3 * kMr;
     for (int r = 0; r < kMr; ++r) {
       float* out = tile + r * kNr + 16 * vec;
-      const __m512i hi = v[2 * kMr + r], lo = v[3 * kMr + r];
       const __mmask16 saturated =
-          _mm512_cmpeq_epi32_mask(hi, int_max) | _mm512_cmpeq_epi32_mask(lo, int_min);
+          _mm512_cmpeq_epi32_mask(hi[r], int_max) | _mm512_cmpeq_epi32_mask(lo[r], int_min);
       const __mmask16 over = static_cast<__mmask16>(
-          (_mm512_cmpgt_epi32_mask(hi, over_up) | _mm512_cmpgt_epi32_mask(over_down, lo)) &
+          (_mm512_cmpgt_epi32_mask(hi[r], over_up) | _mm512_cmpgt_epi32_mask(over_down, lo[r])) &
           ~saturated);
-      const __mmask16 clean = _mm512_cmple_epi32_mask(hi, no_up) & _mm512_cmpge_epi32_mask(lo, no_down);
-      if (static_cast<__mmask16>(over | clean) != 0xFFFF) {  // undecided lanes
-        overflowed += ExactRowVector<kNr>(a + r, b + 16 * vec, n, init, out);
+      const __mmask16 clean =
+          _mm512_cmple_epi32_mask(hi[r], no_up) & _mm512_cmpge_epi32_mask(lo[r], no_down);
+      const __mmask16 undecided = static_cast<__mmask16>(~(over | clean));
+      if (__builtin_expect(__builtin_popcount(undecided) > kExactLanesMax, 0)) {
+        // Many undecided lanes (adversarial data): the whole (row, vector) in INT64.
+        overflowed_lanes += ExactRowVector<kNr>(a + r, b + 16 * vec, n, init, out);
         recomputed = true;
         continue;
       }
-      const __m512i w = v[r];
-      if (over == 0) {  // no prefix left INT32: W is the exact sum
-        const __m512 f = _mm512_cvtepi32_ps(w);
-        _mm512_storeu_ps(out, init ? f : _mm512_add_ps(_mm512_loadu_ps(out), f));
-        continue;
+      counts = _mm512_mask_sub_epi32(counts, over, counts, _mm512_set1_epi32(-1));
+      // The exact sum S = 4 Q + d, d = W - 4 Q (mod 2^32; |d| <= Lmax < 2^31),
+      // rounded once to FP32.
+      __m512 f;
+      if (in_float) {
+        const __m512i qh = _mm512_srai_epi32(q[r], 16);
+        const __m512i low = _mm512_sub_epi32(w[r], _mm512_slli_epi32(qh, 18));
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qh), _mm512_set1_ps(262144.0f),
+                            _mm512_cvtepi32_ps(low));
+      } else {
+        const __m512i d = _mm512_sub_epi32(w[r], _mm512_slli_epi32(q[r], 2));
+        const __m512d four = _mm512_set1_pd(4.0);
+        const __m256 low8 = _mm512_cvtpd_ps(_mm512_fmadd_pd(
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(q[r])), four,
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(d))));
+        const __m256 high8 = _mm512_cvtpd_ps(_mm512_fmadd_pd(
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(q[r], 1)), four,
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(d, 1))));
+        f = _mm512_insertf32x8(_mm512_castps256_ps512(low8), high8, 1);
       }
-      // S = 4 Q + (R - Lmax), R = (W - 4 Q + Lmax) mod 2^32 read as unsigned
-      // ((R - 2^31 as int32) + 2^31), in double (exact), rounded once to FP32.
-      const __m512i q = v[kMr + r];
-      const __m512i rest = _mm512_xor_si512(
-          _mm512_add_epi32(_mm512_sub_epi32(w, _mm512_slli_epi32(q, 2)), l_max_v), int_min);
-      const auto half = [&](__m256i qh, __m256i rh) {
-        return _mm512_cvtpd_ps(_mm512_add_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(qh), four),
-                                             _mm512_add_pd(_mm512_cvtepi32_pd(rh), two31_minus_lmax)));
-      };
-      const __m256 low8 = half(_mm512_castsi512_si256(q), _mm512_castsi512_si256(rest));
-      const __m256 high8 = half(_mm512_extracti64x4_epi64(q, 1), _mm512_extracti64x4_epi64(rest, 1));
-      const __m512 f = _mm512_insertf32x8(_mm512_castps256_ps512(low8), high8, 1);
+      if (__builtin_expect(undecided != 0, 0)) {
+        // Lanes with a prefix near a limit or a saturated Q: their exact sums
+        // and overflow tests in INT64, lane by lane (usually one lane).
+        alignas(64) float sums[16];
+        _mm512_store_ps(sums, f);
+        for (unsigned m = undecided; m != 0; m &= m - 1) {
+          const int l = __builtin_ctz(m);
+          bool left = false;
+          sums[l] = static_cast<float>(ExactChain(a + r, b + 16 * vec + l, n, kNr, &left));
+          overflowed_lanes += left;
+        }
+        f = _mm512_load_ps(sums);
+        recomputed = true;
+      }
       _mm512_storeu_ps(out, init ? f : _mm512_add_ps(_mm512_loadu_ps(out), f));
-      overflowed += __builtin_popcount(static_cast<unsigned>(over));
     }
   }
   if (recomputed) stats->recomputed_tiles += 1;
+  alignas(64) int32_t lane_counts[16];
+  _mm512_store_si512(lane_counts, counts);
+  int64_t overflowed = overflowed_lanes;
+  for (int l = 0; l < 16; ++l) overflowed += lane_counts[l];
   return overflowed;
 }
 
