@@ -814,19 +814,19 @@ inline void VnniSplitRows6(const int32_t* a, const int32_t* ash, const int32_t* 
       : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24");
 }
 
-// Chunks of at most kVnniSplitFloatPairs pairs take their FP32 sums without
-// double: S = 2^18 Qh + (W - 2^18 Qh), Qh = Q >> 16, where the second term
-// (4 (Q mod 2^16) + S - 4 Q, below 2^18 + Lmax < 2^24 in magnitude) and 2^18
-// Qh are exact floats, so one FMA rounds S once.
-constexpr int64_t kVnniSplitFloatPairs = ((int64_t{1} << 24) - (int64_t{1} << 18) - 1) / kSplitPairBound;
+// Chunks with Lmax < kVnniSplitFloatLimit (at least 84 pairs) take their
+// FP32 sums without double: S = 2^18 Qh + (W - 2^18 Qh), Qh = Q >> 16, where
+// the second term (4 (Q mod 2^16) + S - 4 Q, below 2^18 + Lmax <= 2^24 in
+// magnitude) and 2^18 Qh are exact floats, so one FMA rounds S once.
+constexpr int64_t kVnniSplitFloatLimit = (int64_t{1} << 24) - (int64_t{1} << 18);
 
 // One chunk of n <= kVnniSplitPairs pairs by the split scheme (above): adds
 // float(exact sum) to the tile (stores it: init) and returns how many chains
 // overflowed; counts a chunk with (row, vector) pieces recomputed in INT64
 // as one recomputed micro-tile chunk.
 template <int kNv>
-int64_t VnniSplitChunk(const int32_t* a, const int32_t* b, int64_t n, bool init, float* tile,
-                       Stats* stats) {
+int64_t VnniSplitChunk(const int32_t* a, const int32_t* b, int64_t n, double b_chunk_sq,
+                       bool init, float* tile, Stats* stats) {
   constexpr int kNr = 16 * kNv;
   alignas(64) int32_t ash[kVnniSplitPairs * kMr];
   {
@@ -839,15 +839,23 @@ int64_t VnniSplitChunk(const int32_t* a, const int32_t* b, int64_t n, bool init,
     _mm512_mask_storeu_epi32(ash + i, tail,
                              _mm512_srai_epi16(_mm512_maskz_loadu_epi32(tail, a + i), 2));
   }
+  // Lmax: |L| <= 3 * (sum of |b| over the chunk) <= 3 sqrt(2 n) ||b||, with
+  // ||b||^2 <= b_chunk_sq (the chunk's sum of squared segment norms of the B
+  // panel, an upper bound for every lane): about half the worst case n * 2 *
+  // 3 * 32767 on typical data, so fewer lanes are left undecided.
+  const double b_bound =
+      3.0 * __builtin_sqrt(2.0 * static_cast<double>(n) * b_chunk_sq) * kBoundUp + 1.0;
+  const int64_t l_max = b_bound < static_cast<double>(n * kSplitPairBound)
+                            ? static_cast<int64_t>(b_bound)
+                            : n * kSplitPairBound;
   // Thresholds on Q (exact integer divisions in 64 bits; l_max < 2^31).
-  const int64_t l_max = n * kSplitPairBound;
   const int64_t two31 = int64_t{1} << 31;
   const __m512i over_up = _mm512_set1_epi32(static_cast<int32_t>((two31 - 1 + l_max) >> 2));
   const __m512i over_down = _mm512_set1_epi32(static_cast<int32_t>(-((two31 + l_max) >> 2)));
   const __m512i no_up = _mm512_set1_epi32(static_cast<int32_t>((two31 - 1 - l_max) >> 2));
   const __m512i no_down = _mm512_set1_epi32(static_cast<int32_t>(-((two31 - l_max) >> 2)));
   const __m512i int_max = _mm512_set1_epi32(INT32_MAX), int_min = _mm512_set1_epi32(INT32_MIN);
-  const bool in_float = n <= kVnniSplitFloatPairs;
+  const bool in_float = l_max < kVnniSplitFloatLimit;
   __m512i counts = _mm512_setzero_si512();  // overflowed decided chains per lane
   int64_t overflowed_lanes = 0;              // overflowed undecided chains
   bool recomputed = false;
@@ -950,7 +958,7 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
       // Not even the first segment is proved: the split chains or the coarse
       // sums from the start.
       stats->overflowed_chunks += pairs <= kVnniSplitPairs
-                                      ? VnniSplitChunk<kNv>(a, b, pairs, init, tile, stats)
+                                      ? VnniSplitChunk<kNv>(a, b, pairs, sb.chunk_sq[c], init, tile, stats)
                                       : VnniCoarseChunk<kNv>(a, b, pairs, init, tile, stats);
       continue;
     }
