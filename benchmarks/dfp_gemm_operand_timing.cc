@@ -1,7 +1,8 @@
 // Single-thread timing of the INT16 DFP GEMM on recorded operands (the
 // GEMMs of a training step, written by benchmarks/dump_step_gemms.py), with
 // the fused rounding of the op (Problem::round_inputs): thread CPU time, best
-// of `reps` calls, the overflow count and a hash of the output bits (equal
+// of `reps` calls, the overflow count and the micro-tile chunks recomputed
+// in INT64 (Stats of one call) and a hash of the output bits (equal
 // across tiers and code versions: the results are defined bit for bit).
 //
 // Build (from the repository root, after `python setup.py build_ext
@@ -98,8 +99,8 @@ int main(int argc, char** argv) {
     std::printf("%s %ldx%ldx%ld ta=%d tb=%d %s: %.3f ms, overflowed chains %ld, recomputed %ld, hash %016lx\n",
                 argv[f], static_cast<long>(m), static_cast<long>(k), static_cast<long>(n),
                 static_cast<int>(h[3]), static_cast<int>(h[4]), kernels->isa, best * 1e3,
-                static_cast<long>(stats.overflowed_chunks / reps),
-                static_cast<long>(stats.recomputed_tiles / reps), static_cast<unsigned long>(hash));
+                static_cast<long>(stats.overflowed_chunks),
+                static_cast<long>(stats.recomputed_tiles), static_cast<unsigned long>(hash));
   }
   std::printf("total %.3f ms\n", total * 1e3);
   return 0;

@@ -512,6 +512,23 @@ def test_tier_unproved_first_segments_of_non_negative_operands(isa):
     _assert_tier_matches_portable(a.T.copy(), b, isa, ta=True)
     _assert_tier_matches_portable(a, b.T.copy(), isa, tb=True)
 
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_transposed_a_panels_with_odd_k_nan_and_inf(isa):
+    """A stored transposed (lanes contiguous for each k: packed 8 panels of 6
+    rows at a time): odd K (a zero high half in the last pair word), a
+    partial last group and panel, NaN and Inf rows, per-block exponents;
+    fused and two-step rounding, against portable."""
+    a, b = _full_scale((131, 57), 51), _full_scale((131, 21), 52)  # op(a) = a.T: 57 x 131
+    _assert_tier_matches_portable(a, b, isa, ta=True)
+    _assert_tier_matches_portable(a[:, :14].copy(), b, isa, ta=True,
+                                  fmt=lp.DfpFormat(16, block_size=32))
+    a[130, 7] = np.nan  # the last (odd) k of row 7
+    a[3, 55] = -np.inf  # row 55: in the partial last panel (rows 54..56) of the second group
+    _assert_tier_matches_portable(a, b, isa, ta=True)
+    out = np.asarray(lp.dfp_matmul(a, b, transpose_a=True, isa=isa))
+    assert np.isnan(out[[7, 55]]).all() and np.isfinite(np.delete(out, [7, 55], 0)).all()
+
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("block_size", [None, 32])
 def test_wide_b_packed_in_groups_of_panels(tb, block_size):
