@@ -1,5 +1,7 @@
 // INT16 DFP GEMM: the AVX-512 VNNI micro-kernel (vpdpwssds chains in inline
-// assembly, certified or tracked; see dfp_gemm_impl.h, "Overflow").
+// assembly, certified or tracked; chunks with an unprovable first segment on
+// split chains or coarse sums; see dfp_gemm_impl.h, "Overflow", and
+// docs/dfp_gemm.md, "Unprovable first segments").
 // Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
 // namespace TF_LOWPREC_DFP_ISA; see there).
 #ifndef TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_VNNI_H_
