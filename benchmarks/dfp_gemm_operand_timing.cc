@@ -1,15 +1,18 @@
 // Single-thread timing of the INT16 DFP GEMM on recorded operands (the
 // GEMMs of a training step, written by benchmarks/dump_step_gemms.py), with
 // the fused rounding of the op (Problem::round_inputs): thread CPU time, best
-// of `reps` calls, the overflow count and a hash of the output bits (equal
+// of `reps` calls, the overflow count and the micro-tile chunks recomputed
+// in INT64 (Stats of one call) and a hash of the output bits (equal
 // across tiers and code versions: the results are defined bit for bit).
 //
 // Build (from the repository root, after `python setup.py build_ext
 // --inplace`, whose tier objects it links; one line):
 //   T=build/temp.linux-x86_64-cpython-311/tf_lowprec_ops
 //   g++ -std=c++17 -O2 -Icustom_ops/kernels benchmarks/dfp_gemm_operand_timing.cc
-//       $T/dfp_gemm_avx2.cc.o $T/dfp_gemm_portable.cc.o -lpthread -o /tmp/dfp_operand_timing
-//   /tmp/dfp_operand_timing avx2|portable REPS /tmp/mlp_gemms/g*.bin
+//       $T/dfp_gemm_avx2.cc.o $T/dfp_gemm_portable.cc.o $T/dfp_gemm_avx512.cc.o -lpthread
+//       -o /tmp/dfp_operand_timing
+//   /tmp/dfp_operand_timing avx512|avx2|portable REPS /tmp/mlp_gemms/g*.bin
+// (avx512 runs only where the CPU has AVX512_VNNI.)
 #include <time.h>
 
 #include <cstdint>
@@ -42,12 +45,13 @@ double ThreadSeconds() {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: %s avx2|portable REPS FILE...\n", argv[0]);
+    std::fprintf(stderr, "usage: %s avx512|avx2|portable REPS FILE...\n", argv[0]);
     return 2;
   }
-  const Kernels* kernels = std::string(argv[1]) == "portable"
-                               ? &tf_lowprec::dfp_gemm::portable::kKernels
-                               : &tf_lowprec::dfp_gemm::avx2::kKernels;
+  const std::string tier = argv[1];
+  const Kernels* kernels = tier == "portable" ? &tf_lowprec::dfp_gemm::portable::kKernels
+                           : tier == "avx512"  ? &tf_lowprec::dfp_gemm::avx512vnni::kKernels
+                                               : &tf_lowprec::dfp_gemm::avx2::kKernels;
   const int reps = std::atoi(argv[2]);
   double total = 0.0;
   for (int f = 3; f < argc; ++f) {
@@ -92,10 +96,11 @@ int main(int argc, char** argv) {
       hash = (hash ^ u) * 1099511628211ull;
     }
     total += best;
-    std::printf("%s %ldx%ldx%ld ta=%d tb=%d %s: %.3f ms, overflowed chains %ld, hash %016lx\n",
+    std::printf("%s %ldx%ldx%ld ta=%d tb=%d %s: %.3f ms, overflowed chains %ld, recomputed %ld, hash %016lx\n",
                 argv[f], static_cast<long>(m), static_cast<long>(k), static_cast<long>(n),
                 static_cast<int>(h[3]), static_cast<int>(h[4]), kernels->isa, best * 1e3,
-                static_cast<long>(stats.overflowed_chunks), static_cast<unsigned long>(hash));
+                static_cast<long>(stats.overflowed_chunks),
+                static_cast<long>(stats.recomputed_tiles), static_cast<unsigned long>(hash));
   }
   std::printf("total %.3f ms\n", total * 1e3);
   return 0;

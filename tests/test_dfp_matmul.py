@@ -487,6 +487,48 @@ def test_tier_tracked_chains_at_the_int32_limits(isa):
                                   prefix[..., -1].astype(np.float32) * np.float32(2.0**-30))
 
 
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_unproved_first_segments_of_non_negative_operands(isa):
+    """A full-scale non-negative operand (ReLU outputs, pixels) times a
+    signed one: no segment of a chunk of 64 can be proved and many chains
+    really overflow, so every chunk is tracked from its start (VNNI: the split
+    chains of a >> 2 and a for chunks up to 1,024 elements, the coarse sums
+    for longer ones; prefixes near the limits and saturated chains of a >> 2
+    recomputed in INT64).  Odd K: chunks of every length up to the last.
+    Exact and counted, against portable."""
+    rng = np.random.default_rng(41)
+    a = rng.uniform(0, 1, (13, 2051)).astype(np.float32)
+    b = rng.uniform(-1, 1, (2051, 70)).astype(np.float32)
+    a[3] = 1.0  # with the all-positive column below: the chains of a >> 2 saturate
+    b[:, 5] = 1.0
+    for chunk_size in (64, 66, 1024, 2048):
+        out, count = lp.dfp_matmul(a, b, isa=isa, chunk_size=chunk_size, return_overflow_count=True)
+        want, want_count = lp.dfp_matmul(a, b, isa="portable", chunk_size=chunk_size,
+                                         return_overflow_count=True)
+        np.testing.assert_array_equal(bits(out), bits(want))
+        assert int(count) == int(want_count) > 0
+    a, b = a[:, :300], b[:300]
+    _assert_tier_matches_portable(a.T.copy(), b, isa, ta=True)
+    _assert_tier_matches_portable(a, b.T.copy(), isa, tb=True)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_transposed_a_panels_with_odd_k_nan_and_inf(isa):
+    """A stored transposed (lanes contiguous for each k: packed 8 panels of 6
+    rows at a time): odd K (a zero high half in the last pair word), a
+    partial last group and panel, NaN and Inf rows, per-block exponents;
+    fused and two-step rounding, against portable."""
+    a, b = _full_scale((131, 57), 51), _full_scale((131, 21), 52)  # op(a) = a.T: 57 x 131
+    _assert_tier_matches_portable(a, b, isa, ta=True)
+    _assert_tier_matches_portable(a[:, :14].copy(), b, isa, ta=True,
+                                  fmt=lp.DfpFormat(16, block_size=32))
+    a[130, 7] = np.nan  # the last (odd) k of row 7
+    a[3, 55] = -np.inf  # row 55: in the partial last panel (rows 54..56) of the second group
+    _assert_tier_matches_portable(a, b, isa, ta=True)
+    out = np.asarray(lp.dfp_matmul(a, b, transpose_a=True, isa=isa))
+    assert np.isnan(out[[7, 55]]).all() and np.isfinite(np.delete(out, [7, 55], 0)).all()
+
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("block_size", [None, 32])
 def test_wide_b_packed_in_groups_of_panels(tb, block_size):

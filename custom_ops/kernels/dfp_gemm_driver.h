@@ -96,13 +96,48 @@ int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out,
   return invalid;
 }
 
+// A panels [panel0, panel0 + count) of batch `batch` into out (a_panel_words
+// apart), their norms into norm; returns the number of invalid elements.  A
+// stored transposed (lanes contiguous for each k) is packed 8 panels at a
+// time, as B's groups of panels: its k rows are m floats apart, and one panel
+// at a time read 6 floats of a new page for every k.
+int64_t PackAPanels(const Plan& plan, int64_t batch, int64_t panel0, int64_t count, int32_t* out,
+                    double* norm) {
+  const Problem& p = *plan.p;
+  int64_t invalid = 0;
+  if (p.a_patches != nullptr || !p.transpose_a) {
+    for (int64_t i = 0; i < count; ++i) {
+      invalid += PackAPanel(plan, batch, panel0 + i, out + i * plan.a_panel_words,
+                            norm + i * plan.segs.per_panel);
+    }
+    return invalid;
+  }
+  constexpr int kAGroup = 8;
+  for (int64_t g = 0; g < count; g += kAGroup) {
+    const int64_t panels = Min64(kAGroup, count - g), row0 = (panel0 + g) * kMr;
+    int32_t* o = out + g * plan.a_panel_words;
+    invalid += PackPanels<kMr, kAGroup>(ViewOfA(p, batch), plan.layout, row0,
+                                        Min64(panels * kMr, p.m - row0), o, plan.a_panel_words,
+                                        plan.a_nonfinite + batch * p.m + row0);
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
+    for (int64_t j = 0; j < panels; ++j) {
+      MeasureSegments<kMr>(o + j * plan.a_panel_words, plan.layout, plan.segs,
+                           norm + (g + j) * plan.segs.per_panel);
+    }
+#endif
+  }
+  return invalid;
+}
+
 void PackA(void* arg, int64_t begin, int64_t end) {
   Plan& plan = *static_cast<Plan*>(arg);
   int64_t invalid = 0;
-  for (int64_t u = begin; u < end; ++u) {
-    invalid += PackAPanel(plan, u / plan.a_panels, u % plan.a_panels,
-                          plan.packed_a + u * plan.a_panel_words,
-                          plan.a_norm + u * plan.segs.per_panel);
+  for (int64_t u = begin; u < end;) {  // runs of panels of one batch
+    const int64_t panels = Min64(end - u, plan.a_panels - u % plan.a_panels);
+    invalid += PackAPanels(plan, u / plan.a_panels, u % plan.a_panels, panels,
+                           plan.packed_a + u * plan.a_panel_words,
+                           plan.a_norm + u * plan.segs.per_panel);
+    u += panels;
   }
   AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
@@ -172,12 +207,7 @@ void ComputeItem(const Plan& plan, int64_t item, float* tiles, double* scale_a,
   const double* a_norms = plan.a_norm + ab * plan.a_panels * plan.segs.per_panel;
   int64_t a_first = 0;
   if (plan.pack_a_in_items) {
-    int64_t invalid = 0;
-    for (int64_t ip = ip0; ip < ip1; ++ip) {
-      invalid += PackAPanel(plan, ab, ip, local_a + (ip - ip0) * plan.a_panel_words,
-                            local_a_norm + (ip - ip0) * plan.segs.per_panel);
-    }
-    stats->invalid_inputs += invalid;
+    stats->invalid_inputs += PackAPanels(plan, ab, ip0, ip1 - ip0, local_a, local_a_norm);
     a_words = local_a;
     a_norms = local_a_norm;
     a_first = ip0;

@@ -43,6 +43,8 @@
 // a chunk whose proof fails runs with running max/min registers after every
 // step, and a chunk where a lane reached either limit is recomputed exactly
 // in INT64 (the portable code), so the chunk sum is exact in every case.
+// Chunks whose first segment cannot be proved run split chains instead
+// (W of a and a saturating chain of a >> 2 with its extremes; VnniSplitChunk).
 // The AVX2 path (vpmaddwd + vpaddd, which wraps) uses the same proof; its
 // tracked steps test every step for signed overflow and count the wraps, so
 // the exact sums come out of the tracked pass itself

@@ -1,5 +1,7 @@
 // INT16 DFP GEMM: the AVX-512 VNNI micro-kernel (vpdpwssds chains in inline
-// assembly, certified or tracked; see dfp_gemm_impl.h, "Overflow").
+// assembly, certified or tracked; chunks with an unprovable first segment on
+// split chains or coarse sums; see dfp_gemm_impl.h, "Overflow", and
+// docs/dfp_gemm.md, "Unprovable first segments").
 // Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
 // namespace TF_LOWPREC_DFP_ISA; see there).
 #ifndef TF_LOWPREC_KERNELS_DFP_GEMM_MICROKERNEL_VNNI_H_
@@ -542,6 +544,393 @@ DFP_DEFINE_CHAIN_CERTIFIED(2)
 DFP_DEFINE_CHAIN_CERTIFIED(3)
 DFP_DEFINE_CHAIN_CERTIFIED(4)
 
+// ---------------------------------------------------------------------------
+// Chunks whose first segment cannot be proved (B_0 > INT32_MAX: full-scale
+// operands such as ReLU outputs or pixels, where many chains of 64 really
+// overflow).  Tracking them with the saturating chains and recomputing every
+// micro-tile chunk where some chain saturated computed nearly every chunk of
+// such a GEMM twice, the second time in INT64 (about 4x the proved path's
+// time).  They run instead, from the start, the coarse-sum scheme of the AVX2
+// tier at 512 bits: per lane the wrapped sum s (vpmaddwd pair sums t, vpaddd),
+// the coarse sum A = sum of floor(t / 2^16) (vpsrad, vpaddd; never overflows)
+// and the running maximum and minimum of A.  Every prefix P lies in
+// [2^16 A, 2^16 A + Rmax], Rmax = (n + 1) (2^16 - 1) for n pairs, which decides
+// for nearly every chain whether some prefix left INT32 and gives the exact
+// sum S = 2^16 A + R, R = (s - 2^16 A) mod 2^32 in [0, Rmax].  A (row, vector)
+// with an undecided lane (a prefix within Rmax of a limit) is recomputed in
+// INT64 (ExactRowVector), so the sums and the overflow counts stay exact.
+
+// Longest chunk for the coarse sums: (n + 1) (2^16 - 1) < 2^32 identifies the
+// exact sum, and |A| <= n 2^15 fits INT32.
+constexpr int64_t kVnniCoarsePairs = 65535;
+
+#define DFP_VNNI_INLINE inline __attribute__((always_inline))
+
+// Lanes v * 16 .. v * 16 + 15 of row r of a micro-tile chunk (a: the A panel
+// at row r, b: the B panel at vector v; kNr words per pair), exactly in
+// INT64: row[0..16) += float(S) (stored there: init); returns how many of the
+// 16 chains have a prefix outside INT32.
+template <int kNr>
+int64_t ExactRowVector(const int32_t* a, const int32_t* b, int64_t pairs, bool init, float* row) {
+  const __m512i bias = _mm512_set1_epi64(int64_t{1} << 31);  // s + 2^31 in [0, 2^32)
+  const __m512i limit = _mm512_set1_epi64(0xFFFFFFFFll);
+  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+  __mmask8 out_lo = 0, out_hi = 0;
+  for (int64_t q = 0; q < pairs; ++q) {
+    const __m512i t = _mm512_madd_epi16(_mm512_set1_epi32(a[q * kMr]), _mm512_loadu_si512(b + q * kNr));
+    lo = _mm512_add_epi64(lo, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(t)));
+    hi = _mm512_add_epi64(hi, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(t, 1)));
+    out_lo |= _mm512_cmpgt_epu64_mask(_mm512_add_epi64(lo, bias), limit);
+    out_hi |= _mm512_cmpgt_epu64_mask(_mm512_add_epi64(hi, bias), limit);
+  }
+  const __m512 sums = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtepi64_ps(lo)),
+                                         _mm512_cvtepi64_ps(hi), 1);
+  _mm512_storeu_ps(row, init ? sums : _mm512_add_ps(_mm512_loadu_ps(row), sums));
+  return __builtin_popcount(out_lo) + __builtin_popcount(out_hi);
+}
+
+// The coarse pass of the 6 rows of one vector of a micro-tile chunk, n pairs
+// from the start of the chunk: per row the wrapped sums s, the coarse sums A
+// and their running maximum and minimum (hi, lo): 6 instructions per vector
+// and step, the 24 registers of state and the B vector in the 32 zmm.
+// v[r][0..3] = s, A, hi, lo of row r.
+template <int kNr>
+DFP_VNNI_INLINE void VnniCoarseRows6(const int32_t* a, const int32_t* b, int64_t n,
+                                     __m512i (*v)[4]) {
+  __m512i s[kMr], c[kMr], hi[kMr], lo[kMr];
+#pragma GCC unroll 6
+  for (int r = 0; r < kMr; ++r) s[r] = c[r] = hi[r] = lo[r] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < n; ++q) {
+    const __m512i bq = _mm512_loadu_si512(b + q * kNr);
+    const int32_t* aq = a + q * kMr;
+#pragma GCC unroll 6
+    for (int r = 0; r < kMr; ++r) {
+      __m512i t = _mm512_madd_epi16(_mm512_set1_epi32(aq[r]), bq);
+      s[r] = _mm512_add_epi32(s[r], t);
+      t = _mm512_srai_epi32(t, 16);
+      c[r] = _mm512_add_epi32(t, c[r]);
+      hi[r] = _mm512_max_epi32(c[r], hi[r]);
+      lo[r] = _mm512_min_epi32(c[r], lo[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kMr; ++r) {
+    v[r][0] = s[r];
+    v[r][1] = c[r];
+    v[r][2] = hi[r];
+    v[r][3] = lo[r];
+  }
+}
+
+// One chunk of n <= kVnniCoarsePairs pairs by the coarse sums (above): adds
+// float(exact sum) to the tile (stores it: init) and returns how many chains
+// overflowed; counts the (row, vector) pieces recomputed in INT64 as
+// recomputed micro-tile chunks (at most one per chunk).
+template <int kNv>
+int64_t VnniCoarseChunk(const int32_t* a, const int32_t* b, int64_t n, bool init, float* tile,
+                        Stats* stats) {
+  constexpr int kNr = 16 * kNv;
+  // Thresholds on A (floor divisions of exact integers, in 64 bits), as in
+  // Avx2TrackedSteps: max A >= 2^15 or min A <= low_sure: some prefix left
+  // INT32; max A <= no_up and min A >= -2^15: none did.
+  const int64_t r_max = (n + 1) * 65535;
+  const int64_t no_up = (int64_t{INT32_MAX} - r_max) >> 16;
+  const int64_t low_sure = (int64_t{INT32_MIN} - 1 - r_max) >> 16;
+  const __m512i up_v = _mm512_set1_epi32(32767);
+  const __m512i no_up_v = _mm512_set1_epi32(static_cast<int32_t>(no_up));
+  const __m512i low_v = _mm512_set1_epi32(-32769);
+  const __m512i low_sure_v = _mm512_set1_epi32(static_cast<int32_t>(low_sure + 1));
+  const __m512i sign = _mm512_set1_epi32(INT32_MIN);
+  const __m512d two31 = _mm512_set1_pd(2147483648.0), two16 = _mm512_set1_pd(65536.0);
+  int64_t overflowed = 0;
+  bool recomputed = false;
+  for (int vec = 0; vec < kNv; ++vec) {
+    __m512i v[kMr][4];
+    VnniCoarseRows6<kNr>(a, b + 16 * vec, n, v);
+    for (int r = 0; r < kMr; ++r) {
+      float* out = tile + r * kNr + 16 * vec;
+      const __m512i hi = v[r][2], lo = v[r][3];
+      const __mmask16 over = _mm512_cmpgt_epi32_mask(hi, up_v) |       // max A >= 2^15
+                             _mm512_cmpgt_epi32_mask(low_sure_v, lo);  // min A <= low_sure
+      const __mmask16 clean = _mm512_cmple_epi32_mask(hi, no_up_v) &   // max A <= no_up
+                              _mm512_cmpgt_epi32_mask(lo, low_v);      // min A >= -2^15
+      if (static_cast<__mmask16>(over | clean) != 0xFFFF) {  // undecided lanes
+        overflowed += ExactRowVector<kNr>(a + r, b + 16 * vec, n, init, out);
+        recomputed = true;
+        continue;
+      }
+      const __m512i s = v[r][0];
+      if (over == 0) {  // exact in INT32
+        const __m512 f = _mm512_cvtepi32_ps(s);
+        _mm512_storeu_ps(out, init ? f : _mm512_add_ps(_mm512_loadu_ps(out), f));
+        continue;
+      }
+      // S = 2^16 A + R, R = (s - 2^16 A) mod 2^32 read as unsigned, in double
+      // (exact: |S| < 2^53), rounded once to FP32.
+      const __m512i coarse = v[r][1];
+      const __m512i rest = _mm512_xor_si512(_mm512_sub_epi32(s, _mm512_slli_epi32(coarse, 16)), sign);
+      const __m256 low8 = _mm512_cvtpd_ps(_mm512_add_pd(
+          _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(coarse)), two16),
+          _mm512_add_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(rest)), two31)));
+      const __m256 high8 = _mm512_cvtpd_ps(_mm512_add_pd(
+          _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(coarse, 1)), two16),
+          _mm512_add_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(rest, 1)), two31)));
+      const __m512 f = _mm512_insertf32x8(_mm512_castps256_ps512(low8), high8, 1);
+      _mm512_storeu_ps(out, init ? f : _mm512_add_ps(_mm512_loadu_ps(out), f));
+      overflowed += __builtin_popcount(static_cast<unsigned>(over));
+    }
+  }
+  if (recomputed) stats->recomputed_tiles += 1;
+  return overflowed;
+}
+
+// The split scheme: 4 instructions per vector and step instead of the coarse
+// sums' 6, for chunks of at most kVnniSplitPairs pairs.  Every A mantissa is
+// a = 4 (a >> 2) + (a & 3), 0 <= a & 3 <= 3, so every prefix of a chain is
+// P = 4 Q + L with Q the prefix of the chain of the mantissas a >> 2 and
+// |L| <= Lmax = n * 2 * 3 * 32767 for n pairs.  Per lane: the wrapped chain W
+// of a (vpdpwssd: P mod 2^32), the saturating chain Q (vpdpwssds on a >> 2,
+// shifted per chunk into a small buffer) and the running maximum and minimum
+// of Q.  Q is exact until it would leave INT32 (|P| above about 2^33), which
+// the maximum and minimum show (they reach INT32_MAX / INT32_MIN).  Then some
+// prefix certainly left INT32 if 4 max Q - Lmax > INT32_MAX or 4 min Q + Lmax
+// < INT32_MIN, and certainly none did if 4 max Q + Lmax <= INT32_MAX and 4 min
+// Q - Lmax >= INT32_MIN; the exact sum is S = 4 Q - Lmax + R, R = (W - 4 Q +
+// Lmax) mod 2^32 in [0, 2 Lmax] (2 Lmax < 2^32).  A (row, vector) with a lane
+// in neither case or a saturated Q is recomputed in INT64 (ExactRowVector).
+constexpr int64_t kVnniSplitPairs = 512;
+constexpr int64_t kSplitPairBound = 2 * 3 * 32767;  // |pair sum of (a & 3) b|
+
+// Undecided lanes of a (row, vector) recomputed one by one (ExactChain), up
+// to this many; more: the whole (row, vector) with ExactRowVector.
+constexpr int kExactLanesMax = 4;
+
+// One chain of a micro-tile chunk exactly (a: the A panel at its row, b: the
+// B panel at its column, stride words between pairs): the chunk sum in
+// INT64; *left = whether some prefix of pair sums left INT32.
+inline int64_t ExactChain(const int32_t* a, const int32_t* b, int64_t pairs, int64_t stride,
+                          bool* left) {
+  int64_t sum = 0;
+  bool out = false;
+  for (int64_t q = 0; q < pairs; ++q) {
+    const int32_t x = a[q * kMr], y = b[q * stride];
+    sum += int64_t{LowHalf(x)} * LowHalf(y) + int64_t{HighHalf(x)} * HighHalf(y);
+    out |= static_cast<uint64_t>(sum + 2147483648LL) > 0xFFFFFFFFull;
+  }
+  *left = out;
+  return sum;
+}
+
+// The split pass of the 6 rows of one vector of a micro-tile chunk, n >= 1
+// pairs from the start of the chunk (a: the A panel, ash: its mantissas >> 2,
+// b: the B panel at the vector, stride_bytes between pairs), in inline
+// assembly (the intrinsics version copied the saturating chains around):
+// per K pair one B load and 6 x (vpdpwssd, vpdpwssds with A broadcast from
+// memory, vpmaxsd, vpminsd).  out (64-byte aligned) = W of rows 0..5, then
+// Q, max Q and min Q of rows 0..5.  (Asm operands cannot name the 24
+// registers: at most 30 operands, in-out ones counting twice.)
+inline void VnniSplitRows6(const int32_t* a, const int32_t* ash, const int32_t* b, int64_t n,
+                           int64_t stride_bytes, __m512i* out) {
+  asm volatile(
+      "vpxord %%zmm0, %%zmm0, %%zmm0\n\t"
+      "vmovdqa64 %%zmm0, %%zmm1\n\t"
+      "vmovdqa64 %%zmm0, %%zmm2\n\t"
+      "vmovdqa64 %%zmm0, %%zmm3\n\t"
+      "vmovdqa64 %%zmm0, %%zmm4\n\t"
+      "vmovdqa64 %%zmm0, %%zmm5\n\t"
+      "vmovdqa64 %%zmm0, %%zmm6\n\t"
+      "vmovdqa64 %%zmm0, %%zmm7\n\t"
+      "vmovdqa64 %%zmm0, %%zmm8\n\t"
+      "vmovdqa64 %%zmm0, %%zmm9\n\t"
+      "vmovdqa64 %%zmm0, %%zmm10\n\t"
+      "vmovdqa64 %%zmm0, %%zmm11\n\t"
+      "vmovdqa64 %%zmm0, %%zmm12\n\t"
+      "vmovdqa64 %%zmm0, %%zmm13\n\t"
+      "vmovdqa64 %%zmm0, %%zmm14\n\t"
+      "vmovdqa64 %%zmm0, %%zmm15\n\t"
+      "vmovdqa64 %%zmm0, %%zmm16\n\t"
+      "vmovdqa64 %%zmm0, %%zmm17\n\t"
+      "vmovdqa64 %%zmm0, %%zmm18\n\t"
+      "vmovdqa64 %%zmm0, %%zmm19\n\t"
+      "vmovdqa64 %%zmm0, %%zmm20\n\t"
+      "vmovdqa64 %%zmm0, %%zmm21\n\t"
+      "vmovdqa64 %%zmm0, %%zmm22\n\t"
+      "vmovdqa64 %%zmm0, %%zmm23\n\t"
+      "1:\n\t"
+      "vmovdqu64 (%[b]), %%zmm24\n\t"
+      "vpdpwssd 0(%[a])%{1to16%}, %%zmm24, %%zmm0\n\t"
+      "vpdpwssds 0(%[ash])%{1to16%}, %%zmm24, %%zmm6\n\t"
+      "vpmaxsd %%zmm6, %%zmm12, %%zmm12\n\t"
+      "vpminsd %%zmm6, %%zmm18, %%zmm18\n\t"
+      "vpdpwssd 4(%[a])%{1to16%}, %%zmm24, %%zmm1\n\t"
+      "vpdpwssds 4(%[ash])%{1to16%}, %%zmm24, %%zmm7\n\t"
+      "vpmaxsd %%zmm7, %%zmm13, %%zmm13\n\t"
+      "vpminsd %%zmm7, %%zmm19, %%zmm19\n\t"
+      "vpdpwssd 8(%[a])%{1to16%}, %%zmm24, %%zmm2\n\t"
+      "vpdpwssds 8(%[ash])%{1to16%}, %%zmm24, %%zmm8\n\t"
+      "vpmaxsd %%zmm8, %%zmm14, %%zmm14\n\t"
+      "vpminsd %%zmm8, %%zmm20, %%zmm20\n\t"
+      "vpdpwssd 12(%[a])%{1to16%}, %%zmm24, %%zmm3\n\t"
+      "vpdpwssds 12(%[ash])%{1to16%}, %%zmm24, %%zmm9\n\t"
+      "vpmaxsd %%zmm9, %%zmm15, %%zmm15\n\t"
+      "vpminsd %%zmm9, %%zmm21, %%zmm21\n\t"
+      "vpdpwssd 16(%[a])%{1to16%}, %%zmm24, %%zmm4\n\t"
+      "vpdpwssds 16(%[ash])%{1to16%}, %%zmm24, %%zmm10\n\t"
+      "vpmaxsd %%zmm10, %%zmm16, %%zmm16\n\t"
+      "vpminsd %%zmm10, %%zmm22, %%zmm22\n\t"
+      "vpdpwssd 20(%[a])%{1to16%}, %%zmm24, %%zmm5\n\t"
+      "vpdpwssds 20(%[ash])%{1to16%}, %%zmm24, %%zmm11\n\t"
+      "vpmaxsd %%zmm11, %%zmm17, %%zmm17\n\t"
+      "vpminsd %%zmm11, %%zmm23, %%zmm23\n\t"
+      "addq $24, %[a]\n\t"
+      "addq $24, %[ash]\n\t"
+      "addq %[stride], %[b]\n\t"
+      "decq %[n]\n\t"
+      "jnz 1b\n\t"
+      "vmovdqa64 %%zmm0, 0(%[out])\n\t"
+      "vmovdqa64 %%zmm1, 64(%[out])\n\t"
+      "vmovdqa64 %%zmm2, 128(%[out])\n\t"
+      "vmovdqa64 %%zmm3, 192(%[out])\n\t"
+      "vmovdqa64 %%zmm4, 256(%[out])\n\t"
+      "vmovdqa64 %%zmm5, 320(%[out])\n\t"
+      "vmovdqa64 %%zmm6, 384(%[out])\n\t"
+      "vmovdqa64 %%zmm7, 448(%[out])\n\t"
+      "vmovdqa64 %%zmm8, 512(%[out])\n\t"
+      "vmovdqa64 %%zmm9, 576(%[out])\n\t"
+      "vmovdqa64 %%zmm10, 640(%[out])\n\t"
+      "vmovdqa64 %%zmm11, 704(%[out])\n\t"
+      "vmovdqa64 %%zmm12, 768(%[out])\n\t"
+      "vmovdqa64 %%zmm13, 832(%[out])\n\t"
+      "vmovdqa64 %%zmm14, 896(%[out])\n\t"
+      "vmovdqa64 %%zmm15, 960(%[out])\n\t"
+      "vmovdqa64 %%zmm16, 1024(%[out])\n\t"
+      "vmovdqa64 %%zmm17, 1088(%[out])\n\t"
+      "vmovdqa64 %%zmm18, 1152(%[out])\n\t"
+      "vmovdqa64 %%zmm19, 1216(%[out])\n\t"
+      "vmovdqa64 %%zmm20, 1280(%[out])\n\t"
+      "vmovdqa64 %%zmm21, 1344(%[out])\n\t"
+      "vmovdqa64 %%zmm22, 1408(%[out])\n\t"
+      "vmovdqa64 %%zmm23, 1472(%[out])\n\t"
+      : [a] "+&r"(a), [ash] "+&r"(ash), [b] "+&r"(b), [n] "+&r"(n)
+      : [stride] "r"(stride_bytes), [out] "r"(out)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24");
+}
+
+// Chunks with Lmax < kVnniSplitFloatLimit (at least 84 pairs) take their
+// FP32 sums without double: S = 2^18 Qh + (W - 2^18 Qh), Qh = Q >> 16, where
+// the second term (4 (Q mod 2^16) + S - 4 Q, below 2^18 + Lmax <= 2^24 in
+// magnitude) and 2^18 Qh are exact floats, so one FMA rounds S once.
+constexpr int64_t kVnniSplitFloatLimit = (int64_t{1} << 24) - (int64_t{1} << 18);
+
+// One chunk of n <= kVnniSplitPairs pairs by the split scheme (above): adds
+// float(exact sum) to the tile (stores it: init) and returns how many chains
+// overflowed; counts a chunk with (row, vector) pieces recomputed in INT64
+// as one recomputed micro-tile chunk.
+template <int kNv>
+int64_t VnniSplitChunk(const int32_t* a, const int32_t* b, int64_t n, double b_chunk_sq,
+                       bool init, float* tile, Stats* stats) {
+  constexpr int kNr = 16 * kNv;
+  alignas(64) int32_t ash[kVnniSplitPairs * kMr];
+  {
+    const int64_t words = n * kMr;
+    int64_t i = 0;
+    for (; i + 16 <= words; i += 16) {
+      _mm512_store_si512(ash + i, _mm512_srai_epi16(_mm512_loadu_si512(a + i), 2));
+    }
+    const __mmask16 tail = static_cast<__mmask16>((1u << (words - i)) - 1);
+    _mm512_mask_storeu_epi32(ash + i, tail,
+                             _mm512_srai_epi16(_mm512_maskz_loadu_epi32(tail, a + i), 2));
+  }
+  // Lmax: |L| <= 3 * (sum of |b| over the chunk) <= 3 sqrt(2 n) ||b||, with
+  // ||b||^2 <= b_chunk_sq (the chunk's sum of squared segment norms of the B
+  // panel, an upper bound for every lane): about half the worst case n * 2 *
+  // 3 * 32767 on typical data, so fewer lanes are left undecided.
+  const double b_bound =
+      3.0 * __builtin_sqrt(2.0 * static_cast<double>(n) * b_chunk_sq) * kBoundUp + 1.0;
+  const int64_t l_max = b_bound < static_cast<double>(n * kSplitPairBound)
+                            ? static_cast<int64_t>(b_bound)
+                            : n * kSplitPairBound;
+  // Thresholds on Q (exact integer divisions in 64 bits; l_max < 2^31).
+  const int64_t two31 = int64_t{1} << 31;
+  const __m512i over_up = _mm512_set1_epi32(static_cast<int32_t>((two31 - 1 + l_max) >> 2));
+  const __m512i over_down = _mm512_set1_epi32(static_cast<int32_t>(-((two31 + l_max) >> 2)));
+  const __m512i no_up = _mm512_set1_epi32(static_cast<int32_t>((two31 - 1 - l_max) >> 2));
+  const __m512i no_down = _mm512_set1_epi32(static_cast<int32_t>(-((two31 - l_max) >> 2)));
+  const __m512i int_max = _mm512_set1_epi32(INT32_MAX), int_min = _mm512_set1_epi32(INT32_MIN);
+  const bool in_float = l_max < kVnniSplitFloatLimit;
+  __m512i counts = _mm512_setzero_si512();  // overflowed decided chains per lane
+  int64_t overflowed_lanes = 0;              // overflowed undecided chains
+  bool recomputed = false;
+  for (int vec = 0; vec < kNv; ++vec) {
+    __m512i state[4 * kMr];  // W, Q, max Q, min Q of each row
+    VnniSplitRows6(a, ash, b + 16 * vec, n, 4 * kNr, state);
+    const __m512i* w = state;
+    const __m512i* q = state + kMr;
+    const __m512i* hi = state + 2 * kMr;
+    const __m512i* lo = state + 3 * kMr;
+    for (int r = 0; r < kMr; ++r) {
+      float* out = tile + r * kNr + 16 * vec;
+      const __mmask16 saturated =
+          _mm512_cmpeq_epi32_mask(hi[r], int_max) | _mm512_cmpeq_epi32_mask(lo[r], int_min);
+      const __mmask16 over = static_cast<__mmask16>(
+          (_mm512_cmpgt_epi32_mask(hi[r], over_up) | _mm512_cmpgt_epi32_mask(over_down, lo[r])) &
+          ~saturated);
+      const __mmask16 clean =
+          _mm512_cmple_epi32_mask(hi[r], no_up) & _mm512_cmpge_epi32_mask(lo[r], no_down);
+      const __mmask16 undecided = static_cast<__mmask16>(~(over | clean));
+      if (__builtin_expect(__builtin_popcount(undecided) > kExactLanesMax, 0)) {
+        // Many undecided lanes (adversarial data): the whole (row, vector) in INT64.
+        overflowed_lanes += ExactRowVector<kNr>(a + r, b + 16 * vec, n, init, out);
+        recomputed = true;
+        continue;
+      }
+      counts = _mm512_mask_sub_epi32(counts, over, counts, _mm512_set1_epi32(-1));
+      // The exact sum S = 4 Q + d, d = W - 4 Q (mod 2^32; |d| <= Lmax < 2^31),
+      // rounded once to FP32.
+      __m512 f;
+      if (in_float) {
+        const __m512i qh = _mm512_srai_epi32(q[r], 16);
+        const __m512i low = _mm512_sub_epi32(w[r], _mm512_slli_epi32(qh, 18));
+        f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(qh), _mm512_set1_ps(262144.0f),
+                            _mm512_cvtepi32_ps(low));
+      } else {
+        const __m512i d = _mm512_sub_epi32(w[r], _mm512_slli_epi32(q[r], 2));
+        const __m512d four = _mm512_set1_pd(4.0);
+        const __m256 low8 = _mm512_cvtpd_ps(_mm512_fmadd_pd(
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(q[r])), four,
+            _mm512_cvtepi32_pd(_mm512_castsi512_si256(d))));
+        const __m256 high8 = _mm512_cvtpd_ps(_mm512_fmadd_pd(
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(q[r], 1)), four,
+            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(d, 1))));
+        f = _mm512_insertf32x8(_mm512_castps256_ps512(low8), high8, 1);
+      }
+      if (__builtin_expect(undecided != 0, 0)) {
+        // Lanes with a prefix near a limit or a saturated Q: their exact sums
+        // and overflow tests in INT64, lane by lane (usually one lane).
+        alignas(64) float sums[16];
+        _mm512_store_ps(sums, f);
+        for (unsigned m = undecided; m != 0; m &= m - 1) {
+          const int l = __builtin_ctz(m);
+          bool left = false;
+          sums[l] = static_cast<float>(ExactChain(a + r, b + 16 * vec + l, n, kNr, &left));
+          overflowed_lanes += left;
+        }
+        f = _mm512_load_ps(sums);
+        recomputed = true;
+      }
+      _mm512_storeu_ps(out, init ? f : _mm512_add_ps(_mm512_loadu_ps(out), f));
+    }
+  }
+  if (recomputed) stats->recomputed_tiles += 1;
+  alignas(64) int32_t lane_counts[16];
+  _mm512_store_si512(lane_counts, counts);
+  int64_t overflowed = overflowed_lanes;
+  for (int l = 0; l < 16; ++l) overflowed += lane_counts[l];
+  return overflowed;
+}
+
+#undef DFP_VNNI_INLINE
+
 template <int kNv>
 void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
                  const SegmentData& sb, int64_t npairs, int64_t chunk_pairs, float* tile,
@@ -566,6 +955,15 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
       if (!(a2 * b2 * kBoundUp <= kMergeLimit)) break;
       ++first;
     }
+    const bool init = first_call && c == 0;  // the tile holds nothing yet
+    if (first == 0 && pairs <= kVnniCoarsePairs) {
+      // Not even the first segment is proved: the split chains or the coarse
+      // sums from the start.
+      stats->overflowed_chunks += pairs <= kVnniSplitPairs
+                                      ? VnniSplitChunk<kNv>(a, b, pairs, sb.chunk_sq[c], init, tile, stats)
+                                      : VnniCoarseChunk<kNv>(a, b, pairs, init, tile, stats);
+      continue;
+    }
     int64_t good = first;  // segments [0, good) proved (first piece, then checked ones)
     alignas(64) int32_t thr[kMaxSegments];
     if (first > 0 && first < nseg) {
@@ -587,7 +985,6 @@ void MicroKernel(const int32_t* ap, const int32_t* bp, const SegmentData& sa,
       good = Min64(nseg, first + (after == 0 ? 64 : __builtin_ctzll(after)));
     }
     const int64_t proved = Min64(pairs, good * kSegPairs);
-    const bool init = first_call && c == 0;  // the tile holds nothing yet
     if (ChainCertified<kNv>(a, b, Min64(pairs, first * kSegPairs), proved, pairs, kSegPairs,
                             thr + first, init, tile) != 0) {
       if (init) std::memset(tile, 0, sizeof(float) * kMr * kNr);
