@@ -42,6 +42,19 @@ inline bool NonFinite(float v) {
   return (bits & 0x7F800000u) == 0x7F800000u;
 }
 
+// Pair words of n mantissas v (n odd: the last pair's high half is zero)
+// into o[q * kWidth], q = 0 .. ceil(n / 2) - 1: an int16 run read as int32
+// words is exactly the pairs (little-endian), one load and one store a word.
+template <int kWidth>
+inline void ScatterPairs(const int16_t* v, int64_t n, int32_t* o) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  for (int64_t q = 0; q < n / 2; ++q) std::memcpy(o + q * kWidth, v + 2 * q, 4);
+#else
+  for (int64_t q = 0; q < n / 2; ++q) o[q * kWidth] = PairWord(v[2 * q], v[2 * q + 1]);
+#endif
+  if (n % 2 != 0) o[(n / 2) * kWidth] = PairWord(v[n - 1], 0);  // zero padding
+}
+
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
 // (t, i, j, c)).  src gives the exponent and the rounding only.
@@ -58,35 +71,46 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   const int64_t k = layout.k;
   int64_t invalid = 0;
   constexpr int64_t kRun = 1024;  // values converted at a time (even)
-  alignas(64) float values[kRun];
   alignas(64) int16_t run[kRun + 2];
-  auto scatter = [&](const int16_t* v, int64_t n, int64_t l, int64_t pair0) {
-    int32_t* o = panel + pair0 * kWidth + l;
-    for (int64_t q = 0; q < n / 2; ++q) o[q * kWidth] = PairWord(v[2 * q], v[2 * q + 1]);
-    if (n % 2 != 0) o[(n / 2) * kWidth] = PairWord(v[n - 1], 0);  // zero padding
-  };
   if (lanes * k <= kRun) {
-    // Short K (a CNN's first layers: K = 27 .. 300): all lanes in one run.
+    // Short K (a CNN's first layers: K = 9 .. 300, runs of 1 .. 3
+    // channels): all lanes gathered, then converted in one run.
+    alignas(64) float values[kRun];
     for (int64_t l = 0; l < lanes; ++l) GatherPatchRow(g, lane0 + l, 0, k, values + l * k);
     int32_t nf = 0;
     invalid += ConvertValues(values, lanes * k, &s1, &s2, &bound, src.round, run, &nf);
     for (int64_t l = 0; l < lanes; ++l) {
-      scatter(run + l * k, k, l, 0);
+      ScatterPairs<kWidth>(run + l * k, k, panel + l);
       if (nf) {  // rare: find which lanes
         for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k + i]) ? 1 : 0;
       }
     }
-  } else {
-    for (int64_t l = 0; l < lanes; ++l) {
-      int32_t nf = 0;
-      for (int64_t r0 = 0; r0 < k; r0 += kRun) {
-        const int64_t n = Min64(kRun, k - r0);
-        GatherPatchRow(g, lane0 + l, r0, n, values);
-        invalid += ConvertValues(values, n, &s1, &s2, &bound, src.round, run, &nf);
-        scatter(run, n, l, r0 / 2);
-      }
-      nonfinite[l] |= nf ? 1 : 0;
+    return invalid + scale_invalid;
+  }
+  // Long K: each run of contiguous channels converted straight from x into
+  // the lane's mantissas (no float copy of the patch row), padding as zero
+  // mantissas.  Runs shorter than a vector take the scalar conversion (the
+  // same values).
+  PatchPixel px = PixelOfRow(g, lane0);
+  for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
+    int32_t nf = 0;
+    for (int64_t r0 = 0; r0 < k; r0 += kRun) {
+      const int64_t n = Min64(kRun, k - r0);
+      ForEachPatchRun(g, px, ColumnOf(g, r0), n,
+                      [&](int64_t offset, const float* x, int64_t len) {
+                        if (x == nullptr) {
+                          std::memset(run + offset, 0, sizeof(int16_t) * len);
+                        } else if (len < 8) {
+                          invalid += ConvertRun(x, 1, len, &s1, &s2, &bound, 0, src.round,
+                                                run + offset, &nf);
+                        } else {
+                          invalid += ConvertValues(x, len, &s1, &s2, &bound, src.round,
+                                                   run + offset, &nf);
+                        }
+                      });
+      ScatterPairs<kWidth>(run, n, panel + (r0 / 2) * kWidth + l);
     }
+    nonfinite[l] |= nf ? 1 : 0;
   }
   return invalid + scale_invalid;
 }
