@@ -267,28 +267,60 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
   ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
   const int64_t k = layout.k;
   int64_t invalid = 0;
-  alignas(64) float f0[kLanes], f1[kLanes];
-  alignas(64) int16_t lo[kLanes], hi[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) hi[l] = 0;
+  // Each patch row's runs of channels are converted straight from x (no
+  // float copy); a row with a NaN or Inf is gathered again to find its lanes.
+  alignas(64) int16_t lo[kLanes + 32], hi[kLanes + 32];
+  const PatchColumn col0 = ColumnOf(g, lane0);
+  auto convert_row = [&](const PatchPixel& px, int16_t* out, int32_t* nf) {
+    ForEachPatchRun(g, px, col0, lanes, [&](int64_t offset, const float* x, int64_t len) {
+      if (x == nullptr) {
+        std::memset(out + offset, 0, sizeof(int16_t) * len);
+      } else if (len < 8) {
+        invalid += ConvertRun(x, 1, len, &s1, &s2, &bound, 0, src.round, out + offset, nf);
+      } else {
+        invalid += ConvertValues(x, len, &s1, &s2, &bound, src.round, out + offset, nf);
+      }
+    });
+  };
+  PatchPixel px = k > 0 ? PixelOfRow(g, 0) : PatchPixel();
   for (int64_t kk = 0; kk < k; kk += 2) {
     int32_t nf = 0;
-    GatherPatchRow(g, kk, lane0, lanes, f0);
-    invalid += ConvertValues(f0, lanes, &s1, &s2, &bound, src.round, lo, &nf);
+    const PatchPixel px0 = px;
+    convert_row(px0, lo, &nf);
+    Advance(g, &px);
     const bool second = kk + 1 < k;
     if (second) {
-      GatherPatchRow(g, kk + 1, lane0, lanes, f1);
-      invalid += ConvertValues(f1, lanes, &s1, &s2, &bound, src.round, hi, &nf);
+      convert_row(px, hi, &nf);
+      Advance(g, &px);
     } else {
       for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;  // odd K: zero high halves
     }
     for (int64_t p = 0; p < panels; ++p) {
       int32_t* o = panel + p * panel_words + (kk / 2) * kWidth;
+      const int16_t* plo = lo + p * kWidth;
+      const int16_t* phi = hi + p * kWidth;
       const int64_t plane = Min64(kWidth, lanes - p * kWidth);
-      for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(lo[p * kWidth + l], hi[p * kWidth + l]);
+#if TF_LOWPREC_DFP_VNNI
+      for (int64_t l = 0; l < plane; l += 16) {  // pair words: lo | hi << 16
+        const __mmask16 live =
+            plane - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (plane - l)) - 1);
+        const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, plo + l));
+        const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, phi + l));
+        _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
+      }
+#else
+      for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
+#endif
     }
     if (nf) {  // rare: find which lanes
-      for (int64_t l = 0; l < lanes; ++l) {
-        nonfinite[l] |= (NonFinite(f0[l]) || (second && NonFinite(f1[l]))) ? 1 : 0;
+      alignas(64) float f[kLanes];
+      GatherPatchColumns(g, px0, col0, lanes, f);
+      for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= NonFinite(f[l]) ? 1 : 0;
+      if (second) {
+        PatchPixel px1 = px0;
+        Advance(g, &px1);
+        GatherPatchColumns(g, px1, col0, lanes, f);
+        for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= NonFinite(f[l]) ? 1 : 0;
       }
     }
   }
