@@ -111,6 +111,18 @@ def test_non_finite_values():
     assert np.isnan(dx[..., 0]).all() and np.isfinite(dx[..., 1]).all()
 
 
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+def test_non_finite_values_in_long_patch_rows(isa):
+    """K = 360 (patch rows past the short-K path): the NaN / Inf lanes of a panel."""
+    x, w = rand((1, 5, 5, 40), 15), rand((3, 3, 40, 2), 16)
+    x[0, 0, 0, 3] = np.nan
+    x[0, 4, 4, 39] = np.inf
+    y = np.asarray(lp.dfp_conv2d(x, w, (1, 1), "VALID", (1, 1), isa=isa))
+    bad = np.zeros((3, 3), bool)
+    bad[0, 0] = bad[2, 2] = True
+    assert np.isnan(y[0][bad]).all() and np.isfinite(y[0][~bad]).all()
+
+
 def test_counters_move_and_graph_has_no_im2col():
     x, w = rand((2, 8, 8, 3), 15), rand((3, 3, 3, 4), 16)
     lp.dfp_gemm_counters(reset=True)

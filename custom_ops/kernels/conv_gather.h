@@ -93,13 +93,15 @@ inline bool OnInputGrid(int64_t* v, int64_t l) {
   return true;
 }
 
-// n columns from `col` of the patch row at pixel `px` into out: runs of
-// contiguous channels copied from the input, or zeros (+0, as im2col pads).
-// The kernel tap (t, i, j) advances by counting, not dividing: int64
-// divisions per run cost more than copying a run of 32 channels (and all of
-// a run of one channel).
-inline void GatherPatchColumns(const ConvGather& g, const PatchPixel& px, PatchColumn col,
-                               int64_t n, float* out) {
+// Visits n columns from `col` of the patch row at pixel `px` as runs of
+// contiguous channels: run(offset, src, len) for columns [offset, offset +
+// len) of the n, src the input's channels, or nullptr where they are zeros
+// (padding, an input dilation's holes).  The kernel tap (t, i, j) advances
+// by counting, not dividing: int64 divisions per run cost more than copying
+// a run of 32 channels (and all of a run of one channel).
+template <typename Run>
+inline void ForEachPatchRun(const ConvGather& g, const PatchPixel& px, PatchColumn col,
+                            int64_t n, Run&& run) {
   const int64_t z0 = px.z * g.sd - g.pad_front;
   const int64_t y0 = px.y * g.sh - g.pad_top;
   const int64_t x0 = px.x * g.sw - g.pad_left;
@@ -119,17 +121,7 @@ inline void GatherPatchColumns(const ConvGather& g, const PatchPixel& px, PatchC
     int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
     const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
                         OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
-    float* o = out + done;
-    if (inside) {
-      const float* src = plane + (yy * g.width + xx) * g.channels + c0;
-      if (len == 1) {
-        o[0] = src[0];
-      } else {
-        std::memcpy(o, src, sizeof(float) * len);
-      }
-    } else {
-      for (int64_t e = 0; e < len; ++e) o[e] = 0.0f;
-    }
+    run(done, inside ? plane + (yy * g.width + xx) * g.channels + c0 : nullptr, len);
     done += len;
     c0 = 0;
     if (++j == g.kw) {
@@ -140,6 +132,22 @@ inline void GatherPatchColumns(const ConvGather& g, const PatchPixel& px, PatchC
       }
     }
   }
+}
+
+// n columns from `col` of the patch row at pixel `px` into out: runs of
+// contiguous channels copied from the input, or zeros (+0, as im2col pads).
+inline void GatherPatchColumns(const ConvGather& g, const PatchPixel& px, PatchColumn col,
+                               int64_t n, float* out) {
+  ForEachPatchRun(g, px, col, n, [out](int64_t offset, const float* src, int64_t len) {
+    float* o = out + offset;
+    if (src == nullptr) {
+      for (int64_t e = 0; e < len; ++e) o[e] = 0.0f;
+    } else if (len == 1) {
+      o[0] = src[0];
+    } else {
+      std::memcpy(o, src, sizeof(float) * len);
+    }
+  });
 }
 
 // Columns [r0, r0 + n) of row p of the patch matrix into out.

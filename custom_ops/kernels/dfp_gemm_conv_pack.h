@@ -25,11 +25,70 @@ namespace dfp_gemm {
 namespace TF_LOWPREC_DFP_ISA {
 namespace {
 
-// Mantissas of n contiguous values with one exponent (ConvertContiguous
-// where the tier has it, else ConvertRun: the same results).
+#if TF_LOWPREC_DFP_VNNI
+// ConvertContiguous (one scale) 32 values at a time, the same values and
+// counts: the two vectors' int32 mantissas are narrowed by one word permute
+// (their low halves, as vpmovdw) and stored as one vector.  GCC folds
+// ConvertContiguous's narrowing and masked store into vpmovdw to memory,
+// which Zen 4 runs slowly: it was most of the packing time of the CNN's
+// patch rows.
+inline int32_t ConvertOneScale(const float* x, int64_t n, float s1, float s2, float bound,
+                               bool round, int16_t* out, int32_t* nonfinite) {
+  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
+  const __m512 hi_clamp = _mm512_set1_ps(bound);
+  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+  const __m512i low_words = _mm512_set_epi16(
+      62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+      30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  __mmask16 nf = 0;
+  // Mantissas of the live lanes of y; *wrong: the invalid live lanes.
+  auto convert = [&](__m512 y, __mmask16 live, __mmask16* wrong) {
+    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    nf |= bad;
+    const __m512 v = _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
+    const __m512i m =
+        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+              : _mm512_cvttps_epi32(clamped);
+    const __mmask16 inexact =
+        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ);
+    *wrong = (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live;
+    return m;
+  };
+  int32_t invalid = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __mmask16 w0, w1;
+    const __m512i m0 = convert(_mm512_loadu_ps(x + i), 0xFFFF, &w0);
+    const __m512i m1 = convert(_mm512_loadu_ps(x + i + 16), 0xFFFF, &w1);
+    _mm512_storeu_si512(out + i, _mm512_permutex2var_epi16(m0, low_words, m1));
+    invalid += __builtin_popcount(static_cast<unsigned>(w0) | (static_cast<unsigned>(w1) << 16));
+  }
+  if (i < n) {
+    const int64_t rest = n - i;  // 1 .. 31
+    const __mmask16 live0 = rest >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << rest) - 1);
+    const __mmask16 live1 = rest > 16 ? static_cast<__mmask16>((1u << (rest - 16)) - 1) : 0;
+    __mmask16 w0, w1;
+    const __m512i m0 = convert(_mm512_maskz_loadu_ps(live0, x + i), live0, &w0);
+    const __m512i m1 = convert(_mm512_maskz_loadu_ps(live1, x + i + 16), live1, &w1);
+    _mm512_mask_storeu_epi16(out + i, static_cast<__mmask32>((uint64_t{1} << rest) - 1),
+                             _mm512_permutex2var_epi16(m0, low_words, m1));
+    invalid += __builtin_popcount(static_cast<unsigned>(w0) | (static_cast<unsigned>(w1) << 16));
+  }
+  *nonfinite |= nf ? 1 : 0;
+  return invalid;
+}
+#endif
+
+// Mantissas of n contiguous values with one exponent (ConvertOneScale /
+// ConvertContiguous where the tier has them, else ConvertRun: the same
+// results).
 inline int32_t ConvertValues(const float* x, int64_t n, const float* s1, const float* s2,
                              const float* bound, bool round, int16_t* out, int32_t* nonfinite) {
-#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
+#if TF_LOWPREC_DFP_VNNI
+  return ConvertOneScale(x, n, *s1, *s2, *bound, round, out, nonfinite);
+#elif TF_LOWPREC_DFP_AVX2
   return ConvertContiguous(x, n, s1, s2, bound, 0, round, out, nonfinite);
 #else
   return ConvertRun(x, 1, n, s1, s2, bound, 0, round, out, nonfinite);
@@ -41,6 +100,59 @@ inline bool NonFinite(float v) {
   std::memcpy(&bits, &v, sizeof bits);
   return (bits & 0x7F800000u) == 0x7F800000u;
 }
+
+// Pair words of n mantissas v (n odd: the last pair's high half is zero)
+// into o[q * kWidth], q = 0 .. ceil(n / 2) - 1: an int16 run read as int32
+// words is exactly the pairs (little-endian), one load and one store a word.
+template <int kWidth>
+inline void ScatterPairs(const int16_t* v, int64_t n, int32_t* o) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  for (int64_t q = 0; q < n / 2; ++q) std::memcpy(o + q * kWidth, v + 2 * q, 4);
+#else
+  for (int64_t q = 0; q < n / 2; ++q) o[q * kWidth] = PairWord(v[2 * q], v[2 * q + 1]);
+#endif
+  if (n % 2 != 0) o[(n / 2) * kWidth] = PairWord(v[n - 1], 0);  // zero padding
+}
+
+#if TF_LOWPREC_DFP_VNNI
+// Pair words q0 .. q0 + 15 of 6 lanes (lane l's int16 mantissas at runs + l
+// * stride) into out[q * 6 + l] (96 consecutive words, a panel's layout):
+// the lanes are paired into 64-bit units (lanes 0-1, 2-3, 4-5 of one pair
+// word), then the units are laid out three by three, 18 permutes in all.
+inline void InterleaveSixLanes(const int16_t* runs, int64_t stride, int64_t q0, int32_t* out) {
+  __m512i w[6];
+  for (int l = 0; l < 6; ++l) w[l] = _mm512_loadu_si512(runs + l * stride + 2 * q0);
+  // u[2 * p + h]: pairs 8h .. 8h + 7 of lanes 2p, 2p + 1, as (lane 2p, lane
+  // 2p + 1) units.
+  const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                      24, 8);
+  __m512i u[6];
+  for (int p = 0; p < 3; ++p) {
+    u[2 * p] = _mm512_permutex2var_epi32(w[2 * p], lo, w[2 * p + 1]);
+    u[2 * p + 1] = _mm512_permutex2var_epi32(w[2 * p], hi, w[2 * p + 1]);
+  }
+  // Output vector v of a half (units 8v .. 8v + 7 of the stream A0 B0 C0 A1
+  // B1 C1 ..., A = u[h], B = u[2 + h], C = u[4 + h]): unit e is A, B or C of
+  // pair (8v + e) / 3.  A and B first (indices 0-7 A, 8-15 B), then C.
+  for (int h = 0; h < 2; ++h) {
+    const __m512i a = u[h], b = u[2 + h], c = u[4 + h];
+    for (int v = 0; v < 3; ++v) {
+      alignas(64) int64_t ab_index[8], c_index[8];
+      __mmask8 c_lanes = 0;
+      for (int e = 0; e < 8; ++e) {
+        const int unit = 8 * v + e, pair = unit / 3, which = unit % 3;
+        ab_index[e] = which == 0 ? pair : 8 + pair;
+        c_index[e] = pair;
+        if (which == 2) c_lanes |= static_cast<__mmask8>(1u << e);
+      }
+      const __m512i ab = _mm512_permutex2var_epi64(a, _mm512_load_si512(ab_index), b);
+      const __m512i abc = _mm512_mask_permutexvar_epi64(ab, c_lanes, _mm512_load_si512(c_index), c);
+      _mm512_storeu_si512(out + (h * 3 + v) * 16, abc);
+    }
+  }
+}
+#endif
 
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
@@ -58,35 +170,79 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   const int64_t k = layout.k;
   int64_t invalid = 0;
   constexpr int64_t kRun = 1024;  // values converted at a time (even)
-  alignas(64) float values[kRun];
   alignas(64) int16_t run[kRun + 2];
-  auto scatter = [&](const int16_t* v, int64_t n, int64_t l, int64_t pair0) {
-    int32_t* o = panel + pair0 * kWidth + l;
-    for (int64_t q = 0; q < n / 2; ++q) o[q * kWidth] = PairWord(v[2 * q], v[2 * q + 1]);
-    if (n % 2 != 0) o[(n / 2) * kWidth] = PairWord(v[n - 1], 0);  // zero padding
-  };
   if (lanes * k <= kRun) {
-    // Short K (a CNN's first layers: K = 27 .. 300): all lanes in one run.
+    // Short K (a CNN's first layers: K = 9 .. 300, runs of 1 .. 3
+    // channels): all lanes gathered, then converted in one run.
+    alignas(64) float values[kRun];
     for (int64_t l = 0; l < lanes; ++l) GatherPatchRow(g, lane0 + l, 0, k, values + l * k);
     int32_t nf = 0;
     invalid += ConvertValues(values, lanes * k, &s1, &s2, &bound, src.round, run, &nf);
     for (int64_t l = 0; l < lanes; ++l) {
-      scatter(run + l * k, k, l, 0);
+      ScatterPairs<kWidth>(run + l * k, k, panel + l);
       if (nf) {  // rare: find which lanes
         for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k + i]) ? 1 : 0;
       }
     }
-  } else {
-    for (int64_t l = 0; l < lanes; ++l) {
-      int32_t nf = 0;
-      for (int64_t r0 = 0; r0 < k; r0 += kRun) {
-        const int64_t n = Min64(kRun, k - r0);
-        GatherPatchRow(g, lane0 + l, r0, n, values);
-        invalid += ConvertValues(values, n, &s1, &s2, &bound, src.round, run, &nf);
-        scatter(run, n, l, r0 / 2);
+    return invalid + scale_invalid;
+  }
+  // Long K: each run of contiguous channels converted straight from x into
+  // the lane's mantissas (no float copy of the patch row), padding as zero
+  // mantissas.  Runs shorter than a vector take the scalar conversion (the
+  // same values).
+  auto convert_lane = [&](const PatchPixel& px, int64_t r0, int64_t n, int16_t* out,
+                          int32_t* nf) {
+    ForEachPatchRun(g, px, ColumnOf(g, r0), n, [&](int64_t offset, const float* x, int64_t len) {
+      if (x == nullptr) {
+        std::memset(out + offset, 0, sizeof(int16_t) * len);
+      } else if (len < 8) {
+        invalid += ConvertRun(x, 1, len, &s1, &s2, &bound, 0, src.round, out + offset, nf);
+      } else {
+        invalid += ConvertValues(x, len, &s1, &s2, &bound, src.round, out + offset, nf);
       }
-      nonfinite[l] |= nf ? 1 : 0;
+    });
+    out[n] = 0;  // odd n: the last pair's high half is zero padding
+  };
+#if TF_LOWPREC_DFP_VNNI
+  if (kWidth == 6) {
+    // All lanes' mantissas first, then the pair words written 16 pairs of
+    // the 6 lanes (96 consecutive words) at a time through registers
+    // (InterleaveSixLanes) instead of one 4-byte store per word, which was
+    // a third of the packing time.
+    constexpr int64_t kStride = kRun + 32;  // int16 per lane (whole vectors)
+    alignas(64) int16_t lane_runs[6 * kStride];
+    int32_t nf[6] = {};
+    for (int64_t r0 = 0; r0 < k; r0 += kRun) {
+      const int64_t n = Min64(kRun, k - r0), pairs = (n + 1) / 2;
+      PatchPixel px = PixelOfRow(g, lane0);
+      for (int64_t l = 0; l < 6; ++l) {
+        if (l < lanes) {
+          convert_lane(px, r0, n, lane_runs + l * kStride, &nf[l]);
+          Advance(g, &px);
+        } else {
+          std::memset(lane_runs + l * kStride, 0, sizeof(int16_t) * (n + 1));
+        }
+      }
+      int32_t* o = panel + (r0 / 2) * 6;
+      int64_t q = 0;
+      for (; q + 16 <= pairs; q += 16) InterleaveSixLanes(lane_runs, kStride, q, o + q * 6);
+      for (; q < pairs; ++q) {
+        for (int64_t l = 0; l < 6; ++l) std::memcpy(o + q * 6 + l, lane_runs + l * kStride + 2 * q, 4);
+      }
     }
+    for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= nf[l] ? 1 : 0;
+    return invalid + scale_invalid;
+  }
+#endif
+  PatchPixel px = PixelOfRow(g, lane0);
+  for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
+    int32_t nf = 0;
+    for (int64_t r0 = 0; r0 < k; r0 += kRun) {
+      const int64_t n = Min64(kRun, k - r0);
+      convert_lane(px, r0, n, run, &nf);
+      ScatterPairs<kWidth>(run, n, panel + (r0 / 2) * kWidth + l);
+    }
+    nonfinite[l] |= nf ? 1 : 0;
   }
   return invalid + scale_invalid;
 }
@@ -111,28 +267,60 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
   ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
   const int64_t k = layout.k;
   int64_t invalid = 0;
-  alignas(64) float f0[kLanes], f1[kLanes];
-  alignas(64) int16_t lo[kLanes], hi[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) hi[l] = 0;
+  // Each patch row's runs of channels are converted straight from x (no
+  // float copy); a row with a NaN or Inf is gathered again to find its lanes.
+  alignas(64) int16_t lo[kLanes + 32], hi[kLanes + 32];
+  const PatchColumn col0 = ColumnOf(g, lane0);
+  auto convert_row = [&](const PatchPixel& px, int16_t* out, int32_t* nf) {
+    ForEachPatchRun(g, px, col0, lanes, [&](int64_t offset, const float* x, int64_t len) {
+      if (x == nullptr) {
+        std::memset(out + offset, 0, sizeof(int16_t) * len);
+      } else if (len < 8) {
+        invalid += ConvertRun(x, 1, len, &s1, &s2, &bound, 0, src.round, out + offset, nf);
+      } else {
+        invalid += ConvertValues(x, len, &s1, &s2, &bound, src.round, out + offset, nf);
+      }
+    });
+  };
+  PatchPixel px = k > 0 ? PixelOfRow(g, 0) : PatchPixel();
   for (int64_t kk = 0; kk < k; kk += 2) {
     int32_t nf = 0;
-    GatherPatchRow(g, kk, lane0, lanes, f0);
-    invalid += ConvertValues(f0, lanes, &s1, &s2, &bound, src.round, lo, &nf);
+    const PatchPixel px0 = px;
+    convert_row(px0, lo, &nf);
+    Advance(g, &px);
     const bool second = kk + 1 < k;
     if (second) {
-      GatherPatchRow(g, kk + 1, lane0, lanes, f1);
-      invalid += ConvertValues(f1, lanes, &s1, &s2, &bound, src.round, hi, &nf);
+      convert_row(px, hi, &nf);
+      Advance(g, &px);
     } else {
       for (int64_t l = 0; l < lanes; ++l) hi[l] = 0;  // odd K: zero high halves
     }
     for (int64_t p = 0; p < panels; ++p) {
       int32_t* o = panel + p * panel_words + (kk / 2) * kWidth;
+      const int16_t* plo = lo + p * kWidth;
+      const int16_t* phi = hi + p * kWidth;
       const int64_t plane = Min64(kWidth, lanes - p * kWidth);
-      for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(lo[p * kWidth + l], hi[p * kWidth + l]);
+#if TF_LOWPREC_DFP_VNNI
+      for (int64_t l = 0; l < plane; l += 16) {  // pair words: lo | hi << 16
+        const __mmask16 live =
+            plane - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (plane - l)) - 1);
+        const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, plo + l));
+        const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, phi + l));
+        _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
+      }
+#else
+      for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
+#endif
     }
     if (nf) {  // rare: find which lanes
-      for (int64_t l = 0; l < lanes; ++l) {
-        nonfinite[l] |= (NonFinite(f0[l]) || (second && NonFinite(f1[l]))) ? 1 : 0;
+      alignas(64) float f[kLanes];
+      GatherPatchColumns(g, px0, col0, lanes, f);
+      for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= NonFinite(f[l]) ? 1 : 0;
+      if (second) {
+        PatchPixel px1 = px0;
+        Advance(g, &px1);
+        GatherPatchColumns(g, px1, col0, lanes, f);
+        for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= NonFinite(f[l]) ? 1 : 0;
       }
     }
   }
