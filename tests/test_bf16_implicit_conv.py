@@ -226,7 +226,23 @@ def test_graph_has_no_im2col():
 
     types = op_types(1, w)
     assert {"LowprecBf16Conv2d", "LowprecBf16Conv2dBackpropFilter"} <= types
-    assert not types & {"ExtractImagePatches", "LowprecBf16Matmul", "Conv2D"}, types
+    # (d(x)'s flipped filters are written by the op: no ReverseV2 / Transpose)
+    assert not types & {"ExtractImagePatches", "LowprecBf16Matmul", "Conv2D", "ReverseV2",
+                        "Transpose"}, types
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+def test_raw_op_flip_filters(isa):
+    """flip_filters=True equals passing flip(filters)^T; its shape and channel checks."""
+    ops = load_ops()
+    dy, w = rand((2, 5, 4, 6), 30), rand((3, 2, 5, 6), 31)  # w: [kh, kw, C=5, O=6]
+    flipped = np.ascontiguousarray(np.transpose(w[::-1, ::-1], (0, 1, 3, 2)))
+    want = ops.lowprec_bf16_conv2d(dy, flipped, pads=[2, 2, 1, 1], isa=isa)
+    got = ops.lowprec_bf16_conv2d(dy, w, pads=[2, 2, 1, 1], isa=isa, flip_filters=True)
+    assert got.shape == (2, 7, 5, 5)
+    assert_bits(got, want, "flip_filters")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="flipped filters"):
+        ops.lowprec_bf16_conv2d(dy, flipped, flip_filters=True)
 
 
 def test_raw_op_bad_arguments():

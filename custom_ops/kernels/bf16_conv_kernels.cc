@@ -46,19 +46,57 @@ const bf16_gemm::Kernels* SelectConvKernels(OpKernelConstruction* ctx) {
 }
 
 // y = conv2d(x, filters): the GEMM patches(x) [N*OH*OW, kh*kw*C] @ filters
-// [kh*kw*C, O], patches gathered while packing.
+// [kh*kw*C, O], patches gathered while packing.  With flip_filters, the
+// GEMM's b is flip(filters)^T (the input gradient's filters).
 class Bf16Conv2dOp : public OpKernel {
  public:
   explicit Bf16Conv2dOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), geometry_(ctx, /*rank=*/2), kernels_(SelectConvKernels(ctx)) {}
+      : OpKernel(ctx), geometry_(ctx, /*rank=*/2), kernels_(SelectConvKernels(ctx)) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("flip_filters", &flip_filters_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& x = ctx->input(0);
     const Tensor& filters = ctx->input(1);
-    if (!CheckConvForwardOperands(ctx, x, filters)) return;
-    ConvGather g = geometry_.Gather(x, filters.dim_size(0), filters.dim_size(1));
-    const int64_t channels_out = filters.dim_size(3);
+    const float* b = nullptr;
+    Tensor flipped;
+    if (!flip_filters_) {
+      if (!CheckConvForwardOperands(ctx, x, filters)) return;
+      b = filters.flat<float>().data();  // [kh*kw*C, O] row-major
+    } else {
+      // The input gradient of a convolution with these filters [kh, kw, C,
+      // O] (x: its error, O channels): b = flip(filters)^T [kh, kw, O, C],
+      // written here (a few KiB) instead of by ReverseV2 and Transpose ops.
+      if (!CheckConvRank4(ctx, x, "x", "[batch, height, width, channels]") ||
+          !CheckConvRank4(ctx, filters, "filters", "[kh, kw, out_channels, channels]")) {
+        return;
+      }
+      OP_REQUIRES(ctx, filters.dim_size(3) == x.dim_size(3),
+                  InvalidArgument("x has ", x.dim_size(3), " channels but flipped filters "
+                                  "expect ", filters.dim_size(3), " (their last dimension)"));
+      OP_REQUIRES(ctx, filters.dim_size(0) >= 1 && filters.dim_size(1) >= 1,
+                  InvalidArgument("filters must have spatial sizes >= 1, got ",
+                                  filters.shape().DebugString()));
+      const int64_t kh = filters.dim_size(0), kw = filters.dim_size(1);
+      const int64_t c_out = filters.dim_size(2), c_in = filters.dim_size(3);
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                             TensorShape({kh, kw, c_in, c_out}), &flipped));
+      const float* w = filters.flat<float>().data();
+      float* f = flipped.flat<float>().data();
+      const int64_t taps = kh * kw;
+      for (int64_t t = 0; t < taps; ++t) {  // tap t of the flip is tap taps-1-t of w
+        const float* src = w + (taps - 1 - t) * c_out * c_in;  // [c_out][c_in]
+        float* dst = f + t * c_in * c_out;                     // [c_in][c_out]
+        for (int64_t o = 0; o < c_in; ++o) {
+          for (int64_t c = 0; c < c_out; ++c) dst[o * c_out + c] = src[c * c_in + o];
+        }
+      }
+      b = f;
+    }
+    const Tensor& b_shape = flip_filters_ ? flipped : filters;
+    ConvGather g = geometry_.Gather(x, b_shape.dim_size(0), b_shape.dim_size(1));
+    const int64_t channels_out = b_shape.dim_size(3);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
                             0, TensorShape({g.batch, g.out_h, g.out_w, channels_out}), &out));
@@ -71,7 +109,7 @@ class Bf16Conv2dOp : public OpKernel {
     p.n = channels_out;
     p.a = g.input;  // (not read: a_patches)
     p.a_patches = &g;
-    p.b = filters.flat<float>().data();  // [kh*kw*C, O] row-major
+    p.b = b;
     p.out = out->flat<float>().data();
     kernels_->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/true));
   }
@@ -79,6 +117,7 @@ class Bf16Conv2dOp : public OpKernel {
  private:
   ConvGatherAttrs geometry_;
   const bf16_gemm::Kernels* kernels_;
+  bool flip_filters_ = false;
 };
 
 // d(filters) = patches(x)^T @ dy: the patch matrix is the GEMM's transposed

@@ -16,12 +16,31 @@ namespace tf_lowprec {
       .Attr("pads: list(int) = [0, 0, 0, 0]")                   \
       .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
 
+namespace {
+
+// ConvGatherForwardShape, with the filters [kh, kw, O, C] read flipped and
+// transposed (output channels C) when flip_filters is set.
+::tensorflow::Status Bf16Conv2dShape(::tensorflow::shape_inference::InferenceContext* c) {
+  bool flip = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("flip_filters", &flip));
+  TF_RETURN_IF_ERROR(ConvGatherForwardShape<2>(c));
+  if (!flip) return ::tensorflow::OkStatus();
+  ::tensorflow::shape_inference::ShapeHandle y;
+  TF_RETURN_IF_ERROR(
+      c->ReplaceDim(c->output(0), 3, c->Dim(c->input(1), 2), &y));
+  c->set_output(0, y);
+  return ::tensorflow::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("LowprecBf16Conv2d")
     .Input("x: float")
     .Input("filters: float")
     .Output("y: float")
+    .Attr("flip_filters: bool = false")
     .LOWPREC_BF16_CONV_ATTRS
-    .SetShapeFn(ConvGatherForwardShape<2>)
+    .SetShapeFn(Bf16Conv2dShape)
     .Doc(R"doc(
 NHWC conv2d as an implicit BF16 GEMM: y = patches(x) @ filters, both rounded
 to BF16 and summed over (kh, kw, C) in the VDPBF16PS order, exactly as
@@ -30,7 +49,10 @@ gathered from x while the GEMM packs them (no im2col buffer).  x: [N, H, W,
 C]; filters: [kh, kw, C, O]; y: [N, OH, OW, O].  Patch element (i, j, c) of
 output (y, x) reads the input dilated by input_dilations (zeros between its
 rows / columns), padded by pads (top, bottom, left, right), at (y * s + i *
-d - top, ...).
+d - top, ...).  flip_filters: the filters are given as [kh, kw, C', O'] of
+the convolution whose input gradient this is (x: its error, O' channels),
+and the GEMM uses flip(filters)^T, [kh, kw, O', C'] with the taps reversed
+in both axes (y: C' channels).
 )doc");
 
 REGISTER_OP("LowprecBf16Conv2dBackpropFilter")

@@ -67,13 +67,24 @@ def _twin_conv(x, size, filters, strides, pads, dilations):
     return tf.reshape(y, [tf.shape(x)[0], out_h, out_w, channels_out])
 
 
-def _conv(x, size, filters, strides, pads, dilations, input_dilations, isa, use_ops):
+def _flip(filters):
+    """flip(filters)^T: [kh, kw, O, C], the taps reversed in both axes (d(x)'s filters)."""
+    return tf.transpose(tf.reverse(filters, [0, 1]), [0, 1, 3, 2])
+
+
+def _conv(x, size, filters, strides, pads, dilations, input_dilations, isa, use_ops,
+          flip_filters=False):
     """One implicit GEMM: patches(x) @ filters, x of spatial size `size` dilated by
-    `input_dilations` and padded by `pads` (the forward pass, or d(x) on the error)."""
+    `input_dilations` and padded by `pads` (the forward pass, or d(x) on the error,
+    then with flip_filters: the GEMM's filters are `_flip(filters)`, which the op
+    writes itself while the twin runs ReverseV2 and Transpose)."""
     if use_ops:
         return _load_ops().lowprec_bf16_conv2d(
             x, filters, strides=list(strides), dilations=list(dilations),
-            input_dilations=list(input_dilations), pads=list(pads), isa=isa)
+            input_dilations=list(input_dilations), pads=list(pads), isa=isa,
+            flip_filters=flip_filters)
+    if flip_filters:
+        filters = _flip(filters)
     if tuple(input_dilations) != (1, 1):
         x = _dilate(x, input_dilations, *size)
         size = tuple((n - 1) * s + 1 for n, s in zip(size, input_dilations))
@@ -112,10 +123,8 @@ def conv2d(x, filters, strides, padding, dilations, isa="auto", implementation="
         y = _conv(xv, (height, width), wv, strides, pads, dilations, (1, 1), isa, use_ops)
 
         def grad(dy):
-            # flip(filters)^T: [kh, kw, O, C], taps reversed in both axes.
-            flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
-            dx = _conv(dy, (out_h, out_w), flipped, (1, 1), dx_pads, dilations, strides, isa,
-                       use_ops)
+            dx = _conv(dy, (out_h, out_w), wv, (1, 1), dx_pads, dilations, strides, isa,
+                       use_ops, flip_filters=True)
             dw = _filter_gradient(xv, dy, kh, kw, strides, pads, dilations, isa, use_ops)
             return dx, dw
 
