@@ -461,10 +461,109 @@ void PackABlock(const Problem& p, const float* a, int64_t q0, int64_t q1, int64_
 // then packed exactly as PackRange packs them for a global packed a.  A
 // work item packing its own piece keeps it in L2: the CNN's d(filters) GEMM
 // (K = 36864 pixels) otherwise wrote a 21 MiB packed a and read it back.
+#if TF_LOWPREC_BF16_NATIVE
+// Where patch row `px` reads its columns from `col` on: the input's address
+// of each run of contiguous channels (nullptr: padding), written to
+// src[done] for the run's first column `done` (the run's length follows
+// from the channel count).  The gather of GatherPatchColumns, without the
+// copying.
+inline void PatchRunSources(const ConvGather& g, const PatchPixel& px, PatchColumn col,
+                            int64_t n, const float** src) {
+  const int64_t z0 = px.z * g.sd - g.pad_front;
+  const int64_t y0 = px.y * g.sh - g.pad_top;
+  const int64_t x0 = px.x * g.sw - g.pad_left;
+  const int64_t plane_size = g.height * g.width * g.channels;
+  const float* image = g.input + px.b * g.depth * plane_size;
+  auto plane_of = [&](int64_t tap) -> const float* {
+    int64_t zz = z0 + tap * g.dd;
+    if (zz < 0 || !OnInputGrid(&zz, g.ld) || zz >= g.depth) return nullptr;
+    return image + zz * plane_size;
+  };
+  int64_t c0 = col.c, t = col.t, i = col.i, j = col.j;
+  const float* plane = plane_of(t);
+  for (int64_t done = 0, run = 0; done < n; ++run) {
+    const int64_t rest = g.channels - c0, wanted = n - done;
+    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
+    const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
+                        OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
+    src[run] = inside ? plane + (yy * g.width + xx) * g.channels + c0 : nullptr;
+    done += rest < wanted ? rest : wanted;
+    c0 = 0;
+    if (++j == g.kw) {
+      j = 0;
+      if (++i == g.kh) {
+        i = 0;
+        plane = plane_of(++t);
+      }
+    }
+  }
+}
+
+// PackATransposedPatchBlock for the native tier: the pair's two patch rows
+// converted straight from the input, 16 columns at a time (even pixel in the
+// low halves, odd in the high: the words PackPanel makes), into `words`
+// (one per column), then copied to the panels; no float copy of the rows.
+void PackATransposedPatchBlockDirect(const Problem& p, int64_t q0, int64_t q1, int64_t pc,
+                                     int64_t kc, uint32_t* words, const float** sources,
+                                     uint32_t* block) {
+  const ConvGather& g = *p.a_patches;
+  const int64_t col0 = q0 * kMr, cols = Min64(q1 * kMr, p.m) - col0;
+  const PatchColumn first_column = ColumnOf(g, col0);
+  const int64_t runs = CeilDiv(first_column.c + cols, g.channels);
+  const float** even_src = sources;
+  const float** odd_src = sources + runs;
+  PatchPixel px = PixelOfRow(g, 2 * pc);
+  for (int64_t pp = 0; pp < kc; ++pp) {
+    const bool has_odd = 2 * (pc + pp) + 1 < p.k;
+    PatchRunSources(g, px, first_column, cols, even_src);
+    Advance(g, &px);
+    if (has_odd) {
+      PatchRunSources(g, px, first_column, cols, odd_src);
+      Advance(g, &px);
+    }
+    int64_t c0 = first_column.c;
+    for (int64_t done = 0, run = 0; done < cols; ++run) {
+      const int64_t len = Min64(g.channels - c0, cols - done);
+      const float* e = even_src[run];
+      const float* o = has_odd ? odd_src[run] : nullptr;
+      for (int64_t v = 0; v < len; v += 16) {
+        const __mmask16 m = LaneMask(len - v);
+        const __m512i lo = e == nullptr ? _mm512_setzero_si512()
+            : ToBf16DazVec(_mm512_maskz_loadu_epi32(m, reinterpret_cast<const int*>(e + v)));
+        const __m512i hi = o == nullptr ? _mm512_setzero_si512()
+            : ToBf16DazVec(_mm512_maskz_loadu_epi32(m, reinterpret_cast<const int*>(o + v)));
+        _mm512_mask_storeu_epi32(words + done + v, m,
+                                 _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+      done += len;
+      c0 = 0;
+    }
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t lanes = Min64(kMr, p.m - q * kMr);
+      const __mmask16 m = LaneMask(lanes);
+      const __m512i w = _mm512_maskz_loadu_epi32(m, words + (q - q0) * kMr);
+      _mm512_mask_storeu_epi32(block + ((q - q0) * kc + pp) * kMr, LaneMask(kMr), w);
+    }
+  }
+}
+#endif  // TF_LOWPREC_BF16_NATIVE
+
 void PackATransposedPatchBlock(const Problem& p, int64_t q0, int64_t q1, int64_t pc,
                                int64_t kc, float* rows, uint32_t* block) {
   const ConvGather& g = *p.a_patches;
   const int64_t col0 = q0 * kMr, cols = Min64(q1 * kMr, p.m) - col0;
+#if TF_LOWPREC_BF16_NATIVE
+  {
+    // rows (2 * cols floats) holds the words, then the run sources.
+    const int64_t runs = CeilDiv(ColumnOf(g, col0).c + cols, g.channels);
+    uint32_t* words = reinterpret_cast<uint32_t*>(rows);
+    const float** sources = static_cast<const float**>(
+        AlignedAlloc(static_cast<int64_t>(sizeof(const float*)) * 2 * runs));
+    PackATransposedPatchBlockDirect(p, q0, q1, pc, kc, words, sources, block);
+    std::free(sources);
+    return;
+  }
+#endif
   const PatchColumn first_column = ColumnOf(g, col0);
   PatchPixel px = PixelOfRow(g, 2 * pc);
   for (int64_t pp = 0; pp < kc; ++pp) {
