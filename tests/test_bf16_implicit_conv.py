@@ -310,3 +310,55 @@ def test_keras_conv2d_trains_under_bf16_native():
     _, want_dx, _ = references(np.asarray(h), np.asarray(second.kernel), g, (1, 1), "VALID",
                                (1, 1))
     assert_bits(dh, want_dx, "the layer's d(x)")
+
+
+def _patches_3d(x, k, strides, pads, dilations, input_dilations=(1, 1, 1)):
+    """NumPy patch matrix [N*OD*OH*OW, kd*kh*kw*C] (columns (kd, kh, kw, C)) of NDHWC x,
+    dilated by input_dilations (zeros between planes / rows / columns) and padded."""
+    n, *size, c = x.shape
+    dilated = np.zeros([n] + [(s - 1) * l + 1 for s, l in zip(size, input_dilations)] + [c],
+                       np.float32)
+    dilated[:, ::input_dilations[0], ::input_dilations[1], ::input_dilations[2]] = x
+    padded = np.pad(dilated, [(0, 0)] + [(pads[2 * a], pads[2 * a + 1]) for a in range(3)]
+                    + [(0, 0)])
+    spans = [(kk - 1) * d + 1 for kk, d in zip(k, dilations)]
+    out = [(padded.shape[1 + a] - spans[a]) // strides[a] + 1 for a in range(3)]
+    cols = np.empty((n, *out, *k, c), np.float32)
+    for t in range(k[0]):
+        for i in range(k[1]):
+            for j in range(k[2]):
+                z0, y0, x0 = t * dilations[0], i * dilations[1], j * dilations[2]
+                cols[:, :, :, :, t, i, j, :] = padded[
+                    :, z0:z0 + (out[0] - 1) * strides[0] + 1:strides[0],
+                    y0:y0 + (out[1] - 1) * strides[1] + 1:strides[1],
+                    x0:x0 + (out[2] - 1) * strides[2] + 1:strides[2], :]
+    return cols.reshape(n * int(np.prod(out)), -1), out
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+def test_raw_conv3d_ops_bit_exact(isa):
+    """LowprecBf16Conv3d (forward; flip_filters on the dilated error: d(x)) and
+    LowprecBf16Conv3dBackpropFilter against the NumPy VDPBF16PS-order model."""
+    from tf_lowprec.gemm.implicit_conv import input_gradient_pads
+    ops = load_ops()
+    x, w = rand((2, 4, 5, 4, 3), 40), rand((2, 3, 2, 3, 5), 41, scale=0.3)
+    strides, dilations, pads = (1, 2, 1), (1, 1, 2), (0, 1, 1, 1, 1, 0)
+    cols, out = _patches_3d(x, w.shape[:3], strides, pads, dilations)
+    y = ops.lowprec_bf16_conv3d(x, w, strides=strides, dilations=dilations, pads=pads, isa=isa)
+    assert_bits(y, gemm(cols, w.reshape(-1, 5)).reshape(2, *out, 5), "y")
+    g = rand((2, *out, 5), 42)
+    dw = ops.lowprec_bf16_conv3d_backprop_filter(x, g, filter_size=w.shape[:3], strides=strides,
+                                                  dilations=dilations, pads=pads, isa=isa)
+    assert_bits(dw, gemm(cols.T, g.reshape(-1, 5)).reshape(w.shape), "dw")
+    dx_pads = []
+    for a in range(3):
+        dx_pads += input_gradient_pads(x.shape[1 + a], w.shape[a], strides[a], dilations[a],
+                                       pads[2 * a], out[a])
+    dx = ops.lowprec_bf16_conv3d(g, w, dilations=dilations, input_dilations=strides,
+                                 pads=dx_pads, flip_filters=True, isa=isa)
+    dcols, dx_out = _patches_3d(g, w.shape[:3], (1, 1, 1), dx_pads, dilations, strides)
+    assert dx_out == list(x.shape[1:4])
+    flipped = np.transpose(w[::-1, ::-1, ::-1], (0, 1, 2, 4, 3)).reshape(-1, 3)
+    assert_bits(dx, gemm(dcols, flipped).reshape(x.shape), "dx")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="filter_size"):
+        ops.lowprec_bf16_conv3d_backprop_filter(x, g, filter_size=[2, 3])
