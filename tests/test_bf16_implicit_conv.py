@@ -362,3 +362,33 @@ def test_raw_conv3d_ops_bit_exact(isa):
     assert_bits(dx, gemm(dcols, flipped).reshape(x.shape), "dx")
     with pytest.raises(tf.errors.InvalidArgumentError, match="filter_size"):
         ops.lowprec_bf16_conv3d_backprop_filter(x, g, filter_size=[2, 3])
+
+
+def test_conv3d_routes_forward_and_filter_gradient_with_unchanged_bits():
+    """bf16_conv3d with the kernels: y and d(filters) on the 3-D implicit-GEMM ops, d(x)
+    still d(patches) + col2im; all three the bits of the im2col path (the stock-TF twin)."""
+    x, w = rand((1, 4, 3, 4, 2), 50), rand((2, 2, 3, 2, 3), 51, scale=0.3)
+    g = rand((1, 2, 3, 4, 3), 52)  # (SAME, strides (2, 1, 1))
+
+    def run3d(**kwargs):
+        xv, wv = tf.constant(x), tf.constant(w)
+        with tf.GradientTape() as tape:
+            tape.watch([xv, wv])
+            y = lp.bf16_conv3d(xv, wv, strides=(2, 1, 1), padding="SAME", **kwargs)
+        return (y, *tape.gradient(y, [xv, wv], output_gradients=tf.constant(g)))
+
+    for a, b, what in zip(run3d(), run3d(implementation="tf"), ("y", "dx", "dw")):
+        assert_bits(a, b, what)
+
+    @tf.function(autograph=False)
+    def step(xv, wv):
+        with tf.GradientTape() as tape:
+            tape.watch([xv, wv])
+            loss = tf.reduce_sum(lp.bf16_conv3d(xv, wv, padding="SAME"))
+        return tape.gradient(loss, [xv, wv])
+
+    graph = step.get_concrete_function(tf.constant(x), tf.constant(w)).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types.update(node.op for node in function.node_def)
+    assert {"LowprecBf16Conv3d", "LowprecBf16Conv3dBackpropFilter"} <= types, types
