@@ -226,7 +226,23 @@ def test_graph_has_no_im2col():
 
     types = op_types(1, w)
     assert {"LowprecBf16Conv2d", "LowprecBf16Conv2dBackpropFilter"} <= types
-    assert not types & {"ExtractImagePatches", "LowprecBf16Matmul", "Conv2D"}, types
+    # (d(x)'s flipped filters are written by the op: no ReverseV2 / Transpose)
+    assert not types & {"ExtractImagePatches", "LowprecBf16Matmul", "Conv2D", "ReverseV2",
+                        "Transpose"}, types
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+def test_raw_op_flip_filters(isa):
+    """flip_filters=True equals passing flip(filters)^T; its shape and channel checks."""
+    ops = load_ops()
+    dy, w = rand((2, 5, 4, 6), 30), rand((3, 2, 5, 6), 31)  # w: [kh, kw, C=5, O=6]
+    flipped = np.ascontiguousarray(np.transpose(w[::-1, ::-1], (0, 1, 3, 2)))
+    want = ops.lowprec_bf16_conv2d(dy, flipped, pads=[2, 2, 1, 1], isa=isa)
+    got = ops.lowprec_bf16_conv2d(dy, w, pads=[2, 2, 1, 1], isa=isa, flip_filters=True)
+    assert got.shape == (2, 7, 5, 5)
+    assert_bits(got, want, "flip_filters")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="flipped filters"):
+        ops.lowprec_bf16_conv2d(dy, flipped, flip_filters=True)
 
 
 def test_raw_op_bad_arguments():
@@ -294,3 +310,85 @@ def test_keras_conv2d_trains_under_bf16_native():
     _, want_dx, _ = references(np.asarray(h), np.asarray(second.kernel), g, (1, 1), "VALID",
                                (1, 1))
     assert_bits(dh, want_dx, "the layer's d(x)")
+
+
+def _patches_3d(x, k, strides, pads, dilations, input_dilations=(1, 1, 1)):
+    """NumPy patch matrix [N*OD*OH*OW, kd*kh*kw*C] (columns (kd, kh, kw, C)) of NDHWC x,
+    dilated by input_dilations (zeros between planes / rows / columns) and padded."""
+    n, *size, c = x.shape
+    dilated = np.zeros([n] + [(s - 1) * l + 1 for s, l in zip(size, input_dilations)] + [c],
+                       np.float32)
+    dilated[:, ::input_dilations[0], ::input_dilations[1], ::input_dilations[2]] = x
+    padded = np.pad(dilated, [(0, 0)] + [(pads[2 * a], pads[2 * a + 1]) for a in range(3)]
+                    + [(0, 0)])
+    spans = [(kk - 1) * d + 1 for kk, d in zip(k, dilations)]
+    out = [(padded.shape[1 + a] - spans[a]) // strides[a] + 1 for a in range(3)]
+    cols = np.empty((n, *out, *k, c), np.float32)
+    for t in range(k[0]):
+        for i in range(k[1]):
+            for j in range(k[2]):
+                z0, y0, x0 = t * dilations[0], i * dilations[1], j * dilations[2]
+                cols[:, :, :, :, t, i, j, :] = padded[
+                    :, z0:z0 + (out[0] - 1) * strides[0] + 1:strides[0],
+                    y0:y0 + (out[1] - 1) * strides[1] + 1:strides[1],
+                    x0:x0 + (out[2] - 1) * strides[2] + 1:strides[2], :]
+    return cols.reshape(n * int(np.prod(out)), -1), out
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+def test_raw_conv3d_ops_bit_exact(isa):
+    """LowprecBf16Conv3d (forward; flip_filters on the dilated error: d(x)) and
+    LowprecBf16Conv3dBackpropFilter against the NumPy VDPBF16PS-order model."""
+    from tf_lowprec.gemm.implicit_conv import input_gradient_pads
+    ops = load_ops()
+    x, w = rand((2, 4, 5, 4, 3), 40), rand((2, 3, 2, 3, 5), 41, scale=0.3)
+    strides, dilations, pads = (1, 2, 1), (1, 1, 2), (0, 1, 1, 1, 1, 0)
+    cols, out = _patches_3d(x, w.shape[:3], strides, pads, dilations)
+    y = ops.lowprec_bf16_conv3d(x, w, strides=strides, dilations=dilations, pads=pads, isa=isa)
+    assert_bits(y, gemm(cols, w.reshape(-1, 5)).reshape(2, *out, 5), "y")
+    g = rand((2, *out, 5), 42)
+    dw = ops.lowprec_bf16_conv3d_backprop_filter(x, g, filter_size=w.shape[:3], strides=strides,
+                                                  dilations=dilations, pads=pads, isa=isa)
+    assert_bits(dw, gemm(cols.T, g.reshape(-1, 5)).reshape(w.shape), "dw")
+    dx_pads = []
+    for a in range(3):
+        dx_pads += input_gradient_pads(x.shape[1 + a], w.shape[a], strides[a], dilations[a],
+                                       pads[2 * a], out[a])
+    dx = ops.lowprec_bf16_conv3d(g, w, dilations=dilations, input_dilations=strides,
+                                 pads=dx_pads, flip_filters=True, isa=isa)
+    dcols, dx_out = _patches_3d(g, w.shape[:3], (1, 1, 1), dx_pads, dilations, strides)
+    assert dx_out == list(x.shape[1:4])
+    flipped = np.transpose(w[::-1, ::-1, ::-1], (0, 1, 2, 4, 3)).reshape(-1, 3)
+    assert_bits(dx, gemm(dcols, flipped).reshape(x.shape), "dx")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="filter_size"):
+        ops.lowprec_bf16_conv3d_backprop_filter(x, g, filter_size=[2, 3])
+
+
+def test_conv3d_routes_forward_and_filter_gradient_with_unchanged_bits():
+    """bf16_conv3d with the kernels: y and d(filters) on the 3-D implicit-GEMM ops, d(x)
+    still d(patches) + col2im; all three the bits of the im2col path (the stock-TF twin)."""
+    x, w = rand((1, 4, 3, 4, 2), 50), rand((2, 2, 3, 2, 3), 51, scale=0.3)
+    g = rand((1, 2, 3, 4, 3), 52)  # (SAME, strides (2, 1, 1))
+
+    def run3d(**kwargs):
+        xv, wv = tf.constant(x), tf.constant(w)
+        with tf.GradientTape() as tape:
+            tape.watch([xv, wv])
+            y = lp.bf16_conv3d(xv, wv, strides=(2, 1, 1), padding="SAME", **kwargs)
+        return (y, *tape.gradient(y, [xv, wv], output_gradients=tf.constant(g)))
+
+    for a, b, what in zip(run3d(), run3d(implementation="tf"), ("y", "dx", "dw")):
+        assert_bits(a, b, what)
+
+    @tf.function(autograph=False)
+    def step(xv, wv):
+        with tf.GradientTape() as tape:
+            tape.watch([xv, wv])
+            loss = tf.reduce_sum(lp.bf16_conv3d(xv, wv, padding="SAME"))
+        return tape.gradient(loss, [xv, wv])
+
+    graph = step.get_concrete_function(tf.constant(x), tf.constant(w)).graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types.update(node.op for node in function.node_def)
+    assert {"LowprecBf16Conv3d", "LowprecBf16Conv3dBackpropFilter"} <= types, types

@@ -1,6 +1,6 @@
-// CPU kernels of LowprecBf16Conv2d and LowprecBf16Conv2dBackpropFilter
-// (registered in ops/bf16_conv_ops.cc): NHWC convolutions as implicit BF16
-// GEMMs.  The patch matrix is never materialized: the GEMM's packing gathers
+// CPU kernels of LowprecBf16Conv2d / Conv3d and their BackpropFilter ops
+// (registered in ops/bf16_conv_ops.cc): NHWC / NDHWC convolutions as
+// implicit BF16 GEMMs, one kernel template per op, on the spatial rank.  The patch matrix is never materialized: the GEMM's packing gathers
 // it from the input (Problem::a_patches, ConvGather in conv_gather.h) and
 // rounds it to BF16 with the conversion it applies to a materialized a, so
 // the bits are those of LowprecBf16Matmul on the im2col patches.
@@ -45,23 +45,74 @@ const bf16_gemm::Kernels* SelectConvKernels(OpKernelConstruction* ctx) {
   return kernels;
 }
 
-// y = conv2d(x, filters): the GEMM patches(x) [N*OH*OW, kh*kw*C] @ filters
-// [kh*kw*C, O], patches gathered while packing.
-class Bf16Conv2dOp : public OpKernel {
+// y = conv(x, filters) with kRank (2 or 3) spatial axes: the GEMM
+// patches(x) [N*OH*OW (*OD), k*C] @ filters [k*C, O] (k the taps, kh*kw or
+// kd*kh*kw), patches gathered while packing.  With flip_filters, the GEMM's
+// b is flip(filters)^T (the input gradient's filters: taps reversed in every
+// spatial axis, the last two axes swapped).
+template <int kRank>
+class Bf16ConvOp : public OpKernel {
  public:
-  explicit Bf16Conv2dOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), geometry_(ctx, /*rank=*/2), kernels_(SelectConvKernels(ctx)) {}
+  explicit Bf16ConvOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), geometry_(ctx, kRank), kernels_(SelectConvKernels(ctx)) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("flip_filters", &flip_filters_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& x = ctx->input(0);
     const Tensor& filters = ctx->input(1);
-    if (!CheckConvForwardOperands(ctx, x, filters)) return;
-    ConvGather g = geometry_.Gather(x, filters.dim_size(0), filters.dim_size(1));
-    const int64_t channels_out = filters.dim_size(3);
+    const float* b = nullptr;
+    Tensor flipped;
+    if (!flip_filters_) {
+      if (!CheckConvForwardOperands(ctx, x, filters, kRank)) return;
+      b = filters.flat<float>().data();  // [k*C, O] row-major
+    } else {
+      // The input gradient of a convolution with these filters [*k, C, O]
+      // (x: its error, O channels): b = flip(filters)^T [*k, O, C], written
+      // here (a few KiB) instead of by ReverseV2 and Transpose ops.
+      if (!CheckConvRank(ctx, x, kRank + 2, "x", ConvInputLayout(kRank)) ||
+          !CheckConvRank(ctx, filters, kRank + 2, "filters",
+                         kRank == 3 ? "[kd, kh, kw, out_channels, channels]"
+                                    : "[kh, kw, out_channels, channels]")) {
+        return;
+      }
+      OP_REQUIRES(ctx, filters.dim_size(kRank + 1) == x.dim_size(kRank + 1),
+                  InvalidArgument("x has ", x.dim_size(kRank + 1), " channels but flipped "
+                                  "filters expect ", filters.dim_size(kRank + 1),
+                                  " (their last dimension)"));
+      TensorShape shape;
+      int64_t taps = 1;
+      for (int a = 0; a < kRank; ++a) {
+        OP_REQUIRES(ctx, filters.dim_size(a) >= 1,
+                    InvalidArgument("filters must have spatial sizes >= 1, got ",
+                                    filters.shape().DebugString()));
+        shape.AddDim(filters.dim_size(a));
+        taps *= filters.dim_size(a);
+      }
+      const int64_t c_out = filters.dim_size(kRank), c_in = filters.dim_size(kRank + 1);
+      shape.AddDim(c_in);
+      shape.AddDim(c_out);
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, shape, &flipped));
+      const float* w = filters.flat<float>().data();
+      float* f = flipped.flat<float>().data();
+      // Reversing the flattened tap index reverses every spatial axis.
+      for (int64_t t = 0; t < taps; ++t) {
+        const float* src = w + (taps - 1 - t) * c_out * c_in;  // [c_out][c_in]
+        float* dst = f + t * c_in * c_out;                     // [c_in][c_out]
+        for (int64_t o = 0; o < c_in; ++o) {
+          for (int64_t c = 0; c < c_out; ++c) dst[o * c_out + c] = src[c * c_in + o];
+        }
+      }
+      b = f;
+    }
+    const Tensor& b_shape = flip_filters_ ? flipped : filters;
+    int64_t k[kRank];
+    for (int a = 0; a < kRank; ++a) k[a] = b_shape.dim_size(a);
+    ConvGather g = geometry_.Gather(x, k);
+    const int64_t channels_out = b_shape.dim_size(kRank + 1);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({g.batch, g.out_h, g.out_w, channels_out}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, geometry_.OutputShape(g, channels_out), &out));
     if (out->NumElements() == 0) return;
     g.input = x.flat<float>().data();
     bf16_gemm::Problem p;
@@ -71,7 +122,7 @@ class Bf16Conv2dOp : public OpKernel {
     p.n = channels_out;
     p.a = g.input;  // (not read: a_patches)
     p.a_patches = &g;
-    p.b = filters.flat<float>().data();  // [kh*kw*C, O] row-major
+    p.b = b;
     p.out = out->flat<float>().data();
     kernels_->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/true));
   }
@@ -79,32 +130,40 @@ class Bf16Conv2dOp : public OpKernel {
  private:
   ConvGatherAttrs geometry_;
   const bf16_gemm::Kernels* kernels_;
+  bool flip_filters_ = false;
 };
 
 // d(filters) = patches(x)^T @ dy: the patch matrix is the GEMM's transposed
-// a ([k = N*OH*OW, m = kh*kw*C]), so every product is taken with the patch
+// a ([k = pixels, m = taps*C]), so every product is taken with the patch
 // value as the first operand (whose NaN wins), as bf16_matmul(patches, dy,
-// transpose_a=True) takes it, and the output is [kh, kw, C, O] as it is.
-class Bf16Conv2dBackpropFilterOp : public OpKernel {
+// transpose_a=True) takes it, and the output is [*k, C, O] as it is.
+template <int kRank>
+class Bf16ConvBackpropFilterOp : public OpKernel {
  public:
-  explicit Bf16Conv2dBackpropFilterOp(OpKernelConstruction* ctx)
-      : OpKernel(ctx), geometry_(ctx, /*rank=*/2), kernels_(SelectConvKernels(ctx)) {
+  explicit Bf16ConvBackpropFilterOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), geometry_(ctx, kRank), kernels_(SelectConvKernels(ctx)) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("filter_size", &filter_size_));
-    OP_REQUIRES(ctx, filter_size_.size() == 2 && filter_size_[0] >= 1 && filter_size_[1] >= 1,
-                InvalidArgument("filter_size must be two positive ints (kh, kw)"));
+    bool ok = filter_size_.size() == static_cast<size_t>(kRank);
+    for (int64_t v : filter_size_) ok = ok && v >= 1;
+    OP_REQUIRES(ctx, ok,
+                InvalidArgument("filter_size must be ", kRank, " positive ints ",
+                                ConvAxisNames(kRank)));
   }
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;
     const Tensor& x = ctx->input(0);
     const Tensor& dy = ctx->input(1);
-    if (!CheckConvRank4(ctx, x, "x", "[batch, height, width, channels]")) return;
-    ConvGather g = geometry_.Gather(x, filter_size_[0], filter_size_[1]);
+    if (!CheckConvRank(ctx, x, kRank + 2, "x", ConvInputLayout(kRank))) return;
+    ConvGather g = geometry_.Gather(x, filter_size_.data());
     if (!CheckConvErrorShape(ctx, geometry_, g, dy)) return;
-    const int64_t channels_out = dy.dim_size(3);
+    const int64_t channels_out = dy.dim_size(kRank + 1);
+    TensorShape shape;
+    for (int64_t v : filter_size_) shape.AddDim(v);
+    shape.AddDim(g.channels);
+    shape.AddDim(channels_out);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.kh, g.kw, g.channels,
-                                                             channels_out}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &out));
     if (out->NumElements() == 0) return;
     g.input = x.flat<float>().data();
     bf16_gemm::Problem p;
@@ -115,7 +174,7 @@ class Bf16Conv2dBackpropFilterOp : public OpKernel {
     p.a = g.input;  // (not read: a_patches)
     p.a_patches = &g;
     p.transpose_a = true;
-    p.b = dy.flat<float>().data();  // [N*OH*OW, O] row-major
+    p.b = dy.flat<float>().data();  // [pixels, O] row-major
     p.out = out->flat<float>().data();
     kernels_->gemm(p, IntraOpParallelFor(ctx, /*coarse_blocks=*/true));
   }
@@ -128,8 +187,11 @@ class Bf16Conv2dBackpropFilterOp : public OpKernel {
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("LowprecBf16Conv2d").Device(DEVICE_CPU), Bf16Conv2dOp);
+REGISTER_KERNEL_BUILDER(Name("LowprecBf16Conv2d").Device(DEVICE_CPU), Bf16ConvOp<2>);
 REGISTER_KERNEL_BUILDER(Name("LowprecBf16Conv2dBackpropFilter").Device(DEVICE_CPU),
-                        Bf16Conv2dBackpropFilterOp);
+                        Bf16ConvBackpropFilterOp<2>);
+REGISTER_KERNEL_BUILDER(Name("LowprecBf16Conv3d").Device(DEVICE_CPU), Bf16ConvOp<3>);
+REGISTER_KERNEL_BUILDER(Name("LowprecBf16Conv3dBackpropFilter").Device(DEVICE_CPU),
+                        Bf16ConvBackpropFilterOp<3>);
 
 }  // namespace tf_lowprec

@@ -83,12 +83,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "bf16_gemm.h"
-#include "bf16_gemm_step.h"  // ToBf16Daz, Step, StepFinite, Min64, CeilDiv, AlignedAlloc
+#include "bf16_gemm_step.h"  // ToBf16Daz, Step, StepFinite, Min64, CeilDiv, AlignedAlloc, AllocatePacked
 #include "conv_gather.h"  // GatherPatchRow (a_patches)
 #include "float_environment.h"  // ScopedIeeeFloatEnvironment
 
@@ -108,21 +104,6 @@ constexpr double kInlineMacs = 1 << 22;  // fewer multiply-adds: no thread pool
 // this: the FMA chain is exact (the proof at the top).
 constexpr int kSafeExponentSum = 142;
 
-// The packed operands (tens of MiB for large GEMMs, fresh every call): in
-// 2 MiB pages where the kernel offers them (transparent huge pages on
-// request), so that first touching them costs ~512 times fewer page faults
-// (measured: 16 MiB in 1.4 ms instead of 11 ms here) and the micro-kernel's
-// row streams fewer TLB misses.  Freed with std::free.
-inline void* AllocatePacked(int64_t bytes) {
-  constexpr int64_t kHugePage = int64_t{2} << 20;
-  if (bytes < kHugePage) return AlignedAlloc(bytes);
-  const int64_t rounded = CeilDiv(bytes, kHugePage) * kHugePage;
-  void* memory = std::aligned_alloc(kHugePage, static_cast<size_t>(rounded));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (memory != nullptr) madvise(memory, static_cast<size_t>(rounded), MADV_HUGEPAGE);
-#endif
-  return memory;
-}
 
 
 // ToBf16Daz on 8 lanes, as FP32 bits (the BF16 value; low half zero).

@@ -287,10 +287,63 @@ inline int64_t RowWords(int64_t pairs) {
 // words.  A patch matrix (p.a_patches) is gathered first, in runs of an even
 // length, into a buffer that PackRow converts exactly as it converts the
 // materialized matrix: the same words.
+// Elements [k0, k0 + k_len) (k0 even) of row `row` of a patch matrix with
+// an even channel count, as `pairs` words converted straight from the input
+// (the gather of conv_gather.h's GatherPatchColumns, without its buffer):
+// every run of contiguous channels then starts on a pair boundary and has an
+// even length, so PackRow gives each run the words it gives the gathered row
+// there.  The CNN's forward and d(x) GEMMs (32 and 64 channels) spent about a
+// third of their packing time copying runs into the buffer.
+void PackEvenChannelPatchRow(const ConvGather& g, int64_t row, int64_t k0, int64_t k_len,
+                             int64_t pairs, uint32_t* out) {
+  const PatchPixel px = PixelOfRow(g, row);
+  const PatchColumn col = ColumnOf(g, k0);
+  const int64_t z0 = px.z * g.sd - g.pad_front;
+  const int64_t y0 = px.y * g.sh - g.pad_top;
+  const int64_t x0 = px.x * g.sw - g.pad_left;
+  const int64_t plane_size = g.height * g.width * g.channels;
+  const float* image = g.input + px.b * g.depth * plane_size;
+  auto plane_of = [&](int64_t tap) -> const float* {
+    int64_t zz = z0 + tap * g.dd;
+    if (zz < 0 || !OnInputGrid(&zz, g.ld) || zz >= g.depth) return nullptr;
+    return image + zz * plane_size;
+  };
+  int64_t c0 = col.c, t = col.t, i = col.i, j = col.j;
+  const float* plane = plane_of(t);
+  for (int64_t done = 0; done < k_len;) {
+    const int64_t rest = g.channels - c0, wanted = k_len - done;
+    const int64_t len = rest < wanted ? rest : wanted;
+    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
+    const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
+                        OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
+    const int64_t words = CeilDiv(len, 2);
+    if (inside) {
+      PackRow(plane + (yy * g.width + xx) * g.channels + c0, len, words, out + done / 2);
+    } else {
+      std::memset(out + done / 2, 0, sizeof(uint32_t) * words);  // +0 padding
+    }
+    done += len;
+    c0 = 0;
+    if (++j == g.kw) {
+      j = 0;
+      if (++i == g.kh) {
+        i = 0;
+        plane = plane_of(++t);
+      }
+    }
+  }
+  const int64_t written = CeilDiv(k_len, 2);
+  if (pairs > written) std::memset(out + written, 0, sizeof(uint32_t) * (pairs - written));
+}
+
 void PackARow(const Problem& p, const float* a, int64_t row, int64_t k0, int64_t k_len,
               int64_t pairs, uint32_t* out) {
   if (p.a_patches == nullptr) {
     PackRow(a + row * p.k + k0, k_len, pairs, out);
+    return;
+  }
+  if (p.a_patches->channels % 2 == 0 && k0 % 2 == 0) {
+    PackEvenChannelPatchRow(*p.a_patches, row, k0, k_len, pairs, out);
     return;
   }
   constexpr int64_t kRun = 2 * kKcPairs;  // one K piece in one run
@@ -401,6 +454,133 @@ void PackABlock(const Problem& p, const float* a, int64_t q0, int64_t q1, int64_
   }
 }
 
+// Converts pairs [pc, pc + kc) of the transposed patch matrix (p.a_patches,
+// K running over the pixels) for the panels [q0, q1) of its columns into
+// `block`, [panel][kc][kMr] words: per pixel pair, the panels' columns of
+// the two patch rows gathered into `rows` (2 * (q1 - q0) * kMr floats),
+// then packed exactly as PackRange packs them for a global packed a.  A
+// work item packing its own piece keeps it in L2: the CNN's d(filters) GEMM
+// (K = 36864 pixels) otherwise wrote a 21 MiB packed a and read it back.
+#if TF_LOWPREC_BF16_NATIVE
+// Where patch row `px` reads its columns from `col` on: the input's address
+// of each run of contiguous channels (nullptr: padding), written to
+// src[done] for the run's first column `done` (the run's length follows
+// from the channel count).  The gather of GatherPatchColumns, without the
+// copying.
+inline void PatchRunSources(const ConvGather& g, const PatchPixel& px, PatchColumn col,
+                            int64_t n, const float** src) {
+  const int64_t z0 = px.z * g.sd - g.pad_front;
+  const int64_t y0 = px.y * g.sh - g.pad_top;
+  const int64_t x0 = px.x * g.sw - g.pad_left;
+  const int64_t plane_size = g.height * g.width * g.channels;
+  const float* image = g.input + px.b * g.depth * plane_size;
+  auto plane_of = [&](int64_t tap) -> const float* {
+    int64_t zz = z0 + tap * g.dd;
+    if (zz < 0 || !OnInputGrid(&zz, g.ld) || zz >= g.depth) return nullptr;
+    return image + zz * plane_size;
+  };
+  int64_t c0 = col.c, t = col.t, i = col.i, j = col.j;
+  const float* plane = plane_of(t);
+  for (int64_t done = 0, run = 0; done < n; ++run) {
+    const int64_t rest = g.channels - c0, wanted = n - done;
+    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
+    const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
+                        OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
+    src[run] = inside ? plane + (yy * g.width + xx) * g.channels + c0 : nullptr;
+    done += rest < wanted ? rest : wanted;
+    c0 = 0;
+    if (++j == g.kw) {
+      j = 0;
+      if (++i == g.kh) {
+        i = 0;
+        plane = plane_of(++t);
+      }
+    }
+  }
+}
+
+// PackATransposedPatchBlock for the native tier: the pair's two patch rows
+// converted straight from the input, 16 columns at a time (even pixel in the
+// low halves, odd in the high: the words PackPanel makes), into `words`
+// (one per column), then copied to the panels; no float copy of the rows.
+void PackATransposedPatchBlockDirect(const Problem& p, int64_t q0, int64_t q1, int64_t pc,
+                                     int64_t kc, uint32_t* words, const float** sources,
+                                     uint32_t* block) {
+  const ConvGather& g = *p.a_patches;
+  const int64_t col0 = q0 * kMr, cols = Min64(q1 * kMr, p.m) - col0;
+  const PatchColumn first_column = ColumnOf(g, col0);
+  const int64_t runs = CeilDiv(first_column.c + cols, g.channels);
+  const float** even_src = sources;
+  const float** odd_src = sources + runs;
+  PatchPixel px = PixelOfRow(g, 2 * pc);
+  for (int64_t pp = 0; pp < kc; ++pp) {
+    const bool has_odd = 2 * (pc + pp) + 1 < p.k;
+    PatchRunSources(g, px, first_column, cols, even_src);
+    Advance(g, &px);
+    if (has_odd) {
+      PatchRunSources(g, px, first_column, cols, odd_src);
+      Advance(g, &px);
+    }
+    int64_t c0 = first_column.c;
+    for (int64_t done = 0, run = 0; done < cols; ++run) {
+      const int64_t len = Min64(g.channels - c0, cols - done);
+      const float* e = even_src[run];
+      const float* o = has_odd ? odd_src[run] : nullptr;
+      for (int64_t v = 0; v < len; v += 16) {
+        const __mmask16 m = LaneMask(len - v);
+        const __m512i lo = e == nullptr ? _mm512_setzero_si512()
+            : ToBf16DazVec(_mm512_maskz_loadu_epi32(m, reinterpret_cast<const int*>(e + v)));
+        const __m512i hi = o == nullptr ? _mm512_setzero_si512()
+            : ToBf16DazVec(_mm512_maskz_loadu_epi32(m, reinterpret_cast<const int*>(o + v)));
+        _mm512_mask_storeu_epi32(words + done + v, m,
+                                 _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+      }
+      done += len;
+      c0 = 0;
+    }
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t lanes = Min64(kMr, p.m - q * kMr);
+      const __mmask16 m = LaneMask(lanes);
+      const __m512i w = _mm512_maskz_loadu_epi32(m, words + (q - q0) * kMr);
+      _mm512_mask_storeu_epi32(block + ((q - q0) * kc + pp) * kMr, LaneMask(kMr), w);
+    }
+  }
+}
+#endif  // TF_LOWPREC_BF16_NATIVE
+
+void PackATransposedPatchBlock(const Problem& p, int64_t q0, int64_t q1, int64_t pc,
+                               int64_t kc, float* rows, uint32_t* block) {
+  const ConvGather& g = *p.a_patches;
+  const int64_t col0 = q0 * kMr, cols = Min64(q1 * kMr, p.m) - col0;
+#if TF_LOWPREC_BF16_NATIVE
+  {
+    // rows (2 * cols floats) holds the words, then the run sources.
+    const int64_t runs = CeilDiv(ColumnOf(g, col0).c + cols, g.channels);
+    uint32_t* words = reinterpret_cast<uint32_t*>(rows);
+    const float** sources = static_cast<const float**>(
+        AlignedAlloc(static_cast<int64_t>(sizeof(const float*)) * 2 * runs));
+    PackATransposedPatchBlockDirect(p, q0, q1, pc, kc, words, sources, block);
+    std::free(sources);
+    return;
+  }
+#endif
+  const PatchColumn first_column = ColumnOf(g, col0);
+  PatchPixel px = PixelOfRow(g, 2 * pc);
+  for (int64_t pp = 0; pp < kc; ++pp) {
+    const int64_t k_here = Min64(2, p.k - 2 * (pc + pp));
+    GatherPatchColumns(g, px, first_column, cols, rows);
+    Advance(g, &px);
+    if (k_here == 2) {
+      GatherPatchColumns(g, px, first_column, cols, rows + cols);
+      Advance(g, &px);
+    }
+    for (int64_t q = q0; q < q1; ++q) {
+      PackPanel<kMr>(rows + (q - q0) * kMr, 1, cols, Min64(kMr, p.m - q * kMr), k_here, 1,
+                     block + ((q - q0) * kc + pp) * kMr);
+    }
+  }
+}
+
 void ComputeRange(void* arg, int64_t begin, int64_t end) {
   const Plan& plan = *static_cast<const Plan*>(arg);
   const Problem& p = *plan.p;
@@ -409,6 +589,10 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
   // L2 while the column panels of the work item pass over it.
   uint32_t* a_block = plan.packed_a != nullptr ? nullptr : static_cast<uint32_t*>(
       AlignedAlloc(4 * plan.mc_panels * kMr * RowWords(kKcPairs)));
+  const bool transposed_block = plan.packed_a == nullptr && p.transpose_a;
+  float* patch_rows = transposed_block
+                          ? static_cast<float*>(AlignedAlloc(8 * plan.mc_panels * kMr))
+                          : nullptr;
   for (int64_t u = begin; u < end; ++u) {
     const int64_t batch = u / blocks;
     const int64_t rb = (u % blocks) / plan.col_blocks, cb = u % plan.col_blocks;
@@ -427,7 +611,11 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
     int64_t pc = 0;
     do {
       const int64_t kc = Min64(kKcPairs, plan.pairs - pc);
-      if (kc > 0 && pa == nullptr) PackABlock(p, a, q0, q1, pc, kc, a_block);
+      if (kc > 0 && transposed_block) {
+        PackATransposedPatchBlock(p, q0, q1, pc, kc, patch_rows, a_block);
+      } else if (kc > 0 && pa == nullptr) {
+        PackABlock(p, a, q0, q1, pc, kc, a_block);
+      }
       const int64_t row_words = RowWords(kc);
       const bool last = pc + kc >= plan.pairs;
       const bool stream = last && plan.stream_out;
@@ -437,7 +625,10 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
         for (int64_t q = q0; q < q1; ++q) {
           const int rows = static_cast<int>(Min64(kMr, p.m - q * kMr));
           float* c = out + q * kMr * p.n + r * kNr;
-          if (pa == nullptr) {
+          if (transposed_block) {
+            Tile<kMr>(a_block + ((q - q0) * kc) * kMr, 1, b_piece, kc, c, p.n, rows, cols,
+                      pc > 0, stream);
+          } else if (pa == nullptr) {
             Tile<1>(a_block + (q - q0) * kMr * row_words, row_words, b_piece, kc, c, p.n, rows,
                     cols, pc > 0, stream);
           } else if (!p.transpose_a) {
@@ -453,6 +644,7 @@ void ComputeRange(void* arg, int64_t begin, int64_t end) {
     } while (pc < plan.pairs);
   }
   std::free(a_block);
+  std::free(patch_rows);
 #if TF_LOWPREC_BF16_NATIVE
   _mm_sfence();  // streaming stores visible before the pool reports the work done
 #endif
@@ -471,12 +663,27 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
   plan.a_batches = p.a_batch_stride == 0 ? 1 : p.batch;
   plan.b_batches = p.b_batch_stride == 0 ? 1 : p.batch;
   plan.packed_b = static_cast<uint32_t*>(
-      AlignedAlloc(4 * plan.b_batches * plan.b_panels * plan.pairs * kNr));
+      AllocatePacked(4 * plan.b_batches * plan.b_panels * plan.pairs * kNr));
   // Work items: at most kMcPanels x kNcPanels panels, split further (the
   // larger side first) until there are enough items to share among threads.
   plan.mc_panels = Min64(kMcPanels, plan.a_panels);
   plan.nc_panels = Min64(kNcPanels, plan.b_panels);
+  // A transposed patch matrix (a convolution's d(filters)) with several row
+  // panels: every work item gathers and packs its own rows per K piece
+  // (PackATransposedPatchBlock), so the items split the rows only (each
+  // column block would gather the same patches again).
+  const bool transposed_patch_blocks =
+      p.transpose_a && p.a_patches != nullptr && plan.a_panels >= 2;
+  if (transposed_patch_blocks) {
+    plan.mc_panels = Min64(kMcPanels, CeilDiv(plan.a_panels, Min64(kMinWorkItems,
+                                                                    plan.a_panels)));
+  }
   for (;;) {
+    if (transposed_patch_blocks) {
+      plan.row_blocks = CeilDiv(plan.a_panels, plan.mc_panels);
+      plan.col_blocks = CeilDiv(plan.b_panels, plan.nc_panels);
+      break;
+    }
     plan.row_blocks = CeilDiv(plan.a_panels, plan.mc_panels);
     plan.col_blocks = CeilDiv(plan.b_panels, plan.nc_panels);
     if (p.batch * plan.row_blocks * plan.col_blocks >= kMinWorkItems) break;
@@ -494,13 +701,15 @@ void Gemm(const Problem& p, const ParallelFor& parallel) {
   plan.a_row_words = RowWords(plan.pairs);
   plan.a_pack_units = 0;
   plan.a_pairs_per_unit = 64;
-  if (p.transpose_a) {
+  if (transposed_patch_blocks) {
+    // (packed per work item)
+  } else if (p.transpose_a) {
     plan.packed_a = static_cast<uint32_t*>(
-        AlignedAlloc(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
+        AllocatePacked(4 * plan.a_batches * plan.a_panels * plan.pairs * kMr));
     plan.a_pack_units = plan.a_batches * CeilDiv(plan.pairs, plan.a_pairs_per_unit);
   } else if (plan.col_blocks > 1) {  // rows shared by several items: convert once
     plan.packed_a = static_cast<uint32_t*>(
-        AlignedAlloc(4 * plan.a_batches * plan.a_panels * kMr * plan.a_row_words));
+        AllocatePacked(4 * plan.a_batches * plan.a_panels * kMr * plan.a_row_words));
     plan.a_pack_units = plan.a_batches * plan.a_panels;
   }
   const int64_t pack_units = plan.pairs > 0 ? plan.a_pack_units + plan.b_batches * plan.b_panels : 0;

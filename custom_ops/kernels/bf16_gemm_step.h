@@ -13,6 +13,10 @@
 #include <cstdint>
 #include <cstdlib>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "rounding.h"  // FloatBits, BitsFloat
 
 namespace tf_lowprec {
@@ -73,6 +77,23 @@ inline float StepFinite(float acc, double x, double y) {
 inline void* AlignedAlloc(int64_t bytes) {
   const int64_t rounded = bytes <= 0 ? 64 : (bytes + 63) / 64 * 64;
   return std::aligned_alloc(64, static_cast<size_t>(rounded));
+}
+
+// The packed operands (tens of MiB for large GEMMs, fresh every call): in
+// 2 MiB pages where the kernel offers them (transparent huge pages on
+// request), so that first touching them costs ~512 times fewer page faults
+// (measured: 16 MiB in 1.4 ms instead of 11 ms on a Zen 3 VM; the CNN's
+// d(filters) GEMM on Zen 4 spent a third of its time in page faults) and the
+// micro-kernel's row streams fewer TLB misses.  Freed with std::free.
+inline void* AllocatePacked(int64_t bytes) {
+  constexpr int64_t kHugePage = int64_t{2} << 20;
+  if (bytes < kHugePage) return AlignedAlloc(bytes);
+  const int64_t rounded = CeilDiv(bytes, kHugePage) * kHugePage;
+  void* memory = std::aligned_alloc(kHugePage, static_cast<size_t>(rounded));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (memory != nullptr) madvise(memory, static_cast<size_t>(rounded), MADV_HUGEPAGE);
+#endif
+  return memory;
 }
 
 }  // namespace

@@ -211,6 +211,10 @@ def bf16_conv3d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
         groups = _gemm_common.check_groups(groups)
         _conv_nd.check_operands(x, filters, 3, "bf16_conv3d", groups)
 
+        if (groups == 1 and rounding_lib.use_kernel(implementation)
+                and _bf16_conv.geometry(x, filters, strides, padding, dilations) is not None):
+            return _bf16_conv.conv3d(x, filters, strides, padding, dilations, isa)
+
         def matmul(columns, weights):
             return bf16_matmul(columns, weights, isa=isa, implementation=implementation)
 

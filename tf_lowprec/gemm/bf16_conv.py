@@ -67,25 +67,41 @@ def _twin_conv(x, size, filters, strides, pads, dilations):
     return tf.reshape(y, [tf.shape(x)[0], out_h, out_w, channels_out])
 
 
-def _conv(x, size, filters, strides, pads, dilations, input_dilations, isa, use_ops):
+def _flip(filters):
+    """flip(filters)^T: [kh, kw, O, C], the taps reversed in both axes (d(x)'s filters)."""
+    return tf.transpose(tf.reverse(filters, [0, 1]), [0, 1, 3, 2])
+
+
+def _conv(x, size, filters, strides, pads, dilations, input_dilations, isa, use_ops,
+          flip_filters=False):
     """One implicit GEMM: patches(x) @ filters, x of spatial size `size` dilated by
-    `input_dilations` and padded by `pads` (the forward pass, or d(x) on the error)."""
+    `input_dilations` and padded by `pads` (the forward pass, or d(x) on the error,
+    then with flip_filters: the GEMM's filters are `_flip(filters)`, which the op
+    writes itself while the twin runs ReverseV2 and Transpose)."""
     if use_ops:
-        return _load_ops().lowprec_bf16_conv2d(
-            x, filters, strides=list(strides), dilations=list(dilations),
-            input_dilations=list(input_dilations), pads=list(pads), isa=isa)
+        op = _load_ops().lowprec_bf16_conv3d if len(strides) == 3 else \
+            _load_ops().lowprec_bf16_conv2d
+        return op(x, filters, strides=list(strides), dilations=list(dilations),
+                  input_dilations=list(input_dilations), pads=list(pads), isa=isa,
+                  flip_filters=flip_filters)
+    if flip_filters:
+        filters = _flip(filters)
     if tuple(input_dilations) != (1, 1):
         x = _dilate(x, input_dilations, *size)
         size = tuple((n - 1) * s + 1 for n, s in zip(size, input_dilations))
     return _twin_conv(x, size, filters, strides, pads, dilations)
 
 
-def _filter_gradient(x, dy, kh, kw, strides, pads, dilations, isa, use_ops):
-    """The GEMM patches(x)^T @ dy: d(filters) [kh, kw, C, O]."""
+def _filter_gradient(x, dy, ksize, strides, pads, dilations, isa, use_ops):
+    """The GEMM patches(x)^T @ dy: d(filters) [*ksize, C, O] (2 or 3 spatial axes; the
+    stock-TF twin: 2)."""
     if use_ops:
-        return _load_ops().lowprec_bf16_conv2d_backprop_filter(
-            x, dy, filter_size=[kh, kw], strides=list(strides), dilations=list(dilations),
-            input_dilations=[1, 1], pads=list(pads), isa=isa)
+        op = _load_ops().lowprec_bf16_conv3d_backprop_filter if len(ksize) == 3 else \
+            _load_ops().lowprec_bf16_conv2d_backprop_filter
+        return op(x, dy, filter_size=list(ksize), strides=list(strides),
+                  dilations=list(dilations), input_dilations=[1] * len(ksize), pads=list(pads),
+                  isa=isa)
+    kh, kw = ksize
     columns = _twin_patches(x, kh, kw, strides, pads, dilations)
     dw = tf_bf16_gemm.matmul(columns, tf.reshape(dy, [-1, tf.shape(dy)[3]]), transpose_a=True)
     return tf.reshape(dw, [kh, kw, tf.shape(x)[3], tf.shape(dy)[3]])
@@ -112,11 +128,54 @@ def conv2d(x, filters, strides, padding, dilations, isa="auto", implementation="
         y = _conv(xv, (height, width), wv, strides, pads, dilations, (1, 1), isa, use_ops)
 
         def grad(dy):
-            # flip(filters)^T: [kh, kw, O, C], taps reversed in both axes.
-            flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
-            dx = _conv(dy, (out_h, out_w), flipped, (1, 1), dx_pads, dilations, strides, isa,
-                       use_ops)
-            dw = _filter_gradient(xv, dy, kh, kw, strides, pads, dilations, isa, use_ops)
+            dx = _conv(dy, (out_h, out_w), wv, (1, 1), dx_pads, dilations, strides, isa,
+                       use_ops, flip_filters=True)
+            dw = _filter_gradient(xv, dy, (kh, kw), strides, pads, dilations, isa, use_ops)
+            return dx, dw
+
+        return y, grad
+
+    return conv(x, filters)
+
+
+def conv3d(x, filters, strides, padding, dilations, isa="auto"):
+    """`tf.nn.conv3d` (NDHWC, one group) with the C++ kernels: forward and d(filters)
+    as implicit BF16 GEMMs, d(x) as the im2col path computes it.
+
+    The bits of `bf16_conv3d`'s im2col path in all three passes: y and
+    d(filters) are the GEMMs of the materialized volume patches (gathered while
+    packing instead), and d(x) is still d(patches) = error @ filters^T summed
+    onto x by `conv_nd.col2im` in its stated FP32 order (an implicit d(x), one
+    VDPBF16PS-order sum per input gradient as conv2d's, would change its bits:
+    docs/bf16_gemm.md).  `geometry(x, filters, ...)` must not be None; the
+    caller checks the arguments and runs the im2col path elsewhere (twin, groups).
+
+    >>> x = tf.ones((1, 3, 3, 3, 1)); w = tf.ones((2, 2, 2, 1, 1))
+    >>> conv3d(x, w, (1, 1, 1), "VALID", (1, 1, 1))[0, 0, :, :, 0].numpy()
+    array([[8., 8.],
+           [8., 8.]], dtype=float32)
+    """
+    from tf_lowprec.gemm import bf16 as bf16_lib  # noqa: PLC0415  (bf16 imports this module)
+    from tf_lowprec.gemm import conv_nd  # noqa: PLC0415
+
+    pads, out = geometry(x, filters, strides, padding, dilations)
+    ksize = tuple(filters.shape[:3])
+    size = tuple(x.shape[1:4])
+    patch_geometry = conv_nd.conv_geometry(x, filters, strides, padding, dilations)
+
+    @tf.custom_gradient
+    def conv(xv, wv):
+        y = _conv(xv, size, wv, strides, pads, dilations, (1, 1, 1), isa, True)
+
+        def grad(dy):
+            channels_out = tf.shape(wv)[-1]
+            # d(patches): bf16_matmul's gradient of patches @ filters, then col2im.
+            dcols = bf16_lib.bf16_matmul(tf.reshape(dy, [-1, channels_out]),
+                                         tf.reshape(wv, [-1, channels_out]), transpose_b=True,
+                                         isa=isa)
+            dcols = tf.reshape(dcols, tf.concat([tf.shape(dy)[:-1], [-1]], 0))
+            dx = conv_nd.col2im(dcols, patch_geometry)
+            dw = _filter_gradient(xv, dy, ksize, strides, pads, dilations, isa, True)
             return dx, dw
 
         return y, grad

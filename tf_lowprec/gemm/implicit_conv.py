@@ -6,7 +6,7 @@ custom_ops/kernels/conv_gather.h): y = patches(x) @ filters, d(filters) =
 patches(x)^T @ dy, and d(x) = patches(dilate(dy, strides)) @ flip(filters)^T
 with the pads `input_gradient_pads` gives.  This module holds what those
 ops need to know of the geometry (the same as tf.nn.conv2d's / conv3d's; the
-BF16 GEMM runs conv2d only).
+BF16 GEMM's Python path runs conv2d only, its ops take conv3d too).
 
 >>> import numpy as np
 >>> x = np.zeros((1, 5, 5, 1), np.float32); w = np.zeros((3, 3, 1, 1), np.float32)
