@@ -64,12 +64,12 @@ def conv3d_op(kernel):
 
 def conv_transpose_op(kernel):
     if kernel == "dfp":
-        # 1-D and 2-D ones run as implicit GEMMs with the C++ kernels (written-out
+        # 1-D, 2-D and 3-D ones run as implicit GEMMs with the C++ kernels (written-out
         # references in test_dfp_implicit_conv_transpose.py); col2im's arithmetic, checked
-        # here, is that of the stock-TF twin (XLA, GPUs) and of 3-D ones.
+        # here, is that of the stock-TF twin (XLA, GPUs).
         def dfp(x, w, shape, strides, padding, dilations, implementation=None):
             if implementation is None:
-                implementation = "auto" if len(x.shape) == 5 else "tf"
+                implementation = "tf"
             return lp.dfp_conv_transpose(x, w, shape, strides, padding, dilations,
                                          implementation=implementation)
 

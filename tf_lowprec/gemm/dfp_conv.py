@@ -128,10 +128,11 @@ def convolution(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, 
 def transpose_applies(x, geometry):
     """Whether `conv_transpose` can take a transposed convolution of `geometry`.
 
-    `geometry` is `conv_nd.transpose_geometry`'s (static sizes by then): 1 or
-    2 spatial axes (a 1-D one runs as a 2-D one of height 1) and a non-empty x.
+    `geometry` is `conv_nd.transpose_geometry`'s (static sizes by then): 1, 2
+    or 3 spatial axes (a 1-D one runs as a 2-D one of height 1, a 3-D one on
+    the conv3d ops) and a non-empty x.
     """
-    return len(geometry.spatial) <= 2 and all(n > 0 for n in x.shape[1:-1])
+    return len(geometry.spatial) <= 3 and all(n > 0 for n in x.shape[1:-1])
 
 
 def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
@@ -143,13 +144,14 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
     them; `geometry` (`conv_nd.transpose_geometry`) is that of the convolution
     `conv(z [N, *spatial, O], filters)` whose input gradient this is (its
     `pads` are TF's, its windows x's positions); `transpose_applies` holds.
+    1-D runs as 2-D of height 1 (LowprecDfpConv2d*), 3-D on LowprecDfpConv3d*.
     With `conv` that convolution:
 
     * y = the d(z) of `conv`: x dilated by the strides, padded, convolved with
-      the filters reversed in both spatial axes as `[kh, kw, C, O]` (K =
-      kh * kw * C); output elements in no window of conv (output padding
+      the filters reversed in every spatial axis as `[*k, C, O]` (K =
+      prod(k) * C); output elements in no window of conv (output padding
       past the last window) are 0;
-    * d(x) = conv(dy, filters), stride s (K = kh * kw * O);
+    * d(x) = conv(dy, filters), stride s (K = prod(k) * O);
     * d(filters) = conv's filter gradient of (dy, x): patches(dy)^T @ x
       (K = N * prod(X)).
 
@@ -160,23 +162,28 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
     """
     one_d = len(geometry.spatial) == 1
 
-    def two(values, first):
+    def lifted(values, first):
         return [first, *values] if one_d else list(values)
 
-    spatial, ksize = two(geometry.spatial, 1), two(geometry.ksize, 1)
-    strides, dilations = two(geometry.strides, 1), two(geometry.dilations, 1)
-    conv_pads = two(geometry.pads, (0, 0))
+    spatial, ksize = lifted(geometry.spatial, 1), lifted(geometry.ksize, 1)
+    strides, dilations = lifted(geometry.strides, 1), lifted(geometry.dilations, 1)
+    conv_pads = lifted(geometry.pads, (0, 0))
     if one_d:
         x, filters = x[:, None], filters[None]
+    rank = len(spatial)
     ops = _load_ops()
+    conv_op, filter_op = {
+        2: (ops.lowprec_dfp_conv2d, ops.lowprec_dfp_conv2d_backprop_filter),
+        3: (ops.lowprec_dfp_conv3d, ops.lowprec_dfp_conv3d_backprop_filter)}[rank]
+    ones, axes = [1] * rank, list(range(rank))
     options = dict(bits=fmt.bits, extra_shift=fmt.extra_shift, chunk_size=chunk_size, isa=isa)
-    conv_attrs = dict(strides=strides, dilations=dilations, input_dilations=[1, 1],
+    conv_attrs = dict(strides=strides, dilations=dilations, input_dilations=ones,
                       pads=[p for pair in conv_pads for p in pair])
     # The forward pass is conv's d(z): pads of the dilated x so that a stride-1
     # convolution of it has the output's size.
     forward_pads = []
     for size, k, s, d, (before, _), out in zip(spatial, ksize, strides, dilations, conv_pads,
-                                              x.shape[1:3]):
+                                              x.shape[1:-1]):
         forward_pads += input_gradient_pads(size, k, s, d, before, out)
     seed = rounding_lib.seed_tensor(
         seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
@@ -188,18 +195,17 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
 
     @tf.custom_gradient
     def transpose(xv, wv):
-        # [kh, kw, O, C] -> flipped taps, [kh, kw, C, O]: conv's d(z) filters.
-        flipped = tf.transpose(tf.reverse(wv, [0, 1]), [0, 1, 3, 2])
-        y, _ = ops.lowprec_dfp_conv2d(xv, flipped, strides=[1, 1], dilations=dilations,
-                                      input_dilations=strides, pads=forward_pads, **options)
+        # [*k, O, C] -> flipped taps, [*k, C, O]: conv's d(z) filters.
+        flipped = tf.transpose(tf.reverse(wv, axes), axes + [rank + 1, rank])
+        y, _ = conv_op(xv, flipped, strides=ones, dilations=dilations,
+                       input_dilations=strides, pads=forward_pads, **options)
 
         def grad(dy):
             if backward_rounding != "nearest_even":
                 dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
                                                seed=seed + tf.constant([0, 2], tf.int64))
-            dx, _ = ops.lowprec_dfp_conv2d(dy, wv, **conv_attrs, **options)
-            dw, _ = ops.lowprec_dfp_conv2d_backprop_filter(dy, xv, filter_size=ksize,
-                                                           **conv_attrs, **options)
+            dx, _ = conv_op(dy, wv, **conv_attrs, **options)
+            dw, _ = filter_op(dy, xv, filter_size=ksize, **conv_attrs, **options)
             return dx, dw
 
         return y, grad
