@@ -367,6 +367,12 @@ def dfp_conv2d(
                 x, depthwise, strides, padding, dilations, fmt, rounding=rounding, seed=seed,
                 backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
             return y
+        if (groups > 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_conv.grouped_applies(x, filters, groups, strides, padding, dilations)):
+            # One implicit convolution a group on whole-tensor-quantized operands.
+            return _dfp_conv.grouped_convolution(
+                x, filters, groups, strides, padding, dilations, fmt, rounding=rounding,
+                seed=seed, backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
         kh, kw = filters.shape[0], filters.shape[1]
         covered = _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation, covered)
@@ -466,6 +472,12 @@ def dfp_conv3d(
                                     rounding=rounding, seed=seed,
                                     backward_rounding=backward_rounding,
                                     chunk_size=chunk_size, isa=isa)
+        if (groups > 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_conv.grouped_applies(x, filters, groups, strides, padding, dilations)):
+            # One implicit convolution a group on whole-tensor-quantized operands.
+            return _dfp_conv.grouped_convolution(
+                x, filters, groups, strides, padding, dilations, fmt, rounding=rounding,
+                seed=seed, backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
         geometry = _conv_nd.conv_geometry(x, filters, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation,
                                 geometry.covers_image())

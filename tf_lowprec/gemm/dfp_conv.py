@@ -212,3 +212,82 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
 
     y = transpose(x, filters)
     return y[:, 0] if one_d else y
+
+
+# Where one implicit convolution per group beats the batched grouped GEMM
+# (im2col + col2im): at most this many groups, or at least this many input
+# channels per group (benchmarks/results/dfp16_grouped.md, Zen 4, avx512:
+# 16x16x64 3x3: 0.40x-0.62x the GEMM path's CPU time for 2-16 groups, 1.03x
+# for 32 groups of 2 channels; 4x4x512: 0.81x for 128 groups of 4, 1.37x for
+# 256 groups of 2).  Per-group op calls cost a fixed overhead each; the
+# grouped GEMM's cost is mostly its im2col / col2im copies.
+MAX_ALWAYS_IMPLICIT_GROUPS = 16
+MIN_IMPLICIT_GROUP_CHANNELS = 4
+
+
+def grouped_applies(x, filters, groups, strides, padding, dilations):
+    """Whether `grouped_convolution` takes a grouped conv2d / conv3d.
+
+    `groups` > 1 with static channels and `geometry` not None (static
+    spatial and filter sizes, a non-empty output), and the implicit path the
+    faster one: groups <= `MAX_ALWAYS_IMPLICIT_GROUPS` or C / groups >=
+    `MIN_IMPLICIT_GROUP_CHANNELS` (measured; see those constants).  Other
+    grouped convolutions run on the batched grouped GEMM (im2col).
+
+    >>> import numpy as np
+    >>> x = np.zeros((1, 8, 8, 64), np.float32)
+    >>> grouped_applies(x, np.zeros((3, 3, 16, 64), np.float32), 4, (1, 1), "SAME", (1, 1))
+    True
+    >>> grouped_applies(x, np.zeros((3, 3, 2, 64), np.float32), 32, (1, 1), "SAME", (1, 1))
+    False
+    """
+    channels = x.shape[-1]
+    if groups < 2 or channels is None or filters.shape[-1] is None:
+        return False
+    if groups > MAX_ALWAYS_IMPLICIT_GROUPS and channels // groups < MIN_IMPLICIT_GROUP_CHANNELS:
+        return False
+    return geometry(x, filters, strides, padding, dilations) is not None
+
+
+def grouped_convolution(x, filters, groups, strides, padding, dilations,
+                        fmt=formats_lib.DFP16, *, rounding="nearest_even", seed=None,
+                        backward_rounding="nearest_even", chunk_size=64, isa="auto"):
+    """A grouped conv2d / conv3d (channels last) as implicit INT16 GEMMs, one `convolution` a group.
+
+    filters [*k, C / groups, O]; group g convolves x[..., g * Cg:(g + 1) * Cg]
+    with filters[..., g * Og:(g + 1) * Og] and the outputs are concatenated.
+    x, the filters and (in the gradient) the error are quantized once here
+    as whole tensors (one exponent each, as the grouped GEMM path and the
+    paper's arithmetic quantize them; seeds as `convolution`'s).  Each group's
+    kernels then quantize their slice again with the slice's own exponent
+    E_s <= E: lossless (the values lie on the 2^E grid and fit), and the
+    mantissas are those of the whole tensor times 2^(E - E_s), so every exact
+    integer chunk sum is scaled by a power of two, and so (no overflow or
+    underflow of FP32) are its FP32 conversion, the FP32 sums of chunks and
+    the result before the final 2^(Ex + Ew) scale: the same FP32 bits as
+    with the whole tensors' exponents.  Forward and d(filters) are therefore
+    the grouped GEMM path's bits; d(x) is each group's implicit input
+    gradient (INT32 chunk sums over prod(k) * O / groups terms, no col2im).
+    """
+    x, filters = tf.convert_to_tensor(x), tf.convert_to_tensor(filters)
+    seed = rounding_lib.seed_tensor(
+        seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
+    # Straight-through gradients (quantize_dfp's).
+    x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
+    filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
+                                        seed=seed + tf.constant([0, 1], tf.int64))
+    options = dict(chunk_size=chunk_size, isa=isa)
+    # tf.split: its gradient concatenates the groups' d(x) / d(filters).
+    outputs = [convolution(xg, wg, strides, padding, dilations, fmt, **options)
+               for xg, wg in zip(tf.split(x, groups, axis=-1),
+                                 tf.split(filters, groups, axis=-1))]
+    error_seed = seed + tf.constant([0, 2], tf.int64)
+
+    @tf.custom_gradient
+    def whole_error_quantized(y):
+        def grad(dy):
+            return rounding_lib.quantize_dfp(dy, fmt, backward_rounding, seed=error_seed)
+
+        return tf.identity(y), grad
+
+    return whole_error_quantized(tf.concat(outputs, axis=-1))
