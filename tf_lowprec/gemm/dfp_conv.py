@@ -17,10 +17,14 @@ likewise with kd * kh * kw taps in the order (kd, kh, kw, C)):
   only between chunks, instead of FP32 sums of the d(patches) columns
   (col2im).  docs/dfp_gemm.md states the arithmetic.
 
-`conv_transpose` (what `tf_lowprec.gemm.dfp.dfp_conv_transpose` runs for 1-
-and 2-D transposed convolutions) is the input gradient of a convolution, so
-it runs on the same two ops: its forward pass is the d(x) above (x dilated by
-the strides and padded, the flipped filters, K = kh * kw * C), its d(x) that
+`grouped_convolution` (grouped conv2d / conv3d, `grouped_applies` says
+which) runs `convolution` once per group on the channel slices of x, the
+filters and the error, each quantized once as a whole tensor first.
+
+`conv_transpose` (what `tf_lowprec.gemm.dfp.dfp_conv_transpose` runs for 1-,
+2- and 3-D transposed convolutions) is the input gradient of a convolution,
+so it runs on the same ops: its forward pass is the d(x) above (x dilated by
+the strides and padded, the flipped filters, K = prod(k) * C), its d(x) that
 convolution's forward pass and its d(filters) that convolution's filter
 gradient with the roles of x and the error exchanged.
 
@@ -217,10 +221,11 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
 # Where one implicit convolution per group beats the batched grouped GEMM
 # (im2col + col2im): at most this many groups, or at least this many input
 # channels per group (benchmarks/results/dfp16_grouped.md, Zen 4, avx512:
-# 16x16x64 3x3: 0.40x-0.62x the GEMM path's CPU time for 2-16 groups, 1.03x
-# for 32 groups of 2 channels; 4x4x512: 0.81x for 128 groups of 4, 1.37x for
-# 256 groups of 2).  Per-group op calls cost a fixed overhead each; the
-# grouped GEMM's cost is mostly its im2col / col2im copies.
+# batch 16, 16x16x64 3x3: 0.40x-0.62x the GEMM path's CPU time for 2-16
+# groups, 1.03x for 32 groups of 2 channels; 4x4x512: 0.81x-0.93x for 128
+# groups of 4, 1.26x-1.37x for 256 groups of 2; missed: 1.2x for 64 groups
+# of 8 there, a 10 ms step).  Per-group op calls cost a fixed overhead each;
+# the grouped GEMM's cost is mostly its im2col / col2im copies.
 MAX_ALWAYS_IMPLICIT_GROUPS = 16
 MIN_IMPLICIT_GROUP_CHANNELS = 4
 
