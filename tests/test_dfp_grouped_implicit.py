@@ -103,6 +103,20 @@ def test_stochastic_rounding_quantizes_the_whole_tensors_with_the_seeds():
         np.testing.assert_array_equal(have, expected)
 
 
+def test_nan_stays_in_its_group_as_on_the_grouped_gemm(monkeypatch):
+    """A NaN in group 0's x: NaN in that group's outputs over its windows and in its d(W),
+    nowhere else (the whole-tensor exponent is taken from the finite values)."""
+    x, w = rand((1, 4, 4, 4), 30), rand((3, 3, 2, 4), 31)
+    x[0, 1, 1, 0] = np.nan
+    g = np.ones((1, 4, 4, 4), np.float32)
+    implicit = conv_gradients(conv, x, w, g, 1, "SAME", 1, 2)
+    monkeypatch.setattr(dfp_conv, "grouped_applies", lambda *args: False)
+    gemm = conv_gradients(conv, x, w, g, 1, "SAME", 1, 2)
+    for have, want in zip(implicit, gemm):
+        np.testing.assert_array_equal(np.isnan(have), np.isnan(want))
+    assert np.isnan(implicit[0][..., :2]).sum() == 18 and not np.isnan(implicit[0][..., 2:]).any()
+
+
 def _op_types(x, w, groups):
     @tf.function(autograph=False)
     def step(x, w):
