@@ -184,3 +184,27 @@ def test_keras_grouped_layer_trains_one_step_on_the_implicit_gemms(layer, shape,
     assert traced and traced[0] == model.layers[0].groups
     after = np.asarray(model.layers[0].weights[0])
     assert np.isfinite(after).all() and not np.array_equal(before, after)
+
+
+def test_keras_conv1d_of_one_group_runs_on_the_implicit_2d_ops(float32_afterwards,
+                                                                monkeypatch):
+    """Conv1D is a 2-D convolution of height 1 (the emulation lifts it), so one group runs
+    on the implicit conv2d ops, as a transposed 1-D one does: no im2col, no col2im."""
+    shapes = []
+    convolution = dfp_conv.convolution
+
+    def recording(x, *args, **kwargs):
+        shapes.append(tuple(x.shape))
+        return convolution(x, *args, **kwargs)
+
+    monkeypatch.setattr(dfp_conv, "convolution", recording)
+    keras.config.set_dtype_policy(lp.Policy("dfp16"))
+    layer = keras.layers.Conv1D(3, 3, strides=2)
+    x = tf.constant(rand((2, 9, 4), 16))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x))
+    lp.dfp_gemm_counters(reset=True)
+    tape.gradient(loss, [x, layer.kernel])
+    assert shapes == [(2, 1, 9, 4)]
+    assert lp.dfp_gemm_counters()["calls"] == 2  # d(x) and d(kernel), on the implicit ops
