@@ -3,10 +3,9 @@
 Times one forward + backward pass (y, d(x), d(filters) in one `tf.function`
 with a GradientTape) of `lp.dfp_conv_transpose` on two paths:
 
-* implicit: what runs now for 1-D / 2-D ones (`tf_lowprec.gemm.dfp_conv.
-  conv_transpose`: three implicit INT16 GEMMs on the conv2d ops);
-* col2im: the path before it (still the one of 3-D ones and of the stock-TF
-  twin), the INT16 GEMM `x @ filters^T` (K = C) then col2im in FP32, and the
+* implicit: what runs now (`tf_lowprec.gemm.dfp_conv.conv_transpose`: three
+  implicit INT16 GEMMs on the conv2d ops, or the conv3d ops for 3-D ones);
+* col2im: the path before it (still the one of the stock-TF twin), the INT16 GEMM `x @ filters^T` (K = C) then col2im in FP32, and the
   backward GEMMs on the error's patches: reached here by making
   `dfp_conv.transpose_applies` answer False while that function is traced;
 
@@ -34,7 +33,8 @@ from tf_lowprec.gemm import dfp_conv  # noqa: E402
 
 # (x shape, filters [*k, O, C], output spatial, stride, padding): a small image
 # decoder's upsampling layers (7 -> 14 -> 28, as a DCGAN generator for 28 x 28
-# images), a stride-1 one (the adjoint of bench_dfp_conv.py's conv2) and a 1-D one.
+# images), a stride-1 one (the adjoint of bench_dfp_conv.py's conv2), a 1-D one and a
+# 3-D one (a volume decoder's upsampling layer, batch 8).
 CASES = {
     "2-D 7x7x64 -> 14x14x32, k3 s2 SAME": ((64, 7, 7, 64), (3, 3, 32, 64), (14, 14), 2, "SAME"),
     "2-D 14x14x32 -> 28x28x16, k4 s2 SAME": ((64, 14, 14, 32), (4, 4, 16, 32), (28, 28), 2,
@@ -42,6 +42,8 @@ CASES = {
     "2-D 26x26x64 -> 28x28x32, k3 s1 VALID": ((64, 26, 26, 64), (3, 3, 32, 64), (28, 28), 1,
                                               "VALID"),
     "1-D 64x32 -> 128x16, k5 s2 SAME": ((64, 64, 32), (5, 16, 32), (128,), 2, "SAME"),
+    "3-D 4x8x8x32 -> 8x16x16x16, k3 s2 SAME": ((8, 4, 8, 8, 32), (3, 3, 3, 16, 32),
+                                               (8, 16, 16), 2, "SAME"),
 }
 
 

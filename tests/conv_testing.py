@@ -85,28 +85,36 @@ def dfp_implicit_conv_references(x, w, g, strides, padding, dilations):
     convolution gives x's size, with the filters flipped in every spatial axis
     and [*k, O, C] (INT32 chunk sums over prod(k) * O).
     """
-    rank = x.ndim - 2
-    ksize, (cin, cout) = w.shape[:rank], w.shape[rank:]
+    return dfp_implicit_conv_references_quantized(quantized(x), quantized(w), quantized(g),
+                                                  strides, padding, dilations)
+
+
+def dfp_implicit_conv_references_quantized(x, w, g, strides, padding, dilations):
+    """`dfp_implicit_conv_references` of operands already quantized: x, w and g are
+    (values, exponent [1, 1, 1]) pairs, the values on their exponent's grid (for a
+    grouped convolution: a group's channel slices with the whole tensors' exponents)."""
+    (xq, ex), (wq, ew), (gq, eg) = x, w, g
+    rank = xq.ndim - 2
+    ksize, (cin, cout) = wq.shape[:rank], wq.shape[rank:]
     axes = [pads_of(n, k, s, d, padding)
-            for n, k, s, d in zip(x.shape[1:-1], ksize, strides, dilations)]
+            for n, k, s, d in zip(xq.shape[1:-1], ksize, strides, dilations)]
     out = [o for _, _, o in axes]
-    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
     cols, _ = im2col_nd(xq, ksize, strides, [(b, a) for b, a, _ in axes], dilations)
     gemm = reference_gemm.dfp_matmul_quantized
-    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape([x.shape[0]] + out + [cout])
-    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(w.shape)
-    dilated = np.zeros([x.shape[0]] + [(o - 1) * s + 1 for o, s in zip(out, strides)] + [cout],
+    y = gemm(cols, ex, wq.reshape(-1, cout), ew).reshape([xq.shape[0]] + out + [cout])
+    dw = gemm(cols.T.copy(), ex, gq.reshape(-1, cout), eg).reshape(wq.shape)
+    dilated = np.zeros([xq.shape[0]] + [(o - 1) * s + 1 for o, s in zip(out, strides)] + [cout],
                        np.float32)
     dilated[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = gq
     pads = []
-    for size, k, d, (before, _, _), extent in zip(x.shape[1:-1], ksize, dilations, axes,
+    for size, k, d, (before, _, _), extent in zip(xq.shape[1:-1], ksize, dilations, axes,
                                                   dilated.shape[1:-1]):
         span = (k - 1) * d + 1
         first = span - 1 - before  # the flipped kernel's first tap on input row 0
         pads.append((first, size - 1 + span - extent - first))
     dcols, _ = im2col_nd(dilated, ksize, (1,) * rank, pads, dilations)
     flipped = np.swapaxes(wq[(slice(None, None, -1),) * rank], -1, -2).reshape(-1, cin)
-    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(x.shape)
+    dx = gemm(dcols, eg, flipped.copy(), ew).reshape(xq.shape)
     return y, dx, dw
 
 
@@ -119,3 +127,20 @@ def conv_gradients(conv, x, w, g, *args, **kwargs):
         loss = tf.reduce_sum(y * g)
     dx, dw = tape.gradient(loss, [x, w])
     return np.asarray(y), np.asarray(dx), np.asarray(dw)
+
+
+def dfp_grouped_implicit_conv_references(x, w, g, groups, strides, padding, dilations,
+                                         quantize=quantized):
+    """(y, dx, dw) of a grouped DFP convolution run as one implicit GEMM convolution a group.
+
+    x, w [*k, C / groups, O] and g are quantized as whole tensors (`quantize`:
+    values and exponent [1, 1, 1]); group i convolves x's channel slice i with
+    the filters' output slice i (`dfp_implicit_conv_references_quantized`, the
+    whole tensors' exponents); outputs and gradients are concatenated.
+    """
+    (xq, ex), (wq, ew), (gq, eg) = quantize(x), quantize(w), quantize(g)
+    parts = [dfp_implicit_conv_references_quantized((xs, ex), (ws, ew), (gs, eg), strides,
+                                                    padding, dilations)
+             for xs, ws, gs in zip(np.split(xq, groups, -1), np.split(wq, groups, -1),
+                                   np.split(gq, groups, -1))]
+    return tuple(np.concatenate(part, axis=-1) for part in zip(*parts))

@@ -24,6 +24,7 @@ from test_bf16_gemm import reference_matmul as bf16_reference_matmul
 from test_dfp_conv2d import rand
 import test_dfp_implicit_conv_transpose as implicit_transpose
 from test_dfp_implicit_conv3d import references as implicit_conv3d_references
+from conv_testing import dfp_grouped_implicit_conv_references
 
 
 def dfp_gemm(a, b):
@@ -64,12 +65,12 @@ def conv3d_op(kernel):
 
 def conv_transpose_op(kernel):
     if kernel == "dfp":
-        # 1-D and 2-D ones run as implicit GEMMs with the C++ kernels (written-out
+        # 1-D, 2-D and 3-D ones run as implicit GEMMs with the C++ kernels (written-out
         # references in test_dfp_implicit_conv_transpose.py); col2im's arithmetic, checked
-        # here, is that of the stock-TF twin (XLA, GPUs) and of 3-D ones.
+        # here, is that of the stock-TF twin (XLA, GPUs).
         def dfp(x, w, shape, strides, padding, dilations, implementation=None):
             if implementation is None:
-                implementation = "auto" if len(x.shape) == 5 else "tf"
+                implementation = "tf"
             return lp.dfp_conv_transpose(x, w, shape, strides, padding, dilations,
                                          implementation=implementation)
 
@@ -170,6 +171,10 @@ def test_conv3d_matches_written_out_reference(kernel, xs, ws, groups, strides, p
         # stride-dilated error with the flipped filters, no col2im.
         want_dx = implicit_conv3d_references(np.asarray(x), np.asarray(w), g, strides, padding,
                                              dilations)[1]
+    elif kernel == "dfp":
+        # Grouped: one implicit GEMM convolution a group (test_dfp_grouped_implicit).
+        want_dx = dfp_grouped_implicit_conv_references(np.asarray(x), np.asarray(w), g, groups,
+                                                       strides, padding, dilations)[1]
     np.testing.assert_array_equal(np.asarray(dx), want_dx)
     exact = np.asarray(tf.nn.conv3d(x, w, (1,) + strides + (1,), padding,
                                     dilations=(1,) + dilations + (1,))) if groups == 1 else None
@@ -314,10 +319,11 @@ def test_layers_equal_the_written_out_reference(preset, make, shape):
     xr, wr, gr = quantize(x), quantize(layer.kernel), quantize(upstream)
     ksize, strides = layer.kernel_size, layer.strides
     padding, dilations = layer.padding.upper(), layer.dilation_rate
-    if preset == "dfp16" and len(shape) < 5:
-        # 1-D / 2-D transposed: implicit INT16 GEMMs, no col2im (their written-out reference).
-        written_out = implicit_transpose.references_1d if len(shape) == 3 else (
-            implicit_transpose.references)
+    if preset == "dfp16" and (len(shape) < 5
+                              or isinstance(layer, keras.layers.Conv3DTranspose)):
+        # Transposed: implicit INT16 GEMMs, no col2im (their written-out reference).
+        written_out = {3: implicit_transpose.references_1d, 4: implicit_transpose.references,
+                       5: implicit_transpose.references_nd}[len(shape)]
         want = written_out(np.asarray(x), np.asarray(layer.kernel), upstream,
                            tuple(y.shape[1:-1]), tuple(strides), padding, tuple(dilations))
         for got, expected in zip((y, dx, dkernel), want):

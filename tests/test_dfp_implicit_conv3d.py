@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
+from tf_lowprec.gemm import dfp_conv
 from conv_testing import conv_gradients, dfp_implicit_conv_references, im2col_nd, pads_of, rand
 from kernel_tiers import params as tier_params
 
@@ -156,10 +157,15 @@ def test_keras_conv3d_trains_a_step_under_dfp16():
     assert np.isfinite(loss) and not np.array_equal(np.asarray(layer.kernel), before)
 
 
-def test_groups_keep_the_im2col_path():
-    """groups > 1 is not an implicit GEMM yet: the patch GEMM path (MatmulFused) runs."""
+def test_groups_run_one_implicit_conv_a_group(monkeypatch):
+    """groups > 1: one implicit conv3d per group (test_dfp_grouped_implicit.py has the bits)."""
+    groups_seen = []
+    grouped = dfp_conv.grouped_convolution
+    monkeypatch.setattr(dfp_conv, "grouped_convolution",
+                        lambda *a, **k: groups_seen.append(a[2]) or grouped(*a, **k))
     x, w = rand((1, 3, 3, 3, 4), 20), rand((2, 2, 2, 2, 4), 21)
     y = lp.dfp_conv3d(x, w, groups=2)
+    assert groups_seen == [2]
     exact = tf.nn.conv3d(x[..., :2], w[..., :2], (1,) * 5, "VALID")
     np.testing.assert_allclose(np.asarray(y)[..., :2], exact, atol=2e-3 * np.abs(exact).max())
 

@@ -1,14 +1,14 @@
-"""dfp_conv_transpose (1-D, 2-D) as implicit INT16 GEMMs: bit-exact against NumPy.
+"""dfp_conv_transpose (1-D, 2-D, 3-D) as implicit INT16 GEMMs: bit-exact against NumPy.
 
 A transposed convolution is the input gradient of the convolution of its
 output with the filters, so each pass is one INT16 GEMM of patches written
 out here in NumPy (im2col, then the INT16/INT32 GEMM reference):
 
 * y: patches of x dilated by the strides and padded, times the filters
-  flipped in both spatial axes as [kh, kw, C, O] (K = kh * kw * C);
+  flipped in every spatial axis as [*k, C, O] (K = prod(k) * C);
 * d(x): patches of the error (stride s, TF's pads) times the filters as
-  [kh * kw * O, C];
-* d(filters): the same patches transposed times x ([kh * kw * O, C]).
+  [prod(k) * O, C];
+* d(filters): the same patches transposed times x ([prod(k) * O, C]).
 
 Every kernel tier this CPU runs; the others are skipped naming the ISA.
 """
@@ -22,6 +22,7 @@ import tf_lowprec as lp
 from tf_lowprec.gemm import dfp_conv
 from tf_lowprec.gemm import reference as reference_gemm
 from kernel_tiers import params as tier_params
+from conv_testing import im2col_nd
 from test_dfp_implicit_conv import im2col, quantized, rand
 
 
@@ -225,12 +226,104 @@ def test_graph_has_no_col2im_and_three_gemms():
                         "Conv2DBackpropInput"}, types
 
 
-def test_3d_keeps_the_im2col_path():
-    """3 spatial axes: no implicit 3-D op; the col2im path (K = C) still runs."""
+def references_nd(x, w, g, spatial, strides, padding, dilations):
+    """(y, dx, dw) of the transposed convolution with any number of spatial axes,
+    channels last, w [*k, O, C]: `references` written with the rank-generic im2col."""
+    rank = x.ndim - 2
+    ksize, (cout, cin) = w.shape[:rank], w.shape[rank:]
+    pads = conv_pads(spatial, x.shape[1:-1], ksize, strides, padding, dilations)
+    (xq, ex), (wq, ew), (gq, eg) = quantized(x), quantized(w), quantized(g)
+    gemm = reference_gemm.dfp_matmul_quantized
+    dilated = np.zeros([x.shape[0]] + [(n - 1) * s + 1 for n, s in zip(x.shape[1:-1], strides)]
+                       + [cin], np.float32)
+    dilated[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = xq
+    forward_pads = []
+    for size, k, d, (before, _), extent in zip(spatial, ksize, dilations, pads,
+                                               dilated.shape[1:-1]):
+        span = (k - 1) * d + 1
+        first = span - 1 - before
+        forward_pads.append((first, size - 1 + span - extent - first))
+    cols, out = im2col_nd(dilated, ksize, (1,) * rank, forward_pads, dilations)
+    assert tuple(out) == tuple(spatial)
+    flipped = np.swapaxes(wq[(slice(None, None, -1),) * rank], -1, -2).reshape(-1, cout)
+    y = gemm(cols, ex, flipped.copy(), ew).reshape(x.shape[0], *spatial, cout)
+    gcols, gout = im2col_nd(gq, ksize, strides, pads, dilations)
+    assert tuple(gout) == tuple(x.shape[1:-1])
+    dx = gemm(gcols, eg, wq.reshape(-1, cin).copy(), ew).reshape(x.shape)
+    dw = gemm(gcols.T.copy(), eg, xq.reshape(-1, cin).copy(), ex).reshape(w.shape)
+    return y, dx, dw
+
+
+CASES_3D = [
+    # (x shape, filter shape [kd, kh, kw, O, C], output spatial, strides, padding, dilations)
+    ((2, 2, 3, 2, 3), (2, 3, 2, 4, 3), (4, 6, 4), (2, 2, 2), "SAME", (1, 1, 1)),
+    ((1, 2, 2, 3, 2), (2, 2, 3, 3, 2), (3, 5, 7), (1, 2, 1), "VALID", (1, 1, 2)),
+    # Output padding (stride 3 > kernel 2: VALID 7 > 6) and K = 8 * 20 = 160: three chunks.
+    ((1, 2, 2, 2, 20), (2, 2, 2, 3, 20), (7, 6, 7), (3, 3, 3), "VALID", (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("case", CASES_3D)
+def test_3d_forward_and_gradients_bit_exact(case, isa):
+    xs, ws, spatial, strides, padding, dilations = case
+    x, w = rand(xs, 21), rand(ws, 22, scale=0.3)
+    g = rand((xs[0], *spatial, ws[-2]), 23, scale=1e-2)
+    got = run(x, w, g, spatial, strides, padding, dilations, isa=isa)
+    for have, want in zip(got, references_nd(x, w, g, spatial, strides, padding, dilations)):
+        np.testing.assert_array_equal(have, want)
+    exact = tf.nn.conv_transpose(x, w, [xs[0], *spatial, ws[-2]], strides, padding,
+                                 dilations=dilations)
+    np.testing.assert_allclose(got[0], np.asarray(exact), atol=2e-3 * np.abs(exact).max())
+
+
+def test_nd_reference_is_the_2d_one():
+    """The rank-generic reference gives the 2-D reference's bits (so it writes the same sums)."""
+    xs, ws, spatial, strides, padding, dilations = CASES[0]
+    x, w = rand(xs, 24), rand(ws, 25, scale=0.3)
+    g = rand((xs[0], *spatial, ws[-2]), 26, scale=1e-2)
+    for nd, two in zip(references_nd(x, w, g, spatial, strides, padding, dilations),
+                       references(x, w, g, spatial, strides, padding, dilations)):
+        np.testing.assert_array_equal(nd, two)
+
+
+def test_3d_stochastic_rounding_uses_the_seeded_quantization():
+    xs, ws, spatial, strides = (1, 2, 2, 2, 2), (2, 2, 2, 3, 2), (4, 4, 4), (2, 2, 2)
+    x, w, g = rand(xs, 27), rand(ws, 28, scale=0.2), rand((1, *spatial, 3), 29, scale=1e-3)
+    seed = tf.constant([5, 7], tf.int64)
+    got = run(x, w, g, spatial, strides, "SAME", (1, 1, 1), rounding="stochastic", seed=seed,
+              backward_rounding="stochastic")
+    xr = np.asarray(lp.quantize_dfp(x, rounding="stochastic", seed=seed))
+    wr = np.asarray(lp.quantize_dfp(w, rounding="stochastic", seed=seed + [0, 1]))
+    gr = np.asarray(lp.quantize_dfp(g, rounding="stochastic", seed=seed + [0, 2]))
+    for have, want in zip(got, references_nd(xr, wr, gr, spatial, strides, "SAME", (1, 1, 1))):
+        np.testing.assert_array_equal(have, want)
+
+
+def test_3d_graph_has_no_col2im_or_im2col():
     x, w = rand((1, 2, 2, 2, 2), 14), rand((2, 2, 2, 3, 2), 15)
-    y = lp.dfp_conv_transpose(x, w, [1, 4, 4, 4, 3], 2, "SAME")
-    exact = tf.nn.conv_transpose(x, w, [1, 4, 4, 4, 3], 2, "SAME")
-    np.testing.assert_allclose(np.asarray(y), np.asarray(exact), atol=2e-3)
+
+    @tf.function(autograph=False)
+    def step(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            loss = tf.reduce_sum(lp.dfp_conv_transpose(x, w, [1, 4, 4, 4, 3], 2, "SAME"))
+        return [loss] + tape.gradient(loss, [x, w])
+
+    concrete = step.get_concrete_function(tf.constant(x), tf.constant(w))
+    lp.dfp_gemm_counters(reset=True)
+    concrete(tf.constant(x), tf.constant(w))
+    assert lp.dfp_gemm_counters()["calls"] == 3  # forward, d(x), d(filters)
+    graph = concrete.graph.as_graph_def()
+    types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        types.update(node.op for node in function.node_def)
+    assert {"LowprecDfpConv3d", "LowprecDfpConv3dBackpropFilter"} <= types
+    # col2im is a scatter-add / strided-slice gradient, im2col gathers or
+    # extracts volume patches; the implicit path has none of them.
+    assert not types & {"StridedSliceGrad", "LowprecDfpMatmulFused", "LowprecDfpMatmul",
+                        "ConcatV2", "ExtractVolumePatches", "GatherV2", "ScatterNd",
+                        "TensorScatterAdd", "UnsortedSegmentSum"}, types
 
 
 @pytest.fixture

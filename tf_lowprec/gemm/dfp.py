@@ -311,10 +311,16 @@ def dfp_conv2d(
     C++ kernels, one group and static height and width, these are implicit
     GEMMs (`tf_lowprec.gemm.dfp_conv`: patches gathered while packing):
     d(filters) = patches^T @ error, and d(x) one INT16 GEMM of the
-    stride-dilated error's patches with the flipped filters.  Otherwise
-    (groups, dynamic sizes, `implementation="tf"`) the patches are extracted
-    (im2col) for `dfp_matmul`, d(patches) = error @ filters^T, and the patch
-    gradients are summed back onto the input in FP32 (col2im).  A depthwise
+    stride-dilated error's patches with the flipped filters.  A grouped
+    convolution (several input channels a group) with static sizes runs as
+    one such implicit convolution per group on x, the filters and the error
+    quantized once as whole tensors (`dfp_conv.grouped_convolution`: forward
+    and d(filters) the grouped GEMM's bits, d(x) without col2im), except more
+    than 16 groups of fewer than 4 channels (`dfp_conv.grouped_applies`:
+    the grouped GEMM is faster there).  Otherwise (those, dynamic sizes,
+    `implementation="tf"`) the patches are extracted (im2col) for
+    `dfp_matmul`, d(patches) = error @ filters^T, and the patch gradients
+    are summed back onto the input in FP32 (col2im).  A depthwise
     convolution (`groups` = in_channels, filters [kh, kw, 1, C * M]) with
     the C++ kernels and static sizes runs on the direct depthwise kernels
     instead (`tf_lowprec.gemm.dfp_depthwise`): forward and d(filters) bit for
@@ -331,8 +337,9 @@ def dfp_conv2d(
         split into `groups` groups, filters `[kh, kw, in_channels / groups,
         out_channels]` (a depthwise convolution with multiplier M is
         `groups=in_channels` on filters reshaped to `[kh, kw, 1,
-        in_channels * M]`).  One batched INT16 GEMM over the groups; x and
-        the filters keep one exponent per tensor.
+        in_channels * M]`).  One implicit convolution a group (or, for many
+        small groups, one batched INT16 GEMM over the groups); x, the
+        filters and the error keep one exponent per tensor.
       Other arguments as for `dfp_matmul` (x uses seed, filters seed + [0, 1]).
 
     >>> import numpy as np, tf_lowprec as lp
@@ -368,6 +375,12 @@ def dfp_conv2d(
                 x, depthwise, strides, padding, dilations, fmt, rounding=rounding, seed=seed,
                 backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
             return y
+        if (groups > 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_conv.grouped_applies(x, filters, groups, strides, padding, dilations)):
+            # One implicit convolution a group on whole-tensor-quantized operands.
+            return _dfp_conv.grouped_convolution(
+                x, filters, groups, strides, padding, dilations, fmt, rounding=rounding,
+                seed=seed, backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
         kh, kw = filters.shape[0], filters.shape[1]
         covered = _gemm_common.patches_cover_input(x, kh, kw, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation, covered)
@@ -428,12 +441,14 @@ def dfp_conv3d(
     """`tf.nn.conv3d` (NDHWC) computed by the INT16 GEMM of `dfp_matmul`.
 
     As `dfp_conv2d`, with volume patches `[N * D' * H' * W', kd * kh * kw *
-    C]` in the order (kd, kh, kw, C).  With the C++ kernels and one group
-    these are implicit GEMMs (`tf_lowprec.gemm.dfp_conv`: patches gathered
-    while packing): forward and d(filters) = patches^T @ error, and d(x) one
-    INT16 GEMM of the stride-dilated error's patches with the flipped
-    filters (K = kd * kh * kw * O).  Otherwise (groups,
-    `implementation="tf"`) the patches are extracted (3-D im2col,
+    C]` in the order (kd, kh, kw, C).  With the C++ kernels these are
+    implicit GEMMs (`tf_lowprec.gemm.dfp_conv`: patches gathered while
+    packing): forward and d(filters) = patches^T @ error, and d(x) one INT16
+    GEMM of the stride-dilated error's patches with the flipped filters (K =
+    kd * kh * kw * O); grouped ones one implicit convolution per group on
+    whole-tensor-quantized operands, as in `dfp_conv2d`.  Otherwise (more
+    than 16 groups of fewer than 4 channels, `implementation="tf"`) the
+    patches are extracted (3-D im2col,
     `tf_lowprec.gemm.conv_nd`), d(patches) = error @ filters^T, and the
     patch gradients are summed onto x in FP32 in the order conv_nd states.
 
@@ -467,6 +482,12 @@ def dfp_conv3d(
                                     rounding=rounding, seed=seed,
                                     backward_rounding=backward_rounding,
                                     chunk_size=chunk_size, isa=isa)
+        if (groups > 1 and rounding_lib.use_kernel(implementation)
+                and _dfp_conv.grouped_applies(x, filters, groups, strides, padding, dilations)):
+            # One implicit convolution a group on whole-tensor-quantized operands.
+            return _dfp_conv.grouped_convolution(
+                x, filters, groups, strides, padding, dilations, fmt, rounding=rounding,
+                seed=seed, backward_rounding=backward_rounding, chunk_size=chunk_size, isa=isa)
         geometry = _conv_nd.conv_geometry(x, filters, strides, padding, dilations)
         xq, wq = _conv_operands(x, filters, fmt, rounding, seed, implementation,
                                 geometry.covers_image())
@@ -499,15 +520,15 @@ def dfp_conv_transpose(
     """`tf.nn.conv_transpose` (channels last, 1-3 spatial axes) on the INT16 GEMM.
 
     A transposed convolution is the input gradient of the convolution `conv`
-    of its output with the filters.  With the C++ kernels and 1 or 2 spatial
-    axes (1-D as 2-D of height 1) it runs as implicit GEMMs
+    of its output with the filters.  With the C++ kernels (1-D as 2-D of
+    height 1, 3-D on the conv3d ops) it runs as implicit GEMMs
     (`tf_lowprec.gemm.dfp_conv.conv_transpose`): the forward pass is one
     INT16 GEMM of x dilated by the strides and padded with the flipped
     filters (K = prod(k) * C: exact INT32 chunk sums, FP32 only between
     chunks), d(x) the INT16 GEMM of the error's patches with the filters
     (K = prod(k) * O: `conv` of the error) and d(filters) the INT16 GEMM
-    `patches(error)^T @ x` (K = N * prod(X)).  Otherwise (3 spatial axes,
-    `implementation="tf"`) the forward pass is the INT16 GEMM `x [N *
+    `patches(error)^T @ x` (K = N * prod(X)).  Otherwise
+    (`implementation="tf"`) the forward pass is the INT16 GEMM `x [N *
     prod(X), C] @ filters^T [C, prod(k) * O]` (K = C), whose outputs col2im
     adds onto the output in FP32 in the order `tf_lowprec.gemm.conv_nd`
     states, and the backward GEMMs take the error's patches (im2col).  The
