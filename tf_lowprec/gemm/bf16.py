@@ -211,9 +211,11 @@ def bf16_conv3d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
         groups = _gemm_common.check_groups(groups)
         _conv_nd.check_operands(x, filters, 3, "bf16_conv3d", groups)
 
-        if (groups == 1 and rounding_lib.use_kernel(implementation)
-                and _bf16_conv.geometry(x, filters, strides, padding, dilations) is not None):
-            return _bf16_conv.conv3d(x, filters, strides, padding, dilations, isa)
+        if groups == 1 and _bf16_conv.geometry(x, filters, strides, padding,
+                                               dilations) is not None:
+            # Implicit GEMMs (d(x) on the dilated error's patches), no im2col / col2im.
+            return _bf16_conv.conv3d(x, filters, strides, padding, dilations, isa,
+                                     implementation)
 
         def matmul(columns, weights):
             return bf16_matmul(columns, weights, isa=isa, implementation=implementation)
@@ -252,6 +254,9 @@ def bf16_conv_transpose(x, filters, output_shape, strides=1, padding="VALID", di
         filters = _gemm_common.as_float32_operand(filters, "filters")
         strides, padding, dilations, geometry = _conv_nd.transpose_operands(
             x, filters, output_shape, strides, padding, dilations, "bf16_conv_transpose")
+        if _bf16_conv.transpose_applies(x, geometry):
+            # Implicit GEMMs: the input gradient of a convolution, no col2im.
+            return _bf16_conv.conv_transpose(x, filters, geometry, isa, implementation)
 
         def matmul(rows, weights):
             return bf16_matmul(rows, weights, isa=isa, implementation=implementation)
