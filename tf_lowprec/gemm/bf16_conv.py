@@ -1,9 +1,10 @@
-"""NHWC conv2d on the BF16 GEMM as implicit GEMMs (no im2col, no col2im).
+"""NHWC conv2d, NDHWC conv3d and transposed convolutions on the BF16 GEMM as implicit
+GEMMs (no im2col, no col2im).
 
-`conv2d` is what `tf_lowprec.gemm.bf16.bf16_conv2d` runs for one group and
-static height and width: three GEMMs in `bf16_matmul`'s arithmetic (BF16
-operands, FP32 sums in the VDPBF16PS order), whose packing gathers the
-patch matrix straight from its NHWC input and rounds it to BF16
+`conv2d` / `conv3d` are what `tf_lowprec.gemm.bf16.bf16_conv2d` /
+`bf16_conv3d` run for one group and static spatial sizes: three GEMMs in
+`bf16_matmul`'s arithmetic (BF16 operands, FP32 sums in the VDPBF16PS
+order), whose packing gathers the patch matrix straight from its NHWC input and rounds it to BF16
 (custom_ops/kernels/conv_gather.h, Problem::a_patches of bf16_gemm.h):
 
 * forward: y = patches(x) @ filters (K = kh * kw * C, in the order (kh, kw,
@@ -15,6 +16,11 @@ patch matrix straight from its NHWC input and rounds it to BF16
   flipped filters).  Every input gradient is one GEMM output, summed in the
   VDPBF16PS order over all kh * kw * O terms, instead of FP32 sums of the
   d(patches) columns (col2im).  docs/bf16_gemm.md states the arithmetic.
+
+(conv3d: the same with a third spatial axis.)  `conv_transpose`, which
+`bf16_conv_transpose` runs (1 to 3 spatial axes; a 1-D one as a 2-D one of
+height 1), is the input gradient of a convolution: the same three GEMMs with
+the roles exchanged (its docstring).
 
 Where the C++ kernel cannot run (`implementation="tf"`, XLA, a visible GPU)
 the same three GEMMs run on the stock-TF twin (`tf_bf16_gemm.matmul`) with
