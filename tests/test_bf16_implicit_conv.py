@@ -331,14 +331,22 @@ def test_raw_op_bad_arguments():
         lp.bf16_conv2d(x, w, padding="FULL")
 
 
-def test_empty_batch_gives_zero_filter_gradient():
+@pytest.mark.parametrize("implementation", ["op", "tf"])
+def test_empty_batch_gives_zero_filter_gradient(implementation):
+    """d(filters) sums over K = 0 terms: +0 on the kernels and the twin (whose loop over
+    the K pairs is then empty), for conv2d and a transposed convolution."""
     x, w = tf.zeros((0, 5, 5, 2)), tf.constant(rand((3, 3, 2, 4), 18))
     with tf.GradientTape() as tape:
         tape.watch([x, w])
-        y = lp.bf16_conv2d(x, w)
+        y = lp.bf16_conv2d(x, w, implementation=implementation)
     dx, dw = tape.gradient(y, [x, w], output_gradients=tf.zeros(y.shape))
     assert y.shape == (0, 3, 3, 4) and dx.shape == (0, 5, 5, 2)
     assert_bits(dw, np.zeros((3, 3, 2, 4), np.float32), "dw")
+    y, dx, dw = conv_gradients(lp.bf16_conv_transpose, np.zeros((0, 3, 2), np.float32),
+                               rand((2, 3, 2), 19), np.zeros((0, 7, 3), np.float32),
+                               [0, 7, 3], 2, "VALID", 1, implementation=implementation)
+    assert y.shape == (0, 7, 3) and dx.shape == (0, 3, 2)
+    assert_bits(dw, np.zeros((2, 3, 2), np.float32), "transposed dw")
 
 
 def test_keras_conv2d_trains_under_bf16_native():
