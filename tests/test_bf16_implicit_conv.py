@@ -1,4 +1,5 @@
-"""bf16_conv2d as implicit BF16 GEMMs: bit-exact against a written-out NumPy model.
+"""bf16_conv2d, bf16_conv3d and bf16_conv_transpose (1-3 spatial axes) as implicit BF16
+GEMMs: bit-exact against a written-out NumPy model.
 
 The model: operands rounded to BF16 with ml_dtypes (nearest even; NaN the
 quiet NaN with its sign; then DAZ), every output summed in the documented
@@ -6,7 +7,8 @@ VDPBF16PS order (docs/bf16_gemm.md: K pairs, the odd element's step first;
 `step` of test_bf16_gemm).  Forward and d(filters) are the GEMMs of the
 materialized patch matrix (the im2col path's bits); d(x) is one GEMM of the
 stride-dilated, padded error's patches with the flipped, transposed filters
-(K = kh * kw * O, in that order).  Every kernel tier this CPU runs; the
+(K = kh * kw * O, in that order); a transposed convolution is the input
+gradient of a convolution (`transpose_references`).  Every kernel tier this CPU runs; the
 others are skipped naming the missing extension.
 """
 
@@ -18,7 +20,7 @@ import tensorflow as tf
 
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
-from conv_testing import im2col, pads_of, rand
+from conv_testing import conv_gradients, im2col, im2col_nd, pads_of, rand
 from kernel_tiers import params as tier_params
 from test_bf16_gemm import step
 
@@ -69,6 +71,62 @@ def references(x, w, g, strides, padding, dilations):
     dcols, _ = im2col(dilated, kh, kw, (1, 1), pads, dilations)
     flipped = np.transpose(w[::-1, ::-1], (0, 1, 3, 2)).reshape(-1, cin)
     dx = gemm(dcols, flipped).reshape(x.shape)
+    return y, dx, dw
+
+
+def _flipped_gemm_of_dilated(v, w, size, before, strides, dilations):
+    """One VDPBF16PS-order GEMM: v [N, *out, O'] dilated by the strides (+0 between its
+    elements), padded so that a stride-1 convolution has `size` outputs, times w
+    [*k, C', O'] flipped in every spatial axis as [*k, O', C'] -> [N, *size, C']."""
+    rank = v.ndim - 2
+    ksize = w.shape[:rank]
+    dilated = np.zeros([v.shape[0]] + [(o - 1) * s + 1 for o, s in zip(v.shape[1:-1], strides)]
+                       + [v.shape[-1]], np.float32)
+    dilated[(slice(None),) + tuple(slice(None, None, s) for s in strides)] = v
+    pads = []
+    for n, k, d, b, extent in zip(size, ksize, dilations, before, dilated.shape[1:-1]):
+        span = (k - 1) * d + 1
+        first = span - 1 - b  # the flipped kernel's first tap on row 0
+        pads.append((first, n - 1 + span - extent - first))
+    cols, _ = im2col_nd(dilated, ksize, (1,) * rank, pads, dilations)
+    flipped = np.swapaxes(w[(slice(None, None, -1),) * rank], -1, -2)
+    return gemm(cols, flipped.reshape(-1, w.shape[-2])).reshape(
+        [v.shape[0], *size, w.shape[-2]])
+
+
+def references_nd(x, w, g, strides, padding, dilations):
+    """(y, dx, dw) of the implicit-GEMM conv2d / conv3d (filters [*k, C, O]), written out:
+    `references` with any number of spatial axes."""
+    rank = x.ndim - 2
+    axes = [pads_of(n, k, s, d, padding)
+            for n, k, s, d in zip(x.shape[1:-1], w.shape[:rank], strides, dilations)]
+    cols, out = im2col_nd(x, w.shape[:rank], strides, [(b, a) for b, a, _ in axes], dilations)
+    cout = w.shape[-1]
+    y = gemm(cols, w.reshape(-1, cout)).reshape([x.shape[0]] + out + [cout])
+    dw = gemm(cols.T, g.reshape(-1, cout)).reshape(w.shape)
+    dx = _flipped_gemm_of_dilated(g, w, x.shape[1:-1], [b for b, _, _ in axes], strides,
+                                  dilations)
+    return y, dx, dw
+
+
+def transpose_references(x, w, g, spatial, strides, padding, dilations):
+    """(y, dx, dw) of the implicit-GEMM conv_transpose (x [N, *X, C], filters [*k, O, C],
+    output [N, *spatial, O]), written out.  With conv the convolution of z [N, *spatial,
+    O] by the filters with TF's pads whose outputs are X: y = conv's d(z) (x dilated,
+    padded, times the flipped filters as [*k, C, O]), dx = conv(g), dw = patches(g)^T @ x."""
+    rank = x.ndim - 2
+    ksize = w.shape[:rank]
+    out = x.shape[1:-1]
+    pads = []
+    for n, k, s, d, o in zip(spatial, ksize, strides, dilations, out):
+        needed = (o - 1) * s + (k - 1) * d + 1 - n
+        before = max(needed, 0) // 2 if padding == "SAME" else 0
+        pads.append((before, max(needed - before, 0)))
+    y = _flipped_gemm_of_dilated(x, w, spatial, [b for b, _ in pads],
+                                 strides, dilations)
+    cols, _ = im2col_nd(g, ksize, strides, pads, dilations)
+    dx = gemm(cols, w.reshape(-1, x.shape[-1])).reshape(x.shape)
+    dw = gemm(cols.T, x.reshape(-1, x.shape[-1])).reshape(w.shape)
     return y, dx, dw
 
 
@@ -273,14 +331,22 @@ def test_raw_op_bad_arguments():
         lp.bf16_conv2d(x, w, padding="FULL")
 
 
-def test_empty_batch_gives_zero_filter_gradient():
+@pytest.mark.parametrize("implementation", ["op", "tf"])
+def test_empty_batch_gives_zero_filter_gradient(implementation):
+    """d(filters) sums over K = 0 terms: +0 on the kernels and the twin (whose loop over
+    the K pairs is then empty), for conv2d and a transposed convolution."""
     x, w = tf.zeros((0, 5, 5, 2)), tf.constant(rand((3, 3, 2, 4), 18))
     with tf.GradientTape() as tape:
         tape.watch([x, w])
-        y = lp.bf16_conv2d(x, w)
+        y = lp.bf16_conv2d(x, w, implementation=implementation)
     dx, dw = tape.gradient(y, [x, w], output_gradients=tf.zeros(y.shape))
     assert y.shape == (0, 3, 3, 4) and dx.shape == (0, 5, 5, 2)
     assert_bits(dw, np.zeros((3, 3, 2, 4), np.float32), "dw")
+    y, dx, dw = conv_gradients(lp.bf16_conv_transpose, np.zeros((0, 3, 2), np.float32),
+                               rand((2, 3, 2), 19), np.zeros((0, 7, 3), np.float32),
+                               [0, 7, 3], 2, "VALID", 1, implementation=implementation)
+    assert y.shape == (0, 7, 3) and dx.shape == (0, 3, 2)
+    assert_bits(dw, np.zeros((2, 3, 2), np.float32), "transposed dw")
 
 
 def test_keras_conv2d_trains_under_bf16_native():
@@ -364,9 +430,9 @@ def test_raw_conv3d_ops_bit_exact(isa):
         ops.lowprec_bf16_conv3d_backprop_filter(x, g, filter_size=[2, 3])
 
 
-def test_conv3d_routes_forward_and_filter_gradient_with_unchanged_bits():
-    """bf16_conv3d with the kernels: y and d(filters) on the 3-D implicit-GEMM ops, d(x)
-    still d(patches) + col2im; all three the bits of the im2col path (the stock-TF twin)."""
+def test_conv3d_runs_the_ops_and_the_twin_has_their_bits():
+    """bf16_conv3d with the kernels: all three GEMMs on the 3-D implicit-GEMM ops (d(x):
+    LowprecBf16Conv3d with flip_filters); the stock-TF twin gives the same bits."""
     x, w = rand((1, 4, 3, 4, 2), 50), rand((2, 2, 3, 2, 3), 51, scale=0.3)
     g = rand((1, 2, 3, 4, 3), 52)  # (SAME, strides (2, 1, 1))
 
@@ -392,3 +458,89 @@ def test_conv3d_routes_forward_and_filter_gradient_with_unchanged_bits():
     for function in graph.library.function:
         types.update(node.op for node in function.node_def)
     assert {"LowprecBf16Conv3d", "LowprecBf16Conv3dBackpropFilter"} <= types, types
+
+
+CONV3D_CASES = [
+    # (x shape, filter shape, strides, padding, dilations)
+    ((1, 4, 3, 4, 2), (2, 2, 3, 2, 3), (2, 1, 1), "SAME", (1, 1, 1)),
+    ((2, 5, 4, 5, 3), (2, 1, 2, 3, 2), (3, 2, 1), "VALID", (1, 1, 2)),
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", CONV3D_CASES)
+def test_conv3d_bit_exact(xs, ws, strides, padding, dilations, isa):
+    """bf16_conv3d: forward, d(filters) and the implicit d(x) (one GEMM of the dilated
+    error's patches with the flipped filters) against the written-out model."""
+    x, w = rand(xs, 60), rand(ws, 61, scale=0.3)
+    out = [pads_of(n, k, s, d, padding)[2]
+           for n, k, s, d in zip(xs[1:-1], ws[:3], strides, dilations)]
+    g = rand((xs[0], *out, ws[-1]), 62)
+    want = references_nd(x, w, g, strides, padding, dilations)
+    got = conv_gradients(lp.bf16_conv3d, x, w, g, strides, padding, dilations, isa=isa)
+    for a, b, what in zip(got, want, ("y", "dx", "dw")):
+        assert_bits(a, b, what)
+
+
+TRANSPOSE_CASES = [
+    # (x shape, filters [*k, O, C], output spatial, strides, padding, dilations)
+    ((2, 5, 3), (3, 4, 3), (9,), (2,), "SAME", (1,)),
+    ((2, 3, 3), (2, 2, 3), (10,), (3,), "VALID", (1,)),  # output padding, gaps
+    ((1, 3, 3, 2), (3, 2, 3, 2), (6, 6), (2, 2), "SAME", (1, 2)),
+    ((2, 3, 4, 3), (3, 3, 2, 3), (5, 6), (1, 1), "VALID", (1, 1)),
+    ((1, 2, 3, 2, 2), (2, 2, 3, 3, 2), (4, 6, 4), (2, 2, 2), "SAME", (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("bf16_gemm"))
+@pytest.mark.parametrize("xs,ws,spatial,strides,padding,dilations", TRANSPOSE_CASES)
+def test_conv_transpose_bit_exact(xs, ws, spatial, strides, padding, dilations, isa):
+    """bf16_conv_transpose (1-3 spatial axes) as implicit GEMMs against the written-out
+    model; the stock-TF twin gives the same bits."""
+    x, w = rand(xs, 63), rand(ws, 64, scale=0.3)
+    g = rand((xs[0], *spatial, ws[-2]), 65)
+    want = transpose_references(x, w, g, spatial, strides, padding, dilations)
+    shape = [xs[0], *spatial, ws[-2]]
+    for options in (dict(isa=isa), dict(implementation="tf")):
+        got = conv_gradients(lp.bf16_conv_transpose, x, w, g, shape, strides, padding,
+                             dilations, **options)
+        for a, b, what in zip(got, want, ("y", "dx", "dw")):
+            assert_bits(a, b, f"{what} {options}")
+
+
+def _op_types(fn, *args):
+    """The op type of every node of fn's graph and its functions (with repeats)."""
+    graph = tf.function(fn, autograph=False).get_concrete_function(*args).graph.as_graph_def()
+    types = [node.op for node in graph.node]
+    for function in graph.library.function:
+        types += [node.op for node in function.node_def]
+    return types
+
+
+def test_conv3d_and_transpose_graphs_have_no_im2col():
+    """Forward and both gradients of bf16_conv3d and bf16_conv_transpose (1-D / 3-D): the
+    implicit-GEMM ops only, no patch extraction, scatter (col2im) or BF16 matmul op."""
+    def gradients(conv):
+        def step(xv, wv):
+            with tf.GradientTape() as tape:
+                tape.watch([xv, wv])
+                loss = tf.reduce_sum(conv(xv, wv))
+            return tape.gradient(loss, [xv, wv])
+        return step
+
+    x3, w3 = tf.constant(rand((1, 4, 3, 4, 2), 66)), tf.constant(rand((2, 2, 3, 2, 3), 67))
+    x1, w1 = tf.constant(rand((2, 3, 3), 68)), tf.constant(rand((2, 2, 3), 69))
+    for step, args, ops in (
+            (gradients(lambda a, b: lp.bf16_conv3d(a, b, strides=2, padding="SAME")),
+             (x3, w3), {"LowprecBf16Conv3d", "LowprecBf16Conv3dBackpropFilter"}),
+            (gradients(lambda a, b: lp.bf16_conv_transpose(a, b, [1, 4, 6, 4, 3], 2, "SAME")),
+             (tf.constant(rand((1, 2, 3, 2, 2), 70)), tf.constant(rand((2, 2, 3, 3, 2), 71))),
+             {"LowprecBf16Conv3d", "LowprecBf16Conv3dBackpropFilter"}),
+            (gradients(lambda a, b: lp.bf16_conv_transpose(a, b, [2, 10, 2], 3, "VALID")),
+             (x1, w1), {"LowprecBf16Conv2d", "LowprecBf16Conv2dBackpropFilter"})):
+        types = _op_types(step, *args)
+        assert ops <= set(types), types
+        # im2col: patch ops or slices concatenated; col2im: StridedSliceGrad per offset.
+        banned = {"ExtractImagePatches", "ExtractVolumePatches", "LowprecBf16Matmul",
+                  "StridedSliceGrad", "ConcatV2"}
+        assert not banned & set(types), banned & set(types)

@@ -24,6 +24,7 @@ from test_bf16_gemm import reference_matmul as bf16_reference_matmul
 from test_dfp_conv2d import rand
 import test_dfp_implicit_conv_transpose as implicit_transpose
 from test_dfp_implicit_conv3d import references as implicit_conv3d_references
+import test_bf16_implicit_conv as bf16_implicit
 from conv_testing import dfp_grouped_implicit_conv_references
 
 
@@ -175,6 +176,11 @@ def test_conv3d_matches_written_out_reference(kernel, xs, ws, groups, strides, p
         # Grouped: one implicit GEMM convolution a group (test_dfp_grouped_implicit).
         want_dx = dfp_grouped_implicit_conv_references(np.asarray(x), np.asarray(w), g, groups,
                                                        strides, padding, dilations)[1]
+    if kernel == "bf16" and groups == 1:
+        # Likewise BF16 (test_bf16_implicit_conv): one GEMM in the VDPBF16PS order over
+        # kd * kh * kw * O per input gradient, no col2im.
+        want_dx = bf16_implicit.references_nd(np.asarray(x), np.asarray(w), g, strides,
+                                              padding, dilations)[1]
     np.testing.assert_array_equal(np.asarray(dx), want_dx)
     exact = np.asarray(tf.nn.conv3d(x, w, (1,) + strides + (1,), padding,
                                     dilations=(1,) + dilations + (1,))) if groups == 1 else None
@@ -217,6 +223,12 @@ def test_conv_transpose_matches_written_out_reference(kernel, xs, ws, spatial, s
     weights = np.ascontiguousarray(np.moveaxis(wr, -1, 0).reshape(cin, -1))
     cols = gemm(flat(xr), weights).reshape(xs[:-1] + (-1,))
     want_y = col2im(cols, spatial, ksize, strides, padding, dilations)
+    if kernel == "bf16":
+        # Implicit GEMMs (test_bf16_implicit_conv): y is one VDPBF16PS-order GEMM of x,
+        # dilated and padded, with the flipped filters (K = prod(k) * C), no col2im; d(x)
+        # and d(filters) keep the bits written out below.
+        want_y = bf16_implicit.transpose_references(np.asarray(x), np.asarray(w), g, spatial,
+                                                    strides, padding, dilations)[0]
     np.testing.assert_array_equal(np.asarray(y), want_y)
     dcols = flat(im2col(gr, ksize, strides, padding, dilations, out=xs[1:-1]))
     want_dx = gemm(dcols, weights.T.copy()).reshape(xs)
@@ -341,13 +353,20 @@ def test_layers_equal_the_written_out_reference(preset, make, shape):
         if preset == "dfp16":  # the implicit GEMMs' d(x) (test_dfp_implicit_conv3d)
             want_dx = implicit_conv3d_references(np.asarray(x), np.asarray(layer.kernel),
                                                  upstream, strides, padding, dilations)[1]
+        else:  # BF16's implicit d(x) (test_bf16_implicit_conv)
+            want_dx = bf16_implicit.references_nd(np.asarray(x), np.asarray(layer.kernel),
+                                                  upstream, strides, padding, dilations)[1]
         np.testing.assert_array_equal(np.asarray(dx), want_dx)
         return
     spatial = tuple(y.shape[1:-1])
     weights = np.ascontiguousarray(np.moveaxis(wr, -1, 0).reshape(shape[-1], -1))
     cols = gemm(flat(xr), weights).reshape(shape[:-1] + (-1,))
-    np.testing.assert_array_equal(np.asarray(y),
-                                  col2im(cols, spatial, ksize, strides, padding, dilations))
+    want_y = col2im(cols, spatial, ksize, strides, padding, dilations)
+    if preset == "bf16_native":  # implicit GEMMs: y without col2im (test_bf16_implicit_conv)
+        want_y = bf16_implicit.transpose_references(
+            np.asarray(x), np.asarray(layer.kernel), upstream, spatial, tuple(strides), padding,
+            tuple(dilations))[0]
+    np.testing.assert_array_equal(np.asarray(y), want_y)
     dcols = flat(im2col(gr, ksize, strides, padding, dilations, out=shape[1:-1]))
     np.testing.assert_array_equal(np.asarray(dx),
                                   gemm(dcols, weights.T.copy()).reshape(shape))

@@ -185,9 +185,13 @@ def bf16_conv3d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
     """`tf.nn.conv3d` (NDHWC) computed by `bf16_matmul` on volume patches (3-D im2col).
 
     As `bf16_conv2d`: patches `[N * D' * H' * W', kd * kh * kw * C]`, summed
-    in the VDPBF16PS order along (kd, kh, kw, C); d(filters) and d(patches)
-    are `bf16_matmul`s, and the patch gradients are summed onto x in FP32 in
-    the order `tf_lowprec.gemm.conv_nd` states.
+    in the VDPBF16PS order along (kd, kh, kw, C), and d(filters) =
+    patches^T @ error.  With one group these are implicit GEMMs
+    (`tf_lowprec.gemm.bf16_conv`), and d(x) is one GEMM of the stride-dilated,
+    padded error's patches with the flipped, transposed filters (summed in
+    the VDPBF16PS order along kd * kh * kw * O).  With groups, d(patches) =
+    error @ filters^T, summed onto x in FP32 in the order
+    `tf_lowprec.gemm.conv_nd` states (col2im).
 
     Args:
       x: float32 `[batch, depth, height, width, in_channels]` (static sizes
@@ -211,9 +215,11 @@ def bf16_conv3d(x, filters, strides=1, padding="VALID", dilations=1, isa="auto",
         groups = _gemm_common.check_groups(groups)
         _conv_nd.check_operands(x, filters, 3, "bf16_conv3d", groups)
 
-        if (groups == 1 and rounding_lib.use_kernel(implementation)
-                and _bf16_conv.geometry(x, filters, strides, padding, dilations) is not None):
-            return _bf16_conv.conv3d(x, filters, strides, padding, dilations, isa)
+        if groups == 1 and _bf16_conv.geometry(x, filters, strides, padding,
+                                               dilations) is not None:
+            # Implicit GEMMs (d(x) on the dilated error's patches), no im2col / col2im.
+            return _bf16_conv.conv3d(x, filters, strides, padding, dilations, isa,
+                                     implementation)
 
         def matmul(columns, weights):
             return bf16_matmul(columns, weights, isa=isa, implementation=implementation)
@@ -225,11 +231,15 @@ def bf16_conv_transpose(x, filters, output_shape, strides=1, padding="VALID", di
                         isa="auto", implementation="auto", name=None):
     """`tf.nn.conv_transpose` (channels last, 1-3 spatial axes) on `bf16_matmul`.
 
-    The forward pass is `bf16_matmul(x [N * prod(X), C], filters^T [C,
-    prod(k) * O])`, whose outputs col2im adds onto the output in FP32 in the
-    order `tf_lowprec.gemm.conv_nd` states; d(x) = `bf16_matmul(patches(error),
-    filters)` (a convolution of the error) and d(filters) =
-    `bf16_matmul(x^T, patches(error))`, so the error is rounded to BF16 too.
+    The transposed convolution is the input gradient of the convolution
+    `conv(z [N, *output spatial, O], filters)`, and runs as its implicit
+    GEMMs (`tf_lowprec.gemm.bf16_conv.conv_transpose`, no im2col or col2im):
+    y = one GEMM of x, dilated by the strides and padded, with the filters
+    reversed in every spatial axis (summed in the VDPBF16PS order along
+    prod(k) * C, in the order (*k, C)); d(x) = conv(error) (summed along
+    prod(k) * O) and d(filters) = patches(error)^T @ x (summed along
+    N * prod(X)), so the error is rounded to BF16 too.  The stock-TF twin
+    (`implementation="tf"`) gives the same bits.
 
     Args:
       x: float32 `[batch, *spatial, in_channels]`, 1 to 3 spatial axes
@@ -252,6 +262,9 @@ def bf16_conv_transpose(x, filters, output_shape, strides=1, padding="VALID", di
         filters = _gemm_common.as_float32_operand(filters, "filters")
         strides, padding, dilations, geometry = _conv_nd.transpose_operands(
             x, filters, output_shape, strides, padding, dilations, "bf16_conv_transpose")
+        if _bf16_conv.transpose_applies(x, geometry):
+            # Implicit GEMMs: the input gradient of a convolution, no col2im.
+            return _bf16_conv.conv_transpose(x, filters, geometry, isa, implementation)
 
         def matmul(rows, weights):
             return bf16_matmul(rows, weights, isa=isa, implementation=implementation)

@@ -80,7 +80,8 @@ def matmul(a, b, transpose_a=False, transpose_b=False):
     padded = k + k % 2
     a = tf.pad(a, tf.concat([tf.zeros([tf.rank(a) - 1, 2], tf.int32), [[0, k % 2]]], 0))
     b = tf.pad(b, tf.concat([tf.zeros([tf.rank(b) - 2, 2], tf.int32), [[0, k % 2], [0, 0]]], 0))
-    order = tf.reshape(tf.stack([tf.range(1, padded, 2), tf.range(0, padded, 2)], 1), [-1])
+    # (limit padded + 1: the same pairs, and an empty range rather than an error for K = 0)
+    order = tf.reshape(tf.stack([tf.range(1, padded + 1, 2), tf.range(0, padded, 2)], 1), [-1])
     columns = tf.gather(a, order, axis=-1)   # [..., m, K]
     rows = tf.gather(b, order, axis=-2)      # [..., K, n]
     batch = tf.broadcast_dynamic_shape(tf.shape(a)[:-2], tf.shape(b)[:-2])
