@@ -141,7 +141,26 @@ def test_counters_move_and_graph_has_no_im2col():
     for function in graph.library.function:
         types.update(node.op for node in function.node_def)
     assert {"LowprecDfpConv2d", "LowprecDfpConv2dBackpropFilter"} <= types
-    assert not types & {"ConcatV2", "ExtractImagePatches", "AddN", "MatMul", "Conv2D"}, types
+    assert not types & {"ConcatV2", "ExtractImagePatches", "AddN", "MatMul", "Conv2D",
+                        "ReverseV2", "Transpose"}, types  # d(x) flips the filters in the op
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+def test_raw_op_flip_filters(isa):
+    """flip_filters=True equals passing flip(filters)^T bit for bit (the same
+    values, so the same shared exponent); its channel check."""
+    ops = load_ops()
+    dy, w = rand((2, 5, 4, 6), 30), rand((3, 2, 5, 6), 31)  # w: [kh, kw, C=5, O=6]
+    dy[0, 1, 2, 3] = 40.0  # a large value: many chunks need their checkpoints
+    flipped = np.ascontiguousarray(np.transpose(w[::-1, ::-1], (0, 1, 3, 2)))
+    want, want_overflows = ops.lowprec_dfp_conv2d(dy, flipped, pads=[2, 2, 1, 1], isa=isa)
+    got, overflows = ops.lowprec_dfp_conv2d(dy, w, pads=[2, 2, 1, 1], isa=isa,
+                                            flip_filters=True)
+    assert got.shape == (2, 7, 5, 5)
+    np.testing.assert_array_equal(got.numpy().view(np.int32), want.numpy().view(np.int32))
+    assert int(overflows) == int(want_overflows)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="flipped filters"):
+        ops.lowprec_dfp_conv2d(dy, flipped, flip_filters=True)  # last dimension 5, not 6
 
 
 def test_raw_op_bad_arguments():

@@ -170,6 +170,22 @@ def test_groups_run_one_implicit_conv_a_group(monkeypatch):
     np.testing.assert_allclose(np.asarray(y)[..., :2], exact, atol=2e-3 * np.abs(exact).max())
 
 
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+def test_raw_op_flip_filters(isa):
+    """flip_filters=True reverses the taps in all three axes and swaps the
+    channel axes: the bits of passing flip(filters)^T; its channel check."""
+    ops = load_ops()
+    dy, w = rand((1, 4, 5, 3, 4), 40), rand((2, 3, 2, 3, 4), 41)  # w: [kd, kh, kw, C=3, O=4]
+    flipped = np.ascontiguousarray(np.transpose(w[::-1, ::-1, ::-1], (0, 1, 2, 4, 3)))
+    pads = [1, 1, 2, 2, 1, 1]
+    want, _ = ops.lowprec_dfp_conv3d(dy, flipped, pads=pads, isa=isa)
+    got, _ = ops.lowprec_dfp_conv3d(dy, w, pads=pads, isa=isa, flip_filters=True)
+    assert got.shape == (1, 5, 7, 4, 3)
+    np.testing.assert_array_equal(got.numpy().view(np.int32), want.numpy().view(np.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="flipped filters"):
+        ops.lowprec_dfp_conv3d(dy, flipped, flip_filters=True)  # last dimension 4, not 3
+
+
 def test_raw_op_bad_arguments():
     ops = load_ops()
     x, w = np.ones((1, 4, 5, 5, 2), np.float32), np.ones((2, 3, 3, 2, 4), np.float32)

@@ -139,19 +139,81 @@ class ConvAttrs {
   const RoundingLoops* loops_ = nullptr;
 };
 
+// flipped [*k, C, O] = flip(filters)^T for filters [*k, O, C] (kRank
+// spatial axes): the taps reversed in every spatial axis, the last two axes
+// swapped: the filters of a convolution's input gradient.  Fails the op
+// (false) on a bad rank, empty spatial axes, or filters whose last
+// dimension is not x's channel count.
+template <int kRank>
+bool FlipFilters(OpKernelContext* ctx, const Tensor& x, const Tensor& filters, Tensor* flipped) {
+  if (!CheckConvRank(ctx, x, kRank + 2, "x", ConvInputLayout(kRank)) ||
+      !CheckConvRank(ctx, filters, kRank + 2, "filters",
+                     kRank == 3 ? "[kd, kh, kw, out_channels, channels]"
+                                : "[kh, kw, out_channels, channels]")) {
+    return false;
+  }
+  if (filters.dim_size(kRank + 1) != x.dim_size(kRank + 1)) {
+    ctx->CtxFailure(InvalidArgument("x has ", x.dim_size(kRank + 1), " channels but flipped "
+                                    "filters expect ", filters.dim_size(kRank + 1),
+                                    " (their last dimension)"));
+    return false;
+  }
+  TensorShape shape;
+  int64_t taps = 1;
+  for (int a = 0; a < kRank; ++a) {
+    if (filters.dim_size(a) < 1) {
+      ctx->CtxFailure(InvalidArgument("filters must have spatial sizes >= 1, got ",
+                                      filters.shape().DebugString()));
+      return false;
+    }
+    shape.AddDim(filters.dim_size(a));
+    taps *= filters.dim_size(a);
+  }
+  const int64_t c_out = filters.dim_size(kRank), c_in = filters.dim_size(kRank + 1);
+  shape.AddDim(c_in);
+  shape.AddDim(c_out);
+  auto status = ctx->allocate_temp(::tensorflow::DT_FLOAT, shape, flipped);
+  if (!status.ok()) {
+    ctx->CtxFailure(status);
+    return false;
+  }
+  const float* w = filters.flat<float>().data();
+  float* f = flipped->flat<float>().data();
+  // Reversing the flattened tap index reverses every spatial axis.
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* src = w + (taps - 1 - t) * c_out * c_in;  // [c_out][c_in]
+    float* dst = f + t * c_in * c_out;                     // [c_in][c_out]
+    for (int64_t o = 0; o < c_in; ++o) {
+      for (int64_t c = 0; c < c_out; ++c) dst[o * c_out + c] = src[c * c_in + o];
+    }
+  }
+  return true;
+}
+
 // y = conv(x, filters) with kRank (2 or 3) spatial axes: the GEMM
 // patches(x) [N*out pixels, prod(k)*C] @ filters [prod(k)*C, O], patches
-// gathered while packing.
+// gathered while packing.  With flip_filters, the GEMM's filters are
+// flip(filters)^T (FlipFilters: the input gradient's filters), written into
+// a temporary (a few KiB) instead of by ReverseV2 and Transpose ops; the
+// per-tensor exponent is that of the same values, so the bits are those of
+// passing the flipped filters.
 template <int kRank>
 class DfpConvOp : public OpKernel {
  public:
-  explicit DfpConvOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx, kRank) {}
+  explicit DfpConvOp(OpKernelConstruction* ctx) : OpKernel(ctx), attrs_(ctx, kRank) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("flip_filters", &flip_filters_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const ScopedIeeeFloatEnvironment ieee;  // float_environment.h: keep subnormals
     const Tensor& x = ctx->input(0);
-    const Tensor& filters = ctx->input(1);
-    if (!CheckConvForwardOperands(ctx, x, filters, kRank)) return;
+    Tensor flipped;
+    if (flip_filters_) {
+      if (!FlipFilters<kRank>(ctx, x, ctx->input(1), &flipped)) return;
+    } else if (!CheckConvForwardOperands(ctx, x, ctx->input(1), kRank)) {
+      return;
+    }
+    const Tensor& filters = flip_filters_ ? flipped : ctx->input(1);
     int64_t k[kRank];
     for (int a = 0; a < kRank; ++a) k[a] = filters.dim_size(a);
     ConvGather g = attrs_.Gather(x, k);
@@ -191,6 +253,7 @@ class DfpConvOp : public OpKernel {
 
  private:
   ConvAttrs attrs_;
+  bool flip_filters_ = false;
 };
 
 // d(filters) = patches(x)^T @ dy, computed as (dy^T @ patches(x))^T: the

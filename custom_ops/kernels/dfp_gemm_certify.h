@@ -19,43 +19,126 @@ namespace dfp_gemm {
 namespace TF_LOWPREC_DFP_ISA {
 namespace {
 
-// Sum over the pairs [q0, q0 + count) of a packed panel of each lane's
-// squared mantissas, lo^2 + hi^2 (exact: at most 2^31 per pair).
+// The largest over the lanes of a packed panel of the sum over the pairs
+// [q0, q0 + count) of the lane's squared mantissas, lo^2 + hi^2 (exact: at
+// most 2^31 per pair).  The maximum is taken in registers: storing the lane
+// sums and reading them back as scalars stalled on store forwarding (29 %
+// of MeasureSegments' samples on Zen 4).
+#if TF_LOWPREC_DFP_AVX2
+// Lane-wise maximum of non-negative 64-bit values (AVX2 has no vpmaxuq; the
+// sums are < 2^63, so the signed comparison orders them).
+inline __m256i MaxNonNegative64(__m256i a, __m256i b) {
+  return _mm256_blendv_epi8(b, a, _mm256_cmpgt_epi64(a, b));
+}
+inline __m128i MaxNonNegative64(__m128i a, __m128i b) {
+  return _mm_blendv_epi8(b, a, _mm_cmpgt_epi64(a, b));
+}
+inline uint64_t LargestOfTwo64(__m128i a) {
+  const uint64_t x = static_cast<uint64_t>(_mm_cvtsi128_si64(a));
+  const uint64_t y = static_cast<uint64_t>(_mm_extract_epi64(a, 1));
+  return x > y ? x : y;
+}
+#endif
 template <int kWidth>
-inline void LaneSquares(const int32_t* words, int64_t q0, int64_t count, uint64_t* squares) {
-  for (int l = 0; l < kWidth; ++l) squares[l] = 0;
+inline uint64_t LargestLaneSquares(const int32_t* words, int64_t q0, int64_t count) {
+  // vpmaddwd gives every word's lo^2 + hi^2 as an unsigned 32-bit value
+  // (at most 2^31: only (-2^15)^2 * 2 reaches it, read as unsigned it is
+  // exact); the per-lane sums are widened to 64 bits before adding, so they
+  // are exact, as in the scalar loop at the end.
 #if TF_LOWPREC_DFP_VNNI
   if (kWidth == kMr && count == kSegPairs) {
-    // 8 pairs of 6 lanes = 48 consecutive words = 3 vectors; vpmaddwd gives
-    // every word's lo^2 + hi^2, then 6 strided sums.
+    // 8 pairs of 6 lanes = 48 consecutive words = 3 vectors = 6 vectors of
+    // 8 widened squares; word i belongs to lane i mod 6.  Vectors u and
+    // u + 3 (24 words apart) have the same lanes: adding them leaves 24
+    // sums s[0..24), and lane l's total is s[l] + s[l+6] + s[l+12] + s[l+18],
+    // gathered with permutes into positions 0..5.
     static_assert(kSegPairs * kMr == 48, "three vectors per full A segment");
-    alignas(64) uint32_t sq[48];
     const int32_t* w = words + q0 * kWidth;
+    __m512i s[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     for (int v = 0; v < 3; ++v) {
       const __m512i x = _mm512_loadu_si512(w + 16 * v);
-      _mm512_store_si512(sq + 16 * v, _mm512_madd_epi16(x, x));
+      const __m512i sq = _mm512_madd_epi16(x, x);
+      // Widened halves: 8-word groups 2v and 2v + 1 of the 6.
+      s[(2 * v) % 3] = _mm512_add_epi64(
+          s[(2 * v) % 3], _mm512_cvtepu32_epi64(_mm512_castsi512_si256(sq)));
+      s[(2 * v + 1) % 3] = _mm512_add_epi64(
+          s[(2 * v + 1) % 3], _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(sq, 1)));
     }
-    for (int q = 0; q < kSegPairs; ++q) {
-      for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
+    // s[0] = sums 0..7, s[1] = 8..15, s[2] = 16..23.
+    const __m512i i6 = _mm512_setr_epi64(6, 7, 8, 9, 10, 11, 0, 0);   // of (s0, s1)
+    const __m512i i12 = _mm512_setr_epi64(4, 5, 6, 7, 8, 9, 0, 0);   // of (s1, s2)
+    const __m512i i18 = _mm512_setr_epi64(2, 3, 4, 5, 6, 7, 0, 0);   // of s2
+    __m512i t = _mm512_add_epi64(s[0], _mm512_permutex2var_epi64(s[0], i6, s[1]));
+    t = _mm512_add_epi64(t, _mm512_permutex2var_epi64(s[1], i12, s[2]));
+    t = _mm512_add_epi64(t, _mm512_permutexvar_epi64(i18, s[2]));
+    return _mm512_mask_reduce_max_epu64(static_cast<__mmask8>((1u << kMr) - 1), t);
+  }
+  if constexpr (kWidth % 16 == 0) {
+    // B panels: kWidth lanes per pair, 16 per vector: per-lane 64-bit sums.
+    __m512i acc[kWidth / 8];
+    for (int v = 0; v < kWidth / 8; ++v) acc[v] = _mm512_setzero_si512();
+    for (int64_t q = q0; q < q0 + count; ++q) {
+      for (int v = 0; v < kWidth / 16; ++v) {
+        const __m512i x = _mm512_loadu_si512(words + q * kWidth + 16 * v);
+        const __m512i sq = _mm512_madd_epi16(x, x);
+        acc[2 * v] = _mm512_add_epi64(acc[2 * v], _mm512_cvtepu32_epi64(_mm512_castsi512_si256(sq)));
+        acc[2 * v + 1] = _mm512_add_epi64(acc[2 * v + 1],
+                                          _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(sq, 1)));
+      }
     }
-    return;
+    __m512i largest = acc[0];
+    for (int v = 1; v < kWidth / 8; ++v) largest = _mm512_max_epu64(largest, acc[v]);
+    return _mm512_reduce_max_epu64(largest);
   }
 #elif TF_LOWPREC_DFP_AVX2
   if (kWidth == kMr && count == kSegPairs) {
-    // 8 pairs of 6 lanes = 48 consecutive words = 6 vectors (as above).
+    // 48 words = 6 vectors = 12 vectors of 4 widened squares; word i belongs
+    // to lane i mod 6, so vectors u and u + 3 (12 words apart) have the same
+    // lanes: adding them leaves 12 sums s[0..12) in a, b, c, and lane l's
+    // total is s[l] + s[l+6]: lanes 0..3 = a + (b2, b3, c0, c1), lanes 4, 5 =
+    // (b0, b1) + (c2, c3).
     static_assert(kSegPairs * kMr == 48, "six vectors per full A segment");
-    alignas(32) uint32_t sq[48];
     const int32_t* w = words + q0 * kWidth;
+    __m256i s[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
     for (int v = 0; v < 6; ++v) {
       const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 8 * v));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(sq + 8 * v), _mm256_madd_epi16(x, x));
+      const __m256i sq = _mm256_madd_epi16(x, x);
+      s[(2 * v) % 3] = _mm256_add_epi64(
+          s[(2 * v) % 3], _mm256_cvtepu32_epi64(_mm256_castsi256_si128(sq)));
+      s[(2 * v + 1) % 3] = _mm256_add_epi64(
+          s[(2 * v + 1) % 3], _mm256_cvtepu32_epi64(_mm256_extracti128_si256(sq, 1)));
     }
-    for (int q = 0; q < kSegPairs; ++q) {
-      for (int l = 0; l < kWidth; ++l) squares[l] += sq[q * kWidth + l];
+    const __m256i lanes0to3 = _mm256_add_epi64(s[0], _mm256_permute2x128_si256(s[1], s[2], 0x21));
+    const __m128i lanes4to5 =
+        _mm_add_epi64(_mm256_castsi256_si128(s[1]), _mm256_extracti128_si256(s[2], 1));
+    const __m128i largest =
+        MaxNonNegative64(MaxNonNegative64(_mm256_castsi256_si128(lanes0to3),
+                                          _mm256_extracti128_si256(lanes0to3, 1)),
+                         lanes4to5);
+    return LargestOfTwo64(largest);
+  }
+  if constexpr (kWidth % 8 == 0) {
+    // B panels: kWidth lanes per pair, 8 per vector: per-lane 64-bit sums.
+    __m256i acc[kWidth / 4];
+    for (int v = 0; v < kWidth / 4; ++v) acc[v] = _mm256_setzero_si256();
+    for (int64_t q = q0; q < q0 + count; ++q) {
+      for (int v = 0; v < kWidth / 8; ++v) {
+        const __m256i x =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(words + q * kWidth + 8 * v));
+        const __m256i sq = _mm256_madd_epi16(x, x);
+        acc[2 * v] = _mm256_add_epi64(acc[2 * v], _mm256_cvtepu32_epi64(_mm256_castsi256_si128(sq)));
+        acc[2 * v + 1] = _mm256_add_epi64(acc[2 * v + 1],
+                                          _mm256_cvtepu32_epi64(_mm256_extracti128_si256(sq, 1)));
+      }
     }
-    return;
+    __m256i largest = acc[0];
+    for (int v = 1; v < kWidth / 4; ++v) largest = MaxNonNegative64(largest, acc[v]);
+    return LargestOfTwo64(MaxNonNegative64(_mm256_castsi256_si128(largest),
+                                           _mm256_extracti128_si256(largest, 1)));
   }
 #endif
+  uint64_t squares[kWidth];
+  for (int l = 0; l < kWidth; ++l) squares[l] = 0;
   for (int64_t q = q0; q < q0 + count; ++q) {
     for (int l = 0; l < kWidth; ++l) {
       const int32_t w = words[q * kWidth + l];
@@ -64,6 +147,9 @@ inline void LaneSquares(const int32_t* words, int64_t q0, int64_t count, uint64_
       squares[l] += static_cast<uint32_t>(lo * lo) + static_cast<uint32_t>(hi * hi);
     }
   }
+  uint64_t best = 0;
+  for (int l = 0; l < kWidth; ++l) best = squares[l] > best ? squares[l] : best;
+  return best;
 }
 
 // The segment norms of a packed panel (SegmentData::norm): per segment, an
@@ -80,10 +166,8 @@ void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const Segm
     for (int64_t c0 = 0; c0 < pairs; c0 += segs.chunk_pairs) {
       const int64_t c1 = Min64(pairs, c0 + segs.chunk_pairs);
       for (int64_t s0 = c0; s0 < c1; s0 += kSegPairs) {
-        uint64_t squares[kWidth];
-        LaneSquares<kWidth>(words, s0, Min64(c1, s0 + kSegPairs) - s0, squares);
-        uint64_t best = 0;
-        for (int l = 0; l < kWidth; ++l) best = squares[l] > best ? squares[l] : best;
+        const uint64_t best =
+            LargestLaneSquares<kWidth>(words, s0, Min64(c1, s0 + kSegPairs) - s0);
         norm[segs.Index(blk, s0)] = static_cast<double>(best);  // exact (< 2^53)
       }
     }

@@ -23,17 +23,34 @@ using ::tensorflow::shape_inference::InferenceContext;
       .Attr("chunk_size: int = 64")                             \
       .Attr("isa: {'auto', 'portable', 'avx2', 'avx512'} = 'auto'")
 
+namespace {
+
+// ConvGatherForwardShape, with the filters [*k, O, C] read flipped and
+// transposed (output channels C) when flip_filters is set; output 1 is the
+// overflow counter.
+template <int kRank>
+Status DfpConvShape(InferenceContext* c) {
+  bool flip = false;
+  TF_RETURN_IF_ERROR(c->GetAttr("flip_filters", &flip));
+  TF_RETURN_IF_ERROR(ConvGatherForwardShape<kRank>(c));
+  c->set_output(1, c->Scalar());
+  if (!flip) return ::tensorflow::OkStatus();
+  ::tensorflow::shape_inference::ShapeHandle y;
+  TF_RETURN_IF_ERROR(c->ReplaceDim(c->output(0), kRank + 1, c->Dim(c->input(1), kRank), &y));
+  c->set_output(0, y);
+  return ::tensorflow::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("LowprecDfpConv2d")
     .Input("x: float")
     .Input("filters: float")
     .Output("y: float")
     .Output("overflowed_chunks: int64")
     .LOWPREC_DFP_CONV_ATTRS("[1, 1]", "[0, 0, 0, 0]")
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      TF_RETURN_IF_ERROR(ConvGatherForwardShape<2>(c));
-      c->set_output(1, c->Scalar());
-      return ::tensorflow::OkStatus();
-    })
+    .Attr("flip_filters: bool = false")
+    .SetShapeFn(DfpConvShape<2>)
     .Doc(R"doc(
 NHWC conv2d as an implicit INT16 GEMM: y = patches(x) @ filters with x and
 filters quantized to DFP (bits, extra_shift; one exponent per tensor from its
@@ -43,6 +60,10 @@ C, O]; y: [N, OH, OW, O].  Patch element (i, j, c) of output (y, x) reads
 the input dilated by input_dilations (zeros between its rows / columns),
 padded by pads (top, bottom, left, right), at (y * s + i * d - top, ...).
 Arithmetic as LowprecDfpMatmulFused on the materialized patches, bit for bit.
+flip_filters: the filters are given as [kh, kw, C', O'] of the convolution
+whose input gradient this is (x: its error, O' channels), and the GEMM uses
+flip(filters)^T, [kh, kw, O', C'] with the taps reversed in both axes (y: C'
+channels), the same bits as passing those filters.
 )doc");
 
 REGISTER_OP("LowprecDfpConv2dBackpropFilter")
@@ -70,16 +91,14 @@ REGISTER_OP("LowprecDfpConv3d")
     .Output("y: float")
     .Output("overflowed_chunks: int64")
     .LOWPREC_DFP_CONV_ATTRS("[1, 1, 1]", "[0, 0, 0, 0, 0, 0]")
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      TF_RETURN_IF_ERROR(ConvGatherForwardShape<3>(c));
-      c->set_output(1, c->Scalar());
-      return ::tensorflow::OkStatus();
-    })
+    .Attr("flip_filters: bool = false")
+    .SetShapeFn(DfpConvShape<3>)
     .Doc(R"doc(
 LowprecDfpConv2d in three spatial axes: NDHWC x [N, D, H, W, C], filters
 [kd, kh, kw, C, O], y [N, OD, OH, OW, O]; patch columns in the order (kd,
 kh, kw, C); strides, dilations and input_dilations are (depth, height,
-width), pads (front, back, top, bottom, left, right).
+width), pads (front, back, top, bottom, left, right).  flip_filters as in
+LowprecDfpConv2d (taps reversed in all three axes).
 )doc");
 
 REGISTER_OP("LowprecDfpConv3dBackpropFilter")

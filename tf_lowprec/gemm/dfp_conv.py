@@ -106,7 +106,6 @@ def convolution(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, 
     for size, k, s, d, before, count in zip(x.shape[1:-1], ksize, strides, dilations,
                                             pads[::2], out):
         dx_pads += input_gradient_pads(size, k, s, d, before, count)
-    axes = list(range(rank))
 
     @tf.custom_gradient
     def conv(xv, wv):
@@ -116,10 +115,12 @@ def convolution(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, 
             if backward_rounding != "nearest_even":
                 dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
                                                seed=seed + tf.constant([0, 2], tf.int64))
-            # flip(filters)^T: [*k, O, C], taps reversed in every spatial axis.
-            flipped = tf.transpose(tf.reverse(wv, axes), axes + [rank + 1, rank])
-            dx, _ = conv_op(dy, flipped, strides=ones, dilations=list(dilations),
-                            input_dilations=list(strides), pads=dx_pads, **options)
+            # With flip_filters the op uses flip(wv)^T ([*k, O, C], taps
+            # reversed in every spatial axis), written by the kernel itself
+            # instead of ReverseV2 + Transpose ops.
+            dx, _ = conv_op(dy, wv, strides=ones, dilations=list(dilations),
+                            input_dilations=list(strides), pads=dx_pads, flip_filters=True,
+                            **options)
             dw, _ = filter_op(xv, dy, filter_size=ksize, input_dilations=ones,
                               **geometry_attrs, **options)
             return dx, dw
