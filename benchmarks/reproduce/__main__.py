@@ -13,6 +13,7 @@ from . import claims as claims_lib  # noqa: E402
 from . import domains as domains_lib  # noqa: E402
 from . import report as report_lib  # noqa: E402
 from . import throughput, training  # noqa: E402
+from benchmarks import results_io  # noqa: E402  (the CPU model and kernel tiers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.normpath(os.path.join(HERE, "..", "results"))
@@ -80,6 +81,15 @@ def write(report, args, command):
         report_lib.update_readme(README, report_lib.readme_section(
             report, command, verdict_table, link))
     return os.path.join(args.out_dir, prefix)
+
+
+def _machine():
+    """The CPU model and the kernel tier of each op: every speed figure names its tier."""
+    tiers = results_io.kernel_tiers()
+    if not isinstance(tiers, dict):  # the op library did not load: say why
+        return f"{results_io.cpu_model()}, kernel tiers {tiers}"
+    return (f"{results_io.cpu_model()}, kernel tiers "
+            + ", ".join(f"{op} {tier}" for op, tier in tiers.items()))
 
 
 def _from_partial(path, partial):
@@ -177,7 +187,7 @@ def main(argv=None):
     report = {
         "meta": {
             "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "machine": _machine(), "cpus": os.cpu_count(),
             "seeds": args.seeds, "quick": args.quick, "tasks": args.tasks,
             "domains": domains_meta, "total_seconds": time.perf_counter() - start,
         },

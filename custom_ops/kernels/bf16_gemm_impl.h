@@ -283,59 +283,33 @@ inline int64_t RowWords(int64_t pairs) {
   return words;
 }
 
-// Elements [k0, k0 + k_len) of row `row` of a (not transposed) as `pairs`
-// words.  A patch matrix (p.a_patches) is gathered first, in runs of an even
-// length, into a buffer that PackRow converts exactly as it converts the
-// materialized matrix: the same words.
 // Elements [k0, k0 + k_len) (k0 even) of row `row` of a patch matrix with
 // an even channel count, as `pairs` words converted straight from the input
-// (the gather of conv_gather.h's GatherPatchColumns, without its buffer):
+// (conv_gather.h's ForEachPatchRun, without GatherPatchColumns' buffer):
 // every run of contiguous channels then starts on a pair boundary and has an
 // even length, so PackRow gives each run the words it gives the gathered row
 // there.  The CNN's forward and d(x) GEMMs (32 and 64 channels) spent about a
 // third of their packing time copying runs into the buffer.
 void PackEvenChannelPatchRow(const ConvGather& g, int64_t row, int64_t k0, int64_t k_len,
                              int64_t pairs, uint32_t* out) {
-  const PatchPixel px = PixelOfRow(g, row);
-  const PatchColumn col = ColumnOf(g, k0);
-  const int64_t z0 = px.z * g.sd - g.pad_front;
-  const int64_t y0 = px.y * g.sh - g.pad_top;
-  const int64_t x0 = px.x * g.sw - g.pad_left;
-  const int64_t plane_size = g.height * g.width * g.channels;
-  const float* image = g.input + px.b * g.depth * plane_size;
-  auto plane_of = [&](int64_t tap) -> const float* {
-    int64_t zz = z0 + tap * g.dd;
-    if (zz < 0 || !OnInputGrid(&zz, g.ld) || zz >= g.depth) return nullptr;
-    return image + zz * plane_size;
-  };
-  int64_t c0 = col.c, t = col.t, i = col.i, j = col.j;
-  const float* plane = plane_of(t);
-  for (int64_t done = 0; done < k_len;) {
-    const int64_t rest = g.channels - c0, wanted = k_len - done;
-    const int64_t len = rest < wanted ? rest : wanted;
-    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
-    const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
-                        OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
-    const int64_t words = CeilDiv(len, 2);
-    if (inside) {
-      PackRow(plane + (yy * g.width + xx) * g.channels + c0, len, words, out + done / 2);
-    } else {
-      std::memset(out + done / 2, 0, sizeof(uint32_t) * words);  // +0 padding
-    }
-    done += len;
-    c0 = 0;
-    if (++j == g.kw) {
-      j = 0;
-      if (++i == g.kh) {
-        i = 0;
-        plane = plane_of(++t);
-      }
-    }
-  }
+  ForEachPatchRun(g, PixelOfRow(g, row), ColumnOf(g, k0), k_len,
+                  [&](int64_t done, const float* src, int64_t len) {
+                    const int64_t words = CeilDiv(len, 2);
+                    if (src != nullptr) {
+                      PackRow(src, len, words, out + done / 2);
+                    } else {
+                      std::memset(out + done / 2, 0, sizeof(uint32_t) * words);  // +0 padding
+                    }
+                  });
   const int64_t written = CeilDiv(k_len, 2);
   if (pairs > written) std::memset(out + written, 0, sizeof(uint32_t) * (pairs - written));
 }
 
+// Elements [k0, k0 + k_len) of row `row` of a (not transposed) as `pairs`
+// words.  A patch matrix (p.a_patches) with an even channel count is converted
+// straight from the input; otherwise it is gathered first, in runs of an even
+// length, into a buffer that PackRow converts exactly as it converts the
+// materialized matrix: the same words.
 void PackARow(const Problem& p, const float* a, int64_t row, int64_t k0, int64_t k_len,
               int64_t pairs, uint32_t* out) {
   if (p.a_patches == nullptr) {
@@ -463,40 +437,15 @@ void PackABlock(const Problem& p, const float* a, int64_t q0, int64_t q1, int64_
 // (K = 36864 pixels) otherwise wrote a 21 MiB packed a and read it back.
 #if TF_LOWPREC_BF16_NATIVE
 // Where patch row `px` reads its columns from `col` on: the input's address
-// of each run of contiguous channels (nullptr: padding), written to
-// src[done] for the run's first column `done` (the run's length follows
-// from the channel count).  The gather of GatherPatchColumns, without the
-// copying.
+// of each run of contiguous channels (nullptr: padding), src[r] for the r-th
+// run (the runs' lengths follow from the channel count).  ForEachPatchRun,
+// as GatherPatchColumns gathers, without the copying.
 inline void PatchRunSources(const ConvGather& g, const PatchPixel& px, PatchColumn col,
                             int64_t n, const float** src) {
-  const int64_t z0 = px.z * g.sd - g.pad_front;
-  const int64_t y0 = px.y * g.sh - g.pad_top;
-  const int64_t x0 = px.x * g.sw - g.pad_left;
-  const int64_t plane_size = g.height * g.width * g.channels;
-  const float* image = g.input + px.b * g.depth * plane_size;
-  auto plane_of = [&](int64_t tap) -> const float* {
-    int64_t zz = z0 + tap * g.dd;
-    if (zz < 0 || !OnInputGrid(&zz, g.ld) || zz >= g.depth) return nullptr;
-    return image + zz * plane_size;
-  };
-  int64_t c0 = col.c, t = col.t, i = col.i, j = col.j;
-  const float* plane = plane_of(t);
-  for (int64_t done = 0, run = 0; done < n; ++run) {
-    const int64_t rest = g.channels - c0, wanted = n - done;
-    int64_t yy = y0 + i * g.dh, xx = x0 + j * g.dw;
-    const bool inside = plane != nullptr && yy >= 0 && xx >= 0 && OnInputGrid(&yy, g.lh) &&
-                        OnInputGrid(&xx, g.lw) && yy < g.height && xx < g.width;
-    src[run] = inside ? plane + (yy * g.width + xx) * g.channels + c0 : nullptr;
-    done += rest < wanted ? rest : wanted;
-    c0 = 0;
-    if (++j == g.kw) {
-      j = 0;
-      if (++i == g.kh) {
-        i = 0;
-        plane = plane_of(++t);
-      }
-    }
-  }
+  int64_t run = 0;
+  ForEachPatchRun(g, px, col, n, [&](int64_t, const float* source, int64_t) {
+    src[run++] = source;
+  });
 }
 
 // PackATransposedPatchBlock for the native tier: the pair's two patch rows

@@ -48,6 +48,32 @@ from tf_lowprec.numerics import formats as formats_lib
 from tf_lowprec.numerics import rounding as rounding_lib
 
 
+def quantize_once(x, filters, fmt, rounding, backward_rounding, seed):
+    """(seed, x, filters) of an implicit DFP convolution: its seed tensor and its operands.
+
+    Rounded to nearest, the kernels quantize x and the filters themselves (the
+    same values as `quantize_dfp`); other roundings quantize x (seed) and the
+    filters (seed + [0, 1]) once here, with straight-through gradients
+    (quantize_dfp's), and the kernels' own quantization is then lossless.
+    """
+    seed = rounding_lib.seed_tensor(
+        seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
+    if rounding != "nearest_even":
+        x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
+        filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
+                                            seed=seed + tf.constant([0, 1], tf.int64))
+    return seed, x, filters
+
+
+def quantized_error(dy, fmt, backward_rounding, seed):
+    """The error as the backward kernels must see it: rounded here (seed + [0, 2]) unless
+    to nearest, which the kernels do themselves."""
+    if backward_rounding == "nearest_even":
+        return dy
+    return rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
+                                     seed=seed + tf.constant([0, 2], tf.int64))
+
+
 def conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, **options):
     """`tf.nn.conv2d` (NHWC, one group) as implicit INT16 GEMMs: `convolution` of 4-D x."""
     x = tf.convert_to_tensor(x)
@@ -95,13 +121,7 @@ def convolution(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, 
     ones = [1] * rank
     options = dict(bits=fmt.bits, extra_shift=fmt.extra_shift, chunk_size=chunk_size, isa=isa)
     geometry_attrs = dict(strides=list(strides), dilations=list(dilations), pads=pads)
-    seed = rounding_lib.seed_tensor(
-        seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
-    if rounding != "nearest_even":
-        # Straight-through gradients (quantize_dfp's): d(x) and d(filters) pass.
-        x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
-        filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
-                                            seed=seed + tf.constant([0, 1], tf.int64))
+    seed, x, filters = quantize_once(x, filters, fmt, rounding, backward_rounding, seed)
     dx_pads = []
     for size, k, s, d, before, count in zip(x.shape[1:-1], ksize, strides, dilations,
                                             pads[::2], out):
@@ -112,9 +132,7 @@ def convolution(x, filters, strides, padding, dilations, fmt=formats_lib.DFP16, 
         y, _ = conv_op(xv, wv, input_dilations=ones, **geometry_attrs, **options)
 
         def grad(dy):
-            if backward_rounding != "nearest_even":
-                dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
-                                               seed=seed + tf.constant([0, 2], tf.int64))
+            dy = quantized_error(dy, fmt, backward_rounding, seed)
             # With flip_filters the op uses flip(wv)^T ([*k, O, C], taps
             # reversed in every spatial axis), written by the kernel itself
             # instead of ReverseV2 + Transpose ops.
@@ -190,13 +208,7 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
     for size, k, s, d, (before, _), out in zip(spatial, ksize, strides, dilations, conv_pads,
                                               x.shape[1:-1]):
         forward_pads += input_gradient_pads(size, k, s, d, before, out)
-    seed = rounding_lib.seed_tensor(
-        seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
-    if rounding != "nearest_even":
-        # Straight-through gradients (quantize_dfp's): d(x) and d(filters) pass.
-        x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
-        filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
-                                            seed=seed + tf.constant([0, 1], tf.int64))
+    seed, x, filters = quantize_once(x, filters, fmt, rounding, backward_rounding, seed)
 
     @tf.custom_gradient
     def transpose(xv, wv):
@@ -206,9 +218,7 @@ def conv_transpose(x, filters, geometry, fmt=formats_lib.DFP16, *,
                        input_dilations=strides, pads=forward_pads, **options)
 
         def grad(dy):
-            if backward_rounding != "nearest_even":
-                dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
-                                               seed=seed + tf.constant([0, 2], tf.int64))
+            dy = quantized_error(dy, fmt, backward_rounding, seed)
             dx, _ = conv_op(dy, wv, **conv_attrs, **options)
             dw, _ = filter_op(dy, xv, filter_size=ksize, **conv_attrs, **options)
             return dx, dw

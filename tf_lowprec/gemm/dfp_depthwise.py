@@ -37,9 +37,9 @@ array([[4., 4.],
 import tensorflow as tf
 
 from tf_lowprec._op_library import load as _load_ops
+from tf_lowprec.gemm.dfp_conv import quantize_once, quantized_error
 from tf_lowprec.gemm.implicit_conv import geometry, input_gradient_pads
 from tf_lowprec.numerics import formats as formats_lib
-from tf_lowprec.numerics import rounding as rounding_lib
 
 
 def applies(x, filters, groups, strides, padding, dilations):
@@ -75,13 +75,7 @@ def depthwise_conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DF
     ksize = list(filters.shape[:2])
     options = dict(bits=fmt.bits, extra_shift=fmt.extra_shift, chunk_size=chunk_size, isa=isa)
     geometry_attrs = dict(strides=list(strides), dilations=list(dilations), pads=pads)
-    seed = rounding_lib.seed_tensor(
-        seed, "stochastic" if "stochastic" in (rounding, backward_rounding) else "nearest_even")
-    if rounding != "nearest_even":
-        # Straight-through gradients (quantize_dfp's): d(x) and d(filters) pass.
-        x = rounding_lib.quantize_dfp(x, fmt, rounding, seed=seed)
-        filters = rounding_lib.quantize_dfp(filters, fmt, rounding,
-                                            seed=seed + tf.constant([0, 1], tf.int64))
+    seed, x, filters = quantize_once(x, filters, fmt, rounding, backward_rounding, seed)
     dx_pads = []
     for size, k, s, d, before, count in zip(x.shape[1:3], ksize, strides, dilations,
                                             pads[::2], out):
@@ -93,9 +87,7 @@ def depthwise_conv2d(x, filters, strides, padding, dilations, fmt=formats_lib.DF
                                               **options)
 
         def grad(dy):
-            if backward_rounding != "nearest_even":
-                dy = rounding_lib.quantize_dfp(dy, fmt, backward_rounding,
-                                               seed=seed + tf.constant([0, 2], tf.int64))
+            dy = quantized_error(dy, fmt, backward_rounding, seed)
             dx = ops.lowprec_dfp_depthwise_conv2d(
                 dy, tf.reverse(wv, [0, 1]), reduce_multiplier=True, strides=[1, 1],
                 dilations=list(dilations), input_dilations=list(strides), pads=dx_pads,
