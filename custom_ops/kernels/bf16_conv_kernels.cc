@@ -69,42 +69,9 @@ class Bf16ConvOp : public OpKernel {
       b = filters.flat<float>().data();  // [k*C, O] row-major
     } else {
       // The input gradient of a convolution with these filters [*k, C, O]
-      // (x: its error, O channels): b = flip(filters)^T [*k, O, C], written
-      // here (a few KiB) instead of by ReverseV2 and Transpose ops.
-      if (!CheckConvRank(ctx, x, kRank + 2, "x", ConvInputLayout(kRank)) ||
-          !CheckConvRank(ctx, filters, kRank + 2, "filters",
-                         kRank == 3 ? "[kd, kh, kw, out_channels, channels]"
-                                    : "[kh, kw, out_channels, channels]")) {
-        return;
-      }
-      OP_REQUIRES(ctx, filters.dim_size(kRank + 1) == x.dim_size(kRank + 1),
-                  InvalidArgument("x has ", x.dim_size(kRank + 1), " channels but flipped "
-                                  "filters expect ", filters.dim_size(kRank + 1),
-                                  " (their last dimension)"));
-      TensorShape shape;
-      int64_t taps = 1;
-      for (int a = 0; a < kRank; ++a) {
-        OP_REQUIRES(ctx, filters.dim_size(a) >= 1,
-                    InvalidArgument("filters must have spatial sizes >= 1, got ",
-                                    filters.shape().DebugString()));
-        shape.AddDim(filters.dim_size(a));
-        taps *= filters.dim_size(a);
-      }
-      const int64_t c_out = filters.dim_size(kRank), c_in = filters.dim_size(kRank + 1);
-      shape.AddDim(c_in);
-      shape.AddDim(c_out);
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT, shape, &flipped));
-      const float* w = filters.flat<float>().data();
-      float* f = flipped.flat<float>().data();
-      // Reversing the flattened tap index reverses every spatial axis.
-      for (int64_t t = 0; t < taps; ++t) {
-        const float* src = w + (taps - 1 - t) * c_out * c_in;  // [c_out][c_in]
-        float* dst = f + t * c_in * c_out;                     // [c_in][c_out]
-        for (int64_t o = 0; o < c_in; ++o) {
-          for (int64_t c = 0; c < c_out; ++c) dst[o * c_out + c] = src[c * c_in + o];
-        }
-      }
-      b = f;
+      // (x: its error, O channels): b = flip(filters)^T [*k, O, C].
+      if (!FlipFilters<kRank>(ctx, x, filters, &flipped)) return;
+      b = flipped.flat<float>().data();
     }
     const Tensor& b_shape = flip_filters_ ? flipped : filters;
     int64_t k[kRank];

@@ -194,6 +194,60 @@ inline bool CheckConvErrorShape(::tensorflow::OpKernelContext* ctx, const ConvGa
   return false;
 }
 
+// flipped [*k, C, O] = flip(filters)^T for filters [*k, O, C] (kRank
+// spatial axes): the taps reversed in every spatial axis, the last two axes
+// swapped: the filters of a convolution's input gradient.  Fails the op
+// (false) on a bad rank, empty spatial axes, or filters whose last
+// dimension is not x's channel count.  Shared by the INT16 and BF16 conv
+// ops' flip_filters (a few KiB, instead of ReverseV2 and Transpose ops).
+template <int kRank>
+bool FlipFilters(::tensorflow::OpKernelContext* ctx, const ::tensorflow::Tensor& x,
+                 const ::tensorflow::Tensor& filters, ::tensorflow::Tensor* flipped) {
+  using ::tensorflow::errors::InvalidArgument;
+  if (!CheckConvRank(ctx, x, kRank + 2, "x", ConvInputLayout(kRank)) ||
+      !CheckConvRank(ctx, filters, kRank + 2, "filters",
+                     kRank == 3 ? "[kd, kh, kw, out_channels, channels]"
+                                : "[kh, kw, out_channels, channels]")) {
+    return false;
+  }
+  if (filters.dim_size(kRank + 1) != x.dim_size(kRank + 1)) {
+    ctx->CtxFailure(InvalidArgument("x has ", x.dim_size(kRank + 1), " channels but flipped "
+                                    "filters expect ", filters.dim_size(kRank + 1),
+                                    " (their last dimension)"));
+    return false;
+  }
+  ::tensorflow::TensorShape shape;
+  int64_t taps = 1;
+  for (int a = 0; a < kRank; ++a) {
+    if (filters.dim_size(a) < 1) {
+      ctx->CtxFailure(InvalidArgument("filters must have spatial sizes >= 1, got ",
+                                      filters.shape().DebugString()));
+      return false;
+    }
+    shape.AddDim(filters.dim_size(a));
+    taps *= filters.dim_size(a);
+  }
+  const int64_t c_out = filters.dim_size(kRank), c_in = filters.dim_size(kRank + 1);
+  shape.AddDim(c_in);
+  shape.AddDim(c_out);
+  auto status = ctx->allocate_temp(::tensorflow::DT_FLOAT, shape, flipped);
+  if (!status.ok()) {
+    ctx->CtxFailure(status);
+    return false;
+  }
+  const float* w = filters.flat<float>().data();
+  float* f = flipped->flat<float>().data();
+  // Reversing the flattened tap index reverses every spatial axis.
+  for (int64_t t = 0; t < taps; ++t) {
+    const float* src = w + (taps - 1 - t) * c_out * c_in;  // [c_out][c_in]
+    float* dst = f + t * c_in * c_out;                     // [c_in][c_out]
+    for (int64_t o = 0; o < c_in; ++o) {
+      for (int64_t c = 0; c < c_out; ++c) dst[o * c_out + c] = src[c * c_in + o];
+    }
+  }
+  return true;
+}
+
 }  // namespace tf_lowprec
 
 #endif  // TF_LOWPREC_KERNELS_CONV_GATHER_ATTRS_H_
