@@ -489,6 +489,37 @@ def test_tier_tracked_chains_at_the_int32_limits(isa):
 
 
 @pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_chunks_that_fail_after_a_proved_first_segment(isa):
+    """Chunks whose first 16 elements are small (a proved first segment) and
+    whose rest is full scale and of one sign: the checkpoints fail, the
+    tracked chains saturate and the whole micro-tile chunk is computed again
+    (VNNI: on the split chains up to 512 pairs, in INT64 past them; AVX2:
+    its coarse sums, nothing recomputed).  Exact and counted, against
+    portable; on VNNI the recomputations are counted once per micro-tile
+    chunk."""
+    rng = np.random.default_rng(43)
+    a = rng.uniform(0.5, 1, (13, 4100)).astype(np.float32)
+    b = rng.uniform(0.5, 1, (4100, 70)).astype(np.float32)
+    for chunk_size in (64, 2048):
+        head = (np.arange(a.shape[1]) % chunk_size) < 16
+        a[:, head] *= 1e-3
+        b[head] *= 1e-3
+        dfp_gemm.dfp_gemm_counters(reset=True)
+        out, count = lp.dfp_matmul(a, b, isa=isa, chunk_size=chunk_size, return_overflow_count=True)
+        recomputed = dfp_gemm.dfp_gemm_counters(reset=True)["recomputed_tiles"]
+        want, want_count = lp.dfp_matmul(a, b, isa="portable", chunk_size=chunk_size,
+                                         return_overflow_count=True)
+        np.testing.assert_array_equal(bits(out), bits(want))
+        assert int(count) == int(want_count) > 0
+        if isa == "avx512":
+            # At most 3 x 3 micro-tiles (6 rows x 32 or 48 columns) per chunk.
+            tiles = 3 * 3 * -(-a.shape[1] // chunk_size)
+            assert 0 < recomputed <= tiles
+        a[:, head] *= 1e3
+        b[head] *= 1e3
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
 def test_tier_unproved_first_segments_of_non_negative_operands(isa):
     """A full-scale non-negative operand (ReLU outputs, pixels) times a
     signed one: no segment of a chunk of 64 can be proved and many chains

@@ -74,7 +74,8 @@ struct Stats {
   // (output element, chunk) pairs whose plain INT32 chain would have
   // overflowed (some prefix of its pair sums left the INT32 range).
   int64_t overflowed_chunks = 0;
-  // Micro-tile chunks that were recomputed in INT64 after a detection.
+  // Micro-tile chunks computed a second time after a detection (split
+  // chains or INT64; VNNI only), or with some chains recomputed in INT64.
   int64_t recomputed_tiles = 0;
   // Input elements that are not I * 2^E with an integer |I| <= 32767.
   int64_t invalid_inputs = 0;

@@ -272,8 +272,9 @@ def dfp_gemm_counters(reset=False):
 
     calls: GEMMs run; chains: (output, chunk) INT32 chains; overflowed: chains
     that would have overflowed INT32 (computed exactly all the same);
-    recomputed_tiles: micro-tile chunks the VNNI kernel recomputed in INT64,
-    wholly or some of their chains (a tuning figure: it depends on the tier).
+    recomputed_tiles: micro-tile chunks the VNNI kernel computed a second
+    time (on its split chains or in INT64), wholly or some of their chains (a
+    tuning figure: it depends on the tier).
 
     >>> import tf_lowprec as lp
     >>> sorted(lp.dfp_gemm_counters())
