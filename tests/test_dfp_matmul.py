@@ -489,6 +489,21 @@ def test_tier_tracked_chains_at_the_int32_limits(isa):
 
 
 @pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_large_outputs_streamed(isa):
+    """Outputs of 2^21 elements or more with one exponent block are written
+    with streaming stores where a tile row covers whole aligned lines (AVX2,
+    AVX-512); rows of 1000 columns are aligned only every 16th row.  The same
+    bits as portable."""
+    rng = np.random.default_rng(47)
+    for m, n in ((2048, 1024), (2100, 1000)):
+        a = rng.standard_normal((m, 12)).astype(np.float32)
+        b = rng.standard_normal((12, n)).astype(np.float32)
+        got = lp.dfp_matmul(a, b, isa=isa)
+        want = lp.dfp_matmul(a, b, isa="portable")
+        np.testing.assert_array_equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
 def test_tier_chunks_that_fail_after_a_proved_first_segment(isa):
     """Chunks whose first 16 elements are small (a proved first segment) and
     whose rest is full scale and of one sign: the checkpoints fail, the
