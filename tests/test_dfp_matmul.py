@@ -489,6 +489,29 @@ def test_tier_tracked_chains_at_the_int32_limits(isa):
 
 
 @pytest.mark.parametrize("isa", ACCELERATED)
+def test_tier_lanes_with_contiguous_k(isa):
+    """A row-major a and a transposed b hold each lane's K values back to
+    back: the VNNI tier packs them 16 pairs x 16 lanes at a time, transposed
+    in registers.  Every K tail of the 32-value steps, odd K, lane counts that
+    are not multiples of 6 or 16, NaN and Inf in single lanes, per-block
+    exponents and the checked (unfused) conversion: portable's bits and
+    counts."""
+    rng = np.random.default_rng(53)
+    for k in (1, 2, 31, 32, 33, 63, 1025):
+        for m, n in ((7, 17), (13, 50)):
+            a = _full_scale((m, k), int(rng.integers(1 << 30)))
+            b = _full_scale((n, k), int(rng.integers(1 << 30)))
+            _assert_tier_matches_portable(a, b, isa, tb=True)
+    a, b = _full_scale((11, 100), 54), _full_scale((49, 100), 55)
+    a[3, 40], b[17, 99], b[48, 0] = np.nan, np.inf, -np.inf
+    _assert_tier_matches_portable(a, b, isa, tb=True)
+    fmt = lp.DfpFormat(bits=16, block_size=32)
+    a, b = _full_scale((9, 96), 56), _full_scale((33, 96), 57)
+    a[:, 32:64] *= 1e-3  # a block with another exponent
+    _assert_tier_matches_portable(a, b, isa, tb=True, fmt=fmt)
+
+
+@pytest.mark.parametrize("isa", ACCELERATED)
 def test_tier_large_outputs_streamed(isa):
     """Outputs of 2^21 elements or more with one exponent block are written
     with streaming stores where a tile row covers whole aligned lines (AVX2,
