@@ -327,6 +327,121 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
   return invalid + scale_invalid;
 }
 
+// Column `col` of the patch matrix g over n consecutive patch rows (output
+// pixels) from `px` on, into out: one output row (b, z, y) at a time, whose
+// pixels read one input row at x * sw + j * dw - pad_left, i.e. a strided
+// run of the input (contiguous for C = 1 and stride 1), zeros outside it
+// (+0, as im2col pads) and in an input dilation's holes.
+inline void GatherPatchColumnAlongPixels(const ConvGather& g, const PatchPixel& px,
+                                         const PatchColumn& col, int64_t n, float* out) {
+  PatchPixel p = px;
+  const int64_t off = col.j * g.dw - g.pad_left;  // input column of pixel x: x * sw + off
+  const int64_t step = g.sw * g.channels;
+  for (int64_t done = 0; done < n;) {
+    const int64_t len = Min64(g.out_w - p.x, n - done);
+    float* o = out + done;
+    int64_t zz = p.z * g.sd + col.t * g.dd - g.pad_front;
+    int64_t yy = p.y * g.sh + col.i * g.dh - g.pad_top;
+    const bool row_inside = zz >= 0 && yy >= 0 && OnInputGrid(&zz, g.ld) &&
+                            OnInputGrid(&yy, g.lh) && zz < g.depth && yy < g.height;
+    if (!row_inside) {
+      for (int64_t e = 0; e < len; ++e) o[e] = 0.0f;
+    } else {
+      const float* row =
+          g.input + ((((p.b * g.depth + zz) * g.height + yy) * g.width) * g.channels) + col.c;
+      if (g.lw == 1) {
+        // Pixels [lo, hi) of the row read inside the input (clamped to the
+        // segment [p.x, p.x + len)).
+        const int64_t first = off >= 0 ? 0 : CeilDiv(-off, g.sw);
+        const int64_t past = g.width - off <= 0 ? 0 : CeilDiv(g.width - off, g.sw);
+        const int64_t lo = Min64(Max64(first, p.x), p.x + len) - p.x;
+        const int64_t hi = Max64(Min64(past, p.x + len), p.x + lo) - p.x;
+        for (int64_t e = 0; e < lo; ++e) o[e] = 0.0f;
+        const float* src = row + ((p.x + lo) * g.sw + off) * g.channels;
+        if (step == 1) {
+          std::memcpy(o + lo, src, sizeof(float) * (hi - lo));
+        } else {
+          for (int64_t e = lo; e < hi; ++e) o[e] = src[(e - lo) * step];
+        }
+        for (int64_t e = hi; e < len; ++e) o[e] = 0.0f;
+      } else {
+        for (int64_t e = 0; e < len; ++e) {
+          int64_t xx = (p.x + e) * g.sw + off;
+          const bool inside = xx >= 0 && OnInputGrid(&xx, g.lw) && xx < g.width;
+          o[e] = inside ? row[xx * g.channels] : 0.0f;
+        }
+      }
+    }
+    done += len;
+    p.x += len - 1;  // the row's last pixel, then on to the next row
+    Advance(g, &p);
+  }
+}
+
+// PackPanels<kWidth> of rows [lane0, lane0 + lanes) of the TRANSPOSED patch
+// matrix g^T [columns, pixels] (the operand a of a filter gradient computed
+// as patches^T @ dy: lanes are patch columns (t, i, j, c), K the output
+// pixels), for few input channels: each lane's K run gathered along the
+// pixels (GatherPatchColumnAlongPixels: a strided copy per output row), then
+// converted as one contiguous run, instead of one run of C channels per
+// pixel (PackPatchColumns, which took 4 scalar conversions of one channel
+// per pixel pair for the CNN's first layer).  The same mantissas, pair
+// words, NaN lanes and invalid counts as PackPanels on g^T written out.
+template <int kWidth>
+int64_t PackPatchColumnsAlongPixels(const ConvGather& g, const OperandView& src,
+                                    const BlockLayout& layout, int64_t lane0, int64_t lanes,
+                                    int32_t* panel, uint8_t* nonfinite) {
+  if (lanes % kWidth != 0) {
+    std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
+  }
+  if (layout.blocks == 0) return 0;
+  int32_t scale_invalid = 0;
+  float s1, s2, bound;
+  ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
+  const int64_t k = layout.k;
+  int64_t invalid = 0;
+  constexpr int64_t kRun = 1024;           // pixels converted at a time (even)
+  constexpr int64_t kStride = kRun + 32;   // int16 per lane (whole vectors)
+  alignas(64) float values[kRun];
+  alignas(64) int16_t lane_runs[kWidth * kStride];
+  PatchColumn cols[kWidth];
+  for (int64_t l = 0; l < lanes; ++l) cols[l] = ColumnOf(g, lane0 + l);
+  int32_t nf[kWidth] = {};
+  for (int64_t r0 = 0; r0 < k; r0 += kRun) {
+    const int64_t n = Min64(kRun, k - r0), pairs = (n + 1) / 2;
+    const PatchPixel px = PixelOfRow(g, r0);
+    for (int64_t l = 0; l < kWidth; ++l) {
+      int16_t* run = lane_runs + l * kStride;
+      if (l < lanes) {
+        GatherPatchColumnAlongPixels(g, px, cols[l], n, values);
+        invalid += ConvertValues(values, n, &s1, &s2, &bound, src.round, run, &nf[l]);
+      } else {
+        std::memset(run, 0, sizeof(int16_t) * n);
+      }
+      run[n] = 0;  // odd n: the last pair's high half is zero padding
+    }
+    int32_t* o = panel + (r0 / 2) * kWidth;
+    int64_t q = 0;
+#if TF_LOWPREC_DFP_VNNI
+    if (kWidth == 6) {
+      for (; q + 16 <= pairs; q += 16) InterleaveSixLanes(lane_runs, kStride, q, o + q * 6);
+    }
+#endif
+    for (; q < pairs; ++q) {
+      for (int64_t l = 0; l < lanes; ++l) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        std::memcpy(o + q * kWidth + l, lane_runs + l * kStride + 2 * q, 4);
+#else
+        o[q * kWidth + l] = PairWord(lane_runs[l * kStride + 2 * q],
+                                     lane_runs[l * kStride + 2 * q + 1]);
+#endif
+      }
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= nf[l] ? 1 : 0;
+  return invalid + scale_invalid;
+}
+
 }  // namespace
 }  // namespace TF_LOWPREC_DFP_ISA
 }  // namespace dfp_gemm

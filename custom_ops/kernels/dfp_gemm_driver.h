@@ -105,6 +105,40 @@ int64_t PackAPanels(const Plan& plan, int64_t batch, int64_t panel0, int64_t cou
                     double* norm) {
   const Problem& p = *plan.p;
   int64_t invalid = 0;
+  // The segment norms of panels [g, g + panels) of out.
+  auto measure = [&](int64_t g, int64_t panels) {
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
+    for (int64_t j = 0; j < panels; ++j) {
+      MeasureSegments<kMr>(out + (g + j) * plan.a_panel_words, plan.layout, plan.segs,
+                           norm + (g + j) * plan.segs.per_panel);
+    }
+#else
+    (void)g;
+    (void)panels;
+#endif
+  };
+  if (p.a_patches != nullptr && p.transpose_a) {
+    // The transposed patch matrix (dfp_gemm_conv_pack.h): with fewer than
+    // kFewChannels input channels, each lane (patch column) gathered along
+    // the pixels; else the panels' columns of one patch row are runs of
+    // channels, gathered per pixel pair for 8 panels at a time.
+    constexpr int64_t kFewChannels = 8;
+    constexpr int kAGroup = 8;
+    const ConvGather& g = *p.a_patches;
+    for (int64_t i = 0; i < count; i += (g.channels < kFewChannels ? 1 : kAGroup)) {
+      const int64_t panels = g.channels < kFewChannels ? 1 : Min64(kAGroup, count - i);
+      const int64_t row0 = (panel0 + i) * kMr, lanes = Min64(panels * kMr, p.m - row0);
+      int32_t* o = out + i * plan.a_panel_words;
+      invalid += g.channels < kFewChannels
+                     ? PackPatchColumnsAlongPixels<kMr>(g, ViewOfA(p, batch), plan.layout, row0,
+                                                        lanes, o, plan.a_nonfinite + row0)
+                     : PackPatchColumns<kMr, kAGroup>(g, ViewOfA(p, batch), plan.layout, row0,
+                                                      lanes, o, plan.a_panel_words,
+                                                      plan.a_nonfinite + row0);
+      measure(i, panels);
+    }
+    return invalid;
+  }
   if (p.a_patches != nullptr || !p.transpose_a) {
     for (int64_t i = 0; i < count; ++i) {
       invalid += PackAPanel(plan, batch, panel0 + i, out + i * plan.a_panel_words,
@@ -119,12 +153,7 @@ int64_t PackAPanels(const Plan& plan, int64_t batch, int64_t panel0, int64_t cou
     invalid += PackPanels<kMr, kAGroup>(ViewOfA(p, batch), plan.layout, row0,
                                         Min64(panels * kMr, p.m - row0), o, plan.a_panel_words,
                                         plan.a_nonfinite + batch * p.m + row0);
-#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
-    for (int64_t j = 0; j < panels; ++j) {
-      MeasureSegments<kMr>(o + j * plan.a_panel_words, plan.layout, plan.segs,
-                           norm + (g + j) * plan.segs.per_panel);
-    }
-#endif
+    measure(g, panels);
   }
   return invalid;
 }
@@ -386,7 +415,10 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.row_items = CeilDiv(p.m, plan.mc);
   plan.col_items = CeilDiv(p.n, plan.nc);
 
-  plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch);
+  // (A transposed patch matrix with one row item: its panels are packed in
+  // the packing pass, beside B's, instead of by the one item after it.)
+  plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch) &&
+                         !(p.a_patches != nullptr && p.transpose_a && plan.row_items == 1);
   plan.stream_out = plan.layout.blocks == 1 && p.batch * p.m * p.n >= (int64_t{1} << 21);
   plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
   // A panels packed by the packing pass (none when the items pack their own).
