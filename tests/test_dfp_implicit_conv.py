@@ -225,7 +225,10 @@ GEMM_A_CASES = [
     ((2, 7, 9, 5), (3, 3, 5, 2), (3, 2), "VALID", (1, 1), (1, 1), None),  # stride = kernel
     ((1, 6, 5, 1), (3, 2, 1, 3), (1, 2), "SAME", (1, 1), (2, 3), None),  # input dilations
     ((1, 6, 6, 12), (3, 3, 12, 5), (1, 1), "SAME", (1, 1), (1, 1), "x"),  # C >= 8
-    ((2, 20, 20, 2), (3, 3, 2, 33), (1, 1), "VALID", (1, 1), (1, 1), "big"),  # overflows
+    # K >= 4096 pixels: packed in K slices by several threads.
+    ((3, 40, 40, 2), (3, 3, 2, 33), (1, 1), "VALID", (1, 1), (1, 1), "big"),  # overflows
+    ((5, 31, 31, 1), (3, 3, 1, 5), (1, 1), "VALID", (1, 1), (1, 1), "both"),  # 4205 pixels
+    ((2, 46, 46, 8), (1, 1, 8, 3), (1, 1), "SAME", (1, 1), (1, 1), "x"),  # C >= 8
 ]
 
 
@@ -239,10 +242,10 @@ def test_filter_gradient_gemm_orientations_bit_exact(case, isa):
     out = [pads_of((n - 1) * l + 1, k, s, d, padding)[2]
            for n, l, k, s, d in zip(xs[1:3], lx, ws[:2], strides, dilations)]
     g = rand([xs[0]] + out + [ws[3]], 60 + case, scale=1e-2)
-    if special == "x":
+    if special in ("x", "both"):
         x[0, 1, 1, -1] = np.nan
         x[-1, -1, 0, 0] = -np.inf
-    elif special == "dy":
+    if special in ("dy", "both"):
         g[0, 0, 1, 2] = np.inf
     elif special == "big":  # same-signed large mantissas: INT32 chains overflow
         x, g = np.abs(x) + 1.0, np.abs(g) + 1e-2

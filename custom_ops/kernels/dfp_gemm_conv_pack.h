@@ -248,13 +248,14 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
 }
 
 // PackPanels<kWidth, kGroup> of columns [lane0, lane0 + lanes) of the patch
-// matrix g (the operand b of a filter gradient: lanes are (t, i, j, c), K the
-// output pixels): two patch rows gathered, converted and interleaved into
-// pair words per K pair.
+// matrix g (the operand b of a filter gradient, or, 6 lanes a panel, its
+// transpose as a: lanes are (t, i, j, c), K the output pixels from pixel0
+// on): two patch rows gathered, converted and interleaved into pair words
+// per K pair.
 template <int kWidth, int kGroup>
 int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
                          int64_t lane0, int64_t lanes, int32_t* panel, int64_t panel_words,
-                         uint8_t* nonfinite) {
+                         uint8_t* nonfinite, int64_t pixel0 = 0) {
   constexpr int kLanes = kWidth * kGroup;
   const int64_t panels = CeilDiv(lanes, kWidth);
   if (lanes % kWidth != 0) {
@@ -282,7 +283,7 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
       }
     });
   };
-  PatchPixel px = k > 0 ? PixelOfRow(g, 0) : PatchPixel();
+  PatchPixel px = k > 0 ? PixelOfRow(g, pixel0) : PatchPixel();
   for (int64_t kk = 0; kk < k; kk += 2) {
     int32_t nf = 0;
     const PatchPixel px0 = px;
@@ -387,10 +388,11 @@ inline void GatherPatchColumnAlongPixels(const ConvGather& g, const PatchPixel& 
 // pixel (PackPatchColumns, which took 4 scalar conversions of one channel
 // per pixel pair for the CNN's first layer).  The same mantissas, pair
 // words, NaN lanes and invalid counts as PackPanels on g^T written out.
+// K starts at pixel pixel0 (a slice of K; layout is the slice's).
 template <int kWidth>
 int64_t PackPatchColumnsAlongPixels(const ConvGather& g, const OperandView& src,
                                     const BlockLayout& layout, int64_t lane0, int64_t lanes,
-                                    int32_t* panel, uint8_t* nonfinite) {
+                                    int32_t* panel, uint8_t* nonfinite, int64_t pixel0 = 0) {
   if (lanes % kWidth != 0) {
     std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
   }
@@ -409,7 +411,7 @@ int64_t PackPatchColumnsAlongPixels(const ConvGather& g, const OperandView& src,
   int32_t nf[kWidth] = {};
   for (int64_t r0 = 0; r0 < k; r0 += kRun) {
     const int64_t n = Min64(kRun, k - r0), pairs = (n + 1) / 2;
-    const PatchPixel px = PixelOfRow(g, r0);
+    const PatchPixel px = PixelOfRow(g, pixel0 + r0);
     for (int64_t l = 0; l < kWidth; ++l) {
       int16_t* run = lane_runs + l * kStride;
       if (l < lanes) {
