@@ -252,3 +252,10 @@ def test_filter_gradient_gemm_orientations_bit_exact(case, isa):
     _, overflow = check_filter_gradient_gemm_orientations(x, g, ws[:2], strides, padding,
                                                           dilations, lx, isa=isa)
     assert (overflow > 0) == (special == "big")
+
+
+def test_filter_gradient_gemm_a_must_be_known():
+    x, g = rand((1, 5, 5, 2), 1), rand((1, 3, 3, 4), 2)
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="gemm_a"):
+        ops = load_ops()
+        ops.lowprec_dfp_conv2d_backprop_filter(x, g, filter_size=[3, 3], gemm_a="rows")

@@ -6,6 +6,7 @@
 // gathers it from the input (dfp_gemm_conv_pack.h) while rounding it to the
 // input's shared exponent, exactly as LowprecDfpMatmulFused packs a
 // materialized patch matrix.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -205,13 +206,31 @@ class DfpConvOp : public OpKernel {
   bool flip_filters_ = false;
 };
 
-// Which orientation the filter gradient's GEMM takes for `columns` patch
-// columns (prod(k) * C) and `channels_out` output channels (gemm_a 'auto'):
-// patches^T @ dy (PatchesAsA: no copies of dy or of the result) unless ...
+// Columns of the DFP GEMM's B tiles for n columns (dfp_gemm_driver.h's Gemm:
+// 32, 48 or 64 wide, the narrowest padding; 48 past 256 columns).
+int64_t PaddedTileColumns(int64_t n) {
+  auto up = [n](int64_t w) { return (n + w - 1) / w * w; };
+  if (n > 256) return up(48);
+  return std::min(up(32), std::min(up(48), up(64)));
+}
+
+// Which orientation the filter gradient's GEMM takes for gemm_a 'auto':
+// patches^T @ dy (no copies of dy or of the result, no padded 32-column B
+// panels for a handful of patch columns) unless dy^T @ patches does fewer
+// than half its padded multiply-adds (rows padded to the micro-tile's 6,
+// columns to the B tile width).  Measured on the Zen 4 (avx512 tier,
+// benchmarks/results/dfp16_conv_dfilters_orientation.md; ratio = dy's
+// padded multiply-adds / patches'): patches^T @ dy about 3.4x faster for 9
+// columns x 32 channels (ratio 3.0), 1.8x for 27 x 16 (ratio 0.6: the
+// copies outweigh the padding), even for 288 x 64 (ratio 1.03); dy^T @
+// patches about 1.7x faster for 2304 x 8 (ratio 0.375) and 1.8x for 576 x 4
+// (ratio 0.19).
 bool PatchesAsA(int64_t columns, int64_t channels_out) {
-  (void)columns;
-  (void)channels_out;
-  return true;
+  auto rows = [](int64_t m) { return (m + 5) / 6 * 6; };
+  const double patches_macs =
+      static_cast<double>(rows(columns)) * PaddedTileColumns(channels_out);
+  const double dy_macs = static_cast<double>(rows(channels_out)) * PaddedTileColumns(columns);
+  return !(2 * dy_macs < patches_macs);
 }
 
 // d(filters) = patches(x)^T @ dy [prod(k)*C, O] over the output pixels, as

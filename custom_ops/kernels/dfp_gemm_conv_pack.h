@@ -444,6 +444,109 @@ int64_t PackPatchColumnsAlongPixels(const ConvGather& g, const OperandView& src,
   return invalid + scale_invalid;
 }
 
+#if TF_LOWPREC_DFP_VNNI
+// PackPatchColumns<kWidth, kGroup> for the VNNI tier, 6-lane panels of the
+// transposed patch matrix (many input channels): per pixel pair, each run
+// of channels of the two patch rows converted 16 columns at a time straight
+// from x into int32 mantissas (ConvertOneScale's conversion: the same
+// values and counts), joined into pair words in registers, then 6 words
+// copied to each panel.  PackPatchColumns' int16 rows, stored, reloaded and
+// widened per panel, made the 48-column groups of the CNN's second layer
+// cost twice the 96-column B groups of the other orientation.
+template <int kWidth, int kGroup>
+int64_t PackPatchColumnsDirect(const ConvGather& g, const OperandView& src,
+                               const BlockLayout& layout, int64_t lane0, int64_t lanes,
+                               int32_t* panel, int64_t panel_words, uint8_t* nonfinite,
+                               int64_t pixel0) {
+  constexpr int kLanes = kWidth * kGroup;
+  static_assert(kWidth <= 16, "a panel's words are copied with one masked vector");
+  const int64_t panels = CeilDiv(lanes, kWidth);
+  if (layout.blocks == 0) {
+    if (lanes % kWidth != 0) {
+      std::memset(panel + (panels - 1) * panel_words, 0,
+                  sizeof(int32_t) * layout.total_pairs * kWidth);
+    }
+    return 0;
+  }
+  int32_t scale_invalid = 0;
+  float s1, s2, bound;
+  ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
+  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
+  const __m512 hi_clamp = _mm512_set1_ps(bound);
+  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+  const __m512i low_half = _mm512_set1_epi32(0xFFFF);
+  const bool round = src.round;
+  int64_t invalid = 0;
+  alignas(64) uint8_t lane_nf[kLanes + 16] = {};
+  // Mantissas of the live lanes of y (columns at..at + 15).
+  auto convert = [&](__m512 y, __mmask16 live, int64_t at) {
+    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    if (bad) {  // rare
+      for (int e = 0; e < 16; ++e) lane_nf[at + e] |= (bad >> e) & 1;
+    }
+    const __m512 scaled =
+        _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo_clamp), hi_clamp);
+    const __m512i m =
+        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+              : _mm512_cvttps_epi32(clamped);
+    const __mmask16 inexact =
+        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), scaled, _CMP_NEQ_UQ);
+    invalid += __builtin_popcount(static_cast<unsigned>(
+        (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live));
+    return m;
+  };
+  // The pair words of one K pair, zero past `lanes` (a partial last panel).
+  alignas(64) int32_t words[kLanes + 16] = {};
+  constexpr int kMaxRuns = kLanes + 1;  // (runs of at least one channel)
+  const float* even_src[kMaxRuns];
+  const float* odd_src[kMaxRuns];
+  int64_t run_at[kMaxRuns], run_len[kMaxRuns];
+  const PatchColumn col0 = ColumnOf(g, lane0);
+  const int64_t k = layout.k;
+  PatchPixel px = PixelOfRow(g, pixel0);
+  for (int64_t kk = 0; kk < k; kk += 2) {
+    int runs = 0;
+    ForEachPatchRun(g, px, col0, lanes, [&](int64_t offset, const float* x, int64_t len) {
+      run_at[runs] = offset;
+      run_len[runs] = len;
+      even_src[runs++] = x;
+    });
+    Advance(g, &px);
+    const bool second = kk + 1 < k;
+    if (second) {
+      int r = 0;
+      ForEachPatchRun(g, px, col0, lanes,
+                      [&](int64_t, const float* x, int64_t) { odd_src[r++] = x; });
+      Advance(g, &px);
+    }
+    for (int r = 0; r < runs; ++r) {
+      const float* e = even_src[r];
+      const float* o = second ? odd_src[r] : nullptr;
+      for (int64_t v = 0; v < run_len[r]; v += 16) {
+        const int64_t at = run_at[r] + v, n = run_len[r] - v;
+        const __mmask16 live = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        const __m512i lo_m =
+            e == nullptr ? _mm512_setzero_si512() : convert(_mm512_maskz_loadu_ps(live, e + v), live, at);
+        const __m512i hi_m =
+            o == nullptr ? _mm512_setzero_si512() : convert(_mm512_maskz_loadu_ps(live, o + v), live, at);
+        _mm512_mask_storeu_epi32(words + at, live,
+                                 _mm512_or_si512(_mm512_and_si512(lo_m, low_half),
+                                                 _mm512_slli_epi32(hi_m, 16)));
+      }
+    }
+    constexpr __mmask16 kPanelLanes = static_cast<__mmask16>((1u << kWidth) - 1);
+    for (int64_t p = 0; p < panels; ++p) {
+      _mm512_mask_storeu_epi32(panel + p * panel_words + (kk / 2) * kWidth, kPanelLanes,
+                               _mm512_maskz_loadu_epi32(kPanelLanes, words + p * kWidth));
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nf[l];
+  return invalid + scale_invalid;
+}
+#endif
+
 }  // namespace
 }  // namespace TF_LOWPREC_DFP_ISA
 }  // namespace dfp_gemm

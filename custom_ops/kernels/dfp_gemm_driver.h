@@ -134,9 +134,16 @@ int64_t PackTransposedPatchPanels(const Plan& plan, int64_t panel0, int64_t coun
     invalid += group == 1
                    ? PackPatchColumnsAlongPixels<kMr>(g, ViewOfA(p, 0), slice, row0, lanes,
                                                       o + q0 * kMr, nonfinite + i * kMr, k0)
+#if TF_LOWPREC_DFP_VNNI
+                   : PackPatchColumnsDirect<kMr, kPatchGroup>(g, ViewOfA(p, 0), slice, row0,
+                                                              lanes, o + q0 * kMr,
+                                                              plan.a_panel_words,
+                                                              nonfinite + i * kMr, k0);
+#else
                    : PackPatchColumns<kMr, kPatchGroup>(g, ViewOfA(p, 0), slice, row0, lanes,
                                                         o + q0 * kMr, plan.a_panel_words,
                                                         nonfinite + i * kMr, k0);
+#endif
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
     for (int64_t j = 0; j < panels; ++j) {
       MeasureChunkSegments<kMr>(o + j * plan.a_panel_words, plan.layout, plan.segs,
