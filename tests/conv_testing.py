@@ -119,7 +119,7 @@ def dfp_implicit_conv_references_quantized(x, w, g, strides, padding, dilations)
 
 
 def check_filter_gradient_gemm_orientations(x, g, ksize, strides, padding, dilations,
-                                            input_dilations=None, isa="auto"):
+                                            input_dilations=None, isa="auto", chunk_size=64):
     """LowprecDfpConv{2,3}dBackpropFilter with gemm_a 'patches', 'dy' and 'auto': the
     written-out reference's d(filters) and overflow count, and the same bits each.
 
@@ -140,7 +140,8 @@ def check_filter_gradient_gemm_orientations(x, g, ksize, strides, padding, dilat
     (xq, ex), (gq, eg) = quantized(dilated), quantized(g)
     cols, _ = im2col_nd(xq, ksize, strides, [(b, a) for b, a, _ in axes], dilations)
     want, want_overflow = reference_gemm.dfp_matmul_quantized(
-        cols.T.copy(), ex, gq.reshape(-1, g.shape[-1]), eg, return_overflow_count=True)
+        cols.T.copy(), ex, gq.reshape(-1, g.shape[-1]), eg, chunk_size=chunk_size,
+        return_overflow_count=True)
     want = want.reshape(tuple(ksize) + (x.shape[-1], g.shape[-1]))
     ops = load_ops()
     op = {2: ops.lowprec_dfp_conv2d_backprop_filter,
@@ -149,7 +150,8 @@ def check_filter_gradient_gemm_orientations(x, g, ksize, strides, padding, dilat
     for gemm_a in ("patches", "dy", "auto"):
         dw, overflow = op(x, g, filter_size=list(ksize), strides=list(strides),
                           dilations=list(dilations), input_dilations=list(lx),
-                          pads=[v for b, a, _ in axes for v in (b, a)], isa=isa, gemm_a=gemm_a)
+                          pads=[v for b, a, _ in axes for v in (b, a)], isa=isa,
+                          chunk_size=chunk_size, gemm_a=gemm_a)
         got[gemm_a] = np.asarray(dw)
         np.testing.assert_array_equal(got[gemm_a], want, err_msg=gemm_a)
         assert int(overflow) == want_overflow, (gemm_a, int(overflow), want_overflow)

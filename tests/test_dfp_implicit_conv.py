@@ -252,6 +252,10 @@ def test_filter_gradient_gemm_orientations_bit_exact(case, isa):
     _, overflow = check_filter_gradient_gemm_orientations(x, g, ws[:2], strides, padding,
                                                           dilations, lx, isa=isa)
     assert (overflow > 0) == (special == "big")
+    if special == "big":  # chunks of 256 (K slices are whole chunks) and of 6
+        for chunk_size in (256, 6):
+            check_filter_gradient_gemm_orientations(x, g, ws[:2], strides, padding, dilations,
+                                                    lx, isa=isa, chunk_size=chunk_size)
 
 
 def test_filter_gradient_gemm_a_must_be_known():
