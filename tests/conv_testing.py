@@ -118,6 +118,49 @@ def dfp_implicit_conv_references_quantized(x, w, g, strides, padding, dilations)
     return y, dx, dw
 
 
+def check_filter_gradient_gemm_orientations(x, g, ksize, strides, padding, dilations,
+                                            input_dilations=None, isa="auto", chunk_size=64):
+    """LowprecDfpConv{2,3}dBackpropFilter with gemm_a 'patches', 'dy' and 'auto': the
+    written-out reference's d(filters) and overflow count, and the same bits each.
+
+    x [N, *spatial, C], g the error [N, *out, O]; input_dilations (per axis)
+    dilate x (zeros between its elements) before the convolution, written out
+    here for the reference (the zeros do not change x's exponent).
+    """
+    from tf_lowprec._op_library import load as load_ops
+
+    rank = x.ndim - 2
+    lx = tuple(input_dilations or (1,) * rank)
+    dilated = np.zeros((x.shape[0],) + tuple((n - 1) * l + 1 for n, l in zip(x.shape[1:-1], lx))
+                       + (x.shape[-1],), np.float32)
+    dilated[(slice(None),) + tuple(slice(None, None, l) for l in lx)] = x
+    axes = [pads_of(n, k, s, d, padding)
+            for n, k, s, d in zip(dilated.shape[1:-1], ksize, strides, dilations)]
+    assert tuple(g.shape[1:-1]) == tuple(o for _, _, o in axes), "error shape"
+    (xq, ex), (gq, eg) = quantized(dilated), quantized(g)
+    cols, _ = im2col_nd(xq, ksize, strides, [(b, a) for b, a, _ in axes], dilations)
+    want, want_overflow = reference_gemm.dfp_matmul_quantized(
+        cols.T.copy(), ex, gq.reshape(-1, g.shape[-1]), eg, chunk_size=chunk_size,
+        return_overflow_count=True)
+    want = want.reshape(tuple(ksize) + (x.shape[-1], g.shape[-1]))
+    ops = load_ops()
+    op = {2: ops.lowprec_dfp_conv2d_backprop_filter,
+          3: ops.lowprec_dfp_conv3d_backprop_filter}[rank]
+    got = {}
+    for gemm_a in ("patches", "dy", "auto"):
+        dw, overflow = op(x, g, filter_size=list(ksize), strides=list(strides),
+                          dilations=list(dilations), input_dilations=list(lx),
+                          pads=[v for b, a, _ in axes for v in (b, a)], isa=isa,
+                          chunk_size=chunk_size, gemm_a=gemm_a)
+        got[gemm_a] = np.asarray(dw)
+        np.testing.assert_array_equal(got[gemm_a], want, err_msg=gemm_a)
+        assert int(overflow) == want_overflow, (gemm_a, int(overflow), want_overflow)
+    for gemm_a in ("dy", "auto"):  # bit for bit (signed zeros, NaN payloads)
+        np.testing.assert_array_equal(got[gemm_a].view(np.uint32),
+                                      got["patches"].view(np.uint32), err_msg=gemm_a)
+    return want, want_overflow
+
+
 def conv_gradients(conv, x, w, g, *args, **kwargs):
     """(y, dx, dw) of `conv(x, w, *args, **kwargs)` with upstream gradient g, as NumPy."""
     x, w = tf.constant(x), tf.constant(w)

@@ -15,7 +15,8 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import reference as reference_gemm
-from conv_testing import conv_gradients, dfp_implicit_conv_references, im2col, quantized, rand
+from conv_testing import (check_filter_gradient_gemm_orientations, conv_gradients,
+                          dfp_implicit_conv_references, im2col, pads_of, quantized, rand)
 from kernel_tiers import params as tier_params
 
 
@@ -211,3 +212,54 @@ def test_random_geometries_bit_exact(index, case, isa):
     got = run(x, w, g, strides, padding, dilations, isa=isa)
     for have, want in zip(got, references(x, w, g, strides, padding, dilations)):
         np.testing.assert_array_equal(have, want)
+
+
+# d(filters) in both GEMM orientations (gemm_a): a = patches^T packed
+# transposed (few input channels: gathered along the pixels; C >= 8: per
+# pixel pair) times dy, and (dy^T @ patches)^T.
+GEMM_A_CASES = [
+    # (x shape, filter shape, strides, padding, dilations, input dilations, non-finite)
+    ((3, 23, 21, 1), (3, 3, 1, 4), (1, 1), "VALID", (1, 1), (1, 1), None),  # 1197 pixels (odd)
+    ((2, 9, 8, 3), (3, 2, 3, 7), (2, 1), "SAME", (1, 2), (1, 1), "x"),
+    ((1, 11, 10, 5), (2, 3, 5, 3), (1, 3), "SAME", (2, 1), (1, 1), "dy"),
+    ((2, 7, 9, 5), (3, 3, 5, 2), (3, 2), "VALID", (1, 1), (1, 1), None),  # stride = kernel
+    ((1, 6, 5, 1), (3, 2, 1, 3), (1, 2), "SAME", (1, 1), (2, 3), None),  # input dilations
+    ((1, 6, 6, 12), (3, 3, 12, 5), (1, 1), "SAME", (1, 1), (1, 1), "x"),  # C >= 8
+    # K >= 4096 pixels: packed in K slices by several threads.
+    ((3, 40, 40, 2), (3, 3, 2, 33), (1, 1), "VALID", (1, 1), (1, 1), "big"),  # overflows
+    ((5, 31, 31, 1), (3, 3, 1, 5), (1, 1), "VALID", (1, 1), (1, 1), "both"),  # 4205 pixels
+    ((2, 46, 46, 8), (1, 1, 8, 3), (1, 1), "SAME", (1, 1), (1, 1), "x"),  # C >= 8
+]
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("case", range(len(GEMM_A_CASES)))
+def test_filter_gradient_gemm_orientations_bit_exact(case, isa):
+    """gemm_a 'patches' and 'dy' (and 'auto'): the written-out reference's bits and
+    overflow count (the same integer chunk sums, in the same order)."""
+    xs, ws, strides, padding, dilations, lx, special = GEMM_A_CASES[case]
+    x = rand(xs, 40 + case)
+    out = [pads_of((n - 1) * l + 1, k, s, d, padding)[2]
+           for n, l, k, s, d in zip(xs[1:3], lx, ws[:2], strides, dilations)]
+    g = rand([xs[0]] + out + [ws[3]], 60 + case, scale=1e-2)
+    if special in ("x", "both"):
+        x[0, 1, 1, -1] = np.nan
+        x[-1, -1, 0, 0] = -np.inf
+    if special in ("dy", "both"):
+        g[0, 0, 1, 2] = np.inf
+    elif special == "big":  # same-signed large mantissas: INT32 chains overflow
+        x, g = np.abs(x) + 1.0, np.abs(g) + 1e-2
+    _, overflow = check_filter_gradient_gemm_orientations(x, g, ws[:2], strides, padding,
+                                                          dilations, lx, isa=isa)
+    assert (overflow > 0) == (special == "big")
+    if special == "big":  # chunks of 256 (K slices are whole chunks) and of 6
+        for chunk_size in (256, 6):
+            check_filter_gradient_gemm_orientations(x, g, ws[:2], strides, padding, dilations,
+                                                    lx, isa=isa, chunk_size=chunk_size)
+
+
+def test_filter_gradient_gemm_a_must_be_known():
+    x, g = rand((1, 5, 5, 2), 1), rand((1, 3, 3, 4), 2)
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="gemm_a"):
+        ops = load_ops()
+        ops.lowprec_dfp_conv2d_backprop_filter(x, g, filter_size=[3, 3], gemm_a="rows")

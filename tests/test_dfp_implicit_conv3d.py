@@ -17,7 +17,8 @@ import tensorflow as tf
 import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import dfp_conv
-from conv_testing import conv_gradients, dfp_implicit_conv_references, im2col_nd, pads_of, rand
+from conv_testing import (check_filter_gradient_gemm_orientations, conv_gradients,
+                          dfp_implicit_conv_references, im2col_nd, pads_of, rand)
 from kernel_tiers import params as tier_params
 
 
@@ -205,3 +206,22 @@ def test_raw_op_bad_arguments():
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="filter_size"):
         ops.lowprec_dfp_conv3d_backprop_filter(x, np.ones((1, 3, 3, 3, 4), np.float32),
                                                filter_size=[2, 3])
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations,special", [
+    ((2, 5, 9, 7, 1), (2, 3, 2, 1, 4), (1, 2, 1), "SAME", (1, 1, 2), None),
+    ((1, 4, 6, 5, 3), (3, 2, 2, 3, 5), (2, 1, 1), "VALID", (1, 1, 1), "dy"),
+    ((1, 3, 4, 5, 9), (2, 2, 2, 9, 3), (1, 1, 1), "SAME", (1, 1, 1), "x"),  # C >= 8
+])
+def test_filter_gradient_gemm_orientations_bit_exact(xs, ws, strides, padding, dilations,
+                                                     special, isa):
+    """LowprecDfpConv3dBackpropFilter's gemm_a 'patches' / 'dy' / 'auto': the reference's
+    bits and overflow count."""
+    x = rand(xs, 7)
+    g = rand(output_shape(x, np.empty(ws), strides, padding, dilations), 8, scale=1e-2)
+    if special == "x":
+        x[0, 1, 2, 3, 4] = np.nan
+    elif special == "dy":
+        g[0, -1, 0, 1, 2] = -np.inf
+    check_filter_gradient_gemm_orientations(x, g, ws[:3], strides, padding, dilations, isa=isa)

@@ -6,6 +6,7 @@
 // gathers it from the input (dfp_gemm_conv_pack.h) while rounding it to the
 // input's shared exponent, exactly as LowprecDfpMatmulFused packs a
 // materialized patch matrix.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -205,10 +206,43 @@ class DfpConvOp : public OpKernel {
   bool flip_filters_ = false;
 };
 
-// d(filters) = patches(x)^T @ dy, computed as (dy^T @ patches(x))^T: the
-// same products summed in the same (pixel) order, so the same bits, with
-// the patch matrix as the GEMM's b, gathered one patch row per K step, and
-// dy^T copied out (TransposeRows) so that the GEMM's a is row-major.
+// Columns of the DFP GEMM's B tiles for n columns (dfp_gemm_driver.h's Gemm:
+// 32, 48 or 64 wide, the narrowest padding; 48 past 256 columns).
+int64_t PaddedTileColumns(int64_t n) {
+  auto up = [n](int64_t w) { return (n + w - 1) / w * w; };
+  if (n > 256) return up(48);
+  return std::min(up(32), std::min(up(48), up(64)));
+}
+
+// Which orientation the filter gradient's GEMM takes for gemm_a 'auto':
+// patches^T @ dy (no copies of dy or of the result, no padded 32-column B
+// panels for a handful of patch columns) unless dy^T @ patches does fewer
+// than half its padded multiply-adds (rows padded to the micro-tile's 6,
+// columns to the B tile width).  Measured on the Zen 4 (avx512 tier,
+// benchmarks/results/dfp16_conv_dfilters_orientation.md; ratio = dy's
+// padded multiply-adds / patches'): patches^T @ dy about 3.4x faster for 9
+// columns x 32 channels (ratio 3.0), 1.8x for 27 x 16 (ratio 0.6: the
+// copies outweigh the padding), even for 288 x 64 (ratio 1.03); dy^T @
+// patches about 1.7x faster for 2304 x 8 (ratio 0.375) and 1.8x for 576 x 4
+// (ratio 0.19).
+bool PatchesAsA(int64_t columns, int64_t channels_out) {
+  auto rows = [](int64_t m) { return (m + 5) / 6 * 6; };
+  const double patches_macs =
+      static_cast<double>(rows(columns)) * PaddedTileColumns(channels_out);
+  const double dy_macs = static_cast<double>(rows(channels_out)) * PaddedTileColumns(columns);
+  return !(2 * dy_macs < patches_macs);
+}
+
+// d(filters) = patches(x)^T @ dy [prod(k)*C, O] over the output pixels, as
+// one INT16 GEMM in either orientation (gemm_a):
+// - 'patches': a = patches(x)^T [columns, pixels], gathered transposed while
+//   packing the A panels (dfp_gemm_conv_pack.h), b = dy [pixels, O]
+//   row-major: the result is the filter layout;
+// - 'dy': (dy^T @ patches(x))^T, the patch matrix as the GEMM's b, gathered
+//   one patch row per K step, dy^T copied out (TransposeRows) so that the
+//   GEMM's a is row-major, and the [O, columns] result transposed.
+// The same products summed in the same (pixel) order, chunk by chunk: the
+// same bits and the same overflow count.
 template <int kRank>
 class DfpConvBackpropFilterOp : public OpKernel {
  public:
@@ -220,6 +254,10 @@ class DfpConvBackpropFilterOp : public OpKernel {
     OP_REQUIRES(ctx, ok,
                 InvalidArgument("filter_size must be ", kRank, " positive ints ",
                                 ConvAxisNames(kRank)));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm_a", &gemm_a_));
+    OP_REQUIRES(ctx, gemm_a_ == "auto" || gemm_a_ == "patches" || gemm_a_ == "dy",
+                InvalidArgument("gemm_a must be 'auto', 'patches' or 'dy', got '", gemm_a_,
+                                "'"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -250,6 +288,27 @@ class DfpConvBackpropFilterOp : public OpKernel {
     }
     g.input = x_data;
     const int64_t columns = g.Columns();
+    const int64_t pixels = g.Rows();
+    dfp_gemm::Problem p;
+    p.batch = 1;
+    p.k = pixels;
+    p.block_size = p.k > 0 ? p.k : 1;
+    p.chunk_size = attrs_.chunk_size();
+    p.round_inputs = round;
+    const int64_t chains = (p.k + p.chunk_size - 1) / p.chunk_size;
+    if (gemm_a_ == "patches" || (gemm_a_ == "auto" && PatchesAsA(columns, channels_out))) {
+      p.m = columns;
+      p.n = channels_out;
+      p.a = x_data;  // (not read: a_patches)
+      p.a_patches = &g;
+      p.transpose_a = true;  // a = patches^T [columns, pixels]
+      p.b = dy_data;  // [pixels, O] row-major
+      p.ea = &ex;
+      p.eb = &edy;
+      p.out = out->flat<float>().data();  // [columns, O]: the filter layout
+      RunDfpGemm(ctx, attrs_.kernels(), p, chains, overflow);
+      return;
+    }
     Tensor transposed;  // [O, prod(k)*C]
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
                                            TensorShape({channels_out, columns}), &transposed));
@@ -258,26 +317,19 @@ class DfpConvBackpropFilterOp : public OpKernel {
     // and converted 6 lanes at a time, 36864 rows per panel: more time than
     // the whole GEMM of the CNN's second layer.  The copy costs one pass
     // over dy, and the GEMM then packs K-contiguous rows.
-    const int64_t pixels = g.Rows();
     Tensor dy_transposed;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
                                            TensorShape({channels_out, pixels}), &dy_transposed));
     TransposeRows(ctx, dy_data, pixels, channels_out, dy_transposed.flat<float>().data());
-    dfp_gemm::Problem p;
-    p.batch = 1;
     p.m = channels_out;
-    p.k = pixels;
     p.n = columns;
     p.a = dy_transposed.flat<float>().data();  // [O, pixels]
     p.b = x_data;  // (not read: b_patches)
     p.b_patches = &g;
     p.ea = &edy;
     p.eb = &ex;
-    p.block_size = p.k > 0 ? p.k : 1;
-    p.chunk_size = attrs_.chunk_size();
-    p.round_inputs = round;
     p.out = transposed.flat<float>().data();
-    RunDfpGemm(ctx, attrs_.kernels(), p, (p.k + p.chunk_size - 1) / p.chunk_size, overflow);
+    RunDfpGemm(ctx, attrs_.kernels(), p, chains, overflow);
     if (!ctx->status().ok()) return;
     const float* t = transposed.flat<float>().data();
     float* o = out->flat<float>().data();
@@ -289,6 +341,7 @@ class DfpConvBackpropFilterOp : public OpKernel {
  private:
   ConvAttrs attrs_;
   std::vector<int64_t> filter_size_;
+  std::string gemm_a_;
 };
 
 }  // namespace

@@ -56,9 +56,10 @@ struct Problem : BatchedGemmOperands {
   // kDfpNoScale), which the caller checks (FusedRoundingIsExact).
   bool round_inputs = false;
   // Implicit-GEMM convolution (batch 1, one exponent block): a is the patch
-  // matrix *a_patches [m, k] (transpose_a false), or b is *b_patches [k, n]
-  // (transpose_b false), gathered from its input while packing; the
-  // operand's pointer (a or b) is then not read.
+  // matrix *a_patches [m, k] (transpose_a false) or its transpose [m =
+  // columns, k = pixels] (transpose_a true: a filter gradient patches^T @
+  // dy), or b is *b_patches [k, n] (transpose_b false), gathered from its
+  // input while packing; the operand's pointer (a or b) is then not read.
   const ConvGather* a_patches = nullptr;
   const ConvGather* b_patches = nullptr;
   float* out = nullptr;     // [batch, m, n] row-major

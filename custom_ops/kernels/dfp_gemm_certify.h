@@ -197,6 +197,46 @@ void MeasureSegments(const int32_t* panel, const BlockLayout& layout, const Segm
   }
 }
 
+// MeasureSegments' slots of chunks [c0, c1) only, for a panel of one
+// exponent block (the slots of other chunks untouched): the same values,
+// so that a panel packed in K slices by several threads is measured slice
+// by slice.
+template <int kWidth>
+void MeasureChunkSegments(const int32_t* panel, const BlockLayout& layout,
+                          const SegmentLayout& segs, int64_t c0, int64_t c1, double* norm) {
+  constexpr double kSqrtUp = 1.0 + 1.0 / (1ull << 50);  // sqrt is correctly rounded
+  const int64_t e0 = c0 * segs.per_chunk, e1 = c1 * segs.per_chunk;
+  std::memset(norm + e0, 0, sizeof(double) * (e1 - e0));
+  const int64_t pairs = layout.Pairs(0);
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t p0 = c * segs.chunk_pairs, p1 = Min64(pairs, p0 + segs.chunk_pairs);
+    for (int64_t s0 = p0; s0 < p1; s0 += kSegPairs) {
+      const uint64_t best = LargestLaneSquares<kWidth>(panel, s0, Min64(p1, s0 + kSegPairs) - s0);
+      norm[segs.Index(0, s0)] = static_cast<double>(best);  // exact (< 2^53)
+    }
+  }
+  int64_t e = e0;
+#if TF_LOWPREC_DFP_VNNI
+  for (; e + 8 <= e1; e += 8) {
+    _mm512_storeu_pd(norm + e, _mm512_mul_pd(_mm512_sqrt_pd(_mm512_loadu_pd(norm + e)),
+                                             _mm512_set1_pd(kSqrtUp)));
+  }
+#elif TF_LOWPREC_DFP_AVX2
+  for (; e + 4 <= e1; e += 4) {
+    _mm256_storeu_pd(norm + e, _mm256_mul_pd(_mm256_sqrt_pd(_mm256_loadu_pd(norm + e)),
+                                             _mm256_set1_pd(kSqrtUp)));
+  }
+#endif
+  for (; e < e1; ++e) norm[e] = __builtin_sqrt(norm[e]) * kSqrtUp;
+  const int64_t nseg = Min64(segs.per_chunk, kMaxSegments);
+  for (int64_t c = c0; c < c1; ++c) {
+    const double* n = norm + c * segs.per_chunk;
+    double sq = 0.0;
+    for (int64_t j = 0; j < nseg; ++j) sq += n[j] * n[j];
+    norm[segs.seg_slots + c] = sq;
+  }
+}
+
 // Overflow proof by segments (Cauchy-Schwarz).  The packing records, for
 // every segment of kSegPairs K pairs of every panel (segments start at each
 // chunk start), an upper bound on the largest Euclidean norm of one lane's

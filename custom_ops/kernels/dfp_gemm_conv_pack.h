@@ -248,13 +248,14 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
 }
 
 // PackPanels<kWidth, kGroup> of columns [lane0, lane0 + lanes) of the patch
-// matrix g (the operand b of a filter gradient: lanes are (t, i, j, c), K the
-// output pixels): two patch rows gathered, converted and interleaved into
-// pair words per K pair.
+// matrix g (the operand b of a filter gradient, or, 6 lanes a panel, its
+// transpose as a: lanes are (t, i, j, c), K the output pixels from pixel0
+// on): two patch rows gathered, converted and interleaved into pair words
+// per K pair.
 template <int kWidth, int kGroup>
 int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
                          int64_t lane0, int64_t lanes, int32_t* panel, int64_t panel_words,
-                         uint8_t* nonfinite) {
+                         uint8_t* nonfinite, int64_t pixel0 = 0) {
   constexpr int kLanes = kWidth * kGroup;
   const int64_t panels = CeilDiv(lanes, kWidth);
   if (lanes % kWidth != 0) {
@@ -282,7 +283,7 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
       }
     });
   };
-  PatchPixel px = k > 0 ? PixelOfRow(g, 0) : PatchPixel();
+  PatchPixel px = k > 0 ? PixelOfRow(g, pixel0) : PatchPixel();
   for (int64_t kk = 0; kk < k; kk += 2) {
     int32_t nf = 0;
     const PatchPixel px0 = px;
@@ -326,6 +327,225 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
   }
   return invalid + scale_invalid;
 }
+
+// Column `col` of the patch matrix g over n consecutive patch rows (output
+// pixels) from `px` on, into out: one output row (b, z, y) at a time, whose
+// pixels read one input row at x * sw + j * dw - pad_left, i.e. a strided
+// run of the input (contiguous for C = 1 and stride 1), zeros outside it
+// (+0, as im2col pads) and in an input dilation's holes.
+inline void GatherPatchColumnAlongPixels(const ConvGather& g, const PatchPixel& px,
+                                         const PatchColumn& col, int64_t n, float* out) {
+  PatchPixel p = px;
+  const int64_t off = col.j * g.dw - g.pad_left;  // input column of pixel x: x * sw + off
+  const int64_t step = g.sw * g.channels;
+  for (int64_t done = 0; done < n;) {
+    const int64_t len = Min64(g.out_w - p.x, n - done);
+    float* o = out + done;
+    int64_t zz = p.z * g.sd + col.t * g.dd - g.pad_front;
+    int64_t yy = p.y * g.sh + col.i * g.dh - g.pad_top;
+    const bool row_inside = zz >= 0 && yy >= 0 && OnInputGrid(&zz, g.ld) &&
+                            OnInputGrid(&yy, g.lh) && zz < g.depth && yy < g.height;
+    if (!row_inside) {
+      for (int64_t e = 0; e < len; ++e) o[e] = 0.0f;
+    } else {
+      const float* row =
+          g.input + ((((p.b * g.depth + zz) * g.height + yy) * g.width) * g.channels) + col.c;
+      if (g.lw == 1) {
+        // Pixels [lo, hi) of the row read inside the input (clamped to the
+        // segment [p.x, p.x + len)).
+        const int64_t first = off >= 0 ? 0 : CeilDiv(-off, g.sw);
+        const int64_t past = g.width - off <= 0 ? 0 : CeilDiv(g.width - off, g.sw);
+        const int64_t lo = Min64(Max64(first, p.x), p.x + len) - p.x;
+        const int64_t hi = Max64(Min64(past, p.x + len), p.x + lo) - p.x;
+        for (int64_t e = 0; e < lo; ++e) o[e] = 0.0f;
+        const float* src = row + ((p.x + lo) * g.sw + off) * g.channels;
+        if (step == 1) {
+          std::memcpy(o + lo, src, sizeof(float) * (hi - lo));
+        } else {
+          for (int64_t e = lo; e < hi; ++e) o[e] = src[(e - lo) * step];
+        }
+        for (int64_t e = hi; e < len; ++e) o[e] = 0.0f;
+      } else {
+        for (int64_t e = 0; e < len; ++e) {
+          int64_t xx = (p.x + e) * g.sw + off;
+          const bool inside = xx >= 0 && OnInputGrid(&xx, g.lw) && xx < g.width;
+          o[e] = inside ? row[xx * g.channels] : 0.0f;
+        }
+      }
+    }
+    done += len;
+    p.x += len - 1;  // the row's last pixel, then on to the next row
+    Advance(g, &p);
+  }
+}
+
+// PackPanels<kWidth> of rows [lane0, lane0 + lanes) of the TRANSPOSED patch
+// matrix g^T [columns, pixels] (the operand a of a filter gradient computed
+// as patches^T @ dy: lanes are patch columns (t, i, j, c), K the output
+// pixels), for few input channels: each lane's K run gathered along the
+// pixels (GatherPatchColumnAlongPixels: a strided copy per output row), then
+// converted as one contiguous run, instead of one run of C channels per
+// pixel (PackPatchColumns, which took 4 scalar conversions of one channel
+// per pixel pair for the CNN's first layer).  The same mantissas, pair
+// words, NaN lanes and invalid counts as PackPanels on g^T written out.
+// K starts at pixel pixel0 (a slice of K; layout is the slice's).
+template <int kWidth>
+int64_t PackPatchColumnsAlongPixels(const ConvGather& g, const OperandView& src,
+                                    const BlockLayout& layout, int64_t lane0, int64_t lanes,
+                                    int32_t* panel, uint8_t* nonfinite, int64_t pixel0 = 0) {
+  if (lanes % kWidth != 0) {
+    std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
+  }
+  if (layout.blocks == 0) return 0;
+  int32_t scale_invalid = 0;
+  float s1, s2, bound;
+  ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
+  const int64_t k = layout.k;
+  int64_t invalid = 0;
+  constexpr int64_t kRun = 1024;           // pixels converted at a time (even)
+  constexpr int64_t kStride = kRun + 32;   // int16 per lane (whole vectors)
+  alignas(64) float values[kRun];
+  alignas(64) int16_t lane_runs[kWidth * kStride];
+  PatchColumn cols[kWidth];
+  for (int64_t l = 0; l < lanes; ++l) cols[l] = ColumnOf(g, lane0 + l);
+  int32_t nf[kWidth] = {};
+  for (int64_t r0 = 0; r0 < k; r0 += kRun) {
+    const int64_t n = Min64(kRun, k - r0), pairs = (n + 1) / 2;
+    const PatchPixel px = PixelOfRow(g, pixel0 + r0);
+    for (int64_t l = 0; l < kWidth; ++l) {
+      int16_t* run = lane_runs + l * kStride;
+      if (l < lanes) {
+        GatherPatchColumnAlongPixels(g, px, cols[l], n, values);
+        invalid += ConvertValues(values, n, &s1, &s2, &bound, src.round, run, &nf[l]);
+      } else {
+        std::memset(run, 0, sizeof(int16_t) * n);
+      }
+      run[n] = 0;  // odd n: the last pair's high half is zero padding
+    }
+    int32_t* o = panel + (r0 / 2) * kWidth;
+    int64_t q = 0;
+#if TF_LOWPREC_DFP_VNNI
+    if (kWidth == 6) {
+      for (; q + 16 <= pairs; q += 16) InterleaveSixLanes(lane_runs, kStride, q, o + q * 6);
+    }
+#endif
+    for (; q < pairs; ++q) {
+      for (int64_t l = 0; l < lanes; ++l) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        std::memcpy(o + q * kWidth + l, lane_runs + l * kStride + 2 * q, 4);
+#else
+        o[q * kWidth + l] = PairWord(lane_runs[l * kStride + 2 * q],
+                                     lane_runs[l * kStride + 2 * q + 1]);
+#endif
+      }
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= nf[l] ? 1 : 0;
+  return invalid + scale_invalid;
+}
+
+#if TF_LOWPREC_DFP_VNNI
+// PackPatchColumns<kWidth, kGroup> for the VNNI tier, 6-lane panels of the
+// transposed patch matrix (many input channels): per pixel pair, each run
+// of channels of the two patch rows converted 16 columns at a time straight
+// from x into int32 mantissas (ConvertOneScale's conversion: the same
+// values and counts), joined into pair words in registers, then 6 words
+// copied to each panel.  PackPatchColumns' int16 rows, stored, reloaded and
+// widened per panel, made the 48-column groups of the CNN's second layer
+// cost twice the 96-column B groups of the other orientation.
+template <int kWidth, int kGroup>
+int64_t PackPatchColumnsDirect(const ConvGather& g, const OperandView& src,
+                               const BlockLayout& layout, int64_t lane0, int64_t lanes,
+                               int32_t* panel, int64_t panel_words, uint8_t* nonfinite,
+                               int64_t pixel0) {
+  constexpr int kLanes = kWidth * kGroup;
+  static_assert(kWidth <= 16, "a panel's words are copied with one masked vector");
+  const int64_t panels = CeilDiv(lanes, kWidth);
+  if (layout.blocks == 0) {
+    if (lanes % kWidth != 0) {
+      std::memset(panel + (panels - 1) * panel_words, 0,
+                  sizeof(int32_t) * layout.total_pairs * kWidth);
+    }
+    return 0;
+  }
+  int32_t scale_invalid = 0;
+  float s1, s2, bound;
+  ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
+  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
+  const __m512 hi_clamp = _mm512_set1_ps(bound);
+  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+  const __m512i low_half = _mm512_set1_epi32(0xFFFF);
+  const bool round = src.round;
+  int64_t invalid = 0;
+  alignas(64) uint8_t lane_nf[kLanes + 16] = {};
+  // Mantissas of the live lanes of y (columns at..at + 15).
+  auto convert = [&](__m512 y, __mmask16 live, int64_t at) {
+    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    if (bad) {  // rare
+      for (int e = 0; e < 16; ++e) lane_nf[at + e] |= (bad >> e) & 1;
+    }
+    const __m512 scaled =
+        _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
+    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo_clamp), hi_clamp);
+    const __m512i m =
+        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+              : _mm512_cvttps_epi32(clamped);
+    const __mmask16 inexact =
+        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), scaled, _CMP_NEQ_UQ);
+    invalid += __builtin_popcount(static_cast<unsigned>(
+        (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live));
+    return m;
+  };
+  // The pair words of one K pair, zero past `lanes` (a partial last panel).
+  alignas(64) int32_t words[kLanes + 16] = {};
+  constexpr int kMaxRuns = kLanes + 1;  // (runs of at least one channel)
+  const float* even_src[kMaxRuns];
+  const float* odd_src[kMaxRuns];
+  int64_t run_at[kMaxRuns], run_len[kMaxRuns];
+  const PatchColumn col0 = ColumnOf(g, lane0);
+  const int64_t k = layout.k;
+  PatchPixel px = PixelOfRow(g, pixel0);
+  for (int64_t kk = 0; kk < k; kk += 2) {
+    int runs = 0;
+    ForEachPatchRun(g, px, col0, lanes, [&](int64_t offset, const float* x, int64_t len) {
+      run_at[runs] = offset;
+      run_len[runs] = len;
+      even_src[runs++] = x;
+    });
+    Advance(g, &px);
+    const bool second = kk + 1 < k;
+    if (second) {
+      int r = 0;
+      ForEachPatchRun(g, px, col0, lanes,
+                      [&](int64_t, const float* x, int64_t) { odd_src[r++] = x; });
+      Advance(g, &px);
+    }
+    for (int r = 0; r < runs; ++r) {
+      const float* e = even_src[r];
+      const float* o = second ? odd_src[r] : nullptr;
+      for (int64_t v = 0; v < run_len[r]; v += 16) {
+        const int64_t at = run_at[r] + v, n = run_len[r] - v;
+        const __mmask16 live = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        const __m512i lo_m =
+            e == nullptr ? _mm512_setzero_si512() : convert(_mm512_maskz_loadu_ps(live, e + v), live, at);
+        const __m512i hi_m =
+            o == nullptr ? _mm512_setzero_si512() : convert(_mm512_maskz_loadu_ps(live, o + v), live, at);
+        _mm512_mask_storeu_epi32(words + at, live,
+                                 _mm512_or_si512(_mm512_and_si512(lo_m, low_half),
+                                                 _mm512_slli_epi32(hi_m, 16)));
+      }
+    }
+    constexpr __mmask16 kPanelLanes = static_cast<__mmask16>((1u << kWidth) - 1);
+    for (int64_t p = 0; p < panels; ++p) {
+      _mm512_mask_storeu_epi32(panel + p * panel_words + (kk / 2) * kWidth, kPanelLanes,
+                               _mm512_maskz_loadu_epi32(kPanelLanes, words + p * kWidth));
+    }
+  }
+  for (int64_t l = 0; l < lanes; ++l) nonfinite[l] |= lane_nf[l];
+  return invalid + scale_invalid;
+}
+#endif
 
 }  // namespace
 }  // namespace TF_LOWPREC_DFP_ISA

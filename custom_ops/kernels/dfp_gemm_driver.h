@@ -50,6 +50,9 @@ struct Plan {
   // are written with streaming stores (AVX2, AVX-512).
   bool stream_out;
   int64_t row_items, col_items;
+  // K slices of the packing pass (1: none; PackSlices): slice_pairs pairs
+  // each (whole chunks), the last shorter.
+  int64_t k_slices, slice_pairs;
   Stats* stats;
 };
 
@@ -96,6 +99,62 @@ int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out,
   return invalid;
 }
 
+// The transposed patch matrix (a filter gradient patches^T @ dy,
+// dfp_gemm_conv_pack.h): with fewer than kFewChannels input channels each
+// lane (patch column) is gathered along the pixels, one panel at a time;
+// else the panels' columns of a patch row are runs of channels, gathered
+// per pixel pair for kPatchGroup panels at a time.
+constexpr int64_t kFewChannels = 8;
+constexpr int kPatchGroup = 8;
+inline int64_t TransposedPatchGroup(const ConvGather& g) {
+  return g.channels < kFewChannels ? 1 : kPatchGroup;
+}
+
+// A panels [panel0, panel0 + count) of the transposed patch matrix, K pairs
+// [q0, q1) only (whole chunks of its one exponent block: a K slice), into
+// out (panel panel0's start; a_panel_words apart) and their segment norms'
+// slots of those chunks into norm; NaN / Inf lanes flagged in nonfinite
+// (rows from panel0 * kMr on).  Returns the number of invalid elements.
+int64_t PackTransposedPatchPanels(const Plan& plan, int64_t panel0, int64_t count, int64_t q0,
+                                  int64_t q1, int32_t* out, double* norm, uint8_t* nonfinite) {
+  const Problem& p = *plan.p;
+  const ConvGather& g = *p.a_patches;
+  if (plan.layout.blocks == 0) {  // k == 0: every panel is zeros
+    std::memset(out, 0, sizeof(int32_t) * count * plan.a_panel_words);
+    return 0;
+  }
+  const int64_t k0 = 2 * q0, len = Min64(p.k, 2 * q1) - k0;
+  const BlockLayout slice = MakeLayout(len, len);
+  const int64_t group = TransposedPatchGroup(g);
+  int64_t invalid = 0;
+  for (int64_t i = 0; i < count; i += group) {
+    const int64_t panels = Min64(group, count - i);
+    const int64_t row0 = (panel0 + i) * kMr, lanes = Min64(panels * kMr, p.m - row0);
+    int32_t* o = out + i * plan.a_panel_words;
+    invalid += group == 1
+                   ? PackPatchColumnsAlongPixels<kMr>(g, ViewOfA(p, 0), slice, row0, lanes,
+                                                      o + q0 * kMr, nonfinite + i * kMr, k0)
+#if TF_LOWPREC_DFP_VNNI
+                   : PackPatchColumnsDirect<kMr, kPatchGroup>(g, ViewOfA(p, 0), slice, row0,
+                                                              lanes, o + q0 * kMr,
+                                                              plan.a_panel_words,
+                                                              nonfinite + i * kMr, k0);
+#else
+                   : PackPatchColumns<kMr, kPatchGroup>(g, ViewOfA(p, 0), slice, row0, lanes,
+                                                        o + q0 * kMr, plan.a_panel_words,
+                                                        nonfinite + i * kMr, k0);
+#endif
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
+    for (int64_t j = 0; j < panels; ++j) {
+      MeasureChunkSegments<kMr>(o + j * plan.a_panel_words, plan.layout, plan.segs,
+                                q0 / plan.chunk_pairs, CeilDiv(q1, plan.chunk_pairs),
+                                norm + (i + j) * plan.segs.per_panel);
+    }
+#endif
+  }
+  return invalid;
+}
+
 // A panels [panel0, panel0 + count) of batch `batch` into out (a_panel_words
 // apart), their norms into norm; returns the number of invalid elements.  A
 // stored transposed (lanes contiguous for each k) is packed 8 panels at a
@@ -105,6 +164,10 @@ int64_t PackAPanels(const Plan& plan, int64_t batch, int64_t panel0, int64_t cou
                     double* norm) {
   const Problem& p = *plan.p;
   int64_t invalid = 0;
+  if (p.a_patches != nullptr && p.transpose_a) {
+    return PackTransposedPatchPanels(plan, panel0, count, 0, plan.layout.total_pairs, out, norm,
+                                     plan.a_nonfinite + panel0 * kMr);
+  }
   if (p.a_patches != nullptr || !p.transpose_a) {
     for (int64_t i = 0; i < count; ++i) {
       invalid += PackAPanel(plan, batch, panel0 + i, out + i * plan.a_panel_words,
@@ -182,6 +245,65 @@ void PackBoth(void* arg, int64_t begin, int64_t end) {
   const int64_t b_units = plan.b_batches * plan.b_groups;
   if (begin < b_units) PackB<kNv>(arg, begin, Min64(end, b_units));
   if (end > b_units) PackA(arg, Max64(begin, b_units) - b_units, end - b_units);  // (none if in items)
+}
+
+// Flags the lanes set in local (count of them) in nonfinite, which other
+// threads packing other K slices of the same lanes may set too: only ones
+// are stored, atomically.
+inline void FlagLanes(const uint8_t* local, int64_t count, uint8_t* nonfinite) {
+  for (int64_t l = 0; l < count; ++l) {
+    if (local[l]) __atomic_store_n(nonfinite + l, static_cast<uint8_t>(1), __ATOMIC_RELAXED);
+  }
+}
+
+// The packing pass in K slices (a filter gradient patches^T @ dy: batch 1,
+// one exponent block, few panels and a long K): unit u packs slice u %
+// k_slices of B group u / k_slices (the units past B's: of the A panel
+// group, TransposedPatchGroup panels, that follows), with the segment
+// norms of the slice's chunks.  The panels are the same words as packed
+// whole: K slices only split who writes them.
+template <int kNv>
+void PackSlices(void* arg, int64_t begin, int64_t end) {
+  constexpr int kNr = 16 * kNv;
+  constexpr int kGroup = BGroup(kNv);
+  Plan& plan = *static_cast<Plan*>(arg);
+  const Problem& p = *plan.p;
+  const int64_t b_units = plan.b_groups * plan.k_slices;
+  int64_t invalid = 0;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t slice = u % plan.k_slices;
+    const int64_t q0 = slice * plan.slice_pairs;
+    const int64_t q1 = Min64(plan.layout.total_pairs, q0 + plan.slice_pairs);
+    if (u < b_units) {
+      const int64_t first = (u / plan.k_slices) * plan.b_group_panels;  // panel
+      const int64_t col0 = first * kNr, lanes = Min64(plan.b_group_panels * kNr, p.n - col0);
+      const int64_t k0 = 2 * q0, len = Min64(p.k, 2 * q1) - k0;
+      OperandView view = ViewOfB(p, 0);
+      view.data += k0 * view.k_stride;
+      int32_t* panel = plan.packed_b + first * plan.b_panel_words;
+      uint8_t local[kGroup * kNr] = {};
+      invalid += PackPanels<kNr, kGroup>(view, MakeLayout(len, len), col0, lanes,
+                                         panel + q0 * kNr, plan.b_panel_words, local);
+      FlagLanes(local, lanes, plan.b_nonfinite + col0);
+#if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2
+      const int64_t c0 = q0 / plan.chunk_pairs, c1 = CeilDiv(q1, plan.chunk_pairs);
+      for (int64_t j = 0; j < Min64(plan.b_group_panels, plan.b_panels - first); ++j) {
+        MeasureChunkSegments<kNr>(panel + j * plan.b_panel_words, plan.layout, plan.segs, c0, c1,
+                                  plan.b_norm + (first + j) * plan.segs.per_panel);
+      }
+#endif
+    } else {
+      const int64_t group = TransposedPatchGroup(*p.a_patches);
+      const int64_t panel0 = ((u - b_units) / plan.k_slices) * group;
+      const int64_t count = Min64(group, plan.a_panels - panel0);
+      uint8_t local[kPatchGroup * kMr] = {};
+      invalid += PackTransposedPatchPanels(plan, panel0, count, q0, q1,
+                                           plan.packed_a + panel0 * plan.a_panel_words,
+                                           plan.a_norm + panel0 * plan.segs.per_panel, local);
+      FlagLanes(local, Min64(count * kMr, p.m - panel0 * kMr), plan.a_nonfinite + panel0 * kMr);
+    }
+  }
+  AtomicAdd(&plan.stats->invalid_inputs, invalid);
 }
 
 // One work item: rows [i0, i0 + mc) x columns [j0, j0 + nc) of one batch.
@@ -379,8 +501,12 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   constexpr int64_t kMinItems = 6;
   plan.mc = Min64(kMc, CeilDiv(p.m, kMr) * kMr);
   plan.nc = Min64(kNc, CeilDiv(p.n, kNr) * kNr);
+  // A transposed patch matrix (a filter gradient) may be split down to one
+  // A panel per item: the CNN's first layer has 2 (9 patch columns), 1 B
+  // panel and K = 43264, all in one item otherwise.
+  const bool transposed_patches = p.a_patches != nullptr && p.transpose_a;
   while (p.batch * CeilDiv(p.m, plan.mc) * CeilDiv(p.n, plan.nc) < kMinItems) {
-    const bool can_m = plan.mc >= 4 * kMr;
+    const bool can_m = plan.mc >= (transposed_patches ? 2 : 4) * kMr;
     const bool can_n = plan.nc >= 2 * kNr;
     const bool prefer_n = p.m != p.n ? p.m < p.n : plan.nc > 2 * plan.mc;
     if (can_n && (prefer_n || !can_m)) {
@@ -398,9 +524,32 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.row_items = CeilDiv(p.m, plan.mc);
   plan.col_items = CeilDiv(p.n, plan.nc);
 
-  plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch);
+  // (A transposed patch matrix is packed in the packing pass, beside B and
+  // in K slices (below): every item streams its A panels once either way,
+  // and the items would pack theirs one thread each.)
+  plan.pack_a_in_items = plan.col_items == 1 && (plan.a_batches == p.batch) && !transposed_patches;
   plan.stream_out = plan.layout.blocks == 1 && p.batch * p.m * p.n >= (int64_t{1} << 21);
   plan.segs = MakeSegments(plan.layout, plan.chunk_pairs);
+  // A filter gradient patches^T @ dy has few panels (the CNN's first layer:
+  // 2 A panels of its 9 patch columns, 1 B panel of its 32 channels) and a
+  // long K (36864 pixels): its packing pass would have a unit or two per
+  // thread, one of them most of the work.  Its K is cut into slices of
+  // whole chunks, at least kMinSlicePairs pairs each, for about
+  // kSlicedUnits units.
+  plan.k_slices = 1;
+  plan.slice_pairs = plan.layout.total_pairs;
+  if (transposed_patches && p.b_patches == nullptr && p.batch == 1 && plan.layout.blocks == 1) {
+    constexpr int64_t kMinSlicePairs = 1024, kSlicedUnits = 16;
+    const int64_t groups =
+        plan.b_groups + CeilDiv(plan.a_panels, TransposedPatchGroup(*p.a_patches));
+    const int64_t slices = Min64(CeilDiv(kSlicedUnits, groups),
+                                 plan.layout.total_pairs / kMinSlicePairs);
+    if (slices > 1) {
+      plan.slice_pairs = CeilDiv(CeilDiv(plan.layout.total_pairs, slices), plan.chunk_pairs) *
+                         plan.chunk_pairs;
+      plan.k_slices = CeilDiv(plan.layout.total_pairs, plan.slice_pairs);
+    }
+  }
   // A panels packed by the packing pass (none when the items pack their own).
   const int64_t a_units = plan.pack_a_in_items ? 0 : plan.a_batches * plan.a_panels;
   const int64_t b_units = plan.b_batches * plan.b_panels;
@@ -430,9 +579,17 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   // One parallel region packs both (B's wider panels first, so that the
   // pool's dynamic scheduling evens out the unequal unit costs).
   const int64_t b_group_units = plan.b_batches * plan.b_groups;
-  parallel.run(parallel.context, b_group_units + a_units,
-               8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_group_units + a_units),
-               PackBoth<kNv>, &plan);
+  if (plan.k_slices > 1) {
+    const int64_t a_groups =
+        a_units == 0 ? 0 : CeilDiv(plan.a_panels, TransposedPatchGroup(*p.a_patches));
+    const int64_t units = (b_group_units + a_groups) * plan.k_slices;
+    parallel.run(parallel.context, units, 8 * k * (kNr * b_units + kMr * a_units) / units,
+                 PackSlices<kNv>, &plan);
+  } else {
+    parallel.run(parallel.context, b_group_units + a_units,
+                 8 * k * (kNr * b_units + kMr * a_units) / Max64(1, b_group_units + a_units),
+                 PackBoth<kNv>, &plan);
+  }
   parallel.run(parallel.context, p.batch * plan.row_items * plan.col_items,
                plan.mc * plan.nc * k / 16 + plan.mc * plan.nc, ComputeItems<kNv>, &plan);
 

@@ -374,6 +374,57 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
         }
       }
 #endif  // TF_LOWPREC_DFP_VNNI
+#if TF_LOWPREC_DFP_VNNI
+    } else if (kWidth % 16 == 0 && src.lane_stride == 1 && src.e_lane_stride == 0) {
+      // Lanes contiguous for each k, one exponent for all of them (a
+      // row-major b with per-tensor or per-block exponents: the filter
+      // gradient's dy [pixels, O]): each pair word made in registers from
+      // the two rows' int32 mantissas, 16 lanes at a time (a vector never
+      // straddles panels of 16 * kNv lanes), with ConvertOneScale's
+      // conversion (the same values and counts as ConvertContiguous), and
+      // the NaN / Inf lanes gathered as masks.  The int16 rows stored and
+      // reloaded by the general path below took most of the d(filters)
+      // packing of the CNN's first layer.
+      const __m512 a = _mm512_set1_ps(s1[0]), b = _mm512_set1_ps(s2[0]);
+      const __m512 hi_clamp = _mm512_set1_ps(bound[0]);
+      const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+      const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+      const __m512i low_half = _mm512_set1_epi32(0xFFFF);
+      const bool round = src.round;
+      __mmask16 nf_lanes[(kLanes + 15) / 16] = {};
+      auto convert = [&](__m512 y, __mmask16 live, int64_t v) {
+        const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+        nf_lanes[v] |= bad;
+        const __m512 scaled =
+            _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
+        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo_clamp), hi_clamp);
+        const __m512i m =
+            round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                  : _mm512_cvttps_epi32(clamped);
+        const __mmask16 inexact =
+            round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), scaled, _CMP_NEQ_UQ);
+        invalid += __builtin_popcount(static_cast<unsigned>(
+            (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live));
+        return m;
+      };
+      for (int64_t kk = 0; kk < len; kk += 2) {
+        const float* x0 = src.data + (k0 + kk) * src.k_stride + lane0;
+        const bool second = kk + 1 < len;
+        for (int64_t l = 0; l < lanes; l += 16) {
+          const __mmask16 live =
+              lanes - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (lanes - l)) - 1);
+          const __m512i lo_m = convert(_mm512_maskz_loadu_ps(live, x0 + l), live, l / 16);
+          const __m512i hi_m = second ? convert(_mm512_maskz_loadu_ps(live, x0 + src.k_stride + l),
+                                                live, l / 16)
+                                      : _mm512_setzero_si512();  // odd K: zero high halves
+          int32_t* o = panel + (l / kWidth) * panel_words +
+                       (layout.PairOffset(blk) + kk / 2) * kWidth + l % kWidth;
+          _mm512_mask_storeu_epi32(
+              o, live, _mm512_or_si512(_mm512_and_si512(lo_m, low_half), _mm512_slli_epi32(hi_m, 16)));
+        }
+      }
+      for (int64_t l = 0; l < lanes; ++l) lane_nonfinite[l] |= (nf_lanes[l / 16] >> (l % 16)) & 1;
+#endif
     } else {
       // Lanes contiguous for each k: convert two rows, interleave them.
       int32_t nf = 0;

@@ -73,6 +73,7 @@ REGISTER_OP("LowprecDfpConv2dBackpropFilter")
     .Output("overflowed_chunks: int64")
     .Attr("filter_size: list(int)")
     .LOWPREC_DFP_CONV_ATTRS("[1, 1]", "[0, 0, 0, 0]")
+    .Attr("gemm_a: {'auto', 'patches', 'dy'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status {
       TF_RETURN_IF_ERROR(ConvGatherBackpropFilterShape<2>(c));
       c->set_output(1, c->Scalar());
@@ -83,6 +84,11 @@ The filter gradient of LowprecDfpConv2d (same geometry attributes):
 dfilters = patches(x)^T @ dy as an implicit INT16 GEMM over the N*OH*OW
 output pixels, x and dy quantized to DFP per tensor (nearest_even) while
 packed.  dfilters: [kh, kw, C, O] for filter_size = [kh, kw].
+gemm_a: the GEMM's a operand.  'patches': patches(x)^T [kh*kw*C, pixels]
+times dy [pixels, O], gathered while packing (fast for few patch columns);
+'dy': dy^T [O, pixels] times patches(x) [pixels, kh*kw*C], then the result
+transposed; 'auto' picks one (docs/dfp_gemm.md).  The same products summed
+in the same pixel order: the same bits and overflow count either way.
 )doc");
 
 REGISTER_OP("LowprecDfpConv3d")
@@ -108,6 +114,7 @@ REGISTER_OP("LowprecDfpConv3dBackpropFilter")
     .Output("overflowed_chunks: int64")
     .Attr("filter_size: list(int)")
     .LOWPREC_DFP_CONV_ATTRS("[1, 1, 1]", "[0, 0, 0, 0, 0, 0]")
+    .Attr("gemm_a: {'auto', 'patches', 'dy'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) -> Status {
       TF_RETURN_IF_ERROR(ConvGatherBackpropFilterShape<3>(c));
       c->set_output(1, c->Scalar());
@@ -116,7 +123,8 @@ REGISTER_OP("LowprecDfpConv3dBackpropFilter")
     .Doc(R"doc(
 The filter gradient of LowprecDfpConv3d (same geometry attributes):
 dfilters = patches(x)^T @ dy over the N*OD*OH*OW output pixels.  dfilters:
-[kd, kh, kw, C, O] for filter_size = [kd, kh, kw].
+[kd, kh, kw, C, O] for filter_size = [kd, kh, kw].  gemm_a as in
+LowprecDfpConv2dBackpropFilter.
 )doc");
 
 #undef LOWPREC_DFP_CONV_ATTRS
