@@ -154,6 +154,85 @@ inline void InterleaveSixLanes(const int16_t* runs, int64_t stride, int64_t q0, 
 }
 #endif
 
+// Short spans (a CNN's first layers: C = 1 .. 3 channels, kw = 3 .. 5): with
+// no dilation along the width (dw = 1, lw = 1) the kw * C columns of a kernel
+// row (t, i) of a patch row are one contiguous span of the input row, at most
+// kMaxSpan floats here.  Gathered one span at a time (one or two masked loads
+// on AVX-512) instead of ForEachPatchRun's kw runs of C floats, and the
+// pixels counted by Advance instead of divided out per row: with C = 1 the
+// per-run work and PixelOfRow / ColumnOf's divisions were most of the
+// packing time of the CNN's first layer.
+constexpr int64_t kMaxSpan = 32;
+
+inline bool HasShortSpans(const ConvGather& g) {
+  return g.dw == 1 && g.lw == 1 && g.kw * g.channels <= kMaxSpan;
+}
+
+// n (1 .. kMaxSpan) contiguous floats from src into out.  AVX-512 writes
+// whole vectors (the buffers have kMaxSpan floats of slack, and the spans are
+// written in order, so the next one overwrites what lies past n), and reads
+// whole vectors where they end before `end` (the end of the input): masked
+// loads were most of the gather's time on Zen 4, and masked stores a third.
+inline void CopySpan(const float* src, int64_t n, const float* end, float* out) {
+#if TF_LOWPREC_DFP_VNNI
+  if (end - src >= 32) {
+    _mm512_storeu_ps(out, _mm512_loadu_ps(src));
+    if (n > 16) _mm512_storeu_ps(out + 16, _mm512_loadu_ps(src + 16));
+    return;
+  }
+  const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  _mm512_storeu_ps(out, _mm512_maskz_loadu_ps(m0, src));
+  if (n > 16) {
+    const __mmask16 m1 = static_cast<__mmask16>((1u << (n - 16)) - 1);
+    _mm512_storeu_ps(out + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+  }
+#else
+  (void)end;
+  for (int64_t e = 0; e < n; ++e) out[e] = src[e];
+#endif
+}
+
+// The patch rows of `lanes` consecutive pixels from px (HasShortSpans(g)),
+// lane l's K columns into values + l * stride: GatherPatchRow's values
+// (zeros for padding and for the holes of an input dilated along the height
+// or depth).
+inline void GatherShortSpanRows(const ConvGather& g, PatchPixel px, int64_t lanes,
+                                int64_t stride, float* values) {
+  const int64_t c = g.channels, span = g.kw * c;
+  const int64_t row_floats = g.width * c, plane_floats = g.height * row_floats;
+  const float* end = g.input + g.batch * g.depth * plane_floats;
+  for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
+    const int64_t z0 = px.z * g.sd - g.pad_front;
+    const int64_t y0 = px.y * g.sh - g.pad_top;
+    const int64_t x0 = px.x * g.sw - g.pad_left;
+    // Taps j in [j_lo, j_hi) read the input; the others are padding.
+    const int64_t j_lo = x0 < 0 ? Min64(-x0, g.kw) : 0;
+    const int64_t j_hi = Max64(j_lo, Min64(g.kw, g.width - x0));
+    const bool interior = j_lo == 0 && j_hi == g.kw;
+    const float* image = g.input + px.b * g.depth * plane_floats;
+    float* o = values + l * stride;
+    for (int64_t t = 0; t < g.kd; ++t) {
+      int64_t zz = z0 + t * g.dd;
+      const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
+      for (int64_t i = 0; i < g.kh; ++i, o += span) {
+        int64_t yy = y0 + i * g.dh;
+        if (!plane_in || yy < 0 || !OnInputGrid(&yy, g.lh) || yy >= g.height) {
+          for (int64_t e = 0; e < span; ++e) o[e] = 0.0f;
+          continue;
+        }
+        const float* row = image + zz * plane_floats + yy * row_floats;
+        if (interior) {
+          CopySpan(row + x0 * c, span, end, o);
+          continue;
+        }
+        for (int64_t e = 0; e < j_lo * c; ++e) o[e] = 0.0f;
+        if (j_hi > j_lo) CopySpan(row + (x0 + j_lo) * c, (j_hi - j_lo) * c, end, o + j_lo * c);
+        for (int64_t e = j_hi * c; e < span; ++e) o[e] = 0.0f;  // (after CopySpan's slack)
+      }
+    }
+  }
+}
+
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
 // (t, i, j, c)).  src gives the exponent and the rounding only.
@@ -171,17 +250,31 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   int64_t invalid = 0;
   constexpr int64_t kRun = 1024;  // values converted at a time (even)
   alignas(64) int16_t run[kRun + 2];
-  if (lanes * k <= kRun) {
-    // Short K (a CNN's first layers: K = 9 .. 300, runs of 1 .. 3
-    // channels): all lanes gathered, then converted in one run.
-    alignas(64) float values[kRun];
-    for (int64_t l = 0; l < lanes; ++l) GatherPatchRow(g, lane0 + l, 0, k, values + l * k);
+  const int64_t k_even = k + k % 2;  // a lane's values in the short-K buffer
+  if (lanes * k_even <= kRun) {
+    // Short K (a CNN's first layers: K = 9 .. 170, runs of 1 .. 3
+    // channels): all lanes gathered, then converted in one run.  Each lane
+    // takes an even number of values (odd K: one zero after the row, whose
+    // mantissa 0 is the last pair's zero high half), so that its mantissas
+    // read as int32 are its pair words.
+    alignas(64) float values[kRun + kMaxSpan];  // (CopySpan's slack)
+    if (HasShortSpans(g)) {
+      GatherShortSpanRows(g, PixelOfRow(g, lane0), lanes, k_even, values);
+    } else {
+      PatchPixel px = PixelOfRow(g, lane0);
+      for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
+        GatherPatchColumns(g, px, PatchColumn(), k, values + l * k_even);
+      }
+    }
+    if (k_even != k) {
+      for (int64_t l = 0; l < lanes; ++l) values[l * k_even + k] = 0.0f;
+    }
     int32_t nf = 0;
-    invalid += ConvertValues(values, lanes * k, &s1, &s2, &bound, src.round, run, &nf);
+    invalid += ConvertValues(values, lanes * k_even, &s1, &s2, &bound, src.round, run, &nf);
     for (int64_t l = 0; l < lanes; ++l) {
-      ScatterPairs<kWidth>(run + l * k, k, panel + l);
+      ScatterPairs<kWidth>(run + l * k_even, k_even, panel + l);
       if (nf) {  // rare: find which lanes
-        for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k + i]) ? 1 : 0;
+        for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k_even + i]) ? 1 : 0;
       }
     }
     return invalid + scale_invalid;
