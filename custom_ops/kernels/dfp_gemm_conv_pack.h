@@ -201,6 +201,52 @@ inline void GatherShortSpanRows(const ConvGather& g, PatchPixel px, int64_t lane
   const int64_t c = g.channels, span = g.kw * c;
   const int64_t row_floats = g.width * c, plane_floats = g.height * row_floats;
   const float* end = g.input + g.batch * g.depth * plane_floats;
+#if TF_LOWPREC_DFP_VNNI
+  // Six pixels of one output row, stride 1, away from the padding, and their
+  // windows within one vector (C = 1: kw <= 11; C = 2: kw <= 3): the windows
+  // overlap, so one load of each input row gives all six spans, shifted by
+  // permutes (six unaligned loads of the same lines were most of the
+  // gather's time).
+  const int64_t x0 = px.x - g.pad_left;
+  if (lanes == 6 && g.sw == 1 && px.x + 6 <= g.out_w && (5 + g.kw) * c <= 16 && x0 >= 0 &&
+      x0 + 5 + g.kw <= g.width) {
+    const int64_t z0 = px.z * g.sd - g.pad_front, y0 = px.y * g.sh - g.pad_top;
+    const float* image = g.input + px.b * g.depth * plane_floats;
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i shift[6];
+    for (int l = 0; l < 6; ++l) shift[l] = _mm512_add_epi32(iota, _mm512_set1_epi32(l * c));
+    const __mmask16 span_mask = static_cast<__mmask16>((1u << span) - 1);  // span <= 11
+    float* o = values;
+    for (int64_t t = 0; t < g.kd; ++t) {
+      int64_t zz = z0 + t * g.dd;
+      const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
+      for (int64_t i = 0; i < g.kh; ++i, o += span) {
+        int64_t yy = y0 + i * g.dh;
+        __m512 window = _mm512_setzero_ps();  // (padding rows: zeros)
+        if (plane_in && yy >= 0 && OnInputGrid(&yy, g.lh) && yy < g.height) {
+          const float* src = image + zz * plane_floats + yy * row_floats + x0 * c;
+          const int64_t n = (5 + g.kw) * c;
+          window = end - src >= 16
+                       ? _mm512_loadu_ps(src)
+                       : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), src);
+        }
+        // Whole vectors where they end inside the lane (the next tap rows
+        // overwrite the rest), else masked: the next lane is written.
+        if ((o - values) + 16 <= stride) {
+          for (int l = 0; l < 6; ++l) {
+            _mm512_storeu_ps(o + l * stride, _mm512_permutexvar_ps(shift[l], window));
+          }
+        } else {
+          for (int l = 0; l < 6; ++l) {
+            _mm512_mask_storeu_ps(o + l * stride, span_mask,
+                                  _mm512_permutexvar_ps(shift[l], window));
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
   for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
     const int64_t z0 = px.z * g.sd - g.pad_front;
     const int64_t y0 = px.y * g.sh - g.pad_top;
