@@ -224,6 +224,7 @@ SHORT_SPAN_CASES = [
     ((2, 8, 7, 3), (3, 3, 3, 6), (1, 1), "SAME", (1, 1)),  # C = 3 (RGB), K = 27
     ((1, 9, 11, 3), (5, 5, 3, 4), (2, 2), "SAME", (1, 1)),  # C = 3, 5x5, stride 2
     ((1, 12, 12, 1), (3, 3, 1, 3), (1, 1), "SAME", (2, 1)),  # height dilation: still spans
+    ((2, 9, 13, 1), (3, 3, 1, 2), (1, 1), "VALID", (2, 1)),  # (and whole windows)
     ((1, 12, 12, 2), (3, 3, 2, 3), (1, 1), "SAME", (1, 2)),  # width dilation: falls back
     ((1, 6, 20, 4), (2, 8, 4, 3), (1, 1), "VALID", (1, 1)),  # span 32, the longest
     ((1, 6, 20, 3), (2, 11, 3, 3), (1, 1), "SAME", (1, 1)),  # span 33: falls back
@@ -269,11 +270,13 @@ def test_few_channel_input_dilations(isa):
     """The raw op's input dilations: holes in the height keep the spans, in the
     width fall back; both equal the convolution of the explicitly dilated x."""
     ops = load_ops()
-    x, w = rand((2, 5, 6, 2), 44), rand((3, 3, 2, 3), 45)
-    for lh, lw in ((2, 1), (1, 2), (3, 2)):
-        dilated = np.zeros((2, 4 * lh + 1, 5 * lw + 1, 2), np.float32)
-        dilated[:, ::lh, ::lw] = x
-        got, _ = ops.lowprec_dfp_conv2d(x, w, pads=[1, 1, 1, 1], input_dilations=[lh, lw],
-                                        isa=isa)
-        want, _ = ops.lowprec_dfp_conv2d(dilated, w, pads=[1, 1, 1, 1], isa=isa)
-        np.testing.assert_array_equal(got.numpy().view(np.int32), want.numpy().view(np.int32))
+    for (xs, ws), pads in ((((2, 5, 6, 2), (3, 3, 2, 3)), [1, 1, 1, 1]),
+                           (((2, 5, 9, 1), (3, 3, 1, 3)), [1, 1, 0, 0])):
+        x, w = rand(xs, 44), rand(ws, 45)
+        for lh, lw in ((2, 1), (1, 2), (3, 2)):
+            dilated = np.zeros((2, 4 * lh + 1, (xs[2] - 1) * lw + 1, xs[3]), np.float32)
+            dilated[:, ::lh, ::lw] = x
+            got, _ = ops.lowprec_dfp_conv2d(x, w, pads=pads, input_dilations=[lh, lw], isa=isa)
+            want, _ = ops.lowprec_dfp_conv2d(dilated, w, pads=pads, isa=isa)
+            np.testing.assert_array_equal(got.numpy().view(np.int32),
+                                          want.numpy().view(np.int32))

@@ -279,6 +279,112 @@ inline void GatherShortSpanRows(const ConvGather& g, PatchPixel px, int64_t lane
   }
 }
 
+#if TF_LOWPREC_DFP_VNNI
+// Where each int16 of a panel of six pixels of one output row comes from in
+// PackRowWindows: (K column r of lane l) = (window r / span, element l * C +
+// r % span), windows 16 int16 apart in two vectors; 0 (mask bit clear) for
+// the zero high half of an odd K's last pair.  Built once per shape and
+// thread (the shape rarely changes between panels).
+struct RowWindowIndex {
+  static constexpr int kMaxVectors = 9;  // 12 * ceil(K / 2) int16, K <= 4 * 11
+  int64_t c = -1, span = -1, k = -1, vectors = 0, last = 0;  // last: int16 in the last vector
+  alignas(64) int16_t index[kMaxVectors][32];
+  __mmask32 nonzero[kMaxVectors];
+};
+
+inline const RowWindowIndex& RowWindowIndexFor(int64_t c, int64_t span, int64_t k) {
+  static thread_local RowWindowIndex cache;
+  if (cache.c == c && cache.span == span && cache.k == k) return cache;
+  const int64_t halves = 12 * ((k + 1) / 2);
+  cache.c = c;
+  cache.span = span;
+  cache.k = k;
+  cache.vectors = CeilDiv(halves, 32);
+  cache.last = halves - 32 * (cache.vectors - 1);
+  for (int64_t v = 0; v < cache.vectors; ++v) {
+    cache.nonzero[v] = 0;
+    for (int64_t e = 0; e < 32; ++e) {
+      const int64_t j = 32 * v + e, word = j / 2, q = word / 6, l = word % 6, r = 2 * q + j % 2;
+      const bool live = j < halves && r < k;
+      cache.index[v][e] = live ? static_cast<int16_t>(16 * (r / span) + l * c + r % span) : 0;
+      if (live) cache.nonzero[v] |= static_cast<__mmask32>(1u << e);
+    }
+  }
+  return cache;
+}
+
+// PackPatchRows of six pixels of one output row from px, stride 1, away from
+// the padding, with their windows (6 + kw - 1) * C within one vector and at
+// most 4 kernel rows (RowWindowsFit) (C = 1, 3x3: 3 windows of 8 floats): each input value
+// is converted once, in its window, and the pair words are permutes of the
+// windows' mantissas (no float buffer, no scatter of words).  Returns false,
+// having written nothing, where it does not apply or a window holds a NaN,
+// an Inf or an invalid value (those take the buffered path, which counts and
+// marks them per patch value).
+inline bool RowWindowsFit(const ConvGather& g) {
+  return g.sw == 1 && g.dw == 1 && g.lw == 1 && (5 + g.kw) * g.channels <= 16 &&
+         g.kd * g.kh <= 4;
+}
+
+inline bool PackRowWindows(const ConvGather& g, const PatchPixel& px, float s1, float s2,
+                           float bound, bool round, int64_t k, int32_t* panel) {
+  const int64_t c = g.channels, n = (5 + g.kw) * c;  // (RowWindowsFit(g))
+  const int64_t x0 = px.x - g.pad_left;
+  if (px.x + 6 > g.out_w || x0 < 0 || x0 + 5 + g.kw > g.width) return false;
+  const int64_t row_floats = g.width * c, plane_floats = g.height * row_floats;
+  const float* end = g.input + g.batch * g.depth * plane_floats;
+  const float* image = g.input + px.b * g.depth * plane_floats;
+  const int64_t z0 = px.z * g.sd - g.pad_front, y0 = px.y * g.sh - g.pad_top;
+  const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
+  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
+  const __m512 hi_clamp = _mm512_set1_ps(bound);
+  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+  __m512i m[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                  _mm512_setzero_si512()};
+  __mmask16 wrong = 0;
+  int w = 0;
+  for (int64_t t = 0; t < g.kd; ++t) {
+    int64_t zz = z0 + t * g.dd;
+    const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
+    for (int64_t i = 0; i < g.kh; ++i, ++w) {
+      int64_t yy = y0 + i * g.dh;
+      if (!plane_in || yy < 0 || !OnInputGrid(&yy, g.lh) || yy >= g.height) continue;  // zeros
+      const float* src = image + zz * plane_floats + yy * row_floats + x0 * c;
+      const __m512 y = end - src >= 16 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(live, src);
+      // ConvertOneScale's conversion (the same mantissas).
+      wrong |= _mm512_fpclass_ps_mask(y, 0x99);  // NaN or Inf
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(y, a), b);
+      const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
+      m[w] = round ? _mm512_cvt_roundps_epi32(clamped,
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                   : _mm512_cvttps_epi32(clamped);
+      if (!round) wrong |= _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m[w]), v, _CMP_NEQ_UQ);
+      wrong |= _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m[w]), _mm512_set1_epi32(kMaxMantissa));
+    }
+  }
+  if ((wrong & live) != 0) return false;
+  const __m512i low_words = _mm512_set_epi16(
+      62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+      30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  // Window w's int16 mantissas at 16 * w of (lo, hi).
+  const __m512i lo = _mm512_permutex2var_epi16(m[0], low_words, m[1]);
+  const __m512i hi = _mm512_permutex2var_epi16(m[2], low_words, m[3]);
+  const RowWindowIndex& index = RowWindowIndexFor(c, g.kw * c, k);
+  int16_t* out = reinterpret_cast<int16_t*>(panel);
+  for (int64_t v = 0; v < index.vectors; ++v) {
+    const __m512i words = _mm512_maskz_permutex2var_epi16(
+        index.nonzero[v], lo, _mm512_load_si512(index.index[v]), hi);
+    if (v + 1 < index.vectors) {
+      _mm512_storeu_si512(out + 32 * v, words);
+    } else {
+      _mm512_mask_storeu_epi16(out + 32 * v,
+                               static_cast<__mmask32>((uint64_t{1} << index.last) - 1), words);
+    }
+  }
+  return true;
+}
+#endif
+
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
 // (t, i, j, c)).  src gives the exponent and the rounding only.
@@ -296,6 +402,12 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   int64_t invalid = 0;
   constexpr int64_t kRun = 1024;  // values converted at a time (even)
   alignas(64) int16_t run[kRun + 2];
+#if TF_LOWPREC_DFP_VNNI
+  if (kWidth == 6 && lanes == 6 && layout.blocks == 1 && RowWindowsFit(g) &&
+      PackRowWindows(g, PixelOfRow(g, lane0), s1, s2, bound, src.round, k, panel)) {
+    return scale_invalid;
+  }
+#endif
   const int64_t k_even = k + k % 2;  // a lane's values in the short-K buffer
   if (lanes * k_even <= kRun) {
     // Short K (a CNN's first layers: K = 9 .. 170, runs of 1 .. 3
