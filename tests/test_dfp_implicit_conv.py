@@ -222,6 +222,8 @@ SHORT_SPAN_CASES = [
     ((2, 9, 13, 1), (3, 3, 1, 5), (1, 1), "VALID", (1, 1)),  # C = 1, out_w 11: panels span rows
     ((1, 7, 10, 2), (3, 3, 2, 4), (1, 1), "SAME", (1, 1)),  # C = 2, spans cut by the padding
     ((2, 8, 7, 3), (3, 3, 3, 6), (1, 1), "SAME", (1, 1)),  # C = 3 (RGB), K = 27
+    ((2, 6, 12, 3), (3, 3, 3, 4), (1, 1), "VALID", (1, 1)),  # C = 3: windows of 24 floats
+    ((1, 5, 13, 4), (3, 3, 4, 3), (1, 1), "VALID", (1, 1)),  # C = 4: windows of 32 floats
     ((1, 9, 11, 3), (5, 5, 3, 4), (2, 2), "SAME", (1, 1)),  # C = 3, 5x5, stride 2
     ((1, 12, 12, 1), (3, 3, 1, 3), (1, 1), "SAME", (2, 1)),  # height dilation: still spans
     ((2, 9, 13, 1), (3, 3, 1, 2), (1, 1), "VALID", (2, 1)),  # (and whole windows)

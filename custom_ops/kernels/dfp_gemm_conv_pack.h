@@ -202,44 +202,53 @@ inline void GatherShortSpanRows(const ConvGather& g, PatchPixel px, int64_t lane
   const int64_t row_floats = g.width * c, plane_floats = g.height * row_floats;
   const float* end = g.input + g.batch * g.depth * plane_floats;
 #if TF_LOWPREC_DFP_VNNI
-  // Six pixels of one output row, stride 1, away from the padding, and their
-  // windows within one vector (C = 1: kw <= 11; C = 2: kw <= 3): the windows
-  // overlap, so one load of each input row gives all six spans, shifted by
-  // permutes (six unaligned loads of the same lines were most of the
-  // gather's time).
+  // Six pixels of one output row, stride 1, away from the padding, with
+  // their windows (5 + kw) * C within two vectors and spans within one (C =
+  // 1: kw <= 16; C = 2: kw <= 8; C = 3: kw <= 5; C = 4: kw <= 3): the windows
+  // overlap, so one or two loads of each input row give all six spans,
+  // shifted by permutes (six unaligned loads of the same lines were most of
+  // the gather's time).
   const int64_t x0 = px.x - g.pad_left;
-  if (lanes == 6 && g.sw == 1 && px.x + 6 <= g.out_w && (5 + g.kw) * c <= 16 && x0 >= 0 &&
-      x0 + 5 + g.kw <= g.width) {
+  if (lanes == 6 && g.sw == 1 && px.x + 6 <= g.out_w && (5 + g.kw) * c <= 32 && span <= 16 &&
+      x0 >= 0 && x0 + 5 + g.kw <= g.width) {
     const int64_t z0 = px.z * g.sd - g.pad_front, y0 = px.y * g.sh - g.pad_top;
+    const int64_t n = (5 + g.kw) * c;
     const float* image = g.input + px.b * g.depth * plane_floats;
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // Lane l's span: window elements l * C .. l * C + span - 1 (< n <= 32;
+    // the indices past the span, taken mod 32, fill the slack).
     __m512i shift[6];
     for (int l = 0; l < 6; ++l) shift[l] = _mm512_add_epi32(iota, _mm512_set1_epi32(l * c));
-    const __mmask16 span_mask = static_cast<__mmask16>((1u << span) - 1);  // span <= 11
+    const __mmask16 span_mask = static_cast<__mmask16>((1u << span) - 1);  // span <= 16
+    const __mmask16 live0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 live1 = n > 16 ? static_cast<__mmask16>((1u << (n - 16)) - 1) : 0;
     float* o = values;
     for (int64_t t = 0; t < g.kd; ++t) {
       int64_t zz = z0 + t * g.dd;
       const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
       for (int64_t i = 0; i < g.kh; ++i, o += span) {
         int64_t yy = y0 + i * g.dh;
-        __m512 window = _mm512_setzero_ps();  // (padding rows: zeros)
+        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();  // (padding rows: zeros)
         if (plane_in && yy >= 0 && OnInputGrid(&yy, g.lh) && yy < g.height) {
           const float* src = image + zz * plane_floats + yy * row_floats + x0 * c;
-          const int64_t n = (5 + g.kw) * c;
-          window = end - src >= 16
-                       ? _mm512_loadu_ps(src)
-                       : _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), src);
+          if (end - src >= 32) {
+            lo = _mm512_loadu_ps(src);
+            if (n > 16) hi = _mm512_loadu_ps(src + 16);
+          } else {
+            lo = _mm512_maskz_loadu_ps(live0, src);
+            hi = _mm512_maskz_loadu_ps(live1, src + 16);
+          }
         }
         // Whole vectors where they end inside the lane (the next tap rows
         // overwrite the rest), else masked: the next lane is written.
         if ((o - values) + 16 <= stride) {
           for (int l = 0; l < 6; ++l) {
-            _mm512_storeu_ps(o + l * stride, _mm512_permutexvar_ps(shift[l], window));
+            _mm512_storeu_ps(o + l * stride, _mm512_permutex2var_ps(lo, shift[l], hi));
           }
         } else {
           for (int l = 0; l < 6; ++l) {
             _mm512_mask_storeu_ps(o + l * stride, span_mask,
-                                  _mm512_permutexvar_ps(shift[l], window));
+                                  _mm512_permutex2var_ps(lo, shift[l], hi));
           }
         }
       }
