@@ -5,7 +5,11 @@
 // small buffer (zeros for padding and for an input dilation's holes) and
 // converted with dfp_gemm_pack.h's own conversion, so the mantissas, pair
 // words, NaN lanes and invalid counts are those of PackPanels on the
-// materialized patch matrix, bit for bit.  One exponent block (the
+// materialized patch matrix, bit for bit.  Few channels (a CNN's first
+// layers): the spans of kw * C floats are gathered whole
+// (GatherShortSpanRows), and on AVX-512 six pixels of one output row may be
+// converted once per input value and permuted into pair words
+// (PackRowWindows), with the same results.  One exponent block (the
 // convolution ops quantize every tensor with one shared exponent).
 // Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
 // namespace TF_LOWPREC_DFP_ISA; see there).
@@ -322,18 +326,21 @@ inline const RowWindowIndex& RowWindowIndexFor(int64_t c, int64_t span, int64_t 
   return cache;
 }
 
-// PackPatchRows of six pixels of one output row from px, stride 1, away from
-// the padding, with their windows (6 + kw - 1) * C within one vector and at
-// most 4 kernel rows (RowWindowsFit) (C = 1, 3x3: 3 windows of 8 floats): each input value
-// is converted once, in its window, and the pair words are permutes of the
-// windows' mantissas (no float buffer, no scatter of words).  Returns false,
-// having written nothing, where it does not apply or a window holds a NaN,
-// an Inf or an invalid value (those take the buffered path, which counts and
-// marks them per patch value).
+// Whether PackRowWindows can apply to g's panels: stride 1 and no dilation
+// along the width, six pixels' windows (6 + kw - 1) * C within one vector,
+// at most 4 kernel rows (C = 1 3x3: 3 windows of 8 floats).
 inline bool RowWindowsFit(const ConvGather& g) {
   return g.sw == 1 && g.dw == 1 && g.lw == 1 && (5 + g.kw) * g.channels <= 16 &&
          g.kd * g.kh <= 4;
 }
+
+// PackPatchRows of six pixels of one output row from px (RowWindowsFit(g)),
+// away from the padding along the width: each input value is converted once,
+// in its window, and the pair words are permutes of the windows' mantissas
+// (no float buffer, no scatter of words).  Returns false, having written
+// nothing, where the pixels do not fit or a window holds a NaN, an Inf or an
+// invalid value (those take the buffered path, which counts and marks them
+// per patch value).
 
 inline bool PackRowWindows(const ConvGather& g, const PatchPixel& px, float s1, float s2,
                            float bound, bool round, int64_t k, int32_t* panel) {
