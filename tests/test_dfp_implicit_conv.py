@@ -16,7 +16,8 @@ import tf_lowprec as lp
 from tf_lowprec._op_library import load as load_ops
 from tf_lowprec.gemm import reference as reference_gemm
 from conv_testing import (check_filter_gradient_gemm_orientations, conv_gradients,
-                          dfp_implicit_conv_references, im2col, pads_of, quantized, rand)
+                          dfp_implicit_conv_references, im2col, im2col_tf, pads_of, quantized,
+                          rand)
 from kernel_tiers import params as tier_params
 
 
@@ -263,3 +264,73 @@ def test_filter_gradient_gemm_a_must_be_known():
     with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError), match="gemm_a"):
         ops = load_ops()
         ops.lowprec_dfp_conv2d_backprop_filter(x, g, filter_size=[3, 3], gemm_a="rows")
+
+
+# Few channels (kw * C <= 32, no dilation along the width): each kernel row of
+# a patch row is one span of the input row, gathered whole (dfp_gemm_conv_pack.h
+# GatherShortSpanRows); the others fall back to the run-by-run gather.
+SHORT_SPAN_CASES = [
+    # (x shape, filter shape, strides, padding, dilations)
+    ((2, 9, 13, 1), (3, 3, 1, 5), (1, 1), "VALID", (1, 1)),  # C = 1, out_w 11: panels span rows
+    ((1, 7, 10, 2), (3, 3, 2, 4), (1, 1), "SAME", (1, 1)),  # C = 2, spans cut by the padding
+    ((2, 8, 7, 3), (3, 3, 3, 6), (1, 1), "SAME", (1, 1)),  # C = 3 (RGB), K = 27
+    ((2, 6, 12, 3), (3, 3, 3, 4), (1, 1), "VALID", (1, 1)),  # C = 3: windows of 24 floats
+    ((1, 5, 13, 4), (3, 3, 4, 3), (1, 1), "VALID", (1, 1)),  # C = 4: windows of 32 floats
+    ((1, 9, 11, 3), (5, 5, 3, 4), (2, 2), "SAME", (1, 1)),  # C = 3, 5x5, stride 2
+    ((1, 12, 12, 1), (3, 3, 1, 3), (1, 1), "SAME", (2, 1)),  # height dilation: still spans
+    ((2, 9, 13, 1), (3, 3, 1, 2), (1, 1), "VALID", (2, 1)),  # (and whole windows)
+    ((1, 12, 12, 2), (3, 3, 2, 3), (1, 1), "SAME", (1, 2)),  # width dilation: falls back
+    ((1, 6, 20, 4), (2, 8, 4, 3), (1, 1), "VALID", (1, 1)),  # span 32, the longest
+    ((1, 6, 20, 3), (2, 11, 3, 3), (1, 1), "SAME", (1, 1)),  # span 33: falls back
+    ((1, 3, 2, 1), (3, 3, 1, 2), (1, 1), "SAME", (1, 1)),  # image narrower than the kernel
+]
+
+
+def _forward_reference(x, w, strides, padding, dilations):
+    (xq, ex), (wq, ew) = quantized(x), quantized(w)
+    cols, (n, oh, ow) = im2col_tf(xq, w.shape[0], w.shape[1], strides, padding, dilations)
+    y = reference_gemm.dfp_matmul_quantized(cols, ex, wq.reshape(-1, w.shape[3]), ew)
+    return y.reshape(n, oh, ow, w.shape[3])
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("xs,ws,strides,padding,dilations", SHORT_SPAN_CASES)
+def test_few_channel_forward_bit_exact(xs, ws, strides, padding, dilations, isa):
+    x, w = rand(xs, 40), rand(ws, 41, scale=0.3)
+    y = np.asarray(lp.dfp_conv2d(x, w, strides, padding, dilations, isa=isa))
+    np.testing.assert_array_equal(y, _forward_reference(x, w, strides, padding, dilations))
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+@pytest.mark.parametrize("c", [1, 2, 3])
+def test_few_channel_non_finite_values(c, isa):
+    """NaN / Inf in x: the NaN output pixels and the other bits of the im2col path."""
+    x, w = rand((2, 7, 9, c), 42), rand((3, 3, c, 4), 43)
+    x[0, 0, 0, 0] = np.nan  # a corner: one patch (VALID), four (SAME)
+    x[0, 3, 8, c - 1] = np.inf  # the last column
+    x[1, 6, 4, 0] = -np.inf  # the last row of the second image
+    for padding in ("VALID", "SAME"):
+        y = np.asarray(lp.dfp_conv2d(x, w, 1, padding, isa=isa))
+        want = np.asarray(lp.dfp_conv2d(x, w, 1, padding, isa=isa, implementation="tf"))
+        np.testing.assert_array_equal(y, want)
+        bad = np.asarray(tf.nn.conv2d(np.float32(~np.isfinite(x)), np.ones((3, 3, c, 1),
+                                                                           np.float32),
+                                      1, padding))[..., 0] > 0
+        assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+def test_few_channel_input_dilations(isa):
+    """The raw op's input dilations: holes in the height keep the spans, in the
+    width fall back; both equal the convolution of the explicitly dilated x."""
+    ops = load_ops()
+    for (xs, ws), pads in ((((2, 5, 6, 2), (3, 3, 2, 3)), [1, 1, 1, 1]),
+                           (((2, 5, 9, 1), (3, 3, 1, 3)), [1, 1, 0, 0])):
+        x, w = rand(xs, 44), rand(ws, 45)
+        for lh, lw in ((2, 1), (1, 2), (3, 2)):
+            dilated = np.zeros((2, 4 * lh + 1, (xs[2] - 1) * lw + 1, xs[3]), np.float32)
+            dilated[:, ::lh, ::lw] = x
+            got, _ = ops.lowprec_dfp_conv2d(x, w, pads=pads, input_dilations=[lh, lw], isa=isa)
+            want, _ = ops.lowprec_dfp_conv2d(dilated, w, pads=pads, isa=isa)
+            np.testing.assert_array_equal(got.numpy().view(np.int32),
+                                          want.numpy().view(np.int32))

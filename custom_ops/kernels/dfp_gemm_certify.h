@@ -46,17 +46,23 @@ inline uint64_t LargestLaneSquares(const int32_t* words, int64_t q0, int64_t cou
   // exact); the per-lane sums are widened to 64 bits before adding, so they
   // are exact, as in the scalar loop at the end.
 #if TF_LOWPREC_DFP_VNNI
-  if (kWidth == kMr && count == kSegPairs) {
+  if (kWidth == kMr && count <= kSegPairs) {
     // 8 pairs of 6 lanes = 48 consecutive words = 3 vectors = 6 vectors of
     // 8 widened squares; word i belongs to lane i mod 6.  Vectors u and
     // u + 3 (24 words apart) have the same lanes: adding them leaves 24
     // sums s[0..24), and lane l's total is s[l] + s[l+6] + s[l+12] + s[l+18],
-    // gathered with permutes into positions 0..5.
+    // gathered with permutes into positions 0..5.  A shorter segment (a
+    // short K: K = 9 is 5 pairs) reads zeros past its count * 6 words.
     static_assert(kSegPairs * kMr == 48, "three vectors per full A segment");
     const int32_t* w = words + q0 * kWidth;
+    const int64_t live_words = count * kWidth;
     __m512i s[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
     for (int v = 0; v < 3; ++v) {
-      const __m512i x = _mm512_loadu_si512(w + 16 * v);
+      const int64_t live = live_words - 16 * v;
+      const __m512i x =
+          live >= 16 ? _mm512_loadu_si512(w + 16 * v)
+                     : _mm512_maskz_loadu_epi32(
+                           live > 0 ? static_cast<__mmask16>((1u << live) - 1) : 0, w + 16 * v);
       const __m512i sq = _mm512_madd_epi16(x, x);
       // Widened halves: 8-word groups 2v and 2v + 1 of the 6.
       s[(2 * v) % 3] = _mm512_add_epi64(

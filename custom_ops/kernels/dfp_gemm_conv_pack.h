@@ -5,7 +5,11 @@
 // small buffer (zeros for padding and for an input dilation's holes) and
 // converted with dfp_gemm_pack.h's own conversion, so the mantissas, pair
 // words, NaN lanes and invalid counts are those of PackPanels on the
-// materialized patch matrix, bit for bit.  One exponent block (the
+// materialized patch matrix, bit for bit.  Few channels (a CNN's first
+// layers): the spans of kw * C floats are gathered whole
+// (GatherShortSpanRows), and on AVX-512 six pixels of one output row may be
+// converted once per input value and permuted into pair words
+// (PackRowWindows), with the same results.  One exponent block (the
 // convolution ops quantize every tensor with one shared exponent).
 // Part of dfp_gemm_impl.h (compiled once per tier, inside the tier's
 // namespace TF_LOWPREC_DFP_ISA; see there).
@@ -154,6 +158,249 @@ inline void InterleaveSixLanes(const int16_t* runs, int64_t stride, int64_t q0, 
 }
 #endif
 
+// Short spans (a CNN's first layers: C = 1 .. 3 channels, kw = 3 .. 5): with
+// no dilation along the width (dw = 1, lw = 1) the kw * C columns of a kernel
+// row (t, i) of a patch row are one contiguous span of the input row, at most
+// kMaxSpan floats here.  Gathered one span at a time (one or two masked loads
+// on AVX-512) instead of ForEachPatchRun's kw runs of C floats, and the
+// pixels counted by Advance instead of divided out per row: with C = 1 the
+// per-run work and PixelOfRow / ColumnOf's divisions were most of the
+// packing time of the CNN's first layer.
+constexpr int64_t kMaxSpan = 32;
+
+inline bool HasShortSpans(const ConvGather& g) {
+  return g.dw == 1 && g.lw == 1 && g.kw * g.channels <= kMaxSpan;
+}
+
+// n (1 .. kMaxSpan) contiguous floats from src into out.  AVX-512 writes
+// whole vectors (the buffers have kMaxSpan floats of slack, and the spans are
+// written in order, so the next one overwrites what lies past n), and reads
+// whole vectors where they end before `end` (the end of the input): masked
+// loads were most of the gather's time on Zen 4, and masked stores a third.
+inline void CopySpan(const float* src, int64_t n, const float* end, float* out) {
+#if TF_LOWPREC_DFP_VNNI
+  if (end - src >= 32) {
+    _mm512_storeu_ps(out, _mm512_loadu_ps(src));
+    if (n > 16) _mm512_storeu_ps(out + 16, _mm512_loadu_ps(src + 16));
+    return;
+  }
+  const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+  _mm512_storeu_ps(out, _mm512_maskz_loadu_ps(m0, src));
+  if (n > 16) {
+    const __mmask16 m1 = static_cast<__mmask16>((1u << (n - 16)) - 1);
+    _mm512_storeu_ps(out + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+  }
+#else
+  (void)end;
+  for (int64_t e = 0; e < n; ++e) out[e] = src[e];
+#endif
+}
+
+// The patch rows of `lanes` consecutive pixels from px (HasShortSpans(g)),
+// lane l's K columns into values + l * stride: GatherPatchRow's values
+// (zeros for padding and for the holes of an input dilated along the height
+// or depth).
+inline void GatherShortSpanRows(const ConvGather& g, PatchPixel px, int64_t lanes,
+                                int64_t stride, float* values) {
+  const int64_t c = g.channels, span = g.kw * c;
+  const int64_t row_floats = g.width * c, plane_floats = g.height * row_floats;
+  const float* end = g.input + g.batch * g.depth * plane_floats;
+#if TF_LOWPREC_DFP_VNNI
+  // Six pixels of one output row, stride 1, away from the padding, with
+  // their windows (5 + kw) * C within two vectors and spans within one (C =
+  // 1: kw <= 16; C = 2: kw <= 8; C = 3: kw <= 5; C = 4: kw <= 3): the windows
+  // overlap, so one or two loads of each input row give all six spans,
+  // shifted by permutes (six unaligned loads of the same lines were most of
+  // the gather's time).
+  const int64_t x0 = px.x - g.pad_left;
+  if (lanes == 6 && g.sw == 1 && px.x + 6 <= g.out_w && (5 + g.kw) * c <= 32 && span <= 16 &&
+      x0 >= 0 && x0 + 5 + g.kw <= g.width) {
+    const int64_t z0 = px.z * g.sd - g.pad_front, y0 = px.y * g.sh - g.pad_top;
+    const int64_t n = (5 + g.kw) * c;
+    const float* image = g.input + px.b * g.depth * plane_floats;
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    // Lane l's span: window elements l * C .. l * C + span - 1 (< n <= 32;
+    // the indices past the span, taken mod 32, fill the slack).
+    __m512i shift[6];
+    for (int l = 0; l < 6; ++l) shift[l] = _mm512_add_epi32(iota, _mm512_set1_epi32(l * c));
+    const __mmask16 span_mask = static_cast<__mmask16>((1u << span) - 1);  // span <= 16
+    const __mmask16 live0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 live1 = n > 16 ? static_cast<__mmask16>((1u << (n - 16)) - 1) : 0;
+    float* o = values;
+    for (int64_t t = 0; t < g.kd; ++t) {
+      int64_t zz = z0 + t * g.dd;
+      const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
+      for (int64_t i = 0; i < g.kh; ++i, o += span) {
+        int64_t yy = y0 + i * g.dh;
+        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();  // (padding rows: zeros)
+        if (plane_in && yy >= 0 && OnInputGrid(&yy, g.lh) && yy < g.height) {
+          const float* src = image + zz * plane_floats + yy * row_floats + x0 * c;
+          if (end - src >= 32) {
+            lo = _mm512_loadu_ps(src);
+            if (n > 16) hi = _mm512_loadu_ps(src + 16);
+          } else {
+            lo = _mm512_maskz_loadu_ps(live0, src);
+            hi = _mm512_maskz_loadu_ps(live1, src + 16);
+          }
+        }
+        // Whole vectors where they end inside the lane (the next tap rows
+        // overwrite the rest), else masked: the next lane is written.
+        if ((o - values) + 16 <= stride) {
+          for (int l = 0; l < 6; ++l) {
+            _mm512_storeu_ps(o + l * stride, _mm512_permutex2var_ps(lo, shift[l], hi));
+          }
+        } else {
+          for (int l = 0; l < 6; ++l) {
+            _mm512_mask_storeu_ps(o + l * stride, span_mask,
+                                  _mm512_permutex2var_ps(lo, shift[l], hi));
+          }
+        }
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
+    const int64_t z0 = px.z * g.sd - g.pad_front;
+    const int64_t y0 = px.y * g.sh - g.pad_top;
+    const int64_t x0 = px.x * g.sw - g.pad_left;
+    // Taps j in [j_lo, j_hi) read the input; the others are padding.
+    const int64_t j_lo = x0 < 0 ? Min64(-x0, g.kw) : 0;
+    const int64_t j_hi = Max64(j_lo, Min64(g.kw, g.width - x0));
+    const bool interior = j_lo == 0 && j_hi == g.kw;
+    const float* image = g.input + px.b * g.depth * plane_floats;
+    float* o = values + l * stride;
+    for (int64_t t = 0; t < g.kd; ++t) {
+      int64_t zz = z0 + t * g.dd;
+      const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
+      for (int64_t i = 0; i < g.kh; ++i, o += span) {
+        int64_t yy = y0 + i * g.dh;
+        if (!plane_in || yy < 0 || !OnInputGrid(&yy, g.lh) || yy >= g.height) {
+          for (int64_t e = 0; e < span; ++e) o[e] = 0.0f;
+          continue;
+        }
+        const float* row = image + zz * plane_floats + yy * row_floats;
+        if (interior) {
+          CopySpan(row + x0 * c, span, end, o);
+          continue;
+        }
+        for (int64_t e = 0; e < j_lo * c; ++e) o[e] = 0.0f;
+        if (j_hi > j_lo) CopySpan(row + (x0 + j_lo) * c, (j_hi - j_lo) * c, end, o + j_lo * c);
+        for (int64_t e = j_hi * c; e < span; ++e) o[e] = 0.0f;  // (after CopySpan's slack)
+      }
+    }
+  }
+}
+
+#if TF_LOWPREC_DFP_VNNI
+// Where each int16 of a panel of six pixels of one output row comes from in
+// PackRowWindows: (K column r of lane l) = (window r / span, element l * C +
+// r % span), windows 16 int16 apart in two vectors; 0 (mask bit clear) for
+// the zero high half of an odd K's last pair.  Built once per shape and
+// thread (the shape rarely changes between panels).
+struct RowWindowIndex {
+  static constexpr int kMaxVectors = 9;  // 12 * ceil(K / 2) int16, K <= 4 * 11
+  int64_t c = -1, span = -1, k = -1, vectors = 0, last = 0;  // last: int16 in the last vector
+  alignas(64) int16_t index[kMaxVectors][32];
+  __mmask32 nonzero[kMaxVectors];
+};
+
+inline const RowWindowIndex& RowWindowIndexFor(int64_t c, int64_t span, int64_t k) {
+  static thread_local RowWindowIndex cache;
+  if (cache.c == c && cache.span == span && cache.k == k) return cache;
+  const int64_t halves = 12 * ((k + 1) / 2);
+  cache.c = c;
+  cache.span = span;
+  cache.k = k;
+  cache.vectors = CeilDiv(halves, 32);
+  cache.last = halves - 32 * (cache.vectors - 1);
+  for (int64_t v = 0; v < cache.vectors; ++v) {
+    cache.nonzero[v] = 0;
+    for (int64_t e = 0; e < 32; ++e) {
+      const int64_t j = 32 * v + e, word = j / 2, q = word / 6, l = word % 6, r = 2 * q + j % 2;
+      const bool live = j < halves && r < k;
+      cache.index[v][e] = live ? static_cast<int16_t>(16 * (r / span) + l * c + r % span) : 0;
+      if (live) cache.nonzero[v] |= static_cast<__mmask32>(1u << e);
+    }
+  }
+  return cache;
+}
+
+// Whether PackRowWindows can apply to g's panels: stride 1 and no dilation
+// along the width, six pixels' windows (6 + kw - 1) * C within one vector,
+// at most 4 kernel rows (C = 1 3x3: 3 windows of 8 floats).
+inline bool RowWindowsFit(const ConvGather& g) {
+  return g.sw == 1 && g.dw == 1 && g.lw == 1 && (5 + g.kw) * g.channels <= 16 &&
+         g.kd * g.kh <= 4;
+}
+
+// PackPatchRows of six pixels of one output row from px (RowWindowsFit(g)),
+// away from the padding along the width: each input value is converted once,
+// in its window, and the pair words are permutes of the windows' mantissas
+// (no float buffer, no scatter of words).  Returns false, having written
+// nothing, where the pixels do not fit or a window holds a NaN, an Inf or an
+// invalid value (those take the buffered path, which counts and marks them
+// per patch value).
+
+inline bool PackRowWindows(const ConvGather& g, const PatchPixel& px, float s1, float s2,
+                           float bound, bool round, int64_t k, int32_t* panel) {
+  const int64_t c = g.channels, n = (5 + g.kw) * c;  // (RowWindowsFit(g))
+  const int64_t x0 = px.x - g.pad_left;
+  if (px.x + 6 > g.out_w || x0 < 0 || x0 + 5 + g.kw > g.width) return false;
+  const int64_t row_floats = g.width * c, plane_floats = g.height * row_floats;
+  const float* end = g.input + g.batch * g.depth * plane_floats;
+  const float* image = g.input + px.b * g.depth * plane_floats;
+  const int64_t z0 = px.z * g.sd - g.pad_front, y0 = px.y * g.sh - g.pad_top;
+  const __mmask16 live = static_cast<__mmask16>((1u << n) - 1);
+  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
+  const __m512 hi_clamp = _mm512_set1_ps(bound);
+  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+  __m512i m[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                  _mm512_setzero_si512()};
+  __mmask16 wrong = 0;
+  int w = 0;
+  for (int64_t t = 0; t < g.kd; ++t) {
+    int64_t zz = z0 + t * g.dd;
+    const bool plane_in = zz >= 0 && OnInputGrid(&zz, g.ld) && zz < g.depth;
+    for (int64_t i = 0; i < g.kh; ++i, ++w) {
+      int64_t yy = y0 + i * g.dh;
+      if (!plane_in || yy < 0 || !OnInputGrid(&yy, g.lh) || yy >= g.height) continue;  // zeros
+      const float* src = image + zz * plane_floats + yy * row_floats + x0 * c;
+      const __m512 y = end - src >= 16 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(live, src);
+      // ConvertOneScale's conversion (the same mantissas).
+      wrong |= _mm512_fpclass_ps_mask(y, 0x99);  // NaN or Inf
+      const __m512 v = _mm512_mul_ps(_mm512_mul_ps(y, a), b);
+      const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
+      m[w] = round ? _mm512_cvt_roundps_epi32(clamped,
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+                   : _mm512_cvttps_epi32(clamped);
+      if (!round) wrong |= _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m[w]), v, _CMP_NEQ_UQ);
+      wrong |= _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m[w]), _mm512_set1_epi32(kMaxMantissa));
+    }
+  }
+  if ((wrong & live) != 0) return false;
+  const __m512i low_words = _mm512_set_epi16(
+      62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+      30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  // Window w's int16 mantissas at 16 * w of (lo, hi).
+  const __m512i lo = _mm512_permutex2var_epi16(m[0], low_words, m[1]);
+  const __m512i hi = _mm512_permutex2var_epi16(m[2], low_words, m[3]);
+  const RowWindowIndex& index = RowWindowIndexFor(c, g.kw * c, k);
+  int16_t* out = reinterpret_cast<int16_t*>(panel);
+  for (int64_t v = 0; v < index.vectors; ++v) {
+    const __m512i words = _mm512_maskz_permutex2var_epi16(
+        index.nonzero[v], lo, _mm512_load_si512(index.index[v]), hi);
+    if (v + 1 < index.vectors) {
+      _mm512_storeu_si512(out + 32 * v, words);
+    } else {
+      _mm512_mask_storeu_epi16(out + 32 * v,
+                               static_cast<__mmask32>((uint64_t{1} << index.last) - 1), words);
+    }
+  }
+  return true;
+}
+#endif
+
 // PackPanel<kWidth> of rows [lane0, lane0 + lanes) of the patch matrix g
 // (the operand a of a forward convolution: lanes are output pixels, K is
 // (t, i, j, c)).  src gives the exponent and the rounding only.
@@ -171,17 +418,37 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   int64_t invalid = 0;
   constexpr int64_t kRun = 1024;  // values converted at a time (even)
   alignas(64) int16_t run[kRun + 2];
-  if (lanes * k <= kRun) {
-    // Short K (a CNN's first layers: K = 9 .. 300, runs of 1 .. 3
-    // channels): all lanes gathered, then converted in one run.
-    alignas(64) float values[kRun];
-    for (int64_t l = 0; l < lanes; ++l) GatherPatchRow(g, lane0 + l, 0, k, values + l * k);
+#if TF_LOWPREC_DFP_VNNI
+  if (kWidth == 6 && lanes == 6 && layout.blocks == 1 && RowWindowsFit(g) &&
+      PackRowWindows(g, PixelOfRow(g, lane0), s1, s2, bound, src.round, k, panel)) {
+    return scale_invalid;
+  }
+#endif
+  const int64_t k_even = k + k % 2;  // a lane's values in the short-K buffer
+  if (lanes * k_even <= kRun) {
+    // Short K (a CNN's first layers: K = 9 .. 170, runs of 1 .. 3
+    // channels): all lanes gathered, then converted in one run.  Each lane
+    // takes an even number of values (odd K: one zero after the row, whose
+    // mantissa 0 is the last pair's zero high half), so that its mantissas
+    // read as int32 are its pair words.
+    alignas(64) float values[kRun + kMaxSpan];  // (CopySpan's slack)
+    if (HasShortSpans(g)) {
+      GatherShortSpanRows(g, PixelOfRow(g, lane0), lanes, k_even, values);
+    } else {
+      PatchPixel px = PixelOfRow(g, lane0);
+      for (int64_t l = 0; l < lanes; ++l, Advance(g, &px)) {
+        GatherPatchColumns(g, px, PatchColumn(), k, values + l * k_even);
+      }
+    }
+    if (k_even != k) {
+      for (int64_t l = 0; l < lanes; ++l) values[l * k_even + k] = 0.0f;
+    }
     int32_t nf = 0;
-    invalid += ConvertValues(values, lanes * k, &s1, &s2, &bound, src.round, run, &nf);
+    invalid += ConvertValues(values, lanes * k_even, &s1, &s2, &bound, src.round, run, &nf);
     for (int64_t l = 0; l < lanes; ++l) {
-      ScatterPairs<kWidth>(run + l * k, k, panel + l);
+      ScatterPairs<kWidth>(run + l * k_even, k_even, panel + l);
       if (nf) {  // rare: find which lanes
-        for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k + i]) ? 1 : 0;
+        for (int64_t i = 0; i < k; ++i) nonfinite[l] |= NonFinite(values[l * k_even + i]) ? 1 : 0;
       }
     }
     return invalid + scale_invalid;
