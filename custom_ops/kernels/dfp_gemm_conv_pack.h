@@ -38,26 +38,16 @@ namespace {
 // patch rows.
 inline int32_t ConvertOneScale(const float* x, int64_t n, float s1, float s2, float bound,
                                bool round, int16_t* out, int32_t* nonfinite) {
-  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
-  const __m512 hi_clamp = _mm512_set1_ps(bound);
-  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
-  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+  const MantissaScale sc(s1, s2, bound, round);
   const __m512i low_words = _mm512_set_epi16(
       62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
       30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   __mmask16 nf = 0;
   // Mantissas of the live lanes of y; *wrong: the invalid live lanes.
   auto convert = [&](__m512 y, __mmask16 live, __mmask16* wrong) {
-    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    __mmask16 bad;
+    const __m512i m = Mantissas(y, live, sc, &bad, wrong);
     nf |= bad;
-    const __m512 v = _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
-    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
-    const __m512i m =
-        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-              : _mm512_cvttps_epi32(clamped);
-    const __mmask16 inexact =
-        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ);
-    *wrong = (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live;
     return m;
   };
   int32_t invalid = 0;
@@ -738,30 +728,18 @@ int64_t PackPatchColumnsDirect(const ConvGather& g, const OperandView& src,
   int32_t scale_invalid = 0;
   float s1, s2, bound;
   ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
-  const __m512 a = _mm512_set1_ps(s1), b = _mm512_set1_ps(s2);
-  const __m512 hi_clamp = _mm512_set1_ps(bound);
-  const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
-  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+  const MantissaScale sc(s1, s2, bound, src.round);
   const __m512i low_half = _mm512_set1_epi32(0xFFFF);
-  const bool round = src.round;
   int64_t invalid = 0;
   alignas(64) uint8_t lane_nf[kLanes + 16] = {};
   // Mantissas of the live lanes of y (columns at..at + 15).
   auto convert = [&](__m512 y, __mmask16 live, int64_t at) {
-    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    __mmask16 bad, wrong;
+    const __m512i m = Mantissas(y, live, sc, &bad, &wrong);
     if (bad) {  // rare
       for (int e = 0; e < 16; ++e) lane_nf[at + e] |= (bad >> e) & 1;
     }
-    const __m512 scaled =
-        _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
-    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo_clamp), hi_clamp);
-    const __m512i m =
-        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-              : _mm512_cvttps_epi32(clamped);
-    const __mmask16 inexact =
-        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), scaled, _CMP_NEQ_UQ);
-    invalid += __builtin_popcount(static_cast<unsigned>(
-        (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live));
+    invalid += __builtin_popcount(static_cast<unsigned>(wrong));
     return m;
   };
   // The pair words of one K pair, zero past `lanes` (a partial last panel).

@@ -89,6 +89,37 @@ inline int32_t ConvertRun(const float* x, int64_t stride, int64_t n, const float
 }
 
 #if TF_LOWPREC_DFP_VNNI
+// ConvertRun's arithmetic on 16 values, shared by every AVX-512 packer: the
+// scale factors and clamp bound as vectors (one scale broadcast, or one per
+// value), and whether to round to nearest even or to check exactness.
+struct MantissaScale {
+  __m512 s1, s2, hi, lo;
+  bool round;
+  MantissaScale(__m512 f1, __m512 f2, __m512 bound, bool r)
+      : s1(f1), s2(f2), hi(bound), lo(_mm512_sub_ps(_mm512_setzero_ps(), bound)), round(r) {}
+  MantissaScale(float f1, float f2, float bound, bool r)
+      : MantissaScale(_mm512_set1_ps(f1), _mm512_set1_ps(f2), _mm512_set1_ps(bound), r) {}
+};
+
+// The INT32 mantissas of the live lanes of y (0 in the others); *bad: the
+// live lanes holding NaN or Inf (mantissa 0); *wrong: the invalid live
+// lanes (not exact when checking, or above kMaxMantissa in magnitude).
+inline __m512i Mantissas(__m512 y, __mmask16 live, const MantissaScale& sc, __mmask16* bad,
+                         __mmask16* wrong) {
+  *bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+  const __m512 v =
+      _mm512_maskz_mul_ps(static_cast<__mmask16>(~*bad), _mm512_mul_ps(y, sc.s1), sc.s2);
+  const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, sc.lo), sc.hi);
+  const __m512i m =
+      sc.round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+               : _mm512_cvttps_epi32(clamped);
+  const __mmask16 inexact =
+      sc.round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ);
+  *wrong = (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), _mm512_set1_epi32(kMaxMantissa))) &
+           live;
+  return m;
+}
+
 // ConvertRun for stride 1, with AVX-512 (the compiler does not vectorize the
 // plain loop well).  sstride is 0 (one scale) or 1 (one per value).
 inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, const float* s2,
@@ -96,27 +127,18 @@ inline int32_t ConvertContiguous(const float* x, int64_t n, const float* s1, con
                                  int32_t* nonfinite) {
   int32_t invalid = 0;
   __mmask16 nf = 0;
-  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
   int64_t i = 0;
   for (; i < n; i += 16) {
     const __mmask16 live = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __m512 y = _mm512_maskz_loadu_ps(live, x + i);
-    const __m512 a = sstride ? _mm512_maskz_loadu_ps(live, s1 + i) : _mm512_set1_ps(s1[0]);
-    const __m512 b = sstride ? _mm512_maskz_loadu_ps(live, s2 + i) : _mm512_set1_ps(s2[0]);
-    const __m512 hi_clamp =
-        sstride ? _mm512_maskz_loadu_ps(live, bound + i) : _mm512_set1_ps(bound[0]);
-    const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
-    const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+    const MantissaScale sc =
+        sstride ? MantissaScale(_mm512_maskz_loadu_ps(live, s1 + i),
+                                _mm512_maskz_loadu_ps(live, s2 + i),
+                                _mm512_maskz_loadu_ps(live, bound + i), round)
+                : MantissaScale(s1[0], s2[0], bound[0], round);
+    __mmask16 bad, wrong;
+    const __m512i m = Mantissas(_mm512_maskz_loadu_ps(live, x + i), live, sc, &bad, &wrong);
     nf |= bad;
-    const __m512 v = _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
-    const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
-    const __m512i m =
-        round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-              : _mm512_cvttps_epi32(clamped);
-    const __mmask16 inexact =
-        round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), v, _CMP_NEQ_UQ);
-    const __mmask16 wrong = inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m);
-    invalid += __builtin_popcount(static_cast<unsigned>(wrong & live));
+    invalid += __builtin_popcount(static_cast<unsigned>(wrong));
     _mm256_mask_storeu_epi16(out + i, live, _mm512_cvtepi32_epi16(m));
   }
   *nonfinite |= nf ? 1 : 0;
@@ -219,7 +241,6 @@ int64_t PackLaneRuns(const OperandView& src, const BlockLayout& layout, int64_t 
   static_assert(kGroupLanes <= 16, "lanes of one group: one transposed block");
   const int64_t k0 = layout.Start(blk), len = layout.Length(blk);
   const int64_t pair0 = layout.PairOffset(blk);
-  const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
   const __m512i low_words = _mm512_set_epi16(
       62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
       30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -241,26 +262,14 @@ int64_t PackLaneRuns(const OperandView& src, const BlockLayout& layout, int64_t 
           continue;
         }
         const float* x = src.data + (lane0 + g + l) * src.lane_stride + k0 + kk;
-        const __m512 a = _mm512_set1_ps(s1[g + l]), b = _mm512_set1_ps(s2[g + l]);
-        const __m512 hi_clamp = _mm512_set1_ps(bound[g + l]);
-        const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
+        const MantissaScale sc(s1[g + l], s2[g + l], bound[g + l], src.round);
         __mmask16 bad_any = 0;
         __m512i m[2];
         for (int h = 0; h < 2; ++h) {
           const __mmask16 live = h == 0 ? live0 : live1;
-          const __m512 y = _mm512_maskz_loadu_ps(live, x + 16 * h);
-          const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+          __mmask16 bad, wrong;
+          m[h] = Mantissas(_mm512_maskz_loadu_ps(live, x + 16 * h), live, sc, &bad, &wrong);
           bad_any |= bad;
-          const __m512 v =
-              _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
-          const __m512 clamped = _mm512_min_ps(_mm512_max_ps(v, lo_clamp), hi_clamp);
-          m[h] = src.round ? _mm512_cvt_roundps_epi32(
-                                 clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-                           : _mm512_cvttps_epi32(clamped);
-          const __mmask16 inexact =
-              src.round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m[h]), v, _CMP_NEQ_UQ);
-          const __mmask16 wrong =
-              (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m[h]), max_m)) & live;
           invalid += __builtin_popcount(static_cast<unsigned>(wrong));
         }
         lane_nonfinite[g + l] |= bad_any != 0;
@@ -380,31 +389,19 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
       // row-major b with per-tensor or per-block exponents: the filter
       // gradient's dy [pixels, O]): each pair word made in registers from
       // the two rows' int32 mantissas, 16 lanes at a time (a vector never
-      // straddles panels of 16 * kNv lanes), with ConvertOneScale's
-      // conversion (the same values and counts as ConvertContiguous), and
+      // straddles panels of 16 * kNv lanes), with Mantissas
+      // (the same values and counts as ConvertContiguous), and
       // the NaN / Inf lanes gathered as masks.  The int16 rows stored and
       // reloaded by the general path below took most of the d(filters)
       // packing of the CNN's first layer.
-      const __m512 a = _mm512_set1_ps(s1[0]), b = _mm512_set1_ps(s2[0]);
-      const __m512 hi_clamp = _mm512_set1_ps(bound[0]);
-      const __m512 lo_clamp = _mm512_sub_ps(_mm512_setzero_ps(), hi_clamp);
-      const __m512i max_m = _mm512_set1_epi32(kMaxMantissa);
+      const MantissaScale sc(s1[0], s2[0], bound[0], src.round);
       const __m512i low_half = _mm512_set1_epi32(0xFFFF);
-      const bool round = src.round;
       __mmask16 nf_lanes[(kLanes + 15) / 16] = {};
       auto convert = [&](__m512 y, __mmask16 live, int64_t v) {
-        const __mmask16 bad = _mm512_fpclass_ps_mask(y, 0x99) & live;  // NaN or Inf
+        __mmask16 bad, wrong;
+        const __m512i m = Mantissas(y, live, sc, &bad, &wrong);
         nf_lanes[v] |= bad;
-        const __m512 scaled =
-            _mm512_maskz_mul_ps(static_cast<__mmask16>(~bad), _mm512_mul_ps(y, a), b);
-        const __m512 clamped = _mm512_min_ps(_mm512_max_ps(scaled, lo_clamp), hi_clamp);
-        const __m512i m =
-            round ? _mm512_cvt_roundps_epi32(clamped, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-                  : _mm512_cvttps_epi32(clamped);
-        const __mmask16 inexact =
-            round ? 0 : _mm512_cmp_ps_mask(_mm512_cvtepi32_ps(m), scaled, _CMP_NEQ_UQ);
-        invalid += __builtin_popcount(static_cast<unsigned>(
-            (inexact | _mm512_cmpgt_epi32_mask(_mm512_abs_epi32(m), max_m)) & live));
+        invalid += __builtin_popcount(static_cast<unsigned>(wrong));
         return m;
       };
       for (int64_t kk = 0; kk < len; kk += 2) {
