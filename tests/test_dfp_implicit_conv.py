@@ -334,3 +334,34 @@ def test_few_channel_input_dilations(isa):
             want, _ = ops.lowprec_dfp_conv2d(dilated, w, pads=pads, isa=isa)
             np.testing.assert_array_equal(got.numpy().view(np.int32),
                                           want.numpy().view(np.int32))
+
+
+@pytest.mark.parametrize("isa", tier_params("dfp_gemm"))
+def test_long_patch_rows_from_the_input_image(isa):
+    """Long patch rows (K = 216) with overlapping windows are copied from an
+    int16 image of x's mantissas, made once per call (dfp_gemm_driver.h,
+    WantsInputImage): bit-exact against the written-out reference, with input
+    dilations against the explicitly dilated x, and with a NaN in x (no
+    image: converted from the floats) NaN exactly where its windows reach."""
+    x, w = rand((2, 7, 6, 24), 61), rand((3, 3, 24, 5), 62, scale=0.2)
+    y_shape = tf.nn.conv2d(x, w, 1, "SAME").shape
+    g = rand(y_shape, 63, scale=1e-2)
+    y, dx, dw = run(x, w, g, (1, 1), "SAME", (1, 1), isa=isa)
+    want_y, want_dx, want_dw = references(x, w, g, (1, 1), "SAME", (1, 1))
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    np.testing.assert_array_equal(dw, want_dw)
+    ops = load_ops()
+    for lh, lw in ((2, 1), (2, 3)):
+        dilated = np.zeros((2, 6 * lh + 1, 5 * lw + 1, 24), np.float32)
+        dilated[:, ::lh, ::lw] = x
+        got, _ = ops.lowprec_dfp_conv2d(x, w, pads=[1, 1, 1, 1], input_dilations=[lh, lw],
+                                        isa=isa)
+        want, _ = ops.lowprec_dfp_conv2d(dilated, w, pads=[1, 1, 1, 1], isa=isa)
+        np.testing.assert_array_equal(got.numpy().view(np.int32), want.numpy().view(np.int32))
+    x[1, 3, 2, 7] = np.nan
+    y = np.asarray(lp.dfp_conv2d(x, w, (1, 1), "SAME", (1, 1), isa=isa))
+    reached = np.zeros((7, 6), bool)
+    reached[2:5, 1:4] = True
+    assert np.isnan(y[1][reached]).all() and np.isfinite(y[1][~reached]).all()
+    assert np.isfinite(y[0]).all()

@@ -75,6 +75,10 @@ inline int32_t ConvertOneScale(const float* x, int64_t n, float s1, float s2, fl
 }
 #endif
 
+// Values of a patch row converted at a time by PackPatchRows; rows of 6
+// lanes up to this many values in all take its short-K path.
+constexpr int64_t kPatchRunValues = 1024;
+
 // Mantissas of n contiguous values with one exponent (ConvertOneScale /
 // ConvertContiguous where the tier has them, else ConvertRun: the same
 // results).
@@ -396,7 +400,8 @@ inline bool PackRowWindows(const ConvGather& g, const PatchPixel& px, float s1, 
 // (t, i, j, c)).  src gives the exponent and the rounding only.
 template <int kWidth>
 int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLayout& layout,
-                      int64_t lane0, int64_t lanes, int32_t* panel, uint8_t* nonfinite) {
+                      int64_t lane0, int64_t lanes, int32_t* panel, uint8_t* nonfinite,
+                      const int16_t* image = nullptr) {
   if (lanes % kWidth != 0) {
     std::memset(panel, 0, sizeof(int32_t) * layout.total_pairs * kWidth);
   }
@@ -406,7 +411,7 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   ScaleFactors(src.exponents[0], &s1, &s2, &bound, &scale_invalid);
   const int64_t k = layout.k;
   int64_t invalid = 0;
-  constexpr int64_t kRun = 1024;  // values converted at a time (even)
+  constexpr int64_t kRun = kPatchRunValues;  // values converted at a time (even)
   alignas(64) int16_t run[kRun + 2];
 #if TF_LOWPREC_DFP_VNNI
   if (kWidth == 6 && lanes == 6 && layout.blocks == 1 && RowWindowsFit(g) &&
@@ -445,13 +450,16 @@ int64_t PackPatchRows(const ConvGather& g, const OperandView& src, const BlockLa
   }
   // Long K: each run of contiguous channels converted straight from x into
   // the lane's mantissas (no float copy of the patch row), padding as zero
-  // mantissas.  Runs shorter than a vector take the scalar conversion (the
-  // same values).
+  // mantissas, or copied from the image of x's mantissas where the driver
+  // made one (dfp_gemm_driver.h, WantsInputImage).  Runs shorter than a
+  // vector take the scalar conversion (the same values).
   auto convert_lane = [&](const PatchPixel& px, int64_t r0, int64_t n, int16_t* out,
                           int32_t* nf) {
     ForEachPatchRun(g, px, ColumnOf(g, r0), n, [&](int64_t offset, const float* x, int64_t len) {
       if (x == nullptr) {
         std::memset(out + offset, 0, sizeof(int16_t) * len);
+      } else if (image != nullptr) {
+        std::memcpy(out + offset, image + (x - g.input), sizeof(int16_t) * len);
       } else if (len < 8) {
         invalid += ConvertRun(x, 1, len, &s1, &s2, &bound, 0, src.round, out + offset, nf);
       } else {

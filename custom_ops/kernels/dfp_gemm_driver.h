@@ -53,6 +53,10 @@ struct Plan {
   // K slices of the packing pass (1: none; PackSlices): slice_pairs pairs
   // each (whole chunks), the last shorter.
   int64_t k_slices, slice_pairs;
+  // The mantissas of a forward convolution's whole input, in its layout,
+  // whose runs its patch rows copy (WantsInputImage); null: the rows are
+  // converted from the floats.
+  const int16_t* a_image;
   Stats* stats;
 };
 
@@ -88,7 +92,8 @@ int64_t PackAPanel(const Plan& plan, int64_t batch, int64_t panel, int32_t* out,
   const int64_t invalid =
       p.a_patches != nullptr  // (dfp_gemm_conv_pack.h)
           ? PackPatchRows<kMr>(*p.a_patches, ViewOfA(p, batch), plan.layout, row0,
-                               Min64(kMr, p.m - row0), out, plan.a_nonfinite + row0)
+                               Min64(kMr, p.m - row0), out, plan.a_nonfinite + row0,
+                               plan.a_image)
           : PackPanel<kMr>(ViewOfA(p, batch), plan.layout, row0, Min64(kMr, p.m - row0), out,
                            plan.a_nonfinite + batch * p.m + row0);
 #if TF_LOWPREC_DFP_VNNI || TF_LOWPREC_DFP_AVX2  // (the INT32 chains are certified)
@@ -475,6 +480,51 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
   AtomicAdd(&plan.stats->recomputed_tiles, stats.recomputed_tiles);
 }
 
+// A forward convolution whose patch rows are long (the long-K path of
+// PackPatchRows) and whose windows overlap reads every input value once per
+// kernel tap that covers it (9 times for a 3 x 3 filter at stride 1): the
+// CNN's second layer converted each value 9 times, most of its packing
+// time.  The whole input is converted once instead, into an int16 image in
+// its own layout, whose runs the packing copies.  Only where the image
+// gives the same packed words and counts: fused rounding, one exponent, no
+// NaN / Inf and no invalid value in the input (checked by the image pass
+// itself: otherwise the packing converts from the floats, as before).
+inline bool WantsInputImage(const Problem& p, const BlockLayout& layout) {
+  if (p.a_patches == nullptr || p.transpose_a || !p.round_inputs || p.batch != 1 ||
+      layout.blocks != 1) {
+    return false;
+  }
+  const ConvGather& g = *p.a_patches;
+  return kMr * (p.k + p.k % 2) > kPatchRunValues &&  // the long-K path
+         g.kd * g.kh * g.kw > g.sd * g.sh * g.sw;     // windows overlap
+}
+
+inline int64_t InputElements(const ConvGather& g) {
+  return g.batch * g.depth * g.height * g.width * g.channels;
+}
+
+struct ImageJob {
+  const float* x;
+  int16_t* out;
+  int64_t n;
+  float s1, s2, bound;
+  int64_t rejected;  // invalid or non-finite values (atomic)
+};
+
+constexpr int64_t kImageUnit = 32768;  // values per unit of the image pass
+
+void ConvertImage(void* arg, int64_t begin, int64_t end) {
+  ImageJob& job = *static_cast<ImageJob*>(arg);
+  int64_t rejected = 0;
+  for (int64_t u = begin; u < end; ++u) {
+    const int64_t i = u * kImageUnit, n = Min64(kImageUnit, job.n - i);
+    int32_t nf = 0;
+    rejected += ConvertValues(job.x + i, n, &job.s1, &job.s2, &job.bound, true, job.out + i, &nf);
+    rejected += nf;
+  }
+  AtomicAdd(&job.rejected, rejected);
+}
+
 template <int kNv>
 void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   constexpr int kNr = 16 * kNv;
@@ -566,6 +616,8 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   const int64_t at_b_norm = piece(8 * b_units * plan.segs.per_panel);
   const int64_t at_a_nonfinite = piece(plan.a_batches * p.m);
   const int64_t at_b_nonfinite = piece(plan.b_batches * p.n);
+  const bool image = WantsInputImage(p, plan.layout);
+  const int64_t at_image = piece(image ? 2 * InputElements(*p.a_patches) : 0);
   int64_t capacity = 0;
   char* workspace = static_cast<char*>(AcquireWorkspace(bytes, &capacity));
   plan.packed_a = reinterpret_cast<int32_t*>(workspace + at_packed_a);
@@ -575,6 +627,18 @@ void GemmWith(const Problem& p, const ParallelFor& parallel, Stats* stats) {
   plan.a_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_a_nonfinite);
   plan.b_nonfinite = reinterpret_cast<uint8_t*>(workspace + at_b_nonfinite);
   std::memset(plan.a_nonfinite, 0, at_b_nonfinite - at_a_nonfinite + plan.b_batches * p.n);
+  plan.a_image = nullptr;
+  if (image) {
+    ImageJob job;
+    job.x = p.a_patches->input;
+    job.out = reinterpret_cast<int16_t*>(workspace + at_image);
+    job.n = InputElements(*p.a_patches);
+    int32_t scale_invalid = 0;
+    ScaleFactors(p.ea[0], &job.s1, &job.s2, &job.bound, &scale_invalid);
+    job.rejected = scale_invalid;
+    parallel.run(parallel.context, CeilDiv(job.n, kImageUnit), 4 * kImageUnit, ConvertImage, &job);
+    if (job.rejected == 0) plan.a_image = job.out;
+  }
   const int64_t k = Max64(p.k, 1);
   // One parallel region packs both (B's wider panels first, so that the
   // pool's dynamic scheduling evens out the unequal unit costs).
