@@ -722,7 +722,7 @@ template <int kWidth, int kGroup>
 int64_t PackPatchColumnsDirect(const ConvGather& g, const OperandView& src,
                                const BlockLayout& layout, int64_t lane0, int64_t lanes,
                                int32_t* panel, int64_t panel_words, uint8_t* nonfinite,
-                               int64_t pixel0) {
+                               int64_t pixel0, const int16_t* image = nullptr) {
   constexpr int kLanes = kWidth * kGroup;
   static_assert(kWidth <= 16, "a panel's words are copied with one masked vector");
   const int64_t panels = CeilDiv(lanes, kWidth);
@@ -780,10 +780,17 @@ int64_t PackPatchColumnsDirect(const ConvGather& g, const OperandView& src,
       for (int64_t v = 0; v < run_len[r]; v += 16) {
         const int64_t at = run_at[r] + v, n = run_len[r] - v;
         const __mmask16 live = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
-        const __m512i lo_m =
-            e == nullptr ? _mm512_setzero_si512() : convert(_mm512_maskz_loadu_ps(live, e + v), live, at);
-        const __m512i hi_m =
-            o == nullptr ? _mm512_setzero_si512() : convert(_mm512_maskz_loadu_ps(live, o + v), live, at);
+        // From the int16 image of x's mantissas where the driver made one
+        // (WantsInputImage: the same values), else converted here.
+        auto mantissas = [&](const float* x) {
+          if (x == nullptr) return _mm512_setzero_si512();
+          if (image != nullptr) {
+            return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(live, image + (x - g.input) + v));
+          }
+          return convert(_mm512_maskz_loadu_ps(live, x + v), live, at);
+        };
+        const __m512i lo_m = mantissas(e);
+        const __m512i hi_m = mantissas(o);
         _mm512_mask_storeu_epi32(words + at, live,
                                  _mm512_or_si512(_mm512_and_si512(lo_m, low_half),
                                                  _mm512_slli_epi32(hi_m, 16)));

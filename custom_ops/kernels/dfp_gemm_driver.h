@@ -143,7 +143,8 @@ int64_t PackTransposedPatchPanels(const Plan& plan, int64_t panel0, int64_t coun
                    : PackPatchColumnsDirect<kMr, kPatchGroup>(g, ViewOfA(p, 0), slice, row0,
                                                               lanes, o + q0 * kMr,
                                                               plan.a_panel_words,
-                                                              nonfinite + i * kMr, k0);
+                                                              nonfinite + i * kMr, k0,
+                                                              plan.a_image);
 #else
                    : PackPatchColumns<kMr, kPatchGroup>(g, ViewOfA(p, 0), slice, row0, lanes,
                                                         o + q0 * kMr, plan.a_panel_words,
@@ -481,7 +482,8 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
 }
 
 // A forward convolution whose patch rows are long (the long-K path of
-// PackPatchRows) and whose windows overlap reads every input value once per
+// PackPatchRows), or a filter gradient's transposed patch matrix of runs of
+// channels (PackPatchColumnsDirect), whose windows overlap reads every input value once per
 // kernel tap that covers it (9 times for a 3 x 3 filter at stride 1): the
 // CNN's second layer converted each value 9 times, most of its packing
 // time.  The whole input is converted once instead, into an int16 image in
@@ -490,13 +492,17 @@ void ComputeItems(void* arg, int64_t begin, int64_t end) {
 // NaN / Inf and no invalid value in the input (checked by the image pass
 // itself: otherwise the packing converts from the floats, as before).
 inline bool WantsInputImage(const Problem& p, const BlockLayout& layout) {
-  if (p.a_patches == nullptr || p.transpose_a || !p.round_inputs || p.batch != 1 ||
-      layout.blocks != 1) {
+  if (p.a_patches == nullptr || !p.round_inputs || p.batch != 1 || layout.blocks != 1) {
     return false;
   }
   const ConvGather& g = *p.a_patches;
-  return kMr * (p.k + p.k % 2) > kPatchRunValues &&  // the long-K path
-         g.kd * g.kh * g.kw > g.sd * g.sh * g.sw;     // windows overlap
+  if (g.kd * g.kh * g.kw <= g.sd * g.sh * g.sw) return false;  // windows do not overlap
+  if (p.transpose_a) {
+    // A filter gradient's transposed patch matrix: the VNNI packer of runs
+    // of channels (PackPatchColumnsDirect) reads the image too.
+    return TF_LOWPREC_DFP_VNNI && g.channels >= kFewChannels;
+  }
+  return kMr * (p.k + p.k % 2) > kPatchRunValues;  // the long-K path
 }
 
 inline int64_t InputElements(const ConvGather& g) {
