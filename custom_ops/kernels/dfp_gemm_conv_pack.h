@@ -566,17 +566,7 @@ int64_t PackPatchColumns(const ConvGather& g, const OperandView& src, const Bloc
       const int16_t* plo = lo + p * kWidth;
       const int16_t* phi = hi + p * kWidth;
       const int64_t plane = Min64(kWidth, lanes - p * kWidth);
-#if TF_LOWPREC_DFP_VNNI
-      for (int64_t l = 0; l < plane; l += 16) {  // pair words: lo | hi << 16
-        const __mmask16 live =
-            plane - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (plane - l)) - 1);
-        const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, plo + l));
-        const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, phi + l));
-        _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
-      }
-#else
-      for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
-#endif
+      JoinPairWords(plo, phi, plane, o);
     }
     if (nf) {  // rare: find which lanes
       alignas(64) float f[kLanes];

@@ -195,6 +195,30 @@ inline int32_t PairWord(int16_t lo, int16_t hi) {
                               (static_cast<uint32_t>(static_cast<uint16_t>(hi)) << 16));
 }
 
+// out[l] = PairWord(lo[l], hi[l]) for l < n: the pair words of two K rows'
+// mantissas (the even K in the low halves).
+inline void JoinPairWords(const int16_t* lo, const int16_t* hi, int64_t n, int32_t* out) {
+#if TF_LOWPREC_DFP_VNNI
+  for (int64_t l = 0; l < n; l += 16) {
+    const __mmask16 live = n - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - l)) - 1);
+    const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, lo + l));
+    const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, hi + l));
+    _mm512_mask_storeu_epi32(out + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
+  }
+#else
+  int64_t l = 0;
+#if TF_LOWPREC_DFP_AVX2
+  for (; l + 8 <= n; l += 8) {
+    const __m128i wlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(lo + l));
+    const __m128i whi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi + l));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + l), _mm_unpacklo_epi16(wlo, whi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + l + 4), _mm_unpackhi_epi16(wlo, whi));
+  }
+#endif
+  for (; l < n; ++l) out[l] = PairWord(lo[l], hi[l]);
+#endif
+}
+
 #if TF_LOWPREC_DFP_VNNI
 // r[i] = column i of the 16 x 16 matrix of INT32 words whose rows were r[i].
 inline void Transpose16x16(__m512i* r) {
@@ -449,26 +473,7 @@ int64_t PackPanels(const OperandView& src, const BlockLayout& layout, int64_t la
           const int16_t* plo = lo + p * kWidth;
           const int16_t* phi = hi + p * kWidth;
           const int64_t plane = Min64(kWidth, lanes - p * kWidth);
-#if TF_LOWPREC_DFP_VNNI
-          for (int64_t l = 0; l < plane; l += 16) {  // pair words: lo | hi << 16
-            const __mmask16 live =
-                plane - l >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (plane - l)) - 1);
-            const __m512i wlo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, plo + l));
-            const __m512i whi = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, phi + l));
-            _mm512_mask_storeu_epi32(o + l, live, _mm512_or_si512(wlo, _mm512_slli_epi32(whi, 16)));
-          }
-#elif TF_LOWPREC_DFP_AVX2
-          int64_t l = 0;
-          for (; l + 8 <= plane; l += 8) {  // pair words: lo | hi << 16
-            const __m128i wlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(plo + l));
-            const __m128i whi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(phi + l));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l), _mm_unpacklo_epi16(wlo, whi));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(o + l + 4), _mm_unpackhi_epi16(wlo, whi));
-          }
-          for (; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
-#else
-          for (int64_t l = 0; l < plane; ++l) o[l] = PairWord(plo[l], phi[l]);
-#endif
+          JoinPairWords(plo, phi, plane, o);
         }
         if (nf) {  // rare: find which lanes
           for (int64_t l = 0; l < lanes; ++l) {
